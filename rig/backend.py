@@ -1,0 +1,114 @@
+"""The backend interface (DESIGN section 4): one protocol, three implementations.
+
+A session runner drives a backend trial by trial::
+
+    backend.open(session_info, stimulus_set)   # presenter preloads every image
+    record = backend.run_trial(trial)          # -> TrialRecord
+    backend.close()
+
+Implementations: the live rig (PsychoPy presenter + acquisition over ZeroMQ), the
+simulated monkey (``sim.backend.SimBackend``) and the replay of a recorded day.
+
+This module is the public interface: ``sim`` may import it (it implements it); it
+imports nothing from the rest of ``rig``. Times are seconds; the presenter clock is the
+one PsychoPy flips are stamped with, the acquisition clock the one spikes and sync
+pulses are recorded on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a backend needs to know about the session before trial 1."""
+
+    session_id: str
+    day: int
+    stim_on_ms: float = 100.0
+    mask_ms: float = 100.0
+    fixation_acquire_ms: float = 300.0
+    inter_trial_ms: float = 500.0
+    image_size_deg: float = 8.0
+    n_channels: int = 0          # channels the acquisition system records (0: backend decides)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fixation trial: K RSVP presentations in order."""
+
+    trial_index: int                  # attempt number within the session (0, 1, 2, ...)
+    stim_indices: tuple[int, ...]     # indices into the session's stimulus set
+    planned_indices: tuple[int, ...]  # indices into the planned presentation list
+
+
+@dataclass
+class TrialRecord:
+    """What one trial produced.
+
+    ``completed`` presentations (the first ``completed`` of the trial) were shown in full
+    with fixation held; the rest were not shown or were cut short and go back in the queue.
+    """
+
+    trial_index: int
+    completed: int
+    fixation_ok: bool                       # False if fixation broke during the trial
+    onset_presenter_s: np.ndarray           # (completed,) stim_on flip time, presenter clock, s
+    frames_on: np.ndarray                   # (completed,) frames the image was up
+    frames_mask: np.ndarray                 # (completed,) frames the mask was up
+    dropped_frame: np.ndarray               # (completed,) bool: a frame was dropped
+    sync_presenter_s: np.ndarray            # (n_sync,) sync pulses as the presenter stamped them, s
+    sync_acq_s: np.ndarray                  # (n_sync,) the same pulses on the acquisition clock, s
+    spike_times_s: np.ndarray               # (n_spikes,) acquisition clock, s
+    spike_channels: np.ndarray              # (n_spikes,) channel index, int
+    start_acq_s: float = float("nan")       # trial start, acquisition clock, s
+    end_acq_s: float = float("nan")         # trial end, acquisition clock, s
+    acquisition_ok: bool = True             # False: a gap in the acquisition stream; invalidate all
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        self.onset_presenter_s = np.asarray(self.onset_presenter_s, dtype=np.float64)
+        self.frames_on = np.asarray(self.frames_on, dtype=np.int32)
+        self.frames_mask = np.asarray(self.frames_mask, dtype=np.int32)
+        self.dropped_frame = np.asarray(self.dropped_frame, dtype=bool)
+        self.sync_presenter_s = np.asarray(self.sync_presenter_s, dtype=np.float64)
+        self.sync_acq_s = np.asarray(self.sync_acq_s, dtype=np.float64)
+        self.spike_times_s = np.asarray(self.spike_times_s, dtype=np.float64)
+        self.spike_channels = np.asarray(self.spike_channels, dtype=np.int32)
+        for name in ("onset_presenter_s", "frames_on", "frames_mask", "dropped_frame"):
+            if len(getattr(self, name)) != self.completed:
+                raise ValueError(f"TrialRecord.{name} has {len(getattr(self, name))} entries, expected completed={self.completed}")
+        if len(self.sync_presenter_s) != len(self.sync_acq_s):
+            raise ValueError("TrialRecord.sync_presenter_s and sync_acq_s differ in length")
+        if len(self.spike_times_s) != len(self.spike_channels):
+            raise ValueError("TrialRecord.spike_times_s and spike_channels differ in length")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Anything that can show a stimulus set to a subject and record the answer."""
+
+    name: str
+
+    def open(self, session: SessionInfo, stimuli) -> None:
+        """Prepare the session; ``stimuli`` is a ``stimuli.stimset.StimulusSet``."""
+
+    def run_trial(self, trial: Trial) -> TrialRecord:
+        """Run one fixation trial and return what happened."""
+
+    def close(self) -> None:
+        """Release every resource; safe to call twice."""
+
+
+@dataclass
+class BackendInfo:
+    """Facts a backend reports about itself, stored in the day file."""
+
+    name: str
+    n_channels: int
+    channel_names: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,116 @@
+"""A stimulus set: uint8 pixels plus one provenance row per stimulus.
+
+Pixels are exactly what is displayed: ``(n, H, W, 3)`` uint8, RGB. A model sees them as
+``pixels / 255`` in [0,1]; every epsilon is an L2 norm in that space.
+
+Provenance columns (one entry per stimulus):
+
+- ``kind``: ``"clean"``, ``"targeted"`` (model-designed) or ``"random"`` (model-free control)
+- ``parent``: index (into this set) of the clean image it was made from; -1 for clean images
+- ``site``: the channel index the perturbation targets; -1 for none
+- ``epsilon_requested`` / ``epsilon_shown``: L2 norm asked for / actually displayed (after uint8)
+- ``direction``: +1 (drive the site up), -1 (down), 0 (none)
+- ``predicted_change``: f_site(shown) - f_site(parent) under the designing model (spikes); NaN if none
+- ``budget_passes``: forward+backward passes the optimiser spent on it
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KINDS = ("clean", "targeted", "random")
+
+
+def sha1_of(pixels: np.ndarray) -> str:
+    """sha1 hex digest of one image's uint8 bytes (C order, H x W x 3)."""
+    return hashlib.sha1(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
+
+
+@dataclass
+class StimulusSet:
+    pixels: np.ndarray
+    kind: np.ndarray = field(default=None)  # type: ignore[assignment]
+    parent: np.ndarray = field(default=None)  # type: ignore[assignment]
+    site: np.ndarray = field(default=None)  # type: ignore[assignment]
+    epsilon_requested: np.ndarray = field(default=None)  # type: ignore[assignment]
+    epsilon_shown: np.ndarray = field(default=None)  # type: ignore[assignment]
+    direction: np.ndarray = field(default=None)  # type: ignore[assignment]
+    predicted_change: np.ndarray = field(default=None)  # type: ignore[assignment]
+    budget_passes: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction",
+               "predicted_change", "budget_passes")
+    _DTYPES = {"parent": np.int64, "site": np.int64, "epsilon_requested": np.float64,
+               "epsilon_shown": np.float64, "direction": np.int8, "predicted_change": np.float64,
+               "budget_passes": np.int64}
+
+    def __post_init__(self) -> None:
+        px = np.asarray(self.pixels)
+        if px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3:
+            raise ValueError(f"StimulusSet.pixels must be uint8 of shape (n, H, W, 3); got {px.dtype} {px.shape}")
+        self.pixels = px
+        n = len(px)
+        defaults = {"kind": np.array(["clean"] * n, dtype=object), "parent": np.full(n, -1),
+                    "site": np.full(n, -1), "epsilon_requested": np.zeros(n), "epsilon_shown": np.zeros(n),
+                    "direction": np.zeros(n), "predicted_change": np.full(n, np.nan),
+                    "budget_passes": np.zeros(n)}
+        for col in self.COLUMNS:
+            v = getattr(self, col)
+            v = defaults[col] if v is None else np.asarray(v)
+            v = v.astype(object) if col == "kind" else v.astype(self._DTYPES[col])
+            if len(v) != n:
+                raise ValueError(f"StimulusSet.{col} has {len(v)} entries for {n} images")
+            setattr(self, col, v)
+        bad = sorted(set(self.kind) - set(KINDS))
+        if bad:
+            raise ValueError(f"StimulusSet.kind has unknown values {bad}; expected {KINDS}")
+        if np.any((self.parent >= n) | (self.parent < -1)):
+            raise ValueError("StimulusSet.parent points outside the set")
+        self._ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def ids(self) -> list[str]:
+        """sha1 of each stimulus's displayed pixels."""
+        if self._ids is None:
+            self._ids = [sha1_of(p) for p in self.pixels]
+        return self._ids
+
+    @property
+    def is_clean(self) -> np.ndarray:
+        return self.kind == "clean"
+
+    def subset(self, index) -> "StimulusSet":
+        """Rows ``index``; parents are remapped (a parent outside the subset becomes -1)."""
+        index = np.asarray(index, dtype=np.int64)
+        remap = np.full(len(self), -1, dtype=np.int64)
+        remap[index] = np.arange(len(index))
+        cols = {c: getattr(self, c)[index] for c in self.COLUMNS}
+        par = cols["parent"]
+        cols["parent"] = np.where(par >= 0, remap[np.maximum(par, 0)], -1)
+        return StimulusSet(self.pixels[index], **cols)
+
+    @staticmethod
+    def concat(parts: list["StimulusSet"]) -> "StimulusSet":
+        """Stack sets; each part's parent indices are shifted by its offset."""
+        offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+        cols = {}
+        for c in StimulusSet.COLUMNS:
+            vals = []
+            for off, p in zip(offsets, parts):
+                v = getattr(p, c)
+                vals.append(np.where(v >= 0, v + off, -1) if c == "parent" else v)
+            cols[c] = np.concatenate(vals) if vals else np.zeros(0)
+        return StimulusSet(np.concatenate([p.pixels for p in parts]), **cols)
+
+    def as_float(self):
+        """Pixels as a float32 torch tensor (n, 3, H, W) in [0,1]."""
+        import torch
+
+        return torch.from_numpy(self.pixels).permute(0, 3, 1, 2).float().div_(255.0)
+
+
