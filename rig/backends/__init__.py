@@ -1,0 +1,1 @@
+"""Backend implementations that live in rig (the live presenter path)."""

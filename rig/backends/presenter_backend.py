@@ -1,0 +1,159 @@
+"""A ``rig.backend.Backend`` that shows trials through the real PsychoPy presenter.
+
+Onsets, frame counts and dropped frames come from the presenter's flips (its clock).
+Spikes, the sync pulses as the acquisition system saw them, and fixation breaks come from
+a pluggable :class:`SpikeSource`: on the rig an acquisition bridge plus eye tracker
+(roadmap), in tests :class:`SimSpikeSource`, the in-process simulated monkey responding
+to the presenter's real flip times.
+"""
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
+from rig.presenter_client import PresenterClient, TrialResult
+
+
+class SpikeSource(Protocol):
+    """Where spikes, acquisition-clock sync pulses and fixation come from."""
+
+    n_channels: int
+
+    def open(self, session: SessionInfo, stimuli) -> None:
+        """Prepare for the session's stimulus set."""
+
+    def fixation_break_s(self, trial: Trial, duration_s: float) -> float | None:
+        """Seconds after the trial starts at which fixation breaks; None if it holds."""
+
+    def record(self, trial: Trial, shown: TrialResult, end_presenter_s: float) -> dict:
+        """Spikes and sync for the presentations in ``shown`` (presenter-clock flips).
+
+        Returns ``spike_times_s`` (acquisition clock, s), ``spike_channels``, ``sync_acq_s``
+        (one per shown onset), ``start_acq_s`` and ``end_acq_s``.
+        """
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+class SimSpikeSource:
+    """The simulated monkey (``sim.monkey.SimulatedMonkey``) watching the real presenter.
+
+    The monkey sees each image from its stim_on flip until the flip that replaced it; the
+    acquisition clock is the monkey's ``clock`` map of the presenter clock, and the
+    photodiode edge arrives with the sim's sub-millisecond jitter.
+    """
+
+    def __init__(self, monkey, seed: int = 0):
+        self.monkey = monkey
+        self.n_channels = int(monkey.n_channels)
+        self.seed = int(seed)
+        self._session: SessionInfo | None = None
+
+    def _rng(self, trial: Trial, stream: int) -> np.random.Generator:
+        s = self._session
+        return np.random.default_rng([int(self.monkey.params.seed) & 0xFFFFFFFF, int(s.seed) & 0xFFFFFFFF,
+                                      int(s.day), int(trial.trial_index), stream, self.seed])
+
+    def open(self, session: SessionInfo, stimuli) -> None:
+        self._session = session
+        self.monkey.set_stimuli(np.asarray(getattr(stimuli, "pixels", stimuli)))
+
+    def fixation_break_s(self, trial: Trial, duration_s: float) -> float | None:
+        return self.monkey.fixation_break_time(0.0, duration_s, self._rng(trial, 1))
+
+    def record(self, trial: Trial, shown: TrialResult, end_presenter_s: float) -> dict:
+        from sim.clocks import photodiode_jitter
+
+        rng = self._rng(trial, 2)
+        n = shown.shown
+        onsets = shown.onset_s[:n]
+        # each image stays up until the next flip after its last image frame (mask or abort blank)
+        off = shown.image_off_s()[:n]
+        clock = self.monkey.clock
+        light_acq = clock.to_acq(onsets + photodiode_jitter(rng, n))
+        start_acq = float(clock.to_acq(shown.frame_time_s[0]))
+        end_acq = float(clock.to_acq(end_presenter_s))
+        times, chans = self.monkey.spikes_for(np.asarray(trial.stim_indices[:n]), light_acq,
+                                              (off - onsets) * clock.slope, rng,
+                                              t_start_s=start_acq, t_stop_s=end_acq)
+        return {"spike_times_s": times, "spike_channels": chans, "sync_acq_s": light_acq,
+                "start_acq_s": start_acq, "end_acq_s": end_acq}
+
+    def close(self) -> None:
+        self._session = None
+
+
+class PresenterBackend:
+    """Drives a connected presenter (``PresenterClient``) and a :class:`SpikeSource`."""
+
+    name = "presenter"
+
+    def __init__(self, client: PresenterClient, spikes: SpikeSource, *, wait_for_presenter_s: float = 60.0,
+                 frame_tolerance: float = 0.1, fixation_window_deg: float = 2.0):
+        self.client = client
+        self.spikes = spikes
+        self.wait_s = wait_for_presenter_s
+        self.fixation_window_deg = fixation_window_deg
+        self._session: SessionInfo | None = None
+        self.setup: dict = {}
+
+    def open(self, session: SessionInfo, stimuli) -> None:
+        """Configure the presenter, send and verify every image, preload textures."""
+        if session.n_channels not in (0, self.spikes.n_channels):
+            raise ValueError(f"session asks for {session.n_channels} channels but the spike source records "
+                             f"{self.spikes.n_channels}; leave SessionInfo.n_channels at 0 or match it")
+        c = self.client
+        c.session = session.session_id
+        if c.peer is None:
+            c.wait_for_presenter(self.wait_s)
+        else:
+            c.hello()
+        self.setup = c.configure(stim_on_ms=session.stim_on_ms, mask_ms=session.mask_ms,
+                                 fixation_ms=session.fixation_acquire_ms, image_size_deg=session.image_size_deg,
+                                 fixation_window_deg=self.fixation_window_deg)
+        self.setup["preload"] = c.load_stimuli(stimuli.pixels, stimuli.ids)
+        self.spikes.open(session, stimuli)
+        self._session = session
+
+    def run_trial(self, trial: Trial) -> TrialRecord:
+        if self._session is None:
+            raise RuntimeError("PresenterBackend.run_trial called before open(session, stimuli)")
+        s, c, f = self._session, self.client, self.client.frames
+        k = len(trial.stim_indices)
+        duration_s = (f["n_fix"] + k * (f["n_on"] + f["n_mask"])) / f["refresh_hz"]
+        t_break = self.spikes.fixation_break_s(trial, duration_s)
+        seq = c.start_trial(trial.trial_index, trial.stim_indices)
+        res = c.finish_trial(seq, k, abort_after_s=t_break)
+        end_p = float(res.frame_time_s[-1]) + s.inter_trial_ms / 1000.0
+        rec = self.spikes.record(trial, res, end_p)
+        n = res.completed
+        note = []
+        if res.aborted:
+            note.append(f"aborted after {n} presentations: {res.reason}")
+        if res.dropped[:n].any():
+            note.append(f"dropped frame in presentations {np.flatnonzero(res.dropped[:n]).tolist()}")
+        c.pump(s.inter_trial_ms / 1000.0)              # inter-trial interval, heartbeats flowing
+        return TrialRecord(trial_index=trial.trial_index, completed=n, fixation_ok=not res.aborted,
+                           onset_presenter_s=res.onset_s[:n], frames_on=res.frames_on[:n],
+                           frames_mask=res.frames_mask[:n], dropped_frame=res.dropped[:n],
+                           sync_presenter_s=res.onset_s[:res.shown], sync_acq_s=rec["sync_acq_s"],
+                           spike_times_s=rec["spike_times_s"], spike_channels=rec["spike_channels"],
+                           start_acq_s=rec["start_acq_s"], end_acq_s=rec["end_acq_s"], note="; ".join(note))
+
+    def close(self) -> None:
+        """Stop the spike source; the presenter stays up, blank, for the next session."""
+        if self._session is not None:
+            self.spikes.close()
+        self._session = None
+
+    def info(self) -> BackendInfo:
+        p = self.client.presenter_info
+        return BackendInfo(name=self.name, n_channels=self.spikes.n_channels,
+                           extra={"presenter": p.get("presenter"), "refresh_hz": p.get("refresh_hz"),
+                                  "paced": p.get("paced"), "window_px": p.get("window_px"),
+                                  "frames": {k: v for k, v in self.setup.items() if k != "preload"},
+                                  "time": time.time()})

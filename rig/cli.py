@@ -1,0 +1,59 @@
+"""The ``itloop`` command line.
+
+Each area registers its own subcommands from the module named in ``COMMAND_MODULES``
+(a ``register(subparsers)`` function); every subcommand's ``func(args) -> int`` returns
+the exit code. A :class:`rig.errors.UserError` (or a config, image or day-file error)
+is printed as one ``itloop: error: ...`` line with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rig import __version__
+from rig.config import ConfigError
+from rig.dayfile import DayFileError
+from rig.errors import UserError
+from stimuli.images import ImageFolderError
+
+COMMAND_MODULES = [
+    "rig.cli_day",
+]
+
+USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="itloop",
+        description="Closed-loop controller for IT recording experiments with model-designed perturbations.",
+    )
+    parser.add_argument("--version", action="version", version=f"itloop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        # a command group given without its subcommand: show that group's help
+        helper = getattr(args, "help_parser", parser)
+        helper.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"itloop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("itloop: interrupted; nothing recorded was lost (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

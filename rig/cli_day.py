@@ -1,0 +1,110 @@
+"""``itloop day ...``: record, check and recover day files."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rig.config import config_from_toml_text, load_config
+from rig.dayfile import DayFileError, check_day, read_day, recover_day
+from rig.errors import UserError
+from rig.paths import day_path
+
+
+def register(sub) -> None:
+    day = sub.add_parser("day", help="record, check or recover one recording day")
+    day.set_defaults(help_parser=day)
+    dsub = day.add_subparsers(dest="day_command", metavar="STEP")
+
+    run = dsub.add_parser("run", help="record a day through a backend (sim, presenter)")
+    run.add_argument("--day", type=int, required=True, help="day number (0 = screening with clean images)")
+    run.add_argument("--out", required=True, help="experiment folder holding the day files")
+    run.add_argument("--backend", default="sim", choices=["sim", "presenter"], help="who shows and records (default: sim)")
+    run.add_argument("--config", help="TOML file overriding config.toml's defaults (ignored with --resume: the day's stored config is used)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted day without repeating or losing a trial")
+    run.add_argument("--max-trials", type=int, default=None, help="stop after this many trials (the day stays resumable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    chk = dsub.add_parser("check", help="validate a day file and summarise it")
+    chk.add_argument("file")
+    chk.add_argument("--json", action="store_true", help="print the summary as JSON")
+    chk.set_defaults(func=cmd_check)
+
+    rec = dsub.add_parser("recover", help="rebuild a damaged day file from its journal (the damaged file is kept)")
+    rec.add_argument("file")
+    rec.add_argument("--plan", help="the day's plan file, if the damaged file's header cannot be read")
+    rec.set_defaults(func=cmd_recover)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rig.daily import record_day
+
+    if args.day < 0:
+        raise UserError(f"--day {args.day}: day numbers start at 0 (screening)")
+    out = Path(args.out)
+    path = day_path(out, args.day)
+    if args.resume:
+        if not path.exists():
+            raise UserError(f"--resume: {path} does not exist; run without --resume to start day {args.day}")
+        stored = read_day(path)
+        if stored.complete:
+            raise UserError(f"{path} is already complete; nothing to resume")
+        cfg = config_from_toml_text(stored.config_text)
+        if args.config:
+            print(f"note: --config ignored; resuming with the configuration stored in {path}")
+    else:
+        if path.exists():
+            raise UserError(f"{path} already exists; use --resume to continue it, or choose another --out. Nothing was overwritten.")
+        cfg = load_config(args.config)
+    result = record_day(cfg, out, args.day, backend_name=args.backend, resume=args.resume,
+                        progress=not args.no_progress, max_trials=args.max_trials)
+    summary, problems = check_day(path)
+    _print_summary(summary, problems)
+    state = "complete" if result.complete else f"incomplete ({result.remaining} presentations to go; resume with --resume)"
+    print(f"day {args.day}: {state}; {result.trials_run} trials in {result.elapsed_s:.1f} s")
+    return 0 if not problems else 1
+
+
+def _print_summary(summary: dict, problems: list[str]) -> None:
+    kinds = ", ".join(f"{v} {k}" for k, v in summary["stimuli_by_kind"].items() if v)
+    print(f"day file   {summary['path']}")
+    print(f"  day {summary['day']} ({summary['status']}), backend {summary['backend']}, itloop {summary['software_version']}, schema {summary['schema_version']}")
+    print(f"  trials {summary['trials']} ({summary['aborted_trials']} aborted), presentations {summary['presentations']} "
+          f"({summary['valid_presentations']} valid, {summary['valid_fraction']:.1%})")
+    print(f"  planned presentations recorded {summary['planned_done']}/{summary['planned_presentations']}")
+    print(f"  sites/channels {summary['channels']}, stimuli {summary['stimuli']} ({kinds}), {summary['image_size_px']} px")
+    print(f"  raw spikes {summary['raw_spikes']}, sync pulses {summary['sync_pulses']}")
+    if summary.get("random_init_model"):
+        print("  NOTE: the model backbone had random weights (no weights file configured)")
+    for p in problems:
+        print(f"  PROBLEM: {p}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        summary, problems = check_day(args.file)
+    except DayFileError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"summary": summary, "problems": problems}, indent=2, default=_json_default))
+    else:
+        _print_summary(summary, problems)
+        print("OK" if not problems else f"{len(problems)} problem(s) found")
+    return 0 if not problems else 1
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    path = recover_day(args.file, args.plan)
+    summary, problems = check_day(path)
+    _print_summary(summary, problems)
+    print(f"rebuilt {path} from its journal; the damaged file was kept beside it")
+    return 0 if not problems else 1

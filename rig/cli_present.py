@@ -1,0 +1,118 @@
+"""``itloop present`` (the presenter process), ``itloop present --timing-check`` and ``itloop keys``."""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from rig.errors import UserError
+
+
+def add_present_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config ([monitor] and [presenter] sections are used)")
+    p.add_argument("--endpoint", help="controller endpoint to connect to (default: presenter.endpoint)")
+    p.add_argument("--windowed", metavar="WxH", help="a window of W x H pixels instead of full screen (tests)")
+    p.add_argument("--refresh-hz", type=float, help="use this refresh rate instead of measuring it")
+    p.add_argument("--pace", action="store_true",
+                   help="sleep between flips to emulate --refresh-hz (displays without vsync, e.g. Xvfb)")
+    p.add_argument("--timing-check", action="store_true",
+                   help="no controller: run a long RSVP of test images and print frame statistics")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the timing check, s (default 30)")
+    p.add_argument("--quiet", action="store_true", help="no log lines on stderr")
+
+
+def _window_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+)[xX](\d+)", text)
+    if not m:
+        raise UserError(f"--windowed {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 400x300")
+    return int(m.group(1)), int(m.group(2))
+
+
+def run_present(args: argparse.Namespace) -> int:
+    """Open the window and either serve a controller or run the timing check."""
+    from rig.config import ConfigError, load_config
+    from rig.protocol import curve_keys
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    window = _window_size(args.windowed)
+    if args.refresh_hz is not None and not args.refresh_hz > 0:
+        raise UserError(f"--refresh-hz {args.refresh_hz}: expected a rate in Hz > 0")
+    if args.pace and args.refresh_hz is None:
+        raise UserError("--pace needs --refresh-hz (the rate to emulate)")
+    from rig.presenter.markers import make_marker
+    from rig.presenter.stage import Monitor, Stage
+
+    mon = cfg.monitor
+    pc = cfg.presenter
+    try:
+        marker = make_marker(pc.marker, pc.marker_address)
+        keys = curve_keys(pc.curve_public_key, pc.curve_secret_key, pc.curve_server_key)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
+                  fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode)
+    try:
+        refresh = args.refresh_hz or stage.measure_refresh_hz()
+        if not refresh:
+            raise UserError("could not measure a stable refresh rate; check vsync in the display driver or pass --refresh-hz")
+        if args.timing_check:
+            from rig.presenter.timing_check import format_report, run_timing_check
+
+            try:
+                stats = run_timing_check(stage, stim_on_ms=cfg.rsvp.stim_on_ms, mask_ms=cfg.rsvp.mask_ms,
+                                         refresh_hz=refresh, frame_tolerance=mon.frame_tolerance,
+                                         seconds=args.seconds, image_size_deg=cfg.rsvp.image_size_deg,
+                                         pace=args.pace, marker=marker)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            if abs(stats["measured_hz"] - refresh) > 0.02 * refresh and not args.pace:
+                print(f"warning: flips came at {stats['measured_hz']:.2f} Hz, not {refresh:.2f} Hz: is vsync on?")
+            print(format_report(stats))
+            return 0 if stats["dropped"] == 0 else 1
+        from rig.presenter.server import PresenterServer
+
+        try:
+            server = PresenterServer(stage, args.endpoint or pc.endpoint, heartbeat_s=pc.heartbeat_s,
+                                     dead_after_s=pc.dead_after_s, refresh_hz=refresh, pace=args.pace,
+                                     frame_tolerance=mon.frame_tolerance, marker=marker, keys=keys,
+                                     verbose=not args.quiet)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return server.run()
+    finally:
+        stage.close()
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    """Write a CURVE key pair: NAME.key (public, share it) and NAME.key_secret (keep it)."""
+    import zmq.auth
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix in (".key", ".key_secret"):
+        if (out / f"{args.name}{suffix}").exists() and not args.force:
+            raise UserError(f"{out / (args.name + suffix)} exists; pass --force to overwrite or choose another --name")
+    public_file, secret_file = zmq.auth.create_certificates(str(out), args.name)
+    Path(secret_file).chmod(0o600)
+    public, _ = zmq.auth.load_certificate(public_file)
+    print(f"public key  {public_file}\nsecret key  {secret_file} (keep it on this computer)\n"
+          f"public key text: {public.decode()}\n"
+          "set presenter.curve_public_key / curve_secret_key to these files; give the controller's .key file "
+          "to the presenter computer as presenter.curve_server_key")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("present", help="run the PsychoPy presenter (or its --timing-check)")
+    add_present_arguments(p)
+    p.set_defaults(func=run_present)
+    k = subparsers.add_parser("keys", help="make a CURVE key pair for a non-loopback presenter link")
+    k.add_argument("--out", default="keys", help="directory for the key files (default ./keys)")
+    k.add_argument("--name", default="itloop", help="file name stem (default itloop)")
+    k.add_argument("--force", action="store_true", help="overwrite existing key files")
+    k.set_defaults(func=run_keys)

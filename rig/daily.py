@@ -1,0 +1,92 @@
+"""Record one day: plan (or read the plan), open a backend, run the session, store it."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import h5py
+
+from rig.backend import SessionInfo
+from rig.backends import make_backend
+from rig.config import Config
+from rig.dayfile import DayWriter, read_day, write_plan
+from rig.errors import UserError
+from rig.paths import day_path, plan_path
+from rig.schedule import Schedule, build_schedule, seconds_per_presentation
+from rig.session import SessionResult, run_session
+from stimuli.images import clean_images
+from stimuli.stimset import StimulusSet
+
+
+def slot_seconds(cfg: Config) -> float:
+    r = cfg.rsvp
+    return seconds_per_presentation(r.stim_on_ms, r.mask_ms, r.presentations_per_trial, r.fixation_acquire_ms, r.inter_trial_ms)
+
+
+def screening_plan(cfg: Config) -> tuple[StimulusSet, Schedule]:
+    """Day 0: the clean image set, each shown ``screening.repeats`` times."""
+    pixels, _names = clean_images(cfg.images.source, cfg.images.size_px, cfg.images.n_clean, cfg.experiment.seed)
+    stimuli = StimulusSet(pixels)
+    schedule = build_schedule(stimuli.parent, cfg.screening.repeats, cfg.rsvp.presentations_per_trial,
+                              cfg.experiment.seed, slot_seconds(cfg))
+    return stimuli, schedule
+
+
+def ensure_screening_plan(cfg: Config, folder: Path) -> Path:
+    """Write day 0's plan file if it does not exist yet; return its path."""
+    path = plan_path(folder, 0)
+    if not path.exists():
+        stimuli, schedule = screening_plan(cfg)
+        write_plan(path, cfg.to_toml(), 0, stimuli, schedule, {"made_by": "screening_plan"})
+    return path
+
+
+def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "sim", resume: bool = False,
+               progress: bool = True, max_trials: int | None = None) -> SessionResult:
+    """Record ``day`` into ``<folder>/day_DDD.h5`` from its plan (day 0's is made here)."""
+    folder = Path(folder)
+    path = day_path(folder, day)
+    if resume:
+        writer = DayWriter.resume(path)
+        stored = read_day(path)
+        stimuli, order = stored.stimuli, stored.schedule_stim_index
+        with h5py.File(path, "r") as h5:
+            ppt = int(h5["schedule"].attrs["presentations_per_trial"])
+            spp = float(h5["schedule"].attrs["seconds_per_presentation"])
+        schedule = Schedule(order, ppt, spp)
+        session_id = str(stored.attrs["session_id"])
+    else:
+        ppath = ensure_screening_plan(cfg, folder) if day == 0 else plan_path(folder, day)
+        if not ppath.exists():
+            raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
+        plan = read_day(ppath)
+        with h5py.File(ppath, "r") as h5:
+            ppt = int(h5["schedule"].attrs["presentations_per_trial"])
+            spp = float(h5["schedule"].attrs["seconds_per_presentation"])
+        stimuli, schedule = plan.stimuli, Schedule(plan.schedule_stim_index, ppt, spp)
+        session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
+    backend, channel_names, backend_attrs = make_backend(backend_name, cfg)
+    if not resume:
+        writer = DayWriter.create(
+            path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,
+            schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
+            seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
+            backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
+            model_info=plan.model or None, attrs={**backend_attrs, "plan_file": ppath.name,
+                                                  **_separation_attrs(schedule, stimuli)})
+    elif len(channel_names) != writer.n_channels:
+        writer.close()
+        raise UserError(f"the backend records {len(channel_names)} channels but {path} has {writer.n_channels}; resume with the same rig")
+    r = cfg.rsvp
+    info = SessionInfo(session_id=session_id, day=day, stim_on_ms=r.stim_on_ms, mask_ms=r.mask_ms,
+                       fixation_acquire_ms=r.fixation_acquire_ms, inter_trial_ms=r.inter_trial_ms,
+                       image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.experiment.seed + 7919 * day)
+    with writer:
+        return run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
+                           progress=progress, max_trials=max_trials)
+
+
+def _separation_attrs(schedule: Schedule, stimuli: StimulusSet) -> dict:
+    mean, low = schedule.parent_separation_min(stimuli.parent)
+    return {"planned_parent_separation_mean_min": mean, "planned_parent_separation_min_min": low}
+

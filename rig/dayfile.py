@@ -1,0 +1,633 @@
+"""Day files: one HDF5 file per recording day, append-only, flushed after every trial.
+
+Layout (every dataset has ``unit`` and ``description`` attributes)::
+
+    /                      attrs: schema_version, software_version, created_utc, day,
+                                  session_id, backend, status, committed_trials, ...
+    /config_toml           the full resolved configuration (TOML text)
+    /stimuli/pixels        (n_stim, H, W, 3) uint8, exactly as displayed
+    /stimuli/sha1          (n_stim,) sha1 of each image's bytes
+    /stimuli/<column>      provenance (kind, parent, site, epsilon_requested, ...)
+    /model/...             the model that designed the stimuli (optional)
+    /schedule/stim_index   (n_planned,) the planned presentation order
+    /channels/names        (n_channels,)
+    /trials/<column>       one row per trial attempt; written LAST for each trial
+    /presentations/<col>   one row per presentation attempted (K per trial)
+    /spikes/counts         (n_presentations, n_channels) spikes in the count window
+    /spikes/times_s, /spikes/channel   raw spike events, acquisition clock
+    /sync/presenter_s, /sync/acq_s     sync pulses on both clocks
+
+Crash safety: a trial is *committed* when its row in ``/trials`` exists and the root
+attribute ``committed_trials`` counts it; that attribute is written last, then the file
+is flushed. Each trial row stores where its rows end in the other tables, so a reader
+(or a resumed writer) cuts every table back to the last committed trial and a crash
+loses at most the trial in flight. Every trial is also appended to a journal file
+(``<day>.journal``, one checksummed JSON line per trial, fsynced) before it is written
+to HDF5: should the HDF5 file itself be damaged, :func:`recover_day` rebuilds it from
+the journal and the plan. Nothing here ever deletes or overwrites a recording.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from rig import __version__
+from rig.backend import Trial, TrialRecord
+from stimuli.stimset import StimulusSet
+
+SCHEMA_VERSION = 1
+
+
+class DayFileError(Exception):
+    """A day file that cannot be used as asked; the message says why and what to do."""
+
+
+# (dataset name, dtype, unit, description) of the growing tables
+TRIAL_COLUMNS = [
+    ("trial_index", "i8", "1", "attempt number within the session"),
+    ("n_planned", "i4", "presentations", "presentations the trial was to show"),
+    ("completed", "i4", "presentations", "presentations shown in full with fixation held"),
+    ("fixation_ok", "?", "bool", "False if fixation broke during the trial"),
+    ("acquisition_ok", "?", "bool", "False if the acquisition stream had a gap (all presentations invalid)"),
+    ("start_acq_s", "f8", "s", "trial start, acquisition clock"),
+    ("end_acq_s", "f8", "s", "trial end, acquisition clock"),
+    ("presentations_end", "i8", "rows", "row count of /presentations after this trial"),
+    ("spikes_end", "i8", "rows", "row count of /spikes/times_s after this trial"),
+    ("sync_end", "i8", "rows", "row count of /sync after this trial"),
+]
+PRESENTATION_COLUMNS = [
+    ("planned_index", "i8", "1", "slot in /schedule/stim_index this presentation fulfils"),
+    ("stim_index", "i8", "1", "row of /stimuli shown"),
+    ("trial_index", "i8", "1", "trial attempt it belonged to"),
+    ("position", "i4", "1", "position within the trial (0-based)"),
+    ("shown", "?", "bool", "the image was shown in full"),
+    ("onset_presenter_s", "f8", "s", "stimulus-on flip time, presenter clock (NaN if not shown)"),
+    ("onset_acq_s", "f8", "s", "stimulus onset on the acquisition clock (aligned via sync pulses)"),
+    ("frames_on", "i4", "frames", "frames the image was on screen"),
+    ("frames_mask", "i4", "frames", "frames the grey mask was on screen"),
+    ("dropped_frame", "?", "bool", "a frame was dropped during this presentation"),
+    ("fixation_ok", "?", "bool", "fixation held through this presentation"),
+    ("valid", "?", "bool", "shown, fixation held, no dropped frame, acquisition intact"),
+]
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _describe(ds: h5py.Dataset, unit: str, description: str) -> None:
+    ds.attrs["unit"] = unit
+    ds.attrs["description"] = description
+
+
+def _growing(group: h5py.Group, name: str, dtype, unit: str, description: str, width: int | None = None) -> None:
+    if width is None:
+        shape, maxshape, chunks = (0,), (None,), (4096,)
+    else:  # a plan file has no channels yet: let h5py choose chunks for the empty width
+        shape, maxshape, chunks = (0, width), (None, width), ((256, width) if width else True)
+    ds = group.create_dataset(name, shape=shape, maxshape=maxshape, dtype=dtype, chunks=chunks)
+    _describe(ds, unit, description)
+
+
+def _append(ds: h5py.Dataset, values: np.ndarray) -> None:
+    n = ds.shape[0]
+    values = np.asarray(values)
+    ds.resize(n + len(values), axis=0)
+    if len(values):
+        ds[n:] = values
+
+
+def journal_path(day_path: str | Path) -> Path:
+    p = Path(day_path)
+    return p.with_name(p.name + ".journal")
+
+
+# --------------------------------------------------------------------------- writing
+@dataclass
+class TrialRows:
+    """What the session runner derived from one TrialRecord, ready to store."""
+
+    trial: Trial
+    record: TrialRecord
+    onset_acq_s: np.ndarray       # (K,) NaN where not shown
+    counts: np.ndarray            # (K, n_channels) spikes in the window; NaN where not shown
+    valid: np.ndarray             # (K,) bool
+
+    def to_json(self) -> str:
+        r = self.record
+        d = {
+            "trial_index": self.trial.trial_index, "stim_indices": list(self.trial.stim_indices),
+            "planned_indices": list(self.trial.planned_indices), "completed": r.completed,
+            "fixation_ok": r.fixation_ok, "acquisition_ok": r.acquisition_ok,
+            "onset_presenter_s": r.onset_presenter_s.tolist(), "frames_on": r.frames_on.tolist(),
+            "frames_mask": r.frames_mask.tolist(), "dropped_frame": r.dropped_frame.tolist(),
+            "sync_presenter_s": r.sync_presenter_s.tolist(), "sync_acq_s": r.sync_acq_s.tolist(),
+            "spike_times_s": r.spike_times_s.tolist(), "spike_channels": r.spike_channels.tolist(),
+            "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
+            "onset_acq_s": self.onset_acq_s.tolist(), "counts": self.counts.tolist(), "valid": self.valid.tolist(),
+        }
+        return json.dumps(d, allow_nan=True)
+
+    @staticmethod
+    def from_json(text: str) -> "TrialRows":
+        d = json.loads(text)
+        trial = Trial(d["trial_index"], tuple(d["stim_indices"]), tuple(d["planned_indices"]))
+        rec = TrialRecord(d["trial_index"], d["completed"], d["fixation_ok"], d["onset_presenter_s"], d["frames_on"],
+                          d["frames_mask"], d["dropped_frame"], d["sync_presenter_s"], d["sync_acq_s"],
+                          d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
+                          d["acquisition_ok"], d["note"])
+        return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
+                         np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool))
+
+
+class _Journal:
+    """Append-only, fsynced, checksummed log of trials: ``<crc32 hex> <json>\\n`` per line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def append(self, rows: TrialRows) -> None:
+        payload = rows.to_json()
+        self._fh.write(f"{zlib.crc32(payload.encode()):08x} {payload}\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def read_journal(path: str | Path) -> list[TrialRows]:
+    """Every intact trial in a journal (a torn or corrupt last line is ignored)."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    with open(p, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            crc, _, payload = line.rstrip("\n").partition(" ")
+            try:
+                if int(crc, 16) != zlib.crc32(payload.encode()):
+                    continue
+                out.append(TrialRows.from_json(payload))
+            except (ValueError, KeyError, json.JSONDecodeError):
+                continue
+    return out
+
+
+class DayWriter:
+    """Append trials to a day file; create it new or resume it, never overwrite it."""
+
+    def __init__(self, path: Path, h5: h5py.File, journal: _Journal):
+        self.path = path
+        self._h5 = h5
+        self._journal = journal
+        self.n_channels = int(h5["channels"].attrs["n_channels"])
+        self.n_planned = int(h5["schedule/stim_index"].shape[0])
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, *, config_text: str, day: int, session_id: str, stimuli: StimulusSet,
+               schedule_stim_index: np.ndarray, presentations_per_trial: int, seconds_per_presentation: float,
+               channel_names: list[str], backend: str, window_ms: tuple[float, float],
+               model_info: dict | None = None, attrs: dict | None = None) -> "DayWriter":
+        """Write the day's header (config, stimuli, plan) and open it for trials.
+
+        Refuses if ``path`` (or its journal) exists: resume it or choose another path.
+        """
+        path = Path(path)
+        if path.exists() or journal_path(path).exists():
+            raise DayFileError(f"day file {path} already exists; use --resume to continue it, or choose another --out. Nothing was overwritten.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".creating")
+        if tmp.exists():
+            tmp.unlink()  # a header that never finished: it holds no recording
+        with h5py.File(tmp, "w") as h5:  # default libver: no SWMR status flags to trip over after a crash
+            _write_header(h5, config_text=config_text, day=day, session_id=session_id, stimuli=stimuli,
+                          schedule_stim_index=schedule_stim_index, presentations_per_trial=presentations_per_trial,
+                          seconds_per_presentation=seconds_per_presentation, channel_names=channel_names,
+                          backend=backend, window_ms=window_ms, model_info=model_info, attrs=attrs or {})
+        os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
+        tmp.unlink()
+        return cls._open(path)
+
+    @classmethod
+    def resume(cls, path: str | Path) -> "DayWriter":
+        """Reopen an interrupted day: cut tables back to the last committed trial and
+        replay any trial the journal holds beyond it."""
+        path = Path(path)
+        if not path.exists():
+            raise DayFileError(f"day file {path} does not exist; there is nothing to resume (run without --resume to start it)")
+        writer = cls._open(path)
+        committed = writer.committed_trials
+        for rows in read_journal(journal_path(path))[committed:]:
+            writer._write_trial(rows)
+        return writer
+
+    @classmethod
+    def _open(cls, path: Path) -> "DayWriter":
+        try:
+            h5 = h5py.File(path, "r+")
+        except OSError as exc:
+            raise DayFileError(f"day file {path} cannot be opened for writing ({exc}); if it is damaged, run `itloop day recover {path}`") from None
+        if h5.attrs.get("status") == "complete":
+            h5.close()
+            raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
+        _truncate_to_committed(h5)
+        h5.attrs["status"] = "recording"
+        h5.flush()
+        return cls(path, h5, _Journal(journal_path(path)))
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def committed_trials(self) -> int:
+        return int(self._h5.attrs["committed_trials"])
+
+    @property
+    def next_trial_index(self) -> int:
+        ti = self._h5["trials/trial_index"]
+        return int(ti[-1]) + 1 if ti.shape[0] else 0
+
+    def done_planned(self) -> np.ndarray:
+        """(n_planned,) bool: planned slots already recorded validly."""
+        done = np.zeros(self.n_planned, bool)
+        p = self._h5["presentations"]
+        idx, ok = p["planned_index"][:], p["valid"][:]
+        done[idx[ok]] = True
+        return done
+
+    def sync_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._h5["sync/presenter_s"][:], self._h5["sync/acq_s"][:]
+
+    # -- writing -----------------------------------------------------------------------
+    def append_trial(self, rows: TrialRows) -> None:
+        """Journal the trial (fsync), then write it to HDF5 and flush."""
+        if rows.counts.shape != (len(rows.trial.stim_indices), self.n_channels):
+            raise ValueError(f"counts has shape {rows.counts.shape}; expected ({len(rows.trial.stim_indices)}, {self.n_channels})")
+        self._journal.append(rows)
+        self._write_trial(rows)
+
+    def _write_trial(self, rows: TrialRows) -> None:
+        h5, t, r = self._h5, rows.trial, rows.record
+        k, c = len(t.stim_indices), r.completed
+        shown = np.arange(k) < c
+        pad = lambda a, fill, dt: np.concatenate([np.asarray(a, dt), np.full(k - c, fill, dt)])  # noqa: E731
+        cols = {
+            "planned_index": np.asarray(t.planned_indices, "i8"), "stim_index": np.asarray(t.stim_indices, "i8"),
+            "trial_index": np.full(k, t.trial_index, "i8"), "position": np.arange(k, dtype="i4"), "shown": shown,
+            "onset_presenter_s": pad(r.onset_presenter_s, np.nan, "f8"), "onset_acq_s": np.asarray(rows.onset_acq_s, "f8"),
+            "frames_on": pad(r.frames_on, 0, "i4"), "frames_mask": pad(r.frames_mask, 0, "i4"),
+            "dropped_frame": pad(r.dropped_frame, False, "?"), "fixation_ok": shown,
+            "valid": np.asarray(rows.valid, "?"),
+        }
+        for name, values in cols.items():
+            _append(h5["presentations"][name], values)
+        _append(h5["spikes/counts"], np.asarray(rows.counts, "f4"))
+        _append(h5["spikes/times_s"], r.spike_times_s)
+        _append(h5["spikes/channel"], r.spike_channels)
+        _append(h5["sync/presenter_s"], r.sync_presenter_s)
+        _append(h5["sync/acq_s"], r.sync_acq_s)
+        trow = {"trial_index": t.trial_index, "n_planned": k, "completed": c, "fixation_ok": r.fixation_ok,
+                "acquisition_ok": r.acquisition_ok, "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s,
+                "presentations_end": h5["presentations/valid"].shape[0], "spikes_end": h5["spikes/times_s"].shape[0],
+                "sync_end": h5["sync/acq_s"].shape[0]}
+        for name, dt, _, _ in TRIAL_COLUMNS:
+            _append(h5["trials"][name], np.asarray([trow[name]], dt))
+        h5.attrs["committed_trials"] = h5["trials/trial_index"].shape[0]
+        h5.flush()
+
+    def set_clock(self, offset_s: float, drift: float, residual_sd_s: float, n_pairs: int) -> None:
+        """Store the presenter->acquisition clock fit: acq = offset + (1 + drift) * presenter."""
+        g = self._h5["sync"]
+        g.attrs.update({"fit_offset_s": offset_s, "fit_drift": drift, "fit_residual_sd_s": residual_sd_s, "fit_n_pairs": n_pairs})
+
+    def mark_complete(self) -> None:
+        self._h5.attrs["status"] = "complete"
+        self._h5.attrs["completed_utc"] = _utcnow()
+        self._h5.flush()
+
+    def close(self) -> None:
+        if self._h5.id.valid:
+            self._h5.flush()
+            self._h5.close()
+        self._journal.close()
+
+    def __enter__(self) -> "DayWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: StimulusSet, schedule_stim_index,
+                  presentations_per_trial, seconds_per_presentation, channel_names, backend, window_ms,
+                  model_info, attrs) -> None:
+    h5.attrs.update({"schema_version": SCHEMA_VERSION, "software": "itloop", "software_version": __version__,
+                     "created_utc": _utcnow(), "day": int(day), "session_id": session_id, "backend": backend,
+                     "status": "recording", "committed_trials": 0,
+                     "window_start_ms": float(window_ms[0]), "window_end_ms": float(window_ms[1])})
+    h5.attrs.update(attrs)
+    h5.create_dataset("config_toml", data=config_text, dtype=h5py.string_dtype())
+    st = h5.create_group("stimuli")
+    n, hh, ww, _ = stimuli.pixels.shape
+    _describe(st.create_dataset("pixels", data=stimuli.pixels, chunks=(1, hh, ww, 3) if n else None),
+              "uint8 RGB", "images exactly as displayed, (n_stim, H, W, 3); model input = pixels / 255")
+    _describe(st.create_dataset("sha1", data=np.array(stimuli.ids, dtype="S40")), "hex", "sha1 of each image's uint8 bytes")
+    units = {"kind": ("1", "clean | targeted | random"), "parent": ("1", "row of the clean parent; -1 for clean images"),
+             "site": ("1", "channel the perturbation targets; -1 for none"),
+             "epsilon_requested": ("L2 norm, pixels in [0,1]", "perturbation size asked for"),
+             "epsilon_shown": ("L2 norm, pixels in [0,1]", "perturbation size displayed (after uint8 rounding)"),
+             "direction": ("1", "+1 drive the site up, -1 down, 0 none"),
+             "predicted_change": ("spikes", "designing model's f_site(shown) - f_site(parent); NaN if none"),
+             "budget_passes": ("passes", "forward+backward passes spent designing it")}
+    for col in StimulusSet.COLUMNS:
+        v = getattr(stimuli, col)
+        data = np.array([str(x) for x in v], dtype=h5py.string_dtype()) if col == "kind" else v
+        _describe(st.create_dataset(col, data=data), *units[col])
+    sch = h5.create_group("schedule")
+    _describe(sch.create_dataset("stim_index", data=np.asarray(schedule_stim_index, "i8")), "1", "planned presentation order (rows of /stimuli)")
+    sch.attrs.update({"presentations_per_trial": int(presentations_per_trial),
+                      "seconds_per_presentation": float(seconds_per_presentation)})
+    ch = h5.create_group("channels")
+    ch.attrs["n_channels"] = len(channel_names)
+    _describe(ch.create_dataset("names", data=np.array(channel_names, dtype=h5py.string_dtype())), "1", "recording channel names")
+    if model_info:
+        _write_model(h5.create_group("model"), model_info)
+    tr = h5.create_group("trials")
+    for name, dt, unit, desc in TRIAL_COLUMNS:
+        _growing(tr, name, dt, unit, desc)
+    pr = h5.create_group("presentations")
+    for name, dt, unit, desc in PRESENTATION_COLUMNS:
+        _growing(pr, name, dt, unit, desc)
+    sp = h5.create_group("spikes")
+    _growing(sp, "counts", "f4", "spikes", f"spike count per presentation x channel in [onset+{window_ms[0]:g} ms, onset+{window_ms[1]:g} ms); NaN if not shown", width=len(channel_names))
+    sp["counts"].attrs["window_ms"] = np.asarray(window_ms, float)
+    _growing(sp, "times_s", "f8", "s", "raw spike times, acquisition clock")
+    _growing(sp, "channel", "i4", "1", "channel of each raw spike")
+    sy = h5.create_group("sync")
+    _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
+    _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
+
+
+def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
+               model_info: dict | None = None, attrs: dict | None = None) -> Path:
+    """Write a day's plan (stimuli, schedule, designing model) atomically; refuse to overwrite.
+
+    A plan file has the day-file layout with no trials and ``status = "planned"``.
+    """
+    path = Path(path)
+    if path.exists():
+        raise DayFileError(f"plan {path} already exists; it is never overwritten (delete it yourself to re-plan)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".creating")
+    with h5py.File(tmp, "w") as h5:
+        _write_header(h5, config_text=config_text, day=day, session_id=f"plan-day{day:03d}", stimuli=stimuli,
+                      schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
+                      seconds_per_presentation=schedule.seconds_per_presentation, channel_names=[], backend="none",
+                      window_ms=(0.0, 0.0), model_info=model_info, attrs=attrs or {})
+        h5.attrs["status"] = "planned"
+    os.link(tmp, path)
+    tmp.unlink()
+    return path
+
+
+def _write_model(g: h5py.Group, info: dict) -> None:
+    for k, v in info.items():
+        if isinstance(v, np.ndarray):
+            g.create_dataset(k, data=v)
+        elif isinstance(v, (list, tuple)) and v and not isinstance(v[0], str):
+            g.create_dataset(k, data=np.asarray(v))
+        elif isinstance(v, dict):
+            g.attrs[k] = json.dumps(v)
+        else:
+            g.attrs[k] = v if not isinstance(v, (list, tuple)) else json.dumps(list(v))
+
+
+def _truncate_to_committed(h5: h5py.File) -> None:
+    """Cut every growing table back to the end of the last committed trial."""
+    committed = int(h5.attrs["committed_trials"])
+    tr = h5["trials"]
+    ends = {"presentations": 0, "spikes": 0, "sync": 0}
+    if committed:
+        ends = {"presentations": int(tr["presentations_end"][committed - 1]),
+                "spikes": int(tr["spikes_end"][committed - 1]), "sync": int(tr["sync_end"][committed - 1])}
+    for name, *_ in TRIAL_COLUMNS:
+        tr[name].resize(committed, axis=0)
+    for name, *_ in PRESENTATION_COLUMNS:
+        h5["presentations"][name].resize(ends["presentations"], axis=0)
+    h5["spikes/counts"].resize(ends["presentations"], axis=0)
+    for name in ("times_s", "channel"):
+        h5["spikes"][name].resize(ends["spikes"], axis=0)
+    for name in ("presenter_s", "acq_s"):
+        h5["sync"][name].resize(ends["sync"], axis=0)
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class DayData:
+    """Everything in a day file, as arrays (committed trials only)."""
+
+    path: Path
+    attrs: dict
+    config_text: str
+    stimuli: StimulusSet
+    stim_ids: list[str]
+    schedule_stim_index: np.ndarray
+    channel_names: list[str]
+    trials: dict[str, np.ndarray]
+    presentations: dict[str, np.ndarray]
+    counts: np.ndarray                 # (n_presentations, n_channels) spikes; NaN if not shown
+    spike_times_s: np.ndarray
+    spike_channels: np.ndarray
+    sync_presenter_s: np.ndarray
+    sync_acq_s: np.ndarray
+    model: dict = field(default_factory=dict)
+
+    @property
+    def day(self) -> int:
+        return int(self.attrs["day"])
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("status") == "complete"
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+    def responses_by_repeat(self) -> np.ndarray:
+        """(n_repeats, n_stim, n_channels) valid counts (spikes), NaN-padded; the
+        repeat axis is the order in which each stimulus's valid presentations came."""
+        valid = self.presentations["valid"]
+        stim = self.presentations["stim_index"][valid]
+        counts = self.counts[valid]
+        n_stim = len(self.stimuli)
+        per = np.bincount(stim, minlength=n_stim)
+        n_rep = int(per.max()) if len(per) else 0
+        out = np.full((n_rep, n_stim, self.n_channels), np.nan, np.float32)
+        seen = np.zeros(n_stim, np.int64)
+        for row, s in enumerate(stim):
+            out[seen[s], s] = counts[row]
+            seen[s] += 1
+        return out
+
+    def mean_responses(self) -> np.ndarray:
+        """(n_stim, n_channels) mean valid count per stimulus (spikes); NaN if none."""
+        reps = self.responses_by_repeat()
+        if reps.shape[0] == 0:
+            return np.full((len(self.stimuli), self.n_channels), np.nan)
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(reps, axis=0) if np.isfinite(reps).any() else np.full(reps.shape[1:], np.nan)
+
+
+def read_day(path: str | Path) -> DayData:
+    """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise DayFileError(f"day file {path} does not exist")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
+        raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged.{hint}") from None
+    try:
+        with h5:
+            return _read_open(path, h5)
+    except KeyError as exc:
+        raise DayFileError(f"day file {path} lacks {exc.args[0] if exc.args else 'a required entry'}; it is not an itloop day file or is damaged") from None
+    except OSError as exc:
+        raise DayFileError(f"day file {path} is damaged: {exc}") from None
+
+
+def _read_open(path: Path, h5: h5py.File) -> DayData:
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
+    if attrs.get("software") != "itloop":
+        raise DayFileError(f"{path} is an HDF5 file but not an itloop day file (no software='itloop' attribute)")
+    if int(attrs.get("schema_version", -1)) > SCHEMA_VERSION:
+        raise DayFileError(f"{path} has schema version {attrs['schema_version']}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
+    committed = int(attrs["committed_trials"])
+    tr = h5["trials"]
+    trials = {name: tr[name][:committed] for name, *_ in TRIAL_COLUMNS}
+    n_pres = int(trials["presentations_end"][-1]) if committed else 0
+    n_spk = int(trials["spikes_end"][-1]) if committed else 0
+    n_sync = int(trials["sync_end"][-1]) if committed else 0
+    pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS}
+    st = h5["stimuli"]
+    cols = {c: st[c][:] for c in StimulusSet.COLUMNS}
+    cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
+    stimuli = StimulusSet(st["pixels"][:], **cols)
+    model = {}
+    if "model" in h5:
+        g = h5["model"]
+        model = {k: g[k][:] for k in g}
+        model.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in g.attrs.items()})
+    cfg = h5["config_toml"][()]
+    return DayData(
+        path=path, attrs=attrs, config_text=cfg.decode() if isinstance(cfg, bytes) else cfg,
+        stimuli=stimuli, stim_ids=[s.decode() for s in st["sha1"][:]],
+        schedule_stim_index=h5["schedule/stim_index"][:],
+        channel_names=[n.decode() if isinstance(n, bytes) else n for n in h5["channels/names"][:]],
+        trials=trials, presentations=pres, counts=h5["spikes/counts"][:n_pres],
+        spike_times_s=h5["spikes/times_s"][:n_spk], spike_channels=h5["spikes/channel"][:n_spk],
+        sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model)
+
+
+def check_day(path: str | Path) -> tuple[dict, list[str]]:
+    """Validate a day file. Returns (summary, problems); problems empty means valid."""
+    d = read_day(path)
+    problems: list[str] = []
+    pres = d.presentations
+    n_stim = len(d.stimuli)
+    ids = [s for s in d.stimuli.ids]
+    bad_ids = [i for i, (a, b) in enumerate(zip(ids, d.stim_ids)) if a != b]
+    if bad_ids:
+        problems.append(f"{len(bad_ids)} stimuli's pixels do not match their stored sha1 (first: row {bad_ids[0]})")
+    if np.any((pres["stim_index"] < 0) | (pres["stim_index"] >= n_stim)):
+        problems.append("presentations refer to stimuli that do not exist")
+    if np.any((d.schedule_stim_index < 0) | (d.schedule_stim_index >= n_stim)):
+        problems.append("the schedule refers to stimuli that do not exist")
+    n_planned = len(d.schedule_stim_index)
+    if np.any((pres["planned_index"] < 0) | (pres["planned_index"] >= n_planned)):
+        problems.append("presentations refer to planned slots that do not exist")
+    elif np.any(pres["stim_index"] != d.schedule_stim_index[pres["planned_index"]]):
+        problems.append("some presentations showed a different stimulus than their planned slot")
+    valid = pres["valid"]
+    vp = pres["planned_index"][valid]
+    if len(np.unique(vp)) != len(vp):
+        problems.append("some planned presentations were recorded validly more than once (duplicates)")
+    if np.any(~np.isfinite(d.counts[valid])):
+        problems.append("some valid presentations have no spike count")
+    if np.any(valid & ~pres["shown"]):
+        problems.append("some presentations are marked valid but were not shown")
+    if d.counts.shape[1] != d.n_channels:
+        problems.append(f"spike counts have {d.counts.shape[1]} channels, the channel table {d.n_channels}")
+    done = np.zeros(n_planned, bool)
+    done[vp] = True
+    if d.complete and not done.all():
+        problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
+    kinds = {k: int(np.sum(d.stimuli.kind == k)) for k in ("clean", "targeted", "random")}
+    summary = {
+        "path": str(d.path), "day": d.day, "status": d.attrs.get("status"), "schema_version": d.attrs.get("schema_version"),
+        "software_version": d.attrs.get("software_version"), "backend": d.attrs.get("backend"),
+        "trials": len(d.trials["trial_index"]), "aborted_trials": int(np.sum(~d.trials["fixation_ok"])),
+        "presentations": len(valid), "valid_presentations": int(valid.sum()),
+        "valid_fraction": float(valid.mean()) if len(valid) else float("nan"),
+        "planned_presentations": n_planned, "planned_done": int(done.sum()),
+        "channels": d.n_channels, "stimuli": n_stim, "stimuli_by_kind": kinds,
+        "image_size_px": int(d.stimuli.pixels.shape[1]) if n_stim else 0,
+        "raw_spikes": len(d.spike_times_s), "sync_pulses": len(d.sync_acq_s),
+        "random_init_model": d.attrs.get("random_init_model"),
+    }
+    return summary, problems
+
+
+def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
+    """Rebuild a damaged day file from its journal, keeping the damaged file aside.
+
+    The header (config, stimuli, schedule) comes from the damaged file if it can still
+    be read, else from ``plan_path`` (any itloop day or plan file with the same stimuli).
+    Returns the path of the rebuilt file (the original path; the damaged file is renamed
+    ``<name>.damaged-<time>``).
+    """
+    path = Path(path)
+    source = None
+    for candidate in ([path] + ([Path(plan_path)] if plan_path else [])):
+        try:
+            source = read_day(candidate)
+            break
+        except DayFileError:
+            continue
+    if source is None:
+        raise DayFileError(f"cannot read the header of {path}; pass --plan with the day's plan file to rebuild it from the journal")
+    journal = read_journal(journal_path(path))
+    stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    if path.exists():
+        path.rename(aside)
+    jaside = journal_path(path).with_name(journal_path(path).name + f".{stamp}")
+    journal_path(path).rename(jaside)
+    with h5py.File(source.path if source.path != path else aside, "r") as h5:
+        ppt = int(h5["schedule"].attrs["presentations_per_trial"])
+        spp = float(h5["schedule"].attrs["seconds_per_presentation"])
+    keep = {k: v for k, v in source.attrs.items() if k not in ("schema_version", "software", "software_version", "created_utc",
+                                                               "day", "session_id", "backend", "status", "committed_trials",
+                                                               "window_start_ms", "window_end_ms")}
+    keep["recovered_from"] = aside.name
+    w = DayWriter.create(path, config_text=source.config_text, day=source.day, session_id=str(source.attrs["session_id"]),
+                         stimuli=source.stimuli, schedule_stim_index=source.schedule_stim_index,
+                         presentations_per_trial=ppt, seconds_per_presentation=spp, channel_names=source.channel_names,
+                         backend=str(source.attrs["backend"]),
+                         window_ms=(float(source.attrs["window_start_ms"]), float(source.attrs["window_end_ms"])),
+                         model_info=source.model or None, attrs=keep)
+    with w:
+        for rows in journal:
+            w.append_trial(rows)
+    return path

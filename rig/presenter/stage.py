@@ -1,0 +1,120 @@
+"""The window and everything drawn on it: images, grey mask, fixation point, photodiode patch.
+
+Made once per presenter process (PsychoPy's callOnFlip demo: window and stimuli first,
+then a flat loop of frames). Units are pixels; sizes come from degrees via ``geometry``
+and the monitor description. The background is mid grey (RGB 128): the mask is that grey
+screen with the fixation point; images are drawn without the point, so the screen shows
+exactly the stored uint8 pixels (scaled to the configured size in degrees).
+
+The photodiode patch is a square in the bottom-left corner: white while an image is up,
+black otherwise, so its rising edge is the stimulus onset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from rig.presenter.geometry import deg_to_px
+
+FIXATION_DOT_DEG = 0.2        # diameter of the fixation point, degrees
+PHOTODIODE_PX = 48            # side of the photodiode patch, pixels
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """The physical screen: width in cm and pixels, viewing distance in cm."""
+
+    width_cm: float
+    distance_cm: float
+    width_px: int
+    height_px: int
+
+    def px(self, size_deg: float) -> float:
+        """Pixels spanned by a centred stimulus of ``size_deg`` degrees."""
+        return deg_to_px(size_deg, self.width_cm, self.width_px, self.distance_cm)
+
+
+class Stage:
+    """A PsychoPy window plus the session's preloaded image textures."""
+
+    def __init__(self, monitor: Monitor, *, window_px: tuple[int, int] | None = None,
+                 fullscreen: bool = False, photodiode: bool = True, screen: int = 0):
+        from psychopy import logging, visual
+
+        logging.console.setLevel(logging.ERROR)
+        self.monitor = monitor
+        size = tuple(window_px) if window_px else (monitor.width_px, monitor.height_px)
+        self.win = visual.Window(size=size, fullscr=fullscreen, screen=screen, winType="pyglet",
+                                 units="pix", color=(0, 0, 0), colorSpace="rgb", allowGUI=not fullscreen,
+                                 waitBlanking=True, checkTiming=False)
+        self.win.mouseVisible = not fullscreen
+        self.size_px = tuple(int(s) for s in self.win.size)
+        self._visual = visual
+        dot = max(2.0, monitor.px(FIXATION_DOT_DEG))
+        self.fixation = visual.Circle(self.win, radius=dot / 2, edges=32, units="pix",
+                                      fillColor=(1, 1, 1), lineColor=None)
+        self.photodiode = photodiode
+        w, h = self.size_px
+        corner = (-w / 2 + PHOTODIODE_PX / 2, -h / 2 + PHOTODIODE_PX / 2)
+        self.patch_on = visual.Rect(self.win, width=PHOTODIODE_PX, height=PHOTODIODE_PX, pos=corner,
+                                    units="pix", fillColor=(1, 1, 1), lineColor=None)
+        self.patch_off = visual.Rect(self.win, width=PHOTODIODE_PX, height=PHOTODIODE_PX, pos=corner,
+                                     units="pix", fillColor=(-1, -1, -1), lineColor=None)
+        self.images: list = []
+        self.image_size_px = monitor.px(8.0)
+
+    # ------------------------------------------------------------------ setup
+    def set_image_size(self, size_deg: float) -> float:
+        """Draw images ``size_deg`` wide (height keeps the aspect ratio); returns pixels."""
+        self.image_size_px = self.monitor.px(size_deg)
+        for stim in self.images:
+            stim.size = self._size_for(stim)
+        return self.image_size_px
+
+    def _size_for(self, stim) -> tuple[float, float]:
+        w, h = stim._itloop_shape
+        return (self.image_size_px, self.image_size_px * h / w)
+
+    def preload(self, pixels: np.ndarray, progress: Callable[[int], None] | None = None) -> None:
+        """Make one texture per image (uint8 (n, H, W, 3)); ``progress(i)`` is called as it goes."""
+        from PIL import Image
+
+        self.images = []
+        for i, px in enumerate(pixels):
+            stim = self._visual.ImageStim(self.win, image=Image.fromarray(np.ascontiguousarray(px)),
+                                          units="pix", interpolate=True)
+            stim._itloop_shape = (px.shape[1], px.shape[0])
+            stim.size = self._size_for(stim)
+            self.images.append(stim)
+            if progress is not None:
+                progress(i)
+
+    # ------------------------------------------------------------------ drawing
+    def draw(self, kind: str, image: int = -1) -> None:
+        """Draw one frame into the back buffer. ``kind``: fix_on, stim_on, mask_on, blank, abort_blank."""
+        if kind == "stim_on":
+            self.images[image].draw()
+        elif kind in ("fix_on", "mask_on"):
+            self.fixation.draw()
+        if self.photodiode:
+            (self.patch_on if kind == "stim_on" else self.patch_off).draw()
+
+    def capture(self, buffer: str = "back") -> np.ndarray:
+        """The window as uint8 (H, W, 3), top row first ('back': what the next flip shows)."""
+        return np.asarray(self.win._getFrame(buffer=buffer), dtype=np.uint8)
+
+    def measure_refresh_hz(self) -> float | None:
+        """PsychoPy's measurement of the refresh rate (None if unstable)."""
+        return self.win.getActualFrameRate(nIdentical=20, nMaxFrames=240, nWarmUpFrames=20, threshold=1)
+
+    def show_blank(self) -> None:
+        self.draw("blank")
+        self.win.flip()
+
+    def close(self) -> None:
+        try:
+            self.win.close()
+        except Exception:  # noqa: BLE001 - closing a dead window must not hide the real error
+            pass

@@ -1,0 +1,62 @@
+"""``itloop present --timing-check``: a long RSVP of test images and its frame statistics.
+
+Run it on the rig before a session with the photodiode attached: the printed refresh rate,
+flip intervals and dropped frames validate the monitor; the photodiode trace should show
+one pulse per image onset, ``n_on`` frames long.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rig.presenter.stage import Stage
+from rig.presenter.timing import frame_counts, interval_stats
+from rig.presenter.trial import run_frames
+
+
+def check_images(n: int = 16, size_px: int = 224, seed: int = 0) -> np.ndarray:
+    """``n`` uint8 (size, size, 3) checkerboards of different colours and scales."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size_px, :size_px]
+    out = np.empty((n, size_px, size_px, 3), np.uint8)
+    for i in range(n):
+        cell = int(rng.integers(8, 56))
+        board = ((yy // cell + xx // cell) % 2).astype(bool)
+        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        out[i] = np.where(board[..., None], a, b)
+    return out
+
+
+def run_timing_check(stage: Stage, *, stim_on_ms: float, mask_ms: float, refresh_hz: float,
+                     frame_tolerance: float, seconds: float = 30.0, image_size_deg: float = 8.0,
+                     pace: bool = False, marker=None) -> dict:
+    """Show ``seconds`` of RSVP and return frame statistics (intervals in ms, drops, counts)."""
+    n_on, n_mask = frame_counts(stim_on_ms, mask_ms, refresh_hz, frame_tolerance)
+    images = check_images()
+    stage.set_image_size(image_size_deg)
+    stage.preload(images)
+    n_pres = max(1, int(round(seconds * 1000.0 / (stim_on_ms + mask_ms))))
+    order = [i % len(images) for i in range(n_pres)]
+    log = run_frames(stage, order, 0, n_on, n_mask, marker=marker, pace_hz=refresh_hz if pace else None)
+    per = log.presentations(n_pres, n_on, n_mask, refresh_hz)
+    onsets = per["onset_s"]
+    soa = np.diff(onsets) * 1000.0
+    return {"refresh_hz": refresh_hz, "n_on": n_on, "n_mask": n_mask, "presentations": n_pres,
+            "flips": int(len(log.frame_time_s)), **interval_stats(log.frame_time_s, refresh_hz),
+            "presentations_with_drop": int(per["dropped"].sum()),
+            "soa_mean_ms": float(soa.mean()) if len(soa) else float("nan"),
+            "soa_sd_ms": float(soa.std()) if len(soa) else float("nan"),
+            "expected_soa_ms": (n_on + n_mask) * 1000.0 / refresh_hz}
+
+
+def format_report(stats: dict) -> str:
+    """The statistics as a short table for the terminal."""
+    lines = [f"refresh rate        {stats['refresh_hz']:.3f} Hz (frames: {stats['n_on']} on, {stats['n_mask']} mask)",
+             f"flips               {stats['flips']} over {stats['presentations']} presentations",
+             f"flip interval       mean {stats['mean_ms']:.3f} ms, sd {stats['sd_ms']:.3f}, "
+             f"min {stats['min_ms']:.3f}, max {stats['max_ms']:.3f} (measured {stats['measured_hz']:.2f} Hz)",
+             f"dropped frames      {stats['dropped']} (intervals > 1.5 frames); presentations hit: "
+             f"{stats['presentations_with_drop']}",
+             f"onset-to-onset      mean {stats['soa_mean_ms']:.3f} ms, sd {stats['soa_sd_ms']:.3f} "
+             f"(expected {stats['expected_soa_ms']:.3f})"]
+    verdict = "OK" if stats["dropped"] == 0 else "CHECK: frames were dropped"
+    return "\n".join(lines + [f"verdict             {verdict}"])

@@ -1,0 +1,113 @@
+"""The session runner: drive a backend through a schedule and record every trial.
+
+For each trial: ask the backend to run it, align its flip times to the acquisition clock
+through the sync pulses, count spikes in the response window, decide which
+presentations are valid, write the trial (journal, then HDF5, then flush) and put the
+invalid presentations back into the queue. Ctrl-C stops cleanly after the current
+trial; the day can be resumed later.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from rig.backend import Backend, SessionInfo
+from rig.clock import ClockAligner, window_counts
+from rig.dayfile import DayWriter, TrialRows
+from rig.schedule import PresentationQueue, Schedule
+from stimuli.stimset import StimulusSet
+
+
+@dataclass
+class SessionResult:
+    trials_run: int
+    presentations_valid: int
+    presentations_total: int
+    remaining: int            # planned presentations still without a valid recording
+    interrupted: bool
+    elapsed_s: float
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+
+class _StopFlag:
+    """Set by SIGINT (Ctrl-C): finish the current trial, then stop."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:  # second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        self.stop = True
+        tqdm.write("Ctrl-C: stopping after this trial (press again to abort at once; the day can be resumed).")
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def run_session(backend: Backend, writer: DayWriter, stimuli: StimulusSet, schedule: Schedule,
+                session: SessionInfo, window_ms: tuple[float, float], progress: bool = True,
+                max_trials: int | None = None) -> SessionResult:
+    """Record trials until every planned presentation has a valid recording.
+
+    ``writer`` may be a fresh or a resumed day; presentations it already holds validly
+    are not shown again. ``max_trials`` stops early (for tests and dry runs).
+    """
+    t0 = time.monotonic()
+    queue = PresentationQueue(schedule, writer.done_planned(), writer.next_trial_index)
+    aligner = ClockAligner()
+    aligner.add(*writer.sync_pairs())
+    n_ch = writer.n_channels
+    n_trials = n_valid = n_total = 0
+    interrupted = False
+    bar = tqdm(total=len(schedule), initial=len(schedule) - len(queue), unit="pres", disable=not progress,
+               desc=f"day {session.day}", dynamic_ncols=True)
+    backend.open(session, stimuli)
+    try:
+        with _StopFlag() as flag:
+            while (trial := queue.next_trial()) is not None:
+                rec = backend.run_trial(trial)
+                if rec.trial_index != trial.trial_index:
+                    raise RuntimeError(f"backend answered trial {rec.trial_index} for trial {trial.trial_index}")
+                k = len(trial.stim_indices)
+                aligner.add(rec.sync_presenter_s, rec.sync_acq_s)
+                onset_acq = np.full(k, np.nan)
+                if rec.completed:
+                    onset_acq[: rec.completed] = aligner.to_acq(rec.onset_presenter_s)
+                counts = window_counts(rec.spike_times_s, rec.spike_channels, onset_acq, n_ch, *window_ms)
+                shown = np.arange(k) < rec.completed
+                dropped = np.zeros(k, bool)
+                dropped[: rec.completed] = rec.dropped_frame
+                valid = shown & ~dropped & rec.acquisition_ok
+                writer.append_trial(TrialRows(trial, rec, onset_acq, counts, valid))
+                writer.set_clock(aligner.offset_s, aligner.drift, aligner.residual_sd_s, aligner.n_pairs)
+                queue.complete(valid)
+                n_trials += 1
+                n_valid += int(valid.sum())
+                n_total += k
+                bar.update(int(valid.sum()))
+                bar.set_postfix(trials=n_trials, valid=f"{n_valid / max(n_total, 1):.0%}")
+                if flag.stop or (max_trials is not None and n_trials >= max_trials):
+                    interrupted = flag.stop
+                    break
+        if len(queue) == 0:
+            writer.mark_complete()
+    finally:
+        bar.close()
+        backend.close()
+    return SessionResult(n_trials, n_valid, n_total, len(queue), interrupted, time.monotonic() - t0)

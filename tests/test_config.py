@@ -1,0 +1,71 @@
+"""Config: defaults == config.toml, overrides key by key, errors name the key."""
+from pathlib import Path
+
+import pytest
+
+from rig.config import ConfigError, Config, config_from_toml_text, load_config, parse_toml, frames_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_toml_equals_builtin_defaults():
+    assert parse_toml((ROOT / "config.toml").read_text()) == Config().to_dict()
+
+
+def test_every_key_in_config_toml_has_a_comment():
+    for line in (ROOT / "config.toml").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#") and not line.startswith("curve_"):
+            assert "#" in line, f"config.toml line without a comment: {line}"
+
+
+def test_user_file_overrides_key_by_key(tmp_path):
+    f = tmp_path / "my.toml"
+    f.write_text("[rsvp]\nstim_on_ms = 50\n[sim]\nn_channels = 4\n")
+    cfg = load_config(f)
+    assert cfg.rsvp.stim_on_ms == 50.0 and isinstance(cfg.rsvp.stim_on_ms, float)
+    assert cfg.rsvp.mask_ms == 100.0  # untouched keys keep their defaults
+    assert cfg.sim.n_channels == 4 and cfg.sim.peak_hz == 200.0
+
+
+def test_round_trip_through_stored_text():
+    cfg = load_config(overrides={"experiment": {"epsilons": [0.25, 1.0]}, "model": {"backbone": "tiny"}})
+    again = config_from_toml_text(cfg.to_toml())
+    assert again == cfg
+
+
+@pytest.mark.parametrize("text, must_mention", [
+    ("[rsvp]\nstim_on_ms = 100\nbogus = 1\n", "rsvp.bogus"),
+    ("[nosuchsection]\na = 1\n", "nosuchsection"),
+    ("[rsvp]\nstim_on_ms = \"fast\"\n", "rsvp.stim_on_ms"),
+    ("[schedule]\nrepeats = 1.5\n", "schedule.repeats"),
+    ("[screening]\nrepeats = 0\n", "screening.repeats"),
+    ("[schedule]\nrepeats = 0\n", "schedule.repeats"),
+    ("[window]\nstart_ms = 170\nend_ms = 70\n", "window.end_ms"),
+    ("[experiment]\nepsilons = [1.0, -0.5]\n", "experiment.epsilons"),
+    ("[model]\nlayer = \"layer9\"\n", "model.layer"),
+    ("[readout]\nmethod = \"lasso\"\n", "readout.method"),
+    ("[model]\nchannels_last = 1\n", "model.channels_last"),
+    ("rsvp = 3\n", "rsvp"),
+])
+def test_errors_name_the_key(tmp_path, text, must_mention):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    msg = str(exc.value)
+    assert must_mention in msg
+    assert "expected" in msg or "unknown" in msg
+    assert "\n" not in msg  # one message
+
+
+def test_malformed_toml_and_missing_file(tmp_path):
+    f = tmp_path / "broken.toml"
+    f.write_text("[rsvp\nstim_on_ms = 100\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_frames_for():
+    assert frames_for(100, 60) == 6 and frames_for(100, 100) == 10 and frames_for(100, 144) is None
