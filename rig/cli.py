@@ -19,6 +19,9 @@ from stimuli.images import ImageFolderError
 
 COMMAND_MODULES = [
     "rig.cli_day",
+    "rig.cli_present",
+    "rig.cli_model",
+    "rig.cli_stimuli",
 ]
 
 USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)

@@ -167,6 +167,8 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
     except ValueError as e:
         raise UserError(str(e)) from None
     cache = Path(cfg.paths.feature_cache) if cfg.paths.feature_cache else None
+    if cache is not None and not cache.is_absolute():
+        cache = Path(folder) / cache  # relative paths live inside the experiment folder
     fx = FeatureExtractor(backbone, cache_dir=cache, batch_size=m.batch_size, channels_last=m.channels_last,
                           bf16=m.bf16, device=m.device, progress=progress)
     X = fx.transform(pooled.pixels[rows], ids=[pooled.ids[i] for i in rows])

@@ -54,12 +54,21 @@ def run_present(args: argparse.Namespace) -> int:
         keys = curve_keys(pc.curve_public_key, pc.curve_secret_key, pc.curve_server_key)
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
+    import os
+    import sys
+
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        raise UserError("no X display (DISPLAY is not set): run the presenter on the stimulus computer's screen, "
+                        "or headless under `xvfb-run -a itloop present --windowed 800x600 --refresh-hz 60 --pace`")
     stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
                   fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode)
     try:
         refresh = args.refresh_hz or stage.measure_refresh_hz()
         if not refresh:
             raise UserError("could not measure a stable refresh rate; check vsync in the display driver or pass --refresh-hz")
+        if args.refresh_hz is None and abs(refresh - mon.refresh_hz) > 0.02 * mon.refresh_hz:
+            print(f"warning: measured {refresh:.2f} Hz but monitor.refresh_hz is {mon.refresh_hz:g} Hz; frames are "
+                  "counted from the measured rate - check the monitor setting", file=sys.stderr)
         if args.timing_check:
             from rig.presenter.timing_check import format_report, run_timing_check
 

@@ -5,6 +5,7 @@ import uuid
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from rig.backend import SessionInfo
 from rig.backends import make_backend
@@ -55,7 +56,10 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             spp = float(h5["schedule"].attrs["seconds_per_presentation"])
         schedule = Schedule(order, ppt, spp)
         session_id = str(stored.attrs["session_id"])
+        onsets = stored.presentations["onset_presenter_s"]
+        start_s = float(np.nanmax(onsets)) + 10.0 if np.isfinite(onsets).any() else 10.0
     else:
+        start_s = 10.0
         ppath = ensure_screening_plan(cfg, folder) if day == 0 else plan_path(folder, day)
         if not ppath.exists():
             raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
@@ -65,7 +69,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             spp = float(h5["schedule"].attrs["seconds_per_presentation"])
         stimuli, schedule = plan.stimuli, Schedule(plan.schedule_stim_index, ppt, spp)
         session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
-    backend, channel_names, backend_attrs = make_backend(backend_name, cfg)
+    backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
     if not resume:
         writer = DayWriter.create(
             path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,

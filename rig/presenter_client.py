@@ -184,8 +184,12 @@ class PresenterClient:
         return None
 
     # ------------------------------------------------------------------ commands
-    def wait_for_presenter(self, timeout_s: float = 30.0) -> dict:
-        """Wait for a presenter to connect, then say hello; returns its state (``describe``)."""
+    def wait_for_presenter(self, timeout_s: float = 30.0, say_hello: bool = True) -> dict:
+        """Wait for a presenter to connect, then say hello; returns its state (``describe``).
+
+        With ``say_hello=False`` returns what its heartbeat/announce said (e.g. ``state``:
+        'waiting' when it lost its previous controller).
+        """
         deadline = time.monotonic() + timeout_s
         while self.peer is None:
             if time.monotonic() > deadline:
@@ -193,7 +197,7 @@ class PresenterClient:
                                      f"`itloop present --endpoint {self.endpoint}` on the stimulus computer")
             if self.sock.poll(100, zmq.POLLIN):
                 self._receive()
-        return self.hello()
+        return self.hello() if say_hello else dict(self.presenter_info)
 
     def hello(self) -> dict:
         """Introduce this controller; returns the presenter's state (what is configured and loaded)."""

@@ -75,10 +75,14 @@ def run_session(backend: Backend, writer: DayWriter, stimuli: StimulusSet, sched
     n_ch = writer.n_channels
     n_trials = n_valid = n_total = 0
     interrupted = False
-    bar = tqdm(total=len(schedule), initial=len(schedule) - len(queue), unit="pres", disable=not progress,
-               desc=f"day {session.day}", dynamic_ncols=True)
-    backend.open(session, stimuli)
+    if progress:
+        tqdm.write(f"day {session.day}: preparing the {getattr(backend, 'name', 'backend')} backend "
+                   f"({len(stimuli)} stimuli, {len(queue)} presentations to record)")
+    bar = None
     try:
+        backend.open(session, stimuli)
+        bar = tqdm(total=len(schedule), initial=len(schedule) - len(queue), unit="pres", disable=not progress,
+                   desc=f"day {session.day}", dynamic_ncols=True)
         with _StopFlag() as flag:
             while (trial := queue.next_trial()) is not None:
                 rec = backend.run_trial(trial)
@@ -108,6 +112,7 @@ def run_session(backend: Backend, writer: DayWriter, stimuli: StimulusSet, sched
         if len(queue) == 0:
             writer.mark_complete()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         backend.close()
     return SessionResult(n_trials, n_valid, n_total, len(queue), interrupted, time.monotonic() - t0)

@@ -273,8 +273,8 @@ class PresenterServer:
         return {"aborting": None, "note": "no trial is running"}, {}
 
     def cmd_capture(self, msg):
-        """The screen as it is now (front buffer), uint8 (H, W, 3)."""
-        return {}, {"screen": self.stage.capture("front")}
+        """The screen as it is now, uint8 (H, W, 3)."""
+        return {"showing": self.stage.current[0]}, {"screen": self.stage.capture_screen()}
 
     def cmd_configure(self, msg):
         b = msg.body

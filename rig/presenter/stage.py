@@ -63,6 +63,7 @@ class Stage:
         self.patch_off = visual.Rect(self.win, width=PHOTODIODE_PX, height=PHOTODIODE_PX, pos=corner,
                                      units="pix", fillColor=(-1, -1, -1), lineColor=None)
         self.images: list = []
+        self.current: tuple[str, int] = ("blank", -1)
         self.image_size_px = monitor.px(8.0)
 
     # ------------------------------------------------------------------ setup
@@ -93,7 +94,11 @@ class Stage:
 
     # ------------------------------------------------------------------ drawing
     def draw(self, kind: str, image: int = -1) -> None:
-        """Draw one frame into the back buffer. ``kind``: fix_on, stim_on, mask_on, blank, abort_blank."""
+        """Draw one frame into the back buffer. ``kind``: fix_on, stim_on, mask_on, blank, abort_blank.
+
+        Every draw is followed by a flip, so the last drawn frame is what the screen shows.
+        """
+        self.current = (kind, image)
         if kind == "stim_on":
             self.images[image].draw()
         elif kind in ("fix_on", "mask_on"):
@@ -104,6 +109,15 @@ class Stage:
     def capture(self, buffer: str = "back") -> np.ndarray:
         """The window as uint8 (H, W, 3), top row first ('back': what the next flip shows)."""
         return np.asarray(self.win._getFrame(buffer=buffer), dtype=np.uint8)
+
+    def capture_screen(self) -> np.ndarray:
+        """What the screen shows now, uint8 (H, W, 3): the current frame redrawn off screen
+        (reading the front buffer is unreliable on many drivers, Xvfb included)."""
+        self.win.clearBuffer()
+        self.draw(*self.current)
+        out = self.capture("back")
+        self.win.clearBuffer()
+        return out
 
     def measure_refresh_hz(self) -> float | None:
         """PsychoPy's measurement of the refresh rate (None if unstable)."""
