@@ -1,0 +1,309 @@
+"""Per-site and population sensitivity to perturbations, with bootstrap CIs over images.
+
+Formulas (DESIGN section 1), for site i, clean image x, perturbation delta of size e:
+
+- absolute estimator: ``s_i(x,e) = |r_i(x+delta) - r_i(x)|`` (biased up by noise)
+- bias-corrected estimator: ``sign(predicted_change) * (r_i(x+delta) - r_i(x))``, the sign
+  predicted by the model that designed delta (a lower bound; unbiased when signs are right)
+- ``s_i(e)`` = mean over clean images x; normalised ``s_i(e) / sigma_i`` with ``sigma_i`` the
+  s.d. of ``r_i`` over clean images; population curve = mean over sites.
+
+Responses are mean spike counts per stimulus in the 70-170 ms window, ``(n_stimuli,
+n_channels)``, rows in stimulus-set order, NaN where a stimulus was not measured. Model
+predictions of the same shape can be passed instead, giving the curve on model units.
+
+Unit of analysis: the clean image. Stimuli of one parent at one epsilon (e.g. the +1 and -1
+directions) are averaged into one value; bootstrap resamples the parent images of each site
+(the same images for every epsilon), independently per site; ``sigma_i`` is held fixed.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.bootstrap import (DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, check_n_boot, combine_boot,
+                                estimate_from_boot, percentile_interval, resample_rows_mean)
+from analysis.provenance import Pairs, check_responses, epsilon_grid, perturbation_pairs, provenance_columns
+
+ESTIMATORS = ("abs", "signed")
+BOOT_CHUNK_ELEMENTS = 2_000_000  # resampled values held in memory at once
+
+
+@dataclass(frozen=True)
+class ImageTable:
+    """Per-image values of one estimator, grouped by site and epsilon.
+
+    ``values``: (n_sites, n_images_max, n_eps), spikes, NaN-padded; row j of site k is clean
+    image ``parents[k, j]`` (stimulus index, -1 = padding). ``n_images``: (n_sites,) rows used.
+    ``epsilons``: (n_eps,) requested L2 norms; ``epsilon_shown``: (n_sites, n_eps) mean shown.
+    """
+
+    values: np.ndarray
+    parents: np.ndarray
+    n_images: np.ndarray
+    sites: np.ndarray
+    epsilons: np.ndarray
+    epsilon_shown: np.ndarray
+
+
+@dataclass(frozen=True)
+class SensitivityCurve:
+    """Sensitivity versus epsilon per site and for the population, with CIs.
+
+    Shapes: ``epsilons`` (n_eps,) requested L2 norm (pixels in [0,1]); ``epsilon_shown``
+    (n_eps,) mean displayed norm; ``sites`` (n_sites,) channel indices; ``site_mean``,
+    ``site_lo``, ``site_hi``, ``n_images`` (n_sites, n_eps); ``population``,
+    ``population_lo``, ``population_hi`` (n_eps,); ``population_boot`` (n_boot, n_eps);
+    ``site_boot`` (n_boot, n_sites, n_eps); ``sigma`` (n_sites,) spikes.
+    Unit: multiples of sigma_i if ``normalised`` else spikes per window.
+    ``estimator``: "abs" or "signed" (bias-corrected); ``kind``: "targeted" or "random".
+    """
+
+    epsilons: np.ndarray
+    epsilon_shown: np.ndarray
+    sites: np.ndarray
+    site_mean: np.ndarray
+    site_lo: np.ndarray
+    site_hi: np.ndarray
+    n_images: np.ndarray
+    population: np.ndarray
+    population_lo: np.ndarray
+    population_hi: np.ndarray
+    population_boot: np.ndarray
+    site_boot: np.ndarray
+    sigma: np.ndarray
+    normalised: bool
+    estimator: str
+    kind: str
+    level: float
+
+    @property
+    def unit(self) -> str:
+        return "multiples of the site's clean-image s.d." if self.normalised else "spikes per window"
+
+    def population_estimate(self, epsilon: float) -> Estimate:
+        """Population value at one requested epsilon, with its CI."""
+        k = self.epsilon_index(epsilon)
+        return Estimate(float(self.population[k]), float(self.population_lo[k]), float(self.population_hi[k]),
+                        self.level, int(self.n_images[:, k].sum()))
+
+    def epsilon_index(self, epsilon: float) -> int:
+        hit = np.flatnonzero(np.isclose(self.epsilons, epsilon))
+        if hit.size == 0:
+            raise ValueError(f"epsilon {epsilon} not in this curve; available: {self.epsilons.tolist()}")
+        return int(hit[0])
+
+
+def clean_sigma(responses: np.ndarray, prov, sites: np.ndarray | None = None) -> np.ndarray:
+    """S.d. (ddof=1) of each site's response over the clean images, (n_sites,) spikes.
+
+    ``sites`` default: all channels. NaN rows (unmeasured stimuli) are ignored.
+    """
+    kind = provenance_columns(prov, ("kind",))["kind"]
+    r = check_responses(responses, len(kind))
+    sites = np.arange(r.shape[1]) if sites is None else np.asarray(sites, dtype=np.int64)
+    clean = r[kind == "clean"][:, sites]
+    n_ok = np.isfinite(clean).sum(axis=0)
+    if np.any(n_ok < 2):
+        bad = sites[n_ok < 2].tolist()
+        raise ValueError(f"sites {bad} have fewer than 2 measured clean images, so their s.d. is undefined; "
+                         "measure more clean images or pass sigma= explicitly")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanstd(clean, axis=0, ddof=1)
+
+
+def pair_values(responses: np.ndarray, pairs: Pairs, estimator: str) -> np.ndarray:
+    """Per-pair estimator value, (n_pairs,) spikes: |change| or sign(predicted) * change."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    change = pairs.change(responses)
+    if estimator == "abs":
+        return np.abs(change)
+    sign = np.sign(pairs.predicted_change)
+    if len(pairs) and (np.any(~np.isfinite(sign)) or np.any(sign == 0)):
+        raise ValueError("the bias-corrected ('signed') estimator needs a nonzero predicted_change for every "
+                         "stimulus; model-free controls have none: use estimator='abs' for them")
+    return sign * change
+
+
+def image_table(values: np.ndarray, pairs: Pairs, sites: np.ndarray) -> ImageTable:
+    """Average per-pair ``values`` (n_pairs,) over stimuli sharing (site, parent, epsilon)."""
+    sites = np.asarray(sites, dtype=np.int64)
+    epsilons, eps_idx = epsilon_grid(pairs.epsilon)
+    n_eps = len(epsilons)
+    per_site_parents = [np.unique(pairs.parent[pairs.site == s]) for s in sites]
+    n_images = np.array([len(p) for p in per_site_parents], dtype=np.int64)
+    n_max = int(n_images.max()) if len(sites) else 0
+    sums = np.zeros((len(sites), n_max, n_eps))
+    counts = np.zeros((len(sites), n_max, n_eps))
+    shown_sum = np.zeros((len(sites), n_eps))
+    shown_n = np.zeros((len(sites), n_eps))
+    parents = np.full((len(sites), n_max), -1, dtype=np.int64)
+    ok = np.isfinite(values)
+    for k, s in enumerate(sites):
+        parents[k, :n_images[k]] = per_site_parents[k]
+        m = (pairs.site == s) & ok
+        row = np.searchsorted(per_site_parents[k], pairs.parent[m])
+        np.add.at(sums[k], (row, eps_idx[m]), values[m])
+        np.add.at(counts[k], (row, eps_idx[m]), 1.0)
+        np.add.at(shown_sum[k], eps_idx[m], pairs.epsilon_shown[m])
+        np.add.at(shown_n[k], eps_idx[m], 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        shown = np.where(shown_n > 0, shown_sum / np.maximum(shown_n, 1), np.nan)
+    return ImageTable(table, parents, n_images, sites, epsilons, shown)
+
+
+def curve_from_table(table: ImageTable, sigma: np.ndarray | None, n_boot: int, level: float, seed: int,
+                     estimator: str, kind: str) -> SensitivityCurve:
+    """Means over images per site, population mean over sites, and bootstrap CIs."""
+    check_n_boot(n_boot)
+    n_sites, _, n_eps = table.values.shape
+    normalised = sigma is not None
+    scale = np.ones(n_sites) if sigma is None else np.asarray(sigma, dtype=float)
+    if scale.shape != (n_sites,):
+        raise ValueError(f"sigma must have one entry per site, shape ({n_sites},); got {scale.shape}")
+    if np.any(~np.isfinite(scale) | (scale <= 0)):
+        bad = table.sites[~np.isfinite(scale) | (scale <= 0)].tolist()
+        raise ValueError(f"sites {bad} have a clean-image s.d. of zero or NaN, so normalised sensitivity is "
+                         "undefined; drop those sites or pass normalise=False")
+    vals = table.values / scale[:, None, None]
+    rng = np.random.default_rng(seed)
+    site_boot = np.stack([resample_rows_mean(vals[k], int(table.n_images[k]), n_boot, rng)
+                          for k in range(n_sites)], axis=1) if n_sites else np.full((n_boot, 0, n_eps), np.nan)
+    n_images = np.isfinite(vals).sum(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        site_mean = np.nanmean(vals, axis=1)
+        population = np.nanmean(site_mean, axis=0)
+        population_boot = np.nanmean(site_boot, axis=1)
+        shown = np.nanmean(table.epsilon_shown, axis=0)
+    site_lo, site_hi = percentile_interval(site_boot, level)
+    pop_lo, pop_hi = percentile_interval(population_boot, level)
+    return SensitivityCurve(epsilons=table.epsilons, epsilon_shown=shown, sites=table.sites, site_mean=site_mean,
+                            site_lo=site_lo, site_hi=site_hi, n_images=n_images, population=population,
+                            population_lo=pop_lo, population_hi=pop_hi, population_boot=population_boot,
+                            site_boot=site_boot, sigma=scale if normalised else np.full(n_sites, np.nan),
+                            normalised=normalised, estimator=estimator, kind=kind, level=level)
+
+
+def sensitivity_curve(responses: np.ndarray, prov, *, estimator: str = "abs", kind: str = "targeted",
+                      sites: np.ndarray | None = None, normalise: bool = True, sigma: np.ndarray | None = None,
+                      n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> SensitivityCurve:
+    """Sensitivity ``s_i(e)`` per site and for the population, with bootstrap CIs over images.
+
+    responses: (n_stimuli, n_channels) mean spike counts (or model predictions, for the
+        curve on model units), rows in the order of ``prov``.
+    prov: StimulusSet or mapping with the provenance columns (see analysis.provenance).
+    estimator: "abs" (|r(x+d) - r(x)|) or "signed" (bias-corrected, sign of predicted_change).
+    kind: "targeted" (model-designed) or "random" (model-free control, same epsilons).
+    sites: channels to analyse (default: those targeted in ``prov``).
+    normalise: divide by sigma_i; ``sigma`` (n_sites,) spikes overrides the s.d. over the
+        clean images of ``prov`` (e.g. pass the screening day's).
+    """
+    c = provenance_columns(prov)
+    r = check_responses(responses, len(c["kind"]))
+    pairs = perturbation_pairs(prov, kind=kind, sites=sites)
+    use_sites = np.unique(pairs.site) if sites is None else np.unique(np.asarray(sites, dtype=np.int64))
+    if len(pairs) == 0:
+        raise ValueError(f"no {kind} stimuli with a clean parent for sites {use_sites.tolist()}; "
+                         "check the stimulus set's kind/parent/site columns")
+    if np.any(use_sites >= r.shape[1]):
+        raise ValueError(f"sites {use_sites[use_sites >= r.shape[1]].tolist()} exceed the {r.shape[1]} "
+                         "response channels")
+    table = image_table(pair_values(r, pairs, estimator), pairs, use_sites)
+    if normalise and sigma is None:
+        sigma = clean_sigma(r, prov, use_sites)
+    return curve_from_table(table, sigma if normalise else None, n_boot, level, seed, estimator, kind)
+
+
+def compare_curves(a: SensitivityCurve, b: SensitivityCurve, op: str = "ratio") -> dict[float, Estimate]:
+    """Population ``a op b`` (op "ratio" or "difference") at each epsilon both share, with CIs.
+
+    E.g. targeted vs random-direction control at the same epsilon (ratio), or last day vs
+    first day (difference). Keys: requested epsilon. The two curves' resamples are
+    independent; both must use the same n_boot.
+    """
+    out = {}
+    for k, e in enumerate(a.epsilons):
+        j = np.flatnonzero(np.isclose(b.epsilons, e))
+        if j.size:
+            out[float(e)] = combine_boot(a.population[k], a.population_boot[:, k], b.population[j[0]],
+                                         b.population_boot[:, j[0]], op, a.level)
+    return out
+
+
+def model_unit_curve(predictions: np.ndarray, prov, *, sites: np.ndarray | None = None, normalise: bool = True,
+                     n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> SensitivityCurve:
+    """The sensitivity curve on model units, for plotting next to IT.
+
+    predictions: (n_stimuli, n_channels) a model's predicted spike counts f_i for every
+    stimulus of ``prov`` (clean and perturbed), e.g. the designing readout, or a standard
+    vs an adversarially trained network's readout. Same estimator (|f_i(x+d) - f_i(x)|),
+    images and normalisation (by the s.d. of f_i over clean images) as the IT curve.
+    """
+    return sensitivity_curve(predictions, prov, estimator="abs", kind="targeted", sites=sites, normalise=normalise,
+                             n_boot=n_boot, level=level, seed=seed)
+
+
+@dataclass(frozen=True)
+class PredictedVsMeasured:
+    """Model-predicted vs measured change per perturbed stimulus; arrays (n_pairs,), spikes.
+
+    ``r``: Pearson correlation over stimuli with a bootstrap CI (resampling stimuli).
+    ``r_by_epsilon``: the same per requested epsilon.
+    """
+
+    predicted: np.ndarray
+    measured: np.ndarray
+    site: np.ndarray
+    epsilon: np.ndarray
+    stimulus: np.ndarray
+    r: Estimate
+    r_by_epsilon: dict[float, Estimate]
+
+
+def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r along the last axis of equally shaped arrays (NaN if a variance is zero)."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(-1) / np.sqrt((xc ** 2).sum(-1) * (yc ** 2).sum(-1))
+
+
+def bootstrap_pearson(x: np.ndarray, y: np.ndarray, n_boot: int, level: float, rng: np.random.Generator) -> Estimate:
+    """Pearson r of (n,) arrays with a percentile-bootstrap CI over the n points."""
+    if len(x) < 3:
+        return Estimate(np.nan, np.nan, np.nan, level, len(x))
+    chunk = max(1, BOOT_CHUNK_ELEMENTS // len(x))  # bound memory at paper scale
+    boot = np.concatenate([pearson_rows(x[idx], y[idx]) for idx in
+                           (rng.integers(0, len(x), size=(min(chunk, n_boot - i), len(x)))
+                            for i in range(0, n_boot, chunk))])
+    return estimate_from_boot(pearson_rows(x, y), boot, level, len(x))
+
+
+def predicted_vs_measured(responses: np.ndarray, prov, *, sites: np.ndarray | None = None,
+                          n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
+                          seed: int = 0) -> PredictedVsMeasured:
+    """Predicted (``predicted_change``) vs measured ``r_i(x+d) - r_i(x)`` per targeted stimulus.
+
+    responses: (n_stimuli, n_channels) mean spike counts. Stimuli whose response or
+    prediction is missing are dropped.
+    """
+    check_n_boot(n_boot)
+    c = provenance_columns(prov)
+    r = check_responses(responses, len(c["kind"]))
+    pairs = perturbation_pairs(prov, kind="targeted", sites=sites)
+    measured = pairs.change(r)
+    ok = np.isfinite(measured) & np.isfinite(pairs.predicted_change)
+    pred, meas = pairs.predicted_change[ok], measured[ok]
+    rng = np.random.default_rng(seed)
+    by_eps = {}
+    for e in np.unique(np.round(pairs.epsilon[ok], 9)):
+        m = np.isclose(pairs.epsilon[ok], e)
+        by_eps[float(e)] = bootstrap_pearson(pred[m], meas[m], n_boot, level, rng)
+    return PredictedVsMeasured(pred, meas, pairs.site[ok], pairs.epsilon[ok], pairs.stimulus[ok],
+                               bootstrap_pearson(pred, meas, n_boot, level, rng), by_eps)
