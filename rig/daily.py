@@ -56,8 +56,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             spp = float(h5["schedule"].attrs["seconds_per_presentation"])
         schedule = Schedule(order, ppt, spp)
         session_id = str(stored.attrs["session_id"])
-        onsets = stored.presentations["onset_presenter_s"]
-        start_s = float(np.nanmax(onsets)) + 10.0 if np.isfinite(onsets).any() else 10.0
+        start_s = _resume_presenter_time(path, stored)
     else:
         start_s = 10.0
         ppath = ensure_screening_plan(cfg, folder) if day == 0 else plan_path(folder, day)
@@ -88,6 +87,18 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     with writer:
         return run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
                            progress=progress, max_trials=max_trials)
+
+
+def _resume_presenter_time(path: Path, stored) -> float:
+    """Presenter-clock time at which the last recorded trial ended (10 s if none): a
+    simulated presenter resumes its clock there, as an uninterrupted session would."""
+    ends = stored.trials["end_acq_s"]
+    if not len(ends) or not np.isfinite(ends[-1]):
+        return 10.0
+    with h5py.File(path, "r") as h5:
+        a = h5["sync"].attrs
+        offset, drift = float(a.get("fit_offset_s", 0.0)), float(a.get("fit_drift", 0.0))
+    return float((ends[-1] - offset) / (1.0 + drift))
 
 
 def _separation_attrs(schedule: Schedule, stimuli: StimulusSet) -> dict:

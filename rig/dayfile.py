@@ -264,6 +264,14 @@ class DayWriter:
         done[idx[ok]] = True
         return done
 
+    def recorded_trials(self) -> list[tuple[tuple[int, ...], np.ndarray]]:
+        """(planned slots, validity flags) of every committed trial, in order."""
+        ends = self._h5["trials/presentations_end"][:]
+        planned = self._h5["presentations/planned_index"][:]
+        valid = self._h5["presentations/valid"][:]
+        starts = np.r_[0, ends[:-1]].astype(int)
+        return [(tuple(int(i) for i in planned[a:b]), valid[a:b]) for a, b in zip(starts, ends.astype(int))]
+
     def sync_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         return self._h5["sync/presenter_s"][:], self._h5["sync/acq_s"][:]
 

@@ -108,6 +108,9 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"unknown message type {mtype!r}; known types: {', '.join(ALL_TYPES)}")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise ProtocolError(f"seq {seq!r} must be an integer >= 0")
+    sent_at = header["sent_at"]
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
+        raise ProtocolError(f"sent_at {sent_at!r} must be a number (seconds since the epoch)")
     body = header.get("body", {})
     if not isinstance(body, dict):
         raise ProtocolError("header.body must be a JSON object")
@@ -120,7 +123,7 @@ def decode(frames: list[bytes]) -> Message:
         arrays_name, arr = _decode_array(k, desc, buf)
         arrays[arrays_name] = arr
     return Message(type=mtype, seq=seq, session=str(header["session"]), body=body, arrays=arrays,
-                   sent_at=float(header["sent_at"]), version=header["version"])
+                   sent_at=float(sent_at), version=header["version"])
 
 
 def _decode_array(k: int, desc: Any, buf: bytes) -> tuple[str, np.ndarray]:

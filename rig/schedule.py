@@ -157,6 +157,23 @@ class PresentationQueue:
         self._in_flight: tuple[int, ...] = ()
         self._next_trial = first_trial_index
 
+    @classmethod
+    def replay(cls, schedule: Schedule, recorded: list[tuple[tuple[int, ...], np.ndarray]]) -> "PresentationQueue":
+        """The queue exactly as it stood after the ``recorded`` trials (planned slots and
+        validity flags, in order), so a resumed session continues as an uninterrupted one
+        would have. Falls back to "everything not yet valid, in planned order" if the
+        record does not match what this queue would have handed out."""
+        q = cls(schedule)
+        for planned, valid in recorded:
+            trial = q.next_trial()
+            if trial is None or trial.planned_indices != tuple(planned):
+                done = np.zeros(len(schedule), bool)
+                for p, v in recorded:
+                    done[np.asarray(p)[np.asarray(v, bool)]] = True
+                return cls(schedule, done, first_trial_index=len(recorded))
+            q.complete(valid)
+        return q
+
     def __len__(self) -> int:
         """Planned presentations not yet validly recorded (including those in flight)."""
         return len(self._pending) + len(self._in_flight)

@@ -69,7 +69,7 @@ def run_session(backend: Backend, writer: DayWriter, stimuli: StimulusSet, sched
     are not shown again. ``max_trials`` stops early (for tests and dry runs).
     """
     t0 = time.monotonic()
-    queue = PresentationQueue(schedule, writer.done_planned(), writer.next_trial_index)
+    queue = PresentationQueue.replay(schedule, writer.recorded_trials())
     aligner = ClockAligner()
     aligner.add(*writer.sync_pairs())
     n_ch = writer.n_channels

@@ -67,3 +67,22 @@ def test_queue_resumes_from_done_mask():
     t = q.next_trial()
     assert t.trial_index == 9 and set(t.planned_indices) <= set(range(6, 10))
     assert len(q) == 4
+
+
+def test_replayed_queue_continues_exactly_like_an_uninterrupted_one():
+    s = build_schedule(np.full(9, -1), 3, 4, 0, 0.3)
+
+    def run(queue, rng, n=None):
+        trials = []
+        while (t := queue.next_trial()) is not None and (n is None or len(trials) < n):
+            valid = rng.random(len(t.planned_indices)) < 0.7
+            trials.append((t.trial_index, t.planned_indices, valid))
+            queue.complete(valid)
+        return trials
+
+    full = run(PresentationQueue(s), np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    first = run(PresentationQueue(s), rng, n=4)
+    q = PresentationQueue.replay(s, [(p, v) for _, p, v in first])
+    rest = run(q, rng)
+    assert [(i, p) for i, p, _ in first + rest] == [(i, p) for i, p, _ in full]
