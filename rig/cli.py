@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rig.cli_present",
     "rig.cli_model",
     "rig.cli_stimuli",
+    "rig.cli_loop",
 ]
 
 USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"itloop: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("itloop: interrupted; nothing recorded was lost (resume with --resume)", file=sys.stderr)
         return 130

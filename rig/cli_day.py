@@ -28,6 +28,19 @@ def register(sub) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
+    plan = dsub.add_parser("plan", help="refit on days < D, design perturbations, schedule day D")
+    plan.add_argument("--day", type=int, required=True, help="closed-loop day to plan (>= 1)")
+    plan.add_argument("--out", required=True, help="experiment folder holding the day files")
+    plan.add_argument("--config", help="TOML file overriding config.toml's defaults (default: the folder's experiment.toml, else day 0's)")
+    plan.add_argument("--no-progress", action="store_true")
+    plan.set_defaults(func=cmd_plan)
+
+    ana = dsub.add_parser("analyze", help="sensitivity, baselines and controls of a recorded closed-loop day")
+    ana.add_argument("--day", type=int, required=True)
+    ana.add_argument("--out", required=True, help="experiment folder holding the day files")
+    ana.add_argument("--no-progress", action="store_true")
+    ana.set_defaults(func=cmd_analyze)
+
     chk = dsub.add_parser("check", help="validate a day file and summarise it")
     chk.add_argument("file")
     chk.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -66,6 +79,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = "complete" if result.complete else f"incomplete ({result.remaining} presentations to go; resume with --resume)"
     print(f"day {args.day}: {state}; {result.trials_run} trials in {result.elapsed_s:.1f} s")
     return 0 if not problems else 1
+
+
+def folder_config(folder: Path, config: str | None):
+    """The config for a step in ``folder``: --config if given, else the experiment's stored one."""
+    from rig.simulate import EXPERIMENT_TOML
+
+    if config:
+        return load_config(config)
+    stored = folder / EXPERIMENT_TOML
+    if stored.exists():
+        return config_from_toml_text(stored.read_text())
+    if day_path(folder, 0).exists():
+        return config_from_toml_text(read_day(day_path(folder, 0)).config_text)
+    return load_config(None)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from rig.loop import plan_day
+
+    folder = Path(args.out)
+    plan_day(folder_config(folder, args.config), folder, args.day, progress=not args.no_progress)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from rig.analyze import analyze_day, describe
+
+    folder = Path(args.out)
+    res, out = analyze_day(folder_config(folder, None), folder, args.day, progress=not args.no_progress)
+    print(describe(res))
+    print(f"numbers written to {out}")
+    return 0
 
 
 def _print_summary(summary: dict, problems: list[str]) -> None:

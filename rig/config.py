@@ -179,11 +179,13 @@ class PerturbConfig:
     first_phase_fraction: float = 0.5
     first_phase_radius_factor: float = 2.0
     step_decay: float = 0.9
+    step_growth: float = 1.0
     prune: bool = True
     prune_keep_fraction: float = 0.25
     prune_after_fraction: float = 0.25
     early_stop: bool = True
     early_stop_patience: int = 5
+    early_stop_tolerance: float = 1e-4
     random_controls_per_image: int = 1
     max_batch_rows: int = 64
 
@@ -203,6 +205,10 @@ class PerturbConfig:
             out.append(("first_phase_radius_factor", self.first_phase_radius_factor, "a factor >= 1"))
         if not 0 < self.step_decay < 1:
             out.append(("step_decay", self.step_decay, "a factor in (0, 1)"))
+        if not 1 <= self.step_growth <= 4:
+            out.append(("step_growth", self.step_growth, "a factor in [1, 4] (1 = the paper's decay-only rule)"))
+        if not self.early_stop_tolerance >= 0:
+            out.append(("early_stop_tolerance", self.early_stop_tolerance, "a relative tolerance >= 0"))
         return out
 
 

@@ -74,9 +74,11 @@ def build_schedule(parent: np.ndarray, repeats: int, presentations_per_trial: in
     """Plan ``repeats`` presentations of every stimulus.
 
     ``parent[s]`` is the index of stimulus s's clean parent (-1 for clean images). Each
-    repeat is a block holding every stimulus once, shuffled; clean images sit in one half
-    of a block and perturbed ones in the other, alternating from block to block, so a
-    perturbed image is typically half a block away from its parent. A repair pass then
+    repeat is a block holding every stimulus once. Each family (a clean image and the
+    stimuli made from it) gets a random phase: the parent sits near that phase in every
+    block and its children half a block later (with jitter), so a perturbed image is about
+    half a block (one repeat) from its parent in both directions and families interleave
+    randomly. Clean images without children are shuffled freely. A repair pass then
     moves any perturbed presentation closer than ``min_separation_min`` to a presentation
     of its parent (best effort: the achieved separation is reported by
     :meth:`Schedule.parent_separation_min`).
@@ -88,15 +90,20 @@ def build_schedule(parent: np.ndarray, repeats: int, presentations_per_trial: in
     if n == 0:
         raise ValueError("build_schedule got an empty stimulus set; there is nothing to show")
     rng = np.random.default_rng(seed)
-    clean = np.flatnonzero(parent < 0)
-    pert = np.flatnonzero(parent >= 0)
+    is_child = parent >= 0
+    has_children = np.zeros(n, bool)
+    has_children[parent[is_child]] = True
+    phase = rng.random(n)  # per family, fixed across blocks
     blocks = []
-    for r in range(repeats):
-        c, p = rng.permutation(clean), rng.permutation(pert)
-        blocks.append(np.concatenate([c, p] if r % 2 == 0 else [p, c]))
+    for _ in range(repeats):
+        pos = rng.random(n)  # free stimuli: anywhere
+        fam = has_children & ~is_child
+        pos[fam] = phase[fam] + rng.uniform(-0.05, 0.05, fam.sum())
+        pos[is_child] = phase[parent[is_child]] + 0.5 + rng.uniform(-0.12, 0.12, is_child.sum())
+        blocks.append(np.argsort(pos % 1.0, kind="stable"))
     order = np.concatenate(blocks)
     gap = int(np.ceil(min_separation_min * 60.0 / seconds_per_slot)) if min_separation_min > 0 else 0
-    if gap > 0 and len(pert):
+    if gap > 0 and is_child.any():
         order = _repair(order, parent, gap, rng, max_repair_attempts)
     return Schedule(order, presentations_per_trial, seconds_per_slot, seed)
 
@@ -121,7 +128,7 @@ def _repair(order: np.ndarray, parent: np.ndarray, gap: int, rng: np.random.Gene
                     return True
         return False
 
-    for _ in range(3):
+    for _ in range(20):
         bad = [pos for pos, s in enumerate(order) if parent[s] >= 0 and conflicts(s, pos)]
         if not bad:
             break

@@ -1,0 +1,213 @@
+"""Perturbation engine benchmark, all measured side by side in one run on this machine.
+
+    .venv/bin/python benchmarks/perturb_bench.py [--quick]
+
+(a) throughput: engine rows/s ÷ bare backbone forward+input-backward rows/s at the same
+    batch size (target >= 0.9), for the "tiny" backbone and ResNet50 (random init, small images);
+(b) objective: mean s*(f_i(x+delta) - f_i(x)) of the engine ÷ that of torchattacks.PGDL2
+    with the same number of forward+backward passes per problem (PGDL2 driven through a
+    two-logit wrapper [s*f_i, 0] with label 1, whose cross-entropy grows with s*f_i; its
+    step size the best of a small sweep, chosen per epsilon), overall and per epsilon
+    (target >= 1.0);
+(c) pruning: the smallest fraction of the paper schedule's passes (all restarts, all steps)
+    with which pruning + early stopping reach 99% of the paper schedule's mean objective
+    (target <= 0.25).
+Models: modelfit backbones with a random readout on z-scored features (modelfit SiteModel).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from modelfit.backbone import build_backbone
+from modelfit.readout import SiteModel
+from stimuli.objective import SiteObjective
+from stimuli.perturb import PerturbParams, solve
+
+
+def site_model(name: str, n_sites: int, size: int, seed: int = 0) -> SiteModel:
+    bb = build_backbone(name, "layer4", None)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.uniform(0, 1, (16, 3, size, size)).astype(np.float32))
+    with torch.no_grad():
+        f = bb(x).numpy()
+    d = f.shape[1]
+    return SiteModel(bb, f.mean(0), f.std(0) + 1e-6, rng.normal(0, 1 / np.sqrt(d), (n_sites, d)), np.zeros(n_sites))
+
+
+def images(n: int, size: int, seed: int = 1) -> torch.Tensor:
+    from stimuli.images import builtin_images
+
+    px = builtin_images(n, size, seed)
+    return (torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255).contiguous()
+
+
+def problems(n_img: int, sites: list[int], eps: list[float]):
+    img, site, e, s = [], [], [], []
+    for i in range(n_img):
+        for j in sites:
+            for ee in eps:
+                for sg in (1, -1):
+                    img.append(i); site.append(j); e.append(ee); s.append(sg)
+    return img, site, e, s
+
+
+# ----------------------------------------------------------------------------- (a)
+def bare_rows_per_s(model: SiteModel, x: torch.Tensor, batch: int, reps: int) -> float:
+    w = torch.randn(batch, model.weight.shape[1])
+    xb = x[torch.arange(batch) % len(x)].clone()
+    for _ in range(2):
+        xi = xb.clone().requires_grad_(True)
+        torch.autograd.grad(model.backbone(xi), xi, grad_outputs=w)
+    t = time.perf_counter()
+    for _ in range(reps):
+        xi = xb.clone().requires_grad_(True)
+        torch.autograd.grad(model.backbone(xi), xi, grad_outputs=w)
+    return batch * reps / (time.perf_counter() - t)
+
+
+def engine_rows_per_s(model: SiteModel, x: torch.Tensor, batch: int, n_img: int, restarts: int, steps: int) -> float:
+    obj = SiteObjective(model)
+    img, site, e, s = problems(n_img, [0], [1.0])
+    p = PerturbParams(restarts=restarts, steps=steps, prune=False, early_stop=False, max_batch_rows=batch)
+    with obj.session():
+        solve(obj, x, img[:1], site[:1], e[:1], s[:1], PerturbParams(restarts=2, steps=2, max_batch_rows=batch))
+        t = time.perf_counter()
+        sols = solve(obj, x, img, site, e, s, p)
+        el = time.perf_counter() - t
+    return sum(so.passes for so in sols) / el
+
+
+# ----------------------------------------------------------------------------- (b)
+class TwoLogit(torch.nn.Module):
+    """logits [s*f_site(x), 0] per row: cross-entropy with label 1 grows with s*f_site."""
+
+    def __init__(self, model, site, sign):
+        super().__init__()
+        self.model, self.site, self.sign = model, site, sign
+
+    def forward(self, x):
+        v = self.sign * self.model(x).gather(1, self.site[:, None]).squeeze(1)
+        return torch.stack([v, torch.zeros_like(v)], 1)
+
+
+def objective_of(model, x0, delta, site, sign) -> np.ndarray:
+    with torch.no_grad():
+        f1 = model(x0 + delta).gather(1, site[:, None]).squeeze(1)
+        f0 = model(x0).gather(1, site[:, None]).squeeze(1)
+    return (sign * (f1 - f0)).numpy()
+
+
+def pgdl2(model, x, img, site, e, s, steps: int, alphas: list[float], seed: int = 0) -> dict[float, np.ndarray]:
+    """Per epsilon: the best (over the alpha sweep, as fractions of e) mean objective's per-problem values."""
+    import torchattacks
+
+    out = {}
+    img, site, e, s = map(np.asarray, (img, site, e, s))
+    for ee in sorted(set(e.tolist())):
+        k = np.flatnonzero(e == ee)
+        x0 = x[img[k]]
+        st, sg = torch.as_tensor(site[k]), torch.as_tensor(s[k]).float()
+        wrap = TwoLogit(model, st, sg).eval()
+        best = None
+        for a in alphas:
+            torch.manual_seed(seed)
+            atk = torchattacks.PGDL2(wrap, eps=ee, alpha=a * ee, steps=steps, random_start=True)
+            adv = atk(x0, torch.ones(len(k), dtype=torch.long))
+            val = objective_of(model, x0, adv - x0, st, sg)
+            if best is None or val.mean() > best.mean():
+                best = val
+        out[ee] = best
+    return out
+
+
+def compare_pgd(model, x, n_img, sites, eps, params: PerturbParams, alphas) -> list[tuple]:
+    img, site, e, s = problems(n_img, sites, eps)
+    obj = SiteObjective(model)
+    with obj.session():
+        sols = solve(obj, x, img, site, e, s, params)
+        ours = np.array([so.objective for so in sols])
+        passes = int(round(np.mean([so.passes for so in sols])))
+        theirs = pgdl2(model, x, img, site, e, s, passes, alphas)
+    e = np.asarray(e)
+    rows = []
+    for ee in sorted(theirs):
+        rows.append((ee, ours[e == ee].mean(), theirs[ee].mean(), passes))
+    return rows
+
+
+# ----------------------------------------------------------------------------- (c)
+def pruning_fraction(model, x, n_img, sites, eps, restarts, steps, configs) -> tuple[float, float, list[tuple]]:
+    img, site, e, s = problems(n_img, sites, eps)
+    obj = SiteObjective(model)
+    out = []
+    with obj.session():
+        paper = solve(obj, x, img, site, e, s, PerturbParams(restarts=restarts, steps=steps, prune=False,
+                                                             early_stop=False, max_batch_rows=64))
+        m_paper = np.mean([so.objective for so in paper])
+        p_paper = sum(so.passes for so in paper)
+        for keep, after, es in configs:
+            p = PerturbParams(restarts=restarts, steps=steps, prune=True, prune_keep_fraction=keep,
+                              prune_after_fraction=after, early_stop=es, max_batch_rows=64)
+            sols = solve(obj, x, img, site, e, s, p)
+            out.append((keep, after, es, sum(so.passes for so in sols) / p_paper,
+                        np.mean([so.objective for so in sols]) / m_paper))
+    ok = [frac for *_, frac, rel in out if rel >= 0.99]
+    return (min(ok) if ok else float("nan")), m_paper, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller counts")
+    args = ap.parse_args()
+    q = args.quick
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    ratios = {}
+
+    print("\n(a) throughput (rows = forward+input-backward passes of one image)")
+    print(f"{'backbone':10s} {'px':>4s} {'batch':>5s} {'bare rows/s':>12s} {'engine rows/s':>14s} {'ratio':>6s}")
+    for name, size, batch, n_img, R, T in (("tiny", 64, 32, 4, 8, 12), ("resnet50", 64, 8, 1, 4, 6)):
+        model = site_model(name, 4, size)
+        x = images(8, size)
+        bare = bare_rows_per_s(model, x, batch, reps=(3 if q else 6) if name == "resnet50" else 12)
+        eng = engine_rows_per_s(model, x, batch, n_img, R, T)
+        ratios[f"a_{name}"] = eng / bare
+        print(f"{name:10s} {size:4d} {batch:5d} {bare:12.1f} {eng:14.1f} {eng / bare:6.2f}")
+
+    print("\n(b) mean achieved s*(f_i(x+d)-f_i(x)) at equal passes per problem: engine vs torchattacks.PGDL2")
+    print(f"{'backbone':10s} {'eps':>5s} {'passes':>6s} {'engine':>9s} {'PGDL2':>9s} {'ratio':>6s}")
+    setups = (("tiny", 32, 2 if q else 4, [0], [0.25, 1.0, 3.0],
+               PerturbParams(restarts=8, steps=20, prune_keep_fraction=0.25, prune_after_fraction=0.2)),)
+    for name, size, n_img, sites, eps, params in setups:
+        model = site_model(name, 4, size)
+        x = images(n_img, size)
+        rows = compare_pgd(model, x, n_img, sites, eps, params, alphas=[0.1, 0.25, 0.5, 1.0])
+        for ee, ours, theirs, passes in rows:
+            print(f"{name:10s} {ee:5.2f} {passes:6d} {ours:9.4f} {theirs:9.4f} {ours / theirs:6.2f}")
+        ratios[f"b_{name}"] = np.mean([r[1] for r in rows]) / np.mean([r[2] for r in rows])
+        ratios[f"b_{name}_min_eps"] = min(r[1] / r[2] for r in rows)
+
+    print("\n(c) pruning: fraction of the paper schedule's passes and objective relative to it (tiny, 32 px)")
+    R, T = (16, 20) if q else (32, 20)
+    size = 32
+    configs = [(0.5, 0.2, False), (0.25, 0.2, False), (0.125, 0.1, False), (0.125, 0.1, True),
+               (1 / 16, 0.1, True), (1 / 32, 0.1, True)]
+    model = site_model("tiny", 4, size)
+    x = images(4, size)
+    frac, m_paper, out = pruning_fraction(model, x, 2, [0, 2] if q else [0, 1, 2], [0.5, 2.0], R, T, configs)
+    print(f"paper schedule: {R} restarts x {T} steps, mean objective {m_paper:.4f}")
+    print(f"{'keep':>6s} {'after':>6s} {'early':>6s} {'passes':>7s} {'objective':>10s}")
+    for keep, after, es, fr, rel in out:
+        print(f"{keep:6.3f} {after:6.2f} {str(es):>6s} {fr:7.3f} {rel:10.4f}")
+    ratios["c_fraction"] = frac
+
+    print("\nratios: " + "  ".join(f"{k}={v:.3f}" for k, v in ratios.items())
+          + "   (targets: a>=0.9, b>=1.0, c<=0.25)")
+
+
+if __name__ == "__main__":
+    main()

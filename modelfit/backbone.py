@@ -1,0 +1,281 @@
+"""Backbones: a ResNet truncated at a configured layer, weights from a local file only.
+
+``build_backbone(name, layer, weights)`` returns a frozen :class:`Backbone` in eval mode
+that maps images ``(B, 3, H, W)`` float in [0, 1] (uint8 / 255, exactly as displayed) to
+features ``(B, D)``: ImageNet normalisation happens inside, then the ResNet stem and
+blocks up to ``layer`` (``"layer3"``, ``"layer4.0"`` or ``"layer4"``), then global
+average pooling.
+
+Registry (:data:`REGISTRY`): ``"resnet50"`` (default, 2048-d at layer4), ``"resnet18"``
+(512-d) and ``"tiny"`` (a 4-stage ResNet with 16/32/64/128 channels; 128-d at layer4),
+the latter for fast CPU demos and tests.
+
+Weights come from a local file: a torchvision state dict or a MadryLab ``robustness``
+checkpoint (``{"model": ...}`` / ``{"state_dict": ...}`` with keys ``module.model.*``;
+``module.attacker.*`` and ``module.normalizer.*`` are ignored). Files are read with
+``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused
+(convert it once with ``itloop model convert CHECKPOINT OUT --trust``). With no weights
+file the network is randomly initialised, deterministically (seed 0 by default), and
+``weights_sha256 == "random-init"``. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+LAYERS = ("layer3", "layer4.0", "layer4")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT = "random-init"
+CONVERT_HINT = "itloop model convert CHECKPOINT OUT --trust"
+
+# keys of a robustness checkpoint that are not the network itself
+_IGNORED_PREFIXES = ("module.attacker.", "module.normalizer.", "attacker.", "normalizer.")
+_STRIPPED_PREFIXES = ("module.model.", "model.", "module.")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used for the named backbone (message says why and what to do)."""
+
+
+def _tiny_resnet() -> nn.Module:
+    """A ResNet with one BasicBlock per stage and 16/32/64/128 channels (~0.7 M params)."""
+
+    class TinyResNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            widths = (16, 32, 64, 128)
+            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            inplanes = widths[0]
+            for i, planes in enumerate(widths):
+                stride = 1 if i == 0 else 2
+                down = None
+                if stride != 1 or inplanes != planes:
+                    down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(planes))
+                setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(inplanes, planes, stride, down)))
+                inplanes = planes
+            self.fc = nn.Linear(inplanes, 1000)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    return TinyResNet()
+
+
+REGISTRY: dict[str, Callable[[], nn.Module]] = {
+    "resnet50": lambda: torchvision.models.resnet50(weights=None),
+    "resnet18": lambda: torchvision.models.resnet18(weights=None),
+    "tiny": _tiny_resnet,
+}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _short_list(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file safely and return the network's state dict (torchvision key names).
+
+    Accepts a plain state dict or a ``robustness`` checkpoint; raises :class:`WeightsError`
+    for a missing file, a file that is not a PyTorch checkpoint, a pickle that needs
+    arbitrary code to load, or content that is not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist; set model.weights to a local "
+                           "ResNet checkpoint, or to \"\" for a randomly initialised network")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for foreign files; sort them into two messages
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            culprit = next((ln.split("GLOBAL", 1)[1].split()[0] for ln in str(e).splitlines() if "GLOBAL " in ln), "?")
+            raise WeightsError(
+                f"weights file {str(path)!r} contains Python objects ({culprit}) that need arbitrary "
+                f"unpickling to load (refused: unpickling can run code). If you trust the file, convert it "
+                f"once with `{CONVERT_HINT}` and point model.weights at OUT"
+            ) from None
+        if isinstance(e, pickle.UnpicklingError):
+            first_line = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), first_line)
+        raise WeightsError(f"weights file {str(path)!r} is not a readable PyTorch checkpoint "
+                           f"({type(e).__name__}: {first_line[:200]}); if it is a pickle from a source you "
+                           f"trust, `{CONVERT_HINT}` may read it") from None
+    return extract_state_dict(obj, origin=str(path))
+
+
+def extract_state_dict(obj: object, origin: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The network's tensors from a loaded checkpoint object, with torchvision key names."""
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError(f"{origin!r} holds a {type(obj).__name__}, not a state dict (a mapping from "
+                           "parameter names to tensors, optionally under 'model' or 'state_dict')")
+    non_tensor = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if non_tensor:
+        raise WeightsError(f"{origin!r} is not a state dict: entries {_short_list(non_tensor)} are not tensors")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        key = str(key)
+        if key.startswith(_IGNORED_PREFIXES):
+            continue
+        for prefix in _STRIPPED_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        out[key] = value
+    return out
+
+
+def _load_into(net: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str) -> None:
+    """Load ``state`` into ``net`` (the classifier ``fc`` is optional); list every mismatch."""
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    given = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    wrong_shape = sorted(f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}"
+                         for k in set(own) & set(given) if given[k].shape != own[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_short_list(unexpected)}")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} shape mismatches (file vs {name}): {_short_list(wrong_shape, 4)}")
+        raise WeightsError(f"{origin!r} does not fit backbone {name!r} ({'; '.join(parts)}); "
+                           f"is it a checkpoint of another architecture? Set model.backbone to match it")
+    net.load_state_dict(given, strict=False)
+
+
+class Backbone(nn.Module):
+    """Frozen feature extractor: images (B,3,H,W) in [0,1] -> features (B, feature_dim).
+
+    Attributes: ``name`` (registry name), ``layer``, ``feature_dim``, ``weights_path``
+    (str or None), ``weights_sha256`` (hex, or ``"random-init"``), ``random_init``,
+    ``seed`` (the init seed of a random network) and ``identity`` (a string naming the
+    exact network: registry name + weights sha256, or + ``random-init-seed<k>``).
+    Always in eval mode (``train()`` keeps it there); parameters do not require grad, but
+    gradients flow to the input.
+    """
+
+    def __init__(self, name: str, layer: str, net: nn.Module, weights_path: str | None,
+                 weights_sha256: str, seed: int) -> None:
+        super().__init__()
+        self.name = name
+        self.layer = layer
+        self.weights_path = weights_path
+        self.weights_sha256 = weights_sha256
+        self.random_init = weights_sha256 == RANDOM_INIT
+        self.seed = seed
+        self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("img_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        blocks = [net.layer1, net.layer2, net.layer3]
+        if layer == "layer4.0":
+            blocks.append(net.layer4[0])
+        elif layer == "layer4":
+            blocks.append(net.layer4)
+        self.blocks = nn.Sequential(*blocks)
+        self.requires_grad_(False)
+        super().train(False)
+        with torch.no_grad():
+            self.feature_dim = int(self(torch.zeros(1, 3, 64, 64)).shape[1])
+
+    @property
+    def identity(self) -> str:
+        tag = f"{RANDOM_INIT}-seed{self.seed}" if self.random_init else self.weights_sha256
+        return f"{self.name}:{tag}"
+
+    def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"backbone expects images of shape (B, 3, H, W) in [0, 1]; got {tuple(images.shape)}")
+        x = (images - self.img_mean) / self.img_std
+        x = self.blocks(self.stem(x))
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, layer={self.layer!r}, feature_dim={self.feature_dim}, weights={self.identity}"
+
+
+def build_backbone(name: str = "resnet50", layer: str = "layer4", weights: str | Path | None = None,
+                   seed: int = 0) -> Backbone:
+    """Build registry network ``name`` truncated at ``layer``, weights from a local file.
+
+    ``weights`` None or "" gives a deterministic random initialisation (``seed``), the same
+    network in every process. Raises :class:`WeightsError` (a ValueError) for unusable files.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(REGISTRY)}")
+    if layer not in LAYERS:
+        raise ValueError(f"unknown layer {layer!r}; choose one of {list(LAYERS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = REGISTRY[name]()
+    if weights:
+        state = load_state_dict_file(weights)
+        _load_into(net, state, name, str(weights))
+        return Backbone(name, layer, net, str(weights), file_sha256(weights), seed)
+    return Backbone(name, layer, net, None, RANDOM_INIT, seed)
+
+
+def convert_checkpoint(src: str | Path, out: str | Path, trust: bool = False) -> dict[str, object]:
+    """Rewrite a checkpoint that needs full unpickling as a plain tensor state dict at ``out``.
+
+    Only with ``trust=True``: unpickling ``src`` can execute code it contains. The output
+    holds the network's tensors with torchvision key names (robustness attacker/normalizer
+    entries dropped) and loads with ``weights_only=True``. Returns {"tensors", "sha256", "out"}.
+    """
+    if not trust:
+        raise WeightsError(f"converting {str(src)!r} unpickles it, which can run code stored in the file; "
+                           "pass --trust (trust=True) only for a file from a source you trust")
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise WeightsError(f"checkpoint {str(src)!r} does not exist")
+    if out.resolve() == src.resolve():
+        raise WeightsError("OUT must be a new file, not the checkpoint itself")
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise WeightsError(f"{str(src)!r} could not be loaded even with full unpickling "
+                           f"({type(e).__name__}: {e}); is it a PyTorch checkpoint?") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], nn.Module):
+                obj = {key: obj[key].state_dict()}
+                break
+    state = extract_state_dict(obj, origin=str(src))
+    state = {k: v.detach().clone().contiguous() for k, v in state.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    torch.save(state, tmp)
+    tmp.replace(out)
+    return {"tensors": len(state), "sha256": file_sha256(out), "out": str(out)}

@@ -1,0 +1,131 @@
+"""Model-quality scores: cross-validated r, split-half noise ceiling, site selection.
+
+- :func:`split_half_reliability`: for each random split of every image's repeats into two
+  halves, Pearson r across images between the half means; r averaged over splits, then
+  Spearman-Brown corrected ``2r / (1 + r)``. This estimates the reliability of the mean over
+  all repeats: ``var(true) / var(observed mean)``.
+- :func:`cross_validated_r`: Brain-Score style — ``n_splits`` shuffled splits with
+  ``train_fraction`` of the images for training, Pearson r on the held-out images, mean
+  over splits.
+- :func:`noise_ceiled_predictivity`: ``sign(r) r^2 / ceiling`` per site, the fraction of the
+  explainable variance explained (1 for a perfect model, in expectation).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .readout import pearson_r_columns
+
+
+def split_half_reliability(reps: np.ndarray, n_splits: int = 50, seed: int = 0) -> np.ndarray:
+    """Spearman-Brown corrected split-half reliability per site.
+
+    ``reps``: (n_repeats, n_images, n_sites) responses, NaN where a repeat is missing. For
+    each image and site its valid repeats are shuffled and split in two halves (the
+    second gets the odd one); images with < 2 valid repeats are left out. Returns (n_sites,)
+    (NaN for a site with fewer than 3 usable images or a constant half).
+    """
+    reps = np.asarray(reps, dtype=np.float64)
+    if reps.ndim != 3:
+        raise ValueError(f"reps must be (n_repeats, n_images, n_sites); got shape {reps.shape}")
+    if reps.shape[0] < 2:
+        raise ValueError(f"split halves need at least 2 repeats; reps has {reps.shape[0]}")
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be >= 1; got {n_splits}")
+    valid = np.isfinite(reps)
+    k = valid.sum(0)  # (n_images, n_sites) valid repeats
+    half = k // 2
+    filled = np.where(valid, reps, 0.0)
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(n_splits):
+        keys = np.where(valid, rng.random(reps.shape), np.inf)
+        rank = np.empty_like(keys, dtype=np.int64)
+        np.put_along_axis(rank, np.argsort(keys, axis=0), np.arange(reps.shape[0])[:, None, None], axis=0)
+        in_a = rank < half
+        in_b = valid & ~in_a
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a = (filled * in_a).sum(0) / half
+            b = (filled * in_b).sum(0) / (k - half)
+        a[half < 1] = np.nan
+        b[half < 1] = np.nan
+        rs.append(pearson_r_columns(a, b))
+    r = np.nanmean(np.array(rs), axis=0) if n_splits > 1 else rs[0]
+    return spearman_brown(r)
+
+
+def spearman_brown(r: np.ndarray) -> np.ndarray:
+    """Reliability of the full set from the split-half correlation r: ``2r / (1 + r)``."""
+    r = np.asarray(r, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 2 * r / (1 + r)
+
+
+def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], object], n_splits: int = 10,
+                      train_fraction: float = 0.9, seed: int = 0, progress: bool = False) -> np.ndarray:
+    """Mean held-out Pearson r per site (n_sites,) over ``n_splits`` shuffled train/test splits.
+
+    ``make_readout()`` returns a fresh unfitted estimator with ``fit``/``predict``
+    (e.g. ``lambda: Readout(alphas=...)``). ``Y`` may contain NaN (each site scored on its
+    non-NaN held-out rows).
+    """
+    X = np.asarray(X)
+    Y = np.asarray(Y, dtype=np.float64)
+    if len(X) != len(Y):
+        raise ValueError(f"X has {len(X)} rows (images) but Y has {len(Y)}; they must be the same images")
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1); got {train_fraction}")
+    n = len(X)
+    n_train = int(round(train_fraction * n))
+    if n_train < 2 or n - n_train < 3:
+        raise ValueError(f"{n} images are too few for {train_fraction:.0%} train splits with >= 3 test images")
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in tqdm(range(n_splits), desc="cross-validated r", disable=not progress, leave=False):
+        perm = rng.permutation(n)
+        tr, te = perm[:n_train], perm[n_train:]
+        model = make_readout().fit(X[tr], Y[tr])
+        rs.append(pearson_r_columns(model.predict(X[te]), Y[te]))
+    with np.errstate(invalid="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.array(rs), axis=0)
+
+
+def noise_ceiled_predictivity(r: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """``sign(r) * r^2 / ceiling`` per site: the fraction of explainable variance explained.
+
+    The sign is kept so a model that anti-correlates with a site never scores as a good one.
+    NaN where the ceiling is <= 0 or NaN.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    ceiling = np.asarray(ceiling, dtype=np.float64)
+    if r.shape != ceiling.shape:
+        raise ValueError(f"r {r.shape} and ceiling {ceiling.shape} must have one entry per site each")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ceiling > 0, np.sign(r) * r**2 / ceiling, np.nan)
+
+
+def select_sites(reliability: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices (int64, ascending) of sites whose reliability is >= threshold (NaN never selected)."""
+    reliability = np.asarray(reliability, dtype=np.float64)
+    if reliability.ndim != 1:
+        raise ValueError(f"reliability must be one value per site (1-D); got shape {reliability.shape}")
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(reliability >= threshold).astype(np.int64)
+
+
+def summarize(r: np.ndarray, ceiling: np.ndarray) -> dict[str, float]:
+    """Median over sites of r, ceiling and noise-ceiled predictivity (NaN-ignoring)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"median_r": float(np.nanmedian(r)), "median_ceiling": float(np.nanmedian(ceiling)),
+                "median_noise_ceiled": float(np.nanmedian(noise_ceiled_predictivity(r, ceiling)))}

@@ -1,0 +1,233 @@
+"""Analyse a recorded closed-loop day: the paper's estimators, baselines and controls.
+
+``day_results(cfg, folder, day)`` computes, from the day files alone (plus, in simulation,
+the simulated monkey's ground truth):
+
+- sensitivity vs epsilon of the targeted sites: absolute and bias-corrected estimators,
+  normalised by each site's s.d. over the screening day's clean images;
+- the model-free random-direction control at the same epsilons and the targeted/random ratio;
+- the random-image-pair baseline (screening day) and the split-half measurement-noise floor;
+- the same curve on the designing model's own units; predicted vs measured change;
+- in simulation: the white-box (true) sensitivity and the fraction of it the loop reached.
+
+``analyze_day`` writes the numbers to ``day_DDD.analysis.json``; the report draws them.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rig.config import Config, config_from_toml_text
+from rig.dayfile import DayData, read_day
+from rig.errors import UserError
+from rig.paths import day_path
+
+N_BOOT = 1000
+
+
+@dataclass
+class DayResults:
+    day: int
+    sites: np.ndarray
+    sigma: np.ndarray
+    targeted: object               # SensitivityCurve, |.| estimator, normalised
+    signed: object                 # SensitivityCurve, bias-corrected, normalised
+    random: object | None          # SensitivityCurve of random-direction controls
+    ratio: dict                    # eps -> Estimate: targeted / random (|.| estimators)
+    pairs: object                  # SiteLevel: random-pair baseline (screening day)
+    noise: object                  # SiteLevel: split-half noise floor
+    model_units: object | None     # SensitivityCurve on the designing model's units
+    pvm: object                    # PredictedVsMeasured
+    model_scores: dict             # cv_r, ceiling, noise_ceiled of the designing model
+    random_init_model: bool
+    truth: dict = field(default_factory=dict)   # simulation only
+    data: DayData | None = None
+
+    def numbers(self) -> dict:
+        """Headline numbers with CIs, JSON-ready."""
+        def est(e):
+            return {"value": _f(e.value), "lo": _f(e.lo), "hi": _f(e.hi), "n": int(e.n)}
+        out = {
+            "day": self.day, "sites": self.sites.tolist(), "random_init_model": self.random_init_model,
+            "epsilons": [float(e) for e in self.targeted.epsilons],
+            "epsilon_shown": [float(e) for e in self.targeted.epsilon_shown],
+            "targeted_abs": {f"{e:g}": est(self.targeted.population_estimate(e)) for e in self.targeted.epsilons},
+            "targeted_signed": {f"{e:g}": est(self.signed.population_estimate(e)) for e in self.signed.epsilons},
+            "random_pairs": est(self.pairs.population), "noise_floor": est(self.noise.population),
+            "predicted_vs_measured_r": est(self.pvm.r),
+            "model_cv_r_median": _f(np.nanmedian(self.model_scores.get("cv_r", [np.nan]))),
+            "model_noise_ceiled_median": _f(np.nanmedian(self.model_scores.get("noise_ceiled", [np.nan]))),
+        }
+        if self.random is not None:
+            out["random_abs"] = {f"{e:g}": est(self.random.population_estimate(e)) for e in self.random.epsilons}
+            out["targeted_over_random"] = {f"{e:g}": est(v) for e, v in self.ratio.items()}
+        if self.model_units is not None:
+            out["model_units_abs"] = {f"{e:g}": est(self.model_units.population_estimate(e)) for e in self.model_units.epsilons}
+        if self.truth:
+            t = self.truth
+            out["truth"] = {
+                "whitebox_spikes": {f"{e:g}": _f(v) for e, v in zip(t["epsilons"], t["whitebox_population"])},
+                "fraction_true_achieved": {f"{e:g}": est(v) for e, v in t["fraction_true"].items()},
+                "fraction_measured": {f"{e:g}": est(v) for e, v in t["fraction_measured"].items()},
+                "whitebox_budget": {"restarts": t["restarts"], "steps": t["steps"],
+                                    "relative_change_on_doubling": _f(t["relative_change_on_doubling"]),
+                                    "history": t["history"]},
+            }
+        return out
+
+
+def _f(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _responses(d: DayData) -> np.ndarray:
+    return d.mean_responses().astype(float)
+
+
+def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = None, progress: bool = True,
+                n_boot: int = N_BOOT) -> DayResults:
+    """Everything the report needs about closed-loop day ``day`` (see the module docstring)."""
+    from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random_direction_control,
+                          random_pair_baseline, sensitivity_curve, split_half_noise_floor)
+    from analysis.sensitivity import model_unit_curve
+
+    folder = Path(folder)
+    path = day_path(folder, day)
+    if day < 1:
+        raise UserError("day 0 is the screening day: it has no perturbations to analyse; analyse days >= 1")
+    if not path.exists():
+        raise UserError(f"{path} does not exist; record it with `itloop day run --day {day} --out {folder}`")
+    d = read_day(path)
+    if not d.complete:
+        raise UserError(f"{path} is not complete; finish it with `itloop day run --day {day} --out {folder} --resume`")
+    d0 = read_day(day_path(folder, 0))
+    cfg = config_from_toml_text(d.config_text)
+    resp = _responses(d)
+    prov = d.stimuli
+    sites = np.asarray(d.model.get("target_channels", np.unique(prov.site[prov.site >= 0])), np.int64)
+    resp0 = _responses(d0)
+    sigma = clean_sigma(resp0, d0.stimuli, sites)
+    seed = cfg.experiment.seed * 1000 + day
+    kw = dict(sites=sites, n_boot=n_boot, seed=seed)
+    targeted = sensitivity_curve(resp, prov, estimator="abs", sigma=sigma, **kw)
+    signed = sensitivity_curve(resp, prov, estimator="signed", sigma=sigma, **kw)
+    has_random = bool(np.any(prov.kind == "random"))
+    random = random_direction_control(resp, prov, sigma=sigma, **kw) if has_random else None
+    ratio = compare_curves(targeted, random, "ratio") if random is not None else {}
+    pairs = random_pair_baseline(resp0, d0.stimuli, sigma=sigma, **kw)
+    noise = split_half_noise_floor(d.responses_by_repeat(), sites=sites, sigma=sigma, n_boot=n_boot, seed=seed)
+    pvm = predicted_vs_measured(resp, prov, **kw)
+
+    model_units, scores, random_init = None, {}, bool(d.model.get("random_init", False))
+    mfile = folder / str(d.model.get("model_file", ""))
+    if d.model.get("model_file") and mfile.exists():
+        from modelfit.store import load_fitted
+
+        fitted = load_fitted(mfile)
+        scores = {k: np.asarray(v) for k, v in fitted.scores.items()}
+        pred = _model_predictions(fitted, prov.pixels, d.n_channels, cfg)
+        model_units = model_unit_curve(pred, prov, **kw)
+
+    res = DayResults(day, sites, sigma, targeted, signed, random, ratio, pairs, noise, model_units, pvm, scores,
+                     random_init, data=d)
+    is_sim = d.attrs.get("backend") == "sim" or d.attrs.get("spike_source") == "simulated monkey"
+    if truth or (truth is None and is_sim):
+        res.truth = _truth(cfg, folder, d, sites, sigma, signed, n_boot, seed, progress)
+    return res
+
+
+def _model_predictions(fitted, pixels: np.ndarray, n_channels: int, cfg: Config) -> np.ndarray:
+    """The designing model's f(x) for every stimulus, in channel columns (NaN elsewhere)."""
+    import torch
+
+    module = fitted.module(weights=cfg.model.weights or None, device=cfg.model.device).eval()
+    out = np.full((len(pixels), n_channels), np.nan)
+    with torch.no_grad():
+        for i in range(0, len(pixels), 64):
+            x = torch.from_numpy(pixels[i:i + 64]).permute(0, 3, 1, 2).float().div(255.0).to(cfg.model.device)
+            out[i:i + 64][:, fitted.site_channels] = module(x).double().cpu().numpy()
+    return out
+
+
+def _truth(cfg: Config, folder: Path, d: DayData, sites: np.ndarray, sigma: np.ndarray, signed, n_boot: int,
+           seed: int, progress: bool) -> dict:
+    """White-box ground truth and the fraction of it the loop reached (simulation only)."""
+    from analysis import fraction_of_true, sensitivity_curve
+    from rig.backends import build_sim_monkey
+    from rig.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
+    from stimuli.perturb import PerturbParams
+
+    prov = d.stimuli
+    monkey = build_sim_monkey(cfg)
+    window = (cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0)
+    module = TrueCountModule(monkey, window, cfg.rsvp.stim_on_ms / 1000.0).eval()
+    # noise-free: the true expected counts of the very stimuli the loop showed
+    expected = monkey.expected_counts(monkey.true_rates(prov.pixels), window, cfg.rsvp.stim_on_ms / 1000.0)
+    achieved = sensitivity_curve(expected, prov, estimator="signed", sites=sites, normalise=False, n_boot=n_boot, seed=seed)
+    measured = sensitivity_curve(_responses(d), prov, estimator="signed", sites=sites, normalise=False, n_boot=n_boot, seed=seed)
+    # the white-box problems: every (clean parent, target site) the loop perturbed
+    t = prov.kind == "targeted"
+    pairs = sorted({(int(p), int(s)) for p, s in zip(prov.parent[t], prov.site[t]) if s in set(sites.tolist())})
+    parents = sorted({p for p, _ in pairs})
+    local = {p: i for i, p in enumerate(parents)}
+    clean = prov.pixels[parents]
+    problems = [(local[p], s) for p, s in pairs]
+    eps = [float(e) for e in achieved.epsilons]
+    # a larger budget than the loop's, then doubled until the answer moves by < 2%
+    base = PerturbParams(restarts=max(4, cfg.perturb.restarts // 2), steps=max(32, 2 * cfg.perturb.steps), prune=False,
+                         step_growth=1.25, early_stop=True, random_controls_per_image=0,
+                         max_batch_rows=cfg.perturb.max_batch_rows)
+    ids = [d.stim_ids[p] for p in parents]
+    key = {"problems": [[ids[i], s] for i, s in problems], "epsilons": eps, "sim": json.dumps(cfg.to_dict()["sim"], sort_keys=True),
+           "window": list(window), "restarts": base.restarts, "steps": base.steps}
+    if progress:
+        print(f"ground truth: white-box attack on the simulated sites ({len(problems)} problems x {len(eps)} epsilons "
+              f"x 2 directions), doubling the budget until it changes the answer by < 2%", flush=True)
+    wb = load_or_compute(folder / "groundtruth.npz", key,
+                         lambda: converged_whitebox(module, clean, problems, eps, base, seed=7, progress=progress))
+    # (n_sites, n_eps): mean over that site's images of the mean over both directions
+    true_site = np.full((len(sites), len(eps)), np.nan)
+    for k, s in enumerate(sites):
+        rows = [i for i, (_, ps) in enumerate(problems) if ps == s]
+        if rows:
+            true_site[k] = wb.best[rows].mean(axis=(0, 2))
+    frac_true = fraction_of_true(achieved, true_site)
+    frac_meas = fraction_of_true(measured, true_site)
+    return {"epsilons": eps, "whitebox_site": true_site, "whitebox_population": np.nanmean(true_site, axis=0),
+            "achieved_curve": achieved, "fraction_true": frac_true.population, "fraction_measured": frac_meas.population,
+            "fraction_true_site": frac_true.site_fraction, "restarts": wb.restarts, "steps": wb.steps,
+            "relative_change_on_doubling": wb.relative_change_on_doubling, "history": wb.history,
+            "whitebox_site_normalised": true_site / sigma[:, None]}
+
+
+def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -> tuple[DayResults, Path]:
+    """Compute :func:`day_results` and write ``day_DDD.analysis.json``."""
+    res = day_results(cfg, folder, day, progress=progress)
+    out = Path(folder) / f"day_{day:03d}.analysis.json"
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(json.dumps(res.numbers(), indent=1))
+    tmp.replace(out)
+    return res, out
+
+
+def describe(res: DayResults) -> str:
+    """A few lines for the terminal."""
+    lines = [f"day {res.day}: {len(res.sites)} targeted sites" + (" (model backbone had RANDOM weights)" if res.random_init_model else "")]
+    for e in res.targeted.epsilons:
+        a, s = res.targeted.population_estimate(e), res.signed.population_estimate(e)
+        line = f"  eps {e:g}: |dr|/sigma {a.value:.2f} [{a.lo:.2f}, {a.hi:.2f}]  bias-corrected {s.value:.2f} [{s.lo:.2f}, {s.hi:.2f}]"
+        if res.random is not None:
+            r, q = res.random.population_estimate(e), res.ratio[float(e)]
+            line += f"  random {r.value:.2f}  targeted/random {q.value:.1f}x [{q.lo:.1f}, {q.hi:.1f}]"
+        if res.truth:
+            f = res.truth["fraction_true"][float(e)]
+            line += f"  fraction of true {f.value:.2f} [{f.lo:.2f}, {f.hi:.2f}]"
+        lines.append(line)
+    lines.append(f"  random-pair baseline {res.pairs.population.value:.2f}, noise floor {res.noise.population.value:.2f} (x sigma); "
+                 f"predicted vs measured r = {res.pvm.r.value:.2f} [{res.pvm.r.lo:.2f}, {res.pvm.r.hi:.2f}]")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""``itloop simulate`` and ``itloop report``: whole experiments."""
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+
+from rig.config import load_config
+
+
+def demo_config_path() -> Path:
+    """The small demo configuration shipped with itloop (``rig/demo.toml``)."""
+    return Path(str(resources.files("rig").joinpath("demo.toml")))
+
+
+def register(sub) -> None:
+    sim = sub.add_parser("simulate", help="screening day + N closed-loop days against the simulated monkey, then the report")
+    sim.add_argument("--days", type=int, default=None, help="closed-loop days after screening (default: 2, or 3 with --demo)")
+    sim.add_argument("--out", required=True, help="experiment folder (created; re-run to resume)")
+    grp = sim.add_mutually_exclusive_group()
+    grp.add_argument("--config", help="TOML file overriding config.toml's defaults")
+    grp.add_argument("--demo", action="store_true", help="the small demo configuration (minutes on 2 CPU cores)")
+    sim.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    sim.add_argument("--no-progress", action="store_true")
+    sim.set_defaults(func=cmd_simulate)
+
+    rep = sub.add_parser("report", help="figures and summary of an experiment folder")
+    rep.add_argument("folder")
+    rep.add_argument("--out", help="report folder (default: FOLDER/report)")
+    rep.add_argument("--no-progress", action="store_true")
+    rep.set_defaults(func=cmd_report)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from rig.simulate import EXPERIMENT_TOML, simulate
+
+    folder = Path(args.out)
+    if args.demo:
+        cfg = load_config(demo_config_path())
+    elif args.config:
+        cfg = load_config(args.config)
+    elif (folder / EXPERIMENT_TOML).exists():
+        cfg = None  # continue the stored experiment
+    else:
+        cfg = load_config(None)
+    days = args.days if args.days is not None else (3 if args.demo else 2)
+    simulate(cfg, folder, days, progress=not args.no_progress, report=not args.no_report)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rig.cli_day import folder_config
+    from rig.report import write_report
+
+    folder = Path(args.folder)
+    summary = write_report(folder_config(folder, None), folder, args.out, progress=not args.no_progress)
+    print(f"report written: {summary} (figures beside it)")
+    return 0

@@ -1,0 +1,151 @@
+"""The daily loop's planning step (DESIGN section 2): refit, choose, perturb, schedule.
+
+``plan_day(cfg, folder, day)`` for a closed-loop day ``day >= 1``:
+
+1. refit the readout on every recorded day ``< day`` (clean and perturbed images alike);
+2. target the ``experiment.sites_per_day`` most reliable fitted sites (day-0 split-half
+   reliability, so the targets are the same channels every day);
+3. give each target ``experiment.images_per_site`` clean images from the day-0 pool
+   (seeded by the experiment seed, so every day perturbs the same images: days are
+   paired, and the simulation's ground truth is computed once);
+4. generate targeted perturbations at every epsilon in both directions, plus model-free
+   random-direction controls;
+5. build the RSVP schedule and write ``day_DDD.plan.h5`` with the model and code that
+   made every stimulus.
+"""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from rig import __version__
+from rig.config import Config
+from rig.dayfile import read_day, write_plan
+from rig.errors import UserError
+from rig.paths import day_path, model_path, plan_path
+from rig.schedule import build_schedule
+
+
+def code_version() -> str:
+    """itloop's version plus the git commit of the source tree, when there is one."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"{__version__}+{commit}{'.dirty' if dirty else ''}" if commit else __version__
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True) -> Path:
+    """The readout fitted on days 0..``through``; fitted (and saved) if not there yet."""
+    from rig.cli_model import fit_days
+
+    path = model_path(folder, through)
+    if not path.exists():
+        fit_days(cfg, folder, through, progress=progress)
+    return path
+
+
+def target_sites(model, n: int) -> np.ndarray:
+    """Indices (into the model's sites) of the ``n`` most reliable fitted sites."""
+    rel = np.asarray(model.scores.get("screening_reliability", np.zeros(model.n_sites)), float)
+    order = np.argsort(-np.nan_to_num(rel, nan=-np.inf), kind="stable")
+    return np.sort(order[: min(n, model.n_sites)])
+
+
+def choose_images(n_pool: int, n_sites: int, per_site: int, seed: int) -> np.ndarray:
+    """(n_sites, per_site) indices into the clean pool: distinct across sites while the
+    pool lasts, the same every day for a given seed."""
+    if per_site > n_pool:
+        raise UserError(f"experiment.images_per_site = {per_site} but the clean pool has only {n_pool} images; "
+                        "lower images_per_site or raise images.n_clean")
+    rng = np.random.default_rng([seed, 17])
+    perm = rng.permutation(n_pool)
+    need = n_sites * per_site
+    order = np.concatenate([perm] * (-(-need // n_pool)))[:need] if need > n_pool else perm[:need]
+    return order.reshape(n_sites, per_site)
+
+
+def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -> Path:
+    """Write ``day_DDD.plan.h5`` for closed-loop day ``day`` (see the module docstring)."""
+    from modelfit.store import load_fitted
+    from stimuli.perturb import PerturbParams, generate_perturbations
+
+    folder = Path(folder)
+    if day < 1:
+        raise UserError("day 0 is the screening day; it needs no plan step (run `itloop day run --day 0`)")
+    out = plan_path(folder, day)
+    if out.exists():
+        raise UserError(f"{out} already exists; a plan is never overwritten (delete it yourself to re-plan)")
+    for d in range(day):
+        p = day_path(folder, d)
+        if not p.exists():
+            raise UserError(f"day {day} is planned from days 0..{day - 1}, but {p} does not exist; record day {d} first")
+        if not read_day(p).complete:
+            raise UserError(f"{p} is not complete; finish it with `itloop day run --day {d} --out {folder} --resume`")
+    mpath = ensure_model(cfg, folder, day - 1, progress)
+    model = load_fitted(mpath)
+    module = model.module(weights=cfg.model.weights or None, device=cfg.model.device)
+    targets = target_sites(model, cfg.experiment.sites_per_day)
+    screening = read_day(day_path(folder, 0))
+    pool = np.flatnonzero(screening.stimuli.kind == "clean")
+    chosen = choose_images(len(pool), len(targets), cfg.experiment.images_per_site, cfg.experiment.seed)
+    unique = np.unique(chosen)
+    clean = screening.stimuli.pixels[pool[unique]]
+    local = {int(g): i for i, g in enumerate(unique)}
+    problems = [(local[int(chosen[k, j])], int(targets[k])) for k in range(len(targets)) for j in range(chosen.shape[1])]
+    params = PerturbParams.from_config_section({**asdict(cfg.perturb), "channels_last": cfg.model.channels_last,
+                                                "bf16": cfg.model.bf16})
+    if progress:
+        print(f"day {day}: perturbing {len(unique)} clean images for {len(targets)} sites at "
+              f"{len(cfg.experiment.epsilons)} epsilons, both directions ({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)",
+              flush=True)
+    stimset = generate_perturbations(module, clean, problems, list(cfg.experiment.epsilons), params,
+                                     seed=cfg.experiment.seed * 1000 + day, device=cfg.model.device, progress=progress)
+    # the engine names sites by model column; the day file names them by recording channel
+    site_channels = np.asarray(model.site_channels, np.int64)
+    stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
+    schedule = build_schedule(stimset.parent, cfg.schedule.repeats, cfg.rsvp.presentations_per_trial,
+                              cfg.experiment.seed * 1000 + day, _slot_seconds(cfg), cfg.schedule.min_parent_separation_min)
+    mean_sep, min_sep = schedule.parent_separation_min(stimset.parent)
+    info = {
+        "model_file": mpath.name, "model_sha256": file_sha256(mpath), "backbone": model.backbone_name,
+        "layer": model.layer, "weights_sha256": model.weights_sha256, "random_init": bool(model.random_init),
+        "site_channels": site_channels, "target_channels": site_channels[targets],
+        "coef": np.asarray(model.coef), "intercept": np.asarray(model.intercept),
+        "feature_mean": np.asarray(model.feature_mean), "feature_scale": np.asarray(model.feature_scale),
+        "clean_pool_index": pool[unique], "code_version": code_version(),
+        "perturb_params": asdict(params),
+    }
+    write_plan(out, cfg.to_toml(), day, stimset, schedule, model_info=info,
+               attrs={"planned_parent_separation_mean_min": mean_sep, "planned_parent_separation_min_min": min_sep,
+                      "random_init_model": bool(model.random_init)})
+    if min_sep < cfg.schedule.min_parent_separation_min:
+        print(f"day {day}: WARNING: some perturbed images are only {min_sep:.2f} min from their parents "
+              f"(asked for schedule.min_parent_separation_min = {cfg.schedule.min_parent_separation_min}); "
+              "the session is too short for that separation", flush=True)
+    if progress:
+        print(f"day {day}: plan written to {out} ({len(stimset)} stimuli, {len(schedule)} presentations, "
+              f"perturbed images {mean_sep:.1f} min from their parents on average, {min_sep:.1f} min at least)")
+    return out
+
+
+def _slot_seconds(cfg: Config) -> float:
+    from rig.daily import slot_seconds
+
+    return slot_seconds(cfg)
+

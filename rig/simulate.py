@@ -1,0 +1,64 @@
+"""``itloop simulate``: a screening day and N closed-loop days against the simulated monkey.
+
+Resumable: the experiment's configuration is stored in ``<folder>/experiment.toml`` on the
+first run; re-running skips finished steps (plans, days, analyses), resumes an interrupted
+day, and refuses a different configuration rather than mix two experiments in one folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rig.analyze import analyze_day, describe
+from rig.config import Config, config_from_toml_text
+from rig.daily import record_day
+from rig.dayfile import read_day
+from rig.errors import UserError
+from rig.loop import plan_day
+from rig.paths import day_path, plan_path
+
+EXPERIMENT_TOML = "experiment.toml"
+
+
+def experiment_config(folder: Path, cfg: Config | None) -> Config:
+    """The folder's stored config; stores ``cfg`` on first use, refuses a different one later."""
+    stored = folder / EXPERIMENT_TOML
+    if stored.exists():
+        have = config_from_toml_text(stored.read_text())
+        if cfg is not None and have != cfg:
+            raise UserError(f"{folder} holds an experiment with another configuration ({stored}); "
+                            "re-run without --config/--demo to continue it, or choose a new --out")
+        return have
+    if cfg is None:
+        raise UserError(f"{folder} is not an itloop experiment folder (no {EXPERIMENT_TOML}); pass --config or --demo")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = stored.with_name(stored.name + ".partial")
+    tmp.write_text(cfg.to_toml())
+    tmp.replace(stored)
+    return cfg
+
+
+def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool = True, report: bool = True) -> Path | None:
+    """Run (or finish) the whole experiment; returns the report summary's path."""
+    from rig.report import write_report
+
+    folder = Path(folder)
+    if days < 1:
+        raise UserError(f"--days {days}: give at least 1 closed-loop day after screening")
+    cfg = experiment_config(folder, cfg)
+    for day in range(days + 1):
+        path = day_path(folder, day)
+        if day >= 1 and not path.exists() and not plan_path(folder, day).exists():
+            plan_day(cfg, folder, day, progress=progress)
+        if not path.exists():
+            record_day(cfg, folder, day, "sim", progress=progress)
+        elif not read_day(path).complete:
+            print(f"day {day}: resuming the interrupted recording in {path}", flush=True)
+            record_day(cfg, folder, day, "sim", resume=True, progress=progress)
+        if day >= 1 and not (folder / f"day_{day:03d}.analysis.json").exists():
+            res, _ = analyze_day(cfg, folder, day, progress=progress)
+            print(describe(res), flush=True)
+    if not report:
+        return None
+    summary = write_report(cfg, folder, progress=progress)
+    print(f"report: {summary} (figures beside it)")
+    return summary

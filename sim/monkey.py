@@ -1,0 +1,320 @@
+"""The simulated monkey: synthetic IT sites with a hidden, saturating ground truth.
+
+Site ``i``'s drive for image ``x`` (pixels in [0,1]) is
+
+    drive_i(x) = sqrt(lf) * lin_i(B x) + sqrt(1 - lf) * hid_i(B x)
+
+with ``lf = linear_fraction`` and ``B`` a Gaussian blur of ``smoothing_px`` pixels (the
+sensitivity knob: more blur, less sensitive to small perturbations). ``lin_i`` is a random
+linear readout ``a_i . z`` of the standardised features ``z`` of ``model_features`` (the
+controller's backbone) -- or of a fixed random net when no backbone is given -- and
+``hid_i`` a random MLP on the features of a hidden random conv net (sim.hidden) that the
+controller never sees. Each part is normalised to zero mean and unit variance over a seeded
+reference set of textures (sim.refimages) at the input's size, so the ground truth depends
+only on the seed, the parameters and the image size. The rate saturates:
+
+    rate_i(x) = baseline_i + (peak_hz - baseline_i) * sigmoid(drive_gain * drive_i(x) + bias_i)
+
+so it always lies in [baseline_i, peak_hz] (Hz). The blur acts on both parts (so the
+knob can lower the whole population's sensitivity): ``linear_fraction`` is the share that
+is linear in the backbone's features of the blurred image, exactly linear in the
+features of the image itself only at ``smoothing_px = 0``. Per-site baseline (Hz), latency (s) and
+bias are drawn from ``seed``. ``true_rates``/``true_rate_module`` are for evaluation only.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sim import spikes as _spikes
+from sim.clocks import ClockMap
+from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP
+from sim.refimages import reference_images
+
+
+@dataclass
+class SimParams:
+    """The simulated monkey's parameters; same fields as ``rig.config.SimConfig``."""
+
+    n_channels: int = 32                 # simulated sites (= recording channels)
+    linear_fraction: float = 0.5         # share of drive variance linear in the model's features
+    smoothing_px: float = 1.0            # Gaussian blur sigma of the rate function's input, pixels
+    hidden_width: int = 32               # channels of the hidden conv net's first layer
+    baseline_hz: list[float] = field(default_factory=lambda: [5.0, 30.0])   # [lo, hi] Hz
+    peak_hz: float = 200.0               # saturation rate, Hz
+    drive_gain: float = 1.5              # slope of the sigmoid on the unit-variance drive
+    latency_ms: list[float] = field(default_factory=lambda: [70.0, 100.0])  # [lo, hi] ms
+    gain_noise_cv: float = 0.2           # trial-to-trial multiplicative gain noise (CV)
+    fixation_break_prob: float = 0.05    # probability a trial's fixation breaks
+    clock_offset_s: float = 0.0123       # acquisition minus presenter clock at presenter t=0, s
+    clock_drift_ppm: float = 20.0        # acquisition clock runs fast by this, parts per million
+    seed: int = 1234                     # fixes the sites, the hidden network and the noise
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible parameter and what is expected."""
+        problems = []
+        if int(self.n_channels) != self.n_channels or self.n_channels < 1:
+            problems.append(("n_channels", self.n_channels, "an integer >= 1"))
+        if not 0 <= self.linear_fraction <= 1:
+            problems.append(("linear_fraction", self.linear_fraction, "a fraction in [0, 1]"))
+        if not self.smoothing_px >= 0:
+            problems.append(("smoothing_px", self.smoothing_px, "a Gaussian sigma in pixels >= 0"))
+        if int(self.hidden_width) != self.hidden_width or self.hidden_width < 1:
+            problems.append(("hidden_width", self.hidden_width, "an integer >= 1"))
+        if len(self.baseline_hz) != 2 or not 0 <= self.baseline_hz[0] <= self.baseline_hz[1]:
+            problems.append(("baseline_hz", self.baseline_hz, "[low, high] with 0 <= low <= high (Hz)"))
+        elif not self.peak_hz > self.baseline_hz[1]:
+            problems.append(("peak_hz", self.peak_hz, f"a rate above the highest baseline ({self.baseline_hz[1]} Hz)"))
+        if len(self.latency_ms) != 2 or not 0 <= self.latency_ms[0] <= self.latency_ms[1]:
+            problems.append(("latency_ms", self.latency_ms, "[low, high] with 0 <= low <= high (ms)"))
+        if not self.drive_gain >= 0:
+            problems.append(("drive_gain", self.drive_gain, "a number >= 0"))
+        if not self.gain_noise_cv >= 0:
+            problems.append(("gain_noise_cv", self.gain_noise_cv, "a coefficient of variation >= 0"))
+        if not 0 <= self.fixation_break_prob < 1:
+            problems.append(("fixation_break_prob", self.fixation_break_prob, "a probability in [0, 1)"))
+        if not (math.isfinite(self.clock_offset_s) and math.isfinite(self.clock_drift_ppm)):
+            problems.append(("clock_offset_s/clock_drift_ppm", (self.clock_offset_s, self.clock_drift_ppm), "finite numbers"))
+        if problems:
+            key, value, expected = problems[0]
+            raise ValueError(f"sim.{key} = {value!r} is impossible; expected {expected}")
+
+
+FEATURE_SHRINK = 0.5  # feature scales are sqrt(var + 0.5 * mean var) so near-constant features stay small
+
+
+def _seed_for(seed: int, tag: int) -> int:
+    """An independent 32-bit seed for component ``tag`` of the monkey with ``seed``."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, tag]).generate_state(1)[0])
+
+
+class TrueRateModule(nn.Module):
+    """images (B,3,H,W) in [0,1] -> true rates (B, n_channels) in Hz; differentiable.
+
+    Normalisation statistics are computed once per image size (H, W) from the seeded
+    reference textures, lazily on the first call at that size.
+    """
+
+    def __init__(self, params: SimParams, model_features: Callable | None, baseline_hz: np.ndarray,
+                 bias: np.ndarray, n_reference_images: int = 128) -> None:
+        super().__init__()
+        self.params = params
+        self.n_channels = int(params.n_channels)
+        self.n_reference_images = int(n_reference_images)
+        self.blur = GaussianBlur(params.smoothing_px)
+        self.hidden_net = RandomConvNet(params.hidden_width, _seed_for(params.seed, 11))
+        self.hidden_mlp = RandomMLP(self.hidden_net.feature_dim, max(64, 4 * self.n_channels),
+                                    self.n_channels, _seed_for(params.seed, 12))
+        if model_features is None:
+            model_features = RandomConvNet(max(8, params.hidden_width // 2), _seed_for(params.seed, 13))
+        self._features_is_module = isinstance(model_features, nn.Module)
+        if self._features_is_module:
+            model_features.eval()  # its parameters are left as they are (it may be shared)
+            self.model_features = model_features
+        else:
+            self._model_features_fn = model_features
+        self.register_buffer("baseline_hz", torch.as_tensor(baseline_hz, dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
+        self.w_lin = math.sqrt(params.linear_fraction)
+        self.w_hid = math.sqrt(1.0 - params.linear_fraction)
+        self._stats: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        for own in (self.blur, self.hidden_net, self.hidden_mlp):
+            own.requires_grad_(False)
+
+    # -- parts -------------------------------------------------------------------------
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        fn = self.model_features if self._features_is_module else self._model_features_fn
+        f = fn(x)
+        return f.flatten(1) if f.ndim > 2 else f
+
+    def _raw_parts(self, xb: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        feats = self._features(xb) if self.w_lin > 0 else None
+        hid = self.hidden_net(xb) if self.w_hid > 0 else None
+        return feats, hid
+
+    @staticmethod
+    def _mean_scale(v: torch.Tensor, shrink: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+        """Column means and scales sqrt(var + shrink * mean var): shrinkage keeps rare features tame."""
+        v = v.double()
+        var = v.var(dim=0, unbiased=False)
+        eps = shrink * float(var.mean()) + 1e-12
+        return v.mean(dim=0).float(), torch.sqrt(var + eps).float()
+
+    def calibrate(self, size_hw: tuple[int, int], images: torch.Tensor | None = None) -> None:
+        """Compute normalisation statistics for inputs of ``size_hw`` (reference textures by default)."""
+        h, w = size_hw
+        if images is None:
+            side = max(h, w)
+            ref = reference_images(self.n_reference_images, side, seed=_seed_for(self.params.seed, 14))
+            top, left = (side - h) // 2, (side - w) // 2
+            images = torch.from_numpy(ref[:, top:top + h, left:left + w]).permute(0, 3, 1, 2).float() / 255.0
+        feats, hids = [], []
+        with torch.no_grad():
+            for chunk in torch.split(images, 32):
+                f, g = self._raw_parts(self.blur(chunk))
+                feats.append(f)
+                hids.append(g)
+        st: dict[str, torch.Tensor] = {}
+        if self.w_lin > 0:
+            f = torch.cat(feats)
+            st["f_mean"], st["f_scale"] = self._mean_scale(f, FEATURE_SHRINK)
+            z = (f - st["f_mean"]) / st["f_scale"]
+            gen = torch.Generator().manual_seed(_seed_for(self.params.seed, 15) + z.shape[1])
+            st["a"] = torch.randn(self.n_channels, z.shape[1], generator=gen) / math.sqrt(z.shape[1])
+            st["lin_mean"], st["lin_scale"] = self._mean_scale(z @ st["a"].T)
+        if self.w_hid > 0:
+            g = torch.cat(hids)
+            st["g_mean"], st["g_scale"] = self._mean_scale(g, FEATURE_SHRINK)
+            st["hid_mean"], st["hid_scale"] = self._mean_scale(self.hidden_mlp((g - st["g_mean"]) / st["g_scale"]))
+        self._stats[(h, w)] = st
+
+    # -- forward -----------------------------------------------------------------------
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-variance drive (B, n_channels), before the saturating nonlinearity."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"true rate function expects images (B, 3, H, W) in [0,1]; got shape {tuple(x.shape)}")
+        key = (int(x.shape[-2]), int(x.shape[-1]))
+        if key not in self._stats:
+            self.calibrate(key)
+        st = self._stats[key]
+        xb = self.blur(x.float())
+        f, g = self._raw_parts(xb)
+        drive = torch.zeros(x.shape[0], self.n_channels, dtype=xb.dtype, device=xb.device)
+        if f is not None:
+            lin = ((f - st["f_mean"]) / st["f_scale"]) @ st["a"].T
+            drive = drive + self.w_lin * (lin - st["lin_mean"]) / st["lin_scale"]
+        if g is not None:
+            hid = self.hidden_mlp((g - st["g_mean"]) / st["g_scale"])
+            drive = drive + self.w_hid * (hid - st["hid_mean"]) / st["hid_scale"]
+        return drive
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        sig = torch.sigmoid(p.drive_gain * self.drive(x) + self.bias)
+        return self.baseline_hz + (p.peak_hz - self.baseline_hz) * sig
+
+
+class SimulatedMonkey:
+    """Synthetic IT sites: true rates (evaluation only), spikes, fixation breaks, clocks.
+
+    ``model_features``: optional callable / torch module mapping images (B,3,H,W) in [0,1]
+    to features (B, D) of the controller's backbone; ``linear_fraction`` of each site's drive
+    variance is then a linear function of these features. Attributes (per site, from the
+    seed): ``baseline_hz`` (C,) Hz, ``latency_s`` (C,) s, ``bias`` (C,); ``clock`` maps the
+    presenter clock to the acquisition clock.
+    """
+
+    def __init__(self, params: SimParams, model_features: Callable | None = None,
+                 n_reference_images: int = 128) -> None:
+        if not isinstance(params, SimParams):
+            raise TypeError(f"SimulatedMonkey needs a sim.monkey.SimParams; got {type(params).__name__} "
+                            "(build one with SimParams(**dataclasses.asdict(cfg.sim)))")
+        params.validate()
+        self.params = params
+        self.n_channels = int(params.n_channels)
+        rng = np.random.default_rng(_seed_for(params.seed, 1))
+        lo, hi = params.baseline_hz
+        self.baseline_hz = rng.uniform(lo, hi, size=self.n_channels)
+        self.latency_s = rng.uniform(*params.latency_ms, size=self.n_channels) / 1000.0
+        self.bias = rng.uniform(-2.5, -1.5, size=self.n_channels)
+        self.clock = ClockMap(float(params.clock_offset_s), float(params.clock_drift_ppm))
+        self._module = TrueRateModule(params, model_features, self.baseline_hz, self.bias, n_reference_images)
+        self._cache: dict[str, np.ndarray] = {}
+        self._stim_rates: np.ndarray | None = None
+
+    # -- ground truth (evaluation only) ---------------------------------------------------
+    def true_rate_module(self) -> TrueRateModule:
+        """The differentiable true rate function: images (B,3,H,W) in [0,1] -> (B, C) Hz. Evaluation only."""
+        return self._module
+
+    def true_rates(self, pixels: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """True rates (N, n_channels) in Hz of uint8 images (N, H, W, 3); cached by sha1. Evaluation only."""
+        import hashlib
+
+        px = np.asarray(pixels)
+        if px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3:
+            raise ValueError(f"true_rates expects uint8 pixels of shape (N, H, W, 3); got {px.dtype} {px.shape}")
+        keys = [hashlib.sha1(np.ascontiguousarray(p).tobytes() + repr(p.shape).encode()).hexdigest() for p in px]
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}.values())
+        starts = range(0, len(todo), batch_size)
+        for s in tqdm(starts, desc="sim true rates", unit="batch", disable=not progress or len(todo) == 0):
+            idx = todo[s:s + batch_size]
+            x = torch.from_numpy(px[idx]).permute(0, 3, 1, 2).float() / 255.0
+            with torch.no_grad():
+                r = self._module(x).double().numpy()
+            for j, i in enumerate(idx):
+                self._cache[keys[i]] = r[j]
+        out = np.empty((len(px), self.n_channels))
+        for i, k in enumerate(keys):
+            out[i] = self._cache[k]
+        return out
+
+    def calibrate_on(self, pixels: np.ndarray) -> None:
+        """Normalise the drives over ``pixels`` (uint8 (N,H,W,3), N >= 32) instead of the built-in
+        reference textures, for inputs of that size. The ground truth then depends on this set:
+        pass the same images in every process that must agree (e.g. the day-0 clean set)."""
+        px = np.asarray(pixels)
+        if px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3 or len(px) < 32:
+            raise ValueError(f"calibrate_on expects >= 32 uint8 images of shape (N, H, W, 3); got {px.dtype} {px.shape}")
+        x = torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255.0
+        self._module.calibrate((px.shape[1], px.shape[2]), x)
+        self._cache.clear()
+        self._stim_rates = None
+
+    def expected_counts(self, rates: np.ndarray, window_s: tuple[float, float] = (0.07, 0.17),
+                        on_s: float = 0.1) -> np.ndarray:
+        """Exact expected counts (N, C) in ``[onset + window_s[0], onset + window_s[1])`` for ``rates`` (N, C) Hz."""
+        return _spikes.expected_counts(rates, self.baseline_hz, self.latency_s, window_s, on_s)
+
+    # -- spikes for an external presenter -------------------------------------------------
+    def set_stimuli(self, pixels: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Register the session's stimuli (uint8 (N,H,W,3)) for :meth:`spikes_for`; returns their rates."""
+        self._stim_rates = self.true_rates(pixels, progress=progress)
+        return self._stim_rates
+
+    def spikes_for(self, stim_indices, onsets_acq_s, on_s, rng: np.random.Generator,
+                   t_start_s: float | None = None, t_stop_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Spikes of one trial, acquisition clock: ``(times_s, channels)`` sorted by time.
+
+        ``stim_indices`` (K,) index the set given to :meth:`set_stimuli`; ``onsets_acq_s``
+        (K,) are the true onsets (light on screen) on the acquisition clock; ``on_s`` scalar
+        or (K,) seconds each image was up. Spikes cover ``[t_start_s, t_stop_s)`` (default:
+        first onset - 0.2 s to last onset + on + 0.3 s). One gain per site is drawn per call,
+        so call it once per trial.
+        """
+        if self._stim_rates is None:
+            raise ValueError("spikes_for needs the stimuli first: call monkey.set_stimuli(pixels)")
+        idx = np.asarray(stim_indices, dtype=np.int64).reshape(-1)
+        if np.any((idx < 0) | (idx >= len(self._stim_rates))):
+            raise ValueError(f"stim_indices must be in [0, {len(self._stim_rates)}); got {idx.tolist()}")
+        onsets = np.asarray(onsets_acq_s, dtype=np.float64).reshape(-1)
+        if len(onsets) != len(idx):
+            raise ValueError(f"{len(idx)} stim_indices but {len(onsets)} onsets_acq_s")
+        on = np.broadcast_to(np.asarray(on_s, dtype=np.float64), idx.shape)
+        if t_start_s is None:
+            t_start_s = float(onsets[0] - 0.2) if len(onsets) else 0.0
+        if t_stop_s is None:
+            t_stop_s = float(onsets[-1] + on[-1] + 0.3) if len(onsets) else t_start_s
+        gain = _spikes.draw_gains(rng, self.n_channels, self.params.gain_noise_cv)
+        return _spikes.generate_spikes(self._stim_rates[idx], self.baseline_hz, self.latency_s, onsets, on,
+                                       t_start_s, t_stop_s, rng, gain)
+
+    def fixation_break_time(self, t_start_s: float, t_stop_s: float, rng: np.random.Generator) -> float | None:
+        """With probability ``fixation_break_prob``, a break time uniform in [t_start_s, t_stop_s); else None."""
+        broke = rng.random() < self.params.fixation_break_prob
+        when = rng.uniform(t_start_s, t_stop_s)  # drawn either way: keeps the random stream aligned
+        return float(when) if broke else None
+
+    def describe(self) -> dict:
+        """Facts about the simulated sites, for the day file (BackendInfo.extra)."""
+        return {"baseline_hz": self.baseline_hz.tolist(), "latency_s": self.latency_s.tolist(),
+                "bias": self.bias.tolist(), "clock_offset_s": self.clock.offset_s,
+                "clock_drift_ppm": self.clock.drift_ppm, "seed": int(self.params.seed),
+                "linear_fraction": float(self.params.linear_fraction),
+                "smoothing_px": float(self.params.smoothing_px)}

@@ -1,0 +1,513 @@
+"""The perturbation engine: targeted per-site L2 perturbations, batched across a whole day.
+
+For every site ``i``, clean image ``x``, epsilon ``e`` and direction ``s`` it finds the
+``delta`` with ``||delta||_2 <= e`` and ``x + delta`` in [0,1] (pixels in [0,1]) that
+maximises ``s * (f_i(x + delta) - f_i(x))`` (spikes) under a differentiable model ``f``
+(DESIGN sections 1 and 7). One (image, site, epsilon, direction) is a *problem*; each
+problem runs ``restarts`` independent *rows*.
+
+The optimiser, per row (the paper's refinements):
+
+- start uniformly inside the ball (each row from its own seeded generator);
+- a first phase (``first_phase_fraction`` of the steps) in a ball of radius
+  ``first_phase_radius_factor * e``, then the final phase in radius ``e``, started from
+  the exact projection of the first phase's best iterate; only final-phase iterates are
+  candidates for the answer;
+- normalised-gradient (L2 steepest ascent) steps from the phase's best iterate, exactly
+  projected onto ball ∩ box (:mod:`stimuli.projection`); the step size starts at ``e``
+  each phase and is multiplied by ``step_decay`` after every pass that makes no progress;
+- the best iterate is kept with the value computed at exactly that ``delta``.
+
+Beyond the paper (each switchable): *restart pruning* (after ``prune_after_fraction`` of
+the steps only the best ``prune_keep_fraction`` of a problem's restarts go on) and *early
+stopping* (a final-phase row whose best improved by less than ``early_stop_tolerance``
+(relative) over ``early_stop_patience`` passes stops).
+
+Batching: rows of all problems share one batch of at most ``max_batch_rows`` rows; a row
+that finishes, is pruned or parks frees its slot and the next row takes it at once, so
+the batch stays full. Every row's computation depends only on itself (per-row seeds,
+step sizes, radii), so results do not depend on how rows were batched.
+
+Cost is counted in forward+backward passes of one row ("passes"); a problem's
+``budget_passes`` is the sum over its restarts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stimuli.controls import random_stimuli
+from stimuli.objective import SiteObjective
+from stimuli.projection import L2BoxSet, project_ball_box
+from stimuli.quantize import quantize_perturbation
+from stimuli.stimset import StimulusSet
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclass
+class PerturbParams:
+    """Optimiser settings; field names match ``rig.config.PerturbConfig`` (``[perturb]``)."""
+
+    restarts: int = 100
+    steps: int = 40                       # passes per restart (both phases)
+    first_phase_fraction: float = 0.5     # fraction of steps in the enlarged ball
+    first_phase_radius_factor: float = 2.0
+    step_decay: float = 0.9               # step *= decay after a pass without progress
+    step_growth: float = 1.0              # step *= growth after a pass with progress (1 = paper)
+    prune: bool = True
+    prune_keep_fraction: float = 0.25     # fraction of restarts kept at the checkpoint
+    prune_after_fraction: float = 0.25    # checkpoint, as a fraction of steps
+    early_stop: bool = True
+    early_stop_patience: int = 5          # passes
+    early_stop_tolerance: float = 1e-4    # relative improvement counted as progress
+    random_controls_per_image: int = 1    # model-free controls per problem and epsilon
+    max_batch_rows: int = 64              # rows per forward/backward batch (memory budget)
+    channels_last: bool = False
+    bf16: bool = False
+
+    @classmethod
+    def from_config_section(cls, section) -> "PerturbParams":
+        """From ``cfg.perturb`` (a dataclass or mapping); unknown keys are ignored."""
+        data = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def check(self) -> "PerturbParams":
+        """Raise ValueError naming the first impossible field; return self."""
+        def bad(name, expected):
+            raise ValueError(f"PerturbParams.{name} = {getattr(self, name)!r} is impossible; expected {expected}")
+        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience"):
+            if int(getattr(self, k)) != getattr(self, k) or getattr(self, k) < 1:
+                bad(k, "an integer >= 1")
+        if self.random_controls_per_image < 0:
+            bad("random_controls_per_image", "an integer >= 0")
+        for k in ("first_phase_fraction", "prune_after_fraction"):
+            if not 0 <= getattr(self, k) < 1:
+                bad(k, "a fraction in [0, 1)")
+        if not 0 < self.prune_keep_fraction <= 1:
+            bad("prune_keep_fraction", "a fraction in (0, 1]")
+        if not self.first_phase_radius_factor >= 1:
+            bad("first_phase_radius_factor", "a factor >= 1")
+        if not 0 < self.step_decay < 1:
+            bad("step_decay", "a factor in (0, 1)")
+        if not 1 <= self.step_growth <= 4:
+            bad("step_growth", "a factor in [1, 4] (1 = the paper's decay-only rule)")
+        if not self.early_stop_tolerance >= 0:
+            bad("early_stop_tolerance", "a relative tolerance >= 0")
+        return self
+
+    # derived schedule (in passes)
+    @property
+    def first_phase_passes(self) -> int:
+        if self.first_phase_radius_factor == 1:
+            return 0
+        return min(int(round(self.first_phase_fraction * self.steps)), self.steps - 1)
+
+    @property
+    def prune_checkpoint(self) -> int:
+        """Pass count after which restarts are pruned; 0 = no pruning."""
+        keep = self.kept_restarts
+        at = int(round(self.prune_after_fraction * self.steps))
+        return at if (self.prune and keep < self.restarts and 0 < at < self.steps) else 0
+
+    @property
+    def kept_restarts(self) -> int:
+        return max(1, math.ceil(self.prune_keep_fraction * self.restarts - 1e-9))
+
+
+# ----------------------------------------------------------------------------- problems
+@dataclass
+class Solution:
+    """The best perturbation found for one problem."""
+
+    problem: int           # index into the problem arrays
+    delta: torch.Tensor    # (3, H, W) float, pixels in [0,1] space, in ball ∩ box
+    objective: float       # s * (f_site(x + delta) - f_site(x)), spikes (float32 model)
+    passes: int            # forward+backward passes spent on this problem (all restarts)
+
+
+def _row_seed(seed: int, image: int, site: int, epsilon: float, sign: int, restart: int) -> int:
+    eps_key = int(np.float64(epsilon).view(np.uint64) % np.uint64(2**62))
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(image), int(site), eps_key, int(sign) + 1, int(restart)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] % np.uint64(2**63))
+
+
+_STATE = ("problem", "restart", "image", "site", "sign", "eps", "phase", "it", "stall",
+          "step", "anchor_val", "rank_val", "delta", "anchor", "anchor_grad")
+
+
+class _Rows:
+    """The batch's per-row state, as tensors with one leading row dimension."""
+
+    def __init__(self, **t: torch.Tensor) -> None:
+        self.__dict__.update(t)
+
+    def __len__(self) -> int:
+        return int(self.problem.shape[0])
+
+    def take(self, idx: torch.Tensor) -> "_Rows":
+        return _Rows(**{k: getattr(self, k)[idx] for k in _STATE})
+
+    @staticmethod
+    def cat(parts: list["_Rows"]) -> "_Rows":
+        parts = [p for p in parts if p is not None and len(p)]
+        return _Rows(**{k: torch.cat([getattr(p, k) for p in parts]) for k in _STATE})
+
+
+def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequence[int], site: Sequence[int],
+                   epsilon: Sequence[float], sign: Sequence[int], params: PerturbParams, seed: int = 0,
+                   progress: bool = False, clean_values: torch.Tensor | None = None) -> Iterator[Solution]:
+    """Solve problems ``k`` = (``image[k]``, ``site[k]``, ``epsilon[k]``, ``sign[k]``); yield each
+    :class:`Solution` as soon as its problem is done (order not guaranteed).
+
+    ``clean``: (N, 3, H, W) float pixels in [0,1] on the objective's device.
+    ``clean_values``: optional (N, S) model predictions on the clean images.
+    """
+    params.check()
+    dev = clean.device
+    image = torch.as_tensor(np.asarray(image, dtype=np.int64), device=dev)
+    site = torch.as_tensor(np.asarray(site, dtype=np.int64), device=dev)
+    eps = torch.as_tensor(np.asarray(epsilon, dtype=np.float64), device=dev).float()
+    sgn = torch.as_tensor(np.asarray(sign, dtype=np.int64), device=dev)
+    n_prob = len(image)
+    if clean_values is None:  # predictions on the clean images this call uses (not counted as passes)
+        used = torch.unique(image) if n_prob else image
+        clean_values = torch.zeros(len(clean), objective.n_sites(clean[:1]) if n_prob else 0, device=dev)
+        for i in range(0, len(used), params.max_batch_rows):
+            u = used[i:i + params.max_batch_rows]
+            clean_values[u] = objective.predict_all(clean[u]).to(dev)
+    f0 = sgn.float() * clean_values[image, site].to(dev)   # s * f_site(x), per problem
+
+    R, T = params.restarts, params.steps
+    L1, Pc, keep = params.first_phase_passes, params.prune_checkpoint, params.kept_restarts
+    cap = params.max_batch_rows
+    shape = clean.shape[1:]
+
+    best_val = torch.full((n_prob,), -math.inf)
+    best_restart = torch.full((n_prob,), R, dtype=torch.long)
+    best_delta: dict[int, torch.Tensor] = {}
+    passes = torch.zeros(n_prob, dtype=torch.long)
+    outstanding = torch.full((n_prob,), R, dtype=torch.long)
+    parked: dict[int, list[_Rows]] = {}
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_prob, unit="problem", desc="perturbations", dynamic_ncols=True)
+    t_start, row_passes = time.perf_counter(), 0
+
+    def finish(p: int) -> Solution:
+        if bar is not None:
+            bar.update(1)
+            el = time.perf_counter() - t_start
+            bar.set_postfix(rows_per_s=f"{row_passes / el:.1f}" if el > 0 else "-", refresh=False)
+        d = best_delta.pop(p)
+        return Solution(p, d, float(best_val[p]), int(passes[p]))
+
+    # trivial problems (e = 0): the clean image, no passes
+    fresh: deque[tuple[int, int]] = deque()
+    for p in range(n_prob):
+        if float(eps[p]) == 0.0:
+            best_val[p], best_delta[p], outstanding[p] = 0.0, torch.zeros(shape), 0
+            yield finish(p)
+        else:
+            fresh.extend((p, r) for r in range(R))
+    resumed: deque[_Rows] = deque()
+
+    def new_rows(jobs: list[tuple[int, int]]) -> _Rows:
+        pi = torch.tensor([j[0] for j in jobs], device=dev)
+        ri = torch.tensor([j[1] for j in jobs], device=dev)
+        b = len(jobs)
+        e = eps[pi]
+        phase = torch.full((b,), 1 if L1 > 0 else 2, device=dev)
+        radius = torch.where(phase == 1, e * params.first_phase_radius_factor, e)
+        gens = [torch.Generator().manual_seed(_row_seed(seed, int(image[p]), int(site[p]), float(epsilon[p]),
+                                                        int(sgn[p]), r)) for p, r in jobs]
+        delta = L2BoxSet(clean[image[pi]], radius).random_perturb(gens)
+        z = torch.zeros(b, device=dev)
+        return _Rows(problem=pi, restart=ri, image=image[pi], site=site[pi], sign=sgn[pi].float(), eps=e,
+                     phase=phase, it=torch.zeros(b, dtype=torch.long, device=dev),
+                     stall=torch.zeros(b, dtype=torch.long, device=dev), step=e.clone(),
+                     anchor_val=z - math.inf, rank_val=z - math.inf, delta=delta, anchor=delta.clone(),
+                     anchor_grad=torch.zeros_like(delta))
+
+    def offer(rows: _Rows) -> None:
+        """Final-phase bests of these rows become candidates for their problems' answers."""
+        for k in range(len(rows)):
+            if int(rows.phase[k]) != 2:
+                continue
+            p, v, r = int(rows.problem[k]), float(rows.anchor_val[k]), int(rows.restart[k])
+            if v > best_val[p] or (v == best_val[p] and r < best_restart[p]):
+                best_val[p], best_restart[p] = v, r
+                best_delta[p] = rows.anchor[k].detach().cpu().clone()
+
+    batch: _Rows | None = None
+    while True:
+        # ---- fill free slots: parked survivors first, then fresh restarts
+        free = cap - (len(batch) if batch is not None else 0)
+        add: list[_Rows] = []
+        while free > 0 and resumed:
+            r = resumed.popleft()
+            if len(r) > free:
+                resumed.appendleft(r.take(torch.arange(free, len(r), device=dev)))
+                r = r.take(torch.arange(free, device=dev))
+            add.append(r)
+            free -= len(r)
+        if free > 0 and fresh:
+            jobs = [fresh.popleft() for _ in range(min(free, len(fresh)))]
+            add.append(new_rows(jobs))
+        if add:
+            batch = _Rows.cat([batch] + add)
+        if batch is None or len(batch) == 0:
+            break
+
+        # ---- one forward+backward pass for every row
+        rows = batch
+        x0 = clean[rows.image]
+        val, grad = objective.value_and_grad(x0 + rows.delta, rows.site, rows.sign)
+        val = val - f0[rows.problem]                          # s * (f(x+d) - f(x))
+        b = len(rows)
+        row_passes += b
+        passes.index_add_(0, rows.problem.cpu(), torch.ones(b, dtype=torch.long))
+        rows.it += 1
+
+        # ---- keep the best iterate of the phase; decay the step where there was no progress
+        progress_ = val > rows.anchor_val
+        gain = torch.where(progress_ & torch.isfinite(rows.anchor_val), val - rows.anchor_val,
+                           torch.where(progress_, torch.full_like(val, math.inf), torch.zeros_like(val)))
+        pm = progress_[:, None, None, None]
+        rows.anchor = torch.where(pm, rows.delta, rows.anchor)
+        rows.anchor_grad = torch.where(pm, grad, rows.anchor_grad)
+        rows.anchor_val = torch.where(progress_, val, rows.anchor_val)
+        grown = torch.minimum(rows.step * params.step_growth, 2 * rows.eps * params.first_phase_radius_factor)
+        rows.step = torch.where(progress_, grown if params.step_growth != 1 else rows.step,
+                                rows.step * params.step_decay)
+        small = gain <= params.early_stop_tolerance * rows.anchor_val.abs().clamp_min(1e-12)
+        rows.stall = torch.where(small, rows.stall + 1, torch.zeros_like(rows.stall))
+        rows.rank_val = rows.anchor_val.clone()
+
+        # ---- transitions
+        switch = (rows.phase == 1) & (rows.it == L1)
+        done = (rows.phase == 2) & ((rows.it >= T) | ((rows.stall >= params.early_stop_patience) if params.early_stop
+                                                      else torch.zeros_like(switch)))
+        park = ~done & (rows.it == Pc) if Pc > 0 else torch.zeros_like(done)
+        radius = torch.where(rows.phase == 1, rows.eps * params.first_phase_radius_factor, rows.eps)
+        box = L2BoxSet(x0, radius)
+        nxt = box.project(box.step(rows.anchor, rows.anchor_grad, rows.step))
+        if bool(switch.any()):
+            sw = switch.nonzero().squeeze(1)
+            nxt[sw] = project_ball_box(rows.anchor[sw], -x0[sw], 1.0 - x0[sw], rows.eps[sw])
+            rows.phase[sw] = 2
+            rows.step[sw] = rows.eps[sw]
+            rows.anchor_val[sw] = -math.inf
+            rows.stall[sw] = 0
+        rows.delta = nxt
+
+        if bool(done.any()):
+            fin = rows.take(done.nonzero().squeeze(1))
+            offer(fin)
+            for p in fin.problem.tolist():
+                outstanding[p] -= 1
+            for p in sorted(set(fin.problem.tolist())):
+                if outstanding[p] == 0 and p not in parked:
+                    yield finish(p)
+        if bool(park.any()):
+            pk = rows.take(park.nonzero().squeeze(1))
+            for p in sorted(set(pk.problem.tolist())):
+                parked.setdefault(p, []).append(pk.take((pk.problem == p).nonzero().squeeze(1)))
+        # problems whose every live restart has parked: keep the best, release the rest
+        for p in [p for p, lst in parked.items() if sum(len(x) for x in lst) == outstanding[p]]:
+            grp = _Rows.cat(parked.pop(p))
+            order = sorted(range(len(grp)), key=lambda k: (-float(grp.rank_val[k]), int(grp.restart[k])))
+            kept = torch.tensor(sorted(order[:keep]), device=dev, dtype=torch.long)
+            gone = torch.tensor(sorted(order[keep:]), device=dev, dtype=torch.long)
+            if len(gone):
+                offer(grp.take(gone))
+                outstanding[p] -= len(gone)
+            if len(kept):
+                resumed.append(grp.take(kept))
+            elif outstanding[p] == 0:
+                yield finish(p)
+        stay = ~(done | park)
+        batch = rows.take(stay.nonzero().squeeze(1)) if not bool(stay.all()) else rows
+    if bar is not None:
+        bar.close()
+
+
+def solve(objective: SiteObjective, clean: torch.Tensor, image, site, epsilon, sign, params: PerturbParams,
+          seed: int = 0, progress: bool = False) -> list[Solution]:
+    """All :class:`Solution` s of :func:`iter_solutions`, in problem order."""
+    out = sorted(iter_solutions(objective, clean, image, site, epsilon, sign, params, seed, progress),
+                 key=lambda s: s.problem)
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_images(clean) -> np.ndarray:
+    """``clean`` must be uint8 (N, H, W, 3), exactly as displayed."""
+    if not isinstance(clean, np.ndarray):
+        raise TypeError(f"clean images must be a numpy uint8 array (N, H, W, 3); got {type(clean).__name__}")
+    if clean.dtype != np.uint8:
+        hint = (" (values in [0,1]: convert with np.round(x * 255).astype(np.uint8))"
+                if np.issubdtype(clean.dtype, np.floating) else "")
+        lo, hi = (float(clean.min()), float(clean.max())) if clean.size else (0, 0)
+        rng = f", values in [{lo:g}, {hi:g}]" + ("; images must lie in [0,1] (as floats) / 0..255 (as uint8)" if (lo < 0 or hi > 255) else "")
+        raise TypeError(f"clean images must be uint8 0..255 as displayed; got dtype {clean.dtype}{rng}{hint}")
+    if clean.ndim != 4 or clean.shape[-1] != 3 or len(clean) == 0:
+        raise ValueError(f"clean images must have shape (N, H, W, 3) with N >= 1; got {clean.shape}")
+    return clean
+
+
+def validate_float_images(x: torch.Tensor) -> torch.Tensor:
+    """Float images (N, 3, H, W) must lie in [0,1]."""
+    if not torch.is_floating_point(x) or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be float (N, 3, H, W) in [0,1]; got {x.dtype} {tuple(x.shape)}")
+    lo, hi = float(x.min()), float(x.max())
+    if not (0.0 <= lo and hi <= 1.0):
+        raise ValueError(f"images must lie in [0,1] (uint8 / 255); got values in [{lo:g}, {hi:g}]")
+    return x
+
+
+def validate_epsilons(epsilons) -> list[float]:
+    eps = [float(e) for e in np.atleast_1d(np.asarray(epsilons, dtype=np.float64))]
+    if not eps:
+        raise ValueError("epsilons is empty; give at least one L2 norm >= 0 (pixels in [0,1])")
+    for e in eps:
+        if not (math.isfinite(e) and e >= 0):
+            raise ValueError(f"epsilon {e!r} is impossible; every epsilon must be a finite L2 norm >= 0 (pixels in [0,1])")
+    return eps
+
+
+def validate_problems(problems, n_images: int, n_sites: int) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(problems, dtype=np.int64).reshape(-1, 2) if len(problems) else np.zeros((0, 2), np.int64)
+    if arr.shape[0] != len(problems):
+        raise ValueError("problems must be a list of (clean image index, site index) pairs")
+    for k, (i, s) in enumerate(arr):
+        if not 0 <= i < n_images:
+            raise ValueError(f"problem {k}: clean image index {i} is out of range; there are {n_images} clean images (0..{n_images - 1})")
+        if not 0 <= s < n_sites:
+            raise ValueError(f"problem {k}: site index {s} is out of range; the model predicts {n_sites} sites (0..{n_sites - 1})")
+    return arr[:, 0], arr[:, 1]
+
+
+def _to_float(clean: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(clean).to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+# ----------------------------------------------------------------------------- entry points
+def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
+                           params: PerturbParams | None = None, seed: int = 0, device: str = "cpu",
+                           progress: bool = True) -> StimulusSet:
+    """Targeted perturbations of every problem at every epsilon in both directions.
+
+    ``model``: images (B,3,H,W) in [0,1] -> (B, S) predictions (spikes); a module exposing
+    ``backbone``/``readout_weight``/``readout_bias`` takes the fast path
+    (:mod:`stimuli.objective`). ``clean``: uint8 (N, H, W, 3). ``problems``: (clean image
+    index, site index) pairs. ``epsilons``: L2 norms (pixels in [0,1]).
+
+    Returns a :class:`StimulusSet`: the N clean images (kind "clean"), then per problem,
+    per epsilon, direction +1 then -1, one "targeted" stimulus, then (if
+    ``params.random_controls_per_image``) the model-free "random" controls per problem
+    and epsilon. ``epsilon_shown <= epsilon_requested`` always; ``predicted_change`` is
+    ``f_site(shown) - f_site(clean)`` recomputed on the shown uint8 image.
+    """
+    params = (params or PerturbParams()).check()
+    clean = validate_images(clean)
+    eps_list = validate_epsilons(epsilons)
+    objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
+    x = _to_float(clean, device)
+    with objective.session():
+        clean_values = torch.cat([objective.predict_all(x[i:i + params.max_batch_rows])
+                                  for i in range(0, len(x), params.max_batch_rows)])
+        img, sites = validate_problems(problems, len(clean), clean_values.shape[1])
+        # rows of the output: problem-major, then epsilon, then direction (+1, -1)
+        pi = np.repeat(np.arange(len(img)), len(eps_list) * 2)
+        ei = np.tile(np.repeat(np.arange(len(eps_list)), 2), len(img))
+        sg = np.tile([1, -1], len(img) * len(eps_list))
+        u_img, u_site, u_eps = img[pi], sites[pi], np.asarray(eps_list)[ei]
+        if len(pi):  # one probe pass: a model with no gradient fails here, with its message
+            objective.value_and_grad(x[:1], torch.tensor([int(u_site[0])]), torch.ones(1))
+        n_u = len(pi)
+        shown = np.empty((n_u,) + clean.shape[1:], dtype=np.uint8)
+        eps_shown = np.zeros(n_u)
+        budget = np.zeros(n_u, dtype=np.int64)
+        for sol in iter_solutions(objective, x, u_img, u_site, u_eps, sg, params, seed, progress, clean_values):
+            k = sol.problem
+            d = sol.delta.permute(1, 2, 0).numpy()
+            shown[k], eps_shown[k] = quantize_perturbation(clean[u_img[k]], d, u_eps[k])
+            budget[k] = sol.passes
+        change = _predicted_change(objective, shown, u_site, clean_values[u_img, u_site], params.max_batch_rows, device)
+        change = _zero_where_unchanged(change, shown, clean, u_img)
+        targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=u_img, site=u_site,
+                               epsilon_requested=u_eps, epsilon_shown=eps_shown, direction=sg,
+                               predicted_change=change, budget_passes=budget)
+        parts = [StimulusSet(clean), targeted]
+        if params.random_controls_per_image > 0 and len(img):
+            ctrl = random_stimuli(clean, img, sites, eps_list, params.random_controls_per_image, seed)
+            ctrl.predicted_change = _predicted_change(objective, ctrl.pixels, ctrl.site,
+                                                      clean_values[ctrl.parent, ctrl.site], params.max_batch_rows, device)
+            ctrl.predicted_change = _zero_where_unchanged(ctrl.predicted_change, ctrl.pixels, clean, ctrl.parent)
+            parts.append(ctrl)
+    return _join_with_clean(parts)
+
+
+def _join_with_clean(parts: list[StimulusSet]) -> StimulusSet:
+    """Concatenate [clean, derived...] where derived parents index the clean prefix."""
+    clean, derived = parts[0], parts[1:]
+    cols = {c: np.concatenate([getattr(p, c) for p in parts]) for c in StimulusSet.COLUMNS}
+    return StimulusSet(np.concatenate([p.pixels for p in parts]), **cols) if derived else clean
+
+
+def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.ndarray, clean_site_values: torch.Tensor,
+                      batch: int, device) -> np.ndarray:
+    out = np.zeros(len(pixels))
+    for i in range(0, len(pixels), batch):
+        xb = _to_float(pixels[i:i + batch], device)
+        f = objective.predict(xb, torch.as_tensor(np.asarray(sites[i:i + batch]), device=xb.device))
+        out[i:i + batch] = (f - clean_site_values[i:i + batch].to(f.device)).double().cpu().numpy()
+    return out
+
+
+def _zero_where_unchanged(change: np.ndarray, shown: np.ndarray, clean: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """A shown image identical to its parent changes nothing: exactly 0, not float noise."""
+    same = np.array([np.array_equal(shown[k], clean[parents[k]]) for k in range(len(shown))], dtype=bool)
+    return np.where(same, 0.0, change)
+
+
+def random_controls(clean: np.ndarray, parents: Sequence[int], epsilons: list[float], n_per_image: int,
+                    seed: int = 0, model=None, sites: Sequence[int] | None = None, device: str = "cpu") -> StimulusSet:
+    """Model-free controls: ``n_per_image`` random directions on the e-sphere per parent and epsilon.
+
+    Returns the N clean images (kind "clean") followed by the controls (kind "random",
+    direction 0, budget 0), parents indexing the clean prefix. ``sites`` (one per parent)
+    names the site each control is measured against; with a ``model`` and ``sites``,
+    ``predicted_change = f_site(shown) - f_site(clean)`` (spikes), otherwise NaN.
+    """
+    clean = validate_images(clean)
+    eps_list = validate_epsilons(epsilons)
+    if int(n_per_image) != n_per_image or n_per_image < 0:
+        raise ValueError(f"n_per_image = {n_per_image!r} is impossible; expected an integer >= 0")
+    parents = np.asarray(parents, dtype=np.int64).reshape(-1)
+    if np.any((parents < 0) | (parents >= len(clean))):
+        raise ValueError(f"parents must index the {len(clean)} clean images (0..{len(clean) - 1}); got {parents.tolist()}")
+    if sites is not None:
+        sites = np.asarray(sites, dtype=np.int64).reshape(-1)
+        if len(sites) != len(parents):
+            raise ValueError(f"sites must give one site per parent; got {len(sites)} sites for {len(parents)} parents")
+    ctrl = random_stimuli(clean, parents, sites, eps_list, int(n_per_image), seed)
+    if model is not None and sites is not None and len(ctrl):
+        objective = SiteObjective(model, device)
+        with objective.session():
+            x = _to_float(clean, device)
+            cv = torch.cat([objective.predict_all(x[i:i + 64]) for i in range(0, len(x), 64)])
+            validate_problems(list(zip(parents.tolist(), sites.tolist())), len(clean), cv.shape[1])
+            ctrl.predicted_change = _predicted_change(objective, ctrl.pixels, ctrl.site, cv[ctrl.parent, ctrl.site], 64, device)
+            ctrl.predicted_change = _zero_where_unchanged(ctrl.predicted_change, ctrl.pixels, clean, ctrl.parent)
+    return _join_with_clean([StimulusSet(clean), ctrl])
