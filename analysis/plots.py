@@ -78,8 +78,10 @@ def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected
     ground_truth: (n_eps,) true population sensitivity at ``curve.epsilons`` (simulation), in
     the curve's units. All curves should share ``normalised``.
     """
-    fig = Figure(figsize=(7.5, 5.2))
-    ax = fig.add_subplot()
+    # the model's own units usually dwarf IT's: they get their own panel (log axis) so the
+    # IT curves stay readable
+    fig = Figure(figsize=(12.5, 5.2) if model_curve is not None else (7.5, 5.2))
+    ax = fig.add_subplot(1, 2, 1) if model_curve is not None else fig.add_subplot()
     x = curve.epsilons
     if show_sites:
         for k in range(len(curve.sites)):
@@ -91,8 +93,21 @@ def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected
         band(ax, bias_corrected.epsilons, bias_corrected.population, bias_corrected.population_lo,
              bias_corrected.population_hi, COLORS["signed"], "IT population, bias-corrected (sign · Δr)", ls="--")
     if model_curve is not None:
-        band(ax, model_curve.epsilons, model_curve.population, model_curve.population_lo,
-             model_curve.population_hi, COLORS["model"], "model units (designing model)", ls="-.", marker="s")
+        mx = fig.add_subplot(1, 2, 2)
+        band(mx, x, curve.population, curve.population_lo, curve.population_hi, COLORS["it"],
+             f"IT population, {estimator_label(curve)}", lw=2.8)
+        band(mx, model_curve.epsilons, model_curve.population, model_curve.population_lo,
+             model_curve.population_hi, COLORS["model"], "model units (the model that designed them)", ls="-.",
+             marker="s")
+        if ground_truth is not None:
+            mx.plot(x, np.asarray(ground_truth, float), color=COLORS["truth"], lw=1.8, ls="--", marker="D", ms=4,
+                    label="true sensitivity (white-box)")
+        mx.set_yscale("log")
+        set_epsilon_axis(mx, x)
+        mx.set_ylabel(y_label(curve.normalised) + ", log scale")
+        mx.grid(alpha=0.3, which="both")
+        mx.set_title("IT vs the model's own units", fontsize=11)
+        mx.legend(fontsize=8, loc="lower right", framealpha=0.9)
     if random_control is not None:
         band(ax, random_control.epsilons, random_control.population, random_control.population_lo,
              random_control.population_hi, COLORS["random"], "random-direction control, |Δr|", ls=":",
@@ -296,7 +311,7 @@ def plot_example_stimuli(path, clean: np.ndarray, perturbed: np.ndarray, labels:
     k = clean.shape[0]
     if labels is not None and len(labels) != k:
         raise ValueError(f"labels has {len(labels)} entries for {k} example rows")
-    fig = Figure(figsize=(8.4, 2.9 * k + 0.5))
+    fig = Figure(figsize=(8.4, 3.1 * k + 0.6))
     axes = fig.subplots(k, 3, squeeze=False)
     for i in range(k):
         c = clean[i].astype(float) / 255
@@ -311,8 +326,8 @@ def plot_example_stimuli(path, clean: np.ndarray, perturbed: np.ndarray, labels:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name, fontsize=9)
-        if labels is not None:
-            axes[i, 0].set_ylabel(labels[i], fontsize=8, rotation=0, ha="right", va="center", labelpad=8)
+        if labels is not None:  # the row's caption sits above its middle panel
+            axes[i, 1].set_title(f"{labels[i]}\n{panels[1][1]}", fontsize=9)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save(fig, path)

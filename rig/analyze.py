@@ -179,16 +179,17 @@ def _truth(cfg: Config, folder: Path, d: DayData, sites: np.ndarray, sigma: np.n
     problems = [(local[p], s) for p, s in pairs]
     eps = [float(e) for e in achieved.epsilons]
     # a larger budget than the loop's, then doubled until the answer moves by < 2%
-    base = PerturbParams(restarts=max(4, cfg.perturb.restarts // 2), steps=max(32, 2 * cfg.perturb.steps), prune=False,
+    base = PerturbParams(restarts=max(4, cfg.perturb.restarts // 2), steps=max(32, cfg.perturb.steps), prune=False,
                          step_growth=1.25, early_stop=True, random_controls_per_image=0,
                          max_batch_rows=cfg.perturb.max_batch_rows)
     ids = [d.stim_ids[p] for p in parents]
     key = {"problems": [[ids[i], s] for i, s in problems], "epsilons": eps, "sim": json.dumps(cfg.to_dict()["sim"], sort_keys=True),
            "window": list(window), "restarts": base.restarts, "steps": base.steps}
-    if progress:
+    cached = folder / "groundtruth.npz"
+    if progress and not cached.exists():
         print(f"ground truth: white-box attack on the simulated sites ({len(problems)} problems x {len(eps)} epsilons "
               f"x 2 directions), doubling the budget until it changes the answer by < 2%", flush=True)
-    wb = load_or_compute(folder / "groundtruth.npz", key,
+    wb = load_or_compute(cached, key,
                          lambda: converged_whitebox(module, clean, problems, eps, base, seed=7, progress=progress))
     # (n_sites, n_eps): mean over that site's images of the mean over both directions
     true_site = np.full((len(sites), len(eps)), np.nan)

@@ -69,6 +69,7 @@ class TrialRecord:
     end_acq_s: float = float("nan")         # trial end, acquisition clock, s
     acquisition_ok: bool = True             # False: a gap in the acquisition stream; invalidate all
     note: str = ""
+    end_presenter_s: float = float("nan")   # trial end (next trial may start), presenter clock, s
 
     def __post_init__(self) -> None:
         self.onset_presenter_s = np.asarray(self.onset_presenter_s, dtype=np.float64)

@@ -183,6 +183,7 @@ class PerturbConfig:
     prune: bool = True
     prune_keep_fraction: float = 0.25
     prune_after_fraction: float = 0.25
+    prune_rounds: int = 1
     early_stop: bool = True
     early_stop_patience: int = 5
     early_stop_tolerance: float = 1e-4
@@ -191,7 +192,7 @@ class PerturbConfig:
 
     def check(self):
         out = []
-        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience"):
+        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience", "prune_rounds"):
             if getattr(self, k) < 1:
                 out.append((k, getattr(self, k), "an integer >= 1"))
         if self.random_controls_per_image < 0:

@@ -92,6 +92,9 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
 def _resume_presenter_time(path: Path, stored) -> float:
     """Presenter-clock time at which the last recorded trial ended (10 s if none): a
     simulated presenter resumes its clock there, as an uninterrupted session would."""
+    exact = stored.trials["end_presenter_s"]
+    if len(exact) and np.isfinite(exact[-1]):
+        return float(exact[-1])
     ends = stored.trials["end_acq_s"]
     if not len(ends) or not np.isfinite(ends[-1]):
         return 10.0

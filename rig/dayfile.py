@@ -58,6 +58,7 @@ TRIAL_COLUMNS = [
     ("acquisition_ok", "?", "bool", "False if the acquisition stream had a gap (all presentations invalid)"),
     ("start_acq_s", "f8", "s", "trial start, acquisition clock"),
     ("end_acq_s", "f8", "s", "trial end, acquisition clock"),
+    ("end_presenter_s", "f8", "s", "trial end, presenter clock (a resumed session continues from here)"),
     ("presentations_end", "i8", "rows", "row count of /presentations after this trial"),
     ("spikes_end", "i8", "rows", "row count of /spikes/times_s after this trial"),
     ("sync_end", "i8", "rows", "row count of /sync after this trial"),
@@ -131,6 +132,7 @@ class TrialRows:
             "sync_presenter_s": r.sync_presenter_s.tolist(), "sync_acq_s": r.sync_acq_s.tolist(),
             "spike_times_s": r.spike_times_s.tolist(), "spike_channels": r.spike_channels.tolist(),
             "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
+            "end_presenter_s": r.end_presenter_s,
             "onset_acq_s": self.onset_acq_s.tolist(), "counts": self.counts.tolist(), "valid": self.valid.tolist(),
         }
         return json.dumps(d, allow_nan=True)
@@ -142,7 +144,7 @@ class TrialRows:
         rec = TrialRecord(d["trial_index"], d["completed"], d["fixation_ok"], d["onset_presenter_s"], d["frames_on"],
                           d["frames_mask"], d["dropped_frame"], d["sync_presenter_s"], d["sync_acq_s"],
                           d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
-                          d["acquisition_ok"], d["note"])
+                          d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")))
         return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
                          np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool))
 
@@ -305,6 +307,7 @@ class DayWriter:
         _append(h5["sync/acq_s"], r.sync_acq_s)
         trow = {"trial_index": t.trial_index, "n_planned": k, "completed": c, "fixation_ok": r.fixation_ok,
                 "acquisition_ok": r.acquisition_ok, "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s,
+                "end_presenter_s": r.end_presenter_s,
                 "presentations_end": h5["presentations/valid"].shape[0], "spikes_end": h5["spikes/times_s"].shape[0],
                 "sync_end": h5["sync/acq_s"].shape[0]}
         for name, dt, _, _ in TRIAL_COLUMNS:

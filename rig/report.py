@@ -38,8 +38,7 @@ def _examples(res: DayResults, n: int = 4) -> tuple[np.ndarray, np.ndarray, list
         k = idx[np.argmax(np.abs(ss.predicted_change[idx]))]
         clean.append(ss.pixels[ss.parent[k]])
         pert.append(ss.pixels[k])
-        labels.append(f"site {s}, eps {ss.epsilon_shown[k]:.2f} shown, direction {int(ss.direction[k]):+d}, "
-                      f"predicted {ss.predicted_change[k]:+.1f} spikes")
+        labels.append(f"site {s}, direction {int(ss.direction[k]):+d}, model predicts {ss.predicted_change[k]:+.1f} spikes")
     return np.stack(clean), np.stack(pert), labels
 
 
@@ -76,7 +75,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
                                          title=f"Day {last.day}: model-predicted vs measured change per stimulus"),
         plots.plot_site_panels(out / "site_panels.png", last.targeted, bias_corrected=last.signed,
                                random_control=last.random, noise_floor=last.noise, random_pairs=last.pairs,
-                               model_curve=last.model_units, ground_truth_sites=gt,
+                               ground_truth_sites=gt,
                                title=f"Day {last.day}: sensitivity per site"),
         plots.plot_example_stimuli(out / "example_stimuli.png", *_examples(last)),
     ]

@@ -6,6 +6,8 @@ day, and refuses a different configuration rather than mix two experiments in on
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rig.analyze import analyze_day, describe
@@ -37,6 +39,14 @@ def experiment_config(folder: Path, cfg: Config | None) -> Config:
     return cfg
 
 
+@contextmanager
+def _step(name: str, progress: bool):
+    t0 = time.monotonic()
+    yield
+    if progress:
+        print(f"[{name}: {time.monotonic() - t0:.0f} s]", flush=True)
+
+
 def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool = True, report: bool = True) -> Path | None:
     """Run (or finish) the whole experiment; returns the report summary's path."""
     from rig.report import write_report
@@ -48,17 +58,22 @@ def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool =
     for day in range(days + 1):
         path = day_path(folder, day)
         if day >= 1 and not path.exists() and not plan_path(folder, day).exists():
-            plan_day(cfg, folder, day, progress=progress)
+            with _step(f"day {day}: refit + plan", progress):
+                plan_day(cfg, folder, day, progress=progress)
         if not path.exists():
-            record_day(cfg, folder, day, "sim", progress=progress)
+            with _step(f"day {day}: recording", progress):
+                record_day(cfg, folder, day, "sim", progress=progress)
         elif not read_day(path).complete:
             print(f"day {day}: resuming the interrupted recording in {path}", flush=True)
-            record_day(cfg, folder, day, "sim", resume=True, progress=progress)
+            with _step(f"day {day}: recording (resumed)", progress):
+                record_day(cfg, folder, day, "sim", resume=True, progress=progress)
         if day >= 1 and not (folder / f"day_{day:03d}.analysis.json").exists():
-            res, _ = analyze_day(cfg, folder, day, progress=progress)
+            with _step(f"day {day}: analysis", progress):
+                res, _ = analyze_day(cfg, folder, day, progress=progress)
             print(describe(res), flush=True)
     if not report:
         return None
-    summary = write_report(cfg, folder, progress=progress)
+    with _step("report", progress):
+        summary = write_report(cfg, folder, progress=progress)
     print(f"report: {summary} (figures beside it)")
     return summary

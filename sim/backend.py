@@ -97,7 +97,7 @@ class SimBackend:
             dropped_frame=np.zeros(completed, dtype=bool),
             sync_presenter_s=onsets[:shown], sync_acq_s=light_acq,
             spike_times_s=times, spike_channels=chans,
-            start_acq_s=t0_acq, end_acq_s=t_next_acq,
+            start_acq_s=t0_acq, end_acq_s=t_next_acq, end_presenter_s=float(t_next),
             note="" if t_break is None else f"fixation broke at presenter t={t_break:.4f} s",
         )
 

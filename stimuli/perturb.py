@@ -18,8 +18,10 @@ The optimiser, per row (the paper's refinements):
   each phase and is multiplied by ``step_decay`` after every pass that makes no progress;
 - the best iterate is kept with the value computed at exactly that ``delta``.
 
-Beyond the paper (each switchable): *restart pruning* (after ``prune_after_fraction`` of
-the steps only the best ``prune_keep_fraction`` of a problem's restarts go on) and *early
+Beyond the paper (each switchable): *restart pruning* by successive halving (at each of
+``prune_rounds`` checkpoints, after ``prune_after_fraction``, 2x, 3x ... that fraction of the
+steps, only the best ``prune_keep_fraction`` of a problem's live restarts go on, ranked by
+their current phase's best value; a pruned restart's final-phase best stays a candidate) and *early
 stopping* (a final-phase row whose best improved by less than ``early_stop_tolerance``
 (relative) over ``early_stop_patience`` passes stops).
 
@@ -62,8 +64,9 @@ class PerturbParams:
     step_decay: float = 0.9               # step *= decay after a pass without progress
     step_growth: float = 1.0              # step *= growth after a pass with progress (1 = paper)
     prune: bool = True
-    prune_keep_fraction: float = 0.25     # fraction of restarts kept at the checkpoint
-    prune_after_fraction: float = 0.25    # checkpoint, as a fraction of steps
+    prune_keep_fraction: float = 0.25     # fraction of the live restarts kept at each checkpoint
+    prune_after_fraction: float = 0.25    # first checkpoint, as a fraction of steps
+    prune_rounds: int = 1                 # checkpoints at 1x, 2x, ... prune_after_fraction of the steps
     early_stop: bool = True
     early_stop_patience: int = 5          # passes
     early_stop_tolerance: float = 1e-4    # relative improvement counted as progress
@@ -83,7 +86,7 @@ class PerturbParams:
         """Raise ValueError naming the first impossible field; return self."""
         def bad(name, expected):
             raise ValueError(f"PerturbParams.{name} = {getattr(self, name)!r} is impossible; expected {expected}")
-        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience"):
+        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience", "prune_rounds"):
             if int(getattr(self, k)) != getattr(self, k) or getattr(self, k) < 1:
                 bad(k, "an integer >= 1")
         if self.random_controls_per_image < 0:
@@ -111,15 +114,16 @@ class PerturbParams:
         return min(int(round(self.first_phase_fraction * self.steps)), self.steps - 1)
 
     @property
-    def prune_checkpoint(self) -> int:
-        """Pass count after which restarts are pruned; 0 = no pruning."""
-        keep = self.kept_restarts
-        at = int(round(self.prune_after_fraction * self.steps))
-        return at if (self.prune and keep < self.restarts and 0 < at < self.steps) else 0
+    def prune_checkpoints(self) -> tuple[int, ...]:
+        """Pass counts after which a problem's live restarts are pruned; () = no pruning."""
+        if not self.prune or self.kept_of(self.restarts) >= self.restarts:
+            return ()
+        at = {int(round(j * self.prune_after_fraction * self.steps)) for j in range(1, self.prune_rounds + 1)}
+        return tuple(sorted(c for c in at if 0 < c < self.steps))
 
-    @property
-    def kept_restarts(self) -> int:
-        return max(1, math.ceil(self.prune_keep_fraction * self.restarts - 1e-9))
+    def kept_of(self, live: int) -> int:
+        """Restarts kept at a checkpoint out of ``live`` (at least 1)."""
+        return max(1, math.ceil(self.prune_keep_fraction * live - 1e-9))
 
 
 # ----------------------------------------------------------------------------- problems
@@ -186,7 +190,9 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
     f0 = sgn.float() * clean_values[image, site].to(dev)   # s * f_site(x), per problem
 
     R, T = params.restarts, params.steps
-    L1, Pc, keep = params.first_phase_passes, params.prune_checkpoint, params.kept_restarts
+    L1, checkpoints = params.first_phase_passes, params.prune_checkpoints
+    at_checkpoint = torch.zeros(T + 1, dtype=torch.bool, device=dev)
+    at_checkpoint[list(checkpoints)] = True
     cap = params.max_batch_rows
     shape = clean.shape[1:]
 
@@ -297,7 +303,8 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
         switch = (rows.phase == 1) & (rows.it == L1)
         done = (rows.phase == 2) & ((rows.it >= T) | ((rows.stall >= params.early_stop_patience) if params.early_stop
                                                       else torch.zeros_like(switch)))
-        park = ~done & (rows.it == Pc) if Pc > 0 else torch.zeros_like(done)
+        # a row parks at a checkpoint unless it is its problem's last live restart
+        park = ~done & at_checkpoint[rows.it.clamp_max(T)] & (outstanding[rows.problem.cpu()] > 1).to(dev)
         radius = torch.where(rows.phase == 1, rows.eps * params.first_phase_radius_factor, rows.eps)
         box = L2BoxSet(x0, radius)
         nxt = box.project(box.step(rows.anchor, rows.anchor_grad, rows.step))
@@ -326,6 +333,7 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
         for p in [p for p, lst in parked.items() if sum(len(x) for x in lst) == outstanding[p]]:
             grp = _Rows.cat(parked.pop(p))
             order = sorted(range(len(grp)), key=lambda k: (-float(grp.rank_val[k]), int(grp.restart[k])))
+            keep = params.kept_of(len(grp))
             kept = torch.tensor(sorted(order[:keep]), device=dev, dtype=torch.long)
             gone = torch.tensor(sorted(order[keep:]), device=dev, dtype=torch.long)
             if len(gone):
