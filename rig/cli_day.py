@@ -14,7 +14,7 @@ from rig.paths import day_path
 
 
 def register(sub) -> None:
-    day = sub.add_parser("day", help="record, check or recover one recording day")
+    day = sub.add_parser("day", help="plan, record, analyze, check or recover one recording day")
     day.set_defaults(help_parser=day)
     dsub = day.add_subparsers(dest="day_command", metavar="STEP")
 
