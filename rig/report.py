@@ -57,7 +57,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     out = Path(out) if out else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     results = {d: day_results(cfg, folder, d, progress=progress) for d in days}
-    first, last = results[days[0]], results[days[-1]]
+    last = results[days[-1]]
     truth = bool(last.truth)
     gt = last.truth["whitebox_site_normalised"] if truth else None
     random_init = any(r.random_init_model for r in results.values())

@@ -1,5 +1,4 @@
 """Day files: round trip, crash safety (SIGKILL), resume without duplicates, never overwrite."""
-import os
 import signal
 import subprocess
 import sys

@@ -2,18 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from rig.cli import main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _fitted_model_file(tmp_path, n_sites=4):

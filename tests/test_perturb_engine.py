@@ -11,15 +11,6 @@ from stimuli.perturb import PerturbParams, generate_perturbations, solve
 from stimuli.quantize import shown_epsilon
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest (and kind to a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class SplitLinear(nn.Module):
     """f(x) = W flatten(x) + b, exposing backbone / readout_weight / readout_bias."""
 

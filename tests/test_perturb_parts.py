@@ -13,14 +13,6 @@ from stimuli.projection import L2BoxSet, project_ball_box
 from stimuli.quantize import quantize_perturbation, shown_epsilon
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _brute_projection(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, r: float) -> np.ndarray:
     """Independent reference: clip(v/(1+lam)) with lam from scalar bisection in float64 (KKT)."""
     d = np.clip(v, lo, hi)

@@ -13,18 +13,6 @@ from stimuli.stimset import StimulusSet
 
 K = 5
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small convs on a shared 2-core machine run several times faster on one thread
-    (no spin-waiting between oversubscribed threads); restored after this module."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 @pytest.fixture(scope="module")
 def stimset() -> StimulusSet:

@@ -14,30 +14,15 @@ from sim import spikes
 from sim.backend import SimBackend
 from sim.clocks import fit_clock_map
 from sim.monkey import SimParams, SimulatedMonkey
-from sim.refimages import reference_images
 
 N_CH = 6
 CV = 0.3
 WINDOW = (0.07, 0.17)
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small convs on a shared 2-core machine run several times faster on one thread
-    (no spin-waiting between oversubscribed threads); restored after this module."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def _images(n: int, seed: int) -> np.ndarray:
-    try:
-        from stimuli.images import builtin_images
-    except ImportError:  # pragma: no cover - stimuli.images is another engineer's module
-        return reference_images(n, 64, seed=seed)
+    from stimuli.images import builtin_images
+
     return builtin_images(n, 64, seed=seed)
 
 
