@@ -76,6 +76,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
             backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
             model_info=plan.model or None, attrs={**backend_attrs, "plan_file": ppath.name,
+                                                  **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
                                                   **_separation_attrs(schedule, stimuli)})
     elif len(channel_names) != writer.n_channels:
         writer.close()

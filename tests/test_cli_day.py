@@ -129,3 +129,26 @@ def test_day_check_on_truncated_and_foreign_files(tmp_path, capsys):
     assert "truncated or damaged" in err
     (tmp_path / "x.txt").write_text("hello")
     assert main(["day", "check", str(tmp_path / "x.txt")]) == 2
+
+
+def test_ctrl_c_stops_after_the_current_trial_and_the_day_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "rig.cli", "day", "run", "--day", "0", "--out", str(tmp_path), "--config", TINY]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    journal = tmp_path / "day_000.h5.journal"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 3):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "stopping after this trial" in out and "resume with --resume" in out
+    d = read_day(tmp_path / "day_000.h5")
+    assert not d.complete and check_day(tmp_path / "day_000.h5")[1] == []
+    # the trial in flight was finished and stored: file and journal agree
+    assert len(d.trials["trial_index"]) == journal.read_bytes().count(b"\n")
+    assert main(["day", "run", "--day", "0", "--out", str(tmp_path), "--resume", "--no-progress"]) == 0
+    assert read_day(tmp_path / "day_000.h5").complete
