@@ -47,7 +47,7 @@ import torch
 
 from stimuli.controls import random_stimuli
 from stimuli.objective import SiteObjective
-from stimuli.projection import L2BoxSet, project_ball_box
+from stimuli.projection import L2BoxSet, l2_step, project_ball_box
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
 
@@ -144,7 +144,7 @@ def _row_seed(seed: int, image: int, site: int, epsilon: float, sign: int, resta
 
 
 _STATE = ("problem", "restart", "image", "site", "sign", "eps", "phase", "it", "stall",
-          "step", "anchor_val", "rank_val", "delta", "anchor", "anchor_grad")
+          "step", "anchor_val", "rank_val", "delta", "anchor", "anchor_grad", "x0", "lower", "upper")
 
 
 class _Rows:
@@ -163,6 +163,25 @@ class _Rows:
     def cat(parts: list["_Rows"]) -> "_Rows":
         parts = [p for p in parts if p is not None and len(p)]
         return _Rows(**{k: torch.cat([getattr(p, k) for p in parts]) for k in _STATE})
+
+
+def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> None:
+    """Rows that made progress take the iterate just evaluated (``rows.delta``, ``grad``) as
+    their anchor. Copies only the smaller side: when most rows progressed, the few that did
+    not write their old anchor into the fresh tensors, which then become the anchors."""
+    n_prog = int(progress.sum())
+    if n_prog == 0:
+        return
+    if 2 * n_prog >= len(rows):
+        back = (~progress).nonzero().squeeze(1)
+        if len(back):
+            rows.delta.index_copy_(0, back, rows.anchor.index_select(0, back))
+            grad.index_copy_(0, back, rows.anchor_grad.index_select(0, back))
+        rows.anchor, rows.anchor_grad = rows.delta, grad   # rows.delta is replaced before its next use
+    else:
+        fwd = progress.nonzero().squeeze(1)
+        rows.anchor.index_copy_(0, fwd, rows.delta.index_select(0, fwd))
+        rows.anchor_grad.index_copy_(0, fwd, grad.index_select(0, fwd))
 
 
 def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequence[int], site: Sequence[int],
@@ -236,20 +255,22 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
         radius = torch.where(phase == 1, e * params.first_phase_radius_factor, e)
         gens = [torch.Generator().manual_seed(_row_seed(seed, int(image[p]), int(site[p]), float(epsilon[p]),
                                                         int(sgn[p]), r)) for p, r in jobs]
-        delta = L2BoxSet(clean[image[pi]], radius).random_perturb(gens)
+        x0 = clean[image[pi]]
+        delta = L2BoxSet(x0, radius).random_perturb(gens)
         z = torch.zeros(b, device=dev)
         return _Rows(problem=pi, restart=ri, image=image[pi], site=site[pi], sign=sgn[pi].float(), eps=e,
                      phase=phase, it=torch.zeros(b, dtype=torch.long, device=dev),
                      stall=torch.zeros(b, dtype=torch.long, device=dev), step=e.clone(),
                      anchor_val=z - math.inf, rank_val=z - math.inf, delta=delta, anchor=delta.clone(),
-                     anchor_grad=torch.zeros_like(delta))
+                     anchor_grad=torch.zeros_like(delta), x0=x0, lower=-x0, upper=1.0 - x0)
 
     def offer(rows: _Rows) -> None:
         """Final-phase bests of these rows become candidates for their problems' answers."""
-        for k in range(len(rows)):
-            if int(rows.phase[k]) != 2:
+        phases, probs = rows.phase.tolist(), rows.problem.tolist()
+        vals, restarts = rows.anchor_val.tolist(), rows.restart.tolist()
+        for k, (ph, p, v, r) in enumerate(zip(phases, probs, vals, restarts)):
+            if ph != 2:
                 continue
-            p, v, r = int(rows.problem[k]), float(rows.anchor_val[k]), int(rows.restart[k])
             if v > best_val[p] or (v == best_val[p] and r < best_restart[p]):
                 best_val[p], best_restart[p] = v, r
                 best_delta[p] = rows.anchor[k].detach().cpu().clone()
@@ -276,7 +297,7 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
 
         # ---- one forward+backward pass for every row
         rows = batch
-        x0 = clean[rows.image]
+        x0 = rows.x0
         val, grad = objective.value_and_grad(x0 + rows.delta, rows.site, rows.sign)
         val = val - f0[rows.problem]                          # s * (f(x+d) - f(x))
         b = len(rows)
@@ -288,9 +309,7 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
         progress_ = val > rows.anchor_val
         gain = torch.where(progress_ & torch.isfinite(rows.anchor_val), val - rows.anchor_val,
                            torch.where(progress_, torch.full_like(val, math.inf), torch.zeros_like(val)))
-        pm = progress_[:, None, None, None]
-        rows.anchor = torch.where(pm, rows.delta, rows.anchor)
-        rows.anchor_grad = torch.where(pm, grad, rows.anchor_grad)
+        _keep_progress(rows, progress_, grad)
         rows.anchor_val = torch.where(progress_, val, rows.anchor_val)
         grown = torch.minimum(rows.step * params.step_growth, 2 * rows.eps * params.first_phase_radius_factor)
         rows.step = torch.where(progress_, grown if params.step_growth != 1 else rows.step,
@@ -306,11 +325,10 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
         # a row parks at a checkpoint unless it is its problem's last live restart
         park = ~done & at_checkpoint[rows.it.clamp_max(T)] & (outstanding[rows.problem.cpu()] > 1).to(dev)
         radius = torch.where(rows.phase == 1, rows.eps * params.first_phase_radius_factor, rows.eps)
-        box = L2BoxSet(x0, radius)
-        nxt = box.project(box.step(rows.anchor, rows.anchor_grad, rows.step))
+        nxt = project_ball_box(l2_step(rows.anchor, rows.anchor_grad, rows.step), rows.lower, rows.upper, radius)
         if bool(switch.any()):
             sw = switch.nonzero().squeeze(1)
-            nxt[sw] = project_ball_box(rows.anchor[sw], -x0[sw], 1.0 - x0[sw], rows.eps[sw])
+            nxt[sw] = project_ball_box(rows.anchor[sw], rows.lower[sw], rows.upper[sw], rows.eps[sw])
             rows.phase[sw] = 2
             rows.step[sw] = rows.eps[sw]
             rows.anchor_val[sw] = -math.inf

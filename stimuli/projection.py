@@ -34,6 +34,23 @@ def _row(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def _changed_coordinates(v: torch.Tensor, clipped: torch.Tensor, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, columns)`` where ``clipped != v`` (2-D, row-major order, like ``nonzero``).
+
+    Clipping is usually sparse, so blocks of ``block`` coordinates are first screened with
+    two fast float reductions and only the blocks that changed are searched.
+    """
+    b, n = v.shape
+    diff = v - clipped                                   # exactly 0 where unchanged (finite values)
+    if n % block:
+        return diff.nonzero(as_tuple=True)
+    blocks = diff.view(b * (n // block), block)
+    hit = ((blocks.amax(1) != 0) | (blocks.amin(1) != 0)).nonzero().squeeze(1)
+    sub = blocks[hit].nonzero()
+    flat = hit[sub[:, 0]] * block + sub[:, 1]
+    return torch.div(flat, n, rounding_mode="floor"), flat % n
+
+
 def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
                      radius: torch.Tensor) -> torch.Tensor:
     """Exact Euclidean projection of each row of ``v`` onto ``{||d|| <= radius} ∩ [lower, upper]``.
@@ -45,8 +62,9 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     Only coordinates that already clip at ``t = 1`` (``v_j`` beyond the box) can clip
     for any ``t <= 1``, so the bisection runs on those alone, packed into a dense
     ``(B, K)`` block, with every other coordinate summarised by one sum of squares per
-    row. Cost: a few passes over the full tensor plus ``BISECTION_STEPS`` passes over
-    ``(B, K)``, cheap when the box binds in few pixels.
+    row. The candidates are found by screening blocks with float reductions, not with a
+    full-size ``nonzero``. Cost: a few passes over the full tensor plus at most
+    ``BISECTION_STEPS`` passes over ``(B, K)``, cheap when the box binds in few pixels.
     """
     b = v.shape[0]
     vf, lo, hi = _flat(v), _flat(lower), _flat(upper)
@@ -57,8 +75,7 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     if not bool(need.any()):
         return clipped.reshape(v.shape)
     vnorm2 = torch.linalg.vector_norm(vf, dim=1).pow(2)
-    cand = clipped != vf                                 # clipped at t = 1
-    ri, ci = cand.nonzero(as_tuple=True)
+    ri, ci = _changed_coordinates(vf, clipped)           # clipped at t = 1
     cnt = torch.bincount(ri, minlength=b)
     k = int(cnt.max()) if len(ri) else 0
     pos = torch.arange(len(ri), device=v.device) - (torch.cumsum(cnt, 0) - cnt)[ri]
@@ -69,18 +86,18 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     tau = torch.where(cv2 > 0, (cb2 / cv2.clamp_min(1e-38)).sqrt(), torch.full_like(cv2, math.inf))
     free2 = (n2_clip - cb2.sum(1)).clamp_min(0)         # squares of coordinates that never clip
 
-    def norm2(t: torch.Tensor) -> torch.Tensor:
-        tt = t[:, None]
-        return t * t * free2 + torch.where(tau <= tt, cb2, tt * tt * cv2).sum(1)
-
     # bracket: at t_lo = r/||v|| the unclipped norm is r, so the clipped one is <= r
     t_lo = (r2 / vnorm2.clamp_min(1e-30)).sqrt().clamp(max=1.0)
     t_hi = torch.ones_like(t_lo)
     for _ in range(BISECTION_STEPS if k else 0):
-        t = 0.5 * (t_lo + t_hi)
-        inside = norm2(t) <= r2
-        t_lo = torch.where(inside, t, t_lo)
-        t_hi = torch.where(inside, t_hi, t)
+        t = (t_lo + t_hi).mul_(0.5)
+        t2 = t * t                                       # norm^2 at t: t^2 * free + clipped terms
+        n2 = torch.where(tau <= t[:, None], cb2, t2[:, None] * cv2).sum(1).add_(t2 * free2)
+        inside = n2 <= r2
+        new_lo, new_hi = torch.where(inside, t, t_lo), torch.where(inside, t_hi, t)
+        if torch.equal(new_lo, t_lo) and torch.equal(new_hi, t_hi):
+            break                                        # a fixed point in float: later steps change nothing
+        t_lo, t_hi = new_lo, new_hi
     # exact finish: with the clipped set of t_hi fixed, t^2 * A + C = r^2 on the bracket
     clip_hi = tau <= t_hi[:, None]
     c2 = torch.where(clip_hi, cb2, torch.zeros_like(cb2)).sum(1)
@@ -95,6 +112,13 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     if bool(over.any()):
         d = d * torch.where(over, (r2 / dn2.clamp_min(1e-30)).sqrt(), torch.ones_like(dn2))[:, None]
     return d.reshape(v.shape)
+
+
+def l2_step(delta: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor) -> torch.Tensor:
+    """``delta + step_size * grad / ||grad||`` per row (a new tensor; rows with zero gradient stay)."""
+    gn = _flat(grad).norm(dim=1)
+    scale = torch.where(gn > 0, step_size.to(grad.dtype) / gn.clamp_min(1e-30), torch.zeros_like(gn))
+    return (grad * _row(scale, grad)).add_(delta)
 
 
 class L2BoxSet:
@@ -124,9 +148,7 @@ class L2BoxSet:
 
         Rows whose gradient is zero do not move.
         """
-        gn = _flat(grad).norm(dim=1)
-        scale = torch.where(gn > 0, step_size.to(grad.dtype) / gn.clamp_min(1e-30), torch.zeros_like(gn))
-        return delta + grad * _row(scale, grad)
+        return l2_step(delta, grad, step_size)
 
     def random_perturb(self, generators: list[torch.Generator]) -> torch.Tensor:
         """A start drawn uniformly from each row's ball (one generator per row), then projected.
