@@ -50,11 +50,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     if resume:
         writer = DayWriter.resume(path)
         stored = read_day(path)
-        stimuli, order = stored.stimuli, stored.schedule_stim_index
-        with h5py.File(path, "r") as h5:
-            ppt = int(h5["schedule"].attrs["presentations_per_trial"])
-            spp = float(h5["schedule"].attrs["seconds_per_presentation"])
-        schedule = Schedule(order, ppt, spp)
+        stimuli, schedule = stored.stimuli, stored.schedule()
         session_id = str(stored.attrs["session_id"])
         start_s = _resume_presenter_time(path, stored)
     else:
@@ -63,10 +59,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         if not ppath.exists():
             raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
         plan = read_day(ppath)
-        with h5py.File(ppath, "r") as h5:
-            ppt = int(h5["schedule"].attrs["presentations_per_trial"])
-            spp = float(h5["schedule"].attrs["seconds_per_presentation"])
-        stimuli, schedule = plan.stimuli, Schedule(plan.schedule_stim_index, ppt, spp)
+        stimuli, schedule = plan.stimuli, plan.schedule()
         session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
     backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
     if not resume:

@@ -461,6 +461,14 @@ class DayData:
     sync_presenter_s: np.ndarray
     sync_acq_s: np.ndarray
     model: dict = field(default_factory=dict)
+    presentations_per_trial: int = 1       # K of the planned schedule
+    seconds_per_presentation: float = 0.0  # planned wall time per slot, s
+
+    def schedule(self):
+        """The planned schedule as a :class:`rig.schedule.Schedule`."""
+        from rig.schedule import Schedule
+
+        return Schedule(self.schedule_stim_index, self.presentations_per_trial, self.seconds_per_presentation)
 
     @property
     def day(self) -> int:
@@ -548,7 +556,9 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         channel_names=[n.decode() if isinstance(n, bytes) else n for n in h5["channels/names"][:]],
         trials=trials, presentations=pres, counts=h5["spikes/counts"][:n_pres],
         spike_times_s=h5["spikes/times_s"][:n_spk], spike_channels=h5["spikes/channel"][:n_spk],
-        sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model)
+        sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model,
+        presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
+        seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]))
 
 
 def check_day(path: str | Path) -> tuple[dict, list[str]]:
@@ -625,9 +635,7 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
         path.rename(aside)
     jaside = journal_path(path).with_name(journal_path(path).name + f".{stamp}")
     journal_path(path).rename(jaside)
-    with h5py.File(source.path if source.path != path else aside, "r") as h5:
-        ppt = int(h5["schedule"].attrs["presentations_per_trial"])
-        spp = float(h5["schedule"].attrs["seconds_per_presentation"])
+    ppt, spp = source.presentations_per_trial, source.seconds_per_presentation
     keep = {k: v for k, v in source.attrs.items() if k not in ("schema_version", "software", "software_version", "created_utc",
                                                                "day", "session_id", "backend", "status", "committed_trials",
                                                                "window_start_ms", "window_end_ms")}
