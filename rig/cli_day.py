@@ -46,6 +46,12 @@ def register(sub) -> None:
     chk.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk.set_defaults(func=cmd_check)
 
+    from rig.cli_nwb import add_export_command
+    from rig.cli_replay import add_replay_command
+
+    add_replay_command(dsub)
+    add_export_command(dsub)
+
     rec = dsub.add_parser("recover", help="rebuild a damaged day file from its journal (the damaged file is kept)")
     rec.add_argument("file")
     rec.add_argument("--plan", help="the day's plan file, if the damaged file's header cannot be read")
@@ -71,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         if path.exists():
             raise UserError(f"{path} already exists; use --resume to continue it, or choose another --out. Nothing was overwritten.")
-        cfg = load_config(args.config)
+        cfg = folder_config(out, args.config)
     result = record_day(cfg, out, args.day, backend_name=args.backend, resume=args.resume,
                         progress=not args.no_progress, max_trials=args.max_trials)
     summary, problems = check_day(path)

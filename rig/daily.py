@@ -9,7 +9,7 @@ import numpy as np
 
 from rig.backend import SessionInfo
 from rig.backends import make_backend
-from rig.config import Config
+from rig.config import Config, config_from_toml_text
 from rig.dayfile import DayWriter, read_day, write_plan
 from rig.errors import UserError
 from rig.paths import day_path, plan_path
@@ -60,6 +60,11 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
         plan = read_day(ppath)
         stimuli, schedule = plan.stimuli, plan.schedule()
+        planned_cfg = config_from_toml_text(plan.config_text)
+        if planned_cfg != cfg:  # the plan is authoritative: its stimuli were made for its settings
+            print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
+                  "(it differs from the one given)", flush=True)
+            cfg = planned_cfg
         session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
     backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
     if not resume:

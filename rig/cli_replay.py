@@ -1,0 +1,39 @@
+"""``itloop day replay FILE --out NEWFILE``: re-run a recorded day offline into a new file."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rig.dayfile import DayFileError, check_day
+from rig.errors import UserError
+
+
+def add_replay_command(dsub) -> None:
+    """Add ``replay`` to the ``itloop day`` sub-parsers ``dsub``."""
+    rep = dsub.add_parser("replay", help="re-run a recorded day into a new file (counts recomputed from raw spikes)")
+    rep.add_argument("file", help="the recorded day file (read only, never changed)")
+    rep.add_argument("--out", required=True, help="the new day file to write (must not exist)")
+    rep.add_argument("--window", nargs=2, type=float, metavar=("START_MS", "END_MS"), default=None,
+                     help="spike-count window after onset, ms (default: the recorded window)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rig.backends.replay import replay_day
+
+    src, out = Path(args.file), Path(args.out)
+    if not src.exists():
+        raise UserError(f"{src} does not exist; give the recorded day file to replay")
+    if out.exists():
+        raise UserError(f"--out {out} already exists; choose a new file name. Nothing was overwritten.")
+    try:
+        replay_day(src, out, window_ms=tuple(args.window) if args.window else None, progress=not args.no_progress)
+        summary, problems = check_day(out)
+    except (DayFileError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"replayed {src} -> {out}: {summary['trials']} trials, {summary['valid_presentations']}/"
+          f"{summary['presentations']} valid presentations, status {summary['status']}")
+    for p in problems:
+        print(f"  PROBLEM: {p}")
+    return 0 if not problems else 1
