@@ -40,7 +40,8 @@ def summary_lines(numbers: Mapping, depth: int) -> list[str]:
     flat = [(k, v) for k, v in numbers.items() if not isinstance(v, Mapping)]
     if flat:
         lines += ["| quantity | value |", "| --- | --- |"]
-        lines += [f"| {k} | {format_value(v)} |" for k, v in flat]
+        cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731  a bare pipe would split the table cell
+        lines += [f"| {cell(k)} | {cell(format_value(v))} |" for k, v in flat]
         lines.append("")
     for k, v in numbers.items():
         if isinstance(v, Mapping):

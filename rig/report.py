@@ -98,7 +98,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
         h = last.truth
         notes.append(f"Ground truth: a white-box attack on the simulated sites' expected counts, "
                      f"{h['restarts']} restarts x {h['steps']} steps; doubling the budget changed the mean "
-                     f"answer by {100 * h['relative_change_on_doubling']:.1f}%.")
+                     f"answer by {100 * h['relative_change_on_doubling']:.2g}% (the criterion is < 2%).")
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     return summary
 
@@ -110,13 +110,13 @@ def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, lis
     for d, r in results.items():
         sec: dict = {}
         for e in r.targeted.epsilons:
-            row = {"targeted |dr| / sigma": r.targeted.population_estimate(e),
+            row = {"targeted abs(dr) / sigma": r.targeted.population_estimate(e),
                    "bias-corrected / sigma": r.signed.population_estimate(e)}
             if r.random is not None:
-                row["random-direction |dr| / sigma"] = r.random.population_estimate(e)
+                row["random-direction abs(dr) / sigma"] = r.random.population_estimate(e)
                 row["targeted / random (ratio)"] = r.ratio[float(e)]
             if r.model_units is not None:
-                row["model units |df| / sigma_model"] = r.model_units.population_estimate(e)
+                row["model units abs(df) / sigma_model"] = r.model_units.population_estimate(e)
             if r.truth:
                 row["fraction of true sensitivity reached (noise-free)"] = r.truth["fraction_true"][float(e)]
                 row["fraction of true sensitivity, measured bias-corrected"] = r.truth["fraction_measured"][float(e)]
