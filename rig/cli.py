@@ -26,6 +26,16 @@ COMMAND_MODULES = [
 ]
 
 USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)
+# more problems a user can fix (a missing weights file, a presenter that never connected or
+# went away mid-session: the day stays resumable), from modules too heavy to import just
+# for --help: (module, class name), checked only if that module was loaded
+LAZY_USER_ERRORS = (("modelfit.backbone", "WeightsError"), ("rig.presenter_client", "PresenterError"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, USER_ERRORS):
+        return True
+    return any(isinstance(exc, getattr(sys.modules[m], name)) for m, name in LAZY_USER_ERRORS if m in sys.modules)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
-    except USER_ERRORS as exc:
-        print(f"itloop: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"itloop: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("itloop: interrupted; nothing recorded was lost (resume with --resume)", file=sys.stderr)
         return 130

@@ -93,6 +93,7 @@ def test_sigkill_of_the_cli_then_resume(tmp_path):
     ("empty_folder", [], "holds no images"),
     ("bad_toml", [], "not valid TOML"),
     ("unknown_key", [], "sim.n_chanels"),
+    ("missing_weights", [], "nowhere.pt"),
     (None, ["--resume"], "does not exist"),
     (None, ["--day", "3"], "no plan"),
 ])
@@ -105,6 +106,8 @@ def test_bad_inputs_one_message_nonzero_exit(tmp_path, capsys, setup, args, mess
         cfg.write_text("[images\nsize_px = 3\n")
     elif setup == "unknown_key":
         cfg.write_text("[sim]\nn_chanels = 3\n")
+    elif setup == "missing_weights":
+        cfg.write_text(Path(TINY).read_text().replace('backbone = "tiny"', 'backbone = "tiny"\nweights = "/nowhere.pt"'))
     else:
         cfg.write_text(Path(TINY).read_text())
     argv = ["day", "run", "--day", "0", "--out", str(tmp_path / "out"), "--config", str(cfg), "--no-progress"]
