@@ -52,7 +52,7 @@ def file_sha256(path: Path) -> str:
 
 def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True) -> Path:
     """The readout fitted on days 0..``through``; fitted (and saved) if not there yet."""
-    from rig.cli_model import fit_days
+    from rig.fitting import fit_days
 
     path = model_path(folder, through)
     if not path.exists():

@@ -9,7 +9,7 @@ import torch
 from modelfit.backbone import build_backbone
 from modelfit.features import FeatureExtractor
 from modelfit.store import load_fitted
-from rig import cli_model
+from rig import cli_model, fitting
 from rig.backend import SessionInfo
 from rig.config import load_config
 from rig.dayfile import DayWriter
@@ -55,7 +55,7 @@ def experiment(tmp_path_factory):
 
 def test_pool_days_merges_images_across_days(experiment):
     folder, cfg, clean, new = experiment
-    pooled = cli_model.pool_days(folder, 1)
+    pooled = fitting.pool_days(folder, 1)
     assert len(pooled.ids) == 220 and pooled.first_day.tolist() == [0] * 200 + [1] * 20
     np.testing.assert_array_equal(pooled.pixels[:200], clean)
     np.testing.assert_array_equal(pooled.pixels[200:], new)
@@ -66,7 +66,7 @@ def test_pool_days_merges_images_across_days(experiment):
 
 def test_fit_on_sim_days_gives_positive_predictivity(experiment):
     folder, cfg, *_ = experiment
-    res = cli_model.fit_days(cfg, folder, 1, progress=False)
+    res = fitting.fit_days(cfg, folder, 1, progress=False)
     assert res.path == model_path(folder, 1) and len(res.site_channels) >= 3
     cv_r = res.scores["cv_r"]
     assert np.all(cv_r > 0.1) and np.median(cv_r) > 0.25
@@ -76,7 +76,7 @@ def test_fit_on_sim_days_gives_positive_predictivity(experiment):
     assert m.random_init and m.info["through_day"] == 1 and m.info["n_images"] == 220
     np.testing.assert_array_equal(m.site_channels, res.site_channels)
     # the stored model's torch module reproduces its predictions; features came from the cache
-    px = cli_model.pool_days(folder, 1).pixels[:8]
+    px = fitting.pool_days(folder, 1).pixels[:8]
     fx = FeatureExtractor(build_backbone("tiny"), cache_dir=folder / cfg.paths.feature_cache, progress=False)
     feats = fx.transform(px)
     assert fx.hits == 8
@@ -85,7 +85,7 @@ def test_fit_on_sim_days_gives_positive_predictivity(experiment):
     pred = m.predict_features(feats)
     np.testing.assert_allclose(out, pred, rtol=1e-4, atol=1e-4 * np.abs(pred).max())
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
-        cli_model.fit_days(cfg, folder, 1, progress=False)
+        fitting.fit_days(cfg, folder, 1, progress=False)
 
 
 def _parse(argv):
