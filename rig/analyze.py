@@ -137,7 +137,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
                      random_init, data=d)
     is_sim = d.attrs.get("backend") == "sim" or d.attrs.get("spike_source") == "simulated monkey"
     if truth or (truth is None and is_sim):
-        res.truth = _truth(cfg, folder, d, sites, sigma, signed, n_boot, seed, progress)
+        res.truth = _truth(cfg, folder, d, resp, sites, sigma, n_boot, seed, progress)
     return res
 
 
@@ -154,8 +154,8 @@ def _model_predictions(fitted, pixels: np.ndarray, n_channels: int, cfg: Config)
     return out
 
 
-def _truth(cfg: Config, folder: Path, d: DayData, sites: np.ndarray, sigma: np.ndarray, signed, n_boot: int,
-           seed: int, progress: bool) -> dict:
+def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.ndarray, sigma: np.ndarray,
+           n_boot: int, seed: int, progress: bool) -> dict:
     """White-box ground truth and the fraction of it the loop reached (simulation only)."""
     from analysis import fraction_of_true, sensitivity_curve
     from rig.backends import build_sim_monkey
@@ -169,7 +169,7 @@ def _truth(cfg: Config, folder: Path, d: DayData, sites: np.ndarray, sigma: np.n
     # noise-free: the true expected counts of the very stimuli the loop showed
     expected = monkey.expected_counts(monkey.true_rates(prov.pixels), window, cfg.rsvp.stim_on_ms / 1000.0)
     achieved = sensitivity_curve(expected, prov, estimator="signed", sites=sites, normalise=False, n_boot=n_boot, seed=seed)
-    measured = sensitivity_curve(_responses(d), prov, estimator="signed", sites=sites, normalise=False, n_boot=n_boot, seed=seed)
+    measured = sensitivity_curve(resp, prov, estimator="signed", sites=sites, normalise=False, n_boot=n_boot, seed=seed)
     # the white-box problems: every (clean parent, target site) the loop perturbed
     t = prov.kind == "targeted"
     pairs = sorted({(int(p), int(s)) for p, s in zip(prov.parent[t], prov.site[t]) if s in set(sites.tolist())})

@@ -15,15 +15,16 @@
 """
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from modelfit.backbone import file_sha256
 from rig import __version__
 from rig.config import Config
+from rig.daily import slot_seconds
 from rig.dayfile import read_day, write_plan
 from rig.errors import UserError
 from rig.paths import day_path, model_path, plan_path
@@ -40,14 +41,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
     return f"{__version__}+{commit}{'.dirty' if dirty else ''}" if commit else __version__
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True) -> Path:
@@ -120,7 +113,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
     schedule = build_schedule(stimset.parent, cfg.schedule.repeats, cfg.rsvp.presentations_per_trial,
-                              cfg.experiment.seed * 1000 + day, _slot_seconds(cfg), cfg.schedule.min_parent_separation_min)
+                              cfg.experiment.seed * 1000 + day, slot_seconds(cfg), cfg.schedule.min_parent_separation_min)
     mean_sep, min_sep = schedule.parent_separation_min(stimset.parent)
     info = {
         "model_file": mpath.name, "model_sha256": file_sha256(mpath), "backbone": model.backbone_name,
@@ -142,10 +135,3 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -
         print(f"day {day}: plan written to {out} ({len(stimset)} stimuli, {len(schedule)} presentations, "
               f"perturbed images {mean_sep:.1f} min from their parents on average, {min_sep:.1f} min at least)")
     return out
-
-
-def _slot_seconds(cfg: Config) -> float:
-    from rig.daily import slot_seconds
-
-    return slot_seconds(cfg)
-

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from rig.cli import main
 from rig.config import load_config
 from rig.dayfile import check_day, read_day
+from tests.helpers import wait_for_journal_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "data" / "tiny.toml")
@@ -68,9 +68,7 @@ def test_sigkill_of_the_cli_then_resume(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = tmp_path / "day_000.h5.journal"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 4):
-            time.sleep(0.02)
+        wait_for_journal_lines(journal, 4, timeout_s=120)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -139,9 +137,7 @@ def test_ctrl_c_stops_after_the_current_trial_and_the_day_resumes(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     journal = tmp_path / "day_000.h5.journal"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 3):
-            time.sleep(0.02)
+        wait_for_journal_lines(journal, 3, timeout_s=120)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -4,7 +4,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from rig.config import load_config
 from rig.dayfile import check_day, read_day
 from rig.paths import day_path, plan_path
 from rig.simulate import simulate
+from tests.helpers import wait_for_journal_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny.toml"
@@ -101,9 +101,7 @@ def test_interrupted_simulate_gives_the_same_result(experiment, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = other / "day_002.h5.journal"
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 5):
-            time.sleep(0.05)
+        wait_for_journal_lines(journal, 5, timeout_s=240)
         assert journal.exists(), "day 2 never started recording"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
