@@ -49,13 +49,13 @@ def bench_frames(stage, n_frames: int) -> tuple[float, float]:
 
 def bench_protocol(n: int, side: int) -> tuple[float, float]:
     """Seconds to send+verify n images and to preload them, through a presenter subprocess."""
-    from rig.presenter_client import PresenterClient
+    from rig.link.client import PresenterClient
     from stimuli.stimset import sha1_of
 
     px = _images(n, side, 1)
     ids = [sha1_of(p) for p in px]
     with PresenterClient(session="bench", dead_after_s=10.0) as c:
-        proc = subprocess.Popen([sys.executable, "-m", "rig.presenter", "--endpoint", c.endpoint, "--windowed",
+        proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "present", "--endpoint", c.endpoint, "--windowed",
                                  "400x300", "--refresh-hz", "60", "--quiet"])
         try:
             c.wait_for_presenter(60)

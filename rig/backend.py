@@ -89,6 +89,17 @@ class TrialRecord:
             raise ValueError("TrialRecord.spike_times_s and spike_channels differ in length")
 
 
+@dataclass
+class TrialRows:
+    """What the session runner derived from one TrialRecord, ready to store (journal, then day file)."""
+
+    trial: Trial
+    record: TrialRecord
+    onset_acq_s: np.ndarray       # (K,) NaN where not shown
+    counts: np.ndarray            # (K, n_channels) spikes in the window; NaN where not shown
+    valid: np.ndarray             # (K,) bool
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Anything that can show a stimulus set to a subject and record the answer."""

@@ -10,5 +10,5 @@ Modules:
 - ``sim.clocks``: clock map, frame-locked flips, photodiode jitter, a sync-pair line fit.
 - ``sim.backend``: :class:`SimBackend`, the in-process ``rig.backend.Backend``.
 - ``sim.refimages``: seeded textures the monkey calibrates its drives on.
-- ``sim.bench``: ``python -m sim.bench`` throughput table.
+- throughput: ``python benchmarks/sim_bench.py``.
 """

@@ -10,7 +10,8 @@ import pytest
 
 from rig.cli import main
 from rig.config import load_config
-from rig.dayfile import check_day, read_day
+from rig.store.reader import read_day
+from rig.store.repair import check_day
 from tests.helpers import wait_for_journal_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def test_day_run_records_a_valid_screening_day(tmp_path, capsys):
     d = read_day(path)
     assert d.responses_by_repeat().shape[0] == cfg.screening.repeats
     # the counts follow the simulated monkey's true rates (ground truth, evaluation only)
-    from rig.backends import build_sim_monkey
+    from rig.backends.factory import build_sim_monkey
     monkey = build_sim_monkey(cfg)
     expected = monkey.expected_counts(monkey.true_rates(d.stimuli.pixels), (0.07, 0.17))
     measured = d.mean_responses()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from rig.cli import main
-from rig.dayfile import check_day, read_day
+from rig.store.reader import read_day
+from rig.store.repair import check_day
 
 pytestmark = [
     pytest.mark.xvfb,
@@ -49,7 +50,7 @@ heartbeat_s = 0.2
 dead_after_s = 5.0
 """)
     log = open(tmp_path / "presenter.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "rig.presenter", "--endpoint", endpoint, "--windowed", "320x240",
+    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "present", "--endpoint", endpoint, "--windowed", "320x240",
                              "--refresh-hz", "60", "--pace"], stdout=log, stderr=subprocess.STDOUT)
     try:
         rc = main(["day", "run", "--day", "0", "--backend", "presenter", "--out", str(tmp_path / "exp"),

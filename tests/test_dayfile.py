@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from rig.backend import SessionInfo
-from rig.dayfile import DayFileError, DayWriter, check_day, read_day, recover_day, journal_path
-from rig.schedule import Schedule, build_schedule
-from rig.session import run_session
+from rig.store.dayfile import DayFileError, DayWriter
+from rig.store.journal import journal_path
+from rig.store.reader import read_day
+from rig.store.repair import check_day, recover_day
+from rig.session.schedule import Schedule, build_schedule
+from rig.session.runner import run_session
 from stimuli.images import builtin_images
 from stimuli.stimset import StimulusSet
 from tests.fakes import CountingBackend
@@ -108,7 +111,7 @@ KILLER = textwrap.dedent("""
     import sys
     from tests.test_dayfile import _stimuli, _new
     from tests.fakes import CountingBackend
-    from rig.session import run_session
+    from rig.session.runner import run_session
     from rig.backend import SessionInfo
     ss = _stimuli(30, 8)
     w, sch = _new(sys.argv[1], ss, repeats=20, k=5, n_ch=8)

@@ -12,9 +12,10 @@ from PIL import Image
 
 from rig.cli import main
 from rig.config import load_config
-from rig.dayfile import check_day, read_day
+from rig.store.reader import read_day
+from rig.store.repair import check_day
 from rig.paths import day_path, plan_path
-from rig.simulate import simulate
+from rig.loop.simulate import simulate
 from tests.helpers import wait_for_journal_lines
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,14 +9,15 @@ import torch
 from modelfit.backbone import build_backbone
 from modelfit.features import FeatureExtractor
 from modelfit.store import load_fitted
-from rig import cli_model, fitting
+from rig.cli import model as cli_model
+from rig.loop import fit as fitting
 from rig.backend import SessionInfo
 from rig.config import load_config
-from rig.dayfile import DayWriter
+from rig.store.dayfile import DayWriter
 from rig.errors import UserError
 from rig.paths import day_path, model_path
-from rig.schedule import build_schedule
-from rig.session import run_session
+from rig.session.schedule import build_schedule
+from rig.session.runner import run_session
 from sim.backend import SimBackend
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images

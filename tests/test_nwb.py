@@ -8,11 +8,11 @@ import pytest
 pynwb = pytest.importorskip("pynwb")
 
 from rig.backend import SessionInfo  # noqa: E402
-from rig.cli_nwb import add_export_command  # noqa: E402
-from rig.dayfile import read_day  # noqa: E402
+from rig.cli.day_export import add_export_command  # noqa: E402
+from rig.store.reader import read_day  # noqa: E402
 from rig.errors import UserError  # noqa: E402
-from rig.nwb import export_nwb  # noqa: E402
-from rig.session import run_session  # noqa: E402
+from rig.store.nwb import export_nwb  # noqa: E402
+from rig.session.runner import run_session  # noqa: E402
 from tests.fakes import CountingBackend  # noqa: E402
 from tests.test_dayfile import _new, _stimuli  # noqa: E402
 

@@ -23,7 +23,7 @@ def _fitted_model_file(tmp_path, n_sites=4):
 
 
 def test_generate_writes_a_stimulus_file(tmp_path, capsys):
-    from rig.cli_stimuli import load_stimulus_set
+    from rig.cli.stimuli import load_stimulus_set
 
     model = _fitted_model_file(tmp_path)
     cfg = tmp_path / "c.toml"

@@ -17,9 +17,9 @@ import pytest
 
 from rig.presenter.geometry import deg_to_px
 from rig.presenter.stage import PHOTODIODE_PX
-from rig.presenter.trial import KIND_CODE, KINDS
-from rig.presenter_client import PresenterClient, PresenterLost, PresenterRefused
-from rig.protocol import PROTOCOL_VERSION
+from rig.link.protocol import FRAME_KINDS as KINDS, KIND_CODE
+from rig.link.client import PresenterClient, PresenterLost, PresenterRefused
+from rig.link.protocol import PROTOCOL_VERSION
 from stimuli.stimset import sha1_of
 
 pytestmark = [
@@ -59,7 +59,7 @@ class Rig:
         self.client = self.new_client("tcp://127.0.0.1:*")
         self.endpoint = self.client.endpoint
         self.log = open(tmp / "presenter.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rig.presenter", "--config", str(cfg),
+        self.proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "present", "--config", str(cfg),
                                       "--endpoint", self.endpoint, "--windowed", f"{WIN_W}x{WIN_H}",
                                       "--refresh-hz", "60", "--pace"], stdout=self.log, stderr=subprocess.STDOUT)
         self.client.wait_for_presenter(timeout_s=60)
@@ -267,7 +267,7 @@ def test_killed_controller_leaves_presenter_blank_and_waiting_and_restart_resume
 
 
 def test_timing_check_prints_frame_statistics(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "rig.presenter", "--timing-check", "--seconds", "1",
+    out = subprocess.run([sys.executable, "-m", "rig.cli", "present", "--timing-check", "--seconds", "1",
                           "--windowed", f"{WIN_W}x{WIN_H}", "--refresh-hz", "60", "--pace", "--quiet"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode in (0, 1), out.stderr            # 1 means dropped frames were found
@@ -277,8 +277,8 @@ def test_timing_check_prints_frame_statistics(tmp_path):
 
 
 def test_images_read_from_a_plan_file_by_path(rig, tmp_path):
-    from rig.dayfile import write_plan
-    from rig.schedule import build_schedule
+    from rig.store.dayfile import write_plan
+    from rig.session.schedule import build_schedule
     from stimuli.stimset import StimulusSet
 
     ss = StimulusSet(IMAGES[::-1].copy())

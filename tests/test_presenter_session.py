@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from rig.backend import SessionInfo
-from rig.backends.presenter_backend import PresenterBackend, SimSpikeSource
-from rig.dayfile import DayWriter, check_day, read_day
-from rig.presenter.trial import KIND_CODE
-from rig.presenter_client import PresenterClient
-from rig.schedule import build_schedule
-from rig.session import run_session
+from rig.backends.presenter import PresenterBackend, SimSpikeSource
+from rig.store.dayfile import DayWriter
+from rig.store.reader import read_day
+from rig.store.repair import check_day
+from rig.link.protocol import KIND_CODE
+from rig.link.client import PresenterClient
+from rig.session.schedule import build_schedule
+from rig.session.runner import run_session
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images
 from stimuli.stimset import StimulusSet
@@ -36,7 +38,7 @@ def test_session_through_real_presenter_records_presenter_flips(tmp_path):
     session = SessionInfo("headless", 1, fixation_acquire_ms=50.0, inter_trial_ms=100.0, seed=1)
     client = PresenterClient("tcp://127.0.0.1:*", session=session.session_id, heartbeat_s=0.2, dead_after_s=5.0)
     log = open(tmp_path / "presenter.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "rig.presenter", "--endpoint", client.endpoint,
+    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "present", "--endpoint", client.endpoint,
                              "--windowed", "320x240", "--refresh-hz", "60", "--pace"], stdout=log,
                             stderr=subprocess.STDOUT)
     results = []

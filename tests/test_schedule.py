@@ -1,7 +1,7 @@
 """Schedules: exact repeats, parents kept apart, aborted presentations re-queued."""
 import numpy as np
 
-from rig.schedule import PresentationQueue, build_schedule, separation_minutes
+from rig.session.schedule import PresentationQueue, build_schedule, separation_minutes
 
 
 def _family_parents(n_clean=20, children=4):

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
-from rig.dayfile import DayData, DayWriter, read_day
-from rig.schedule import PresentationQueue
-from rig.session import run_session
+from rig.store.dayfile import DayWriter
+from rig.store.reader import DayData, read_day
+from rig.session.schedule import PresentationQueue
+from rig.session.runner import run_session
 
 # root attributes a day file writes for itself; everything else is carried into a replay
 _OWN_ATTRS = {"schema_version", "software", "software_version", "created_utc", "completed_utc", "day", "session_id",

@@ -1,7 +1,7 @@
 """The presenter process's protocol loop: receive commands, show trials, answer.
 
 The presenter connects a DEALER socket to the controller's ROUTER, announces itself and
-then serves commands (``rig.protocol``). It stays single-threaded: while a trial or a
+then serves commands (``rig.link.protocol``). It stays single-threaded: while a trial or a
 preload runs it polls the socket between frames/images, so an ``abort`` blanks the screen
 on the next flip and heartbeats keep flowing both ways. When the controller falls silent
 for ``dead_after_s`` the presenter aborts any trial, keeps the screen blank and waits; a
@@ -24,7 +24,7 @@ from rig.presenter.markers import MarkerOutput, NoMarker
 from rig.presenter.stage import Stage
 from rig.presenter.timing import frame_counts, frames_at_least
 from rig.presenter.trial import run_frames
-from rig.protocol import (COMMANDS, HEARTBEAT, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode,
+from rig.link.protocol import (COMMANDS, HEARTBEAT, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode,
                           encode, error_reply, require_security, set_digest)
 from stimuli.stimset import sha1_of
 

@@ -14,11 +14,10 @@ from typing import Callable
 
 import numpy as np
 
+from rig.link.protocol import KIND_CODE
 from rig.presenter.markers import CODES, MarkerOutput, NoMarker
 from rig.presenter.timing import long_intervals
 
-KINDS = ("fix_on", "stim_on", "mask_on", "blank", "abort_blank")
-KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 
 
 def frame_sequence(n_images: int, n_fix: int, n_on: int, n_mask: int) -> list[tuple[str, int]]:
@@ -34,7 +33,7 @@ class TrialLog:
     """Every flip of one trial: its time (presenter clock, s), what it showed, and events."""
 
     frame_time_s: np.ndarray
-    frame_kind: np.ndarray            # int8 codes into KINDS
+    frame_kind: np.ndarray            # int8 codes into rig.link.protocol.FRAME_KINDS
     frame_pres: np.ndarray            # int32 presentation index, -1 for none
     events: list[dict]                # screen changes: {kind, pres, frame, t}
     aborted: bool = False

@@ -33,7 +33,7 @@ def _window_size(text: str | None) -> tuple[int, int] | None:
 def run_present(args: argparse.Namespace) -> int:
     """Open the window and either serve a controller or run the timing check."""
     from rig.config import ConfigError, load_config
-    from rig.protocol import curve_keys
+    from rig.link.protocol import curve_keys
 
     try:
         cfg = load_config(args.config)

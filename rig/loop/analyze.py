@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import Config, config_from_toml_text
-from rig.dayfile import DayData, read_day
+from rig.store.reader import DayData, read_day
 from rig.errors import UserError
 from rig.paths import day_path
 
@@ -158,8 +158,8 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
            n_boot: int, seed: int, progress: bool) -> dict:
     """White-box ground truth and the fraction of it the loop reached (simulation only)."""
     from analysis import fraction_of_true, sensitivity_curve
-    from rig.backends import build_sim_monkey
-    from rig.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
+    from rig.backends.factory import build_sim_monkey
+    from rig.loop.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
     from stimuli.perturb import PerturbParams
 
     prov = d.stimuli

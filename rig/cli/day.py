@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import config_from_toml_text, load_config
-from rig.dayfile import DayFileError, check_day, read_day, recover_day
+from rig.store.dayfile import DayFileError
+from rig.store.reader import read_day
+from rig.store.repair import check_day, recover_day
 from rig.errors import UserError
 from rig.paths import day_path
 
@@ -46,8 +48,8 @@ def register(sub) -> None:
     chk.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk.set_defaults(func=cmd_check)
 
-    from rig.cli_nwb import add_export_command
-    from rig.cli_replay import add_replay_command
+    from rig.cli.day_export import add_export_command
+    from rig.cli.day_replay import add_replay_command
 
     add_replay_command(dsub)
     add_export_command(dsub)
@@ -59,7 +61,7 @@ def register(sub) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rig.daily import record_day
+    from rig.loop.record import record_day
 
     if args.day < 0:
         raise UserError(f"--day {args.day}: day numbers start at 0 (screening)")
@@ -89,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def folder_config(folder: Path, config: str | None):
     """The config for a step in ``folder``: --config if given, else the experiment's stored one."""
-    from rig.simulate import EXPERIMENT_TOML
+    from rig.loop.simulate import EXPERIMENT_TOML
 
     if config:
         return load_config(config)
@@ -102,7 +104,7 @@ def folder_config(folder: Path, config: str | None):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rig.loop import plan_day
+    from rig.loop.plan import plan_day
 
     folder = Path(args.out)
     plan_day(folder_config(folder, args.config), folder, args.day, progress=not args.no_progress)
@@ -110,7 +112,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from rig.analyze import analyze_day, describe
+    from rig.loop.analyze import analyze_day, describe
 
     folder = Path(args.out)
     res, out = analyze_day(folder_config(folder, None), folder, args.day, progress=not args.no_progress)

@@ -5,7 +5,7 @@ perturbed images alike; an image shown on several days pools its repeats), selec
 sites whose day-0 split-half reliability reaches ``screening.reliability_threshold``,
 featurises each image once (feature cache), fits the readout, scores it (cross-validated
 r, split-half ceiling, noise-ceiled predictivity) and writes ``DIR/model_through_DDD.h5``.
-The work is done by :mod:`rig.fitting` (shared with the daily loop).
+The work is done by :mod:`rig.loop.fit` (shared with the daily loop).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import config_from_toml_text, load_config
-from rig.dayfile import read_day
+from rig.store.reader import read_day
 from rig.errors import UserError
-from rig.fitting import fit_days
+from rig.loop.fit import fit_days
 from rig.paths import day_path, model_path
 
 

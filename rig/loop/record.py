@@ -8,13 +8,14 @@ import h5py
 import numpy as np
 
 from rig.backend import SessionInfo
-from rig.backends import make_backend
+from rig.backends.factory import make_backend
 from rig.config import Config, config_from_toml_text
-from rig.dayfile import DayWriter, read_day, write_plan
+from rig.store.dayfile import DayWriter, write_plan
+from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path, plan_path
-from rig.schedule import Schedule, build_schedule, seconds_per_presentation
-from rig.session import SessionResult, run_session
+from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
+from rig.session.runner import SessionResult, run_session
 from stimuli.images import clean_images
 from stimuli.stimset import StimulusSet
 

@@ -1,4 +1,4 @@
-"""Benchmark of the simulated monkey: ``python -m sim.bench [--backbone tiny] [--size 64 224]``.
+"""Benchmark of the simulated monkey: ``python benchmarks/sim_bench.py [--backbone tiny] [--size 64 224]``.
 
 Prints one table row per image size: calibration time (s, once per size), true-rate
 throughput (images/s) and in-process backend throughput (trials/s and simulated seconds

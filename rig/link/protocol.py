@@ -10,7 +10,7 @@ numpy buffers. Never pickle. The header always carries::
 and ``arrays[k]`` describes binary frame ``k + 1``. Only plain numeric/bool dtypes travel
 (no object arrays), so a frame can never execute code when decoded.
 
-Semantics (enforced by ``rig.presenter.server`` and ``rig.presenter_client``):
+Semantics (enforced by ``rig.presenter.server`` and ``rig.link.client``):
 
 - every command (``COMMANDS``) gets one ``ack`` (``body.of`` = the command's seq, ``ok``,
   ``result`` or ``error``); an unacknowledged command is resent with the same seq, and a
@@ -43,6 +43,9 @@ REPLIES = ("announce", "ack", "done", "error")
 LONG_COMMANDS = ("run_trial", "preload", "load_file")
 # both ways, never acknowledged
 HEARTBEAT = "heartbeat"
+# the frame-log event kinds a presenter reports for each flip (``frame_kind`` codes in a ``done`` reply)
+FRAME_KINDS = ("fix_on", "stim_on", "mask_on", "blank", "abort_blank")
+KIND_CODE = {k: i for i, k in enumerate(FRAME_KINDS)}
 ALL_TYPES = COMMANDS + REPLIES + (HEARTBEAT,)
 
 # dtypes that may travel as binary frames ("kind" letters: bool, signed, unsigned, float)

@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rig.dayfile import DayData, read_day
+from rig.store.reader import DayData, read_day
 
 UNIT_DESCRIPTIONS = {
     "kind": "clean | targeted | random",
@@ -109,7 +109,7 @@ def build_nwbfile(d: DayData, *, subject_id: str = "unknown", species: str = "Ma
         session_id=session_id,
         experiment_description="RSVP of model-designed targeted perturbations; per-site sensitivity of IT responses",
         notes="itloop configuration (TOML) used for this day:\n" + d.config_text,
-        source_script=f"itloop {version} (rig.nwb.export_nwb)",
+        source_script=f"itloop {version} (rig.store.nwb.export_nwb)",
         source_script_file_name="rig/nwb.py",
         stimulus_notes=f"{len(d.stimuli)} uint8 RGB images shown by RSVP; stim_on = {_stim_on_s(d.config_text) * 1000:g} ms",
     )
@@ -204,7 +204,7 @@ def export_nwb(day_path: str | Path, out_path: str | Path, *, subject_id: str = 
 
     Refuses to replace an existing ``out_path`` unless ``overwrite``; writes to
     ``<out stem>.partial.nwb`` first and renames it, so ``out_path`` is never half-written.
-    Raises ValueError (existing output) or :class:`rig.dayfile.DayFileError` (bad day file).
+    Raises ValueError (existing output) or :class:`rig.store.dayfile.DayFileError` (bad day file).
     """
     from pynwb import NWBHDF5IO
 

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
-from rig.presenter_client import PresenterClient, TrialResult
+from rig.link.client import PresenterClient, TrialResult
 
 
 class SpikeSource(Protocol):

@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from rig.simulate import EXPERIMENT_TOML, simulate
+    from rig.loop.simulate import EXPERIMENT_TOML, simulate
 
     folder = Path(args.out)
     if args.demo:
@@ -49,8 +49,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rig.cli_day import folder_config
-    from rig.report import write_report
+    from rig.cli.day import folder_config
+    from rig.loop.report import write_report
 
     folder = Path(args.folder)
     summary = write_report(folder_config(folder, None), folder, args.out, progress=not args.no_progress)

@@ -10,12 +10,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from rig.analyze import analyze_day, describe
+from rig.loop.analyze import analyze_day, describe
 from rig.config import Config, config_from_toml_text
-from rig.daily import record_day
-from rig.dayfile import read_day
+from rig.loop.record import record_day
+from rig.store.reader import read_day
 from rig.errors import UserError
-from rig.loop import plan_day
+from rig.loop.plan import plan_day
 from rig.paths import day_path, plan_path
 
 EXPERIMENT_TOML = "experiment.toml"
@@ -49,7 +49,7 @@ def _step(name: str, progress: bool):
 
 def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool = True, report: bool = True) -> Path | None:
     """Run (or finish) the whole experiment; returns the report summary's path."""
-    from rig.report import write_report
+    from rig.loop.report import write_report
 
     folder = Path(folder)
     if days < 1:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import Config
-from rig.dayfile import read_day
+from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path, model_path
 

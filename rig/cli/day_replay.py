@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rig.dayfile import DayFileError, check_day
+from rig.store.dayfile import DayFileError
+
+from rig.store.repair import check_day
 from rig.errors import UserError
 
 

@@ -23,7 +23,7 @@ is flushed. Each trial row stores where its rows end in the other tables, so a r
 (or a resumed writer) cuts every table back to the last committed trial and a crash
 loses at most the trial in flight. Every trial is also appended to a journal file
 (``<day>.journal``, one checksummed JSON line per trial, fsynced) before it is written
-to HDF5: should the HDF5 file itself be damaged, :func:`recover_day` rebuilds it from
+to HDF5: should the HDF5 file itself be damaged, :func:`rig.store.repair.recover_day` rebuilds it from
 the journal and the plan. Nothing here ever deletes or overwrites a recording.
 """
 from __future__ import annotations
@@ -31,15 +31,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from rig import __version__
-from rig.backend import Trial, TrialRecord
+from rig.backend import TrialRows
+from rig.store.journal import Journal, journal_path, read_journal
 from stimuli.stimset import StimulusSet
 
 SCHEMA_VERSION = 1
@@ -105,90 +104,10 @@ def _append(ds: h5py.Dataset, values: np.ndarray) -> None:
         ds[n:] = values
 
 
-def journal_path(day_path: str | Path) -> Path:
-    p = Path(day_path)
-    return p.with_name(p.name + ".journal")
-
-
-# --------------------------------------------------------------------------- writing
-@dataclass
-class TrialRows:
-    """What the session runner derived from one TrialRecord, ready to store."""
-
-    trial: Trial
-    record: TrialRecord
-    onset_acq_s: np.ndarray       # (K,) NaN where not shown
-    counts: np.ndarray            # (K, n_channels) spikes in the window; NaN where not shown
-    valid: np.ndarray             # (K,) bool
-
-    def to_json(self) -> str:
-        r = self.record
-        d = {
-            "trial_index": self.trial.trial_index, "stim_indices": list(self.trial.stim_indices),
-            "planned_indices": list(self.trial.planned_indices), "completed": r.completed,
-            "fixation_ok": r.fixation_ok, "acquisition_ok": r.acquisition_ok,
-            "onset_presenter_s": r.onset_presenter_s.tolist(), "frames_on": r.frames_on.tolist(),
-            "frames_mask": r.frames_mask.tolist(), "dropped_frame": r.dropped_frame.tolist(),
-            "sync_presenter_s": r.sync_presenter_s.tolist(), "sync_acq_s": r.sync_acq_s.tolist(),
-            "spike_times_s": r.spike_times_s.tolist(), "spike_channels": r.spike_channels.tolist(),
-            "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
-            "end_presenter_s": r.end_presenter_s,
-            "onset_acq_s": self.onset_acq_s.tolist(), "counts": self.counts.tolist(), "valid": self.valid.tolist(),
-        }
-        return json.dumps(d, allow_nan=True)
-
-    @staticmethod
-    def from_json(text: str) -> "TrialRows":
-        d = json.loads(text)
-        trial = Trial(d["trial_index"], tuple(d["stim_indices"]), tuple(d["planned_indices"]))
-        rec = TrialRecord(d["trial_index"], d["completed"], d["fixation_ok"], d["onset_presenter_s"], d["frames_on"],
-                          d["frames_mask"], d["dropped_frame"], d["sync_presenter_s"], d["sync_acq_s"],
-                          d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
-                          d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")))
-        return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
-                         np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool))
-
-
-class _Journal:
-    """Append-only, fsynced, checksummed log of trials: ``<crc32 hex> <json>\\n`` per line."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
-
-    def append(self, rows: TrialRows) -> None:
-        payload = rows.to_json()
-        self._fh.write(f"{zlib.crc32(payload.encode()):08x} {payload}\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-
-
-def read_journal(path: str | Path) -> list[TrialRows]:
-    """Every intact trial in a journal (a torn or corrupt last line is ignored)."""
-    out = []
-    p = Path(path)
-    if not p.exists():
-        return out
-    with open(p, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            crc, _, payload = line.rstrip("\n").partition(" ")
-            try:
-                if int(crc, 16) != zlib.crc32(payload.encode()):
-                    continue
-                out.append(TrialRows.from_json(payload))
-            except (ValueError, KeyError, json.JSONDecodeError):
-                continue
-    return out
-
-
 class DayWriter:
     """Append trials to a day file; create it new or resume it, never overwrite it."""
 
-    def __init__(self, path: Path, h5: h5py.File, journal: _Journal):
+    def __init__(self, path: Path, h5: h5py.File, journal: Journal):
         self.path = path
         self._h5 = h5
         self._journal = journal
@@ -246,7 +165,7 @@ class DayWriter:
         _truncate_to_committed(h5)
         h5.attrs["status"] = "recording"
         h5.flush()
-        return cls(path, h5, _Journal(journal_path(path)))
+        return cls(path, h5, Journal(journal_path(path)))
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -441,212 +360,3 @@ def _truncate_to_committed(h5: h5py.File) -> None:
         h5["sync"][name].resize(ends["sync"], axis=0)
 
 
-# --------------------------------------------------------------------------- reading
-@dataclass
-class DayData:
-    """Everything in a day file, as arrays (committed trials only)."""
-
-    path: Path
-    attrs: dict
-    config_text: str
-    stimuli: StimulusSet
-    stim_ids: list[str]
-    schedule_stim_index: np.ndarray
-    channel_names: list[str]
-    trials: dict[str, np.ndarray]
-    presentations: dict[str, np.ndarray]
-    counts: np.ndarray                 # (n_presentations, n_channels) spikes; NaN if not shown
-    spike_times_s: np.ndarray
-    spike_channels: np.ndarray
-    sync_presenter_s: np.ndarray
-    sync_acq_s: np.ndarray
-    model: dict = field(default_factory=dict)
-    presentations_per_trial: int = 1       # K of the planned schedule
-    seconds_per_presentation: float = 0.0  # planned wall time per slot, s
-
-    def schedule(self):
-        """The planned schedule as a :class:`rig.schedule.Schedule`."""
-        from rig.schedule import Schedule
-
-        return Schedule(self.schedule_stim_index, self.presentations_per_trial, self.seconds_per_presentation)
-
-    @property
-    def day(self) -> int:
-        return int(self.attrs["day"])
-
-    @property
-    def complete(self) -> bool:
-        return self.attrs.get("status") == "complete"
-
-    @property
-    def n_channels(self) -> int:
-        return len(self.channel_names)
-
-    def responses_by_repeat(self) -> np.ndarray:
-        """(n_repeats, n_stim, n_channels) valid counts (spikes), NaN-padded; the
-        repeat axis is the order in which each stimulus's valid presentations came."""
-        valid = self.presentations["valid"]
-        stim = self.presentations["stim_index"][valid]
-        counts = self.counts[valid]
-        n_stim = len(self.stimuli)
-        per = np.bincount(stim, minlength=n_stim)
-        n_rep = int(per.max()) if len(per) else 0
-        out = np.full((n_rep, n_stim, self.n_channels), np.nan, np.float32)
-        seen = np.zeros(n_stim, np.int64)
-        for row, s in enumerate(stim):
-            out[seen[s], s] = counts[row]
-            seen[s] += 1
-        return out
-
-    def mean_responses(self) -> np.ndarray:
-        """(n_stim, n_channels) mean valid count per stimulus (spikes); NaN if none."""
-        reps = self.responses_by_repeat()
-        if reps.shape[0] == 0:
-            return np.full((len(self.stimuli), self.n_channels), np.nan)
-        with np.errstate(invalid="ignore"):
-            return np.nanmean(reps, axis=0) if np.isfinite(reps).any() else np.full(reps.shape[1:], np.nan)
-
-
-def read_day(path: str | Path) -> DayData:
-    """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong."""
-    path = Path(path)
-    if not path.exists():
-        raise DayFileError(f"day file {path} does not exist")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
-        raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged.{hint}") from None
-    try:
-        with h5:
-            return _read_open(path, h5)
-    except KeyError as exc:
-        raise DayFileError(f"day file {path} lacks {exc.args[0] if exc.args else 'a required entry'}; it is not an itloop day file or is damaged") from None
-    except OSError as exc:
-        raise DayFileError(f"day file {path} is damaged: {exc}") from None
-
-
-def _read_open(path: Path, h5: h5py.File) -> DayData:
-    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
-    if attrs.get("software") != "itloop":
-        raise DayFileError(f"{path} is an HDF5 file but not an itloop day file (no software='itloop' attribute)")
-    if int(attrs.get("schema_version", -1)) > SCHEMA_VERSION:
-        raise DayFileError(f"{path} has schema version {attrs['schema_version']}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
-    committed = int(attrs["committed_trials"])
-    tr = h5["trials"]
-    trials = {name: tr[name][:committed] for name, *_ in TRIAL_COLUMNS}
-    n_pres = int(trials["presentations_end"][-1]) if committed else 0
-    n_spk = int(trials["spikes_end"][-1]) if committed else 0
-    n_sync = int(trials["sync_end"][-1]) if committed else 0
-    pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS}
-    st = h5["stimuli"]
-    cols = {c: st[c][:] for c in StimulusSet.COLUMNS}
-    cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
-    stimuli = StimulusSet(st["pixels"][:], **cols)
-    model = {}
-    if "model" in h5:
-        g = h5["model"]
-        model = {k: g[k][:] for k in g}
-        model.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in g.attrs.items()})
-    cfg = h5["config_toml"][()]
-    return DayData(
-        path=path, attrs=attrs, config_text=cfg.decode() if isinstance(cfg, bytes) else cfg,
-        stimuli=stimuli, stim_ids=[s.decode() for s in st["sha1"][:]],
-        schedule_stim_index=h5["schedule/stim_index"][:],
-        channel_names=[n.decode() if isinstance(n, bytes) else n for n in h5["channels/names"][:]],
-        trials=trials, presentations=pres, counts=h5["spikes/counts"][:n_pres],
-        spike_times_s=h5["spikes/times_s"][:n_spk], spike_channels=h5["spikes/channel"][:n_spk],
-        sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model,
-        presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
-        seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]))
-
-
-def check_day(path: str | Path) -> tuple[dict, list[str]]:
-    """Validate a day file. Returns (summary, problems); problems empty means valid."""
-    d = read_day(path)
-    problems: list[str] = []
-    pres = d.presentations
-    n_stim = len(d.stimuli)
-    ids = [s for s in d.stimuli.ids]
-    bad_ids = [i for i, (a, b) in enumerate(zip(ids, d.stim_ids)) if a != b]
-    if bad_ids:
-        problems.append(f"{len(bad_ids)} stimuli's pixels do not match their stored sha1 (first: row {bad_ids[0]})")
-    if np.any((pres["stim_index"] < 0) | (pres["stim_index"] >= n_stim)):
-        problems.append("presentations refer to stimuli that do not exist")
-    if np.any((d.schedule_stim_index < 0) | (d.schedule_stim_index >= n_stim)):
-        problems.append("the schedule refers to stimuli that do not exist")
-    n_planned = len(d.schedule_stim_index)
-    if np.any((pres["planned_index"] < 0) | (pres["planned_index"] >= n_planned)):
-        problems.append("presentations refer to planned slots that do not exist")
-    elif np.any(pres["stim_index"] != d.schedule_stim_index[pres["planned_index"]]):
-        problems.append("some presentations showed a different stimulus than their planned slot")
-    valid = pres["valid"]
-    vp = pres["planned_index"][valid]
-    if len(np.unique(vp)) != len(vp):
-        problems.append("some planned presentations were recorded validly more than once (duplicates)")
-    if np.any(~np.isfinite(d.counts[valid])):
-        problems.append("some valid presentations have no spike count")
-    if np.any(valid & ~pres["shown"]):
-        problems.append("some presentations are marked valid but were not shown")
-    if d.counts.shape[1] != d.n_channels:
-        problems.append(f"spike counts have {d.counts.shape[1]} channels, the channel table {d.n_channels}")
-    done = np.zeros(n_planned, bool)
-    done[vp] = True
-    if d.complete and not done.all():
-        problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
-    kinds = {k: int(np.sum(d.stimuli.kind == k)) for k in ("clean", "targeted", "random")}
-    summary = {
-        "path": str(d.path), "day": d.day, "status": d.attrs.get("status"), "schema_version": d.attrs.get("schema_version"),
-        "software_version": d.attrs.get("software_version"), "backend": d.attrs.get("backend"),
-        "trials": len(d.trials["trial_index"]), "aborted_trials": int(np.sum(~d.trials["fixation_ok"])),
-        "presentations": len(valid), "valid_presentations": int(valid.sum()),
-        "valid_fraction": float(valid.mean()) if len(valid) else float("nan"),
-        "planned_presentations": n_planned, "planned_done": int(done.sum()),
-        "channels": d.n_channels, "stimuli": n_stim, "stimuli_by_kind": kinds,
-        "image_size_px": int(d.stimuli.pixels.shape[1]) if n_stim else 0,
-        "raw_spikes": len(d.spike_times_s), "sync_pulses": len(d.sync_acq_s),
-        "random_init_model": d.attrs.get("random_init_model"),
-    }
-    return summary, problems
-
-
-def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
-    """Rebuild a damaged day file from its journal, keeping the damaged file aside.
-
-    The header (config, stimuli, schedule) comes from the damaged file if it can still
-    be read, else from ``plan_path`` (any itloop day or plan file with the same stimuli).
-    Returns the path of the rebuilt file (the original path; the damaged file is renamed
-    ``<name>.damaged-<time>``).
-    """
-    path = Path(path)
-    source = None
-    for candidate in ([path] + ([Path(plan_path)] if plan_path else [])):
-        try:
-            source = read_day(candidate)
-            break
-        except DayFileError:
-            continue
-    if source is None:
-        raise DayFileError(f"cannot read the header of {path}; pass --plan with the day's plan file to rebuild it from the journal")
-    journal = read_journal(journal_path(path))
-    stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    if path.exists():
-        path.rename(aside)
-    jaside = journal_path(path).with_name(journal_path(path).name + f".{stamp}")
-    journal_path(path).rename(jaside)
-    ppt, spp = source.presentations_per_trial, source.seconds_per_presentation
-    keep = {k: v for k, v in source.attrs.items() if k not in ("schema_version", "software", "software_version", "created_utc",
-                                                               "day", "session_id", "backend", "status", "committed_trials",
-                                                               "window_start_ms", "window_end_ms")}
-    keep["recovered_from"] = aside.name
-    w = DayWriter.create(path, config_text=source.config_text, day=source.day, session_id=str(source.attrs["session_id"]),
-                         stimuli=source.stimuli, schedule_stim_index=source.schedule_stim_index,
-                         presentations_per_trial=ppt, seconds_per_presentation=spp, channel_names=source.channel_names,
-                         backend=str(source.attrs["backend"]),
-                         window_ms=(float(source.attrs["window_start_ms"]), float(source.attrs["window_end_ms"])),
-                         model_info=source.model or None, attrs=keep)
-    with w:
-        for rows in journal:
-            w.append_trial(rows)
-    return path

@@ -13,23 +13,23 @@ import sys
 
 from rig import __version__
 from rig.config import ConfigError
-from rig.dayfile import DayFileError
+from rig.store.dayfile import DayFileError
 from rig.errors import UserError
 from stimuli.images import ImageFolderError
 
 COMMAND_MODULES = [
-    "rig.cli_day",
-    "rig.cli_present",
-    "rig.cli_model",
-    "rig.cli_stimuli",
-    "rig.cli_loop",
+    "rig.cli.day",
+    "rig.cli.present",
+    "rig.cli.model",
+    "rig.cli.stimuli",
+    "rig.cli.loop",
 ]
 
 USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)
 # more problems a user can fix (a missing weights file, a presenter that never connected or
 # went away mid-session: the day stays resumable), from modules too heavy to import just
 # for --help: (module, class name), checked only if that module was loaded
-LAZY_USER_ERRORS = (("modelfit.backbone", "WeightsError"), ("rig.presenter_client", "PresenterError"))
+LAZY_USER_ERRORS = (("modelfit.backbone", "WeightsError"), ("rig.link.client", "PresenterError"))
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -24,11 +24,12 @@ import numpy as np
 from modelfit.backbone import file_sha256
 from rig import __version__
 from rig.config import Config
-from rig.daily import slot_seconds
-from rig.dayfile import read_day, write_plan
+from rig.loop.record import slot_seconds
+from rig.store.dayfile import write_plan
+from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path, model_path, plan_path
-from rig.schedule import build_schedule
+from rig.session.schedule import build_schedule
 
 
 def code_version() -> str:
@@ -45,7 +46,7 @@ def code_version() -> str:
 
 def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True) -> Path:
     """The readout fitted on days 0..``through``; fitted (and saved) if not there yet."""
-    from rig.fitting import fit_days
+    from rig.loop.fit import fit_days
 
     path = model_path(folder, through)
     if not path.exists():

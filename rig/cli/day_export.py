@@ -18,8 +18,8 @@ def add_export_command(dsub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rig.dayfile import DayFileError
-    from rig.nwb import export_nwb
+    from rig.store.dayfile import DayFileError
+    from rig.store.nwb import export_nwb
 
     try:
         out = export_nwb(args.file, args.nwb, subject_id=args.subject, species=args.species, overwrite=args.overwrite)

@@ -12,15 +12,27 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from rig.backend import Backend, SessionInfo
-from rig.clock import ClockAligner, window_counts
-from rig.dayfile import DayWriter, TrialRows
-from rig.schedule import PresentationQueue, Schedule
+from rig.backend import Backend, SessionInfo, TrialRows
+from rig.session.clock import ClockAligner, window_counts
+from rig.session.schedule import PresentationQueue, Schedule
 from stimuli.stimset import StimulusSet
+
+
+class TrialSink(Protocol):
+    """Where the runner writes trials: a day file (``rig.store.dayfile.DayWriter``)."""
+
+    n_channels: int
+
+    def recorded_trials(self) -> list[tuple[tuple[int, ...], np.ndarray]]: ...
+    def sync_pairs(self) -> tuple[np.ndarray, np.ndarray]: ...
+    def append_trial(self, rows: TrialRows) -> None: ...
+    def set_clock(self, offset_s: float, drift: float, residual_sd_s: float, n_pairs: int) -> None: ...
+    def mark_complete(self) -> None: ...
 
 
 @dataclass
@@ -60,7 +72,7 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def run_session(backend: Backend, writer: DayWriter, stimuli: StimulusSet, schedule: Schedule,
+def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, schedule: Schedule,
                 session: SessionInfo, window_ms: tuple[float, float], progress: bool = True,
                 max_trials: int | None = None) -> SessionResult:
     """Record trials until every planned presentation has a valid recording.

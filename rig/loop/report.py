@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rig.analyze import DayResults, day_results
+from rig.loop.analyze import DayResults, day_results
 from rig.config import Config
-from rig.dayfile import read_day
+from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path
 

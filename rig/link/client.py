@@ -1,4 +1,4 @@
-"""The controller's side of the presenter protocol (``rig.protocol``).
+"""The controller's side of the presenter protocol (``rig.link.protocol``).
 
 The controller binds a ROUTER socket; the presenter connects and announces itself::
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from rig.protocol import (HEARTBEAT, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode, encode,
+from rig.link.protocol import (HEARTBEAT, KIND_CODE, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode, encode,
                           require_security, set_digest)
 
 _CHUNK_BYTES = 8 << 20          # load_images messages carry about this many pixel bytes
@@ -66,8 +66,6 @@ class TrialResult:
 
     def image_off_s(self) -> np.ndarray:
         """(K,) flip time that took each shown image off the screen (mask or abort blank); NaN if never shown."""
-        from rig.presenter.trial import KIND_CODE
-
         off = np.full(len(self.onset_s), np.nan)
         for i in range(len(off)):
             idx = np.flatnonzero((self.frame_kind == KIND_CODE["stim_on"]) & (self.frame_pres == i))

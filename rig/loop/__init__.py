@@ -1,0 +1,1 @@
+"""The daily closed loop: fit, plan, record, analyze, report, simulate, white-box truth."""

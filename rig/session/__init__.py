@@ -1,0 +1,1 @@
+"""Running one recording session: the schedule, the trial-by-trial runner, clock alignment."""

@@ -1,0 +1,1 @@
+"""Everything that touches a file: day files (writer, journal, reader, check/repair) and NWB export."""

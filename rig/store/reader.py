@@ -1,0 +1,131 @@
+"""Reading a day file (or a plan) into arrays: :func:`read_day` -> :class:`DayData`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from rig.session.schedule import Schedule
+from rig.store.dayfile import PRESENTATION_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS, DayFileError
+from rig.store.journal import journal_path
+from stimuli.stimset import StimulusSet
+
+
+@dataclass
+class DayData:
+    """Everything in a day file, as arrays (committed trials only)."""
+
+    path: Path
+    attrs: dict
+    config_text: str
+    stimuli: StimulusSet
+    stim_ids: list[str]
+    schedule_stim_index: np.ndarray
+    channel_names: list[str]
+    trials: dict[str, np.ndarray]
+    presentations: dict[str, np.ndarray]
+    counts: np.ndarray                 # (n_presentations, n_channels) spikes; NaN if not shown
+    spike_times_s: np.ndarray
+    spike_channels: np.ndarray
+    sync_presenter_s: np.ndarray
+    sync_acq_s: np.ndarray
+    model: dict = field(default_factory=dict)
+    presentations_per_trial: int = 1       # K of the planned schedule
+    seconds_per_presentation: float = 0.0  # planned wall time per slot, s
+
+    def schedule(self):
+        """The planned schedule as a :class:`rig.session.schedule.Schedule`."""
+        return Schedule(self.schedule_stim_index, self.presentations_per_trial, self.seconds_per_presentation)
+
+    @property
+    def day(self) -> int:
+        return int(self.attrs["day"])
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("status") == "complete"
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+    def responses_by_repeat(self) -> np.ndarray:
+        """(n_repeats, n_stim, n_channels) valid counts (spikes), NaN-padded; the
+        repeat axis is the order in which each stimulus's valid presentations came."""
+        valid = self.presentations["valid"]
+        stim = self.presentations["stim_index"][valid]
+        counts = self.counts[valid]
+        n_stim = len(self.stimuli)
+        per = np.bincount(stim, minlength=n_stim)
+        n_rep = int(per.max()) if len(per) else 0
+        out = np.full((n_rep, n_stim, self.n_channels), np.nan, np.float32)
+        seen = np.zeros(n_stim, np.int64)
+        for row, s in enumerate(stim):
+            out[seen[s], s] = counts[row]
+            seen[s] += 1
+        return out
+
+    def mean_responses(self) -> np.ndarray:
+        """(n_stim, n_channels) mean valid count per stimulus (spikes); NaN if none."""
+        reps = self.responses_by_repeat()
+        if reps.shape[0] == 0:
+            return np.full((len(self.stimuli), self.n_channels), np.nan)
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(reps, axis=0) if np.isfinite(reps).any() else np.full(reps.shape[1:], np.nan)
+
+
+def read_day(path: str | Path) -> DayData:
+    """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise DayFileError(f"day file {path} does not exist")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
+        raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged.{hint}") from None
+    try:
+        with h5:
+            return _read_open(path, h5)
+    except KeyError as exc:
+        raise DayFileError(f"day file {path} lacks {exc.args[0] if exc.args else 'a required entry'}; it is not an itloop day file or is damaged") from None
+    except OSError as exc:
+        raise DayFileError(f"day file {path} is damaged: {exc}") from None
+
+
+def _read_open(path: Path, h5: h5py.File) -> DayData:
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
+    if attrs.get("software") != "itloop":
+        raise DayFileError(f"{path} is an HDF5 file but not an itloop day file (no software='itloop' attribute)")
+    if int(attrs.get("schema_version", -1)) > SCHEMA_VERSION:
+        raise DayFileError(f"{path} has schema version {attrs['schema_version']}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
+    committed = int(attrs["committed_trials"])
+    tr = h5["trials"]
+    trials = {name: tr[name][:committed] for name, *_ in TRIAL_COLUMNS}
+    n_pres = int(trials["presentations_end"][-1]) if committed else 0
+    n_spk = int(trials["spikes_end"][-1]) if committed else 0
+    n_sync = int(trials["sync_end"][-1]) if committed else 0
+    pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS}
+    st = h5["stimuli"]
+    cols = {c: st[c][:] for c in StimulusSet.COLUMNS}
+    cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
+    stimuli = StimulusSet(st["pixels"][:], **cols)
+    model = {}
+    if "model" in h5:
+        g = h5["model"]
+        model = {k: g[k][:] for k in g}
+        model.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in g.attrs.items()})
+    cfg = h5["config_toml"][()]
+    return DayData(
+        path=path, attrs=attrs, config_text=cfg.decode() if isinstance(cfg, bytes) else cfg,
+        stimuli=stimuli, stim_ids=[s.decode() for s in st["sha1"][:]],
+        schedule_stim_index=h5["schedule/stim_index"][:],
+        channel_names=[n.decode() if isinstance(n, bytes) else n for n in h5["channels/names"][:]],
+        trials=trials, presentations=pres, counts=h5["spikes/counts"][:n_pres],
+        spike_times_s=h5["spikes/times_s"][:n_spk], spike_channels=h5["spikes/channel"][:n_spk],
+        sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model,
+        presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
+        seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]))
+

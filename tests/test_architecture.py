@@ -1,0 +1,148 @@
+"""The layout of ``rig/`` (DESIGN section 3): sub-packages whose imports point down only.
+
+The import graph is read with ``ast`` (every ``import``, at module level or inside a
+function), so a lazy import cannot hide an upward dependency.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RIG = ROOT / "rig"
+
+# rank of each part of rig/: a module may import only from parts of lower rank (or its own part)
+RANK = {
+    "rig": 0,          # rig/*.py: errors, paths, config, backend (the interfaces)
+    "rig.link": 1,
+    "rig.sources": 1,
+    "rig.presenter": 2,
+    "rig.session": 2,
+    "rig.store": 3,
+    "rig.backends": 4,
+    "rig.monitor": 4,
+    "rig.loop": 5,
+    "rig.cli": 6,
+}
+TOP_LEVEL = {"rig", "modelfit", "stimuli", "analysis", "sim"}
+# what each top-level package may import from the others (DESIGN section 3)
+ALLOWED = {
+    "modelfit": set(),
+    "stimuli": {"modelfit"},
+    "analysis": set(),
+    "sim": {"modelfit", "rig.backend"},
+    "rig": {"modelfit", "stimuli", "analysis", "sim"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _part(module: str) -> str:
+    """The rig part a module belongs to: 'rig' for rig/*.py, else 'rig.<sub>'."""
+    bits = module.split(".")
+    if len(bits) >= 3 or (len(bits) == 2 and (RIG / bits[1]).is_dir()):
+        return ".".join(bits[:2])
+    return "rig"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+            # `from rig import config` imports the module rig.config
+            out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
+                    if (ROOT / node.module.replace(".", "/") / f"{a.name}.py").exists()
+                    or (ROOT / node.module.replace(".", "/") / a.name).is_dir()]
+    return out
+
+
+def _first_party_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_rig_top_level_holds_only_the_interfaces():
+    top = sorted(p.name for p in RIG.glob("*.py"))
+    assert len(top) <= 7, top
+    assert not [p for p in top if p.startswith("cli_")]
+    subs = {p.name for p in RIG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert {f"rig.{s}" for s in subs} <= set(RANK), f"rank the new sub-package(s) {subs - {k[4:] for k in RANK}}"
+
+
+def test_rig_imports_point_down_only():
+    upward = []
+    for path in _first_party_files("rig"):
+        me = _module_name(path)
+        my_part = _part(me)
+        for line, target in _imports(path):
+            if target != "rig" and not target.startswith("rig."):
+                continue
+            if target == "rig":
+                continue  # the package itself (__version__)
+            part = _part(target)
+            if part == my_part:
+                continue
+            if RANK[part] >= RANK[my_part]:
+                upward.append(f"{path.relative_to(ROOT)}:{line} {me} ({my_part}) imports {target} ({part})")
+    assert not upward, "imports that point up or sideways:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle_between_rig_modules():
+    graph: dict[str, set[str]] = {}
+    modules = {_module_name(p) for p in _first_party_files("rig")}
+    for path in _first_party_files("rig"):
+        graph[_module_name(path)] = {t for _, t in _imports(path) if t in modules and t != "rig"}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in graph.get(m, ()):
+            if state.get(n) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_top_level_packages_import_only_what_design_allows(package):
+    bad = []
+    for path in _first_party_files(package):
+        for line, target in _imports(path):
+            head = target.split(".")[0]
+            if head not in TOP_LEVEL or head == package:
+                continue
+            allowed = ALLOWED[package]
+            if head in allowed or any(target == a or target.startswith(a + ".") for a in allowed):
+                continue
+            bad.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_argv_is_parsed_only_in_cli():
+    offenders = []
+    for pkg in TOP_LEVEL:
+        for path in _first_party_files(pkg):
+            if path.is_relative_to(RIG / "cli"):
+                continue
+            text = path.read_text()
+            if "ArgumentParser(" in text or "sys.argv" in text:
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, offenders
