@@ -22,11 +22,31 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 
+OPENS: dict[str, int] = {}
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
+    """A 2-day simulation; every read of a day file (full read or status check) is counted."""
+    import rig.store.reader as reader
+
     folder = tmp_path_factory.mktemp("loop") / "exp"
-    summary = simulate(load_config(TINY), folder, days=2, progress=False)
+    real_open = reader._open_h5
+
+    def counting_open(path):
+        OPENS[Path(path).name] = OPENS.get(Path(path).name, 0) + 1
+        return real_open(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "_open_h5", counting_open)
+        summary = simulate(load_config(TINY), folder, days=2, progress=False)
     return folder, summary
+
+
+def test_each_day_file_is_read_at_most_twice_in_a_simulation(experiment):
+    day_files = {k: v for k, v in OPENS.items() if k.startswith("day_") and k.endswith(".h5") and ".plan" not in k}
+    assert set(day_files) == {"day_000.h5", "day_001.h5", "day_002.h5"}, OPENS
+    assert max(day_files.values()) <= 2, OPENS
 
 
 def _analysis(folder, day):

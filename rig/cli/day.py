@@ -9,7 +9,7 @@ import numpy as np
 
 from rig.config import config_from_toml_text, load_config
 from rig.store.dayfile import DayFileError
-from rig.store.reader import read_day
+from rig.store.reader import day_status, read_config_text
 from rig.store.repair import check_day, recover_day
 from rig.errors import UserError
 from rig.paths import day_path
@@ -70,10 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if not path.exists():
             raise UserError(f"--resume: {path} does not exist; run without --resume to start day {args.day}")
-        stored = read_day(path)
-        if stored.complete:
+        if day_status(path) == "complete":
             raise UserError(f"{path} is already complete; nothing to resume")
-        cfg = config_from_toml_text(stored.config_text)
+        cfg = config_from_toml_text(read_config_text(path))
         if args.config:
             print(f"note: --config ignored; resuming with the configuration stored in {path}")
     else:
@@ -99,7 +98,7 @@ def folder_config(folder: Path, config: str | None):
     if stored.exists():
         return config_from_toml_text(stored.read_text())
     if day_path(folder, 0).exists():
-        return config_from_toml_text(read_day(day_path(folder, 0)).config_text)
+        return config_from_toml_text(read_config_text(day_path(folder, 0)))
     return load_config(None)
 
 

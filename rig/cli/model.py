@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import config_from_toml_text, load_config
-from rig.store.reader import read_day
+from rig.store.reader import read_config_text
 from rig.errors import UserError
 from rig.loop.fit import fit_days
 from rig.paths import day_path, model_path
@@ -60,7 +60,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         p = day_path(args.days, args.through)
         if not p.exists():
             raise UserError(f"{p} does not exist; fitting through day {args.through} needs it (or pass --config)")
-        cfg = config_from_toml_text(read_day(p).config_text)
+        cfg = config_from_toml_text(read_config_text(p))
     res = fit_days(cfg, args.days, args.through, out=args.out, all_sites=args.all_sites,
                    progress=not args.no_progress, overwrite=args.overwrite)
     if res.random_init:

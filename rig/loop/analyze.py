@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import Config, config_from_toml_text
-from rig.store.reader import DayData, read_day
+from rig.store.reader import DayCache, DayData
 from rig.errors import UserError
 from rig.paths import day_path
 
@@ -90,22 +90,24 @@ def _responses(d: DayData) -> np.ndarray:
 
 
 def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = None, progress: bool = True,
-                n_boot: int = N_BOOT) -> DayResults:
-    """Everything the report needs about closed-loop day ``day`` (see the module docstring)."""
+                n_boot: int = N_BOOT, days: DayCache | None = None) -> DayResults:
+    """Everything the report needs about closed-loop day ``day`` (see the module docstring);
+    ``days``: the process's day cache (each day file is read once)."""
     from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random_direction_control,
                           random_pair_baseline, sensitivity_curve, split_half_noise_floor)
     from analysis.sensitivity import model_unit_curve
 
     folder = Path(folder)
+    days = days if days is not None else DayCache()
     path = day_path(folder, day)
     if day < 1:
         raise UserError("day 0 is the screening day: it has no perturbations to analyse; analyse days >= 1")
     if not path.exists():
         raise UserError(f"{path} does not exist; record it with `itloop day run --day {day} --out {folder}`")
-    d = read_day(path)
+    d = days.read(path)
     if not d.complete:
         raise UserError(f"{path} is not complete; finish it with `itloop day run --day {day} --out {folder} --resume`")
-    d0 = read_day(day_path(folder, 0))
+    d0 = days.read(day_path(folder, 0))
     cfg = config_from_toml_text(d.config_text)
     resp = _responses(d)
     prov = d.stimuli
@@ -206,9 +208,10 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
             "whitebox_site_normalised": true_site / sigma[:, None]}
 
 
-def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -> tuple[DayResults, Path]:
+def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True,
+                days: DayCache | None = None) -> tuple[DayResults, Path]:
     """Compute :func:`day_results` and write ``day_DDD.analysis.json``."""
-    res = day_results(cfg, folder, day, progress=progress)
+    res = day_results(cfg, folder, day, progress=progress, days=days)
     out = Path(folder) / f"day_{day:03d}.analysis.json"
     tmp = out.with_name(out.name + ".partial")
     tmp.write_text(json.dumps(res.numbers(), indent=1))

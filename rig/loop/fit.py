@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import Config
-from rig.store.reader import read_day
+from rig.store.reader import DayCache
 from rig.errors import UserError
 from rig.paths import day_path, model_path
 
@@ -62,9 +62,11 @@ def _stack_repeats(stim: np.ndarray, counts: np.ndarray, n_images: int) -> np.nd
     return out
 
 
-def pool_days(folder: str | Path, through: int) -> PooledDays:
-    """Read day files 0..``through`` of ``folder`` and pool their valid presentations by image sha1."""
+def pool_days(folder: str | Path, through: int, days: DayCache | None = None) -> PooledDays:
+    """Read day files 0..``through`` of ``folder`` (through ``days``, the process's day cache)
+    and pool their valid presentations by image sha1."""
     folder = Path(folder)
+    days = days if days is not None else DayCache()
     if through < 0:
         raise UserError(f"--through {through}: day numbers start at 0 (screening)")
     paths = [day_path(folder, d) for d in range(through + 1)]
@@ -79,7 +81,7 @@ def pool_days(folder: str | Path, through: int) -> PooledDays:
     rows_stim, rows_counts, day0 = [], [], None
     config_text = ""
     for d, path in enumerate(paths):
-        day = read_day(path)
+        day = days.read(path)
         config_text = day.config_text
         for n in day.channel_names:
             if n not in names:
@@ -132,7 +134,8 @@ class FitResult:
 
 
 def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | None = None,
-             all_sites: bool = False, progress: bool = True, overwrite: bool = False) -> FitResult:
+             all_sites: bool = False, progress: bool = True, overwrite: bool = False,
+             days: DayCache | None = None) -> FitResult:
     """Fit the readout on days 0..``through`` of ``folder`` and save it (default ``model_through_DDD.h5``)."""
     from modelfit.backbone import build_backbone
     from modelfit.features import FeatureExtractor
@@ -143,7 +146,7 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
     out = Path(out) if out else model_path(folder, through)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or --out to write elsewhere")
-    pooled = pool_days(folder, through)
+    pooled = pool_days(folder, through, days)
     # sites: reliable on the screening day (stable across refits, so site k means the same channel)
     if pooled.screening_reps.shape[0] < 2:
         raise UserError("day 0 has fewer than 2 valid repeats per image; split-half reliability needs >= 2 "

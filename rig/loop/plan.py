@@ -26,7 +26,7 @@ from rig import __version__
 from rig.config import Config
 from rig.loop.record import slot_seconds
 from rig.store.dayfile import write_plan
-from rig.store.reader import read_day
+from rig.store.reader import DayCache
 from rig.errors import UserError
 from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
@@ -44,13 +44,13 @@ def code_version() -> str:
     return f"{__version__}+{commit}{'.dirty' if dirty else ''}" if commit else __version__
 
 
-def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True) -> Path:
+def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True, days: DayCache | None = None) -> Path:
     """The readout fitted on days 0..``through``; fitted (and saved) if not there yet."""
     from rig.loop.fit import fit_days
 
     path = model_path(folder, through)
     if not path.exists():
-        fit_days(cfg, folder, through, progress=progress)
+        fit_days(cfg, folder, through, progress=progress, days=days)
     return path
 
 
@@ -74,12 +74,14 @@ def choose_images(n_pool: int, n_sites: int, per_site: int, seed: int) -> np.nda
     return order.reshape(n_sites, per_site)
 
 
-def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -> Path:
-    """Write ``day_DDD.plan.h5`` for closed-loop day ``day`` (see the module docstring)."""
+def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, days: DayCache | None = None) -> Path:
+    """Write ``day_DDD.plan.h5`` for closed-loop day ``day`` (see the module docstring);
+    ``days``: the process's day cache (each day file is read once)."""
     from modelfit.store import load_fitted
     from stimuli.perturb import PerturbParams, generate_perturbations
 
     folder = Path(folder)
+    days = days if days is not None else DayCache()
     if day < 1:
         raise UserError("day 0 is the screening day; it needs no plan step (run `itloop day run --day 0`)")
     out = plan_path(folder, day)
@@ -89,13 +91,13 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -
         p = day_path(folder, d)
         if not p.exists():
             raise UserError(f"day {day} is planned from days 0..{day - 1}, but {p} does not exist; record day {d} first")
-        if not read_day(p).complete:
+        if not days.read(p).complete:  # read once: the refit below pools these same days
             raise UserError(f"{p} is not complete; finish it with `itloop day run --day {d} --out {folder} --resume`")
-    mpath = ensure_model(cfg, folder, day - 1, progress)
+    mpath = ensure_model(cfg, folder, day - 1, progress, days)
     model = load_fitted(mpath)
     module = model.module(weights=cfg.model.weights or None, device=cfg.model.device)
     targets = target_sites(model, cfg.experiment.sites_per_day)
-    screening = read_day(day_path(folder, 0))
+    screening = days.read(day_path(folder, 0))
     pool = np.flatnonzero(screening.stimuli.kind == "clean")
     chosen = choose_images(len(pool), len(targets), cfg.experiment.images_per_site, cfg.experiment.seed)
     unique = np.unique(chosen)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from rig.backend import SessionInfo
@@ -53,7 +52,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         stored = read_day(path)
         stimuli, schedule = stored.stimuli, stored.schedule()
         session_id = str(stored.attrs["session_id"])
-        start_s = _resume_presenter_time(path, stored)
+        start_s = _resume_presenter_time(stored)
     else:
         start_s = 10.0
         ppath = ensure_screening_plan(cfg, folder) if day == 0 else plan_path(folder, day)
@@ -89,7 +88,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                            progress=progress, max_trials=max_trials)
 
 
-def _resume_presenter_time(path: Path, stored) -> float:
+def _resume_presenter_time(stored) -> float:
     """Presenter-clock time at which the last recorded trial ended (10 s if none): a
     simulated presenter resumes its clock there, as an uninterrupted session would."""
     exact = stored.trials["end_presenter_s"]
@@ -98,9 +97,7 @@ def _resume_presenter_time(path: Path, stored) -> float:
     ends = stored.trials["end_acq_s"]
     if not len(ends) or not np.isfinite(ends[-1]):
         return 10.0
-    with h5py.File(path, "r") as h5:
-        a = h5["sync"].attrs
-        offset, drift = float(a.get("fit_offset_s", 0.0)), float(a.get("fit_drift", 0.0))
+    offset, drift = float(stored.clock.get("fit_offset_s", 0.0)), float(stored.clock.get("fit_drift", 0.0))
     return float((ends[-1] - offset) / (1.0 + drift))
 
 

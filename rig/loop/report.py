@@ -7,7 +7,7 @@ import numpy as np
 
 from rig.loop.analyze import DayResults, day_results
 from rig.config import Config
-from rig.store.reader import read_day
+from rig.store.reader import DayCache, day_status
 from rig.errors import UserError
 from rig.paths import day_path
 
@@ -19,7 +19,7 @@ def recorded_days(folder: Path) -> list[int]:
         stem = p.name[len("day_"):-len(".h5")]
         if stem.isdigit() and int(stem) >= 1:
             try:
-                if read_day(p).complete:
+                if day_status(p) == "complete":
                     days.append(int(stem))
             except Exception:  # a damaged file is reported by `day check`, not here
                 continue
@@ -42,9 +42,11 @@ def _examples(res: DayResults, n: int = 4) -> tuple[np.ndarray, np.ndarray, list
     return np.stack(clean), np.stack(pert), labels
 
 
-def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
+def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None, progress: bool = True,
+                 cache: DayCache | None = None) -> Path:
     """Analyse every complete closed-loop day of ``folder`` and write ``out`` (default
-    ``<folder>/report``): PNG figures and ``summary.md``. Returns the summary's path."""
+    ``<folder>/report``): PNG figures and ``summary.md``. Returns the summary's path.
+    ``cache``: the process's day cache (each day file is read once)."""
     from analysis import plots
     from analysis.summary import write_summary
 
@@ -56,7 +58,8 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
         raise UserError(f"{folder} has no complete closed-loop day (day_001.h5 or later) to report on")
     out = Path(out) if out else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
-    results = {d: day_results(cfg, folder, d, progress=progress) for d in days}
+    cache = cache if cache is not None else DayCache()
+    results = {d: day_results(cfg, folder, d, progress=progress, days=cache) for d in days}
     last = results[days[-1]]
     truth = bool(last.truth)
     gt = last.truth["whitebox_site_normalised"] if truth else None

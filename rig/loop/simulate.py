@@ -13,7 +13,7 @@ from pathlib import Path
 from rig.loop.analyze import analyze_day, describe
 from rig.config import Config, config_from_toml_text
 from rig.loop.record import record_day
-from rig.store.reader import read_day
+from rig.store.reader import DayCache, day_status
 from rig.errors import UserError
 from rig.loop.plan import plan_day
 from rig.paths import day_path, plan_path
@@ -55,25 +55,26 @@ def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool =
     if days < 1:
         raise UserError(f"--days {days}: give at least 1 closed-loop day after screening")
     cfg = experiment_config(folder, cfg)
+    days_read = DayCache()  # each day file is read once for all the steps that need it
     for day in range(days + 1):
         path = day_path(folder, day)
         if day >= 1 and not path.exists() and not plan_path(folder, day).exists():
             with _step(f"day {day}: refit + plan", progress):
-                plan_day(cfg, folder, day, progress=progress)
+                plan_day(cfg, folder, day, progress=progress, days=days_read)
         if not path.exists():
             with _step(f"day {day}: recording", progress):
                 record_day(cfg, folder, day, "sim", progress=progress)
-        elif not read_day(path).complete:
+        elif day_status(path) != "complete":
             print(f"day {day}: resuming the interrupted recording in {path}", flush=True)
             with _step(f"day {day}: recording (resumed)", progress):
                 record_day(cfg, folder, day, "sim", resume=True, progress=progress)
         if day >= 1 and not (folder / f"day_{day:03d}.analysis.json").exists():
             with _step(f"day {day}: analysis", progress):
-                res, _ = analyze_day(cfg, folder, day, progress=progress)
+                res, _ = analyze_day(cfg, folder, day, progress=progress, days=days_read)
             print(describe(res), flush=True)
     if not report:
         return None
     with _step("report", progress):
-        summary = write_report(cfg, folder, progress=progress)
+        summary = write_report(cfg, folder, progress=progress, cache=days_read)
     print(f"report: {summary} (figures beside it)")
     return summary

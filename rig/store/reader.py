@@ -1,6 +1,7 @@
 """Reading a day file (or a plan) into arrays: :func:`read_day` -> :class:`DayData`."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class DayData:
     model: dict = field(default_factory=dict)
     presentations_per_trial: int = 1       # K of the planned schedule
     seconds_per_presentation: float = 0.0  # planned wall time per slot, s
+    clock: dict = field(default_factory=dict)  # presenter->acquisition clock fit (/sync attrs: fit_offset_s, fit_drift, ...)
 
     def schedule(self):
         """The planned schedule as a :class:`rig.session.schedule.Schedule`."""
@@ -76,13 +78,31 @@ class DayData:
             return np.nanmean(reps, axis=0) if np.isfinite(reps).any() else np.full(reps.shape[1:], np.nan)
 
 
+def _open_h5(path: Path) -> h5py.File:
+    """Every read of a day or plan file opens it here (read-only)."""
+    return h5py.File(path, "r")
+
+
+def read_config_text(path: str | Path) -> str:
+    """The configuration (TOML text) stored in a day or plan file, without reading its arrays."""
+    path = Path(path)
+    if not path.exists():
+        raise DayFileError(f"day file {path} does not exist")
+    try:
+        with _open_h5(path) as h5:
+            cfg = h5["config_toml"][()]
+    except (OSError, KeyError) as exc:
+        raise DayFileError(f"{path} holds no readable itloop configuration ({exc}); is it an itloop day file?") from None
+    return cfg.decode() if isinstance(cfg, bytes) else cfg
+
+
 def read_day(path: str | Path) -> DayData:
     """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong."""
     path = Path(path)
     if not path.exists():
         raise DayFileError(f"day file {path} does not exist")
     try:
-        h5 = h5py.File(path, "r")
+        h5 = _open_h5(path)
     except OSError as exc:
         hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
         raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged.{hint}") from None
@@ -127,5 +147,47 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         spike_times_s=h5["spikes/times_s"][:n_spk], spike_channels=h5["spikes/channel"][:n_spk],
         sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model,
         presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
-        seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]))
+        seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]),
+        clock={k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5["sync"].attrs.items()})
+
+
+def day_status(path: str | Path) -> str | None:
+    """A day or plan file's ``status`` ("planned", "recording", "complete") from its root
+    attributes alone (no arrays read); None if the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with _open_h5(path) as h5:
+            status = h5.attrs.get("status")
+    except OSError as exc:
+        raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged") from None
+    return status.decode() if isinstance(status, bytes) else status
+
+
+class DayCache:
+    """Read each complete day file once per process.
+
+    A complete day file is never reopened for writing, so the arrays read for one step
+    (fit, plan, analysis, report) serve the next. A file that changed on disk since (its
+    size, mtime or inode differ) or that is not complete is read again.
+    """
+
+    def __init__(self) -> None:
+        self._days: dict[Path, tuple[tuple[int, int, int], DayData]] = {}
+
+    def read(self, path: str | Path) -> DayData:
+        key = Path(path).resolve()
+        try:
+            st = os.stat(key)
+        except FileNotFoundError:
+            raise DayFileError(f"day file {path} does not exist") from None
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        hit = self._days.get(key)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        day = read_day(path)
+        if day.complete:
+            self._days[key] = (sig, day)
+        return day
 
