@@ -88,7 +88,7 @@ class FeatureExtractor:
         out = []
         batches = range(0, len(pixels), self.batch_size)
         bar = tqdm(batches, desc=f"features {self.backbone.name}/{self.backbone.layer}", unit="batch",
-                   disable=not self.progress or len(batches) < 2, leave=False)
+                   disable=None if self.progress and len(batches) >= 2 else True, leave=False)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for start in bar:
                 x = images_to_tensor(pixels[start:start + self.batch_size]).to(self.device)

@@ -85,7 +85,7 @@ def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], o
 
     rng = np.random.default_rng(seed)
     rs = []
-    for _ in tqdm(range(n_splits), desc="cross-validated r", disable=not progress, leave=False):
+    for _ in tqdm(range(n_splits), desc="cross-validated r", disable=None if progress else True, leave=False):
         perm = rng.permutation(n)
         tr, te = perm[:n_train], perm[n_train:]
         model = make_readout().fit(X[tr], Y[tr])

@@ -323,13 +323,13 @@ class Config:
     presenter: PresenterConfig = field(default_factory=PresenterConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
-    # the TOML text this config was built from (defaults + overrides), for the day file
-    source_text: str = field(default="", repr=False, compare=False)
-
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("source_text", None)
-        return d
+        return dataclasses.asdict(self)
+
+    def day_seed(self, day: int) -> int:
+        """The seed of everything random about day ``day`` (image choice, perturbation
+        restarts, schedule, bootstrap): one formula for every step."""
+        return self.experiment.seed * 1000 + int(day)
 
     def to_toml(self) -> str:
         """The complete, resolved configuration as TOML text (stored in every day file)."""
@@ -337,7 +337,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source_text"}
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
 def _type_name(tp) -> str:
@@ -423,7 +423,6 @@ def config_from_dict(data: dict) -> Config:
                 f"config section '{name}' is unknown; the sections are: {', '.join(sorted(_SECTIONS))}"
             )
         setattr(cfg, name, _build_section(name, hints[name], table))
-    cfg.source_text = cfg.to_toml()
     return cfg
 
 

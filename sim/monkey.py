@@ -243,7 +243,7 @@ class SimulatedMonkey:
         keys = [hashlib.sha1(np.ascontiguousarray(p).tobytes() + repr(p.shape).encode()).hexdigest() for p in px]
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}.values())
         starts = range(0, len(todo), batch_size)
-        for s in tqdm(starts, desc="sim true rates", unit="batch", disable=not progress or len(todo) == 0):
+        for s in tqdm(starts, desc="sim true rates", unit="batch", disable=None if progress and len(todo) else True):
             idx = todo[s:s + batch_size]
             x = torch.from_numpy(px[idx]).permute(0, 3, 1, 2).float() / 255.0
             with torch.no_grad():

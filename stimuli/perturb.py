@@ -225,7 +225,7 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=n_prob, unit="problem", desc="perturbations", dynamic_ncols=True)
+        bar = tqdm(total=n_prob, unit="problem", desc="perturbations", dynamic_ncols=True, disable=None)
     t_start, row_passes = time.perf_counter(), 0
 
     def finish(p: int) -> Solution:

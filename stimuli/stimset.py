@@ -84,33 +84,4 @@ class StimulusSet:
     def is_clean(self) -> np.ndarray:
         return self.kind == "clean"
 
-    def subset(self, index) -> "StimulusSet":
-        """Rows ``index``; parents are remapped (a parent outside the subset becomes -1)."""
-        index = np.asarray(index, dtype=np.int64)
-        remap = np.full(len(self), -1, dtype=np.int64)
-        remap[index] = np.arange(len(index))
-        cols = {c: getattr(self, c)[index] for c in self.COLUMNS}
-        par = cols["parent"]
-        cols["parent"] = np.where(par >= 0, remap[np.maximum(par, 0)], -1)
-        return StimulusSet(self.pixels[index], **cols)
-
-    @staticmethod
-    def concat(parts: list["StimulusSet"]) -> "StimulusSet":
-        """Stack sets; each part's parent indices are shifted by its offset."""
-        offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
-        cols = {}
-        for c in StimulusSet.COLUMNS:
-            vals = []
-            for off, p in zip(offsets, parts):
-                v = getattr(p, c)
-                vals.append(np.where(v >= 0, v + off, -1) if c == "parent" else v)
-            cols[c] = np.concatenate(vals) if vals else np.zeros(0)
-        return StimulusSet(np.concatenate([p.pixels for p in parts]), **cols)
-
-    def as_float(self):
-        """Pixels as a float32 torch tensor (n, 3, H, W) in [0,1]."""
-        import torch
-
-        return torch.from_numpy(self.pixels).permute(0, 3, 1, 2).float().div_(255.0)
-
 

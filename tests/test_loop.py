@@ -1,5 +1,6 @@
 """The closed loop end to end: simulate, analyse, report, resume (tiny settings, fixed seed)."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -135,3 +136,17 @@ def test_interrupted_simulate_gives_the_same_result(experiment, tmp_path):
     assert np.array_equal(a.stimuli.pixels, b.stimuli.pixels)  # the same plan
     assert np.array_equal(a.mean_responses(), b.mean_responses(), equal_nan=True)
     assert _analysis(folder, 2) == _analysis(other, 2)
+
+
+@pytest.mark.slow
+def test_piped_simulation_prints_lines_not_progress_bars(tmp_path):
+    """With stdout and stderr going to a pipe (a log file, CI) the bars are off: one line per step."""
+    out = subprocess.run([sys.executable, "-m", "rig.cli", "simulate", "--config", str(TINY), "--out", str(tmp_path / "exp"),
+                          "--days", "1", "--no-report"], capture_output=True, timeout=280, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    text = out.stdout.decode() + out.stderr.decode()
+    assert len(out.stdout) + len(out.stderr) < 20_000, text[-3000:]
+    assert "\r" not in text  # no bar redraws
+    for step in ("day 0: recording", "day 1: refit + plan", "day 1: recording", "day 1: analysis"):
+        assert f"[{step}:" in text

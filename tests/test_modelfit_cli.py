@@ -26,14 +26,14 @@ from stimuli.stimset import StimulusSet
 N_CH = 6
 
 
-def _record(folder, day, cfg, pixels, repeats, monkey):
+def _record(folder, day, cfg, pixels, repeats, monkey, window_ms=(70.0, 170.0)):
     ss = StimulusSet(pixels)
     sch = build_schedule(ss.parent, repeats, 8, day, 0.3)
     w = DayWriter.create(day_path(folder, day), config_text=cfg.to_toml(), day=day, session_id=f"t{day}", stimuli=ss,
                          schedule_stim_index=sch.stim_index, presentations_per_trial=8, seconds_per_presentation=0.3,
-                         channel_names=[f"ch{i}" for i in range(N_CH)], backend="sim", window_ms=(70.0, 170.0))
+                         channel_names=[f"ch{i}" for i in range(N_CH)], backend="sim", window_ms=window_ms)
     with w:
-        run_session(SimBackend(monkey), w, ss, sch, SessionInfo(f"t{day}", day, seed=day), (70.0, 170.0),
+        run_session(SimBackend(monkey), w, ss, sch, SessionInfo(f"t{day}", day, seed=day), window_ms,
                     progress=False)
 
 
@@ -63,6 +63,17 @@ def test_pool_days_merges_images_across_days(experiment):
     n_valid = np.isfinite(pooled.reps[:, :, 0]).sum(0)
     assert np.all(n_valid[:10] == 5) and np.all(n_valid[10:200] == 3) and np.all(n_valid[200:] == 2)
     assert np.isfinite(pooled.screening_reps[:, :200]).all() and np.isnan(pooled.screening_reps[:, 200:]).all()
+
+
+def test_pooling_refuses_days_counted_in_different_windows(experiment, tmp_path):
+    folder, cfg, clean, new = experiment
+    import shutil
+
+    shutil.copy(day_path(folder, 0), day_path(tmp_path, 0))
+    monkey = SimulatedMonkey(SimParams(n_channels=N_CH, seed=7), n_reference_images=16)
+    _record(tmp_path, 1, cfg, new[:4], 1, monkey, window_ms=(50.0, 150.0))
+    with pytest.raises(UserError, match="50-150 ms but day 0 in 70-170 ms"):
+        fitting.pool_days(tmp_path, 1)
 
 
 def test_fit_on_sim_days_gives_positive_predictivity(experiment):

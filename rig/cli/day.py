@@ -13,6 +13,7 @@ from rig.store.reader import day_status, read_config_text
 from rig.store.repair import check_day, recover_day
 from rig.errors import UserError
 from rig.paths import day_path
+from rig.cli.common import add_progress_flag
 
 
 def register(sub) -> None:
@@ -27,20 +28,20 @@ def register(sub) -> None:
     run.add_argument("--config", help="TOML file overriding config.toml's defaults (ignored with --resume: the day's stored config is used)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted day without repeating or losing a trial")
     run.add_argument("--max-trials", type=int, default=None, help="stop after this many trials (the day stays resumable)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(run)
     run.set_defaults(func=cmd_run)
 
     plan = dsub.add_parser("plan", help="refit on days < D, design perturbations, schedule day D")
     plan.add_argument("--day", type=int, required=True, help="closed-loop day to plan (>= 1)")
     plan.add_argument("--out", required=True, help="experiment folder holding the day files")
     plan.add_argument("--config", help="TOML file overriding config.toml's defaults (default: the folder's experiment.toml, else day 0's)")
-    plan.add_argument("--no-progress", action="store_true")
+    add_progress_flag(plan)
     plan.set_defaults(func=cmd_plan)
 
     ana = dsub.add_parser("analyze", help="sensitivity, baselines and controls of a recorded closed-loop day")
     ana.add_argument("--day", type=int, required=True)
     ana.add_argument("--out", required=True, help="experiment folder holding the day files")
-    ana.add_argument("--no-progress", action="store_true")
+    add_progress_flag(ana)
     ana.set_defaults(func=cmd_analyze)
 
     chk = dsub.add_parser("check", help="validate a day file and summarise it")

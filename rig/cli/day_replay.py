@@ -8,6 +8,7 @@ from rig.store.dayfile import DayFileError
 
 from rig.store.repair import check_day
 from rig.errors import UserError
+from rig.cli.common import add_progress_flag
 
 
 def add_replay_command(dsub) -> None:
@@ -17,7 +18,7 @@ def add_replay_command(dsub) -> None:
     rep.add_argument("--out", required=True, help="the new day file to write (must not exist)")
     rep.add_argument("--window", nargs=2, type=float, metavar=("START_MS", "END_MS"), default=None,
                      help="spike-count window after onset, ms (default: the recorded window)")
-    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(rep)
     rep.set_defaults(func=cmd_replay)
 
 

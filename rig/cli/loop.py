@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from rig.config import load_config
+from rig.cli.common import add_progress_flag
 
 
 def demo_config_path() -> Path:
@@ -21,13 +22,13 @@ def register(sub) -> None:
     grp.add_argument("--config", help="TOML file overriding config.toml's defaults")
     grp.add_argument("--demo", action="store_true", help="the small demo configuration (minutes on 2 CPU cores)")
     sim.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    sim.add_argument("--no-progress", action="store_true")
+    add_progress_flag(sim)
     sim.set_defaults(func=cmd_simulate)
 
     rep = sub.add_parser("report", help="figures and summary of an experiment folder")
     rep.add_argument("folder")
     rep.add_argument("--out", help="report folder (default: FOLDER/report)")
-    rep.add_argument("--no-progress", action="store_true")
+    add_progress_flag(rep)
     rep.set_defaults(func=cmd_report)
 
 

@@ -20,6 +20,7 @@ from rig.store.reader import read_config_text
 from rig.errors import UserError
 from rig.loop.fit import fit_days
 from rig.paths import day_path, model_path
+from rig.cli.common import add_progress_flag
 
 
 # --------------------------------------------------------------------------- CLI
@@ -35,7 +36,7 @@ def register(sub) -> None:
     fit.add_argument("--out", help="output file (default: DIR/model_through_DDD.h5)")
     fit.add_argument("--all-sites", action="store_true", help="fit every channel, not only reliable ones")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing model file")
-    fit.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(fit)
     fit.set_defaults(func=cmd_fit)
 
     score = msub.add_parser("score", help="print a fitted model's per-site scores")

@@ -21,6 +21,7 @@ import numpy as np
 
 from rig.config import load_config
 from rig.errors import UserError
+from rig.cli.common import add_progress_flag
 
 
 def _float_list(text: str) -> list[float]:
@@ -54,7 +55,7 @@ def register(subparsers) -> None:
     g.add_argument("--steps", type=int, help="override perturb.steps")
     g.add_argument("--seed", type=int, help="override experiment.seed")
     g.add_argument("--device", help="torch device (default: model.device)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(g)
     g.set_defaults(func=cmd_generate)
 
 

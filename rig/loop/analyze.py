@@ -114,7 +114,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     sites = np.asarray(d.model.get("target_channels", np.unique(prov.site[prov.site >= 0])), np.int64)
     resp0 = _responses(d0)
     sigma = clean_sigma(resp0, d0.stimuli, sites)
-    seed = cfg.experiment.seed * 1000 + day
+    seed = cfg.day_seed(day)
     kw = dict(sites=sites, n_boot=n_boot, seed=seed)
     targeted = sensitivity_curve(resp, prov, estimator="abs", sigma=sigma, **kw)
     signed = sensitivity_curve(resp, prov, estimator="signed", sigma=sigma, **kw)
@@ -166,7 +166,7 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
 
     prov = d.stimuli
     monkey = build_sim_monkey(cfg)
-    window = (cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0)
+    window = (d.window_ms[0] / 1000.0, d.window_ms[1] / 1000.0)
     module = TrueCountModule(monkey, window, cfg.rsvp.stim_on_ms / 1000.0).eval()
     # noise-free: the true expected counts of the very stimuli the loop showed
     expected = monkey.expected_counts(monkey.true_rates(prov.pixels), window, cfg.rsvp.stim_on_ms / 1000.0)

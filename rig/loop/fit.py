@@ -80,8 +80,15 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
     names: list[str] = []
     rows_stim, rows_counts, day0 = [], [], None
     config_text = ""
+    window = None
     for d, path in enumerate(paths):
         day = days.read(path)
+        if window is None:
+            window = day.window_ms
+        elif day.window_ms != window:
+            raise UserError(f"{path} counted spikes in {day.window_ms[0]:g}-{day.window_ms[1]:g} ms but day 0 in "
+                            f"{window[0]:g}-{window[1]:g} ms; a readout pools one response window. Recount the "
+                            "odd day with `itloop day replay FILE --out NEW --window START_MS END_MS`")
         config_text = day.config_text
         for n in day.channel_names:
             if n not in names:

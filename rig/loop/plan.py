@@ -111,12 +111,12 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
               f"{len(cfg.experiment.epsilons)} epsilons, both directions ({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)",
               flush=True)
     stimset = generate_perturbations(module, clean, problems, list(cfg.experiment.epsilons), params,
-                                     seed=cfg.experiment.seed * 1000 + day, device=cfg.model.device, progress=progress)
+                                     seed=cfg.day_seed(day), device=cfg.model.device, progress=progress)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
     schedule = build_schedule(stimset.parent, cfg.schedule.repeats, cfg.rsvp.presentations_per_trial,
-                              cfg.experiment.seed * 1000 + day, slot_seconds(cfg), cfg.schedule.min_parent_separation_min)
+                              cfg.day_seed(day), slot_seconds(cfg), cfg.schedule.min_parent_separation_min)
     mean_sep, min_sep = schedule.parent_separation_min(stimset.parent)
     info = {
         "model_file": mpath.name, "model_sha256": file_sha256(mpath), "backbone": model.backbone_name,

@@ -40,11 +40,11 @@ def experiment_config(folder: Path, cfg: Config | None) -> Config:
 
 
 @contextmanager
-def _step(name: str, progress: bool):
+def _step(name: str):
+    """One line per step with its wall time (also without progress bars: logs keep the timings)."""
     t0 = time.monotonic()
     yield
-    if progress:
-        print(f"[{name}: {time.monotonic() - t0:.0f} s]", flush=True)
+    print(f"[{name}: {time.monotonic() - t0:.0f} s]", flush=True)
 
 
 def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool = True, report: bool = True) -> Path | None:
@@ -59,22 +59,22 @@ def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool =
     for day in range(days + 1):
         path = day_path(folder, day)
         if day >= 1 and not path.exists() and not plan_path(folder, day).exists():
-            with _step(f"day {day}: refit + plan", progress):
+            with _step(f"day {day}: refit + plan"):
                 plan_day(cfg, folder, day, progress=progress, days=days_read)
         if not path.exists():
-            with _step(f"day {day}: recording", progress):
+            with _step(f"day {day}: recording"):
                 record_day(cfg, folder, day, "sim", progress=progress)
         elif day_status(path) != "complete":
             print(f"day {day}: resuming the interrupted recording in {path}", flush=True)
-            with _step(f"day {day}: recording (resumed)", progress):
+            with _step(f"day {day}: recording (resumed)"):
                 record_day(cfg, folder, day, "sim", resume=True, progress=progress)
         if day >= 1 and not (folder / f"day_{day:03d}.analysis.json").exists():
-            with _step(f"day {day}: analysis", progress):
+            with _step(f"day {day}: analysis"):
                 res, _ = analyze_day(cfg, folder, day, progress=progress, days=days_read)
             print(describe(res), flush=True)
     if not report:
         return None
-    with _step("report", progress):
+    with _step("report"):
         summary = write_report(cfg, folder, progress=progress, cache=days_read)
     print(f"report: {summary} (figures beside it)")
     return summary

@@ -93,7 +93,7 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
     bar = None
     try:
         backend.open(session, stimuli)
-        bar = tqdm(total=len(schedule), initial=len(schedule) - len(queue), unit="pres", disable=not progress,
+        bar = tqdm(total=len(schedule), initial=len(schedule) - len(queue), unit="pres", disable=None if progress else True,
                    desc=f"day {session.day}", dynamic_ncols=True)
         with _StopFlag() as flag:
             while (trial := queue.next_trial()) is not None:

@@ -177,14 +177,6 @@ class DayWriter:
         ti = self._h5["trials/trial_index"]
         return int(ti[-1]) + 1 if ti.shape[0] else 0
 
-    def done_planned(self) -> np.ndarray:
-        """(n_planned,) bool: planned slots already recorded validly."""
-        done = np.zeros(self.n_planned, bool)
-        p = self._h5["presentations"]
-        idx, ok = p["planned_index"][:], p["valid"][:]
-        done[idx[ok]] = True
-        return done
-
     def recorded_trials(self) -> list[tuple[tuple[int, ...], np.ndarray]]:
         """(planned slots, validity flags) of every committed trial, in order."""
         ends = self._h5["trials/presentations_end"][:]
@@ -299,7 +291,6 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
         _growing(pr, name, dt, unit, desc)
     sp = h5.create_group("spikes")
     _growing(sp, "counts", "f4", "spikes", f"spike count per presentation x channel in [onset+{window_ms[0]:g} ms, onset+{window_ms[1]:g} ms); NaN if not shown", width=len(channel_names))
-    sp["counts"].attrs["window_ms"] = np.asarray(window_ms, float)
     _growing(sp, "times_s", "f8", "s", "raw spike times, acquisition clock")
     _growing(sp, "channel", "i4", "1", "channel of each raw spike")
     sy = h5.create_group("sync")

@@ -42,6 +42,11 @@ class DayData:
         return Schedule(self.schedule_stim_index, self.presentations_per_trial, self.seconds_per_presentation)
 
     @property
+    def window_ms(self) -> tuple[float, float]:
+        """The spike-count window, ms after onset, that this day's counts were made in."""
+        return float(self.attrs["window_start_ms"]), float(self.attrs["window_end_ms"])
+
+    @property
     def day(self) -> int:
         return int(self.attrs["day"])
 
