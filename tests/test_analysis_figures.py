@@ -80,3 +80,52 @@ def test_every_figure_renders_and_is_not_blank(tmp_path):
         assert img.std() > 20, f"{p.name} looks blank (pixel s.d. {img.std():.1f})"
     text = paths[-1].read_text()
     assert "[" in text and "95% CI" in text and "![sensitivity_vs_epsilon](sensitivity_vs_epsilon.png)" in text
+
+
+def _captured_figures(tmp_path, monkeypatch) -> dict:
+    """Render every figure, keeping the matplotlib Figure objects (by file stem) as they are saved."""
+    from matplotlib.figure import Figure
+
+    figs: dict = {}
+    real_savefig = Figure.savefig
+
+    def keep(self, fname, *a, **kw):
+        figs[Path(fname).stem] = self
+        return real_savefig(self, fname, *a, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    render_all(tmp_path)
+    return figs
+
+
+def _data_axes(fig):
+    return [ax for ax in fig.axes if ax.get_lines() or ax.collections or ax.images or ax.patches]
+
+
+def test_figures_have_labelled_axes_and_the_data_they_were_given(tmp_path, monkeypatch):
+    figs = _captured_figures(tmp_path, monkeypatch)
+    assert {"sensitivity_vs_epsilon", "sensitivity_by_day", "predicted_vs_measured", "site_panels",
+            "example_stimuli", "predictivity_vs_ceiling"} <= set(figs)
+    for name, fig in figs.items():
+        axes = _data_axes(fig)
+        assert axes, f"{name} draws nothing"
+        if name == "example_stimuli":
+            assert sum(len(ax.images) for ax in fig.axes) >= 2 * 3  # clean + perturbed for 3 sites
+            continue
+        # each panel is labelled, or the figure labels all panels at once (supxlabel / supylabel)
+        sup = [getattr(fig, "_supxlabel", None), getattr(fig, "_supylabel", None)]
+        fig_labelled = any(s is not None and s.get_text() for s in sup)
+        for ax in axes:
+            assert ax.get_xlabel() or ax.get_ylabel() or fig_labelled, f"{name}: an axis without labels"
+    # sensitivity vs epsilon: every curve has one point per epsilon, x = the epsilons given
+    ax = _data_axes(figs["sensitivity_vs_epsilon"])[0]
+    curves = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(EPS)]
+    assert len(curves) >= 4  # targeted, bias-corrected, random control, random pairs (+ model, truth)
+    for ln in curves:
+        assert np.allclose(np.asarray(ln.get_xdata(), float), EPS)
+    assert "ε" in ax.get_xlabel() or "eps" in ax.get_xlabel().lower()
+    # one curve per day in the by-day figure
+    by_day = _data_axes(figs["sensitivity_by_day"])[0]
+    assert len([ln for ln in by_day.get_lines() if len(ln.get_xdata()) == len(EPS)]) >= 3
+    # one panel per site
+    assert len(_data_axes(figs["site_panels"])) >= 6

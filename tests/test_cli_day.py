@@ -69,7 +69,7 @@ def test_sigkill_of_the_cli_then_resume(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = tmp_path / "day_000.h5.journal"
     try:
-        wait_for_journal_lines(journal, 4, timeout_s=120)
+        assert wait_for_journal_lines(journal, 2, timeout_s=120), "day 0 never started recording"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -134,11 +134,15 @@ def test_day_check_on_truncated_and_foreign_files(tmp_path, capsys):
 
 
 def test_ctrl_c_stops_after_the_current_trial_and_the_day_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "rig.cli", "day", "run", "--day", "0", "--out", str(tmp_path), "--config", TINY]
+    # a long screening day (30 images x 40 repeats, ~150 trials): Ctrl-C after 2 trials always comes mid-day
+    long_day = tmp_path / "long.toml"
+    long_day.write_text(Path(TINY).read_text().replace("[screening]\nrepeats = 4", "[screening]\nrepeats = 40"))
+    assert "repeats = 40" in long_day.read_text()
+    cmd = [sys.executable, "-m", "rig.cli", "day", "run", "--day", "0", "--out", str(tmp_path), "--config", str(long_day)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     journal = tmp_path / "day_000.h5.journal"
     try:
-        wait_for_journal_lines(journal, 3, timeout_s=120)
+        assert wait_for_journal_lines(journal, 2, timeout_s=120), "day 0 never started recording"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:

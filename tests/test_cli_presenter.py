@@ -67,7 +67,8 @@ dead_after_s = 5.0
     p = d.presentations
     assert d.attrs["spike_source"] == "simulated monkey"
     assert (p["frames_on"][p["shown"]] == 6).all() and (p["frames_mask"][p["shown"]] == 6).all()
-    # onsets are the presenter's flips: a whole number of 60 Hz frames apart within a trial
+    # onsets are the presenter's flip stamps: increasing within each trial (their spacing is wall-clock
+    # time of a sleep-paced Xvfb, not asserted; the frame counts above are the presenter's own)
     first = p["position"] == 0
-    gaps = np.diff(p["onset_presenter_s"])[~first[1:]]
-    assert np.allclose(gaps, 12 / 60, atol=0.02)
+    shown_pairs = (p["shown"][1:] & p["shown"][:-1]) & ~first[1:]
+    assert (np.diff(p["onset_presenter_s"])[shown_pairs] > 0).all()

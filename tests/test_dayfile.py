@@ -12,6 +12,7 @@ import pytest
 
 from rig.backend import SessionInfo
 from rig.store.dayfile import DayFileError, DayWriter
+from tests.helpers import wait_for_journal_lines
 from rig.store.journal import journal_path
 from rig.store.reader import read_day
 from rig.store.repair import check_day, recover_day
@@ -108,25 +109,33 @@ def test_resume_after_max_trials_has_no_duplicates(tmp_path):
 
 
 KILLER = textwrap.dedent("""
-    import sys
+    import sys, time
     from tests.test_dayfile import _stimuli, _new
     from tests.fakes import CountingBackend
     from rig.session.runner import run_session
     from rig.backend import SessionInfo
+
+    class Stalling(CountingBackend):
+        # runs freely, then hangs inside trial `stall_at` (bounded), so the kill always comes mid-session
+        def run_trial(self, trial):
+            if trial.trial_index >= int(sys.argv[2]):
+                time.sleep(120)
+            return super().run_trial(trial)
+
     ss = _stimuli(30, 8)
     w, sch = _new(sys.argv[1], ss, repeats=20, k=5, n_ch=8)
-    print("recording", flush=True)
-    run_session(CountingBackend(8), w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False)
+    run_session(Stalling(8), w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False)
 """)
 
 
-@pytest.mark.parametrize("delay", [0.2, 0.6])
-def test_sigkill_mid_session_loses_nothing_committed_and_resume_completes(tmp_path, delay):
+@pytest.mark.parametrize("after_trials", [2, 12])
+def test_sigkill_mid_session_loses_nothing_committed_and_resume_completes(tmp_path, after_trials):
+    """Killed at a random moment after ``after_trials`` trials (the child stalls 30 trials
+    later, so the session can never finish first): nothing committed is lost."""
     path = tmp_path / "d.h5"
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(path), str(after_trials + 30)], cwd=ROOT)
     try:
-        assert proc.stdout.readline().strip() == "recording"
-        time.sleep(delay)
+        assert wait_for_journal_lines(journal_path(path), after_trials, timeout_s=120), "the session never started"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 import sys
 import time
 
@@ -247,8 +248,14 @@ def test_killed_controller_leaves_presenter_blank_and_waiting_and_restart_resume
     c = rig.ready(fixation_ms=50.0)
     lost_before = c.status()["controller_lost_count"]
     c.start_trial(8, [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])        # ~2 s of RSVP
+    silent = "screen blank, waiting for it"
+    already = Path(rig.log.name).read_text().count(silent)
     c.close()                                               # the controller dies mid-trial
-    time.sleep(2.5)                                         # > dead_after_s (1 s) on the presenter
+    # wait (bounded) until the presenter has noticed: it logs when its controller went silent
+    deadline = time.monotonic() + 30
+    while Path(rig.log.name).read_text().count(silent) == already and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Path(rig.log.name).read_text().count(silent) > already, "the presenter never noticed its controller died"
     assert rig.proc.poll() is None, "the presenter must survive its controller"
     rig.client = c2 = Rig.new_client(rig.endpoint)          # a restarted controller, same endpoint
     assert c2.wait_for_presenter(timeout_s=30, say_hello=False)["state"] == "waiting"
