@@ -5,14 +5,17 @@ import dataclasses
 
 from rig.config import Config
 from rig.errors import UserError
+from modelfit.backbone import build_backbone
+from sim.monkey import SimParams, SimulatedMonkey
+from rig.backends.presenter import PresenterBackend, SimSpikeSource
+from rig.link.client import PresenterClient
+from rig.link.protocol import curve_keys
+from sim.backend import SimBackend
 
 
 def build_sim_monkey(cfg: Config):
     """The simulated monkey of ``cfg.sim``; its linearly predictable part uses the
     configured model backbone (``cfg.model``), as the controller's model would see it."""
-    from modelfit.backbone import build_backbone
-    from sim.monkey import SimParams, SimulatedMonkey
-
     backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
     return SimulatedMonkey(SimParams(**dataclasses.asdict(cfg.sim)), model_features=backbone)
 
@@ -21,10 +24,6 @@ def _presenter_backend(cfg: Config):
     """The real PsychoPy presenter (a separate ``itloop present`` process connecting to
     ``presenter.endpoint``) with spikes, sync and fixation from the simulated monkey:
     no live acquisition bridge exists yet (Open Ephys / Blackrock are on the roadmap)."""
-    from rig.backends.presenter import PresenterBackend, SimSpikeSource
-    from rig.link.client import PresenterClient
-    from rig.link.protocol import curve_keys
-
     p = cfg.presenter
     try:
         keys = curve_keys(p.curve_public_key, p.curve_secret_key, p.curve_server_key)
@@ -53,8 +52,6 @@ def make_backend(name: str, cfg: Config, start_s: float = 10.0):
     if name == "presenter":
         return _presenter_backend(cfg)
     if name == "sim":
-        from sim.backend import SimBackend
-
         backend = SimBackend(build_sim_monkey(cfg), refresh_hz=cfg.monitor.refresh_hz, start_s=start_s)
         info = backend.info()
         attrs = {"sim_" + k: v for k, v in info.extra.items() if isinstance(v, (int, float, str, bool))}

@@ -15,6 +15,7 @@ import numpy as np
 
 from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
 from rig.link.client import PresenterClient, TrialResult
+from sim.clocks import photodiode_jitter
 
 
 class SpikeSource(Protocol):
@@ -66,8 +67,6 @@ class SimSpikeSource:
         return self.monkey.fixation_break_time(0.0, duration_s, self._rng(trial, 1))
 
     def record(self, trial: Trial, shown: TrialResult, end_presenter_s: float) -> dict:
-        from sim.clocks import photodiode_jitter
-
         rng = self._rng(trial, 2)
         n = shown.shown
         onsets = shown.onset_s[:n]

@@ -21,10 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.baselines import SiteLevel
+from analysis.bootstrap import Estimate
+from analysis.sensitivity import PredictedVsMeasured, SensitivityCurve
 from rig.config import Config, config_from_toml_text
 from rig.store.reader import DayCache, DayData
 from rig.errors import UserError
 from rig.paths import day_path
+from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random_direction_control,
+                      random_pair_baseline, sensitivity_curve, split_half_noise_floor)
+from analysis.sensitivity import model_unit_curve
+from modelfit.store import load_fitted
+from analysis import fraction_of_true, sensitivity_curve
+from rig.backends.factory import build_sim_monkey
+from rig.loop.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
+from stimuli.perturb import PerturbParams
 
 N_BOOT = 1000
 
@@ -34,15 +45,15 @@ class DayResults:
     day: int
     sites: np.ndarray
     sigma: np.ndarray
-    targeted: object               # SensitivityCurve, |.| estimator, normalised
-    signed: object                 # SensitivityCurve, bias-corrected, normalised
-    random: object | None          # SensitivityCurve of random-direction controls
-    ratio: dict                    # eps -> Estimate: targeted / random (|.| estimators)
-    pairs: object                  # SiteLevel: random-pair baseline (screening day)
-    noise: object                  # SiteLevel: split-half noise floor
-    model_units: object | None     # SensitivityCurve on the designing model's units
-    pvm: object                    # PredictedVsMeasured
-    model_scores: dict             # cv_r, ceiling, noise_ceiled of the designing model
+    targeted: SensitivityCurve              # |.| estimator, normalised by sigma
+    signed: SensitivityCurve                # bias-corrected, normalised by sigma
+    random: SensitivityCurve | None         # random-direction controls
+    ratio: dict[float, Estimate]            # eps -> targeted / random (|.| estimators)
+    pairs: SiteLevel                        # random-pair baseline (screening day)
+    noise: SiteLevel                        # split-half noise floor
+    model_units: SensitivityCurve | None    # the designing model's own units
+    pvm: PredictedVsMeasured                # predicted vs measured change per stimulus
+    model_scores: dict[str, np.ndarray]     # cv_r, ceiling, noise_ceiled of the designing model
     random_init_model: bool
     truth: dict = field(default_factory=dict)   # simulation only
     data: DayData | None = None
@@ -93,10 +104,6 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
                 n_boot: int = N_BOOT, days: DayCache | None = None) -> DayResults:
     """Everything the report needs about closed-loop day ``day`` (see the module docstring);
     ``days``: the process's day cache (each day file is read once)."""
-    from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random_direction_control,
-                          random_pair_baseline, sensitivity_curve, split_half_noise_floor)
-    from analysis.sensitivity import model_unit_curve
-
     folder = Path(folder)
     days = days if days is not None else DayCache()
     path = day_path(folder, day)
@@ -128,8 +135,6 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     model_units, scores, random_init = None, {}, bool(d.model.get("random_init", False))
     mfile = folder / str(d.model.get("model_file", ""))
     if d.model.get("model_file") and mfile.exists():
-        from modelfit.store import load_fitted
-
         fitted = load_fitted(mfile)
         scores = {k: np.asarray(v) for k, v in fitted.scores.items()}
         pred = _model_predictions(fitted, prov.pixels, d.n_channels, cfg)
@@ -159,11 +164,6 @@ def _model_predictions(fitted, pixels: np.ndarray, n_channels: int, cfg: Config)
 def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.ndarray, sigma: np.ndarray,
            n_boot: int, seed: int, progress: bool) -> dict:
     """White-box ground truth and the fraction of it the loop reached (simulation only)."""
-    from analysis import fraction_of_true, sensitivity_curve
-    from rig.backends.factory import build_sim_monkey
-    from rig.loop.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
-    from stimuli.perturb import PerturbParams
-
     prov = d.stimuli
     monkey = build_sim_monkey(cfg)
     window = (d.window_ms[0] / 1000.0, d.window_ms[1] / 1000.0)

@@ -21,6 +21,12 @@ from rig.config import Config
 from rig.store.reader import DayCache
 from rig.errors import UserError
 from rig.paths import day_path, model_path
+from modelfit.backbone import build_backbone
+from modelfit.features import FeatureExtractor
+from modelfit.readout import Readout
+from modelfit.scores import cross_validated_r, noise_ceiled_predictivity, select_sites, split_half_reliability
+from modelfit.store import save_fitted
+from rig import __version__
 
 
 @dataclass
@@ -144,12 +150,6 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
              all_sites: bool = False, progress: bool = True, overwrite: bool = False,
              days: DayCache | None = None) -> FitResult:
     """Fit the readout on days 0..``through`` of ``folder`` and save it (default ``model_through_DDD.h5``)."""
-    from modelfit.backbone import build_backbone
-    from modelfit.features import FeatureExtractor
-    from modelfit.readout import Readout
-    from modelfit.scores import cross_validated_r, noise_ceiled_predictivity, select_sites, split_half_reliability
-    from modelfit.store import save_fitted
-
     out = Path(out) if out else model_path(folder, through)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or --out to write elsewhere")
@@ -197,7 +197,6 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
     ceiling = split_half_reliability(pooled.reps[:, rows][:, :, sites], seed=cfg.experiment.seed)
     scores = {"cv_r": cv_r, "ceiling": ceiling, "noise_ceiled": noise_ceiled_predictivity(cv_r, ceiling),
               "screening_reliability": screening_rel[sites]}
-    from rig import __version__
 
     info = {"through_day": int(through), "days": json.dumps(pooled.days), "n_images": int(len(rows)),
             "n_valid_presentations": pooled.n_valid_presentations,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from stimuli.perturb import generate_perturbations
 
 
 class TrueCountModule(nn.Module):
@@ -55,8 +56,6 @@ class WhiteBox:
 def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
              params, seed: int, progress: bool) -> np.ndarray:
     """(n_problems, n_eps, 2) best signed true change (spikes) found with ``params``."""
-    from stimuli.perturb import generate_perturbations
-
     ss = generate_perturbations(module, clean, problems, epsilons, replace(params, random_controls_per_image=0),
                                 seed=seed, progress=progress)
     t = ss.kind == "targeted"

@@ -30,6 +30,9 @@ from rig.store.reader import DayCache
 from rig.errors import UserError
 from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
+from rig.loop.fit import fit_days
+from modelfit.store import load_fitted
+from stimuli.perturb import PerturbParams, generate_perturbations
 
 
 def code_version() -> str:
@@ -46,8 +49,6 @@ def code_version() -> str:
 
 def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True, days: DayCache | None = None) -> Path:
     """The readout fitted on days 0..``through``; fitted (and saved) if not there yet."""
-    from rig.loop.fit import fit_days
-
     path = model_path(folder, through)
     if not path.exists():
         fit_days(cfg, folder, through, progress=progress, days=days)
@@ -77,9 +78,6 @@ def choose_images(n_pool: int, n_sites: int, per_site: int, seed: int) -> np.nda
 def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, days: DayCache | None = None) -> Path:
     """Write ``day_DDD.plan.h5`` for closed-loop day ``day`` (see the module docstring);
     ``days``: the process's day cache (each day file is read once)."""
-    from modelfit.store import load_fitted
-    from stimuli.perturb import PerturbParams, generate_perturbations
-
     folder = Path(folder)
     days = days if days is not None else DayCache()
     if day < 1:

@@ -6,10 +6,13 @@ from pathlib import Path
 import numpy as np
 
 from rig.loop.analyze import DayResults, day_results
+from rig.loop.headline import headline_table
 from rig.config import Config
 from rig.store.reader import DayCache, day_status
 from rig.errors import UserError
 from rig.paths import day_path
+from analysis import plots
+from analysis.summary import write_summary
 
 
 def recorded_days(folder: Path) -> list[int]:
@@ -47,9 +50,6 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     """Analyse every complete closed-loop day of ``folder`` and write ``out`` (default
     ``<folder>/report``): PNG figures and ``summary.md``. Returns the summary's path.
     ``cache``: the process's day cache (each day file is read once)."""
-    from analysis import plots
-    from analysis.summary import write_summary
-
     folder = Path(folder)
     if not day_path(folder, 0).exists():
         raise UserError(f"{folder} holds no screening day (day_000.h5); is it an itloop experiment folder?")
@@ -103,6 +103,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
                      f"{h['restarts']} restarts x {h['steps']} steps; doubling the budget changed the mean "
                      f"answer by {100 * h['relative_change_on_doubling']:.2g}% (the criterion is < 2%).")
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
+    (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary
 
 

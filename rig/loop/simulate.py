@@ -17,6 +17,7 @@ from rig.store.reader import DayCache, day_status
 from rig.errors import UserError
 from rig.loop.plan import plan_day
 from rig.paths import day_path, plan_path
+from rig.loop.report import write_report
 
 EXPERIMENT_TOML = "experiment.toml"
 
@@ -49,8 +50,6 @@ def _step(name: str):
 
 def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool = True, report: bool = True) -> Path | None:
     """Run (or finish) the whole experiment; returns the report summary's path."""
-    from rig.loop.report import write_report
-
     folder = Path(folder)
     if days < 1:
         raise UserError(f"--days {days}: give at least 1 closed-loop day after screening")

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from rig.store.reader import DayData, read_day
+from rig.config import RsvpConfig
 
 UNIT_DESCRIPTIONS = {
     "kind": "clean | targeted | random",
@@ -68,8 +69,6 @@ CLOCK_NOTE = "acquisition clock, seconds"
 
 def _stim_on_s(config_text: str) -> float:
     """rsvp.stim_on_ms of the day's config, in seconds (the config default if absent)."""
-    from rig.config import RsvpConfig
-
     try:
         ms = tomllib.loads(config_text).get("rsvp", {}).get("stim_on_ms", RsvpConfig.stim_on_ms)
     except tomllib.TOMLDecodeError:

@@ -1,0 +1,46 @@
+"""The headline table (README demo table) is made from the analysis files of a run."""
+import json
+from pathlib import Path
+
+import pytest
+
+from rig.loop.headline import BEGIN, END, ROWS, headline_table, replace_block
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _est(v, lo, hi):
+    return {"value": v, "lo": lo, "hi": hi, "n": 10}
+
+
+def _analysis(day, scale):
+    eps = [0.5, 2.0]
+    return {"day": day, "epsilons": eps,
+            "targeted_signed": {"0.5": _est(1.0 * scale, 0.9, 1.1), "2": _est(2.0 * scale, 1.8, 2.2)},
+            "targeted_over_random": {"0.5": _est(3.0, 2.0, 4.0), "2": _est(9.5, 7.0, 12.25)},
+            "truth": {"fraction_true_achieved": {"0.5": _est(0.5, 0.4, 0.6), "2": _est(None, None, None)}},
+            "predicted_vs_measured_r": _est(0.75, 0.5, 0.9)}
+
+
+def test_table_has_first_and_last_day_with_intervals(tmp_path):
+    for day, scale in ((1, 1.0), (2, 1.5), (3, 2.0)):
+        (tmp_path / f"day_{day:03d}.analysis.json").write_text(json.dumps(_analysis(day, scale)))
+    table = headline_table(tmp_path)
+    lines = table.strip().split("\n")
+    assert lines[0] == "| eps 0.5 / 2 | day 1 | day 3 |"
+    assert "| bias-corrected sensitivity / sigma | 1.00 [0.90, 1.10] / 2.00 [1.80, 2.20] | 2.00 [0.90, 1.10] / 4.00 [1.80, 2.20] |" in lines
+    assert "| targeted / random-direction abs(dr) | 3.0x [2.0, 4.0] / 9.5x [7.0, 12.2] |" in table
+    assert "0.50 [0.40, 0.60] / n/a" in table  # a missing value says so
+    assert lines[-1].startswith("| model-predicted vs measured change, Pearson r | 0.75 [0.50, 0.90]")
+    with pytest.raises(FileNotFoundError):
+        headline_table(tmp_path / "empty")
+
+
+def test_readme_holds_a_generated_table():
+    text = (ROOT / "README.md").read_text()
+    assert BEGIN in text and END in text, "the README's demo table must sit between the headline-table markers"
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip().split("\n")
+    assert block[0].startswith("| eps ") and block[1].startswith("| --- |")
+    labels = [ln.split("|")[1].strip() for ln in block[2:]]
+    assert set(labels) <= {label for label, *_ in ROWS} | {"model-predicted vs measured change, Pearson r"}
+    assert replace_block(text, "X\n").count(BEGIN) == 1
