@@ -376,3 +376,41 @@ def test_simulated_and_replayed_days_pass_dandi_checks(sim_experiment, tmp_path)
         assert "replay of day file day_000.h5" in nwb.session_description and a["identifier"] in nwb.data_collection
         assert nwb.subject.sex == "U" and nwb.subject.age == "P0D/" and "SIMULATED" in nwb.subject.description
     assert data_origin(read_day(exp / "day_000.h5")).simulated and data_origin(read_day(rep / "day_000.h5")).replayed_from
+
+
+def test_recovered_day_keeps_its_identifier(day, tmp_path):
+    from rig.store.journal import journal_path
+    from rig.store.repair import recover_day
+
+    from rig.backends.replay import replay_day
+
+    replay = replay_day(day, tmp_path / "replay.h5", progress=False)
+    for src in (day, replay):  # a recording and a replay: recovery keeps each one's identifier
+        path = tmp_path / f"copy_{src.name}"
+        shutil.copy(src, path)
+        shutil.copy(journal_path(src), journal_path(path))
+        recover_day(path)
+        a, b = read_day(src), read_day(path)
+        assert b.attrs["identifier"] == a.attrs["identifier"] and b.attrs["acq_clock_zero_utc"] == ZERO
+        assert np.array_equal(b.spike_times_s, a.spike_times_s)
+    assert read_day(replay).attrs["replayed_from_identifier"] == read_day(day).attrs["identifier"]
+    assert read_day(replay).attrs["identifier"] != read_day(day).attrs["identifier"]
+
+
+def test_recording_takes_todays_metadata_over_the_plans(tmp_path, capsys):
+    """The plan fixes the experiment; who records and which subject/array are the day's own."""
+    from rig.loop.record import ensure_screening_plan, record_day
+
+    planned = load_config(TINY)
+    ensure_screening_plan(planned, tmp_path)
+    today = load_config(TINY, overrides=META)
+    record_day(today, tmp_path, 0, "sim", progress=False, max_trials=1)
+    assert "differs" not in capsys.readouterr().out  # only the metadata differ: no note
+    with h5py.File(tmp_path / "day_000.h5", "r") as h5:
+        assert json.loads(h5["metadata"].attrs["subject"])["id"] == "M17"
+        assert json.loads(h5["metadata"].attrs["session"])["institution"] == "Example University"
+        zero = dt.datetime.fromisoformat(h5.attrs["acq_clock_zero_utc"])
+        created = dt.datetime.fromisoformat(h5.attrs["created_utc"])
+        assert abs((zero - created).total_seconds()) < 5  # the simulated clock reads 0 s when the day starts
+    d = read_day(tmp_path / "day_000.h5")
+    assert "M17" in d.config_text and d.trials["start_acq_s"][0] > 0

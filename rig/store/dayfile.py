@@ -323,12 +323,14 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
 def _write_identity(h5: h5py.File, attrs: dict, backend: str, identifier: str | None) -> None:
     """Root attr ``identifier``: a UUID naming this file for good (NWB's identifier).
 
-    A recovered file keeps the identifier carried in ``attrs``; a replay is a new dataset
-    (new UUID, the source's kept as ``replayed_from_identifier``)."""
+    A recovered file (``recovered_from`` in ``attrs``) keeps the identifier carried in
+    ``attrs``; a new replay is a new dataset (new UUID, the source's kept as
+    ``replayed_from_identifier``)."""
     carried = attrs.get("identifier")
+    new_replay = backend == "replay" and "recovered_from" not in attrs
     if identifier is None:
-        identifier = str(carried) if carried and backend != "replay" else str(uuid.uuid4())
-    if carried and backend == "replay":
+        identifier = str(carried) if carried and not new_replay else str(uuid.uuid4())
+    if carried and new_replay:
         h5.attrs["replayed_from_identifier"] = str(carried)
     h5.attrs["identifier"] = str(uuid.UUID(str(identifier)))
 

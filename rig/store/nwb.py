@@ -268,6 +268,12 @@ def _spike_resolution_s(origin: DataOrigin, meta: dict[str, dict], spike_times: 
                         "(Hz; e.g. 30000) in a --metadata file to give the spike times' resolution")
 
 
+def _check_positions(xs: list, n_channels: int) -> None:
+    if xs and len(xs) != n_channels:
+        raise ExportRefused(f"array.electrode_x_um has {len(xs)} positions but the day recorded {n_channels} channels; "
+                            "give one position per channel (or none)")
+
+
 # --------------------------------------------------------------------------- building
 def _stim_on_s(config_text: str) -> float:
     """rsvp.stim_on_ms of the day's config, in seconds (the config default if absent)."""
@@ -323,11 +329,11 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
     start, start_how = time_base(a)
     s, e, arr = meta["subject"], meta["session"], meta["array"]
     stim_on = _stim_on_s(d.config_text)
-    kind = "SIMULATED " if origin.simulated else ""
+    kind = "simulated data" if origin.simulated else ("live data" if origin.live else "data of unrecorded origin")
     fit = "" if not clock_fit else ("; presenter -> acquisition clock fit acq = offset + (1 + drift) * presenter: " +
                                     ", ".join(f"{k}={v:g}" for k, v in clock_fit.items()))
     nwb = NWBFile(
-        session_description=(f"itloop closed-loop IT recording, day {d.day} ({kind.lower() or 'live '}data; status "
+        session_description=(f"itloop closed-loop IT recording, day {d.day} ({kind}; status "
                              f"{a.get('status', '?')}): RSVP of clean and model-designed perturbed images, multi-unit "
                              f"spikes per channel. {origin.text}"),
         identifier=nwb_identifier(a),
@@ -364,9 +370,7 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
                                        description=(f"the recording array, {d.n_channels} channels; rel_x/rel_y = "
                                                     "electrode position on the array in micrometres"))
     xs, ys = arr["electrode_x_um"], arr["electrode_y_um"]
-    if xs and len(xs) != d.n_channels:
-        raise ExportRefused(f"array.electrode_x_um has {len(xs)} positions but the day recorded {d.n_channels} channels; "
-                            "give one position per channel (or none)")
+    _check_positions(xs, d.n_channels)
     nwb.add_electrode_column(name="channel_name", description="recording channel name in the day file")
     for c, cname in enumerate(d.channel_names):
         kw = {"rel_x": float(xs[c]), "rel_y": float(ys[c]), "rel_z": 0.0} if xs else {}
@@ -604,6 +608,8 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
                 "day with --metadata FILE.toml ([subject]/[session]/[array] tables)")
     else:
         meta = _simulated_placeholders(meta, origin)
+    _check_positions(meta["array"]["electrode_x_um"], d.n_channels)
+    _spike_resolution_s(origin, meta, d.spike_times_s)  # refuses now, before anything is written
     with h5py.File(day_path, "r") as h5:  # read-only; DayData does not carry the clock fit or behavior
         clock_fit = {k: float(v) for k, v in h5["sync"].attrs.items()
                      if k.startswith("fit_") and np.ndim(v) == 0 and isinstance(v, (int, float, np.number))}
