@@ -30,7 +30,7 @@ def add_export_command(dsub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from rig.config import ConfigError
     from rig.store.dayfile import DayFileError
-    from rig.store.nwb import export_experiment, export_nwb, metadata_overrides, prepare_export, write_plan
+    from rig.store.nwb import export_experiment, export_nwb, metadata_overrides, prepare_export, write_export
 
     src = Path(args.file)
     try:
@@ -40,7 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise UserError(f"{src} is an experiment folder: use --nwb-dir OUT to export all its days")
             written = export_experiment(src, args.nwb_dir, overrides=overrides, overwrite=args.overwrite)
         elif args.nwb_dir:
-            written = [write_plan(prepare_export(src, overrides=overrides, out_dir=args.nwb_dir), overwrite=args.overwrite)]
+            written = [write_export(prepare_export(src, overrides=overrides, out_dir=args.nwb_dir), overwrite=args.overwrite)]
         else:
             written = [export_nwb(src, args.nwb, overrides=overrides, overwrite=args.overwrite)]
     except (DayFileError, ConfigError, ValueError) as exc:

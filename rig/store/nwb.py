@@ -566,7 +566,7 @@ def _add_behavior(nwb, behavior: dict) -> None:
 
 # --------------------------------------------------------------------------- export
 @dataclass
-class ExportPlan:
+class ExportJob:
     """One day's export, checked and ready to write."""
 
     day_path: Path
@@ -585,7 +585,7 @@ def dandi_relpath(subject_id: str, day: int, replay: bool = False) -> Path:
 
 
 def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, overrides: dict | None = None,
-                   out_dir: str | Path | None = None) -> ExportPlan:
+                   out_dir: str | Path | None = None) -> ExportJob:
     """Read and check one day for export (nothing is written).
 
     ``overrides``: {section: {key: value}} replacing the stored [subject]/[session]/[array]
@@ -622,18 +622,18 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
         raise ValueError("give out_path or out_dir")
     if out.exists() and out.resolve() == day_path.resolve():
         raise ExportRefused(f"the NWB output {out} is the day file itself; choose another output path")
-    return ExportPlan(day_path, out, d, meta, origin, clock_fit, behavior)
+    return ExportJob(day_path, out, d, meta, origin, clock_fit, behavior)
 
 
-def write_plan(plan: ExportPlan, overwrite: bool = False) -> Path:
+def write_export(job: ExportJob, overwrite: bool = False) -> Path:
     """Write a prepared export; ``<out stem>.partial.nwb`` first, then renamed, so the
     output is never half-written. Refuses an existing output unless ``overwrite``."""
     from pynwb import NWBHDF5IO
 
-    out = plan.out_path
+    out = job.out_path
     if out.exists() and not overwrite:
         raise ExportRefused(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or choose another output path")
-    nwb = build_nwbfile(plan.day, plan.meta, plan.origin, clock_fit=plan.clock_fit, behavior=plan.behavior)
+    nwb = build_nwbfile(job.day, job.meta, job.origin, clock_fit=job.clock_fit, behavior=job.behavior)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".partial.nwb")  # pynwb wants the .nwb suffix
     if tmp.exists():
@@ -659,7 +659,7 @@ def export_nwb(day_path: str | Path, out_path: str | Path, *, overrides: dict | 
                overwrite: bool = False) -> Path:
     """Write the day file ``day_path`` (opened read-only) as NWB to ``out_path``; see
     :func:`prepare_export` for ``overrides`` and the errors."""
-    return write_plan(prepare_export(day_path, out_path, overrides=overrides), overwrite=overwrite)
+    return write_export(prepare_export(day_path, out_path, overrides=overrides), overwrite=overwrite)
 
 
 _DAY_FILE = re.compile(r"day_(\d{3,})\.h5")
@@ -683,23 +683,23 @@ def export_experiment(folder: str | Path, out_dir: str | Path, *, overrides: dic
     days = experiment_days(folder)
     if not days:
         raise ExportRefused(f"{folder} holds no day files (day_DDD.h5); record a day first")
-    plans, problems = [], []
+    jobs, problems = [], []
     for path in days:
         try:
-            plan = prepare_export(path, overrides=overrides, out_dir=out_dir)
+            job = prepare_export(path, overrides=overrides, out_dir=out_dir)
         except ExportRefused as exc:
             if "no recorded trials" in str(exc):
                 continue  # a day that was started but recorded nothing: nothing to share
             problems.append(str(exc))
             continue
-        if plan.out_path.exists() and not overwrite:
-            problems.append(f"{plan.out_path} already exists (pass --overwrite to replace it)")
-        plans.append(plan)
+        if job.out_path.exists() and not overwrite:
+            problems.append(f"{job.out_path} already exists (pass --overwrite to replace it)")
+        jobs.append(job)
     if problems:
         raise ExportRefused("nothing was written: " + " | ".join(problems))
-    if len({p.out_path for p in plans}) != len(plans):
+    if len({p.out_path for p in jobs}) != len(jobs):
         raise ExportRefused("nothing was written: two days map to the same DANDI file name; check the day files")
-    return [write_plan(p, overwrite=overwrite) for p in plans]
+    return [write_export(p, overwrite=overwrite) for p in jobs]
 
 
 def metadata_overrides(path: str | Path | None, subject_id: str | None = None, species: str | None = None) -> dict:
