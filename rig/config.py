@@ -307,6 +307,99 @@ class PathsConfig:
         return []
 
 
+# ------------------------------------------------------------ metadata for sharing (NWB / DANDI)
+# Empty strings mean "not given": they pass validation (a simulated day needs none of them),
+# but `itloop day export` refuses to write a live recording's NWB until the keys named in
+# rig.store.nwb.REQUIRED_FOR_LIVE are filled in.
+_ISO_DURATION = (r"P(?!$)(\d+(?:\.\d+)?Y)?(\d+(?:\.\d+)?M)?(\d+(?:\.\d+)?W)?(\d+(?:\.\d+)?D)?"
+                 r"(T(?=\d)(\d+(?:\.\d+)?H)?(\d+(?:\.\d+)?M)?(\d+(?:\.\d+)?S)?)?")  # nwbinspector 0.7.2's duration_regex
+_SPECIES = r"([A-Z][a-z]* [a-z]+)|(http://purl\.obolibrary\.org/obo/NCBITaxon_\d+)"  # nwbinspector 0.7.2's species form
+_PERSON = r"([\w\s\-\.']+),\s+([\w\s\-\.']+)"  # DANDI's "Last, First" (nwbinspector 0.7.2 check_experimenter_form)
+
+
+def _iso_age_ok(age: str) -> bool:
+    import re
+
+    if re.fullmatch(_ISO_DURATION, age):
+        return True
+    lo, sep, hi = age.partition("/")
+    return bool(sep) and (lo or hi) != "" and all(x == "" or re.fullmatch(_ISO_DURATION, x) for x in (lo, hi))
+
+
+@dataclass
+class SubjectConfig:
+    id: str = ""
+    species: str = "Macaca mulatta"
+    sex: Literal["", "M", "F", "U", "O"] = ""
+    age: str = ""
+    date_of_birth: str = ""
+    description: str = ""
+
+    def check(self):
+        import datetime as _dt
+        import re
+
+        out = []
+        if not re.fullmatch(r"[A-Za-z0-9-]*", self.id):
+            out.append(("id", self.id, "letters, digits and '-' only (it names the DANDI folder sub-<id>)"))
+        if self.species and not re.fullmatch(_SPECIES, self.species):
+            out.append(("species", self.species, "a Latin binomial ('Macaca mulatta') or an NCBI taxonomy URL"))
+        if self.age and not _iso_age_ok(self.age):
+            out.append(("age", self.age, "an ISO 8601 duration such as 'P7Y' or 'P6Y3M', or a range 'P6Y/P8Y'"))
+        if self.date_of_birth:
+            try:
+                _dt.datetime.fromisoformat(self.date_of_birth)
+            except ValueError:
+                out.append(("date_of_birth", self.date_of_birth, "an ISO 8601 date such as '2018-04-21'"))
+        return out
+
+
+@dataclass
+class SessionMetaConfig:
+    experimenter: list[str] = field(default_factory=list)
+    lab: str = ""
+    institution: str = ""
+    keywords: list[str] = field(default_factory=lambda: [
+        "inferior temporal cortex", "macaque", "adversarial perturbations", "closed-loop", "RSVP"])
+    protocol: str = ""
+
+    def check(self):
+        import re
+
+        out = []
+        for name in self.experimenter:
+            if not re.fullmatch(_PERSON, name):
+                out.append(("experimenter", self.experimenter, f"names written 'Last, First' (DANDI's form); got {name!r}"))
+                break
+        if any(not k.strip() for k in self.keywords):
+            out.append(("keywords", self.keywords, "non-empty keywords"))
+        return out
+
+
+@dataclass
+class ArrayConfig:
+    device: str = ""
+    manufacturer: str = ""
+    description: str = ""
+    location: str = ""
+    reference: str = ""
+    electrode_x_um: list[float] = field(default_factory=list)
+    electrode_y_um: list[float] = field(default_factory=list)
+    sampling_rate_hz: float = 0.0
+
+    def check(self):
+        out = []
+        if len(self.electrode_x_um) != len(self.electrode_y_um):
+            out.append(("electrode_y_um", self.electrode_y_um,
+                        f"as many positions as array.electrode_x_um ({len(self.electrode_x_um)})"))
+        for k in ("electrode_x_um", "electrode_y_um"):
+            if any(not math.isfinite(v) for v in getattr(self, k)):
+                out.append((k, getattr(self, k), "finite positions in micrometres"))
+        if not (math.isfinite(self.sampling_rate_hz) and self.sampling_rate_hz >= 0):
+            out.append(("sampling_rate_hz", self.sampling_rate_hz, "a rate in Hz >= 0 (0 = not given)"))
+        return out
+
+
 @dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
@@ -322,6 +415,9 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     presenter: PresenterConfig = field(default_factory=PresenterConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    subject: SubjectConfig = field(default_factory=SubjectConfig)
+    session: SessionMetaConfig = field(default_factory=SessionMetaConfig)
+    array: ArrayConfig = field(default_factory=ArrayConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,6 +1,8 @@
 """Record one day: plan (or read the plan), open a backend, run the session, store it."""
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
 import uuid
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 from rig.backend import SessionInfo
 from rig.backends.factory import make_backend
 from rig.config import Config, config_from_toml_text
-from rig.store.dayfile import DayWriter, write_plan
+from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
 from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path, plan_path
@@ -60,8 +62,11 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
         plan = read_day(ppath)
         stimuli, schedule = plan.stimuli, plan.schedule()
-        planned_cfg = config_from_toml_text(plan.config_text)
-        if planned_cfg != cfg:  # the plan is authoritative: its stimuli were made for its settings
+        # the plan is authoritative for the experiment (its stimuli were made for its settings);
+        # who records, which subject and which array are today's: [subject]/[session]/[array] come from cfg
+        planned_cfg = dataclasses.replace(config_from_toml_text(plan.config_text),
+                                          **{k: getattr(cfg, k) for k in METADATA_SECTIONS})
+        if planned_cfg != cfg:
             print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
                   "(it differs from the one given)", flush=True)
             cfg = planned_cfg
@@ -73,7 +78,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
             seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
             backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
-            model_info=plan.model or None, attrs={**backend_attrs, "plan_file": ppath.name,
+            model_info=plan.model or None, attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
                                                   **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
                                                   **_separation_attrs(schedule, stimuli)})
     elif len(channel_names) != writer.n_channels:
@@ -86,6 +91,26 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     with writer:
         return run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
                            progress=progress, max_trials=max_trials)
+
+
+def _acq_clock_zero(backend) -> dict:
+    """Day-file attrs ``acq_clock_zero_utc`` (ISO 8601, UTC, microseconds): the wall time at
+    which the acquisition clock read 0 s, the time base of every time in the day file (NWB's
+    session_start_time), and ``acq_clock_zero_source`` saying how it was found.
+
+    A backend that can read its acquisition clock offers ``acquisition_time_s()``; for the
+    others (the simulated monkey's virtual clock) the clock is taken to read 0 s now."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    read = getattr(backend, "acquisition_time_s", None)
+    if callable(read):
+        t = float(read())
+        zero = now - _dt.timedelta(seconds=t)
+        how = f"wall time at day start minus the acquisition clock's reading then ({t:.6f} s)"
+    else:
+        zero = now
+        how = ("wall time at day start; this backend's acquisition clock is virtual (simulated) or unreadable "
+               "and is taken to read 0 s then")
+    return {"acq_clock_zero_utc": zero.isoformat(timespec="microseconds"), "acq_clock_zero_source": how}
 
 
 def _resume_presenter_time(stored) -> float:

@@ -3,8 +3,13 @@
 Layout (every dataset has ``unit`` and ``description`` attributes)::
 
     /                      attrs: schema_version, software_version, created_utc, day,
-                                  session_id, backend, status, committed_trials, ...
+                                  session_id, backend, status, committed_trials,
+                                  identifier (a UUID, stable: the NWB identifier),
+                                  acq_clock_zero_utc (wall time of the acquisition clock's
+                                  zero, recorded when the day starts), ...
     /config_toml           the full resolved configuration (TOML text)
+    /metadata              attrs subject, session, array: JSON of those config sections
+                           (who, where, with what; for NWB / DANDI)
     /stimuli/pixels        (n_stim, H, W, 3) uint8, exactly as displayed
     /stimuli/sha1          (n_stim,) sha1 of each image's bytes
     /stimuli/<column>      provenance (kind, parent, site, epsilon_requested, ...)
@@ -28,9 +33,11 @@ the journal and the plan. Nothing here ever deletes or overwrites a recording.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
+import uuid
 from pathlib import Path
 
 import h5py
@@ -119,10 +126,13 @@ class DayWriter:
     def create(cls, path: str | Path, *, config_text: str, day: int, session_id: str, stimuli: StimulusSet,
                schedule_stim_index: np.ndarray, presentations_per_trial: int, seconds_per_presentation: float,
                channel_names: list[str], backend: str, window_ms: tuple[float, float],
-               model_info: dict | None = None, attrs: dict | None = None) -> "DayWriter":
+               model_info: dict | None = None, attrs: dict | None = None,
+               identifier: str | None = None) -> "DayWriter":
         """Write the day's header (config, stimuli, plan) and open it for trials.
 
         Refuses if ``path`` (or its journal) exists: resume it or choose another path.
+        ``identifier``: the file's UUID (default: the one carried in ``attrs`` by a
+        recovery, else a new one; a replay always gets a new one).
         """
         path = Path(path)
         if path.exists() or journal_path(path).exists():
@@ -135,7 +145,8 @@ class DayWriter:
             _write_header(h5, config_text=config_text, day=day, session_id=session_id, stimuli=stimuli,
                           schedule_stim_index=schedule_stim_index, presentations_per_trial=presentations_per_trial,
                           seconds_per_presentation=seconds_per_presentation, channel_names=channel_names,
-                          backend=backend, window_ms=window_ms, model_info=model_info, attrs=attrs or {})
+                          backend=backend, window_ms=window_ms, model_info=model_info, attrs=attrs or {},
+                          identifier=identifier)
         os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
         tmp.unlink()
         return cls._open(path)
@@ -251,13 +262,15 @@ class DayWriter:
 
 def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: StimulusSet, schedule_stim_index,
                   presentations_per_trial, seconds_per_presentation, channel_names, backend, window_ms,
-                  model_info, attrs) -> None:
+                  model_info, attrs, identifier: str | None = None) -> None:
     h5.attrs.update({"schema_version": SCHEMA_VERSION, "software": "itloop", "software_version": __version__,
                      "created_utc": _utcnow(), "day": int(day), "session_id": session_id, "backend": backend,
                      "status": "recording", "committed_trials": 0,
                      "window_start_ms": float(window_ms[0]), "window_end_ms": float(window_ms[1])})
     h5.attrs.update(attrs)
+    _write_identity(h5, attrs, backend, identifier)
     h5.create_dataset("config_toml", data=config_text, dtype=h5py.string_dtype())
+    _write_metadata(h5, config_text)
     st = h5.create_group("stimuli")
     n, hh, ww, _ = stimuli.pixels.shape
     _describe(st.create_dataset("pixels", data=stimuli.pixels, chunks=(1, hh, ww, 3) if n else None),
@@ -296,6 +309,39 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
     sy = h5.create_group("sync")
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
+
+
+def _write_identity(h5: h5py.File, attrs: dict, backend: str, identifier: str | None) -> None:
+    """Root attr ``identifier``: a UUID naming this file for good (NWB's identifier).
+
+    A recovered file (``recovered_from`` in ``attrs``) keeps the identifier carried in
+    ``attrs``; a new replay is a new dataset (new UUID, the source's kept as
+    ``replayed_from_identifier``)."""
+    carried = attrs.get("identifier")
+    new_replay = backend == "replay" and "recovered_from" not in attrs
+    if identifier is None:
+        identifier = str(carried) if carried and not new_replay else str(uuid.uuid4())
+    if carried and new_replay:
+        h5.attrs["replayed_from_identifier"] = str(carried)
+    h5.attrs["identifier"] = str(uuid.UUID(str(identifier)))
+
+
+METADATA_SECTIONS = ("subject", "session", "array")
+
+
+def _write_metadata(h5: h5py.File, config_text: str) -> None:
+    """``/metadata``: the subject / session / array config sections as JSON attrs."""
+    from rig.config import ConfigError, Config, config_from_toml_text
+
+    g = h5.create_group("metadata")
+    try:
+        cfg, source = config_from_toml_text(config_text), "the day's configuration"
+    except ConfigError as exc:
+        cfg, source = Config(), f"defaults (the stored configuration could not be read: {exc})"
+    g.attrs["description"] = ("who was recorded, by whom and with what (config sections [subject], [session], [array]) "
+                              f"as JSON; from {source}")
+    for name in METADATA_SECTIONS:
+        g.attrs[name] = json.dumps(dataclasses.asdict(getattr(cfg, name)))
 
 
 def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
