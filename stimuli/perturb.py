@@ -186,7 +186,7 @@ class _Rows:
         return int(self.problem.shape[0])
 
     def take(self, idx: torch.Tensor) -> "_Rows":
-        return _Rows(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
+        return _Rows(**{name: getattr(self, name)[idx] for name in _ROW_FIELDS})
 
     def where(self, mask: torch.Tensor) -> "_Rows":
         return self.take(mask.nonzero().squeeze(1))
@@ -194,7 +194,7 @@ class _Rows:
     @staticmethod
     def cat(parts: list["_Rows | None"]) -> "_Rows":
         parts = [p for p in parts if p is not None and len(p)]
-        return _Rows(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(_Rows)})
+        return _Rows(**{name: torch.cat([getattr(p, name) for p in parts]) for name in _ROW_FIELDS})
 
     def feasible(self, radius: torch.Tensor, idx: torch.Tensor | None = None) -> L2BoxSet:
         """Each row's (or rows ``idx``') ball of ``radius`` ∩ the pixel box; the box bounds
@@ -202,6 +202,9 @@ class _Rows:
         if idx is None:
             return L2BoxSet.from_bounds(self.lower, self.upper, radius)
         return L2BoxSet.from_bounds(self.lower[idx], self.upper[idx], radius)
+
+
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(_Rows))
 
 
 # ----------------------------------------------------------------------------- one pass, per row
