@@ -32,6 +32,14 @@ step sizes, radii), so results do not depend on how rows were batched.
 
 Cost is counted in forward+backward passes of one row ("passes"); a problem's
 ``budget_passes`` is the sum over its restarts.
+
+Code layout (after MadryLab ``robustness``' ``attack_steps``): the feasible set is
+:class:`stimuli.projection.L2BoxSet` with its three verbs (``random_perturb``, ``step``,
+``project``); a batch's per-row state is the dataclass :class:`_Rows`; the per-row steps of
+one pass are plain functions (:func:`_start_rows`, :func:`_keep_best`,
+:func:`_next_iterates`); :class:`_Search` runs the batch loop (``run``: fill the batch,
+evaluate, keep the best, decide transitions, step, then retire, park and prune rows) and
+keeps each problem's bookkeeping.
 """
 from __future__ import annotations
 
