@@ -500,16 +500,6 @@ def validate_images(clean) -> np.ndarray:
     return clean
 
 
-def validate_float_images(x: torch.Tensor) -> torch.Tensor:
-    """Float images (N, 3, H, W) must lie in [0,1]."""
-    if not torch.is_floating_point(x) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must be float (N, 3, H, W) in [0,1]; got {x.dtype} {tuple(x.shape)}")
-    lo, hi = float(x.min()), float(x.max())
-    if not (0.0 <= lo and hi <= 1.0):
-        raise ValueError(f"images must lie in [0,1] (uint8 / 255); got values in [{lo:g}, {hi:g}]")
-    return x
-
-
 def validate_epsilons(epsilons) -> list[float]:
     eps = [float(e) for e in np.atleast_1d(np.asarray(epsilons, dtype=np.float64))]
     if not eps:
