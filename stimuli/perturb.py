@@ -55,7 +55,7 @@ import torch
 
 from stimuli.controls import random_stimuli
 from stimuli.objective import SiteObjective
-from stimuli.projection import L2BoxSet, l2_step, project_ball_box
+from stimuli.projection import L2BoxSet
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
 
