@@ -1,6 +1,6 @@
 """Perturbation engine benchmark, all measured side by side in one run on this machine.
 
-    .venv/bin/python benchmarks/perturb_bench.py [--quick]
+    .venv/bin/python benchmarks/perturb_bench.py [--quick] [--parts abc]
 
 (a) throughput: engine rows/s ÷ bare backbone forward+input-backward rows/s at the same
     batch size (target >= 0.9), for the "tiny" backbone and ResNet50 (random init, small images);
@@ -197,12 +197,24 @@ def pruning_fraction(model, x, n_img, sites, eps, restarts, steps, configs) -> t
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts")
+    ap.add_argument("--parts", default="abc", help="which parts to run, e.g. 'a' for throughput only (default abc)")
     args = ap.parse_args()
     q = args.quick
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     ratios = {}
 
+    if "a" in args.parts:
+        part_a(q, ratios)
+    if "b" in args.parts:
+        part_b(q, ratios)
+    if "c" in args.parts:
+        part_c(q, ratios)
+    print("\nratios: " + "  ".join(f"{k}={v:.3f}" for k, v in ratios.items())
+          + "   (targets: a>=0.9, b>=1.0, c<=0.25)")
+
+
+def part_a(q: bool, ratios: dict) -> None:
     print("\n(a) throughput (rows = forward+input-backward passes of one image; best of 5 alternating runs each)")
     print(f"{'backbone':10s} {'px':>4s} {'batch':>5s} {'bare rows/s':>12s} {'engine rows/s':>14s} {'ratio':>6s}")
     for name, size, batch, n_img, R, T in (("tiny", 64, 32, 4, 8, 12), ("resnet50", 64, 8, 1, 4, 6)):
@@ -218,6 +230,8 @@ def main() -> None:
         ratios[f"a_{name}"] = eng / bare
         print(f"{name:10s} {size:4d} {batch:5d} {bare:12.1f} {eng:14.1f} {eng / bare:6.2f}")
 
+
+def part_b(q: bool, ratios: dict) -> None:
     print("\n(b) mean achieved s*(f_i(x+d)-f_i(x)) at equal passes per problem: engine vs torchattacks.PGDL2")
     print(f"{'backbone':10s} {'eps':>5s} {'passes':>6s} {'engine':>9s} {'PGDL2':>9s} {'ratio':>6s}")
     setups = (("tiny", 32, 2 if q else 4, [0], [0.25, 1.0, 3.0],
@@ -231,6 +245,8 @@ def main() -> None:
         ratios[f"b_{name}"] = np.mean([r[1] for r in rows]) / np.mean([r[2] for r in rows])
         ratios[f"b_{name}_min_eps"] = min(r[1] / r[2] for r in rows)
 
+
+def part_c(q: bool, ratios: dict) -> None:
     print("\n(c) pruning: passes and mean objective relative to the paper schedule "
           "(tiny backbone + ridge Readout fitted to the simulated monkey, 32 px)")
     R, T = (16, 20) if q else (32, 20)
@@ -252,9 +268,6 @@ def main() -> None:
         print(f"{st:5d} {keep:6.3f} {after:6.3f} {rounds:6d} {str(es):>6s} {fr:7.3f} {rel:10.4f}")
     ratios["c_fraction"] = summ["frac"]
     ratios["c_fraction_same_steps"] = summ["frac_same"]
-
-    print("\nratios: " + "  ".join(f"{k}={v:.3f}" for k, v in ratios.items())
-          + "   (targets: a>=0.9, b>=1.0, c<=0.25)")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,14 @@ step sizes, radii), so results do not depend on how rows were batched.
 
 Cost is counted in forward+backward passes of one row ("passes"); a problem's
 ``budget_passes`` is the sum over its restarts.
+
+Code layout (after MadryLab ``robustness``' ``attack_steps``): the feasible set is
+:class:`stimuli.projection.L2BoxSet` with its three verbs (``random_perturb``, ``step``,
+``project``); a batch's per-row state is the dataclass :class:`_Rows`; the per-row steps of
+one pass are plain functions (:func:`_start_rows`, :func:`_keep_best`,
+:func:`_next_iterates`); :class:`_Search` runs the batch loop (``run``: fill the batch,
+evaluate, keep the best, decide transitions, step, then retire, park and prune rows) and
+keeps each problem's bookkeeping.
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ import torch
 
 from stimuli.controls import random_stimuli
 from stimuli.objective import SiteObjective
-from stimuli.projection import L2BoxSet, l2_step, project_ball_box
+from stimuli.projection import L2BoxSet
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
 
@@ -143,26 +151,94 @@ def _row_seed(seed: int, image: int, site: int, epsilon: float, sign: int, resta
     return int(ss.generate_state(1, dtype=np.uint64)[0] % np.uint64(2**63))
 
 
-_STATE = ("problem", "restart", "image", "site", "sign", "eps", "phase", "it", "stall",
-          "step", "anchor_val", "rank_val", "delta", "anchor", "anchor_grad", "x0", "lower", "upper")
+@dataclass
+class _Problems:
+    """The problems of one :func:`iter_solutions` call, one entry per problem ``k``."""
+
+    image: torch.Tensor      # (P,) long, index into the clean images
+    site: torch.Tensor       # (P,) long
+    eps: torch.Tensor        # (P,) float32 L2 radius (pixels in [0,1])
+    sign: torch.Tensor       # (P,) long, +1 or -1
+    f0: torch.Tensor         # (P,) float32, s * f_site(x) on the clean image (spikes)
+    epsilon: Sequence[float]  # the radii as given (float64), for the per-row seeds
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
 
 
+@dataclass
 class _Rows:
-    """The batch's per-row state, as tensors with one leading row dimension."""
+    """The per-row state of a batch: one restart of one problem per row, tensors with one
+    leading row dimension. A row's *anchor* is its current phase's best iterate (the point
+    the next step starts from), ``anchor_val`` its value and ``anchor_grad`` its gradient."""
 
-    def __init__(self, **t: torch.Tensor) -> None:
-        self.__dict__.update(t)
+    problem: torch.Tensor      # (B,) long, index into the problems
+    restart: torch.Tensor      # (B,) long
+    site: torch.Tensor         # (B,) long
+    sign: torch.Tensor         # (B,) float32, +1 or -1
+    eps: torch.Tensor          # (B,) float32, the final phase's radius
+    phase: torch.Tensor        # (B,) long, 1 (enlarged ball) or 2 (final ball)
+    it: torch.Tensor           # (B,) long, passes done by this row
+    stall: torch.Tensor        # (B,) long, consecutive passes without relative progress
+    step: torch.Tensor         # (B,) float32, L2 step size
+    anchor_val: torch.Tensor   # (B,) float32, s * (f(x + anchor) - f(x)); -inf before the phase's first pass
+    rank_val: torch.Tensor     # (B,) float32, the best value after the last pass (pruning ranks by it)
+    delta: torch.Tensor        # (B, 3, H, W) the iterate the next pass evaluates
+    anchor: torch.Tensor       # (B, 3, H, W)
+    anchor_grad: torch.Tensor  # (B, 3, H, W)
+    x0: torch.Tensor           # (B, 3, H, W) the clean image, pixels in [0,1]
+    lower: torch.Tensor        # (B, 3, H, W) -x0
+    upper: torch.Tensor        # (B, 3, H, W) 1 - x0
 
     def __len__(self) -> int:
         return int(self.problem.shape[0])
 
     def take(self, idx: torch.Tensor) -> "_Rows":
-        return _Rows(**{k: getattr(self, k)[idx] for k in _STATE})
+        return _Rows(**{name: getattr(self, name)[idx] for name in _ROW_FIELDS})
+
+    def where(self, mask: torch.Tensor) -> "_Rows":
+        return self.take(mask.nonzero().squeeze(1))
 
     @staticmethod
-    def cat(parts: list["_Rows"]) -> "_Rows":
+    def cat(parts: list["_Rows | None"]) -> "_Rows":
         parts = [p for p in parts if p is not None and len(p)]
-        return _Rows(**{k: torch.cat([getattr(p, k) for p in parts]) for k in _STATE})
+        return _Rows(**{name: torch.cat([getattr(p, name) for p in parts]) for name in _ROW_FIELDS})
+
+    def feasible(self, radius: torch.Tensor, idx: torch.Tensor | None = None) -> L2BoxSet:
+        """Each row's (or rows ``idx``') ball of ``radius`` ∩ the pixel box; the box bounds
+        were computed once, when the row started."""
+        if idx is None:
+            return L2BoxSet.from_bounds(self.lower, self.upper, radius)
+        return L2BoxSet.from_bounds(self.lower[idx], self.upper[idx], radius)
+
+
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(_Rows))
+
+
+# ----------------------------------------------------------------------------- one pass, per row
+def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.Tensor, params: PerturbParams,
+                seed: int) -> _Rows:
+    """Fresh rows for ``jobs`` = (problem, restart): a uniform start in the first phase's ball
+    (each row from its own seeded generator), projected onto ball ∩ box."""
+    dev = clean.device
+    pi = torch.tensor([j[0] for j in jobs], device=dev)
+    ri = torch.tensor([j[1] for j in jobs], device=dev)
+    b = len(jobs)
+    e = problems.eps[pi]
+    phase = torch.full((b,), 1 if params.first_phase_passes > 0 else 2, device=dev)
+    radius = torch.where(phase == 1, e * params.first_phase_radius_factor, e)
+    gens = [torch.Generator().manual_seed(_row_seed(seed, int(problems.image[p]), int(problems.site[p]),
+                                                    float(problems.epsilon[p]), int(problems.sign[p]), r))
+            for p, r in jobs]
+    x0 = clean[problems.image[pi]]
+    box = L2BoxSet(x0, radius)
+    delta = box.random_perturb(gens)
+    z = torch.zeros(b, device=dev)
+    return _Rows(problem=pi, restart=ri, site=problems.site[pi], sign=problems.sign[pi].float(), eps=e,
+                 phase=phase, it=torch.zeros(b, dtype=torch.long, device=dev),
+                 stall=torch.zeros(b, dtype=torch.long, device=dev), step=e.clone(),
+                 anchor_val=z - math.inf, rank_val=z - math.inf, delta=delta, anchor=delta.clone(),
+                 anchor_grad=torch.zeros_like(delta), x0=x0, lower=box.lower, upper=box.upper)
 
 
 def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> None:
@@ -184,6 +260,188 @@ def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> N
         rows.anchor_grad.index_copy_(0, fwd, grad.index_select(0, fwd))
 
 
+def _keep_best(rows: _Rows, val: torch.Tensor, grad: torch.Tensor, params: PerturbParams) -> None:
+    """After a pass with values ``val`` at ``rows.delta``: keep the phase's best iterate, adapt
+    the step (decay without progress, optional growth with it) and count stalled passes."""
+    progress = val > rows.anchor_val
+    gain = torch.where(progress & torch.isfinite(rows.anchor_val), val - rows.anchor_val,
+                       torch.where(progress, torch.full_like(val, math.inf), torch.zeros_like(val)))
+    _keep_progress(rows, progress, grad)
+    rows.anchor_val = torch.where(progress, val, rows.anchor_val)
+    grown = torch.minimum(rows.step * params.step_growth, 2 * rows.eps * params.first_phase_radius_factor)
+    rows.step = torch.where(progress, grown if params.step_growth != 1 else rows.step, rows.step * params.step_decay)
+    small = gain <= params.early_stop_tolerance * rows.anchor_val.abs().clamp_min(1e-12)
+    rows.stall = torch.where(small, rows.stall + 1, torch.zeros_like(rows.stall))
+    rows.rank_val = rows.anchor_val.clone()
+
+
+def _next_iterates(rows: _Rows, switch: torch.Tensor, params: PerturbParams) -> torch.Tensor:
+    """The next iterate of every row: an L2 step from its anchor, projected onto its phase's
+    ball ∩ box. Rows in ``switch`` enter the final phase instead: they restart from the
+    projection of their anchor onto the final ball, with step size ``e`` and no best yet."""
+    radius = torch.where(rows.phase == 1, rows.eps * params.first_phase_radius_factor, rows.eps)
+    box = rows.feasible(radius)
+    nxt = box.project(box.step(rows.anchor, rows.anchor_grad, rows.step))
+    if bool(switch.any()):
+        sw = switch.nonzero().squeeze(1)
+        nxt[sw] = rows.feasible(rows.eps[sw], sw).project(rows.anchor[sw])
+        rows.phase[sw] = 2
+        rows.step[sw] = rows.eps[sw]
+        rows.anchor_val[sw] = -math.inf
+        rows.stall[sw] = 0
+    return nxt
+
+
+# ----------------------------------------------------------------------------- the search
+class _Search:
+    """All problems of one :func:`iter_solutions` call: the batch loop and its bookkeeping.
+
+    Per problem: its best final-phase iterate so far (``best_*``, the answer), the passes
+    spent, and its ``outstanding`` restarts (not yet finished or pruned). Rows waiting for
+    the rest of their problem at a pruning checkpoint sit in ``parked``; the survivors of a
+    checkpoint queue in ``resumed``, restarts not yet started in ``fresh``.
+    """
+
+    def __init__(self, objective: SiteObjective, clean: torch.Tensor, problems: _Problems, params: PerturbParams,
+                 seed: int, progress: bool) -> None:
+        self.objective, self.clean, self.problems, self.params, self.seed = objective, clean, problems, params, seed
+        n_prob, T = len(problems), params.steps
+        self.at_checkpoint = torch.zeros(T + 1, dtype=torch.bool, device=clean.device)
+        self.at_checkpoint[list(params.prune_checkpoints)] = True
+        self.best_val = torch.full((n_prob,), -math.inf)
+        self.best_restart = torch.full((n_prob,), params.restarts, dtype=torch.long)
+        self.best_delta: dict[int, torch.Tensor] = {}
+        self.passes = torch.zeros(n_prob, dtype=torch.long)
+        self.outstanding = torch.full((n_prob,), params.restarts, dtype=torch.long)
+        self.parked: dict[int, list[_Rows]] = {}
+        self.resumed: deque[_Rows] = deque()
+        self.fresh: deque[tuple[int, int]] = deque()
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=n_prob, unit="problem", desc="perturbations", dynamic_ncols=True, disable=None)
+        self.t_start, self.row_passes = time.perf_counter(), 0
+
+    def run(self) -> Iterator[Solution]:
+        """Solve every problem; yield each :class:`Solution` as soon as its problem is done."""
+        yield from self._queue_restarts()
+        batch: _Rows | None = None
+        while True:
+            batch = self._fill(batch)
+            if batch is None or len(batch) == 0:
+                break
+            val, grad = self._evaluate(batch)
+            _keep_best(batch, val, grad, self.params)
+            switch, done, park = self._transitions(batch)
+            batch.delta = _next_iterates(batch, switch, self.params)
+            if bool(done.any()):
+                yield from self._retire(batch.where(done))
+            if bool(park.any()):
+                self._park(batch.where(park))
+            self._prune()
+            stay = ~(done | park)
+            batch = batch.where(stay) if not bool(stay.all()) else batch
+        if self.bar is not None:
+            self.bar.close()
+
+    # ---- the steps of one loop
+    def _queue_restarts(self) -> Iterator[Solution]:
+        """Queue every restart of every problem; a problem with e = 0 is answered at once
+        (the clean image, no passes)."""
+        shape = self.clean.shape[1:]
+        for p in range(len(self.problems)):
+            if float(self.problems.eps[p]) == 0.0:
+                self.best_val[p], self.best_delta[p], self.outstanding[p] = 0.0, torch.zeros(shape), 0
+                yield self._finish(p)
+            else:
+                self.fresh.extend((p, r) for r in range(self.params.restarts))
+
+    def _fill(self, batch: _Rows | None) -> _Rows | None:
+        """Fill the batch's free slots: checkpoint survivors first, then fresh restarts."""
+        free = self.params.max_batch_rows - (len(batch) if batch is not None else 0)
+        add: list[_Rows] = []
+        while free > 0 and self.resumed:
+            r = self.resumed.popleft()
+            if len(r) > free:
+                self.resumed.appendleft(r.take(torch.arange(free, len(r), device=r.problem.device)))
+                r = r.take(torch.arange(free, device=r.problem.device))
+            add.append(r)
+            free -= len(r)
+        if free > 0 and self.fresh:
+            jobs = [self.fresh.popleft() for _ in range(min(free, len(self.fresh)))]
+            add.append(_start_rows(self.problems, jobs, self.clean, self.params, self.seed))
+        return _Rows.cat([batch] + add) if add else batch
+
+    def _evaluate(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward+backward pass for every row: ``s * (f(x + delta) - f(x))`` and its gradient."""
+        val, grad = self.objective.value_and_grad(rows.x0 + rows.delta, rows.site, rows.sign)
+        val = val - self.problems.f0[rows.problem]
+        self.row_passes += len(rows)
+        self.passes.index_add_(0, rows.problem.cpu(), torch.ones(len(rows), dtype=torch.long))
+        rows.it += 1
+        return val, grad
+
+    def _transitions(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks after a pass: rows entering the final phase, rows done (final phase out of
+        steps or stalled), rows parking at a checkpoint (unless their problem's last live restart)."""
+        p = self.params
+        switch = (rows.phase == 1) & (rows.it == p.first_phase_passes)
+        stalled = (rows.stall >= p.early_stop_patience) if p.early_stop else torch.zeros_like(switch)
+        done = (rows.phase == 2) & ((rows.it >= p.steps) | stalled)
+        park = (~done & self.at_checkpoint[rows.it.clamp_max(p.steps)]
+                & (self.outstanding[rows.problem.cpu()] > 1).to(rows.problem.device))
+        return switch, done, park
+
+    def _offer(self, rows: _Rows) -> None:
+        """Final-phase bests of these rows become candidates for their problems' answers
+        (ties go to the lower restart index)."""
+        phases, probs = rows.phase.tolist(), rows.problem.tolist()
+        vals, restarts = rows.anchor_val.tolist(), rows.restart.tolist()
+        for k, (ph, p, v, r) in enumerate(zip(phases, probs, vals, restarts)):
+            if ph != 2:
+                continue
+            if v > self.best_val[p] or (v == self.best_val[p] and r < self.best_restart[p]):
+                self.best_val[p], self.best_restart[p] = v, r
+                self.best_delta[p] = rows.anchor[k].detach().cpu().clone()
+
+    def _retire(self, rows: _Rows) -> Iterator[Solution]:
+        """Rows that are done: offer their bests; answer problems with no restart left."""
+        self._offer(rows)
+        for p in rows.problem.tolist():
+            self.outstanding[p] -= 1
+        for p in sorted(set(rows.problem.tolist())):
+            if self.outstanding[p] == 0 and p not in self.parked:
+                yield self._finish(p)
+
+    def _park(self, rows: _Rows) -> None:
+        """Rows at a checkpoint wait, per problem, for the problem's other live restarts."""
+        for p in sorted(set(rows.problem.tolist())):
+            self.parked.setdefault(p, []).append(rows.where(rows.problem == p))
+
+    def _prune(self) -> None:
+        """Successive halving: a problem whose every live restart has parked keeps its best
+        ``kept_of`` restarts (by their phase's best value; ties to the lower restart), which
+        queue to resume; the others are done, their final-phase bests offered."""
+        for p in [p for p, lst in self.parked.items() if sum(len(x) for x in lst) == self.outstanding[p]]:
+            grp = _Rows.cat(self.parked.pop(p))
+            order = sorted(range(len(grp)), key=lambda k: (-float(grp.rank_val[k]), int(grp.restart[k])))
+            keep = self.params.kept_of(len(grp))
+            dev = grp.problem.device
+            kept = torch.tensor(sorted(order[:keep]), device=dev, dtype=torch.long)
+            gone = torch.tensor(sorted(order[keep:]), device=dev, dtype=torch.long)
+            if len(gone):
+                self._offer(grp.take(gone))
+                self.outstanding[p] -= len(gone)
+            self.resumed.append(grp.take(kept))   # keep >= 1: the problem goes on
+
+    def _finish(self, p: int) -> Solution:
+        if self.bar is not None:
+            self.bar.update(1)
+            el = time.perf_counter() - self.t_start
+            self.bar.set_postfix(rows_per_s=f"{self.row_passes / el:.1f}" if el > 0 else "-", refresh=False)
+        return Solution(p, self.best_delta.pop(p), float(self.best_val[p]), int(self.passes[p]))
+
+
 def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequence[int], site: Sequence[int],
                    epsilon: Sequence[float], sign: Sequence[int], params: PerturbParams, seed: int = 0,
                    progress: bool = False, clean_values: torch.Tensor | None = None) -> Iterator[Solution]:
@@ -195,176 +453,27 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
     """
     params.check()
     dev = clean.device
-    image = torch.as_tensor(np.asarray(image, dtype=np.int64), device=dev)
-    site = torch.as_tensor(np.asarray(site, dtype=np.int64), device=dev)
+    image_t = torch.as_tensor(np.asarray(image, dtype=np.int64), device=dev)
+    site_t = torch.as_tensor(np.asarray(site, dtype=np.int64), device=dev)
     eps = torch.as_tensor(np.asarray(epsilon, dtype=np.float64), device=dev).float()
     sgn = torch.as_tensor(np.asarray(sign, dtype=np.int64), device=dev)
+    if clean_values is None:
+        clean_values = _clean_values(objective, clean, image_t, params.max_batch_rows)
+    f0 = sgn.float() * clean_values[image_t, site_t].to(dev)   # s * f_site(x), per problem
+    problems = _Problems(image=image_t, site=site_t, eps=eps, sign=sgn, f0=f0, epsilon=epsilon)
+    yield from _Search(objective, clean, problems, params, seed, progress).run()
+
+
+def _clean_values(objective: SiteObjective, clean: torch.Tensor, image: torch.Tensor, batch: int) -> torch.Tensor:
+    """(N, S) predictions on the clean images that ``image`` uses (others stay 0; not counted as passes)."""
+    dev = clean.device
     n_prob = len(image)
-    if clean_values is None:  # predictions on the clean images this call uses (not counted as passes)
-        used = torch.unique(image) if n_prob else image
-        clean_values = torch.zeros(len(clean), objective.n_sites(clean[:1]) if n_prob else 0, device=dev)
-        for i in range(0, len(used), params.max_batch_rows):
-            u = used[i:i + params.max_batch_rows]
-            clean_values[u] = objective.predict_all(clean[u]).to(dev)
-    f0 = sgn.float() * clean_values[image, site].to(dev)   # s * f_site(x), per problem
-
-    R, T = params.restarts, params.steps
-    L1, checkpoints = params.first_phase_passes, params.prune_checkpoints
-    at_checkpoint = torch.zeros(T + 1, dtype=torch.bool, device=dev)
-    at_checkpoint[list(checkpoints)] = True
-    cap = params.max_batch_rows
-    shape = clean.shape[1:]
-
-    best_val = torch.full((n_prob,), -math.inf)
-    best_restart = torch.full((n_prob,), R, dtype=torch.long)
-    best_delta: dict[int, torch.Tensor] = {}
-    passes = torch.zeros(n_prob, dtype=torch.long)
-    outstanding = torch.full((n_prob,), R, dtype=torch.long)
-    parked: dict[int, list[_Rows]] = {}
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_prob, unit="problem", desc="perturbations", dynamic_ncols=True, disable=None)
-    t_start, row_passes = time.perf_counter(), 0
-
-    def finish(p: int) -> Solution:
-        if bar is not None:
-            bar.update(1)
-            el = time.perf_counter() - t_start
-            bar.set_postfix(rows_per_s=f"{row_passes / el:.1f}" if el > 0 else "-", refresh=False)
-        d = best_delta.pop(p)
-        return Solution(p, d, float(best_val[p]), int(passes[p]))
-
-    # trivial problems (e = 0): the clean image, no passes
-    fresh: deque[tuple[int, int]] = deque()
-    for p in range(n_prob):
-        if float(eps[p]) == 0.0:
-            best_val[p], best_delta[p], outstanding[p] = 0.0, torch.zeros(shape), 0
-            yield finish(p)
-        else:
-            fresh.extend((p, r) for r in range(R))
-    resumed: deque[_Rows] = deque()
-
-    def new_rows(jobs: list[tuple[int, int]]) -> _Rows:
-        pi = torch.tensor([j[0] for j in jobs], device=dev)
-        ri = torch.tensor([j[1] for j in jobs], device=dev)
-        b = len(jobs)
-        e = eps[pi]
-        phase = torch.full((b,), 1 if L1 > 0 else 2, device=dev)
-        radius = torch.where(phase == 1, e * params.first_phase_radius_factor, e)
-        gens = [torch.Generator().manual_seed(_row_seed(seed, int(image[p]), int(site[p]), float(epsilon[p]),
-                                                        int(sgn[p]), r)) for p, r in jobs]
-        x0 = clean[image[pi]]
-        delta = L2BoxSet(x0, radius).random_perturb(gens)
-        z = torch.zeros(b, device=dev)
-        return _Rows(problem=pi, restart=ri, image=image[pi], site=site[pi], sign=sgn[pi].float(), eps=e,
-                     phase=phase, it=torch.zeros(b, dtype=torch.long, device=dev),
-                     stall=torch.zeros(b, dtype=torch.long, device=dev), step=e.clone(),
-                     anchor_val=z - math.inf, rank_val=z - math.inf, delta=delta, anchor=delta.clone(),
-                     anchor_grad=torch.zeros_like(delta), x0=x0, lower=-x0, upper=1.0 - x0)
-
-    def offer(rows: _Rows) -> None:
-        """Final-phase bests of these rows become candidates for their problems' answers."""
-        phases, probs = rows.phase.tolist(), rows.problem.tolist()
-        vals, restarts = rows.anchor_val.tolist(), rows.restart.tolist()
-        for k, (ph, p, v, r) in enumerate(zip(phases, probs, vals, restarts)):
-            if ph != 2:
-                continue
-            if v > best_val[p] or (v == best_val[p] and r < best_restart[p]):
-                best_val[p], best_restart[p] = v, r
-                best_delta[p] = rows.anchor[k].detach().cpu().clone()
-
-    batch: _Rows | None = None
-    while True:
-        # ---- fill free slots: parked survivors first, then fresh restarts
-        free = cap - (len(batch) if batch is not None else 0)
-        add: list[_Rows] = []
-        while free > 0 and resumed:
-            r = resumed.popleft()
-            if len(r) > free:
-                resumed.appendleft(r.take(torch.arange(free, len(r), device=dev)))
-                r = r.take(torch.arange(free, device=dev))
-            add.append(r)
-            free -= len(r)
-        if free > 0 and fresh:
-            jobs = [fresh.popleft() for _ in range(min(free, len(fresh)))]
-            add.append(new_rows(jobs))
-        if add:
-            batch = _Rows.cat([batch] + add)
-        if batch is None or len(batch) == 0:
-            break
-
-        # ---- one forward+backward pass for every row
-        rows = batch
-        x0 = rows.x0
-        val, grad = objective.value_and_grad(x0 + rows.delta, rows.site, rows.sign)
-        val = val - f0[rows.problem]                          # s * (f(x+d) - f(x))
-        b = len(rows)
-        row_passes += b
-        passes.index_add_(0, rows.problem.cpu(), torch.ones(b, dtype=torch.long))
-        rows.it += 1
-
-        # ---- keep the best iterate of the phase; decay the step where there was no progress
-        progress_ = val > rows.anchor_val
-        gain = torch.where(progress_ & torch.isfinite(rows.anchor_val), val - rows.anchor_val,
-                           torch.where(progress_, torch.full_like(val, math.inf), torch.zeros_like(val)))
-        _keep_progress(rows, progress_, grad)
-        rows.anchor_val = torch.where(progress_, val, rows.anchor_val)
-        grown = torch.minimum(rows.step * params.step_growth, 2 * rows.eps * params.first_phase_radius_factor)
-        rows.step = torch.where(progress_, grown if params.step_growth != 1 else rows.step,
-                                rows.step * params.step_decay)
-        small = gain <= params.early_stop_tolerance * rows.anchor_val.abs().clamp_min(1e-12)
-        rows.stall = torch.where(small, rows.stall + 1, torch.zeros_like(rows.stall))
-        rows.rank_val = rows.anchor_val.clone()
-
-        # ---- transitions
-        switch = (rows.phase == 1) & (rows.it == L1)
-        done = (rows.phase == 2) & ((rows.it >= T) | ((rows.stall >= params.early_stop_patience) if params.early_stop
-                                                      else torch.zeros_like(switch)))
-        # a row parks at a checkpoint unless it is its problem's last live restart
-        park = ~done & at_checkpoint[rows.it.clamp_max(T)] & (outstanding[rows.problem.cpu()] > 1).to(dev)
-        radius = torch.where(rows.phase == 1, rows.eps * params.first_phase_radius_factor, rows.eps)
-        nxt = project_ball_box(l2_step(rows.anchor, rows.anchor_grad, rows.step), rows.lower, rows.upper, radius)
-        if bool(switch.any()):
-            sw = switch.nonzero().squeeze(1)
-            nxt[sw] = project_ball_box(rows.anchor[sw], rows.lower[sw], rows.upper[sw], rows.eps[sw])
-            rows.phase[sw] = 2
-            rows.step[sw] = rows.eps[sw]
-            rows.anchor_val[sw] = -math.inf
-            rows.stall[sw] = 0
-        rows.delta = nxt
-
-        if bool(done.any()):
-            fin = rows.take(done.nonzero().squeeze(1))
-            offer(fin)
-            for p in fin.problem.tolist():
-                outstanding[p] -= 1
-            for p in sorted(set(fin.problem.tolist())):
-                if outstanding[p] == 0 and p not in parked:
-                    yield finish(p)
-        if bool(park.any()):
-            pk = rows.take(park.nonzero().squeeze(1))
-            for p in sorted(set(pk.problem.tolist())):
-                parked.setdefault(p, []).append(pk.take((pk.problem == p).nonzero().squeeze(1)))
-        # problems whose every live restart has parked: keep the best, release the rest
-        for p in [p for p, lst in parked.items() if sum(len(x) for x in lst) == outstanding[p]]:
-            grp = _Rows.cat(parked.pop(p))
-            order = sorted(range(len(grp)), key=lambda k: (-float(grp.rank_val[k]), int(grp.restart[k])))
-            keep = params.kept_of(len(grp))
-            kept = torch.tensor(sorted(order[:keep]), device=dev, dtype=torch.long)
-            gone = torch.tensor(sorted(order[keep:]), device=dev, dtype=torch.long)
-            if len(gone):
-                offer(grp.take(gone))
-                outstanding[p] -= len(gone)
-            if len(kept):
-                resumed.append(grp.take(kept))
-            elif outstanding[p] == 0:
-                yield finish(p)
-        stay = ~(done | park)
-        batch = rows.take(stay.nonzero().squeeze(1)) if not bool(stay.all()) else rows
-    if bar is not None:
-        bar.close()
+    used = torch.unique(image) if n_prob else image
+    values = torch.zeros(len(clean), objective.n_sites(clean[:1]) if n_prob else 0, device=dev)
+    for i in range(0, len(used), batch):
+        u = used[i:i + batch]
+        values[u] = objective.predict_all(clean[u]).to(dev)
+    return values
 
 
 def solve(objective: SiteObjective, clean: torch.Tensor, image, site, epsilon, sign, params: PerturbParams,
@@ -389,16 +498,6 @@ def validate_images(clean) -> np.ndarray:
     if clean.ndim != 4 or clean.shape[-1] != 3 or len(clean) == 0:
         raise ValueError(f"clean images must have shape (N, H, W, 3) with N >= 1; got {clean.shape}")
     return clean
-
-
-def validate_float_images(x: torch.Tensor) -> torch.Tensor:
-    """Float images (N, 3, H, W) must lie in [0,1]."""
-    if not torch.is_floating_point(x) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must be float (N, 3, H, W) in [0,1]; got {x.dtype} {tuple(x.shape)}")
-    lo, hi = float(x.min()), float(x.max())
-    if not (0.0 <= lo and hi <= 1.0):
-        raise ValueError(f"images must lie in [0,1] (uint8 / 255); got values in [{lo:g}, {hi:g}]")
-    return x
 
 
 def validate_epsilons(epsilons) -> list[float]:

@@ -125,19 +125,26 @@ class L2BoxSet:
     """Rows of ``{delta : ||delta||_2 <= radius_k, 0 <= x_k + delta <= 1}``.
 
     ``clean``: (B, C, H, W) float pixels in [0,1]; ``radius``: (B,) L2 norms (same space).
+    The box bounds ``lower = -clean`` and ``upper = 1 - clean`` are computed once, here;
+    :meth:`from_bounds` reuses bounds already computed (an optimiser's rows keep theirs).
     """
 
     def __init__(self, clean: torch.Tensor, radius: torch.Tensor) -> None:
-        self.clean = clean
+        self.lower = -clean
+        self.upper = 1.0 - clean
         self.radius = radius.to(clean.dtype).reshape(clean.shape[0])
 
-    @property
-    def lower(self) -> torch.Tensor:
-        return -self.clean
+    @classmethod
+    def from_bounds(cls, lower: torch.Tensor, upper: torch.Tensor, radius: torch.Tensor) -> "L2BoxSet":
+        """The set with bounds ``lower = -clean`` and ``upper = 1 - clean`` (B, C, H, W) given."""
+        box = cls.__new__(cls)
+        box.lower, box.upper = lower, upper
+        box.radius = radius.to(lower.dtype).reshape(lower.shape[0])
+        return box
 
     @property
-    def upper(self) -> torch.Tensor:
-        return 1.0 - self.clean
+    def clean(self) -> torch.Tensor:
+        return -self.lower
 
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         """Exact projection of each row onto its ball ∩ box."""
@@ -156,15 +163,15 @@ class L2BoxSet:
         Uniform in the n-ball: Gaussian direction, radius ``r * U^(1/n)``. Drawing each row
         from its own generator makes a row's start independent of how rows are batched.
         """
-        b = self.clean.shape[0]
-        n = self.clean[0].numel()
+        like = self.lower
+        b, n = like.shape[0], like[0].numel()
         dirs, us = [], []
         for g in generators:
-            dirs.append(torch.randn(self.clean.shape[1:], generator=g, dtype=torch.float32))
+            dirs.append(torch.randn(like.shape[1:], generator=g, dtype=torch.float32))
             us.append(torch.rand((), generator=g, dtype=torch.float64))
-        d = torch.stack(dirs).to(self.clean.device, self.clean.dtype)
-        u = torch.stack(us).to(self.clean.device)
-        rad = (self.radius.double() * u.pow(1.0 / n)).to(self.clean.dtype)
+        d = torch.stack(dirs).to(like.device, like.dtype)
+        u = torch.stack(us).to(like.device)
+        rad = (self.radius.double() * u.pow(1.0 / n)).to(like.dtype)
         dn = _flat(d).norm(dim=1).clamp_min(1e-30)
         d = d * _row(rad / dn, d)
         return self.project(d[:b])
