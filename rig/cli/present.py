@@ -83,14 +83,26 @@ def run_present(args: argparse.Namespace) -> int:
                 print(f"warning: flips came at {stats['measured_hz']:.2f} Hz, not {refresh:.2f} Hz: is vsync on?")
             print(format_report(stats))
             return 0 if stats["dropped"] == 0 else 1
+        from rig.presenter.devices import fixation_params, make_eye, make_reward
         from rig.presenter.server import PresenterServer
 
+        eye = make_eye(cfg)
+        reward = make_reward(cfg)
+        if eye is not None:
+            eye.open()
+            if not args.quiet:
+                print(f"[presenter] fixation control with {eye.name}", file=sys.stderr, flush=True)
         try:
             server = PresenterServer(stage, args.endpoint or pc.endpoint, heartbeat_s=pc.heartbeat_s,
                                      dead_after_s=pc.dead_after_s, refresh_hz=refresh, pace=args.pace,
                                      frame_tolerance=mon.frame_tolerance, marker=marker, keys=keys,
-                                     verbose=not args.quiet)
+                                     verbose=not args.quiet, eye=eye, fixation=fixation_params(cfg),
+                                     reward=reward, reward_ms=cfg.reward.duration_ms,
+                                     manual_reward_key=cfg.reward.manual_key)
         except ValueError as exc:
+            if eye is not None:
+                eye.close()
+            reward.close()
             raise UserError(str(exc)) from None
         return server.run()
     finally:

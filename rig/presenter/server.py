@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from rig.backend import GazeSamples
+from rig.presenter.fixation import FixationControl, FixationParams
 from rig.presenter.markers import MarkerOutput, NoMarker
+from rig.sources.reward import KINDS as REWARD_KINDS, NoReward, RewardLog, give_and_log
 from rig.presenter.stage import Stage
 from rig.presenter.timing import frame_counts, frames_at_least
 from rig.presenter.trial import run_frames
@@ -41,7 +44,9 @@ class PresenterServer:
 
     def __init__(self, stage: Stage, endpoint: str, *, heartbeat_s: float = 0.5, dead_after_s: float = 3.0,
                  refresh_hz: float | None = None, pace: bool = False, frame_tolerance: float = 0.1,
-                 marker: MarkerOutput | None = None, keys: CurveKeys | None = None, verbose: bool = True):
+                 marker: MarkerOutput | None = None, keys: CurveKeys | None = None, verbose: bool = True,
+                 eye=None, fixation: FixationParams | None = None, reward=None, reward_ms: float = 100.0,
+                 manual_reward_key: str = "r"):
         require_security(endpoint, keys, "presenter")
         self.stage = stage
         self.endpoint = endpoint
@@ -88,6 +93,16 @@ class PresenterServer:
         self.preloaded_digest = ""
         self.trials_run = 0
         self.last_trial: dict = {}
+        # eye, fixation and reward (rig.presenter.fixation, rig.sources.reward)
+        from psychopy import logging as _pl
+
+        self.clock = _pl.defaultClock.getTime            # the clock flips are stamped with
+        self.eye = eye
+        self.fixation = FixationControl(eye, self.clock, fixation or FixationParams()) if eye is not None else None
+        self.reward = reward or NoReward()
+        self.reward_ms = float(reward_ms)
+        self.manual_reward_key = manual_reward_key
+        self.rewards = RewardLog()
 
     # ------------------------------------------------------------------ i/o
     def log(self, text: str) -> None:
@@ -159,7 +174,11 @@ class PresenterServer:
             if time.monotonic() - last_pump > 0.1:         # keep the window responsive while idle
                 last_pump = time.monotonic()
                 self.stage.win.winHandle.dispatch_events()
+                self.check_manual_reward()
         self.marker.close()
+        if self.eye is not None:
+            self.eye.close()
+        self.reward.close()
         self.sock.close(linger=0)
         return 0
 
@@ -246,9 +265,20 @@ class PresenterServer:
             reason = self.dispatch(msg, busy=True) or reason
             msg = self.receive()
         self.beat_if_due()
+        self.check_manual_reward()
         if self.lost:
             reason = reason or "controller lost"
         return reason
+
+    def check_manual_reward(self) -> None:
+        """The experimenter's reward key (``reward.manual_key``) gives one reward now."""
+        if not self.manual_reward_key:
+            return
+        from psychopy import event
+
+        for _ in event.getKeys(keyList=[self.manual_reward_key]):
+            give_and_log(self.reward, self.rewards, self.reward_ms, "manual", self.clock)
+            self.log(f"manual reward ({self.reward_ms:g} ms)")
 
     # ------------------------------------------------------------------ commands
     def describe(self) -> dict:
@@ -256,7 +286,10 @@ class PresenterServer:
                 "refresh_hz": self.refresh_hz, "paced": self.pace, "window_px": list(self.stage.size_px),
                 "session": self.session, "frames": self.frames, "n_images": len(self.sha1s),
                 "set_digest": self.preloaded_digest, "trials_run": self.trials_run,
-                "controller_lost_count": self.lost_count, "last_trial": self.last_trial}
+                "controller_lost_count": self.lost_count, "last_trial": self.last_trial,
+                "eye": getattr(self.eye, "name", "none") if self.eye is not None else "none",
+                "reward": getattr(self.reward, "name", "none"), "reward_ms": self.reward_ms,
+                "scaling": getattr(self.stage, "scaling", "smooth")}
 
     def cmd_hello(self, msg):
         return self.describe(), {}
@@ -288,6 +321,11 @@ class PresenterServer:
         n_on, n_mask = frame_counts(stim_on, mask, self.refresh_hz, self.frame_tolerance)
         if not size_deg > 0:
             raise Refused(f"image_size_deg = {size_deg}: expected degrees > 0")
+        if self.fixation is not None:
+            self.fixation.params.window_deg = window_deg
+            self.fixation.params.acquire_ms = fixation_ms
+        if b.get("reward_ms") is not None:
+            self.reward_ms = float(b["reward_ms"])
         self.session = msg.session
         self.frames = {"n_fix": frames_at_least(fixation_ms, self.refresh_hz), "n_on": n_on, "n_mask": n_mask,
                        "refresh_hz": self.refresh_hz}
@@ -378,9 +416,14 @@ class PresenterServer:
         if capture and f["n_fix"] + len(idx) * (f["n_on"] + f["n_mask"]) > 400:
             raise Refused("run_trial: capture is for short diagnostic trials (at most 400 frames)")
         log = run_frames(self.stage, idx, f["n_fix"], f["n_on"], f["n_mask"], should_abort=self.serve_while_busy,
-                         marker=self.marker, pace_hz=self.refresh_hz if self.pace else None, capture=capture)
+                         marker=self.marker, pace_hz=self.refresh_hz if self.pace else None, capture=capture,
+                         fixation=self.fixation)
         per = log.presentations(len(idx), f["n_on"], f["n_mask"], self.refresh_hz)
         self.trials_run += 1
+        if not log.aborted and per["completed"] == len(idx):
+            give_and_log(self.reward, self.rewards, self.reward_ms, "trial", self.clock)
+        trace = self.fixation.trace() if self.fixation is not None else GazeSamples.empty()
+        rewards = self.rewards.take()
         result = {"trial_index": b.get("trial_index"), "completed": per["completed"], "aborted": log.aborted,
                   "reason": log.reason, "n_presentations": len(idx), **{k: f[k] for k in ("n_fix", "n_on", "n_mask")},
                   "refresh_hz": self.refresh_hz,
@@ -391,7 +434,14 @@ class PresenterServer:
         arrays = {"onset_s": per["onset_s"], "mask_s": per["mask_s"], "frames_on": per["frames_on"].astype(np.int32),
                   "frames_mask": per["frames_mask"].astype(np.int32), "dropped": per["dropped"],
                   "frame_time_s": log.frame_time_s, "frame_kind": log.frame_kind, "frame_pres": log.frame_pres,
-                  "event_time_s": np.array([e["t"] for e in log.events], dtype=np.float64)}
+                  "event_time_s": np.array([e["t"] for e in log.events], dtype=np.float64),
+                  "frame_gaze_t": log.frame_gaze_t, "frame_gaze_in": log.frame_gaze_in,
+                  "eye_t_s": trace.t_s, "eye_x_deg": trace.x_deg, "eye_y_deg": trace.y_deg, "eye_pupil": trace.pupil,
+                  "reward_t_s": np.asarray(rewards.t_s, np.float64),
+                  "reward_ms": np.asarray(rewards.duration_ms, np.float64),
+                  "reward_kind": np.asarray([REWARD_KINDS.index(k) for k in rewards.kind], np.int8)}
+        result["break_t_s"] = log.break_t if np.isfinite(log.break_t) else None
+        result["eye"] = self.eye.name if self.eye is not None else "none"
         if capture:
             arrays["captures"] = np.stack(log.captures)
         return result, arrays
