@@ -10,7 +10,8 @@ calibration can be tested against a known map.
 
 As a separate process (``itloop sim-gaze --name itloop-sim-gaze --seconds 60``) it
 publishes an LSL stream (type "Gaze", channels x, y, pupil; float32) with per-sample
-timestamps on the LSL clock; ``look X Y`` lines on stdin move the look point (degrees).
+timestamps on the LSL clock; ``look X Y`` lines on stdin move the look point (degrees),
+``break_at T`` lines inject a break at LSL time T.
 It stops by itself after ``--seconds``. Imports only numpy and pylsl (DESIGN section 3).
 """
 from __future__ import annotations
@@ -57,6 +58,10 @@ class GazeModel:
             self.M, self.c = a[:4].reshape(2, 2), a[4:]
         else:
             self.M, self.c = np.eye(2), np.zeros(2)
+
+    def add_break(self, t_s: float) -> None:
+        """Saccade away at sample time ``t_s`` (an injected fixation break)."""
+        self.breaks = sorted(self.breaks + [float(t_s)])
 
     def look_at(self, x_deg: float, y_deg: float) -> None:
         self.look = np.array([x_deg, y_deg], float)
@@ -106,9 +111,15 @@ def publish(params: GazeParams, name: str, seconds: float, stdin=None) -> int:
     def read_commands():
         for line in stdin:
             bits = line.split()
-            if len(bits) == 3 and bits[0] == "look":
-                with lock:
-                    model.look_at(float(bits[1]), float(bits[2]))
+            try:
+                if len(bits) == 3 and bits[0] == "look":
+                    with lock:
+                        model.look_at(float(bits[1]), float(bits[2]))
+                elif len(bits) == 2 and bits[0] == "break_at":
+                    with lock:
+                        model.add_break(float(bits[1]))
+            except ValueError:
+                print(f"sim.gaze: ignored {line.strip()!r}", file=sys.stderr, flush=True)
 
     if stdin is not None:
         threading.Thread(target=read_commands, daemon=True).start()

@@ -36,7 +36,7 @@ def _presenter_backend(cfg: Config):
           "(spikes come from the simulated monkey: no acquisition bridge yet)", flush=True)
     monkey = build_sim_monkey(cfg)
     backend = PresenterBackend(client, SimSpikeSource(monkey), frame_tolerance=cfg.monitor.frame_tolerance,
-                               fixation_window_deg=cfg.rsvp.fixation_window_deg)
+                               fixation_window_deg=cfg.rsvp.fixation_window_deg, reward_ms=cfg.reward.duration_ms)
     names = [f"sim{c:03d}" for c in range(monkey.n_channels)]
     return backend, names, {"spike_source": "simulated monkey", "presenter_endpoint": p.endpoint}
 

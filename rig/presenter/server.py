@@ -442,6 +442,7 @@ class PresenterServer:
                   "reward_kind": np.asarray([REWARD_KINDS.index(k) for k in rewards.kind], np.int8)}
         result["break_t_s"] = log.break_t if np.isfinite(log.break_t) else None
         result["eye"] = self.eye.name if self.eye is not None else "none"
+        result["eye_offset_s"] = self.fixation.offset_s if self.fixation is not None else None   # presenter - eye clock
         if capture:
             arrays["captures"] = np.stack(log.captures)
         return result, arrays
