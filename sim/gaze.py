@@ -93,8 +93,27 @@ class GazeModel:
         return out
 
 
-def publish(params: GazeParams, name: str, seconds: float, stdin=None) -> int:
-    """Publish gaze over LSL for ``seconds``; ``look X Y`` lines on ``stdin`` move the look point."""
+def _follow_targets(stream: str, model: GazeModel, lock, seconds: float, latency_s: float = 0.2) -> None:
+    """Look at each target announced on the LSL marker stream ``stream`` ("x y" degrees), after a
+    saccade latency: the simulated monkey watching the calibration targets."""
+    import pylsl
+
+    found = pylsl.resolve_byprop("name", stream, 1, seconds)
+    if not found:
+        return
+    inlet = pylsl.StreamInlet(found[0])
+    while True:
+        sample, _ = inlet.pull_sample(timeout=1.0)
+        if sample:
+            x, y = (float(v) for v in sample[0].split())
+            time.sleep(latency_s)
+            with lock:
+                model.look_at(x, y)
+
+
+def publish(params: GazeParams, name: str, seconds: float, stdin=None, follow: str = "") -> int:
+    """Publish gaze over LSL for ``seconds``; ``look X Y`` lines on ``stdin`` move the look point;
+    ``follow``: an LSL marker stream of calibration targets to look at."""
     import pylsl
 
     model = GazeModel(params)
@@ -123,6 +142,8 @@ def publish(params: GazeParams, name: str, seconds: float, stdin=None) -> int:
 
     if stdin is not None:
         threading.Thread(target=read_commands, daemon=True).start()
+    if follow:
+        threading.Thread(target=_follow_targets, args=(follow, model, lock, seconds), daemon=True).start()
     period = 1.0 / params.rate_hz
     t0 = pylsl.local_clock()
     next_t = t0

@@ -25,7 +25,7 @@ def run_sim_gaze(args: argparse.Namespace) -> int:
                         raw_affine=_floats(args.raw_affine, "--raw-affine"), seed=args.seed)
     if params.raw_affine and len(params.raw_affine) != 6:
         raise UserError("--raw-affine needs 6 numbers: m00,m01,m10,m11,c0,c1")
-    return publish(params, args.name, args.seconds, stdin=sys.stdin)
+    return publish(params, args.name, args.seconds, stdin=sys.stdin, follow=args.follow_targets)
 
 
 def register(subparsers) -> None:
@@ -40,5 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--away-ms", type=float, default=300.0, help="how long the eye stays away, ms")
     p.add_argument("--break-at", default="", help="comma-separated LSL-clock times of injected breaks, s")
     p.add_argument("--raw-affine", default="", help="m00,m01,m10,m11,c0,c1: publish raw = M @ deg + c")
+    p.add_argument("--follow-targets", default="", metavar="STREAM",
+                   help="look at the calibration targets announced on this LSL marker stream "
+                        "(the presenter's is itloop-calibration-target)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_sim_gaze)

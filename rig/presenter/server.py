@@ -213,7 +213,7 @@ class PresenterServer:
             self.send(error_reply(msg.seq, f"busy: command seq {self.busy_seq} is running; send {msg.type} "
                                            "again when it is done (or abort it)"))
             return None
-        if msg.type not in ("hello", "configure", "status", "capture", "shutdown") and msg.session != self.session:
+        if msg.type not in ("hello", "configure", "status", "capture", "shutdown", "calibrate") and msg.session != self.session:
             self.send(error_reply(msg.seq, f"out of order: message for session {msg.session!r} but the presenter "
                                            f"is configured for session {self.session!r}; send configure first"))
             return None
@@ -326,6 +326,10 @@ class PresenterServer:
             self.fixation.params.acquire_ms = fixation_ms
         if b.get("reward_ms") is not None:
             self.reward_ms = float(b["reward_ms"])
+        if b.get("calibration") and self.eye is not None:       # the raw -> degrees map the controller uses
+            from rig.sources.calibration import CalibrationMap
+
+            self.eye.set_calibration(CalibrationMap.from_dict(b["calibration"]))
         self.session = msg.session
         self.frames = {"n_fix": frames_at_least(fixation_ms, self.refresh_hz), "n_on": n_on, "n_mask": n_mask,
                        "refresh_hz": self.refresh_hz}
@@ -334,6 +338,50 @@ class PresenterServer:
                  f"at {self.refresh_hz:.2f} Hz; images {size_deg} deg = {size_px:.1f} px")
         return {**self.frames, "image_size_px": size_px,
                 "fixation_window_px": self.stage.monitor.px(window_deg)}, {}
+
+    def cmd_calibrate(self, msg):
+        """Show calibration targets: body {targets_deg: [[x, y], ...], window_deg, hold_ms, timeout_ms,
+        raw_per_deg}; reply: accepted flags and the raw samples of each accepted target."""
+        if self.eye is None:
+            raise Refused("calibrate: this presenter has no eye tracker (set eye.source in its config)")
+        from rig.presenter.calibration import run_calibration
+
+        b = msg.body
+        try:
+            targets = np.asarray(b["targets_deg"], float).reshape(-1, 2)
+            window, hold, timeout = float(b.get("window_deg", 3.0)), float(b.get("hold_ms", 300.0)), float(b.get("timeout_ms", 5000.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Refused(f"calibrate needs targets_deg [[x, y], ...] (and numeric window_deg, hold_ms, timeout_ms): {exc!r}") from None
+        saved = getattr(self.eye, "calibration", None)
+        self.eye.set_calibration(None)                      # raw samples while calibrating
+        try:
+            res = run_calibration(self.stage, self.eye, targets, window_deg=window, hold_ms=hold, timeout_ms=timeout,
+                                  raw_per_deg=float(b.get("raw_per_deg", 1.0)), should_abort=self.serve_while_busy,
+                                  on_accept=lambda i: give_and_log(self.reward, self.rewards, self.reward_ms,
+                                                                   "calibration", self.clock),
+                                  pace_hz=self.refresh_hz if self.pace else None, announce=self._target_outlet(str(b.get("target_stream", "itloop-calibration-target"))))
+        finally:
+            self.eye.set_calibration(saved)
+        arrays = {f"raw_{i}": np.asarray(r["raw"], np.float64) for i, r in enumerate(res)}
+        rewards = self.rewards.take()
+        arrays.update({"reward_t_s": np.asarray(rewards.t_s, np.float64),
+                       "reward_ms": np.asarray(rewards.duration_ms, np.float64)})
+        return {"targets": [{k: r[k] for k in ("target_deg", "accepted", "how")} for r in res]}, arrays
+
+    def _target_outlet(self, name: str):
+        """An LSL marker stream ``name`` ("x y" in degrees per target shown), so recording software
+        (and the simulated monkey's eye) can see which target is up; None without pylsl."""
+        if not hasattr(self, "_targets"):
+            self._targets = {}
+        if name not in self._targets:
+            try:
+                import pylsl
+            except ImportError:
+                return None
+            info = pylsl.StreamInfo(name, "Markers", 1, 0, pylsl.cf_string, f"{self.presenter_id}-{name}")
+            self._targets[name] = pylsl.StreamOutlet(info)
+        outlet = self._targets[name]
+        return lambda x, y: outlet.push_sample([f"{x:.4f} {y:.4f}"])
 
     def cmd_load_images(self, msg):
         """A chunk of the stimulus set: body {start, n_total, sha1: [...]}, array ``pixels``."""

@@ -106,6 +106,15 @@ class Stage:
         if self.photodiode:
             (self.patch_on if kind == "stim_on" else self.patch_off).draw()
 
+    def draw_target(self, x_px: float, y_px: float) -> None:
+        """One calibration target at (x, y) pixels from the centre (y up), on the grey screen."""
+        self.current = ("blank", -1)
+        self.fixation.pos = (x_px, y_px)
+        self.fixation.draw()
+        self.fixation.pos = (0, 0)
+        if self.photodiode:
+            self.patch_off.draw()
+
     def capture(self, buffer: str = "back") -> np.ndarray:
         """The window as uint8 (H, W, 3), top row first ('back': what the next flip shows)."""
         return np.asarray(self.win._getFrame(buffer=buffer), dtype=np.uint8)
