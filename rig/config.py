@@ -375,6 +375,15 @@ class LiveMonitorConfig:
 
 
 @dataclass
+class DisplayConfig:
+    image_scaling: Literal["smooth", "integer"] = "smooth"
+    gamma_monitor: str = ""
+
+    def check(self):
+        return []
+
+
+@dataclass
 class PathsConfig:
     data_dir: str = "runs"
     feature_cache: str = "cache/features"
@@ -402,6 +411,7 @@ class Config:
     fixation: FixationConfig = field(default_factory=FixationConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     live_monitor: LiveMonitorConfig = field(default_factory=LiveMonitorConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
 
     # the TOML text this config was built from (defaults + overrides), for the day file
     source_text: str = field(default="", repr=False, compare=False)

@@ -93,12 +93,15 @@ class PresenterBackend:
     name = "presenter"
 
     def __init__(self, client: PresenterClient, spikes: SpikeSource, *, wait_for_presenter_s: float = 60.0,
-                 frame_tolerance: float = 0.1, fixation_window_deg: float = 2.0, reward_ms: float | None = None):
+                 frame_tolerance: float = 0.1, fixation_window_deg: float = 2.0, reward_ms: float | None = None,
+                 calibration: dict | None = None):
         self.client = client
         self.spikes = spikes
         self.wait_s = wait_for_presenter_s
         self.fixation_window_deg = fixation_window_deg
         self.configure_extra = {} if reward_ms is None else {"reward_ms": reward_ms}
+        if calibration:                     # the eye's raw -> degrees map (rig.sources.calibration), applied by the presenter
+            self.configure_extra["calibration"] = calibration
         self._session: SessionInfo | None = None
         self.setup: dict = {}
 

@@ -1,4 +1,5 @@
-"""``itloop sim-gaze``: the simulated monkey's eye as a separate process publishing over LSL."""
+"""``itloop sim-gaze`` (the simulated monkey's eye as a separate process publishing over LSL)
+and ``itloop calibrate`` (the eye calibration through the presenter)."""
 from __future__ import annotations
 
 import argparse
@@ -45,3 +46,56 @@ def register(subparsers) -> None:
                         "(the presenter's is itloop-calibration-target)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_sim_gaze)
+    register_calibrate(subparsers)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Connect to the presenter, run the calibration and validation, save the map."""
+    from pathlib import Path
+
+    from rig.backends.calibration import calibrate
+    from rig.config import ConfigError, load_config
+    from rig.link.client import PresenterClient
+    from rig.link.protocol import curve_keys
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out or cfg.eye.calibration_file or "calibration.json")
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to replace it or choose another --out")
+    p = cfg.presenter
+    endpoint = args.endpoint or p.endpoint
+    try:
+        client = PresenterClient(endpoint, session="calibration", heartbeat_s=p.heartbeat_s, dead_after_s=p.dead_after_s,
+                                 ack_timeout_s=p.ack_timeout_s,
+                                 keys=curve_keys(p.curve_public_key, p.curve_secret_key, p.curve_server_key))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    with client:
+        print(f"waiting for the presenter at {client.endpoint} (start `itloop present --endpoint {client.endpoint}`)",
+              flush=True)
+        client.wait_for_presenter(args.wait)
+        if client.presenter_info.get("eye", "none") == "none":
+            raise UserError("the presenter has no eye tracker: set [eye] source in the presenter's config")
+        cmap = calibrate(client, cfg, validate=not args.no_validate, target_stream=args.target_stream)
+        if args.shutdown_presenter:
+            client.shutdown()
+    cmap.save(out)
+    print(f"saved {out} ({cmap.model}); set eye.calibration_file = \"{out}\" to use it (the day file stores it)")
+    return 0
+
+
+def register_calibrate(subparsers) -> None:
+    c = subparsers.add_parser("calibrate", help="eye calibration: 5 or 9 targets on the presenter, fit, validate, save")
+    c.add_argument("--config", help="TOML config ([eye], [fixation], [presenter], [reward])")
+    c.add_argument("--endpoint", help="where to listen for the presenter (default presenter.endpoint)")
+    c.add_argument("--out", help="calibration file to write (default eye.calibration_file or calibration.json)")
+    c.add_argument("--force", action="store_true", help="replace an existing calibration file")
+    c.add_argument("--no-validate", action="store_true", help="skip the validation pass")
+    c.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the presenter (default 60)")
+    c.add_argument("--target-stream", default="itloop-calibration-target",
+                   help="LSL marker stream the presenter announces targets on")
+    c.add_argument("--shutdown-presenter", action="store_true", help="stop the presenter afterwards (tests)")
+    c.set_defaults(func=run_calibrate)

@@ -60,8 +60,16 @@ def run_present(args: argparse.Namespace) -> int:
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         raise UserError("no X display (DISPLAY is not set): run the presenter on the stimulus computer's screen, "
                         "or headless under `xvfb-run -a itloop present --windowed 800x600 --refresh-hz 60 --pace`")
-    stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
-                  fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode)
+    try:
+        stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
+                      fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode,
+                      scaling=cfg.display.image_scaling, gamma_monitor=cfg.display.gamma_monitor)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if stage.gamma is not None and not args.quiet:
+        print(f"[presenter] gamma from Monitor Center monitor {stage.gamma['name']!r}: {stage.gamma['gamma_rgb']} "
+              f"({'loaded into the display' if stage.gamma['applied'] else 'the display refused the gamma ramp'})",
+              file=sys.stderr, flush=True)
     try:
         refresh = args.refresh_hz or stage.measure_refresh_hz()
         if not refresh:

@@ -2,7 +2,7 @@
 
 For each target (degrees from the screen centre, x right, y up) a dot is drawn every
 frame while the eye source's raw samples are read. A target is accepted when the raw gaze
-has rested for ``hold_ms``: every raw sample of that span lies within ``window`` raw units
+has rested for ``hold_ms`` (counting from ``settle_ms`` after the target appeared): every raw sample of that span lies within ``window`` raw units
 of their median (``window`` = ``window_deg`` x ``raw_per_deg``, the expected raw units per
 degree; 1 for a tracker that already sends degrees), or when the experimenter presses the
 accept key (space). A reward follows each accepted target. A target not accepted within
@@ -19,7 +19,7 @@ from rig.backend import GazeSamples
 
 
 def run_calibration(stage, eye, targets_deg: np.ndarray, *, window_deg: float, hold_ms: float, timeout_ms: float,
-                    raw_per_deg: float = 1.0, should_abort=lambda: None, on_accept=lambda i: None,
+                    raw_per_deg: float = 1.0, settle_ms: float = 0.0, should_abort=lambda: None, on_accept=lambda i: None,
                     pace_hz: float | None = None, accept_key: str = "space", announce=None) -> list[dict]:
     """Show each target until accepted; returns [{target_deg, accepted, raw (n, 2), how}] per target."""
     from psychopy import event
@@ -47,10 +47,13 @@ def run_calibration(stage, eye, targets_deg: np.ndarray, *, window_deg: float, h
             t_show = t_show if t_show is not None else eye.now_s()
             s = eye.read()
             if len(s):
-                parts.append(s)
+                keep = s.t_s >= t_show + settle_ms / 1000.0          # the eye needs time to get there
+                if keep.any():
+                    parts.append(GazeSamples(*(getattr(s, n)[keep] for n in
+                                               ("t_s", "x_deg", "y_deg", "pupil", "raw_x", "raw_y"))))
             allraw = GazeSamples.concat(parts)
             recent = allraw.t_s >= allraw.t_s[-1] - hold if len(allraw) else np.zeros(0, bool)
-            if len(allraw) and allraw.t_s[-1] - t_show >= hold and recent.sum() >= 3:
+            if len(allraw) and recent.sum() >= 3:
                 xy = np.c_[allraw.raw_x[recent], allraw.raw_y[recent]]
                 med = np.median(xy, axis=0)
                 span_ok = allraw.t_s[recent][0] <= allraw.t_s[-1] - hold * 0.9

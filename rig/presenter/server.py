@@ -24,7 +24,7 @@ from rig.backend import GazeSamples
 from rig.presenter.fixation import FixationControl, FixationParams
 from rig.presenter.markers import MarkerOutput, NoMarker
 from rig.sources.reward import KINDS as REWARD_KINDS, NoReward, RewardLog, give_and_log
-from rig.presenter.stage import Stage
+from rig.presenter.stage import SCALINGS, Stage
 from rig.presenter.timing import frame_counts, frames_at_least
 from rig.presenter.trial import run_frames
 from rig.link.protocol import (COMMANDS, HEARTBEAT, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode,
@@ -326,6 +326,10 @@ class PresenterServer:
             self.fixation.params.acquire_ms = fixation_ms
         if b.get("reward_ms") is not None:
             self.reward_ms = float(b["reward_ms"])
+        if b.get("image_scaling") is not None:
+            if b["image_scaling"] not in SCALINGS:
+                raise Refused(f"configure: image_scaling {b['image_scaling']!r}; expected one of {', '.join(SCALINGS)}")
+            self.stage.set_scaling(str(b["image_scaling"]))
         if b.get("calibration") and self.eye is not None:       # the raw -> degrees map the controller uses
             from rig.sources.calibration import CalibrationMap
 
@@ -336,7 +340,8 @@ class PresenterServer:
         size_px = self.stage.set_image_size(size_deg)
         self.log(f"session {self.session!r}: {n_on} frames on, {n_mask} mask, {self.frames['n_fix']} fixation "
                  f"at {self.refresh_hz:.2f} Hz; images {size_deg} deg = {size_px:.1f} px")
-        return {**self.frames, "image_size_px": size_px,
+        return {**self.frames, "image_size_px": size_px, "image_scaling": self.stage.scaling,
+                "gamma": {k: v for k, v in (self.stage.gamma or {}).items() if k != "monitor"} or None,
                 "fixation_window_px": self.stage.monitor.px(window_deg)}, {}
 
     def cmd_calibrate(self, msg):
@@ -356,7 +361,8 @@ class PresenterServer:
         self.eye.set_calibration(None)                      # raw samples while calibrating
         try:
             res = run_calibration(self.stage, self.eye, targets, window_deg=window, hold_ms=hold, timeout_ms=timeout,
-                                  raw_per_deg=float(b.get("raw_per_deg", 1.0)), should_abort=self.serve_while_busy,
+                                  raw_per_deg=float(b.get("raw_per_deg", 1.0)), settle_ms=float(b.get("settle_ms", 0.0)),
+                                  should_abort=self.serve_while_busy,
                                   on_accept=lambda i: give_and_log(self.reward, self.rewards, self.reward_ms,
                                                                    "calibration", self.clock),
                                   pace_hz=self.refresh_hz if self.pace else None, announce=self._target_outlet(str(b.get("target_stream", "itloop-calibration-target"))))
@@ -450,7 +456,9 @@ class PresenterServer:
         self.stage.show_blank()
         seconds = time.perf_counter() - t0
         self.log(f"preloaded {len(self.sha1s)} images in {seconds:.1f} s")
-        return {"n_images": len(self.sha1s), "seconds": seconds, "set_digest": self.preloaded_digest}, {}
+        shown = self.stage.shown_size_px(self.stage.images[0]._itloop_shape[0]) if self.stage.images else None
+        return {"n_images": len(self.sha1s), "seconds": seconds, "set_digest": self.preloaded_digest,
+                "image_scaling": self.stage.scaling, "image_shown_px": shown}, {}
 
     def cmd_run_trial(self, msg):
         if not self.preloaded_digest or self.frames is None:
