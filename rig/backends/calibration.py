@@ -13,7 +13,8 @@ from rig.errors import UserError
 from rig.sources.calibration import CalibrationMap, calibration_targets, fit_calibration, format_validation, validation_errors
 
 
-def _pass(client, cfg: Config, targets: np.ndarray, target_stream: str, timeout_s: float) -> tuple[list, list]:
+def _pass(client, cfg: Config, targets: np.ndarray, target_stream: str, timeout_s: float) -> tuple[list, list, int]:
+    """One pass over the targets: (per-target info, raw samples (n, 2) per target, rewards given)."""
     f = cfg.fixation
     msg = client.request_message("calibrate", {"targets_deg": targets.tolist(), "window_deg": f.calibration_window_deg,
                                                "hold_ms": f.calibration_hold_ms, "timeout_ms": f.calibration_timeout_ms,
@@ -21,7 +22,8 @@ def _pass(client, cfg: Config, targets: np.ndarray, target_stream: str, timeout_
                                  timeout_s=timeout_s)
     info = msg.body["result"]["targets"]
     raws = [np.asarray(msg.arrays.get(f"raw_{i}", np.zeros((0, 2))), float).reshape(-1, 2) for i in range(len(info))]
-    return info, raws
+    n_rewards = int(len(np.asarray(msg.arrays.get("reward_ms", np.zeros(0)))))
+    return info, raws, n_rewards
 
 
 def calibrate(client, cfg: Config, *, validate: bool = True, target_stream: str = "itloop-calibration-target",
@@ -34,9 +36,9 @@ def calibrate(client, cfg: Config, *, validate: bool = True, target_stream: str 
     f = cfg.fixation
     targets = calibration_targets(f.calibration_points, f.calibration_spread_deg)
     timeout_s = len(targets) * (f.calibration_timeout_ms / 1000.0 + 2.0) + 30.0
-    info, raws = _pass(client, cfg, targets, target_stream, timeout_s)
+    info, raws, n_rewards = _pass(client, cfg, targets, target_stream, timeout_s)
     ok = [i for i, t in enumerate(info) if t["accepted"] and len(raws[i])]
-    say(f"calibration: {len(ok)} of {len(targets)} targets accepted")
+    say(f"calibration: {len(ok)} of {len(targets)} targets accepted, {n_rewards} rewards given")
     if len(ok) < 3 or (f.calibration_model == "quadratic" and len(ok) < 6):
         raise UserError(f"calibration: only {len(ok)} targets accepted; too few for a {f.calibration_model} map. "
                         "Check the eye tracker's signal and try again (space accepts a target by hand)")
@@ -45,7 +47,7 @@ def calibrate(client, cfg: Config, *, validate: bool = True, target_stream: str 
     cmap = fit_calibration(raw, tgt, f.calibration_model)
     say("fit (calibration pass):\n" + format_validation(cmap.targets_deg, cmap.error_deg))
     if validate:
-        info, raws = _pass(client, cfg, targets, target_stream, timeout_s)
+        info, raws, _ = _pass(client, cfg, targets, target_stream, timeout_s)
         ok = [i for i, t in enumerate(info) if t["accepted"] and len(raws[i])]
         if ok:
             raw = np.concatenate([raws[i] for i in ok])
