@@ -87,6 +87,15 @@ class SimSpikeSource:
         self._session = None
 
 
+def eye_and_reward_fields(res: TrialResult) -> dict:
+    """The presenter's eye trace (presenter clock, degrees) and rewards as ``TrialRecord`` fields
+    (empty when the presenter has no eye tracker); for every backend that drives the presenter."""
+    return {"eye_presenter_s": res.array("eye_t_s"), "eye_x_deg": res.array("eye_x_deg"),
+            "eye_y_deg": res.array("eye_y_deg"), "eye_pupil": res.array("eye_pupil"),
+            "reward_presenter_s": res.array("reward_t_s"), "reward_ms": res.array("reward_ms"),
+            "reward_kind": res.array("reward_kind", np.int8)}
+
+
 class PresenterBackend:
     """Drives a connected presenter (``PresenterClient``) and a :class:`SpikeSource`."""
 
@@ -148,10 +157,7 @@ class PresenterBackend:
                            sync_presenter_s=res.onset_s[:res.shown], sync_acq_s=rec["sync_acq_s"],
                            spike_times_s=rec["spike_times_s"], spike_channels=rec["spike_channels"],
                            start_acq_s=rec["start_acq_s"], end_acq_s=rec["end_acq_s"], note="; ".join(note),
-                           end_presenter_s=end_p, eye_presenter_s=res.array("eye_t_s"),
-                           eye_x_deg=res.array("eye_x_deg"), eye_y_deg=res.array("eye_y_deg"),
-                           eye_pupil=res.array("eye_pupil"), reward_presenter_s=res.array("reward_t_s"),
-                           reward_ms=res.array("reward_ms"), reward_kind=res.array("reward_kind", np.int8))
+                           end_presenter_s=end_p, **eye_and_reward_fields(res))
 
     def close(self) -> None:
         """Stop the spike source; the presenter stays up, blank, for the next session."""
