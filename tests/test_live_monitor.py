@@ -63,6 +63,7 @@ def _number(dom: str, element_id: str) -> str:
     return m.group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium)")
 def test_live_page_in_headless_chromium_during_a_simulated_session(tmp_path):
     ss = StimulusSet(builtin_images(8, 32, 0))

@@ -110,6 +110,16 @@ class FixationControl:
             self._first_out_t = math.nan
         return FrameCheck(self._newest_t, self._newest_inside)
 
+    @property
+    def newest_t(self) -> float:
+        """Presenter-clock time of the newest sample read so far (NaN: none this trial)."""
+        return self._newest_t
+
+    @property
+    def newest_inside(self) -> bool:
+        """Whether that sample was inside the window."""
+        return self._newest_inside
+
     def acquired(self) -> bool:
         """Gaze has been inside the window for ``acquire_ms`` up to the newest sample."""
         self.update()

@@ -123,7 +123,7 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
         reason = should_abort() or reason
         if fixation is not None and not reason and kind in ("stim_on", "mask_on"):
             reason = fixation.broken()
-            seen = (fixation._newest_t, fixation._newest_inside)
+            seen = (fixation.newest_t, fixation.newest_inside)
         if reason:
             kind, pres = "abort_blank", -1
         stage.draw(kind, images[pres] if kind == "stim_on" else -1)
