@@ -138,6 +138,10 @@ def test_fixation_breaks_abort_on_the_next_frame_and_are_requeued(tmp_path):
         assert min(abs(t_lsl - t) for t in injected) < 0.005, (t_lsl, injected)
     # the flip after the break shows neither image nor mask: the abort blank ends the trial
     assert all(r.frame_kind[-1] == abort_kind for r in aborted)
+    lat = [1000 * (r.frame_time_s[-1] - r.raw["break_t_s"]) for r in aborted]     # informational (Xvfb, paced)
+    print(f"\n{len(injected)} breaks injected, {len(aborted)} fell in an RSVP and aborted it; breaking sample -> "
+          f"blank flip {np.min(lat):.1f}-{np.max(lat):.1f} ms (median {np.median(lat):.1f}) at 60 Hz; "
+          f"{len(results)} trials for {len(sch.stim_index)} presentations")
 
     # ---- aborted presentations were re-queued and recorded later; shown ones kept with their validity
     d = read_day(path)
