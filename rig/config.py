@@ -321,6 +321,7 @@ class EyeConfig:
 class FixationConfig:
     acquire_timeout_ms: float = 5000.0
     lost_ms: float = 100.0
+    check_lead_ms: float = 4.0
     calibration_points: int = 9
     calibration_spread_deg: float = 5.0
     calibration_window_deg: float = 3.0
@@ -334,6 +335,8 @@ class FixationConfig:
                   "calibration_hold_ms", "calibration_timeout_ms"):
             if not getattr(self, k) > 0:
                 out.append((k, getattr(self, k), "a number > 0"))
+        if self.check_lead_ms < 0:
+            out.append(("check_lead_ms", self.check_lead_ms, "milliseconds >= 0 (0: check right after each flip)"))
         if self.calibration_points not in (5, 9):
             out.append(("calibration_points", self.calibration_points, "5 or 9"))
         return out

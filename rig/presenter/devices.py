@@ -36,7 +36,8 @@ def make_eye(cfg: Config):
 def fixation_params(cfg: Config) -> FixationParams:
     """Window radius and acquire time from [rsvp], the rest from [fixation]."""
     return FixationParams(window_deg=cfg.rsvp.fixation_window_deg, acquire_ms=cfg.rsvp.fixation_acquire_ms,
-                          acquire_timeout_ms=cfg.fixation.acquire_timeout_ms, lost_ms=cfg.fixation.lost_ms)
+                          acquire_timeout_ms=cfg.fixation.acquire_timeout_ms, lost_ms=cfg.fixation.lost_ms,
+                          check_lead_ms=cfg.fixation.check_lead_ms)
 
 
 def make_reward(cfg: Config):

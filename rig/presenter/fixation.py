@@ -31,6 +31,7 @@ class FixationParams:
     acquire_ms: float = 300.0        # gaze inside the window this long before the RSVP starts, ms
     acquire_timeout_ms: float = 5000.0   # give up (trial aborted, re-queued) after this long, ms
     lost_ms: float = 100.0           # no sample for this long during the RSVP counts as a break, ms
+    check_lead_ms: float = 4.0       # read the gaze this long before the next refresh (0: right after the last flip), ms
     point_deg: tuple[float, float] = (0.0, 0.0)
 
 

@@ -473,7 +473,8 @@ class PresenterServer:
             raise Refused("run_trial: capture is for short diagnostic trials (at most 400 frames)")
         log = run_frames(self.stage, idx, f["n_fix"], f["n_on"], f["n_mask"], should_abort=self.serve_while_busy,
                          marker=self.marker, pace_hz=self.refresh_hz if self.pace else None, capture=capture,
-                         fixation=self.fixation)
+                         fixation=self.fixation, refresh_hz=self.refresh_hz,
+                         check_lead_s=self.fixation.params.check_lead_ms / 1000.0 if self.fixation is not None else 0.0)
         per = log.presentations(len(idx), f["n_on"], f["n_mask"], self.refresh_hz)
         self.trials_run += 1
         if not log.aborted and per["completed"] == len(idx):

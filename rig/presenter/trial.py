@@ -81,16 +81,22 @@ class TrialLog:
 def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
                should_abort: Callable[[], str | None] = lambda: None,
                marker: MarkerOutput | None = None, pace_hz: float | None = None,
-               capture: bool = False, fixation=None) -> TrialLog:
+               capture: bool = False, fixation=None, refresh_hz: float | None = None,
+               check_lead_s: float = 0.0) -> TrialLog:
     """Show one trial on ``stage``; ``images`` are texture indices in presentation order.
 
     ``pace_hz``: sleep so flips come at that rate (for displays without vertical sync,
     e.g. Xvfb); None on a real monitor, where ``flip`` waits for the vertical blank.
     ``fixation``: a ``FixationControl``; None keeps the fixed ``n_fix`` fixation frames
-    (breaks then come from the controller's ``abort``).
+    (breaks then come from the controller's ``abort``). ``check_lead_s`` > 0 (with
+    ``refresh_hz``): during the RSVP, wait until that long before the next vertical blank
+    before reading the gaze and drawing, so a break is caught as late as possible and the
+    blank goes up on the very next refresh.
     """
     from psychopy import core
+    from psychopy import logging as _pl
 
+    flip_clock = _pl.defaultClock.getTime
     win = stage.win
     marker = marker or NoMarker()
     period = 1.0 / pace_hz if pace_hz else 0.0
@@ -121,6 +127,10 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
             kind, pres = frames[i]
             i += 1
         reason = should_abort() or reason
+        if fixation is not None and check_lead_s > 0 and refresh_hz and times and kind in ("stim_on", "mask_on"):
+            wait = times[-1] + 1.0 / refresh_hz - check_lead_s - flip_clock()      # flips are stamped on this clock
+            if wait > 0:
+                time.sleep(wait)
         if fixation is not None and not reason and kind in ("stim_on", "mask_on"):
             reason = fixation.broken()
             seen = (fixation.newest_t, fixation.newest_inside)
