@@ -323,7 +323,8 @@ class PresenterClient:
 
     def trial_timeout_s(self, n_images: int) -> float:
         f = self.frames or {"n_fix": 60, "n_on": 6, "n_mask": 6, "refresh_hz": 60.0}
-        return (f["n_fix"] + n_images * (f["n_on"] + f["n_mask"]) + 2) / f["refresh_hz"] * 3 + 10.0
+        acquire = float(self.presenter_info.get("acquire_timeout_s", 0.0) or 0.0)   # a presenter waiting for fixation
+        return (f["n_fix"] + n_images * (f["n_on"] + f["n_mask"]) + 2) / f["refresh_hz"] * 3 + 10.0 + acquire
 
     def finish_trial(self, seq: int, n_images: int, *, abort_after_s: float | None = None,
                      abort_reason: str = "fixation broken") -> TrialResult:

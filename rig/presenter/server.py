@@ -288,6 +288,7 @@ class PresenterServer:
                 "set_digest": self.preloaded_digest, "trials_run": self.trials_run,
                 "controller_lost_count": self.lost_count, "last_trial": self.last_trial,
                 "eye": getattr(self.eye, "name", "none") if self.eye is not None else "none",
+                "acquire_timeout_s": self.fixation.params.acquire_timeout_ms / 1000.0 if self.fixation is not None else 0.0,
                 "reward": getattr(self.reward, "name", "none"), "reward_ms": self.reward_ms,
                 "scaling": getattr(self.stage, "scaling", "smooth")}
 
