@@ -5,7 +5,10 @@ frame while the eye source's raw samples are read. A target is accepted when the
 has rested for ``hold_ms`` (counting from ``settle_ms`` after the target appeared): every raw sample of that span lies within ``window`` raw units
 of their median (``window`` = ``window_deg`` x ``raw_per_deg``, the expected raw units per
 degree; 1 for a tracker that already sends degrees), or when the experimenter presses the
-accept key (space). A reward follows each accepted target. A target not accepted within
+accept key (space). From the second target on, an automatic acceptance also needs the
+resting place to lie more than ``2 x window`` from the previous target's (the eye must
+have moved there: a gaze still resting on the old target is not taken for the new one).
+A reward follows each accepted target. A target not accepted within
 ``timeout_ms`` is skipped. The routine returns, per target, the raw samples of the
 accepted span; the controller fits the map (``rig.sources.calibration``).
 """
@@ -28,6 +31,7 @@ def run_calibration(stage, eye, targets_deg: np.ndarray, *, window_deg: float, h
     period = 1.0 / pace_hz if pace_hz else 0.0
     out = []
     radius = window_deg * raw_per_deg
+    previous = None                                          # raw resting place of the last accepted target
     hold = hold_ms / 1000.0
     for i, (x, y) in enumerate(np.asarray(targets_deg, float)):
         eye.read()                                           # start fresh at this target
@@ -57,12 +61,14 @@ def run_calibration(stage, eye, targets_deg: np.ndarray, *, window_deg: float, h
                 xy = np.c_[allraw.raw_x[recent], allraw.raw_y[recent]]
                 med = np.median(xy, axis=0)
                 span_ok = allraw.t_s[recent][0] <= allraw.t_s[-1] - hold * 0.9
-                if span_ok and np.all(np.hypot(*(xy - med).T) <= radius):
+                moved = previous is None or np.hypot(*(med - previous)) > 2 * radius
+                if span_ok and moved and np.all(np.hypot(*(xy - med).T) <= radius):
                     accepted, how, raw = True, "stable", xy
             if event.getKeys(keyList=[accept_key]) and len(allraw):
                 sel = allraw.t_s >= allraw.t_s[-1] - hold
                 accepted, how, raw = True, "key", np.c_[allraw.raw_x[sel], allraw.raw_y[sel]]
             if accepted:
+                previous = np.median(raw, axis=0) if len(raw) else previous
                 on_accept(i)
                 break
             if t_flip is not None and len(allraw) and allraw.t_s[-1] - t_show > timeout_ms / 1000.0:

@@ -387,6 +387,7 @@ class PresenterServer:
                 return None
             info = pylsl.StreamInfo(name, "Markers", 1, 0, pylsl.cf_string, f"{self.presenter_id}-{name}")
             self._targets[name] = pylsl.StreamOutlet(info)
+            self._targets[name].wait_for_consumers(2.0)      # a listener gets the first target too
         outlet = self._targets[name]
         return lambda x, y: outlet.push_sample([f"{x:.4f} {y:.4f}"])
 
