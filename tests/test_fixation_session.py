@@ -42,7 +42,7 @@ pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip instal
 pytest.importorskip("pylsl", reason="pip install pylsl")
 
 N_CH, K, REPEATS = 4, 4, 2
-BREAKS_AFTER_FIRST_TRIAL_S = [0.45, 1.9, 3.6, 5.2, 7.1]     # injected breaks, s after trial 0 starts (LSL clock)
+BREAKS_AFTER_FIRST_TRIAL_S = [0.45, 1.3, 1.9, 2.8, 3.6, 4.4, 5.2, 6.1, 7.1]     # injected breaks, s after trial 0 starts (LSL clock)
 AWAY_MS = 250.0
 
 
