@@ -70,6 +70,14 @@ class TrialRecord:
     acquisition_ok: bool = True             # False: a gap in the acquisition stream; invalidate all
     note: str = ""
     end_presenter_s: float = float("nan")   # trial end (next trial may start), presenter clock, s
+    # eye trace and rewards (empty when the backend has no eye tracker / reward)
+    eye_presenter_s: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (n_eye,) sample times, presenter clock, s
+    eye_x_deg: np.ndarray = field(default_factory=lambda: np.zeros(0))         # (n_eye,) gaze x, deg from centre (right +)
+    eye_y_deg: np.ndarray = field(default_factory=lambda: np.zeros(0))         # (n_eye,) gaze y, deg from centre (up +)
+    eye_pupil: np.ndarray = field(default_factory=lambda: np.zeros(0))         # (n_eye,) pupil, tracker units (NaN: none)
+    reward_presenter_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n_rew,) reward times, presenter clock, s
+    reward_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))           # (n_rew,) reward durations, ms
+    reward_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # 0 trial, 1 manual, 2 calibration
 
     def __post_init__(self) -> None:
         self.onset_presenter_s = np.asarray(self.onset_presenter_s, dtype=np.float64)
@@ -80,6 +88,13 @@ class TrialRecord:
         self.sync_acq_s = np.asarray(self.sync_acq_s, dtype=np.float64)
         self.spike_times_s = np.asarray(self.spike_times_s, dtype=np.float64)
         self.spike_channels = np.asarray(self.spike_channels, dtype=np.int32)
+        for name in ("eye_presenter_s", "eye_x_deg", "eye_y_deg", "eye_pupil", "reward_presenter_s", "reward_ms"):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
+        self.reward_kind = np.asarray(self.reward_kind, dtype=np.int8).reshape(-1)
+        if not len(self.eye_presenter_s) == len(self.eye_x_deg) == len(self.eye_y_deg) == len(self.eye_pupil):
+            raise ValueError("TrialRecord.eye_* arrays differ in length")
+        if not len(self.reward_presenter_s) == len(self.reward_ms) == len(self.reward_kind):
+            raise ValueError("TrialRecord.reward_* arrays differ in length")
         for name in ("onset_presenter_s", "frames_on", "frames_mask", "dropped_frame"):
             if len(getattr(self, name)) != self.completed:
                 raise ValueError(f"TrialRecord.{name} has {len(getattr(self, name))} entries, expected completed={self.completed}")
@@ -98,6 +113,8 @@ class TrialRows:
     onset_acq_s: np.ndarray       # (K,) NaN where not shown
     counts: np.ndarray            # (K, n_channels) spikes in the window; NaN where not shown
     valid: np.ndarray             # (K,) bool
+    eye_acq_s: np.ndarray | None = None      # (n_eye,) record.eye_presenter_s on the acquisition clock, s
+    reward_acq_s: np.ndarray | None = None   # (n_rew,) record.reward_presenter_s on the acquisition clock, s
 
 
 @runtime_checkable
@@ -124,3 +141,81 @@ class BackendInfo:
     n_channels: int
     channel_names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- eye and reward
+@dataclass
+class GazeSamples:
+    """Gaze samples in time order: times on the source's clock (s), position in degrees of
+    visual angle from the screen centre (x right, y up), pupil in the tracker's units (NaN
+    if none). ``raw_x``/``raw_y`` are the tracker's own coordinates before calibration."""
+
+    t_s: np.ndarray
+    x_deg: np.ndarray
+    y_deg: np.ndarray
+    pupil: np.ndarray
+    raw_x: np.ndarray
+    raw_y: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("t_s", "x_deg", "y_deg", "pupil", "raw_x", "raw_y"):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
+        n = len(self.t_s)
+        for name in ("x_deg", "y_deg", "pupil", "raw_x", "raw_y"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"GazeSamples.{name} has {len(getattr(self, name))} entries, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.t_s)
+
+    @classmethod
+    def empty(cls) -> "GazeSamples":
+        z = np.zeros(0)
+        return cls(z, z, z, z, z, z)
+
+    @classmethod
+    def concat(cls, parts: list["GazeSamples"]) -> "GazeSamples":
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, n) for p in parts])
+                     for n in ("t_s", "x_deg", "y_deg", "pupil", "raw_x", "raw_y")))
+
+
+@runtime_checkable
+class EyeSource(Protocol):
+    """A gaze stream (LSL inlet, EyeLink, the simulated monkey's eye).
+
+    ``clock`` names the clock of the sample times (e.g. ``"lsl"``: ``pylsl.local_clock``);
+    ``now_s()`` reads that clock, so a consumer can map sample times onto its own clock.
+    """
+
+    name: str
+    clock: str
+
+    def open(self) -> None:
+        """Connect and start streaming; raises ``rig.errors.UserError`` naming the fix if it cannot."""
+
+    def read(self) -> GazeSamples:
+        """Every sample that arrived since the last call (never blocks)."""
+
+    def now_s(self) -> float:
+        """The current time on the samples' clock, s."""
+
+    def set_calibration(self, mapping) -> None:
+        """Map raw tracker coordinates to degrees with ``mapping(raw_xy (n, 2)) -> deg (n, 2)``; None: identity."""
+
+    def close(self) -> None:
+        """Stop streaming; safe to call twice."""
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """A reward output (juice pump / solenoid): ``give`` never blocks the frame loop."""
+
+    name: str
+
+    def give(self, duration_ms: float) -> None:
+        """Open the valve for ``duration_ms`` milliseconds (returns at once)."""
+
+    def close(self) -> None:
+        """Close the valve and release the device; safe to call twice."""

@@ -298,6 +298,94 @@ class PresenterConfig:
         return out
 
 
+# ---- eye tracking, fixation control, reward, live monitor (issue 12) ----
+@dataclass
+class EyeConfig:
+    source: Literal["none", "lsl", "eyelink"] = "none"
+    lsl_stream: str = "itloop-gaze"
+    resolve_timeout_s: float = 10.0
+    units: Literal["deg", "raw"] = "deg"
+    eyelink_address: str = "100.1.1.1"
+    calibration_file: str = ""
+
+    def check(self):
+        out = []
+        if not self.resolve_timeout_s > 0:
+            out.append(("resolve_timeout_s", self.resolve_timeout_s, "seconds > 0"))
+        if not self.lsl_stream:
+            out.append(("lsl_stream", self.lsl_stream, "the name of the gaze LSL stream"))
+        return out
+
+
+@dataclass
+class FixationConfig:
+    acquire_timeout_ms: float = 5000.0
+    lost_ms: float = 100.0
+    check_lead_ms: float = 4.0
+    calibration_points: int = 9
+    calibration_spread_deg: float = 5.0
+    calibration_window_deg: float = 3.0
+    calibration_hold_ms: float = 300.0
+    calibration_timeout_ms: float = 5000.0
+    calibration_model: Literal["affine", "quadratic"] = "affine"
+
+    def check(self):
+        out = []
+        for k in ("acquire_timeout_ms", "lost_ms", "calibration_spread_deg", "calibration_window_deg",
+                  "calibration_hold_ms", "calibration_timeout_ms"):
+            if not getattr(self, k) > 0:
+                out.append((k, getattr(self, k), "a number > 0"))
+        if self.check_lead_ms < 0:
+            out.append(("check_lead_ms", self.check_lead_ms, "milliseconds >= 0 (0: check right after each flip)"))
+        if self.calibration_points not in (5, 9):
+            out.append(("calibration_points", self.calibration_points, "5 or 9"))
+        return out
+
+
+@dataclass
+class RewardConfig:
+    driver: Literal["none", "serial", "sim"] = "none"
+    port: str = ""
+    mode: Literal["command", "ttl"] = "command"
+    baud: int = 9600
+    duration_ms: float = 100.0
+    manual_key: str = "r"
+
+    def check(self):
+        out = []
+        if self.duration_ms < 0:
+            out.append(("duration_ms", self.duration_ms, "milliseconds >= 0"))
+        if self.baud < 1:
+            out.append(("baud", self.baud, "an integer >= 1"))
+        if self.driver == "serial" and not self.port:
+            out.append(("port", self.port, "a serial device (e.g. /dev/ttyUSB0) when reward.driver = 'serial'"))
+        return out
+
+
+@dataclass
+class LiveMonitorConfig:
+    enabled: bool = False
+    port: int = 8765
+    trace_trials: int = 3
+
+    def check(self):
+        out = []
+        if not 0 <= self.port <= 65535:
+            out.append(("port", self.port, "a TCP port in [0, 65535] (0: any free port)"))
+        if self.trace_trials < 1:
+            out.append(("trace_trials", self.trace_trials, "an integer >= 1"))
+        return out
+
+
+@dataclass
+class DisplayConfig:
+    image_scaling: Literal["smooth", "integer"] = "smooth"
+    gamma_monitor: str = ""
+
+    def check(self):
+        return []
+
+
 @dataclass
 class PathsConfig:
     data_dir: str = "runs"
@@ -418,6 +506,11 @@ class Config:
     subject: SubjectConfig = field(default_factory=SubjectConfig)
     session: SessionMetaConfig = field(default_factory=SessionMetaConfig)
     array: ArrayConfig = field(default_factory=ArrayConfig)
+    eye: EyeConfig = field(default_factory=EyeConfig)
+    fixation: FixationConfig = field(default_factory=FixationConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    live_monitor: LiveMonitorConfig = field(default_factory=LiveMonitorConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

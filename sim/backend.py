@@ -29,9 +29,11 @@ class SimBackend:
     name = "sim"
 
     def __init__(self, monkey: SimulatedMonkey, refresh_hz: float = 60.0, start_s: float = 10.0,
-                 progress: bool = False) -> None:
+                 progress: bool = False, gaze_hz: float = 0.0) -> None:
         """``refresh_hz``: simulated display refresh (Hz); ``start_s``: presenter time of the
-        first trial (s) -- pass a later time when resuming a day to keep clocks increasing."""
+        first trial (s) -- pass a later time when resuming a day to keep clocks increasing;
+        ``gaze_hz`` > 0: also record the simulated eye (``sim.gaze``) at that rate, with the
+        fixation break as a saccade away (0: no eye trace, as before)."""
         if not isinstance(monkey, SimulatedMonkey):
             raise TypeError(f"SimBackend needs a sim.monkey.SimulatedMonkey; got {type(monkey).__name__}")
         self.monkey = monkey
@@ -41,6 +43,8 @@ class SimBackend:
         self._session: SessionInfo | None = None
         self._rates: np.ndarray | None = None
         self._t = self.start_s
+        self.gaze_hz = float(gaze_hz)
+        self._gaze = None
 
     # -- Backend protocol ---------------------------------------------------------------
     def open(self, session: SessionInfo, stimuli) -> None:
@@ -90,6 +94,7 @@ class SimBackend:
         times, chans = m.spikes_for(idx[:shown], light_acq, on_s * m.clock.slope, rng,
                                     t_start_s=t0_acq, t_stop_s=t_next_acq)
         self._t = t_next
+        eye = self._eye_trace(t0, t_end, t_break, trial.trial_index)
         return TrialRecord(
             trial_index=trial.trial_index, completed=completed, fixation_ok=t_break is None,
             onset_presenter_s=onsets[:completed],
@@ -98,8 +103,22 @@ class SimBackend:
             sync_presenter_s=onsets[:shown], sync_acq_s=light_acq,
             spike_times_s=times, spike_channels=chans,
             start_acq_s=t0_acq, end_acq_s=t_next_acq, end_presenter_s=float(t_next),
-            note="" if t_break is None else f"fixation broke at presenter t={t_break:.4f} s",
+            note="" if t_break is None else f"fixation broke at presenter t={t_break:.4f} s", **eye,
         )
+
+    def _eye_trace(self, t0: float, t_end: float, t_break: float | None, trial_index: int) -> dict:
+        """The simulated eye from the trial start to its end (presenter clock), if ``gaze_hz`` > 0."""
+        if self.gaze_hz <= 0:
+            return {}
+        from sim.gaze import GazeModel, GazeParams
+
+        if self._gaze is None:
+            self._gaze = GazeModel(GazeParams(rate_hz=self.gaze_hz, seed=int(self.monkey.params.seed)))
+        if t_break is not None:
+            self._gaze.add_break(t_break)
+        t = t0 + np.arange(int(np.ceil((t_end - t0) * self.gaze_hz)) + 1) / self.gaze_hz
+        g = self._gaze.sample(t)
+        return {"eye_presenter_s": t, "eye_x_deg": g[:, 0], "eye_y_deg": g[:, 1], "eye_pupil": g[:, 2]}
 
     def close(self) -> None:
         self._session = None

@@ -34,10 +34,21 @@ def _presenter_backend(cfg: Config):
     print(f"waiting for the presenter at {p.endpoint}: start `itloop present --endpoint {p.endpoint}` on the stimulus computer "
           "(spikes come from the simulated monkey: no acquisition bridge yet)", flush=True)
     monkey = build_sim_monkey(cfg)
+    calibration = None
+    if cfg.eye.calibration_file and cfg.eye.units == "raw":
+        from rig.sources.calibration import CalibrationMap
+
+        try:
+            calibration = CalibrationMap.load(cfg.eye.calibration_file).to_dict()
+        except ValueError as exc:
+            raise UserError(f"eye.calibration_file: {exc}") from None
     backend = PresenterBackend(client, SimSpikeSource(monkey), frame_tolerance=cfg.monitor.frame_tolerance,
-                               fixation_window_deg=cfg.rsvp.fixation_window_deg)
+                               fixation_window_deg=cfg.rsvp.fixation_window_deg, reward_ms=cfg.reward.duration_ms,
+                               calibration=calibration)
     names = [f"sim{c:03d}" for c in range(monkey.n_channels)]
-    return backend, names, {"spike_source": "simulated monkey", "presenter_endpoint": p.endpoint}
+    backend.configure_extra["image_scaling"] = cfg.display.image_scaling
+    return backend, names, {"spike_source": "simulated monkey", "presenter_endpoint": p.endpoint,
+                            "image_scaling": cfg.display.image_scaling}
 
 
 def make_backend(name: str, cfg: Config, start_s: float = 10.0):
@@ -55,5 +66,6 @@ def make_backend(name: str, cfg: Config, start_s: float = 10.0):
         backend = SimBackend(build_sim_monkey(cfg), refresh_hz=cfg.monitor.refresh_hz, start_s=start_s)
         info = backend.info()
         attrs = {"sim_" + k: v for k, v in info.extra.items() if isinstance(v, (int, float, str, bool))}
+        attrs["image_scaling"] = "none (simulated display)"
         return backend, info.channel_names, attrs
     raise UserError(f"unknown backend '{name}'; choose 'sim' or 'presenter'")

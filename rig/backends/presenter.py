@@ -86,17 +86,30 @@ class SimSpikeSource:
         self._session = None
 
 
+def eye_and_reward_fields(res: TrialResult) -> dict:
+    """The presenter's eye trace (presenter clock, degrees) and rewards as ``TrialRecord`` fields
+    (empty when the presenter has no eye tracker); for every backend that drives the presenter."""
+    return {"eye_presenter_s": res.array("eye_t_s"), "eye_x_deg": res.array("eye_x_deg"),
+            "eye_y_deg": res.array("eye_y_deg"), "eye_pupil": res.array("eye_pupil"),
+            "reward_presenter_s": res.array("reward_t_s"), "reward_ms": res.array("reward_ms"),
+            "reward_kind": res.array("reward_kind", np.int8)}
+
+
 class PresenterBackend:
     """Drives a connected presenter (``PresenterClient``) and a :class:`SpikeSource`."""
 
     name = "presenter"
 
     def __init__(self, client: PresenterClient, spikes: SpikeSource, *, wait_for_presenter_s: float = 60.0,
-                 frame_tolerance: float = 0.1, fixation_window_deg: float = 2.0):
+                 frame_tolerance: float = 0.1, fixation_window_deg: float = 2.0, reward_ms: float | None = None,
+                 calibration: dict | None = None):
         self.client = client
         self.spikes = spikes
         self.wait_s = wait_for_presenter_s
         self.fixation_window_deg = fixation_window_deg
+        self.configure_extra = {} if reward_ms is None else {"reward_ms": reward_ms}
+        if calibration:                     # the eye's raw -> degrees map (rig.sources.calibration), applied by the presenter
+            self.configure_extra["calibration"] = calibration
         self._session: SessionInfo | None = None
         self.setup: dict = {}
 
@@ -113,7 +126,7 @@ class PresenterBackend:
             c.hello()
         self.setup = c.configure(stim_on_ms=session.stim_on_ms, mask_ms=session.mask_ms,
                                  fixation_ms=session.fixation_acquire_ms, image_size_deg=session.image_size_deg,
-                                 fixation_window_deg=self.fixation_window_deg)
+                                 fixation_window_deg=self.fixation_window_deg, **self.configure_extra)
         self.setup["preload"] = c.load_stimuli(stimuli.pixels, stimuli.ids)
         self.spikes.open(session, stimuli)
         self._session = session
@@ -124,7 +137,8 @@ class PresenterBackend:
         s, c, f = self._session, self.client, self.client.frames
         k = len(trial.stim_indices)
         duration_s = (f["n_fix"] + k * (f["n_on"] + f["n_mask"])) / f["refresh_hz"]
-        t_break = self.spikes.fixation_break_s(trial, duration_s)
+        eye_in_presenter = self.client.presenter_info.get("eye", "none") != "none"
+        t_break = None if eye_in_presenter else self.spikes.fixation_break_s(trial, duration_s)
         seq = c.start_trial(trial.trial_index, trial.stim_indices)
         res = c.finish_trial(seq, k, abort_after_s=t_break)
         end_p = float(res.frame_time_s[-1]) + s.inter_trial_ms / 1000.0
@@ -142,7 +156,7 @@ class PresenterBackend:
                            sync_presenter_s=res.onset_s[:res.shown], sync_acq_s=rec["sync_acq_s"],
                            spike_times_s=rec["spike_times_s"], spike_channels=rec["spike_channels"],
                            start_acq_s=rec["start_acq_s"], end_acq_s=rec["end_acq_s"], note="; ".join(note),
-                           end_presenter_s=end_p)
+                           end_presenter_s=end_p, **eye_and_reward_fields(res))
 
     def close(self) -> None:
         """Stop the spike source; the presenter stays up, blank, for the next session."""

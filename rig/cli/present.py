@@ -60,8 +60,16 @@ def run_present(args: argparse.Namespace) -> int:
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         raise UserError("no X display (DISPLAY is not set): run the presenter on the stimulus computer's screen, "
                         "or headless under `xvfb-run -a itloop present --windowed 800x600 --refresh-hz 60 --pace`")
-    stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
-                  fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode)
+    try:
+        stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
+                      fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode,
+                      scaling=cfg.display.image_scaling, gamma_monitor=cfg.display.gamma_monitor)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if stage.gamma is not None and not args.quiet:
+        print(f"[presenter] gamma from Monitor Center monitor {stage.gamma['name']!r}: {stage.gamma['gamma_rgb']} "
+              f"({'loaded into the display' if stage.gamma['applied'] else 'the display refused the gamma ramp'})",
+              file=sys.stderr, flush=True)
     try:
         refresh = args.refresh_hz or stage.measure_refresh_hz()
         if not refresh:
@@ -83,14 +91,26 @@ def run_present(args: argparse.Namespace) -> int:
                 print(f"warning: flips came at {stats['measured_hz']:.2f} Hz, not {refresh:.2f} Hz: is vsync on?")
             print(format_report(stats))
             return 0 if stats["dropped"] == 0 else 1
+        from rig.presenter.devices import fixation_params, make_eye, make_reward
         from rig.presenter.server import PresenterServer
 
+        eye = make_eye(cfg)
+        reward = make_reward(cfg)
+        if eye is not None:
+            eye.open()
+            if not args.quiet:
+                print(f"[presenter] fixation control with {eye.name}", file=sys.stderr, flush=True)
         try:
             server = PresenterServer(stage, args.endpoint or pc.endpoint, heartbeat_s=pc.heartbeat_s,
                                      dead_after_s=pc.dead_after_s, refresh_hz=refresh, pace=args.pace,
                                      frame_tolerance=mon.frame_tolerance, marker=marker, keys=keys,
-                                     verbose=not args.quiet)
+                                     verbose=not args.quiet, eye=eye, fixation=fixation_params(cfg),
+                                     reward=reward, reward_ms=cfg.reward.duration_ms,
+                                     manual_reward_key=cfg.reward.manual_key)
         except ValueError as exc:
+            if eye is not None:
+                eye.close()
+            reward.close()
             raise UserError(str(exc)) from None
         return server.run()
     finally:

@@ -63,6 +63,11 @@ class TrialResult:
     refresh_hz: float
     captures: np.ndarray | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    arrays: dict = field(default_factory=dict, repr=False)   # every array the presenter sent (eye trace, rewards, ...)
+
+    def array(self, name: str, dtype=np.float64) -> np.ndarray:
+        """An optional array of the reply (``eye_t_s``, ``reward_ms``, ``frame_gaze_t``, ...); empty if absent."""
+        return np.asarray(self.arrays.get(name, np.zeros(0)), dtype=dtype)
 
     def image_off_s(self) -> np.ndarray:
         """(K,) flip time that took each shown image off the screen (mask or abort blank); NaN if never shown."""
@@ -269,11 +274,13 @@ class PresenterClient:
 
     # ------------------------------------------------------------------ the session
     def configure(self, *, stim_on_ms: float, mask_ms: float, fixation_ms: float = 300.0,
-                  image_size_deg: float = 8.0, fixation_window_deg: float = 2.0) -> dict:
-        """Frame counts from the presenter's refresh rate (refused if not whole frames)."""
+                  image_size_deg: float = 8.0, fixation_window_deg: float = 2.0, **extra) -> dict:
+        """Frame counts from the presenter's refresh rate (refused if not whole frames).
+
+        ``extra``: optional settings the presenter also takes (``reward_ms``)."""
         self.frames = self.request("configure", {"stim_on_ms": stim_on_ms, "mask_ms": mask_ms,
                                                  "fixation_ms": fixation_ms, "image_size_deg": image_size_deg,
-                                                 "fixation_window_deg": fixation_window_deg})
+                                                 "fixation_window_deg": fixation_window_deg, **extra})
         return self.frames
 
     def load_stimuli(self, pixels: np.ndarray, sha1s: list[str], *, preload: bool = True,
@@ -316,7 +323,8 @@ class PresenterClient:
 
     def trial_timeout_s(self, n_images: int) -> float:
         f = self.frames or {"n_fix": 60, "n_on": 6, "n_mask": 6, "refresh_hz": 60.0}
-        return (f["n_fix"] + n_images * (f["n_on"] + f["n_mask"]) + 2) / f["refresh_hz"] * 3 + 10.0
+        acquire = float(self.presenter_info.get("acquire_timeout_s", 0.0) or 0.0)   # a presenter waiting for fixation
+        return (f["n_fix"] + n_images * (f["n_on"] + f["n_mask"]) + 2) / f["refresh_hz"] * 3 + 10.0 + acquire
 
     def finish_trial(self, seq: int, n_images: int, *, abort_after_s: float | None = None,
                      abort_reason: str = "fixation broken") -> TrialResult:
@@ -354,4 +362,5 @@ def _trial_result(msg: Message) -> TrialResult:
                        frame_kind=np.array(a["frame_kind"]), frame_pres=np.array(a["frame_pres"]),
                        events=[tuple(e) for e in r["events"]], event_time_s=np.array(a["event_time_s"]),
                        n_on=int(r["n_on"]), n_mask=int(r["n_mask"]), refresh_hz=float(r["refresh_hz"]),
-                       captures=np.array(a["captures"]) if "captures" in a else None, raw=r)
+                       captures=np.array(a["captures"]) if "captures" in a else None, raw=r,
+                       arrays={k: np.array(v) for k, v in a.items()})

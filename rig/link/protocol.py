@@ -37,10 +37,10 @@ PROTOCOL_VERSION = 1
 
 # controller -> presenter, each acknowledged
 COMMANDS = ("hello", "configure", "load_images", "load_file", "preload", "run_trial", "abort",
-            "status", "capture", "shutdown")
+            "status", "capture", "shutdown", "calibrate")
 # presenter -> controller
 REPLIES = ("announce", "ack", "done", "error")
-LONG_COMMANDS = ("run_trial", "preload", "load_file")
+LONG_COMMANDS = ("run_trial", "preload", "load_file", "calibrate")
 # both ways, never acknowledged
 HEARTBEAT = "heartbeat"
 # the frame-log event kinds a presenter reports for each flip (``frame_kind`` codes in a ``done`` reply)

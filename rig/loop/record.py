@@ -88,9 +88,41 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     info = SessionInfo(session_id=session_id, day=day, stim_on_ms=r.stim_on_ms, mask_ms=r.mask_ms,
                        fixation_acquire_ms=r.fixation_acquire_ms, inter_trial_ms=r.inter_trial_ms,
                        image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.experiment.seed + 7919 * day)
-    with writer:
-        return run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
-                           progress=progress, max_trials=max_trials)
+    monitor = _start_live_monitor(cfg, info, backend_name, channel_names, writer)
+    try:
+        with writer:
+            if cfg.eye.calibration_file:
+                from rig.sources.calibration import CalibrationMap
+
+                writer.set_calibration(CalibrationMap.load(cfg.eye.calibration_file).to_dict())
+            return run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
+                               progress=progress, max_trials=max_trials,
+                               observer=monitor.observe if monitor is not None else None)
+    finally:
+        if monitor is not None:
+            monitor.close()
+
+
+def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], writer):
+    """The read-only live page (``[live_monitor]``) on 127.0.0.1, or None when disabled."""
+    lm = cfg.live_monitor
+    if not lm.enabled:
+        return None
+    from rig.monitor.server import LiveMonitor
+    from rig.monitor.state import MonitorState
+
+    state = MonitorState(session_id=info.session_id, day=info.day, backend=backend_name,
+                         window_ms=(cfg.window.start_ms, cfg.window.end_ms),
+                         fixation_window_deg=cfg.rsvp.fixation_window_deg, trace_trials=lm.trace_trials,
+                         channel_names=channel_names)
+    try:
+        monitor = LiveMonitor(state, "127.0.0.1", lm.port)
+    except ValueError as exc:
+        writer.close()
+        raise UserError(str(exc)) from None
+    print(f"live monitor: {monitor.url} (read-only; from another computer: "
+          f"ssh -N -L {monitor.port}:127.0.0.1:{monitor.port} <user>@<this computer>)", flush=True)
+    return monitor
 
 
 def _acq_clock_zero(backend) -> dict:

@@ -96,6 +96,10 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     if random_init:
         notes.append("**The model backbone had RANDOM weights** (no weights file was configured): the model is a "
                      "random-feature readout, not an ImageNet-trained network.")
+    scalings = {d: str(r.data.attrs.get("image_scaling", "smooth")) for d, r in results.items()}
+    notes.append("On-screen image scaling: " + ", ".join(f"day {d}: {v}" for d, v in scalings.items())
+                 + " (smooth: bilinear to the configured size in degrees, so the perturbation that reaches the eye is "
+                 "not exactly epsilon_shown; integer: nearest neighbour by a whole factor, pixels shown exactly).")
     notes += checks
     if truth:
         h = last.truth

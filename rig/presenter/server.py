@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from rig.backend import GazeSamples
+from rig.presenter.fixation import FixationControl, FixationParams
 from rig.presenter.markers import MarkerOutput, NoMarker
-from rig.presenter.stage import Stage
+from rig.sources.reward import KINDS as REWARD_KINDS, NoReward, RewardLog, give_and_log
+from rig.presenter.stage import SCALINGS, Stage
 from rig.presenter.timing import frame_counts, frames_at_least
 from rig.presenter.trial import run_frames
 from rig.link.protocol import (COMMANDS, HEARTBEAT, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode,
@@ -41,7 +44,9 @@ class PresenterServer:
 
     def __init__(self, stage: Stage, endpoint: str, *, heartbeat_s: float = 0.5, dead_after_s: float = 3.0,
                  refresh_hz: float | None = None, pace: bool = False, frame_tolerance: float = 0.1,
-                 marker: MarkerOutput | None = None, keys: CurveKeys | None = None, verbose: bool = True):
+                 marker: MarkerOutput | None = None, keys: CurveKeys | None = None, verbose: bool = True,
+                 eye=None, fixation: FixationParams | None = None, reward=None, reward_ms: float = 100.0,
+                 manual_reward_key: str = "r"):
         require_security(endpoint, keys, "presenter")
         self.stage = stage
         self.endpoint = endpoint
@@ -88,6 +93,16 @@ class PresenterServer:
         self.preloaded_digest = ""
         self.trials_run = 0
         self.last_trial: dict = {}
+        # eye, fixation and reward (rig.presenter.fixation, rig.sources.reward)
+        from psychopy import logging as _pl
+
+        self.clock = _pl.defaultClock.getTime            # the clock flips are stamped with
+        self.eye = eye
+        self.fixation = FixationControl(eye, self.clock, fixation or FixationParams()) if eye is not None else None
+        self.reward = reward or NoReward()
+        self.reward_ms = float(reward_ms)
+        self.manual_reward_key = manual_reward_key
+        self.rewards = RewardLog()
 
     # ------------------------------------------------------------------ i/o
     def log(self, text: str) -> None:
@@ -159,7 +174,11 @@ class PresenterServer:
             if time.monotonic() - last_pump > 0.1:         # keep the window responsive while idle
                 last_pump = time.monotonic()
                 self.stage.win.winHandle.dispatch_events()
+                self.check_manual_reward()
         self.marker.close()
+        if self.eye is not None:
+            self.eye.close()
+        self.reward.close()
         self.sock.close(linger=0)
         return 0
 
@@ -194,7 +213,7 @@ class PresenterServer:
             self.send(error_reply(msg.seq, f"busy: command seq {self.busy_seq} is running; send {msg.type} "
                                            "again when it is done (or abort it)"))
             return None
-        if msg.type not in ("hello", "configure", "status", "capture", "shutdown") and msg.session != self.session:
+        if msg.type not in ("hello", "configure", "status", "capture", "shutdown", "calibrate") and msg.session != self.session:
             self.send(error_reply(msg.seq, f"out of order: message for session {msg.session!r} but the presenter "
                                            f"is configured for session {self.session!r}; send configure first"))
             return None
@@ -246,9 +265,20 @@ class PresenterServer:
             reason = self.dispatch(msg, busy=True) or reason
             msg = self.receive()
         self.beat_if_due()
+        self.check_manual_reward()
         if self.lost:
             reason = reason or "controller lost"
         return reason
+
+    def check_manual_reward(self) -> None:
+        """The experimenter's reward key (``reward.manual_key``) gives one reward now."""
+        if not self.manual_reward_key:
+            return
+        from psychopy import event
+
+        for _ in event.getKeys(keyList=[self.manual_reward_key]):
+            give_and_log(self.reward, self.rewards, self.reward_ms, "manual", self.clock)
+            self.log(f"manual reward ({self.reward_ms:g} ms)")
 
     # ------------------------------------------------------------------ commands
     def describe(self) -> dict:
@@ -256,7 +286,11 @@ class PresenterServer:
                 "refresh_hz": self.refresh_hz, "paced": self.pace, "window_px": list(self.stage.size_px),
                 "session": self.session, "frames": self.frames, "n_images": len(self.sha1s),
                 "set_digest": self.preloaded_digest, "trials_run": self.trials_run,
-                "controller_lost_count": self.lost_count, "last_trial": self.last_trial}
+                "controller_lost_count": self.lost_count, "last_trial": self.last_trial,
+                "eye": getattr(self.eye, "name", "none") if self.eye is not None else "none",
+                "acquire_timeout_s": self.fixation.params.acquire_timeout_ms / 1000.0 if self.fixation is not None else 0.0,
+                "reward": getattr(self.reward, "name", "none"), "reward_ms": self.reward_ms,
+                "scaling": getattr(self.stage, "scaling", "smooth")}
 
     def cmd_hello(self, msg):
         return self.describe(), {}
@@ -288,14 +322,74 @@ class PresenterServer:
         n_on, n_mask = frame_counts(stim_on, mask, self.refresh_hz, self.frame_tolerance)
         if not size_deg > 0:
             raise Refused(f"image_size_deg = {size_deg}: expected degrees > 0")
+        if self.fixation is not None:
+            self.fixation.params.window_deg = window_deg
+            self.fixation.params.acquire_ms = fixation_ms
+        if b.get("reward_ms") is not None:
+            self.reward_ms = float(b["reward_ms"])
+        if b.get("image_scaling") is not None:
+            if b["image_scaling"] not in SCALINGS:
+                raise Refused(f"configure: image_scaling {b['image_scaling']!r}; expected one of {', '.join(SCALINGS)}")
+            self.stage.set_scaling(str(b["image_scaling"]))
+        if b.get("calibration") and self.eye is not None:       # the raw -> degrees map the controller uses
+            from rig.sources.calibration import CalibrationMap
+
+            self.eye.set_calibration(CalibrationMap.from_dict(b["calibration"]))
         self.session = msg.session
         self.frames = {"n_fix": frames_at_least(fixation_ms, self.refresh_hz), "n_on": n_on, "n_mask": n_mask,
                        "refresh_hz": self.refresh_hz}
         size_px = self.stage.set_image_size(size_deg)
         self.log(f"session {self.session!r}: {n_on} frames on, {n_mask} mask, {self.frames['n_fix']} fixation "
                  f"at {self.refresh_hz:.2f} Hz; images {size_deg} deg = {size_px:.1f} px")
-        return {**self.frames, "image_size_px": size_px,
+        return {**self.frames, "image_size_px": size_px, "image_scaling": self.stage.scaling,
+                "gamma": {k: v for k, v in (self.stage.gamma or {}).items() if k != "monitor"} or None,
                 "fixation_window_px": self.stage.monitor.px(window_deg)}, {}
+
+    def cmd_calibrate(self, msg):
+        """Show calibration targets: body {targets_deg: [[x, y], ...], window_deg, hold_ms, timeout_ms,
+        raw_per_deg}; reply: accepted flags and the raw samples of each accepted target."""
+        if self.eye is None:
+            raise Refused("calibrate: this presenter has no eye tracker (set eye.source in its config)")
+        from rig.presenter.calibration import run_calibration
+
+        b = msg.body
+        try:
+            targets = np.asarray(b["targets_deg"], float).reshape(-1, 2)
+            window, hold, timeout = float(b.get("window_deg", 3.0)), float(b.get("hold_ms", 300.0)), float(b.get("timeout_ms", 5000.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Refused(f"calibrate needs targets_deg [[x, y], ...] (and numeric window_deg, hold_ms, timeout_ms): {exc!r}") from None
+        saved = getattr(self.eye, "calibration", None)
+        self.eye.set_calibration(None)                      # raw samples while calibrating
+        try:
+            res = run_calibration(self.stage, self.eye, targets, window_deg=window, hold_ms=hold, timeout_ms=timeout,
+                                  raw_per_deg=float(b.get("raw_per_deg", 1.0)), settle_ms=float(b.get("settle_ms", 0.0)),
+                                  should_abort=self.serve_while_busy,
+                                  on_accept=lambda i: give_and_log(self.reward, self.rewards, self.reward_ms,
+                                                                   "calibration", self.clock),
+                                  pace_hz=self.refresh_hz if self.pace else None, announce=self._target_outlet(str(b.get("target_stream", "itloop-calibration-target"))))
+        finally:
+            self.eye.set_calibration(saved)
+        arrays = {f"raw_{i}": np.asarray(r["raw"], np.float64) for i, r in enumerate(res)}
+        rewards = self.rewards.take()
+        arrays.update({"reward_t_s": np.asarray(rewards.t_s, np.float64),
+                       "reward_ms": np.asarray(rewards.duration_ms, np.float64)})
+        return {"targets": [{k: r[k] for k in ("target_deg", "accepted", "how")} for r in res]}, arrays
+
+    def _target_outlet(self, name: str):
+        """An LSL marker stream ``name`` ("x y" in degrees per target shown), so recording software
+        (and the simulated monkey's eye) can see which target is up; None without pylsl."""
+        if not hasattr(self, "_targets"):
+            self._targets = {}
+        if name not in self._targets:
+            try:
+                import pylsl
+            except ImportError:
+                return None
+            info = pylsl.StreamInfo(name, "Markers", 1, 0, pylsl.cf_string, f"{self.presenter_id}-{name}")
+            self._targets[name] = pylsl.StreamOutlet(info)
+            self._targets[name].wait_for_consumers(2.0)      # a listener gets the first target too
+        outlet = self._targets[name]
+        return lambda x, y: outlet.push_sample([f"{x:.4f} {y:.4f}"])
 
     def cmd_load_images(self, msg):
         """A chunk of the stimulus set: body {start, n_total, sha1: [...]}, array ``pixels``."""
@@ -364,7 +458,9 @@ class PresenterServer:
         self.stage.show_blank()
         seconds = time.perf_counter() - t0
         self.log(f"preloaded {len(self.sha1s)} images in {seconds:.1f} s")
-        return {"n_images": len(self.sha1s), "seconds": seconds, "set_digest": self.preloaded_digest}, {}
+        shown = self.stage.shown_size_px(self.stage.images[0]._itloop_shape[0]) if self.stage.images else None
+        return {"n_images": len(self.sha1s), "seconds": seconds, "set_digest": self.preloaded_digest,
+                "image_scaling": self.stage.scaling, "image_shown_px": shown}, {}
 
     def cmd_run_trial(self, msg):
         if not self.preloaded_digest or self.frames is None:
@@ -378,9 +474,15 @@ class PresenterServer:
         if capture and f["n_fix"] + len(idx) * (f["n_on"] + f["n_mask"]) > 400:
             raise Refused("run_trial: capture is for short diagnostic trials (at most 400 frames)")
         log = run_frames(self.stage, idx, f["n_fix"], f["n_on"], f["n_mask"], should_abort=self.serve_while_busy,
-                         marker=self.marker, pace_hz=self.refresh_hz if self.pace else None, capture=capture)
+                         marker=self.marker, pace_hz=self.refresh_hz if self.pace else None, capture=capture,
+                         fixation=self.fixation, refresh_hz=self.refresh_hz,
+                         check_lead_s=self.fixation.params.check_lead_ms / 1000.0 if self.fixation is not None else 0.0)
         per = log.presentations(len(idx), f["n_on"], f["n_mask"], self.refresh_hz)
         self.trials_run += 1
+        if not log.aborted and per["completed"] == len(idx):
+            give_and_log(self.reward, self.rewards, self.reward_ms, "trial", self.clock)
+        trace = self.fixation.trace() if self.fixation is not None else GazeSamples.empty()
+        rewards = self.rewards.take()
         result = {"trial_index": b.get("trial_index"), "completed": per["completed"], "aborted": log.aborted,
                   "reason": log.reason, "n_presentations": len(idx), **{k: f[k] for k in ("n_fix", "n_on", "n_mask")},
                   "refresh_hz": self.refresh_hz,
@@ -391,7 +493,15 @@ class PresenterServer:
         arrays = {"onset_s": per["onset_s"], "mask_s": per["mask_s"], "frames_on": per["frames_on"].astype(np.int32),
                   "frames_mask": per["frames_mask"].astype(np.int32), "dropped": per["dropped"],
                   "frame_time_s": log.frame_time_s, "frame_kind": log.frame_kind, "frame_pres": log.frame_pres,
-                  "event_time_s": np.array([e["t"] for e in log.events], dtype=np.float64)}
+                  "event_time_s": np.array([e["t"] for e in log.events], dtype=np.float64),
+                  "frame_gaze_t": log.frame_gaze_t, "frame_gaze_in": log.frame_gaze_in,
+                  "eye_t_s": trace.t_s, "eye_x_deg": trace.x_deg, "eye_y_deg": trace.y_deg, "eye_pupil": trace.pupil,
+                  "reward_t_s": np.asarray(rewards.t_s, np.float64),
+                  "reward_ms": np.asarray(rewards.duration_ms, np.float64),
+                  "reward_kind": np.asarray([REWARD_KINDS.index(k) for k in rewards.kind], np.int8)}
+        result["break_t_s"] = log.break_t if np.isfinite(log.break_t) else None
+        result["eye"] = self.eye.name if self.eye is not None else "none"
+        result["eye_offset_s"] = self.fixation.offset_s if self.fixation is not None else None   # presenter - eye clock
         if capture:
             arrays["captures"] = np.stack(log.captures)
         return result, arrays

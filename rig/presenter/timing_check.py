@@ -60,3 +60,36 @@ def format_report(stats: dict) -> str:
              f"(expected {stats['expected_soa_ms']:.3f})"]
     verdict = "OK" if stats["dropped"] == 0 else "CHECK: frames were dropped"
     return "\n".join(lines + [f"verdict             {verdict}"])
+
+
+def photodiode_latency(ttl_s: np.ndarray, flip_s: np.ndarray, max_latency_s: float = 0.1) -> dict:
+    """Photodiode-to-flip latency: each stimulus-on flip matched to the first photodiode TTL
+    edge at or after it (within ``max_latency_s``); both on one clock (s).
+
+    For ``itloop present --timing-check`` when the acquisition system records the photodiode
+    TTL: pass its rising-edge times mapped onto the presenter clock (``ClockAligner``) and the
+    flips' stamps. Returns the latencies (ms) and their distribution; flips without a TTL are
+    counted as ``missing`` (a dropped or unlit frame), TTLs without a flip as ``extra``.
+    """
+    ttl = np.sort(np.asarray(ttl_s, float).ravel())
+    flips = np.sort(np.asarray(flip_s, float).ravel())
+    idx = np.searchsorted(ttl, flips, side="left")
+    lat = np.full(len(flips), np.nan)
+    used = np.zeros(len(ttl), bool)
+    for k, (f, i) in enumerate(zip(flips, idx)):
+        if i < len(ttl) and not used[i] and ttl[i] - f <= max_latency_s:
+            lat[k] = ttl[i] - f
+            used[i] = True
+    ok = np.isfinite(lat)
+    ms = lat[ok] * 1000.0
+    q = (lambda p: float(np.percentile(ms, p))) if len(ms) else (lambda p: float("nan"))
+    return {"latency_ms": ms, "matched": int(ok.sum()), "missing": int((~ok).sum()), "extra": int((~used).sum()),
+            "mean_ms": float(ms.mean()) if len(ms) else float("nan"), "sd_ms": float(ms.std()) if len(ms) else float("nan"),
+            "p5_ms": q(5), "median_ms": q(50), "p95_ms": q(95), "max_ms": float(ms.max()) if len(ms) else float("nan")}
+
+
+def format_latency(stats: dict) -> str:
+    """One line: the photodiode-to-flip latency distribution."""
+    return (f"photodiode latency  median {stats['median_ms']:.2f} ms (5-95%: {stats['p5_ms']:.2f}-{stats['p95_ms']:.2f}, "
+            f"max {stats['max_ms']:.2f}); {stats['matched']} matched, {stats['missing']} flips without a pulse, "
+            f"{stats['extra']} pulses without a flip")

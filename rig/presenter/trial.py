@@ -5,6 +5,12 @@ image and ``n_mask`` frames of grey mask, then a blank frame. Every flip that ch
 screen is stamped with its flip time (``win.timeOnFlip``) and fires the marker output
 (``win.callOnFlip``). ``should_abort`` is asked before every frame; when it returns a
 reason the next flip shows a blank screen and the loop ends.
+
+With a ``fixation`` control (``rig.presenter.fixation``) the fixation point stays up until
+gaze has been in the window for the acquire time (or the acquire timeout aborts the
+trial), and before every image and mask frame the newest gaze samples are checked: a
+break turns that very frame into the abort blank, so the image is gone on the next flip.
+What each check saw is logged per frame (``frame_gaze_t``, ``frame_gaze_in``).
 """
 from __future__ import annotations
 
@@ -39,6 +45,9 @@ class TrialLog:
     aborted: bool = False
     reason: str = ""
     captures: list[np.ndarray] = field(default_factory=list)   # back buffer before each flip
+    frame_gaze_t: np.ndarray | None = None    # newest gaze sample the check before each frame saw (NaN: no check)
+    frame_gaze_in: np.ndarray | None = None   # that sample was inside the fixation window
+    break_t: float = float("nan")             # presenter-clock time of the sample that broke fixation
 
     def presentations(self, n_images: int, n_on: int, n_mask: int, refresh_hz: float) -> dict:
         """Per presentation: onset/mask flip times, frames counted, dropped flag; and ``completed``.
@@ -72,23 +81,59 @@ class TrialLog:
 def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
                should_abort: Callable[[], str | None] = lambda: None,
                marker: MarkerOutput | None = None, pace_hz: float | None = None,
-               capture: bool = False) -> TrialLog:
+               capture: bool = False, fixation=None, refresh_hz: float | None = None,
+               check_lead_s: float = 0.0) -> TrialLog:
     """Show one trial on ``stage``; ``images`` are texture indices in presentation order.
 
     ``pace_hz``: sleep so flips come at that rate (for displays without vertical sync,
     e.g. Xvfb); None on a real monitor, where ``flip`` waits for the vertical blank.
+    ``fixation``: a ``FixationControl``; None keeps the fixed ``n_fix`` fixation frames
+    (breaks then come from the controller's ``abort``). ``check_lead_s`` > 0 (with
+    ``refresh_hz``): during the RSVP, wait until that long before the next vertical blank
+    before reading the gaze and drawing, so a break is caught as late as possible and the
+    blank goes up on the very next refresh.
     """
     from psychopy import core
+    from psychopy import logging as _pl
 
+    flip_clock = _pl.defaultClock.getTime
     win = stage.win
     marker = marker or NoMarker()
     period = 1.0 / pace_hz if pace_hz else 0.0
-    times, kinds, press, events, captures = [], [], [], [], []
+    times, kinds, press, events, captures, gaze_t, gaze_in = [], [], [], [], [], [], []
     previous = None
     next_flip = None
     reason = None
-    for kind, pres in frame_sequence(len(images), n_fix, n_on, n_mask):
-        reason = should_abort()
+    frames = frame_sequence(len(images), 0 if fixation is not None else n_fix, n_on, n_mask)
+    i = 0
+    acquiring = fixation is not None
+    fix_onset = None
+    if fixation is not None:
+        fixation.start_trial()
+        timeout = fixation.params.acquire_timeout_ms / 1000.0
+    while True:
+        seen = (np.nan, False)
+        if acquiring:
+            kind, pres = "fix_on", -1
+            if fix_onset is not None:
+                if fixation.acquired():
+                    acquiring = False
+                    continue
+                if times[-1] - fix_onset > timeout:
+                    reason = f"fixation not acquired within {timeout * 1000:.0f} ms"
+        else:
+            if i >= len(frames):
+                break
+            kind, pres = frames[i]
+            i += 1
+        reason = should_abort() or reason
+        if fixation is not None and check_lead_s > 0 and refresh_hz and times and kind in ("stim_on", "mask_on"):
+            wait = times[-1] + 1.0 / refresh_hz - check_lead_s - flip_clock()      # flips are stamped on this clock
+            if wait > 0:
+                time.sleep(wait)
+        if fixation is not None and not reason and kind in ("stim_on", "mask_on"):
+            reason = fixation.broken()
+            seen = (fixation.newest_t, fixation.newest_inside)
         if reason:
             kind, pres = "abort_blank", -1
         stage.draw(kind, images[pres] if kind == "stim_on" else -1)
@@ -109,9 +154,16 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
         times.append(win.flip())
         kinds.append(KIND_CODE[kind])
         press.append(pres)
+        gaze_t.append(seen[0])
+        gaze_in.append(seen[1])
         previous = (kind, pres)
+        if acquiring and fix_onset is None:
+            fix_onset = times[-1]
+            fixation.count_from(fix_onset)
         if reason:
             break
     return TrialLog(np.array(times, dtype=np.float64), np.array(kinds, dtype=np.int8),
                     np.array(press, dtype=np.int32), events, aborted=bool(reason), reason=reason or "",
-                    captures=captures)
+                    captures=captures, frame_gaze_t=np.array(gaze_t, dtype=np.float64),
+                    frame_gaze_in=np.array(gaze_in, dtype=bool),
+                    break_t=fixation.break_t if fixation is not None else float("nan"))

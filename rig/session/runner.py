@@ -72,13 +72,31 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+@dataclass
+class TrialProgress:
+    """What an observer (the live monitor) is told after each stored trial."""
+
+    trials_run: int
+    presentations_valid: int
+    presentations_total: int
+    planned: int
+    remaining: int
+    elapsed_s: float
+    clock_offset_s: float
+    clock_drift: float
+    clock_residual_sd_s: float
+    clock_n_pairs: int
+
+
 def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, schedule: Schedule,
                 session: SessionInfo, window_ms: tuple[float, float], progress: bool = True,
-                max_trials: int | None = None) -> SessionResult:
+                max_trials: int | None = None, observer=None) -> SessionResult:
     """Record trials until every planned presentation has a valid recording.
 
     ``writer`` may be a fresh or a resumed day; presentations it already holds validly
     are not shown again. ``max_trials`` stops early (for tests and dry runs).
+    ``observer(rows, progress)`` is called after each stored trial (``TrialRows``,
+    :class:`TrialProgress`); it must not raise (errors are reported and ignored).
     """
     t0 = time.monotonic()
     queue = PresentationQueue.replay(schedule, writer.recorded_trials())
@@ -110,7 +128,11 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                 dropped = np.zeros(k, bool)
                 dropped[: rec.completed] = rec.dropped_frame
                 valid = shown & ~dropped & rec.acquisition_ok
-                writer.append_trial(TrialRows(trial, rec, onset_acq, counts, valid))
+                rows = TrialRows(trial, rec, onset_acq, counts, valid,
+                                 eye_acq_s=aligner.to_acq(rec.eye_presenter_s) if len(rec.eye_presenter_s) else np.zeros(0),
+                                 reward_acq_s=(aligner.to_acq(rec.reward_presenter_s) if len(rec.reward_presenter_s)
+                                               else np.zeros(0)))
+                writer.append_trial(rows)
                 writer.set_clock(aligner.offset_s, aligner.drift, aligner.residual_sd_s, aligner.n_pairs)
                 queue.complete(valid)
                 n_trials += 1
@@ -118,6 +140,13 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                 n_total += k
                 bar.update(int(valid.sum()))
                 bar.set_postfix(trials=n_trials, valid=f"{n_valid / max(n_total, 1):.0%}")
+                if observer is not None:
+                    try:
+                        observer(rows, TrialProgress(n_trials, n_valid, n_total, len(schedule), len(queue),
+                                                     time.monotonic() - t0, aligner.offset_s, aligner.drift,
+                                                     aligner.residual_sd_s, aligner.n_pairs))
+                    except Exception as exc:  # noqa: BLE001 - a monitor must never stop a recording
+                        tqdm.write(f"live monitor: {exc!r} (ignored; the recording goes on)")
                 if flag.stop or (max_trials is not None and n_trials >= max_trials):
                     interrupted = flag.stop
                     break

@@ -21,6 +21,9 @@ Layout (every dataset has ``unit`` and ``description`` attributes)::
     /spikes/counts         (n_presentations, n_channels) spikes in the count window
     /spikes/times_s, /spikes/channel   raw spike events, acquisition clock
     /sync/presenter_s, /sync/acq_s     sync pulses on both clocks
+    /eye/<column>          gaze samples of every trial (time on both clocks, x/y deg, pupil)
+    /rewards/<column>      every reward given (time on both clocks, duration, kind)
+    /calibration           attrs: the eye calibration map used (JSON), when there is one
 
 Crash safety: a trial is *committed* when its row in ``/trials`` exists and the root
 attribute ``committed_trials`` counts it; that attribute is written last, then the file
@@ -68,6 +71,23 @@ TRIAL_COLUMNS = [
     ("presentations_end", "i8", "rows", "row count of /presentations after this trial"),
     ("spikes_end", "i8", "rows", "row count of /spikes/times_s after this trial"),
     ("sync_end", "i8", "rows", "row count of /sync after this trial"),
+    ("eye_end", "i8", "rows", "row count of /eye after this trial"),
+    ("reward_end", "i8", "rows", "row count of /rewards after this trial"),
+]
+EYE_COLUMNS = [
+    ("trial_index", "i8", "1", "trial attempt the sample belongs to"),
+    ("t_presenter_s", "f8", "s", "sample time, presenter clock (the tracker's clock mapped at each trial start)"),
+    ("t_acq_s", "f8", "s", "sample time, acquisition clock (aligned via sync pulses)"),
+    ("x_deg", "f4", "deg", "gaze x, degrees of visual angle from the screen centre, right positive"),
+    ("y_deg", "f4", "deg", "gaze y, degrees of visual angle from the screen centre, up positive"),
+    ("pupil", "f4", "tracker units", "pupil size as the tracker reports it; NaN if none"),
+]
+REWARD_COLUMNS = [
+    ("trial_index", "i8", "1", "trial attempt after which (or during which) the reward was given"),
+    ("t_presenter_s", "f8", "s", "time the reward driver was told, presenter clock"),
+    ("t_acq_s", "f8", "s", "the same time on the acquisition clock"),
+    ("duration_ms", "f4", "ms", "valve open time asked for"),
+    ("kind", "i1", "1", "0 completed trial, 1 manual (reward key), 2 calibration point"),
 ]
 PRESENTATION_COLUMNS = [
     ("planned_index", "i8", "1", "slot in /schedule/stim_index this presentation fulfils"),
@@ -227,11 +247,23 @@ class DayWriter:
         _append(h5["spikes/channel"], r.spike_channels)
         _append(h5["sync/presenter_s"], r.sync_presenter_s)
         _append(h5["sync/acq_s"], r.sync_acq_s)
+        _ensure_eye_groups(h5)
+        n_eye, n_rew = len(r.eye_presenter_s), len(r.reward_presenter_s)
+        eye_acq = rows.eye_acq_s if rows.eye_acq_s is not None and len(rows.eye_acq_s) == n_eye else np.full(n_eye, np.nan)
+        rew_acq = (rows.reward_acq_s if rows.reward_acq_s is not None and len(rows.reward_acq_s) == n_rew
+                   else np.full(n_rew, np.nan))
+        for name, values in (("trial_index", np.full(n_eye, t.trial_index)), ("t_presenter_s", r.eye_presenter_s),
+                             ("t_acq_s", eye_acq), ("x_deg", r.eye_x_deg), ("y_deg", r.eye_y_deg), ("pupil", r.eye_pupil)):
+            _append(h5["eye"][name], values)
+        for name, values in (("trial_index", np.full(n_rew, t.trial_index)), ("t_presenter_s", r.reward_presenter_s),
+                             ("t_acq_s", rew_acq), ("duration_ms", r.reward_ms), ("kind", r.reward_kind)):
+            _append(h5["rewards"][name], values)
         trow = {"trial_index": t.trial_index, "n_planned": k, "completed": c, "fixation_ok": r.fixation_ok,
                 "acquisition_ok": r.acquisition_ok, "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s,
                 "end_presenter_s": r.end_presenter_s,
                 "presentations_end": h5["presentations/valid"].shape[0], "spikes_end": h5["spikes/times_s"].shape[0],
-                "sync_end": h5["sync/acq_s"].shape[0]}
+                "sync_end": h5["sync/acq_s"].shape[0], "eye_end": h5["eye/t_presenter_s"].shape[0],
+                "reward_end": h5["rewards/t_presenter_s"].shape[0]}
         for name, dt, _, _ in TRIAL_COLUMNS:
             _append(h5["trials"][name], np.asarray([trow[name]], dt))
         h5.attrs["committed_trials"] = h5["trials/trial_index"].shape[0]
@@ -241,6 +273,13 @@ class DayWriter:
         """Store the presenter->acquisition clock fit: acq = offset + (1 + drift) * presenter."""
         g = self._h5["sync"]
         g.attrs.update({"fit_offset_s": offset_s, "fit_drift": drift, "fit_residual_sd_s": residual_sd_s, "fit_n_pairs": n_pairs})
+
+    def set_calibration(self, cmap: dict) -> None:
+        """Store the eye calibration map used this day (``CalibrationMap.to_dict()``), replacing none."""
+        g = self._h5.require_group("calibration")
+        g.attrs["map_json"] = json.dumps(cmap)
+        g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
+        self._h5.flush()
 
     def mark_complete(self) -> None:
         self._h5.attrs["status"] = "complete"
@@ -309,6 +348,16 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
     sy = h5.create_group("sync")
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
+    _ensure_eye_groups(h5)
+
+
+def _ensure_eye_groups(h5: h5py.File) -> None:
+    """The /eye and /rewards tables (created with the header; added to an older day file on first use)."""
+    for group, columns in (("eye", EYE_COLUMNS), ("rewards", REWARD_COLUMNS)):
+        if group not in h5:
+            g = h5.create_group(group)
+            for name, dt, unit, desc in columns:
+                _growing(g, name, dt, unit, desc)
 
 
 def _write_identity(h5: h5py.File, attrs: dict, backend: str, identifier: str | None) -> None:
@@ -382,12 +431,22 @@ def _truncate_to_committed(h5: h5py.File) -> None:
     """Cut every growing table back to the end of the last committed trial."""
     committed = int(h5.attrs["committed_trials"])
     tr = h5["trials"]
-    ends = {"presentations": 0, "spikes": 0, "sync": 0}
+    ends = {"presentations": 0, "spikes": 0, "sync": 0, "eye": 0, "reward": 0}
     if committed:
         ends = {"presentations": int(tr["presentations_end"][committed - 1]),
                 "spikes": int(tr["spikes_end"][committed - 1]), "sync": int(tr["sync_end"][committed - 1])}
+        for key in ("eye", "reward"):             # older day files have no eye/reward columns
+            ends[key] = int(tr[f"{key}_end"][committed - 1]) if f"{key}_end" in tr else 0
     for name, *_ in TRIAL_COLUMNS:
-        tr[name].resize(committed, axis=0)
+        if name in tr:
+            tr[name].resize(committed, axis=0)
+        else:                                     # an older day file: add the column, its rows all zero
+            _growing(tr, name, *next((dt, u, d) for n, dt, u, d in TRIAL_COLUMNS if n == name))
+            tr[name].resize(committed, axis=0)
+    for group, columns, key in (("eye", EYE_COLUMNS, "eye"), ("rewards", REWARD_COLUMNS, "reward")):
+        if group in h5:
+            for name, *_ in columns:
+                h5[group][name].resize(ends[key], axis=0)
     for name, *_ in PRESENTATION_COLUMNS:
         h5["presentations"][name].resize(ends["presentations"], axis=0)
     h5["spikes/counts"].resize(ends["presentations"], axis=0)

@@ -34,6 +34,13 @@ def rows_to_json(rows: TrialRows) -> str:
         "end_presenter_s": r.end_presenter_s,
         "onset_acq_s": rows.onset_acq_s.tolist(), "counts": rows.counts.tolist(), "valid": rows.valid.tolist(),
     }
+    if len(r.eye_presenter_s) or len(r.reward_presenter_s):
+        d.update({"eye_presenter_s": r.eye_presenter_s.tolist(), "eye_x_deg": r.eye_x_deg.tolist(),
+                  "eye_y_deg": r.eye_y_deg.tolist(), "eye_pupil": r.eye_pupil.tolist(),
+                  "reward_presenter_s": r.reward_presenter_s.tolist(), "reward_ms": r.reward_ms.tolist(),
+                  "reward_kind": r.reward_kind.tolist(),
+                  "eye_acq_s": None if rows.eye_acq_s is None else np.asarray(rows.eye_acq_s).tolist(),
+                  "reward_acq_s": None if rows.reward_acq_s is None else np.asarray(rows.reward_acq_s).tolist()})
     return json.dumps(d, allow_nan=True)
 
 
@@ -43,9 +50,13 @@ def rows_from_json(text: str) -> TrialRows:
     rec = TrialRecord(d["trial_index"], d["completed"], d["fixation_ok"], d["onset_presenter_s"], d["frames_on"],
                       d["frames_mask"], d["dropped_frame"], d["sync_presenter_s"], d["sync_acq_s"],
                       d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
-                      d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")))
+                      d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")),
+                      **{k: d[k] for k in ("eye_presenter_s", "eye_x_deg", "eye_y_deg", "eye_pupil",
+                                           "reward_presenter_s", "reward_ms", "reward_kind") if k in d})
+    opt = lambda k: None if d.get(k) is None else np.asarray(d[k], float)  # noqa: E731
     return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
-                     np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool))
+                     np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool),
+                     eye_acq_s=opt("eye_acq_s"), reward_acq_s=opt("reward_acq_s"))
 
 
 class Journal:

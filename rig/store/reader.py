@@ -128,7 +128,7 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         raise DayFileError(f"{path} has schema version {attrs['schema_version']}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
     committed = int(attrs["committed_trials"])
     tr = h5["trials"]
-    trials = {name: tr[name][:committed] for name, *_ in TRIAL_COLUMNS}
+    trials = {name: tr[name][:committed] for name, *_ in TRIAL_COLUMNS if name in tr}   # older files lack eye_end, reward_end
     n_pres = int(trials["presentations_end"][-1]) if committed else 0
     n_spk = int(trials["spikes_end"][-1]) if committed else 0
     n_sync = int(trials["sync_end"][-1]) if committed else 0
@@ -196,3 +196,26 @@ class DayCache:
             self._days[key] = (sig, day)
         return day
 
+
+
+def read_eye(path: str | Path) -> tuple[dict, dict, dict | None]:
+    """The committed trials' eye samples and rewards: ``(eye, rewards, calibration map or None)``.
+
+    ``eye``: trial_index, t_presenter_s, t_acq_s, x_deg, y_deg, pupil; ``rewards``:
+    trial_index, t_presenter_s, t_acq_s, duration_ms, kind (0 trial, 1 manual, 2 calibration).
+    Empty arrays for a day file recorded without an eye tracker.
+    """
+    import json
+
+    with h5py.File(path, "r") as h5:
+        committed = int(h5.attrs["committed_trials"])
+        tr = h5["trials"]
+        out = []
+        for group, key in (("eye", "eye_end"), ("rewards", "reward_end")):
+            if group not in h5 or key not in tr:
+                out.append({})
+                continue
+            n = int(tr[key][committed - 1]) if committed else 0
+            out.append({name: h5[group][name][:n] for name in h5[group]})
+        cal = json.loads(h5["calibration"].attrs["map_json"]) if "calibration" in h5 else None
+    return out[0], out[1], cal

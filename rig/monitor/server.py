@@ -1,0 +1,94 @@
+"""The live monitor's web server: stdlib ``http.server`` in a thread, on 127.0.0.1 only.
+
+``GET /`` is the page (``page.html``: inline SVG drawn by a little script; nothing from
+the internet), ``GET /state.json`` what it draws (``MonitorState.snapshot``). Every other
+method is refused: the page has no control actions. To watch from another computer, tunnel:
+``ssh -N -L 8765:127.0.0.1:8765 user@controller`` and open http://127.0.0.1:8765/.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from rig.monitor.state import MonitorState
+
+PAGE = Path(__file__).with_name("page.html")
+
+
+def _handler(state: MonitorState, page: bytes):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "itloop-monitor"
+
+        def log_message(self, *args) -> None:     # quiet: the session's progress bar owns the terminal
+            pass
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path in ("/", "/index.html"):
+                self._send(200, page, "text/html; charset=utf-8")
+            elif path == "/state.json":
+                self._send(200, json.dumps(state.snapshot(), allow_nan=False).encode(), "application/json")
+            else:
+                self._send(404, b"not found: the monitor serves / and /state.json\n", "text/plain")
+
+        def _refuse(self) -> None:
+            self._send(405, b"read-only: the live monitor takes no actions\n", "text/plain")
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+    return Handler
+
+
+class LiveMonitor:
+    """Serve ``state`` on ``host:port`` (loopback only; port 0 picks a free one) until ``close()``."""
+
+    def __init__(self, state: MonitorState, host: str = "127.0.0.1", port: int = 8765):
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"the live monitor binds to loopback only, not {host!r}; reach it from another "
+                             "computer through an SSH tunnel (see the README)")
+        self.state = state
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), _handler(state, PAGE.read_bytes()))
+        except OSError as exc:
+            raise ValueError(f"live monitor: cannot listen on {host}:{port} ({exc}); set live_monitor.port "
+                             "to a free port (0 = any)") from None
+        self.httpd.daemon_threads = True
+        self.host, self.port = self.httpd.server_address[:2]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="itloop-live-monitor", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def observe(self, rows, progress) -> None:
+        """The session runner's observer: one call per stored trial."""
+        self.state.observe(rows, progress)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+            self._thread.join(timeout=5)
+        self.httpd.server_close()
+
+    def __enter__(self) -> "LiveMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
