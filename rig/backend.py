@@ -70,6 +70,8 @@ class TrialRecord:
     acquisition_ok: bool = True             # False: a gap in the acquisition stream; invalidate all
     note: str = ""
     end_presenter_s: float = float("nan")   # trial end (next trial may start), presenter clock, s
+    clock_segment: str = ""                 # presenter session (process) whose clock stamped the flips
+    pulse_ok: np.ndarray | None = None      # (completed,) bool: its sync pulse arrived (None: all did)
 
     def __post_init__(self) -> None:
         self.onset_presenter_s = np.asarray(self.onset_presenter_s, dtype=np.float64)
@@ -80,6 +82,8 @@ class TrialRecord:
         self.sync_acq_s = np.asarray(self.sync_acq_s, dtype=np.float64)
         self.spike_times_s = np.asarray(self.spike_times_s, dtype=np.float64)
         self.spike_channels = np.asarray(self.spike_channels, dtype=np.int32)
+        self.pulse_ok = (np.ones(self.completed, bool) if self.pulse_ok is None
+                         else np.asarray(self.pulse_ok, dtype=bool)[: self.completed])
         for name in ("onset_presenter_s", "frames_on", "frames_mask", "dropped_frame"):
             if len(getattr(self, name)) != self.completed:
                 raise ValueError(f"TrialRecord.{name} has {len(getattr(self, name))} entries, expected completed={self.completed}")
@@ -124,3 +128,56 @@ class BackendInfo:
     n_channels: int
     channel_names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- acquisition
+@dataclass
+class AcqEvents:
+    """Events an acquisition system delivered since the last call (acquisition clock, s).
+
+    ``spike_*``: one entry per spike (channel index into the source's channel list);
+    ``ttl_*``: one entry per TTL edge (line number, state True = rising edge).
+    """
+
+    spike_times_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    spike_channels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    ttl_times_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ttl_lines: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    ttl_states: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    latest_s: float = float("nan")      # the latest acquisition time any event so far carried, s
+
+
+@runtime_checkable
+class SpikeSource(Protocol):
+    """A live acquisition system: spikes and sync TTLs on its own clock.
+
+    The clock is the system's sample counter divided by ``sampling_rate_hz`` (Open
+    Ephys), or its stream clock plus the clock correction (LSL), in seconds.
+    """
+
+    name: str
+    n_channels: int
+    channel_names: list[str]
+    sampling_rate_hz: float
+
+    def open(self) -> None:
+        """Connect (subscribe, resolve streams); raises a one-line error if it cannot."""
+
+    def start_recording(self, name: str) -> None:
+        """Ask the acquisition system to record to disk under ``name`` (no-op if it cannot)."""
+
+    def message(self, text: str) -> None:
+        """Write one text event into the acquisition system's recording (no-op if it cannot)."""
+
+    def events_since(self, timeout_s: float = 0.0) -> AcqEvents:
+        """Every event received since the last call, waiting up to ``timeout_s`` for the first."""
+
+    def stop_recording(self) -> None:
+        """Stop the acquisition system's recording (no-op if it cannot)."""
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""
+
+    def describe(self) -> dict:
+        """Provenance for the day file: system, version, stream names, sampling rate."""
+

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "rig.cli.model",
     "rig.cli.stimuli",
     "rig.cli.loop",
+    "rig.cli.simrig",
 ]
 
 USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)

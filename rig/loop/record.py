@@ -85,8 +85,16 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                        fixation_acquire_ms=r.fixation_acquire_ms, inter_trial_ms=r.inter_trial_ms,
                        image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.experiment.seed + 7919 * day)
     with writer:
-        return run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
-                           progress=progress, max_trials=max_trials)
+        result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
+                             progress=progress, max_trials=max_trials)
+        if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream
+            import json
+
+            from rig.backends.factory import describe_source
+
+            desc = backend.source.describe()
+            writer.set_attrs({"spike_source": describe_source(desc), "spike_source_json": json.dumps(desc, default=str)})
+        return result
 
 
 def _resume_presenter_time(path: Path, stored) -> float:

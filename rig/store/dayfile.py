@@ -196,6 +196,17 @@ class DayWriter:
     def sync_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         return self._h5["sync/presenter_s"][:], self._h5["sync/acq_s"][:]
 
+    def sync_pairs_by_segment(self) -> list[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+        """Sync pairs grouped by presenter session (clock segment), in first-seen order."""
+        p, a = self.sync_pairs()
+        seg = _sync_segments(self._h5)
+        labels = list(dict.fromkeys(seg.tolist()))
+        return [(lab, (p[seg == lab], a[seg == lab])) for lab in labels] or [("", (p, a))]
+
+    def set_clock_segments(self, segments: list[dict]) -> None:
+        """Store every clock segment's fit and residuals (JSON attr ``/sync.fit_segments``)."""
+        self._h5["sync"].attrs["fit_segments"] = json.dumps(segments, allow_nan=True)
+
     # -- writing -----------------------------------------------------------------------
     def append_trial(self, rows: TrialRows) -> None:
         """Journal the trial (fsync), then write it to HDF5 and flush."""
@@ -224,6 +235,8 @@ class DayWriter:
         _append(h5["spikes/channel"], r.spike_channels)
         _append(h5["sync/presenter_s"], r.sync_presenter_s)
         _append(h5["sync/acq_s"], r.sync_acq_s)
+        if "segment" in h5["sync"]:
+            _append(h5["sync/segment"], np.array([r.clock_segment] * len(r.sync_acq_s), dtype=object))
         trow = {"trial_index": t.trial_index, "n_planned": k, "completed": c, "fixation_ok": r.fixation_ok,
                 "acquisition_ok": r.acquisition_ok, "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s,
                 "end_presenter_s": r.end_presenter_s,
@@ -238,6 +251,11 @@ class DayWriter:
         """Store the presenter->acquisition clock fit: acq = offset + (1 + drift) * presenter."""
         g = self._h5["sync"]
         g.attrs.update({"fit_offset_s": offset_s, "fit_drift": drift, "fit_residual_sd_s": residual_sd_s, "fit_n_pairs": n_pairs})
+
+    def set_attrs(self, attrs: dict) -> None:
+        """Update file attributes (provenance learnt while recording, e.g. the spike source's sample rate)."""
+        self._h5.attrs.update(attrs)
+        self._h5.flush()
 
     def mark_complete(self) -> None:
         self._h5.attrs["status"] = "complete"
@@ -305,6 +323,7 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
     sy = h5.create_group("sync")
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
+    _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
 
 
 def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
@@ -356,7 +375,16 @@ def _truncate_to_committed(h5: h5py.File) -> None:
     h5["spikes/counts"].resize(ends["presentations"], axis=0)
     for name in ("times_s", "channel"):
         h5["spikes"][name].resize(ends["spikes"], axis=0)
-    for name in ("presenter_s", "acq_s"):
-        h5["sync"][name].resize(ends["sync"], axis=0)
+    for name in ("presenter_s", "acq_s", "segment"):
+        if name in h5["sync"]:
+            h5["sync"][name].resize(ends["sync"], axis=0)
+
+
+def _sync_segments(h5: h5py.File) -> np.ndarray:
+    """The clock segment label of every sync pair ('' for files written before segments)."""
+    n = h5["sync/acq_s"].shape[0]
+    if "segment" not in h5["sync"]:
+        return np.array([""] * n, dtype=object)
+    return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in h5["sync/segment"][:]], dtype=object)
 
 

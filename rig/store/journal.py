@@ -31,7 +31,8 @@ def rows_to_json(rows: TrialRows) -> str:
         "sync_presenter_s": r.sync_presenter_s.tolist(), "sync_acq_s": r.sync_acq_s.tolist(),
         "spike_times_s": r.spike_times_s.tolist(), "spike_channels": r.spike_channels.tolist(),
         "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
-        "end_presenter_s": r.end_presenter_s,
+        "end_presenter_s": r.end_presenter_s, "clock_segment": r.clock_segment,
+        "pulse_ok": r.pulse_ok.tolist(),
         "onset_acq_s": rows.onset_acq_s.tolist(), "counts": rows.counts.tolist(), "valid": rows.valid.tolist(),
     }
     return json.dumps(d, allow_nan=True)
@@ -43,7 +44,8 @@ def rows_from_json(text: str) -> TrialRows:
     rec = TrialRecord(d["trial_index"], d["completed"], d["fixation_ok"], d["onset_presenter_s"], d["frames_on"],
                       d["frames_mask"], d["dropped_frame"], d["sync_presenter_s"], d["sync_acq_s"],
                       d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
-                      d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")))
+                      d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")),
+                      str(d.get("clock_segment", "")), d.get("pulse_ok"))
     return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
                      np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool))
 

@@ -1,0 +1,1 @@
+"""Acquisition and eye adapters: Open Ephys, LSL (rank 1: imports only rig/*.py)."""
