@@ -166,6 +166,7 @@ class AcquisitionSim:
         self.last_acq_s = float(monkey.clock.offset_s) + 100.0
         self.pending: dict[str, list[dict]] = {}
         self.trials = 0
+        self._recent = (np.zeros(0), np.zeros(0, int))     # spikes of the last 2 s (truth counts)
         self.published = {"spikes": 0, "ttl": 0, "dropped_pulses": 0, "extra_pulses": 0}
         self.rng = np.random.default_rng([int(params.seed) & 0xFFFFFFFF, 77])
 
@@ -203,7 +204,8 @@ class AcquisitionSim:
         onset_p = t[on_i]
         off_p = np.array([t[i + 1] if i + 1 < len(t) else t[i] for i in on_i])
         light_acq = cm.to_acq(onset_p + rng.uniform(-PHOTODIODE_JITTER_S, PHOTODIODE_JITTER_S, len(on_i)))
-        t0, t1 = float(cm.to_acq(t[0])), float(cm.to_acq(t[-1])) + 0.3
+        # one spike train: a trial's spikes start where the previous trial's (tail included) ended
+        t0, t1 = max(float(cm.to_acq(t[0])), self.last_acq_s), float(cm.to_acq(t[-1])) + 0.3
         if len(on_i):
             st, sc = self.monkey.spikes_for(images, light_acq, (off_p - onset_p) * cm.slope, rng, t_start_s=t0, t_stop_s=t1)
         else:
@@ -215,15 +217,19 @@ class AcquisitionSim:
         extra_n = np.round(rng.uniform(t0, t1, n_extra) * fs).astype(np.int64)
         # truth: counts in the response window after the true light onset, from the published (sample) times
         if self.truth_path is not None:
-            ts = st_n / fs
+            rt, rc = self._recent
+            ts = np.r_[rt, st_n / fs]
+            sc_all = np.r_[rc, np.asarray(sc, int)]
+            keep = ts > t1 - 2.0
+            self._recent = (ts[keep], sc_all[keep])
             lines = []
             for j, i in enumerate(on_i):
                 lo, hi = light_acq[j] + p.window_s[0], light_acq[j] + p.window_s[1]
-                counts = np.bincount(np.asarray(sc)[(ts >= lo) & (ts < hi)], minlength=self.monkey.n_channels)
+                counts = np.bincount(sc_all[(ts >= lo) & (ts < hi)], minlength=self.monkey.n_channels)
                 lines.append(json.dumps({"presenter": presenter, "t_presenter": float(onset_p[j]),
                                          "t_acq_true": float(light_acq[j]), "image": int(images[j]), "pres": events[i]["pres"],
                                          "pulse": not bool(dropped[j]), "counts": counts.tolist(),
-                                         "near_edge": np.bincount(np.asarray(sc)[(np.abs(ts - lo) < 1e-3) | (np.abs(ts - hi) < 1e-3)],
+                                         "near_edge": np.bincount(sc_all[(np.abs(ts - lo) < 1e-3) | (np.abs(ts - hi) < 1e-3)],
                                                                   minlength=self.monkey.n_channels).tolist()}))
             with open(self.truth_path, "a") as fh:
                 fh.write("".join(x + "\n" for x in lines))

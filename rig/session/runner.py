@@ -84,7 +84,8 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
     queue = PresentationQueue.replay(schedule, writer.recorded_trials())
     clock = SegmentedClock()
     for label, (p_s, a_s) in _stored_segments(writer):
-        clock.add(label, p_s, a_s)
+        if len(p_s):
+            clock.add(label, p_s, a_s)
     n_ch = writer.n_channels
     n_trials = n_valid = n_total = 0
     interrupted = False

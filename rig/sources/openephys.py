@@ -107,7 +107,8 @@ class OpenEphysSource:
 
     def __init__(self, host: str = "127.0.0.1", event_port: int = 5557, http_port: int = 37497,
                  http_control: bool = True, n_channels: int = 32, electrode_prefix: str = "Electrode ",
-                 ttl_line: int = 0):
+                 ttl_line: int = 0, connect_s: float = 10.0):
+        self.connect_s = float(connect_s)
         self.endpoint = f"tcp://{host}:{event_port}"
         self.http = OpenEphysHttp(host, http_port) if http_control else None
         self.n_channels = int(n_channels)
@@ -130,8 +131,17 @@ class OpenEphysSource:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(self.endpoint)
         self._sock = sock
-        if self.http is not None:
-            self.gui_mode = self.http.status()       # fails now, in one line, if the GUI is not there
+        if self.http is not None:                    # fails in one line if the GUI does not answer within connect_s
+            deadline = time.monotonic() + self.connect_s
+            while True:
+                try:
+                    self.gui_mode = self.http.status()
+                    break
+                except OpenEphysError:
+                    if time.monotonic() >= deadline:
+                        self.close()
+                        raise
+                    time.sleep(0.2)
 
     def start_recording(self, name: str) -> None:
         if self.http is not None:
