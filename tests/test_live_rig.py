@@ -143,7 +143,7 @@ def test_day_recorded_through_the_open_ephys_format_matches_the_simulators_truth
     # ... and was shown again: the day is complete, every planned slot valid once (check_day found no duplicates)
     seg = summary["clock_segments"]
     # one presenter session, one segment; (a few seconds of pulses cannot pin 50 ppm down: the onset error above is the test)
-    assert len(seg) == 1 and seg[0]["label"].startswith("presenter-") and seg[0]["max_abs_residual_s"] < 0.5e-3
+    assert len(seg) == 1 and seg[0]["label"].startswith("presenter-") and "/run" in seg[0]["label"] and seg[0]["max_abs_residual_s"] < 0.5e-3
     http = [json.loads(x) for x in (tmp_path / "http.jsonl").read_text().splitlines()]
     messages = [h["message"] for h in http if "message" in h]
     assert len(messages) == summary["trials"] and all(m.startswith("itloop session=") for m in messages)

@@ -17,12 +17,14 @@ and the trial's ``note`` says so once per session.
 from __future__ import annotations
 
 import time
+import uuid
 
 import numpy as np
 
 from rig.backend import AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
+from rig.errors import UserError
 from rig.link.client import PresenterClient
-from rig.session.clock import SegmentedClock, match_pulses, vote_offset
+from rig.session.clock import ClockFitError, SegmentedClock, match_pulses, vote_offset
 
 
 class RigBackend:
@@ -48,6 +50,9 @@ class RigBackend:
         self._spk_c: list[np.ndarray] = []
         self._pulses = np.zeros(0)
         self._boot: dict[str, list[float]] = {}     # unaligned onsets per segment (bootstrap pool)
+        self._epoch = 0                              # acquisition restarts seen
+        self._run = f"run{uuid.uuid4().hex[:6]}"     # this controller run
+        self._lost_streak = 0                        # trials in a row whose pulses all missed the fit
         self.stats = {"pulses_matched": 0, "pulses_missing": 0, "pulses_extra": 0, "trials_unaligned": 0}
 
     # ------------------------------------------------------------------ session
@@ -79,8 +84,12 @@ class RigBackend:
             self._pulses = np.sort(np.r_[self._pulses, rising])
 
     def _segment(self) -> str:
+        """Clock segment: the presenter process, this controller run (a resumed day aligns
+        afresh: the acquisition system may have restarted meanwhile) and the acquisition
+        epoch (a restarted acquisition system starts its sample counter again)."""
         peer = self.client.peer
-        return peer.decode(errors="replace") if peer else ""
+        name = peer.decode(errors="replace") if peer else ""
+        return f"{name}/{self._run}" + (f"/acq{self._epoch}" if self._epoch else "")
 
     def _wait_for_acquisition(self, label: str, last_flip_p: float, n_onsets: int) -> bool:
         """Pump events until the stream has passed the trial's last flip (or, before the
@@ -115,14 +124,18 @@ class RigBackend:
         text = (f"itloop session={s.session_id} day={s.day} trial={trial.trial_index} presenter={label} "
                 f"stim={','.join(map(str, trial.stim_indices))} planned={','.join(map(str, trial.planned_indices))} "
                 f"shown={res.shown}")
-        self.source.message(text)
+        note = []
+        try:
+            self.source.message(text)
+        except UserError as exc:          # the control channel is best effort; the pulses decide validity
+            note.append(f"acquisition message not delivered ({exc})")
+            self.stats["messages_failed"] = self.stats.get("messages_failed", 0) + 1
         if self.markers is not None:
             self.markers.push(text)
         c.pump(s.inter_trial_ms / 1000.0)              # inter-trial interval, heartbeats flowing
         n_shown = res.shown
         onsets = res.onset_s[:n_shown]
         heard = self._wait_for_acquisition(label, float(res.frame_time_s[-1]), n_shown)
-        note = []
         seg = self.clock.fitted(label)
         if seg is not None:
             pred = seg.to_acq(onsets)
@@ -131,16 +144,34 @@ class RigBackend:
             pool.extend(onsets.tolist())
             del pool[:-60]
             offset, votes, runner = vote_offset(np.asarray(pool), self._pulses, self.tol)
+            if offset is not None and votes < min(3, len(pool)):
+                offset = None                     # too few pairs to trust a first alignment
             pred = onsets + offset if offset is not None else np.full(n_shown, np.nan)
             if offset is None:
                 note.append(f"clock of presenter {label} not aligned yet ({votes} vs {runner} pulse matches)")
                 self.stats["trials_unaligned"] += 1
         idx = match_pulses(pred, self._pulses, self.tol) if n_shown else np.zeros(0, int)
         got = idx >= 0
+        if seg is not None and n_shown >= 2 and not got.any() and len(self._pulses) >= n_shown:
+            self._lost_streak += 1
+            if self._lost_streak >= 2:          # pulses keep coming but none where the fit says: the
+                self._epoch += 1                # acquisition clock restarted; align afresh from the next trial
+                self._lost_streak = 0
+                self._pulses = self._pulses[-4 * n_shown:]
+                note.append(f"acquisition clock jumped: new clock segment {self._segment()}")
+        elif got.any():
+            self._lost_streak = 0
         sync_p, sync_a = onsets[got], self._pulses[idx[got]]
         if got.any():
-            seg = self.clock.add(label, sync_p, sync_a)
-            self._boot.pop(label, None)
+            try:
+                seg = self.clock.add(label, sync_p, sync_a)
+                self._boot.pop(label, None)
+            except ClockFitError as exc:      # these pairs cannot be right: keep them out, align afresh
+                note.append(f"pulses refused ({exc})")
+                got[:] = False
+                idx[:] = -1
+                sync_p, sync_a = onsets[:0], self._pulses[:0]
+                seg = self.clock.fitted(label)
         self.stats["pulses_matched"] += int(got.sum())
         self.stats["pulses_missing"] += int((~got).sum())
         end_acq = float(seg.to_acq(end_p)) if seg is not None else float("inf")
@@ -150,7 +181,7 @@ class RigBackend:
         stale = self._pulses < (end_acq if np.isfinite(end_acq) else -np.inf)
         self.stats["pulses_extra"] += int((stale & ~used).sum()) if seg is not None else 0
         keep = ~used & ~(stale if seg is not None else np.zeros(len(used), bool))
-        self._pulses = self._pulses[keep]
+        self._pulses = self._pulses[keep][-1000:]      # bounded while unaligned
         times, chans = self._spikes_before(end_acq)
         n = res.completed
         pulse_ok = got[:n]

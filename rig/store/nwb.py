@@ -103,7 +103,8 @@ def build_nwbfile(d: DayData, *, subject_id: str = "unknown", species: str = "Ma
     nwb = NWBFile(
         session_description=(f"itloop closed-loop IT recording, day {d.day}, recorded with itloop "
                              f"{version} (backend {a.get('backend', '?')}, status {a.get('status', '?')}). "
-                             f"All times are on the acquisition clock, in seconds."),
+                             f"All times are on the acquisition clock, in seconds. "
+                             f"Spikes: {spike_provenance(a)}"),  # issue 11: spike provenance
         identifier=f"itloop-{session_id}-day{d.day:03d}-{a.get('created_utc', '')}",
         session_start_time=_start_time(a["created_utc"]),
         session_id=session_id,
@@ -238,3 +239,10 @@ def export_nwb(day_path: str | Path, out_path: str | Path, *, subject_id: str = 
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+# --- issue 11: spike provenance (kept separate from the export above) -------------------
+def spike_provenance(attrs) -> str:
+    """Where a day's spikes came from, as stored by the backend (``spike_source`` attr)."""
+    src = attrs.get("spike_source")
+    return str(src) if src else "unknown (written before spike provenance was stored)"
