@@ -67,6 +67,32 @@ class BroadcasterPub:
         self.sock.close()
 
 
+class LslPublisher:
+    """The same events as LSL streams (see ``rig.sources.lsl``): spikes (int32 channel index per
+    sample) and TTLs (int32 line per rising edge), timestamps = acquisition clock, s."""
+
+    def __init__(self, spike_stream: str, ttl_stream: str, sample_rate: float, channel_names: list[str]):
+        import pylsl
+
+        self.sample_rate = float(sample_rate)
+        self._index = {n: i for i, n in enumerate(channel_names)}
+        si = pylsl.StreamInfo(spike_stream, "Spikes", 1, 0, pylsl.cf_int32, "SIMULATED itloop sim-rig spikes")
+        si.desc().append_child_value("sampling_rate", str(self.sample_rate))
+        ti = pylsl.StreamInfo(ttl_stream, "Markers", 1, 0, pylsl.cf_int32, "SIMULATED itloop sim-rig ttl")
+        self._spk = pylsl.StreamOutlet(si, chunk_size=0, max_buffered=360)
+        self._ttl = pylsl.StreamOutlet(ti, chunk_size=0, max_buffered=360)
+
+    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "") -> None:
+        if state:
+            self._ttl.push_sample([int(line)], sample_number / self.sample_rate)
+
+    def spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> None:
+        self._spk.push_sample([self._index[electrode]], sample_number / self.sample_rate)
+
+    def close(self) -> None:
+        del self._spk, self._ttl
+
+
 class FakeGuiHttp:
     """The Open Ephys GUI's HTTP control endpoints itloop uses, on 127.0.0.1 (a thread)."""
 
@@ -150,12 +176,14 @@ class AcquisitionSim:
 
     def __init__(self, monkey, pixels: np.ndarray, marker_endpoint: str, event_endpoint: str,
                  params: AcqSimParams, http_port: int | None = None, truth_path: str | Path | None = None,
-                 http_log: str | Path | None = None):
+                 http_log: str | Path | None = None, lsl_streams: tuple[str, str] | None = None):
         self.monkey = monkey
         self._pixels = pixels                 # uint8 (N,H,W,3), or a callable returning them when first needed
         self._ready = False
         self.p = params
-        self.pub = BroadcasterPub(event_endpoint, params.sample_rate_hz)
+        names = [f"{params.electrode_prefix}{c + 1}" for c in range(monkey.n_channels)]
+        self.pub = (LslPublisher(*lsl_streams, params.sample_rate_hz, names) if lsl_streams
+                    else BroadcasterPub(event_endpoint, params.sample_rate_hz))
         self.gui = FakeGuiHttp(http_port, Path(http_log) if http_log else None) if http_port is not None else None
         self.sub = zmq.Context.instance().socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)

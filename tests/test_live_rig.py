@@ -32,8 +32,9 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def rig_config(tmp_path: Path, drop: float = 0.1, repeats: int = 3) -> tuple[Path, dict]:
+def rig_config(tmp_path: Path, drop: float = 0.1, repeats: int = 3, system: str = "openephys") -> tuple[Path, dict]:
     ports = {"ctrl": _port(), "marker": _port(), "events": _port(), "http": _port()}
+    tag = f"{os.getpid()}-{ports['events']}"        # LSL names are global on the network: make them unique
     cfg = tmp_path / "rig.toml"
     cfg.write_text(f"""
 [images]
@@ -59,6 +60,10 @@ dead_after_s = 5.0
 marker = "zmq"
 marker_address = "tcp://127.0.0.1:{ports['marker']}"
 [acquisition]
+system = "{system}"
+lsl_spike_stream = "itloop-test-spikes-{tag}"
+lsl_ttl_stream = "itloop-test-ttl-{tag}"
+lsl_marker_outlet = "itloop-test-markers-{tag}"
 n_channels = 3
 event_port = {ports['events']}
 http_port = {ports['http']}
@@ -81,7 +86,7 @@ def start_sim_rig(cfg: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
                              "--max-s", "400", "--idle-exit-s", "120"],
                             stdout=open(log, "a"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while "sim-rig: Open Ephys" not in (log.read_text() if log.exists() else ""):
+    while "sim-rig: serving" not in (log.read_text() if log.exists() else ""):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
     return proc
@@ -114,8 +119,9 @@ def compare_with_truth(path: Path, truth_path: Path, window_ms=(70.0, 170.0)) ->
 
 
 @pytest.mark.slow
-def test_day_recorded_through_the_open_ephys_format_matches_the_simulators_truth(tmp_path, capsys):
-    cfg, ports = rig_config(tmp_path)
+@pytest.mark.parametrize("system", ["openephys", "lsl"])
+def test_day_recorded_through_a_live_source_matches_the_simulators_truth(tmp_path, capsys, system):
+    cfg, ports = rig_config(tmp_path, system=system)
     out = tmp_path / "exp"
     sim = start_sim_rig(cfg, out, tmp_path)
     pres = start_presenter(cfg, ports, tmp_path / "presenter.log")
@@ -131,7 +137,8 @@ def test_day_recorded_through_the_open_ephys_format_matches_the_simulators_truth
     path = out / "day_000.h5"
     summary, problems = check_day(path)
     assert problems == [] and summary["status"] == "complete" and summary["backend"] == "rig"
-    assert summary["spike_source"].startswith("RECORDED by Open Ephys GUI")
+    name = {"openephys": "Open Ephys GUI", "lsl": "Lab Streaming Layer"}[system]
+    assert summary["spike_source"].startswith(f"RECORDED by {name}")
     assert "SIMULATED itloop sim-rig" in summary["spike_source"] and "30000 Hz" in summary["spike_source"]
     assert text.splitlines()[[i for i, x in enumerate(text.splitlines()) if x.startswith("spikes")][0]].startswith("spikes     RECORDED")
     res = compare_with_truth(path, tmp_path / "truth.jsonl")
@@ -144,6 +151,8 @@ def test_day_recorded_through_the_open_ephys_format_matches_the_simulators_truth
     seg = summary["clock_segments"]
     # one presenter session, one segment; (a few seconds of pulses cannot pin 50 ppm down: the onset error above is the test)
     assert len(seg) == 1 and seg[0]["label"].startswith("presenter-") and "/run" in seg[0]["label"] and seg[0]["max_abs_residual_s"] < 0.5e-3
+    if system == "lsl":
+        return
     http = [json.loads(x) for x in (tmp_path / "http.jsonl").read_text().splitlines()]
     messages = [h["message"] for h in http if "message" in h]
     assert len(messages) == summary["trials"] and all(m.startswith("itloop session=") for m in messages)

@@ -55,7 +55,8 @@ def make_spike_source(cfg: Config):
     if a.system == "lsl":
         from rig.sources.lsl import LslSource
 
-        return LslSource(a.lsl_spike_stream, a.lsl_ttl_stream, a.n_channels, a.ttl_line, a.lsl_resolve_s)
+        return LslSource(a.lsl_spike_stream, a.lsl_ttl_stream, a.n_channels, a.ttl_line, a.lsl_resolve_s,
+                         a.electrode_prefix)
     raise UserError(f"config key 'acquisition.system' = {a.system!r}: expected 'openephys' or 'lsl'")
 
 

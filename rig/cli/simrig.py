@@ -63,9 +63,12 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
     if a.n_channels != monkey.n_channels:
         raise UserError(f"acquisition.n_channels = {a.n_channels} but sim.n_channels = {monkey.n_channels}; make them equal")
     sim = AcquisitionSim(monkey, pixels, marker, f"tcp://127.0.0.1:{a.event_port}", params,
-                         http_port=a.http_port if a.http_control else None, truth_path=args.truth, http_log=args.http_log)
-    print(f"sim-rig: Open Ephys broadcaster format on tcp://127.0.0.1:{a.event_port}, HTTP on {a.http_port}, "
-          f"watching flips at {marker} (SIMULATED spikes)", flush=True)
+                         http_port=a.http_port if a.http_control and a.system == "openephys" else None,
+                         truth_path=args.truth, http_log=args.http_log,
+                         lsl_streams=(a.lsl_spike_stream, a.lsl_ttl_stream) if a.system == "lsl" else None)
+    where = (f"LSL streams {a.lsl_spike_stream!r} and {a.lsl_ttl_stream!r}" if a.system == "lsl" else
+             f"Open Ephys broadcaster format on tcp://127.0.0.1:{a.event_port}, HTTP on {a.http_port}")
+    print(f"sim-rig: serving {where}, watching flips at {marker} (SIMULATED spikes)", flush=True)
     counts = sim.serve(max_s=args.max_s, idle_exit_s=args.idle_exit_s)
     print(f"sim-rig: published {counts}", flush=True)
     return 0
