@@ -65,10 +65,11 @@ def test_spikes_and_pulses_round_trip_through_a_real_socket():
             pub.ttl(s_ + 300, 0, False)
             pub.ttl(s_ + 10, 3, True)                   # another line
         pub.sock.send_multipart([b"\x01\x00", b"garbage"])
+        pub.sock.send_multipart([b"\x01\x00", b'{"event_type": "spike", "electrode": ["x"], "sample_rate": 3e4, "sample_number": 7}'])
         st, sc, tt = _collect(src, 500, 3)
         assert np.array_equal(st, n / 30000.0) and np.array_equal(sc, ch)
         assert np.array_equal(tt, [1.0, 2.0, 3.0])
-        assert src.sampling_rate_hz == 30000.0 and src.counters["unknown_electrodes"] == 1
+        assert src.sampling_rate_hz == 30000.0 and src.counters["unknown_electrodes"] == 2
         assert src.counters["undecodable"] == 1 and src.counters["other_ttl_lines"] >= 3
         src.start_recording("itloop-day000-abc")
         assert gui.mode == "RECORD" and gui.recording["base_text"] == "itloop-day000-abc"
