@@ -1,5 +1,5 @@
-"""End to end on loopback: a real presenter (Xvfb) + the simulated acquisition system in
-the Open Ephys broadcaster format (a separate process) + ``itloop day run --backend rig``.
+"""End to end on loopback: a real presenter (Xvfb) + the simulated acquisition system (a
+separate process speaking the Open Ephys broadcaster format, or LSL) + ``itloop day run --backend rig``.
 
 The recorded onsets and counts are compared with the simulator's own truth file."""
 from __future__ import annotations
