@@ -204,8 +204,8 @@ class DayWriter:
         return [(lab, (p[seg == lab], a[seg == lab])) for lab in labels] or [("", (p, a))]
 
     def set_clock_segments(self, segments: list[dict]) -> None:
-        """Store every clock segment's fit and residuals (JSON attr ``/sync.fit_segments``)."""
-        self._h5["sync"].attrs["fit_segments"] = json.dumps(segments, allow_nan=True)
+        """Store every clock segment's fit and residuals (JSON, file attr ``clock_segments``)."""
+        self._h5.attrs["clock_segments"] = json.dumps(segments, allow_nan=True)
 
     # -- writing -----------------------------------------------------------------------
     def append_trial(self, rows: TrialRows) -> None:

@@ -113,22 +113,16 @@ def _clock_segments(d) -> tuple[list[dict], float]:
     """The stored per-presenter-session clock fits and the residual limit of the day's config."""
     import json
 
-    import h5py
-
     from rig.config import ConfigError, config_from_toml_text
 
     try:
         limit = float(config_from_toml_text(d.config_text).acquisition.max_residual_ms)
     except (ConfigError, AttributeError):
         limit = 0.5
-    try:
-        with h5py.File(d.path, "r") as h5:
-            text = h5["sync"].attrs.get("fit_segments")
-    except (OSError, KeyError):
-        text = None
+    text = d.attrs.get("clock_segments")
     if text is None:
         return [], limit
     try:
         return list(json.loads(text)), limit
     except ValueError:
-        return [{"label": "unreadable fit_segments attribute", "max_abs_residual_s": float("inf")}], limit
+        return [{"label": "unreadable clock_segments attribute", "max_abs_residual_s": float("inf")}], limit
