@@ -88,3 +88,18 @@ def test_spikes_and_pulses_round_trip_through_a_real_socket():
 def test_an_absent_gui_is_one_clear_error():
     with pytest.raises(OpenEphysError, match="HTTP API"):
         OpenEphysHttp("127.0.0.1", _port(), timeout_s=1.0).status()
+
+
+def test_day_run_with_no_acquisition_system_is_one_line_and_leaves_no_file(tmp_path, capsys):
+    from pathlib import Path
+
+    from rig.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((Path(__file__).parent / "data" / "tiny.toml").read_text()
+                   + f"\n[acquisition]\nn_channels = 6\nevent_port = {_port()}\nhttp_port = {_port()}\n")
+    rc = main(["day", "run", "--day", "0", "--backend", "rig", "--out", str(tmp_path / "exp"), "--config", str(cfg),
+               "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "Open Ephys HTTP API" in err[0]
+    assert not (tmp_path / "exp" / "day_000.h5").exists()

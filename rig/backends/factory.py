@@ -83,6 +83,7 @@ def _rig_backend(cfg: Config):
     except ValueError as exc:
         raise UserError(str(exc)) from None
     source = make_spike_source(cfg)
+    source.open()                   # before any file is written: an absent acquisition system is one line, nothing left behind
     markers = None
     if a.system == "lsl":
         from rig.sources.lsl import LslMarkerOutlet
