@@ -78,6 +78,8 @@ class TrialRecord:
     reward_presenter_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n_rew,) reward times, presenter clock, s
     reward_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))           # (n_rew,) reward durations, ms
     reward_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # 0 trial, 1 manual, 2 calibration
+    clock_segment: str = ""                 # presenter session (process) whose clock stamped the flips
+    pulse_ok: np.ndarray | None = None      # (completed,) bool: its sync pulse arrived (None: all did)
 
     def __post_init__(self) -> None:
         self.onset_presenter_s = np.asarray(self.onset_presenter_s, dtype=np.float64)
@@ -95,6 +97,8 @@ class TrialRecord:
             raise ValueError("TrialRecord.eye_* arrays differ in length")
         if not len(self.reward_presenter_s) == len(self.reward_ms) == len(self.reward_kind):
             raise ValueError("TrialRecord.reward_* arrays differ in length")
+        self.pulse_ok = (np.ones(self.completed, bool) if self.pulse_ok is None
+                         else np.asarray(self.pulse_ok, dtype=bool)[: self.completed])
         for name in ("onset_presenter_s", "frames_on", "frames_mask", "dropped_frame"):
             if len(getattr(self, name)) != self.completed:
                 raise ValueError(f"TrialRecord.{name} has {len(getattr(self, name))} entries, expected completed={self.completed}")
@@ -219,3 +223,54 @@ class Reward(Protocol):
 
     def close(self) -> None:
         """Close the valve and release the device; safe to call twice."""
+# --------------------------------------------------------------------------- acquisition
+@dataclass
+class AcqEvents:
+    """Events an acquisition system delivered since the last call (acquisition clock, s).
+
+    ``spike_*``: one entry per spike (channel index into the source's channel list);
+    ``ttl_*``: one entry per TTL edge (line number, state True = rising edge).
+    """
+
+    spike_times_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    spike_channels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    ttl_times_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ttl_lines: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    ttl_states: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    latest_s: float = float("nan")      # the latest acquisition time any event so far carried, s
+
+
+@runtime_checkable
+class SpikeSource(Protocol):
+    """A live acquisition system: spikes and sync TTLs on its own clock.
+
+    The clock is the system's sample counter divided by ``sampling_rate_hz`` (Open
+    Ephys), or its stream clock plus the clock correction (LSL), in seconds.
+    """
+
+    name: str
+    n_channels: int
+    channel_names: list[str]
+    sampling_rate_hz: float
+
+    def open(self) -> None:
+        """Connect (subscribe, resolve streams); raises a one-line error if it cannot."""
+
+    def start_recording(self, name: str) -> None:
+        """Ask the acquisition system to record to disk under ``name`` (no-op if it cannot)."""
+
+    def message(self, text: str) -> None:
+        """Write one text event into the acquisition system's recording (no-op if it cannot)."""
+
+    def events_since(self, timeout_s: float = 0.0) -> AcqEvents:
+        """Every event received since the last call, waiting up to ``timeout_s`` for the first."""
+
+    def stop_recording(self) -> None:
+        """Stop the acquisition system's recording (no-op if it cannot)."""
+
+    def close(self) -> None:
+        """Disconnect; safe to call twice."""
+
+    def describe(self) -> dict:
+        """Provenance for the day file: system, version, stream names, sampling rate."""
+

@@ -281,7 +281,7 @@ class PresenterConfig:
     heartbeat_s: float = 0.5
     dead_after_s: float = 3.0
     ack_timeout_s: float = 1.0
-    marker: Literal["none", "parallel", "serial"] = "none"
+    marker: Literal["none", "parallel", "serial", "zmq"] = "none"
     marker_address: str = ""
     photodiode: bool = True
     curve_public_key: str = ""
@@ -384,6 +384,52 @@ class DisplayConfig:
 
     def check(self):
         return []
+
+
+# --- [acquisition]: the live rig's spike source (issue 11) -----------------------------
+@dataclass
+class AcquisitionConfig:
+    system: Literal["openephys", "lsl"] = "openephys"
+    host: str = "127.0.0.1"
+    event_port: int = 5557
+    http_port: int = 37497
+    http_control: bool = True
+    n_channels: int = 32
+    electrode_prefix: str = "Electrode "
+    ttl_line: int = 0
+    lsl_spike_stream: str = "itloop-spikes"
+    lsl_ttl_stream: str = "itloop-ttl"
+    lsl_marker_outlet: str = "itloop-markers"
+    lsl_resolve_s: float = 5.0
+    pulse_tolerance_ms: float = 3.0
+    wait_ms: float = 1000.0
+    max_residual_ms: float = 0.5
+    max_drift_ppm: float = 1000.0
+    sim_sample_rate_hz: float = 30000.0
+    sim_drop_fraction: float = 0.01
+    sim_extra_fraction: float = 0.0
+    sim_jitter_ms: float = 1.0
+
+    def check(self):
+        out = []
+        for k in ("event_port", "http_port"):
+            if not 1 <= getattr(self, k) <= 65535:
+                out.append((k, getattr(self, k), "a TCP port in 1..65535"))
+        if self.n_channels < 1:
+            out.append(("n_channels", self.n_channels, "an integer >= 1"))
+        if self.ttl_line < 0:
+            out.append(("ttl_line", self.ttl_line, "a TTL line number >= 0"))
+        for k in ("lsl_resolve_s", "pulse_tolerance_ms", "wait_ms", "max_residual_ms", "max_drift_ppm", "sim_sample_rate_hz"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                out.append((k, v, "a finite number > 0"))
+        for k in ("sim_drop_fraction", "sim_extra_fraction"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and 0 <= v < 0.5):
+                out.append((k, v, "a fraction in [0, 0.5)"))
+        if not (math.isfinite(self.sim_jitter_ms) and self.sim_jitter_ms >= 0):
+            out.append(("sim_jitter_ms", self.sim_jitter_ms, "milliseconds >= 0"))
+        return out
 
 
 @dataclass
@@ -502,6 +548,7 @@ class Config:
     sim: SimConfig = field(default_factory=SimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     presenter: PresenterConfig = field(default_factory=PresenterConfig)
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     subject: SubjectConfig = field(default_factory=SubjectConfig)
     session: SessionMetaConfig = field(default_factory=SessionMetaConfig)

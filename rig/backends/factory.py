@@ -20,6 +20,18 @@ def build_sim_monkey(cfg: Config):
     return SimulatedMonkey(SimParams(**dataclasses.asdict(cfg.sim)), model_features=backbone)
 
 
+def _calibration(cfg: Config) -> dict | None:
+    """The eye's raw -> degrees map for the presenter (``eye.calibration_file``), if the tracker sends raw units."""
+    if not (cfg.eye.calibration_file and cfg.eye.units == "raw"):
+        return None
+    from rig.sources.calibration import CalibrationMap
+
+    try:
+        return CalibrationMap.load(cfg.eye.calibration_file).to_dict()
+    except ValueError as exc:
+        raise UserError(f"eye.calibration_file: {exc}") from None
+
+
 def _presenter_backend(cfg: Config):
     """The real PsychoPy presenter (a separate ``itloop present`` process connecting to
     ``presenter.endpoint``) with spikes, sync and fixation from the simulated monkey:
@@ -34,21 +46,75 @@ def _presenter_backend(cfg: Config):
     print(f"waiting for the presenter at {p.endpoint}: start `itloop present --endpoint {p.endpoint}` on the stimulus computer "
           "(spikes come from the simulated monkey: no acquisition bridge yet)", flush=True)
     monkey = build_sim_monkey(cfg)
-    calibration = None
-    if cfg.eye.calibration_file and cfg.eye.units == "raw":
-        from rig.sources.calibration import CalibrationMap
-
-        try:
-            calibration = CalibrationMap.load(cfg.eye.calibration_file).to_dict()
-        except ValueError as exc:
-            raise UserError(f"eye.calibration_file: {exc}") from None
+    calibration = _calibration(cfg)
     backend = PresenterBackend(client, SimSpikeSource(monkey), frame_tolerance=cfg.monitor.frame_tolerance,
                                fixation_window_deg=cfg.rsvp.fixation_window_deg, reward_ms=cfg.reward.duration_ms,
                                calibration=calibration)
     names = [f"sim{c:03d}" for c in range(monkey.n_channels)]
     backend.configure_extra["image_scaling"] = cfg.display.image_scaling
-    return backend, names, {"spike_source": "simulated monkey", "presenter_endpoint": p.endpoint,
+    return backend, names, {"spike_source": SIMULATED_SPIKES, "presenter_endpoint": p.endpoint,
                             "image_scaling": cfg.display.image_scaling}
+
+
+SIMULATED_SPIKES = "SIMULATED monkey (in-process; no acquisition system: these spikes were not recorded)"
+
+
+def make_spike_source(cfg: Config):
+    """The ``[acquisition]`` system as a :class:`rig.backend.SpikeSource`."""
+    a = cfg.acquisition
+    if a.system == "openephys":
+        from rig.sources.openephys import OpenEphysSource
+
+        return OpenEphysSource(a.host, a.event_port, a.http_port, a.http_control, a.n_channels,
+                               a.electrode_prefix, a.ttl_line)
+    if a.system == "lsl":
+        from rig.sources.lsl import LslSource
+
+        return LslSource(a.lsl_spike_stream, a.lsl_ttl_stream, a.n_channels, a.ttl_line, a.lsl_resolve_s,
+                         a.electrode_prefix)
+    raise UserError(f"config key 'acquisition.system' = {a.system!r}: expected 'openephys' or 'lsl'")
+
+
+def describe_source(desc: dict) -> str:
+    """One line naming a live spike source (day file attr ``spike_source``)."""
+    streams = ", ".join(desc.get("streams") or []) or "-"
+    return (f"RECORDED by {desc.get('system')} ({desc.get('interface', '')}) at {desc.get('endpoint', '')}; "
+            f"streams {streams}; {desc.get('sampling_rate_hz', float('nan')):g} Hz")
+
+
+def _rig_backend(cfg: Config):
+    """The live rig: the PsychoPy presenter + the ``[acquisition]`` spike source."""
+    import json
+
+    from rig.backends.rig import RigBackend
+    from rig.link.client import PresenterClient
+    from rig.link.protocol import curve_keys
+
+    p, a = cfg.presenter, cfg.acquisition
+    try:
+        keys = curve_keys(p.curve_public_key, p.curve_secret_key, p.curve_server_key)
+        client = PresenterClient(p.endpoint, heartbeat_s=p.heartbeat_s, dead_after_s=p.dead_after_s,
+                                 ack_timeout_s=p.ack_timeout_s, keys=keys)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    source = make_spike_source(cfg)
+    source.open()                   # before any file is written: an absent acquisition system is one line, nothing left behind
+    markers = None
+    if a.system == "lsl":
+        from rig.sources.lsl import LslMarkerOutlet
+
+        markers = LslMarkerOutlet(a.lsl_marker_outlet)
+    print(f"waiting for the presenter at {p.endpoint} (start `itloop present --endpoint {p.endpoint}` on the stimulus "
+          f"computer); spikes from {a.system} at {a.host}", flush=True)
+    backend = RigBackend(client, source, markers=markers, fixation_window_deg=cfg.rsvp.fixation_window_deg,
+                         pulse_tolerance_s=a.pulse_tolerance_ms / 1000.0, wait_s=a.wait_ms / 1000.0,
+                         max_drift_ppm=a.max_drift_ppm,
+                         configure_extra={"reward_ms": cfg.reward.duration_ms, "image_scaling": cfg.display.image_scaling,
+                                          **({"calibration": cal} if (cal := _calibration(cfg)) else {})})
+    desc = source.describe()
+    attrs = {"spike_source": describe_source(desc), "spike_source_json": json.dumps(desc, default=str),
+             "presenter_endpoint": p.endpoint, "image_scaling": cfg.display.image_scaling}
+    return backend, list(source.channel_names), attrs
 
 
 def make_backend(name: str, cfg: Config, start_s: float = 10.0):
@@ -62,10 +128,13 @@ def make_backend(name: str, cfg: Config, start_s: float = 10.0):
     """
     if name == "presenter":
         return _presenter_backend(cfg)
+    if name == "rig":
+        return _rig_backend(cfg)
     if name == "sim":
         backend = SimBackend(build_sim_monkey(cfg), refresh_hz=cfg.monitor.refresh_hz, start_s=start_s)
         info = backend.info()
         attrs = {"sim_" + k: v for k, v in info.extra.items() if isinstance(v, (int, float, str, bool))}
         attrs["image_scaling"] = "none (simulated display)"
+        attrs["spike_source"] = "SIMULATED monkey (sim backend: no presenter, no acquisition system)"
         return backend, info.channel_names, attrs
-    raise UserError(f"unknown backend '{name}'; choose 'sim' or 'presenter'")
+    raise UserError(f"unknown backend '{name}'; choose 'sim', 'presenter' or 'rig'")

@@ -156,7 +156,8 @@ class PresenterBackend:
                            sync_presenter_s=res.onset_s[:res.shown], sync_acq_s=rec["sync_acq_s"],
                            spike_times_s=rec["spike_times_s"], spike_channels=rec["spike_channels"],
                            start_acq_s=rec["start_acq_s"], end_acq_s=rec["end_acq_s"], note="; ".join(note),
-                           end_presenter_s=end_p, **eye_and_reward_fields(res))
+                           end_presenter_s=end_p, **eye_and_reward_fields(res),
+                           clock_segment=c.peer.decode(errors="replace") if c.peer else "")  # a restarted presenter: new clock
 
     def close(self) -> None:
         """Stop the spike source; the presenter stays up, blank, for the next session."""

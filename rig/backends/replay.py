@@ -38,6 +38,7 @@ class ReplayBackend:
         self._starts = {k: np.r_[0, e[:-1]].astype(int) for k, e in ends.items()}
         self._ends = ends
         self._opened = False
+        self._segments = _sync_segment_labels(day)
 
     def info(self) -> BackendInfo:
         return BackendInfo(name=self.name, n_channels=self.day.n_channels, channel_names=list(self.day.channel_names),
@@ -93,7 +94,10 @@ class ReplayBackend:
             spike_times_s=d.spike_times_s[s], spike_channels=d.spike_channels[s],
             start_acq_s=float(tr["start_acq_s"][row]), end_acq_s=float(tr["end_acq_s"][row]),
             acquisition_ok=bool(tr["acquisition_ok"][row]), note="replayed",
-            end_presenter_s=float(tr["end_presenter_s"][row]))
+            end_presenter_s=float(tr["end_presenter_s"][row]),
+            # issue 11: the clock segment of the trial's pulses, and which onsets had a pulse
+            clock_segment=str(self._segments[y][0]) if len(self._segments[y]) else "",
+            pulse_ok=np.isin(pres["onset_presenter_s"][p][:c], d.sync_presenter_s[y]))
 
     def close(self) -> None:
         self._opened = False
@@ -152,3 +156,14 @@ def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[floa
         run_session(ReplayBackend(day), writer, day.stimuli, schedule, info, window_ms,
                     progress=progress, max_trials=n_trials)
     return out_path
+
+
+def _sync_segment_labels(day: DayData) -> np.ndarray:
+    """Clock segment label of every stored sync pair ('' for days recorded before segments)."""
+    import h5py
+
+    n = len(day.sync_acq_s)
+    with h5py.File(day.path, "r") as h5:
+        if "segment" not in h5["sync"]:
+            return np.array([""] * n, dtype=object)
+        return np.asarray(h5["sync/segment"].asstr()[:n], dtype=object)

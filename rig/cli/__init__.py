@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "rig.cli.stimuli",
     "rig.cli.loop",
     "rig.cli.eye",
+    "rig.cli.simrig",
 ]
 
 USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)

@@ -24,7 +24,8 @@ def register(sub) -> None:
     run = dsub.add_parser("run", help="record a day through a backend (sim, presenter)")
     run.add_argument("--day", type=int, required=True, help="day number (0 = screening with clean images)")
     run.add_argument("--out", required=True, help="experiment folder holding the day files")
-    run.add_argument("--backend", default="sim", choices=["sim", "presenter"], help="who shows and records (default: sim)")
+    run.add_argument("--backend", default="sim", choices=["sim", "presenter", "rig"],
+                     help="who shows and records: sim, presenter (real screen, SIMULATED spikes), rig (real screen + [acquisition] spikes)")
     run.add_argument("--config", help="TOML file overriding config.toml's defaults (ignored with --resume: the day's stored config is used)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted day without repeating or losing a trial")
     run.add_argument("--max-trials", type=int, default=None, help="stop after this many trials (the day stays resumable)")
@@ -123,6 +124,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict, problems: list[str]) -> None:
     kinds = ", ".join(f"{v} {k}" for k, v in summary["stimuli_by_kind"].items() if v)
+    print(f"spikes     {summary.get('spike_source') or 'unknown (written before spike provenance was stored)'}")
     print(f"day file   {summary['path']}")
     print(f"  day {summary['day']} ({summary['status']}), backend {summary['backend']}, itloop {summary['software_version']}, schema {summary['schema_version']}")
     print(f"  trials {summary['trials']} ({summary['aborted_trials']} aborted), presentations {summary['presentations']} "
@@ -130,6 +132,10 @@ def _print_summary(summary: dict, problems: list[str]) -> None:
     print(f"  planned presentations recorded {summary['planned_done']}/{summary['planned_presentations']}")
     print(f"  sites/channels {summary['channels']}, stimuli {summary['stimuli']} ({kinds}), {summary['image_size_px']} px")
     print(f"  raw spikes {summary['raw_spikes']}, sync pulses {summary['sync_pulses']}")
+    for seg in summary.get("clock_segments") or []:
+        print(f"  clock segment {seg.get('label') or '(one)'}: drift {seg.get('drift_ppm', float('nan')):.2f} ppm, "
+              f"residual sd {1e3 * seg.get('residual_sd_s', float('nan')):.3f} ms, max {1e3 * seg.get('max_abs_residual_s', float('nan')):.3f} ms, "
+              f"{seg.get('n_pairs')} pulses")
     if summary.get("random_init_model"):
         print("  NOTE: the model backbone had random weights (no weights file configured)")
     for p in problems:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import datetime as _dt
 import uuid
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.backend import SessionInfo
-from rig.backends.factory import make_backend
+from rig.backends.factory import describe_source, make_backend
 from rig.config import Config, config_from_toml_text
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
 from rig.store.reader import read_day
@@ -95,9 +96,14 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                 from rig.sources.calibration import CalibrationMap
 
                 writer.set_calibration(CalibrationMap.load(cfg.eye.calibration_file).to_dict())
-            return run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
-                               progress=progress, max_trials=max_trials,
-                               observer=monitor.observe if monitor is not None else None)
+            result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
+                                 progress=progress, max_trials=max_trials,
+                                 observer=monitor.observe if monitor is not None else None)
+            if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream
+                desc = backend.source.describe()
+                writer.set_attrs({"spike_source": describe_source(desc),
+                                  "spike_source_json": json.dumps(desc, default=str)})
+            return result
     finally:
         if monitor is not None:
             monitor.close()

@@ -89,7 +89,9 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
             {d: r.model_scores["ceiling"] for d, r in scored.items()},
             title="Predictivity of the model that designed each day's stimuli"))
     numbers, checks = _numbers(results, days)
+    sources = _spike_sources(folder, days)
     notes = [
+        f"Spikes: {sources}",
         f"Experiment folder `{folder}`; closed-loop days {days[0]}..{days[-1]}; {len(last.sites)} targeted sites; "
         "sensitivities are in units of each site's s.d. over the screening day's clean images (sigma).",
     ]
@@ -156,3 +158,18 @@ def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, lis
                       + ", ".join(f"eps {e:g}: {v.value:.2f} [{v.lo:.2f}, {v.hi:.2f}]"
                                   for e, v in last.truth["fraction_true"].items()) + ".")
     return numbers, checks
+
+
+def _spike_sources(folder: Path, days: list[int]) -> str:
+    """The spike provenance of the reported days (and day 0), one phrase; SIMULATED says so first."""
+    import h5py
+
+    seen: dict[str, list[int]] = {}
+    for d in [0, *days]:
+        try:
+            with h5py.File(day_path(folder, d), "r") as h5:
+                src = h5.attrs.get("spike_source")
+        except OSError:
+            src = None
+        seen.setdefault(str(src) if src else "unknown (written before spike provenance was stored)", []).append(d)
+    return "; ".join(f"days {', '.join(map(str, ds))}: {src}" for src, ds in seen.items())

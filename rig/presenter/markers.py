@@ -76,6 +76,54 @@ class SerialMarker:
         self._port.close()
 
 
+class ZmqMarker:
+    """Publishes one JSON message per screen change on a loopback ZeroMQ PUB socket.
+
+    For the simulated acquisition system (``itloop sim-rig``), which plays the part of a
+    photodiode and the animal: each message carries the flip time (presenter clock, s),
+    what was shown and the presenter's id (a restarted presenter is a new clock). Fields:
+    ``presenter, kind, code, t, pres, image``. ``address``: e.g. ``tcp://127.0.0.1:5558``.
+    """
+
+    def __init__(self, address: str):
+        import zmq
+
+        if not address:
+            raise ValueError("presenter.marker = 'zmq' needs presenter.marker_address, e.g. 'tcp://127.0.0.1:5558'")
+        host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            raise ValueError(f"presenter.marker_address = {address!r}: the zmq marker is for loopback only (tcp://127.0.0.1:PORT)")
+        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        try:
+            self._sock.bind(address)
+        except zmq.ZMQError as exc:
+            self._sock.close()
+            raise ValueError(f"presenter.marker_address = {address!r}: cannot bind ({exc})") from None
+        self.presenter_id = ""
+
+    def bind_presenter(self, presenter_id: str) -> None:
+        self.presenter_id = presenter_id
+
+    def fire(self, code: int) -> None:
+        pass                                            # published with the flip time by publish()
+
+    def publish(self, event: dict, image: int) -> None:
+        """Called on the flip after ``win.timeOnFlip`` stamped ``event['t']``."""
+        import json
+
+        msg = {"presenter": self.presenter_id, "kind": event["kind"], "code": CODES[event["kind"]],
+               "t": float(event["t"]), "pres": int(event["pres"]), "image": int(image)}
+        self._sock.send(json.dumps(msg).encode())
+
+    def clear(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 def make_marker(kind: str, address: str = "") -> MarkerOutput:
     """The marker output named by ``presenter.marker``."""
     if kind == "none":
@@ -84,4 +132,6 @@ def make_marker(kind: str, address: str = "") -> MarkerOutput:
         return ParallelMarker(address)
     if kind == "serial":
         return SerialMarker(address)
-    raise ValueError(f"presenter.marker = {kind!r}: expected 'none', 'parallel' or 'serial'")
+    if kind == "zmq":
+        return ZmqMarker(address)
+    raise ValueError(f"presenter.marker = {kind!r}: expected 'none', 'parallel', 'serial' or 'zmq'")

@@ -57,6 +57,8 @@ class PresenterServer:
         self.marker = marker or NoMarker()
         self.verbose = verbose
         self.presenter_id = f"presenter-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        if hasattr(self.marker, "bind_presenter"):
+            self.marker.bind_presenter(self.presenter_id)
         self.refresh_hz = refresh_hz or stage.measure_refresh_hz()
         if not self.refresh_hz:
             raise ValueError("could not measure a stable refresh rate; check the display driver's vsync "

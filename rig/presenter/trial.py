@@ -143,6 +143,8 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
             event = {"kind": kind, "pres": pres, "frame": len(times)}
             win.callOnFlip(marker.fire, CODES[kind])
             win.timeOnFlip(event, "t")
+            if hasattr(marker, "publish"):                 # after timeOnFlip: the stamp is set when it runs
+                win.callOnFlip(marker.publish, event, images[pres] if kind == "stim_on" else -1)
             events.append(event)
         elif previous is not None and len(events) and events[-1]["frame"] == len(times) - 1:
             win.callOnFlip(marker.clear)                   # end a one-frame marker pulse

@@ -1,59 +1,219 @@
-"""Presenter clock -> acquisition clock, fitted from matched sync pulses.
+"""Presenter clock -> acquisition clock, fitted from matched sync pulses, per presenter session.
 
-Model: ``acq = offset + (1 + drift) * presenter``. The fit is a robust line (least
-squares, then refitted without pairs whose residual exceeds 5 robust SDs, so a missed
-or spurious photodiode pulse does not bend it); residuals are kept for checking.
+Model per *segment* (one presenter process: its PsychoPy clock starts again when it is
+restarted): ``acq = offset + (1 + drift) * presenter``. Each segment is fitted on its own
+robust line (least squares, refitted without pairs beyond 5 robust SDs, so one missed or
+spurious pulse does not bend it); residuals are kept for checking. A fit outside physical
+bounds (``|drift| > max_drift_ppm`` or ``|offset| > max_offset_s``) raises
+:class:`ClockFitError` at once (one line; bounded time) instead of mapping every onset to
+nonsense.
+
+Matching pulses to flips (:func:`match_pulses`): with a fitted segment each onset is
+predicted on the acquisition clock and paired with the nearest pulse within a tolerance;
+before the first fit, :func:`vote_offset` finds the single offset that pairs the most
+onsets with pulses (missing and extra pulses only lower its vote). An onset with no pulse
+is reported, so its presentation can be marked invalid (a gap in the acquisition stream,
+or a photodiode miss).
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 
+from rig.errors import UserError
 
-class ClockAligner:
-    """Accumulate sync pairs and map presenter times onto the acquisition clock."""
+MAX_DRIFT_PPM = 1000.0       # |drift| above this is not a crystal, it is a wrong match
+MAX_OFFSET_S = 1.0e7         # |offset| above this (~116 days) is not a clock, it is garbage
 
-    def __init__(self) -> None:
-        self._p: list[np.ndarray] = []
-        self._a: list[np.ndarray] = []
-        self.offset_s = 0.0
-        self.drift = 0.0
-        self.residual_sd_s = float("nan")
-        self.n_pairs = 0
 
-    def add(self, presenter_s: np.ndarray, acq_s: np.ndarray) -> None:
-        presenter_s, acq_s = np.asarray(presenter_s, float), np.asarray(acq_s, float)
-        if len(presenter_s) != len(acq_s):
-            raise ValueError("sync pulses: presenter and acquisition lists differ in length")
-        if len(presenter_s):
-            self._p.append(presenter_s)
-            self._a.append(acq_s)
-            self._fit()
+class ClockFitError(UserError):
+    """A clock fit outside physical bounds; the message names the segment and the fix."""
 
-    def _fit(self) -> None:
-        p, a = np.concatenate(self._p), np.concatenate(self._a)
-        self.n_pairs = len(p)
-        if len(p) == 1:
-            self.offset_s, self.drift, self.residual_sd_s = float(a[0] - p[0]), 0.0, float("nan")
-            return
+
+@dataclass
+class SegmentFit:
+    """One presenter session's line ``acq = offset_s + (1 + drift) * presenter``."""
+
+    label: str
+    offset_s: float = 0.0
+    drift: float = 0.0
+    residual_sd_s: float = float("nan")
+    max_abs_residual_s: float = float("nan")
+    n_pairs: int = 0
+    n_outliers: int = 0
+    p: list = field(default_factory=list, repr=False)
+    a: list = field(default_factory=list, repr=False)
+
+    def to_acq(self, presenter_s) -> np.ndarray:
+        return self.offset_s + (1.0 + self.drift) * np.asarray(presenter_s, float)
+
+    def summary(self) -> dict:
+        return {"label": self.label, "offset_s": self.offset_s, "drift_ppm": self.drift * 1e6,
+                "residual_sd_s": self.residual_sd_s, "max_abs_residual_s": self.max_abs_residual_s,
+                "n_pairs": self.n_pairs, "n_outliers": self.n_outliers}
+
+
+def fit_line(p: np.ndarray, a: np.ndarray, label: str = "", max_drift_ppm: float = MAX_DRIFT_PPM,
+             max_offset_s: float = MAX_OFFSET_S) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Robust line through sync pairs: ``(offset_s, drift, residuals_s, kept)``.
+
+    Raises :class:`ClockFitError` when the pairs are not finite or the line is outside
+    physical bounds. At most 4 least-squares passes: bounded time for any input.
+    """
+    p, a = np.asarray(p, float), np.asarray(a, float)
+    where = f"presenter session {label!r}" if label else "the sync pulses"
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(a))):
+        raise ClockFitError(f"clock fit for {where}: sync times are not finite; the acquisition stream sent garbage "
+                            "(check acquisition.system and its stream)")
+    rough = float(np.median(a - p)) if len(p) else 0.0
+    if not abs(rough) <= max_offset_s:
+        raise ClockFitError(f"clock fit for {where}: offset {rough:.4g} s is outside ±{max_offset_s:g} s; "
+                            "the acquisition timestamps are not a clock (check acquisition.system and its sample rate)")
+    if len(p) == 1 or np.ptp(p) == 0:
+        offset, slope = float(np.median(a - p)), 1.0
+        resid, keep = a - (offset + p), np.ones(len(p), bool)
+    else:
         keep = np.ones(len(p), bool)
-        for _ in range(3):
+        for _ in range(4):
             p0 = p[keep].mean()
-            slope, icpt = np.polyfit(p[keep] - p0, a[keep], 1) if np.ptp(p[keep]) > 0 else (1.0, a[keep].mean())
+            slope, icpt = np.polyfit(p[keep] - p0, a[keep], 1)
             resid = a - (icpt + slope * (p - p0))
             mad = np.median(np.abs(resid[keep] - np.median(resid[keep]))) * 1.4826
-            new_keep = np.abs(resid) <= max(5 * mad, 1e-6)
+            new_keep = np.abs(resid) <= max(5 * mad, 20e-6)
             if new_keep.sum() < 2 or np.array_equal(new_keep, keep):
                 break
             keep = new_keep
-        self.drift = float(slope - 1.0)
-        self.offset_s = float(icpt - slope * p0)
-        self.residual_sd_s = float(np.std(resid[keep])) if keep.sum() > 2 else 0.0
+        offset = float(icpt - slope * p0)
+    drift = float(slope - 1.0)
+    # a few jittered pulses over a short span allow any slope: refuse a drift only when the
+    # line it implies departs from a drift-free one by more than any pulse jitter (5 ms)
+    # over the span, so the bound catches wrong matches and broken clocks, not jitter
+    span = float(np.ptp(p)) if len(p) else 0.0
+    if not (math.isfinite(drift) and abs(drift) <= 0.05 and (abs(drift) * 1e6 <= max_drift_ppm or abs(drift) * span <= 0.005)):
+        raise ClockFitError(f"clock fit for {where}: drift {drift * 1e6:.4g} ppm is outside ±{max_drift_ppm:g} ppm; "
+                            "the pulses do not belong to these flips (check acquisition.ttl_line and the photodiode cable)")
+    if not (math.isfinite(offset) and abs(offset) <= max_offset_s):
+        raise ClockFitError(f"clock fit for {where}: offset {offset:.4g} s is outside ±{max_offset_s:g} s; "
+                            "the acquisition timestamps are not a clock (check acquisition.system and its sample rate)")
+    return offset, drift, resid, keep
 
-    def to_acq(self, presenter_s: np.ndarray) -> np.ndarray:
-        """Presenter-clock times (s) on the acquisition clock (s)."""
-        if self.n_pairs == 0:
-            raise RuntimeError("no sync pulses yet: the clocks cannot be aligned")
-        return self.offset_s + (1.0 + self.drift) * np.asarray(presenter_s, float)
+
+class SegmentedClock:
+    """Sync pairs and fits, one segment per presenter session (label)."""
+
+    def __init__(self, max_drift_ppm: float = MAX_DRIFT_PPM, max_offset_s: float = MAX_OFFSET_S):
+        self.segments: dict[str, SegmentFit] = {}
+        self.order: list[str] = []
+        self.max_drift_ppm = max_drift_ppm
+        self.max_offset_s = max_offset_s
+
+    def add(self, label: str, presenter_s, acq_s) -> SegmentFit:
+        """Add pairs to segment ``label`` (created on first use) and refit it."""
+        presenter_s, acq_s = np.asarray(presenter_s, float).ravel(), np.asarray(acq_s, float).ravel()
+        if len(presenter_s) != len(acq_s):
+            raise ValueError("sync pulses: presenter and acquisition lists differ in length")
+        seg = self.segments.get(label)
+        if seg is None:
+            seg = self.segments[label] = SegmentFit(label)
+            self.order.append(label)
+        if len(presenter_s):
+            p, a = np.r_[np.asarray(seg.p, float), presenter_s], np.r_[np.asarray(seg.a, float), acq_s]
+            offset, drift, resid, keep = fit_line(p, a, label, self.max_drift_ppm, self.max_offset_s)
+            seg.p, seg.a = p.tolist(), a.tolist()
+            seg.offset_s, seg.drift, seg.n_pairs = offset, drift, len(p)
+            seg.n_outliers = int((~keep).sum())
+            seg.residual_sd_s = float(np.std(resid[keep])) if keep.sum() > 2 else 0.0
+            seg.max_abs_residual_s = float(np.max(np.abs(resid[keep]))) if keep.any() else float("nan")
+        return seg
+
+    def fitted(self, label: str) -> SegmentFit | None:
+        seg = self.segments.get(label)
+        return seg if seg is not None and seg.n_pairs > 0 else None
+
+    def to_acq(self, label: str, presenter_s) -> np.ndarray:
+        seg = self.fitted(label)
+        if seg is None:
+            raise RuntimeError(f"presenter session {label!r} has no sync pulses yet: the clocks cannot be aligned")
+        return seg.to_acq(presenter_s)
+
+    def summaries(self) -> list[dict]:
+        return [self.segments[k].summary() for k in self.order]
+
+
+class ClockAligner(SegmentedClock):
+    """One-segment view kept for callers that know one presenter session only."""
+
+    LABEL = ""
+
+    def add(self, presenter_s, acq_s, label: str | None = None) -> SegmentFit:  # type: ignore[override]
+        return super().add(self.LABEL if label is None else label, presenter_s, acq_s)
+
+    def _seg(self) -> SegmentFit:
+        return self.segments.get(self.LABEL) or SegmentFit(self.LABEL)
+
+    offset_s = property(lambda self: self._seg().offset_s)
+    drift = property(lambda self: self._seg().drift)
+    residual_sd_s = property(lambda self: self._seg().residual_sd_s)
+    n_pairs = property(lambda self: self._seg().n_pairs)
+
+    def to_acq(self, presenter_s, label: str | None = None) -> np.ndarray:  # type: ignore[override]
+        return super().to_acq(self.LABEL if label is None else label, presenter_s)
+
+
+# --------------------------------------------------------------------------- matching
+def match_pulses(predicted_acq_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float) -> np.ndarray:
+    """Index into ``pulses_acq_s`` of the pulse nearest each prediction, -1 if none within
+    ``tolerance_s``; each pulse is used at most once (nearest prediction wins)."""
+    pred = np.asarray(predicted_acq_s, float)
+    pulses = np.sort(np.asarray(pulses_acq_s, float))
+    out = np.full(len(pred), -1, int)
+    if not len(pulses) or not len(pred):
+        return out
+    j = np.clip(np.searchsorted(pulses, pred), 1, len(pulses) - 1) if len(pulses) > 1 else np.zeros(len(pred), int)
+    cand = np.stack([j - 1, j]) if len(pulses) > 1 else np.stack([j, j])
+    dist = np.abs(pulses[cand] - pred[None, :])
+    best = cand[np.argmin(dist, axis=0), np.arange(len(pred))]
+    err = np.abs(pulses[best] - pred)
+    order = np.argsort(err)
+    used = set()
+    for i in order:
+        if np.isfinite(err[i]) and err[i] <= tolerance_s and best[i] not in used:
+            out[i] = best[i]
+            used.add(int(best[i]))
+    return out
+
+
+def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float) -> tuple[float | None, int, int]:
+    """The offset ``acq - presenter`` that pairs the most onsets with pulses.
+
+    Returns ``(offset_s or None, votes, runner_up_votes)``; None when no offset wins
+    outright (a regular pulse train with a hole at its end is ambiguous by one period:
+    the caller then waits for more onsets, whose irregular inter-trial gaps decide).
+    """
+    on, pu = np.asarray(onsets_s, float), np.sort(np.asarray(pulses_acq_s, float))
+    on = on[np.isfinite(on)]
+    if not len(on) or not len(pu):
+        return None, 0, 0
+    cands = (pu[None, :] - on[:, None]).ravel()
+    if len(cands) > 200_000:           # bounded work: subsample candidates, every offset still seen via others
+        cands = cands[np.linspace(0, len(cands) - 1, 200_000).astype(int)]
+    cands = np.sort(cands)
+    # votes(c) = onsets with a pulse within tolerance of on + c
+    votes = np.zeros(len(cands), int)
+    for i, o in enumerate(on):
+        lo = np.searchsorted(pu, o + cands - tolerance_s, "left")
+        hi = np.searchsorted(pu, o + cands + tolerance_s, "right")
+        votes += hi > lo
+    best = int(np.argmax(votes))
+    top = votes[best]
+    far = np.abs(cands - cands[best]) > 2 * tolerance_s
+    runner = int(votes[far].max()) if far.any() else 0
+    if top < 2 or top <= runner:
+        return None, int(top), runner
+    near = np.abs(cands - cands[best]) <= tolerance_s
+    return float(np.median(cands[near & (votes == top)])), int(top), runner
 
 
 def window_counts(spike_times_s: np.ndarray, spike_channels: np.ndarray, onsets_s: np.ndarray,

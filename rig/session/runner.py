@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rig.backend import Backend, SessionInfo, TrialRows
-from rig.session.clock import ClockAligner, window_counts
+from rig.session.clock import SegmentedClock, window_counts
 from rig.session.schedule import PresentationQueue, Schedule
 from stimuli.stimset import StimulusSet
 
@@ -100,8 +100,10 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
     """
     t0 = time.monotonic()
     queue = PresentationQueue.replay(schedule, writer.recorded_trials())
-    aligner = ClockAligner()
-    aligner.add(*writer.sync_pairs())
+    clock = SegmentedClock()
+    for label, (p_s, a_s) in _stored_segments(writer):
+        if len(p_s):
+            clock.add(label, p_s, a_s)
     n_ch = writer.n_channels
     n_trials = n_valid = n_total = 0
     interrupted = False
@@ -119,21 +121,24 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                 if rec.trial_index != trial.trial_index:
                     raise RuntimeError(f"backend answered trial {rec.trial_index} for trial {trial.trial_index}")
                 k = len(trial.stim_indices)
-                aligner.add(rec.sync_presenter_s, rec.sync_acq_s)
+                seg = clock.add(rec.clock_segment, rec.sync_presenter_s, rec.sync_acq_s)
                 onset_acq = np.full(k, np.nan)
-                if rec.completed:
-                    onset_acq[: rec.completed] = aligner.to_acq(rec.onset_presenter_s)
+                if rec.completed and seg.n_pairs:
+                    onset_acq[: rec.completed] = seg.to_acq(rec.onset_presenter_s)
                 counts = window_counts(rec.spike_times_s, rec.spike_channels, onset_acq, n_ch, *window_ms)
                 shown = np.arange(k) < rec.completed
                 dropped = np.zeros(k, bool)
                 dropped[: rec.completed] = rec.dropped_frame
-                valid = shown & ~dropped & rec.acquisition_ok
+                pulse = np.zeros(k, bool)
+                pulse[: rec.completed] = rec.pulse_ok
+                valid = shown & ~dropped & pulse & rec.acquisition_ok & np.isfinite(onset_acq)
+                to_acq = (lambda t_p: seg.to_acq(t_p) if len(t_p) and seg.n_pairs else np.full(len(t_p), np.nan))
                 rows = TrialRows(trial, rec, onset_acq, counts, valid,
-                                 eye_acq_s=aligner.to_acq(rec.eye_presenter_s) if len(rec.eye_presenter_s) else np.zeros(0),
-                                 reward_acq_s=(aligner.to_acq(rec.reward_presenter_s) if len(rec.reward_presenter_s)
-                                               else np.zeros(0)))
+                                 eye_acq_s=to_acq(rec.eye_presenter_s), reward_acq_s=to_acq(rec.reward_presenter_s))
                 writer.append_trial(rows)
-                writer.set_clock(aligner.offset_s, aligner.drift, aligner.residual_sd_s, aligner.n_pairs)
+                writer.set_clock(seg.offset_s, seg.drift, seg.residual_sd_s, seg.n_pairs)
+                if hasattr(writer, "set_clock_segments"):
+                    writer.set_clock_segments(clock.summaries())
                 queue.complete(valid)
                 n_trials += 1
                 n_valid += int(valid.sum())
@@ -143,8 +148,8 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                 if observer is not None:
                     try:
                         observer(rows, TrialProgress(n_trials, n_valid, n_total, len(schedule), len(queue),
-                                                     time.monotonic() - t0, aligner.offset_s, aligner.drift,
-                                                     aligner.residual_sd_s, aligner.n_pairs))
+                                                     time.monotonic() - t0, seg.offset_s, seg.drift,
+                                                     seg.residual_sd_s, seg.n_pairs))
                     except Exception as exc:  # noqa: BLE001 - a monitor must never stop a recording
                         tqdm.write(f"live monitor: {exc!r} (ignored; the recording goes on)")
                 if flag.stop or (max_trials is not None and n_trials >= max_trials):
@@ -157,3 +162,10 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
             bar.close()
         backend.close()
     return SessionResult(n_trials, n_valid, n_total, len(queue), interrupted, time.monotonic() - t0)
+
+
+def _stored_segments(writer) -> list[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+    """Sync pairs already in the day, grouped by presenter session (one group for old files)."""
+    if hasattr(writer, "sync_pairs_by_segment"):
+        return writer.sync_pairs_by_segment()
+    return [("", writer.sync_pairs())]

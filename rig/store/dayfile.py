@@ -219,6 +219,17 @@ class DayWriter:
     def sync_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         return self._h5["sync/presenter_s"][:], self._h5["sync/acq_s"][:]
 
+    def sync_pairs_by_segment(self) -> list[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+        """Sync pairs grouped by presenter session (clock segment), in first-seen order."""
+        p, a = self.sync_pairs()
+        seg = _sync_segments(self._h5)
+        labels = list(dict.fromkeys(seg.tolist()))
+        return [(lab, (p[seg == lab], a[seg == lab])) for lab in labels] or [("", (p, a))]
+
+    def set_clock_segments(self, segments: list[dict]) -> None:
+        """Store every clock segment's fit and residuals (JSON, file attr ``clock_segments``)."""
+        self._h5.attrs["clock_segments"] = json.dumps(segments, allow_nan=True)
+
     # -- writing -----------------------------------------------------------------------
     def append_trial(self, rows: TrialRows) -> None:
         """Journal the trial (fsync), then write it to HDF5 and flush."""
@@ -258,6 +269,8 @@ class DayWriter:
         for name, values in (("trial_index", np.full(n_rew, t.trial_index)), ("t_presenter_s", r.reward_presenter_s),
                              ("t_acq_s", rew_acq), ("duration_ms", r.reward_ms), ("kind", r.reward_kind)):
             _append(h5["rewards"][name], values)
+        if "segment" in h5["sync"]:
+            _append(h5["sync/segment"], np.array([r.clock_segment] * len(r.sync_acq_s), dtype=object))
         trow = {"trial_index": t.trial_index, "n_planned": k, "completed": c, "fixation_ok": r.fixation_ok,
                 "acquisition_ok": r.acquisition_ok, "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s,
                 "end_presenter_s": r.end_presenter_s,
@@ -279,6 +292,9 @@ class DayWriter:
         g = self._h5.require_group("calibration")
         g.attrs["map_json"] = json.dumps(cmap)
         g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
+    def set_attrs(self, attrs: dict) -> None:
+        """Update file attributes (provenance learnt while recording, e.g. the spike source's sample rate)."""
+        self._h5.attrs.update(attrs)
         self._h5.flush()
 
     def mark_complete(self) -> None:
@@ -391,6 +407,7 @@ def _write_metadata(h5: h5py.File, config_text: str) -> None:
                               f"as JSON; from {source}")
     for name in METADATA_SECTIONS:
         g.attrs[name] = json.dumps(dataclasses.asdict(getattr(cfg, name)))
+    _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
 
 
 def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
@@ -452,7 +469,16 @@ def _truncate_to_committed(h5: h5py.File) -> None:
     h5["spikes/counts"].resize(ends["presentations"], axis=0)
     for name in ("times_s", "channel"):
         h5["spikes"][name].resize(ends["spikes"], axis=0)
-    for name in ("presenter_s", "acq_s"):
-        h5["sync"][name].resize(ends["sync"], axis=0)
+    for name in ("presenter_s", "acq_s", "segment"):
+        if name in h5["sync"]:
+            h5["sync"][name].resize(ends["sync"], axis=0)
+
+
+def _sync_segments(h5: h5py.File) -> np.ndarray:
+    """The clock segment label of every sync pair ('' for files written before segments)."""
+    n = h5["sync/acq_s"].shape[0]
+    if "segment" not in h5["sync"]:
+        return np.array([""] * n, dtype=object)
+    return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in h5["sync/segment"][:]], dtype=object)
 
 

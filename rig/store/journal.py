@@ -31,7 +31,8 @@ def rows_to_json(rows: TrialRows) -> str:
         "sync_presenter_s": r.sync_presenter_s.tolist(), "sync_acq_s": r.sync_acq_s.tolist(),
         "spike_times_s": r.spike_times_s.tolist(), "spike_channels": r.spike_channels.tolist(),
         "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
-        "end_presenter_s": r.end_presenter_s,
+        "end_presenter_s": r.end_presenter_s, "clock_segment": r.clock_segment,
+        "pulse_ok": r.pulse_ok.tolist(),
         "onset_acq_s": rows.onset_acq_s.tolist(), "counts": rows.counts.tolist(), "valid": rows.valid.tolist(),
     }
     if len(r.eye_presenter_s) or len(r.reward_presenter_s):
@@ -51,6 +52,7 @@ def rows_from_json(text: str) -> TrialRows:
                       d["frames_mask"], d["dropped_frame"], d["sync_presenter_s"], d["sync_acq_s"],
                       d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
                       d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")),
+                      clock_segment=str(d.get("clock_segment", "")), pulse_ok=d.get("pulse_ok"),
                       **{k: d[k] for k in ("eye_presenter_s", "eye_x_deg", "eye_y_deg", "eye_pupil",
                                            "reward_presenter_s", "reward_ms", "reward_kind") if k in d})
     opt = lambda k: None if d.get(k) is None else np.asarray(d[k], float)  # noqa: E731

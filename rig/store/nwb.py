@@ -156,11 +156,12 @@ def data_origin(day: DayData) -> DataOrigin:
     backend = str(a.get("backend", "unknown"))
     replayed = str(a.get("replayed_from", "") or "")
     recorded_by = str(a.get("replayed_from_backend", "") or backend) if replayed else backend
-    acq = _as_dict(a.get("acquisition")) or _as_dict(a.get("spike_source"))
+    acq = _as_dict(a.get("acquisition")) or _as_dict(a.get("spike_source_json")) or _as_dict(a.get("spike_source"))
     source = a.get("spike_source", "")
     source = "" if acq or not isinstance(source, (str, bytes)) else (source.decode() if isinstance(source, bytes) else source)
     sim_attrs = {k[4:]: v for k, v in a.items() if k.startswith("sim_")}
-    said = " ".join(str(x) for x in (source, acq.get("system", ""), acq.get("name", ""), acq.get("kind", ""))).lower()
+    said = " ".join(str(x) for x in (source, acq.get("system", ""), acq.get("name", ""), acq.get("kind", ""),
+                                     acq.get("streams", ""), a.get("spike_source", ""))).lower()
     simulated = recorded_by == "sim" or bool(sim_attrs) or "simulat" in said
     system = str(acq.get("system") or acq.get("name") or a.get("acquisition_system") or source or "")
     version = str(acq.get("version") or a.get("acquisition_version") or "")
@@ -717,3 +718,10 @@ def metadata_overrides(path: str | Path | None, subject_id: str | None = None, s
     if species is not None:
         out.setdefault("subject", {})["species"] = species
     return out
+
+
+# --- issue 11: spike provenance (kept separate from the export above) -------------------
+def spike_provenance(attrs) -> str:
+    """Where a day's spikes came from, as stored by the backend (``spike_source`` attr)."""
+    src = attrs.get("spike_source")
+    return str(src) if src else "unknown (written before spike provenance was stored)"

@@ -44,6 +44,12 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     done[vp] = True
     if d.complete and not done.all():
         problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
+    segments, limit_ms = _clock_segments(d)
+    for seg in segments:
+        worst = seg.get("max_abs_residual_s")
+        if worst is not None and np.isfinite(worst) and worst * 1e3 > limit_ms:
+            problems.append(f"clock segment {seg.get('label') or '(one)'}: sync residual {worst * 1e3:.3f} ms exceeds "
+                            f"acquisition.max_residual_ms = {limit_ms:g} ms (onsets are misaligned; check the photodiode)")
     kinds = {k: int(np.sum(d.stimuli.kind == k)) for k in ("clean", "targeted", "random")}
     summary = {
         "path": str(d.path), "day": d.day, "status": d.attrs.get("status"), "schema_version": d.attrs.get("schema_version"),
@@ -56,6 +62,7 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
         "image_size_px": int(d.stimuli.pixels.shape[1]) if n_stim else 0,
         "raw_spikes": len(d.spike_times_s), "sync_pulses": len(d.sync_acq_s),
         "random_init_model": d.attrs.get("random_init_model"),
+        "spike_source": d.attrs.get("spike_source"), "clock_segments": segments,
     }
     return summary, problems
 
@@ -100,3 +107,22 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
         for rows in journal:
             w.append_trial(rows)
     return path
+
+
+def _clock_segments(d) -> tuple[list[dict], float]:
+    """The stored per-presenter-session clock fits and the residual limit of the day's config."""
+    import json
+
+    from rig.config import ConfigError, config_from_toml_text
+
+    try:
+        limit = float(config_from_toml_text(d.config_text).acquisition.max_residual_ms)
+    except (ConfigError, AttributeError):
+        limit = 0.5
+    text = d.attrs.get("clock_segments")
+    if text is None:
+        return [], limit
+    try:
+        return list(json.loads(text)), limit
+    except ValueError:
+        return [{"label": "unreadable clock_segments attribute", "max_abs_residual_s": float("inf")}], limit

@@ -1,0 +1,312 @@
+"""The simulated monkey as an acquisition system, in the Open Ephys GUI's exact wire format.
+
+A separate process (``itloop sim-rig``) that plays the photodiode, the animal and the
+Open Ephys GUI at once:
+
+- it subscribes to the real presenter's flip markers (``presenter.marker = "zmq"``:
+  one JSON message per screen change with the flip time on the presenter clock);
+- after each trial's last flip it computes the simulated sites' spikes for the images
+  that were on the screen (``sim.monkey.SimulatedMonkey.spikes_for``), on a simulated
+  acquisition clock (offset + drift, per presenter process: a restarted presenter is a
+  new clock, the acquisition clock runs on) with photodiode jitter;
+- it publishes them, with one TTL pair per stimulus onset (some dropped, some spurious,
+  as configured), on a ZeroMQ PUB socket in the Open Ephys Event Broadcaster's JSON
+  format (two frames: ``uint16`` type, then JSON; see ``rig.sources.openephys`` for the
+  vendor source matched), after a random network delay;
+- it serves the GUI's HTTP control endpoints that itloop uses (``/api/status``,
+  ``/api/recording``, ``/api/message``), logging every message;
+- it writes the truth (true light onset on the acquisition clock, whether the pulse was
+  dropped, the counts in the response window) to a JSON-lines file, for tests.
+
+Imports only ``numpy``, ``zmq``, the standard library and ``sim`` itself (DESIGN section 3).
+"""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from sim.clocks import PHOTODIODE_JITTER_S, ClockMap
+
+TTL, SPIKE = 0, 1
+
+
+# --------------------------------------------------------------------------- wire
+class BroadcasterPub:
+    """Publishes events exactly as the Event Broadcaster plugin's JSON output format does."""
+
+    def __init__(self, endpoint: str, sample_rate: float, stream: str = "SIMULATED itloop sim-rig", source_node: int = 101):
+        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.bind(endpoint)
+        self.sample_rate = float(sample_rate)
+        self.stream = stream
+        self.source_node = source_node
+
+    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input") -> None:
+        info = {"event_type": "ttl", "stream": self.stream, "source_node": self.source_node,
+                "sample_rate": self.sample_rate, "channel_name": channel_name,
+                "sample_number": int(sample_number), "line": int(line), "state": bool(state)}
+        self.sock.send_multipart([struct.pack("<H", TTL), json.dumps(info).encode()])
+
+    def spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> None:
+        info = {"event_type": "spike", "stream": self.stream, "source_node": self.source_node,
+                "electrode": electrode, "num_channels": 1, "sample_rate": self.sample_rate,
+                "sample_number": int(sample_number), "sorted_id": int(sorted_id), "amp1": float(amplitude_uv)}
+        self.sock.send_multipart([struct.pack("<H", SPIKE), json.dumps(info).encode()])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LslPublisher:
+    """The same events as LSL streams (see ``rig.sources.lsl``): spikes (int32 channel index per
+    sample) and TTLs (int32 line per rising edge), timestamps = acquisition clock, s."""
+
+    def __init__(self, spike_stream: str, ttl_stream: str, sample_rate: float, channel_names: list[str]):
+        import pylsl
+
+        self.sample_rate = float(sample_rate)
+        self._index = {n: i for i, n in enumerate(channel_names)}
+        si = pylsl.StreamInfo(spike_stream, "Spikes", 1, 0, pylsl.cf_int32, "SIMULATED itloop sim-rig spikes")
+        si.desc().append_child_value("sampling_rate", str(self.sample_rate))
+        ti = pylsl.StreamInfo(ttl_stream, "Markers", 1, 0, pylsl.cf_int32, "SIMULATED itloop sim-rig ttl")
+        self._spk = pylsl.StreamOutlet(si, chunk_size=0, max_buffered=360)
+        self._ttl = pylsl.StreamOutlet(ti, chunk_size=0, max_buffered=360)
+
+    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "") -> None:
+        if state:
+            self._ttl.push_sample([int(line)], sample_number / self.sample_rate)
+
+    def spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> None:
+        self._spk.push_sample([self._index[electrode]], sample_number / self.sample_rate)
+
+    def close(self) -> None:
+        del self._spk, self._ttl
+
+
+class FakeGuiHttp:
+    """The Open Ephys GUI's HTTP control endpoints itloop uses, on 127.0.0.1 (a thread)."""
+
+    def __init__(self, port: int, log_path: Path | None = None):
+        self.mode = "ACQUIRE"
+        self.recording: dict = {"base_text": "", "parent_directory": "", "prepend_text": "", "append_text": ""}
+        self.messages: list[str] = []
+        self.log_path = log_path
+        gui = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _reply(self, obj: dict, code: int = 200) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/api/status":
+                    return self._reply({"mode": gui.mode})
+                if self.path == "/api/recording":
+                    return self._reply(dict(gui.recording))
+                return self._reply({"error": f"unknown endpoint {self.path}"}, 404)
+
+            def do_PUT(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                try:
+                    payload = json.loads(self.rfile.read(n).decode() or "{}")
+                except ValueError:
+                    return self._reply({"error": "invalid JSON"}, 400)
+                if self.path == "/api/status" and payload.get("mode") in ("IDLE", "ACQUIRE", "RECORD"):
+                    gui.mode = payload["mode"]
+                    gui._log({"status": gui.mode})
+                    return self._reply({"mode": gui.mode})
+                if self.path == "/api/recording":
+                    gui.recording.update({k: v for k, v in payload.items() if k in gui.recording})
+                    gui._log({"recording": dict(gui.recording)})
+                    return self._reply(dict(gui.recording))
+                if self.path == "/api/message" and "text" in payload:
+                    gui.messages.append(str(payload["text"]))
+                    gui._log({"message": str(payload["text"])})
+                    return self._reply({"message": "Message sent."})
+                return self._reply({"error": f"unknown request {self.path}"}, 400)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def _log(self, obj: dict) -> None:
+        if self.log_path is not None:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(obj) + "\n")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --------------------------------------------------------------------------- simulation
+@dataclass
+class AcqSimParams:
+    sample_rate_hz: float = 30000.0
+    ttl_line: int = 0
+    drop_fraction: float = 0.01
+    extra_fraction: float = 0.0
+    jitter_s: float = 0.001
+    electrode_prefix: str = "Electrode "
+    window_s: tuple[float, float] = (0.07, 0.17)
+    seed: int = 0
+
+
+class AcquisitionSim:
+    """Watches presenter flips, publishes the simulated recording (see module docstring)."""
+
+    def __init__(self, monkey, pixels: np.ndarray, marker_endpoint: str, event_endpoint: str,
+                 params: AcqSimParams, http_port: int | None = None, truth_path: str | Path | None = None,
+                 http_log: str | Path | None = None, lsl_streams: tuple[str, str] | None = None):
+        self.monkey = monkey
+        self._pixels = pixels                 # uint8 (N,H,W,3), or a callable returning them when first needed
+        self._ready = False
+        self.p = params
+        names = [f"{params.electrode_prefix}{c + 1}" for c in range(monkey.n_channels)]
+        self.pub = (LslPublisher(*lsl_streams, params.sample_rate_hz, names) if lsl_streams
+                    else BroadcasterPub(event_endpoint, params.sample_rate_hz))
+        self.gui = FakeGuiHttp(http_port, Path(http_log) if http_log else None) if http_port is not None else None
+        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(marker_endpoint)
+        self.truth_path = Path(truth_path) if truth_path else None
+        self.clocks: dict[str, ClockMap] = {}
+        self.last_acq_s = float(monkey.clock.offset_s) + 100.0
+        self.pending: dict[str, list[dict]] = {}
+        self.trials = 0
+        self._recent = (np.zeros(0), np.zeros(0, int))     # spikes of the last 2 s (truth counts)
+        self.published = {"spikes": 0, "ttl": 0, "dropped_pulses": 0, "extra_pulses": 0}
+        self.rng = np.random.default_rng([int(params.seed) & 0xFFFFFFFF, 77])
+
+    def clock_for(self, presenter: str, first_t: float) -> ClockMap:
+        """The acquisition clock as seen from this presenter process (drift from the monkey's clock)."""
+        cm = self.clocks.get(presenter)
+        if cm is None:
+            drift = self.monkey.clock.drift_ppm
+            slope = 1.0 + drift * 1e-6
+            start = self.last_acq_s + 1.0            # the acquisition clock runs on across presenter restarts
+            cm = self.clocks[presenter] = ClockMap(start - slope * first_t, drift)
+        return cm
+
+    def _ensure_stimuli(self) -> None:
+        if not self._ready:
+            px = self._pixels() if callable(self._pixels) else self._pixels
+            self.monkey.set_stimuli(np.asarray(px))
+            self._ready = True
+
+    def handle(self, msg: dict) -> None:
+        key = str(msg.get("presenter", ""))
+        self.pending.setdefault(key, []).append(msg)
+        if msg.get("kind") in ("blank", "abort_blank"):
+            self.publish_trial(key, self.pending.pop(key))
+
+    def publish_trial(self, presenter: str, events: list[dict]) -> None:
+        self._ensure_stimuli()
+        p, fs = self.p, self.p.sample_rate_hz
+        rng = np.random.default_rng([int(p.seed) & 0xFFFFFFFF, self.trials])
+        self.trials += 1
+        t = np.array([e["t"] for e in events], float)
+        cm = self.clock_for(presenter, float(t[0]))
+        on_i = [i for i, e in enumerate(events) if e["kind"] == "stim_on"]
+        images = np.array([events[i]["image"] for i in on_i], int)
+        onset_p = t[on_i]
+        off_p = np.array([t[i + 1] if i + 1 < len(t) else t[i] for i in on_i])
+        light_acq = cm.to_acq(onset_p + rng.uniform(-PHOTODIODE_JITTER_S, PHOTODIODE_JITTER_S, len(on_i)))
+        # one spike train: a trial's spikes start where the previous trial's (tail included) ended
+        t0, t1 = max(float(cm.to_acq(t[0])), self.last_acq_s), float(cm.to_acq(t[-1])) + 0.3
+        if len(on_i):
+            st, sc = self.monkey.spikes_for(images, light_acq, (off_p - onset_p) * cm.slope, rng, t_start_s=t0, t_stop_s=t1)
+        else:
+            st, sc = np.zeros(0), np.zeros(0, int)
+        st_n = np.round(np.asarray(st) * fs).astype(np.int64)
+        pulse_n = np.round(light_acq * fs).astype(np.int64)
+        dropped = rng.random(len(on_i)) < p.drop_fraction
+        n_extra = rng.binomial(max(len(on_i), 1), p.extra_fraction) if p.extra_fraction > 0 else 0
+        extra_n = np.round(rng.uniform(t0, t1, n_extra) * fs).astype(np.int64)
+        # truth: counts in the response window after the true light onset, from the published (sample) times
+        if self.truth_path is not None:
+            rt, rc = self._recent
+            ts = np.r_[rt, st_n / fs]
+            sc_all = np.r_[rc, np.asarray(sc, int)]
+            keep = ts > t1 - 2.0
+            self._recent = (ts[keep], sc_all[keep])
+            lines = []
+            for j, i in enumerate(on_i):
+                lo, hi = light_acq[j] + p.window_s[0], light_acq[j] + p.window_s[1]
+                counts = np.bincount(sc_all[(ts >= lo) & (ts < hi)], minlength=self.monkey.n_channels)
+                lines.append(json.dumps({"presenter": presenter, "t_presenter": float(onset_p[j]),
+                                         "t_acq_true": float(light_acq[j]), "image": int(images[j]), "pres": events[i]["pres"],
+                                         "pulse": not bool(dropped[j]), "counts": counts.tolist(),
+                                         "near_edge": np.bincount(sc_all[(np.abs(ts - lo) < 1e-3) | (np.abs(ts - hi) < 1e-3)],
+                                                                  minlength=self.monkey.n_channels).tolist()}))
+            with open(self.truth_path, "a") as fh:
+                fh.write("".join(x + "\n" for x in lines))
+        if p.jitter_s > 0:
+            time.sleep(float(rng.uniform(0, p.jitter_s)))
+        # publish in acquisition-time order, as the GUI would
+        names = [f"{p.electrode_prefix}{c + 1}" for c in range(self.monkey.n_channels)]
+        kinds = np.r_[np.zeros(len(st_n), int), np.ones(int((~dropped).sum()), int), np.full(len(extra_n), 2)]
+        when = np.r_[st_n, pulse_n[~dropped], extra_n]
+        ref = np.r_[np.asarray(sc, int), np.zeros(int((~dropped).sum()) + len(extra_n), int)]
+        for j in np.argsort(when, kind="stable"):
+            if kinds[j] == 0:
+                self.pub.spike(int(when[j]), names[ref[j]])
+            else:
+                self.pub.ttl(int(when[j]), p.ttl_line, True)
+                self.pub.ttl(int(when[j]) + int(0.01 * fs), p.ttl_line, False)
+        self.published["spikes"] += len(st_n)
+        self.published["ttl"] += int((~dropped).sum()) + len(extra_n)
+        self.published["dropped_pulses"] += int(dropped.sum())
+        self.published["extra_pulses"] += len(extra_n)
+        self.last_acq_s = max(self.last_acq_s, t1)
+
+    def serve(self, max_s: float = 3600.0, idle_exit_s: float | None = None) -> dict:
+        """Run until ``max_s`` passed or (if set) no marker came for ``idle_exit_s``; returns counters."""
+        deadline = time.monotonic() + max_s
+        last = time.monotonic()
+        try:
+            while time.monotonic() < deadline:
+                if self.sub.poll(50):
+                    while True:
+                        try:
+                            raw = self.sub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        try:
+                            msg = json.loads(raw.decode())
+                        except ValueError:
+                            continue
+                        if isinstance(msg, dict) and "t" in msg and "kind" in msg:
+                            self.handle(msg)
+                    last = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                    break
+        finally:
+            self.close()
+        return dict(self.published)
+
+    def close(self) -> None:
+        self.sub.close()
+        self.pub.close()
+        if self.gui is not None:
+            self.gui.close()

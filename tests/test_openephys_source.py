@@ -1,0 +1,105 @@
+"""The Open Ephys adapter against the broadcaster wire format on a real loopback socket,
+and its HTTP control calls against a loopback server implementing the GUI's endpoints."""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from rig.sources.openephys import OpenEphysError, OpenEphysHttp, OpenEphysSource, decode_broadcast
+from sim.acquisition import BroadcasterPub, FakeGuiHttp
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _collect(src, want_spikes, want_ttl, timeout_s=10.0):
+    st, sc, tt = [], [], []
+    deadline = time.monotonic() + timeout_s
+    while (len(st) < want_spikes or len(tt) < want_ttl) and time.monotonic() < deadline:
+        ev = src.events_since(0.05)
+        st += ev.spike_times_s.tolist()
+        sc += ev.spike_channels.tolist()
+        tt += ev.ttl_times_s[ev.ttl_states].tolist()
+    return np.array(st), np.array(sc), np.array(tt)
+
+
+def test_decode_matches_the_plugin_frames():
+    parts = [struct.pack("<H", 1), json.dumps({"event_type": "spike", "stream": "s", "source_node": 104,
+                                                "electrode": "Electrode 3", "num_channels": 1, "sample_rate": 30000.0,
+                                                "sample_number": 123456, "sorted_id": 0, "amp1": 55.0}).encode()]
+    kind, info = decode_broadcast(parts)
+    assert kind == 1 and info["sample_number"] == 123456
+    for bad in ([b"\x00"], [b"\x00\x00", b"{not json"], [b"\x00\x00", b"[1,2]"], [b"\x00\x00", b'{"sample_rate": 0, "sample_number": 1}'],
+                [b"\x00\x00", b"[" * 200000], [b"\x00\x00", b'{"sample_rate": 3e4, "sample_number": 1e400}']):
+        assert decode_broadcast(bad) is None
+
+
+def test_spikes_and_pulses_round_trip_through_a_real_socket():
+    port, http_port = _port(), _port()
+    pub = BroadcasterPub(f"tcp://127.0.0.1:{port}", 30000.0)
+    gui = FakeGuiHttp(http_port)
+    src = OpenEphysSource("127.0.0.1", port, http_port, True, n_channels=4)
+    try:
+        src.open()
+        # a PUB drops messages until the SUB's subscription arrives: send a probe until one is seen
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not len(src.events_since(0.05).ttl_times_s):
+            pub.ttl(1, 5, True)
+        rng = np.random.default_rng(0)
+        n = rng.integers(1, 10**7, 500)
+        ch = rng.integers(0, 4, 500)
+        for s_, c_ in zip(n, ch):
+            pub.spike(int(s_), f"Electrode {c_ + 1}")
+        pub.spike(5, "Tetrode 9")                       # not one of ours: counted, not used
+        for s_ in (30000, 60000, 90000):
+            pub.ttl(s_, 0, True)
+            pub.ttl(s_ + 300, 0, False)
+            pub.ttl(s_ + 10, 3, True)                   # another line
+        pub.sock.send_multipart([b"\x01\x00", b"garbage"])
+        pub.sock.send_multipart([b"\x01\x00", b'{"event_type": "spike", "electrode": ["x"], "sample_rate": 3e4, "sample_number": 7}'])
+        st, sc, tt = _collect(src, 500, 3)
+        assert np.array_equal(st, n / 30000.0) and np.array_equal(sc, ch)
+        assert np.array_equal(tt, [1.0, 2.0, 3.0])
+        assert src.sampling_rate_hz == 30000.0 and src.counters["unknown_electrodes"] == 2
+        assert src.counters["undecodable"] == 1 and src.counters["other_ttl_lines"] >= 3
+        src.start_recording("itloop-day000-abc")
+        assert gui.mode == "RECORD" and gui.recording["base_text"] == "itloop-day000-abc"
+        src.message("itloop trial=0 stim=1,2,3")
+        assert gui.messages == ["itloop trial=0 stim=1,2,3"]
+        src.close()
+        assert gui.mode == "ACQUIRE"
+        d = src.describe()
+        assert d["system"] == "Open Ephys GUI" and d["streams"] == ["SIMULATED itloop sim-rig"]
+    finally:
+        src.close()
+        pub.close()
+        gui.close()
+
+
+def test_an_absent_gui_is_one_clear_error():
+    with pytest.raises(OpenEphysError, match="HTTP API"):
+        OpenEphysHttp("127.0.0.1", _port(), timeout_s=1.0).status()
+
+
+def test_day_run_with_no_acquisition_system_is_one_line_and_leaves_no_file(tmp_path, capsys):
+    from pathlib import Path
+
+    from rig.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((Path(__file__).parent / "data" / "tiny.toml").read_text()
+                   + f"\n[acquisition]\nn_channels = 6\nevent_port = {_port()}\nhttp_port = {_port()}\n")
+    rc = main(["day", "run", "--day", "0", "--backend", "rig", "--out", str(tmp_path / "exp"), "--config", str(cfg),
+               "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "Open Ephys HTTP API" in err[0]
+    assert not (tmp_path / "exp" / "day_000.h5").exists()
