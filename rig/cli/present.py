@@ -102,12 +102,20 @@ def run_keys(args: argparse.Namespace) -> int:
     import zmq.auth
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for suffix in (".key", ".key_secret"):
-        if (out / f"{args.name}{suffix}").exists() and not args.force:
-            raise UserError(f"{out / (args.name + suffix)} exists; pass --force to overwrite or choose another --name")
-    public_file, secret_file = zmq.auth.create_certificates(str(out), args.name)
-    Path(secret_file).chmod(0o600)
+    targets = [out / f"{args.name}{suffix}" for suffix in (".key", ".key_secret")]
+    for target in targets:
+        if target.exists() and not args.force:
+            raise UserError(f"{target} exists; pass --force to overwrite or choose another --name")
+    new = [t for t in targets if not t.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        public_file, secret_file = zmq.auth.create_certificates(str(out), args.name)
+        Path(secret_file).chmod(0o600)
+    except OSError as exc:
+        for target in new:          # a half-written pair would block the retry ("exists")
+            target.unlink(missing_ok=True)
+        raise UserError(f"cannot write keys to {out}: {exc.strerror or exc}; choose a folder you can write to, "
+                        "with free space") from None
     public, _ = zmq.auth.load_certificate(public_file)
     print(f"public key  {public_file}\nsecret key  {secret_file} (keep it on this computer)\n"
           f"public key text: {public.decode()}\n"

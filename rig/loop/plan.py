@@ -79,9 +79,12 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -
     from modelfit.store import load_fitted
     from stimuli.perturb import PerturbParams, generate_perturbations
 
+    from rig.loop.preflight import preflight
+
     folder = Path(folder)
     if day < 1:
         raise UserError("day 0 is the screening day; it needs no plan step (run `itloop day run --day 0`)")
+    preflight(cfg)
     out = plan_path(folder, day)
     if out.exists():
         raise UserError(f"{out} already exists; a plan is never overwritten (delete it yourself to re-plan)")
