@@ -288,6 +288,7 @@ class PresenterConfig:
     curve_public_key: str = ""
     curve_secret_key: str = ""
     curve_server_key: str = ""
+    curve_authorized_keys: str = ""
 
     def check(self):
         out = []
@@ -436,7 +437,7 @@ LIMITS: dict[tuple[str, str], tuple[float, float]] = {
 _TEXT_KEYS = {("experiment", "name"), ("images", "source"), ("model", "backbone"), ("model", "weights"),
               ("model", "device"), ("presenter", "endpoint"), ("presenter", "marker_address"), ("paths", "data_dir"),
               ("paths", "feature_cache"), ("presenter", "curve_public_key"), ("presenter", "curve_secret_key"),
-              ("presenter", "curve_server_key")}
+              ("presenter", "curve_server_key"), ("presenter", "curve_authorized_keys")}
 
 
 def _num(x: float) -> str:

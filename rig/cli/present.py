@@ -117,6 +117,16 @@ def run_keys(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write keys to {out}: {exc.strerror or exc}; choose a folder you can write to, "
                         "with free space") from None
     public, _ = zmq.auth.load_certificate(public_file)
+    if args.authorize:
+        allow = Path(args.authorize) / Path(public_file).name
+        if allow.exists() and not args.force:
+            raise UserError(f"{allow} exists; pass --force to replace it or choose another --name")
+        try:
+            allow.parent.mkdir(parents=True, exist_ok=True)
+            allow.write_bytes(Path(public_file).read_bytes())
+        except OSError as exc:
+            raise UserError(f"cannot write {allow}: {exc.strerror or exc}") from None
+        print(f"authorised  {allow} (the controller's presenter.curve_authorized_keys = {allow.parent})")
     print(f"public key  {public_file}\nsecret key  {secret_file} (keep it on this computer)\n"
           f"public key text: {public.decode()}\n"
           "set presenter.curve_public_key / curve_secret_key to these files; give the controller's .key file "
@@ -132,4 +142,6 @@ def register(subparsers) -> None:
     k.add_argument("--out", default="keys", help="directory for the key files (default ./keys)")
     k.add_argument("--name", default="itloop", help="file name stem (default itloop)")
     k.add_argument("--force", action="store_true", help="overwrite existing key files")
+    k.add_argument("--authorize", metavar="DIR", help="also copy the public key into DIR, the controller's allow-list "
+                                                      "folder (presenter.curve_authorized_keys)")
     k.set_defaults(func=run_keys)

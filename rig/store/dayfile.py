@@ -311,6 +311,15 @@ class DayWriter:
         except OSError as exc:
             self._fail(exc, safe=self.committed_trials)
 
+    def set_attrs(self, attrs: dict) -> None:
+        """Store session facts as root attributes (e.g. the presenter's CURVE key); flushed."""
+        self._check_usable()
+        try:
+            self._h5.attrs.update({str(k): v for k, v in attrs.items()})
+            self._h5.flush()
+        except OSError as exc:
+            self._fail(exc, safe=self.committed_trials)
+
     def mark_complete(self) -> None:
         self._check_usable()
         try:
