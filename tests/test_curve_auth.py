@@ -13,7 +13,7 @@ import zmq
 import zmq.auth
 
 from rig.cli import main
-from rig.link.client import PresenterClient, PresenterError
+from rig.link.client import PresenterClient
 from rig.link.protocol import HEARTBEAT, Message, curve_keys, encode
 from rig.link.zap import load_allowed_keys
 
