@@ -41,6 +41,10 @@ _IGNORED_PREFIXES = ("module.attacker.", "module.normalizer.", "attacker.", "nor
 _STRIPPED_PREFIXES = ("module.model.", "model.", "module.")
 
 
+class BackboneError(ValueError):
+    """An unknown backbone or layer name (the message lists the known ones)."""
+
+
 class WeightsError(ValueError):
     """A weights file that cannot be used for the named backbone (message says why and what to do)."""
 
@@ -232,9 +236,9 @@ def build_backbone(name: str = "resnet50", layer: str = "layer4", weights: str |
     network in every process. Raises :class:`WeightsError` (a ValueError) for unusable files.
     """
     if name not in REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(REGISTRY)}")
+        raise BackboneError(f"unknown backbone {name!r} (model.backbone); choose one of {sorted(REGISTRY)}")
     if layer not in LAYERS:
-        raise ValueError(f"unknown layer {layer!r}; choose one of {list(LAYERS)}")
+        raise BackboneError(f"unknown layer {layer!r} (model.layer); choose one of {list(LAYERS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = REGISTRY[name]()

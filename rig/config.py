@@ -13,6 +13,7 @@ Every problem (malformed TOML, unknown key, wrong type, impossible value) raises
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -287,6 +288,7 @@ class PresenterConfig:
     curve_public_key: str = ""
     curve_secret_key: str = ""
     curve_server_key: str = ""
+    curve_authorized_keys: str = ""
 
     def check(self):
         out = []
@@ -610,6 +612,8 @@ def _coerce(path: str, value: Any, tp) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{path}' = {value!r}: expected a finite number (not nan or inf)")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -632,7 +636,68 @@ def _build_section(name: str, cls, table: Any):
         setattr(obj, key, _coerce(f"{name}.{key}", value, hints[key]))
     for key, value, expected in obj.check():
         raise ConfigError(f"config key '{name}.{key}' = {value!r}: expected {expected}")
+    _check_limits(name, obj)
     return obj
+
+
+# --------------------------------------------------------------------------- sanity limits
+# Values outside these ranges are typing slips (a seed of -1, 1e9 clean images, a 10-hour
+# trial), refused with the key's name instead of a traceback or a machine that runs out of
+# memory. (section, key): (lowest, highest), inclusive; lists are checked element by element.
+_U32 = 2 ** 32 - 1
+LIMITS: dict[tuple[str, str], tuple[float, float]] = {
+    ("experiment", "seed"): (0, _U32), ("experiment", "sites_per_day"): (1, 100_000),
+    ("experiment", "images_per_site"): (1, 100_000), ("experiment", "epsilons"): (0, 10_000),
+    ("rsvp", "stim_on_ms"): (0, 60_000), ("rsvp", "mask_ms"): (0, 60_000), ("rsvp", "presentations_per_trial"): (1, 1000),
+    ("rsvp", "image_size_deg"): (0, 180), ("rsvp", "fixation_window_deg"): (0, 180),
+    ("rsvp", "fixation_acquire_ms"): (0, 600_000), ("rsvp", "inter_trial_ms"): (0, 600_000),
+    ("window", "start_ms"): (0, 60_000), ("window", "end_ms"): (0, 60_000),
+    ("images", "size_px"): (16, 4096), ("images", "n_clean"): (2, 1_000_000),
+    ("screening", "repeats"): (2, 100_000), ("schedule", "repeats"): (1, 100_000),
+    ("schedule", "min_parent_separation_min"): (0, 100_000),
+    ("model", "batch_size"): (1, 1_000_000),
+    ("readout", "alphas"): (0, 1e30), ("readout", "cv_folds"): (2, 1000), ("readout", "pls_components"): (1, 100_000),
+    ("readout", "score_splits"): (1, 100_000),
+    ("perturb", "restarts"): (1, 1_000_000), ("perturb", "steps"): (1, 1_000_000), ("perturb", "prune_rounds"): (1, 1000),
+    ("perturb", "early_stop_patience"): (1, 1_000_000), ("perturb", "random_controls_per_image"): (0, 1000),
+    ("perturb", "max_batch_rows"): (1, 10_000_000), ("perturb", "early_stop_tolerance"): (0, 1e6),
+    ("sim", "n_channels"): (1, 100_000), ("sim", "hidden_width"): (1, 100_000), ("sim", "baseline_hz"): (0, 10_000),
+    ("sim", "peak_hz"): (0, 10_000), ("sim", "drive_gain"): (-1e6, 1e6), ("sim", "latency_ms"): (0, 10_000),
+    ("sim", "gain_noise_cv"): (0, 100), ("sim", "smoothing_px"): (0, 4096), ("sim", "clock_offset_s"): (-1e9, 1e9),
+    ("sim", "clock_drift_ppm"): (-1000, 1000), ("sim", "seed"): (0, _U32),
+    ("monitor", "width_cm"): (0, 10_000), ("monitor", "distance_cm"): (0, 100_000), ("monitor", "width_px"): (1, 65_536),
+    ("monitor", "height_px"): (1, 65_536), ("monitor", "refresh_hz"): (1, 2000),
+    ("presenter", "heartbeat_s"): (0, 3600), ("presenter", "dead_after_s"): (0, 86_400),
+    ("presenter", "ack_timeout_s"): (0, 3600),
+}
+_TEXT_KEYS = {("experiment", "name"), ("images", "source"), ("model", "backbone"), ("model", "weights"),
+              ("model", "device"), ("presenter", "endpoint"), ("presenter", "marker_address"), ("paths", "data_dir"),
+              ("paths", "feature_cache"), ("presenter", "curve_public_key"), ("presenter", "curve_secret_key"),
+              ("presenter", "curve_server_key"), ("presenter", "curve_authorized_keys")}
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def _check_limits(name: str, obj) -> None:
+    for (section, key), (low, high) in LIMITS.items():
+        if section != name:
+            continue
+        value = getattr(obj, key)
+        for v in (value if isinstance(value, list) else [value]):
+            if not low <= v <= high:
+                raise ConfigError(f"config key '{section}.{key}' = {value!r}: expected a value in "
+                                  f"[{_num(low)}, {_num(high)}]")
+    for section, key in _TEXT_KEYS:
+        if section == name:
+            value = getattr(obj, key)
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+                raise ConfigError(f"config key '{section}.{key}' = {value!r}: expected text without control "
+                                  "characters (newlines, tabs)")
+    if name == "experiment" and obj.name.strip() != obj.name or name == "experiment" and not obj.name:
+        raise ConfigError(f"config key 'experiment.name' = {obj.name!r}: expected a non-empty name without "
+                          "leading or trailing spaces")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -690,8 +755,8 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes are TOML's (control characters included)
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")

@@ -15,6 +15,9 @@ class ImageFolderError(ValueError):
     """An image folder that cannot be used; the message says which file and why."""
 
 
+MAX_SOURCE_PIXELS = 64_000_000   # larger source images are refused before decoding (a 4-byte/px bomb = 256 MB)
+
+
 def load_folder(folder: str | Path, size_px: int, limit: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Read every image in ``folder`` (sorted by name), resize the shorter side to ``size_px``,
     centre-crop to ``size_px`` x ``size_px`` and convert to RGB uint8.
@@ -36,14 +39,21 @@ def load_folder(folder: str | Path, size_px: int, limit: int | None = None) -> t
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
+                w, h = im.size                      # from the header: nothing decoded yet
+                if w * h > MAX_SOURCE_PIXELS:
+                    raise ImageFolderError(f"image {path} is {w} x {h} pixels, more than {MAX_SOURCE_PIXELS:,} "
+                                           "(a decompression bomb or an oversized photo); remove or shrink it")
                 im = im.convert("RGB")
-                w, h = im.size
                 scale = size_px / min(w, h)
                 nw, nh = max(size_px, round(w * scale)), max(size_px, round(h * scale))
                 im = im.resize((nw, nh), Image.Resampling.BICUBIC)
                 left, top = (nw - size_px) // 2, (nh - size_px) // 2
                 out[i] = np.asarray(im.crop((left, top, left + size_px, top + size_px)), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except ImageFolderError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageFolderError(f"image {path} refused as a possible decompression bomb ({exc}); remove it") from None
+        except (UnidentifiedImageError, OSError, ValueError, MemoryError) as exc:
             raise ImageFolderError(f"image {path} cannot be read ({exc}); remove or replace it") from None
     return out, [p.name for p in files]
 

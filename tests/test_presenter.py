@@ -225,6 +225,31 @@ def test_malformed_unknown_and_out_of_order_messages_get_error_replies(rig):
     assert rig.proc.poll() is None and c.run_trial(6, [1]).completed == 1
 
 
+HOSTILE = [
+    [b"[" * 200_000],                                                                   # RecursionError before
+    [b'{"type": "status", "seq": ' + b"9" * 5000 + b', "session": "", "sent_at": 1, "version": 1}'],
+    [b'{"type": "status", "seq": 1, "session": "", "sent_at": ' + b"9" * 400 + b', "version": 1}'],
+    [b'{"type": "status", "seq": 1, "session": "", "sent_at": 1, "version": 1, "arrays": '
+     b'[{"name": "a", "dtype": "<u1", "shape": [100000000000000000000]}]}', b""],
+    [b'{"type": "status", "seq": 1, "session": "", "sent_at": 1, "version": 1, "arrays": '
+     b'[{"name": "a", "dtype": "<u1", "shape": [4294967296, 4294967296]}]}', b""],
+    [b'{"type": "status", "seq": 1, "session": "", "sent_at": 1, "version": 1, "arrays": '
+     b'[{"name": "a", "dtype": "<u1", "shape": [' + b",".join([b"1"] * 70) + b']}]}', b"x"],
+    [b"\xff" * 64, b"", b"junk"],
+]
+
+
+def test_hostile_messages_get_error_replies_and_presenter_keeps_serving(rig):
+    c = rig.ready()
+    for frames in HOSTILE:
+        c.send_frames(frames)
+        reply = _reply(c)
+        assert reply.type == "error" and "malformed message" in reply.body["error"], reply.body
+        assert len(reply.body["error"]) < 600                # a 5000-digit number is not echoed back
+    assert rig.proc.poll() is None
+    assert c.status()["state"] == "ready" and c.run_trial(8, [2]).completed == 1
+
+
 def test_resent_seq_is_executed_once(rig):
     c = rig.ready()
     before = c.status()["trials_run"]

@@ -38,9 +38,12 @@ def _presenter_backend(cfg: Config):
     no live acquisition bridge exists yet (Open Ephys / Blackrock are on the roadmap)."""
     p = cfg.presenter
     try:
+        from rig.link.zap import load_allowed_keys
+
         keys = curve_keys(p.curve_public_key, p.curve_secret_key, p.curve_server_key)
         client = PresenterClient(p.endpoint, heartbeat_s=p.heartbeat_s, dead_after_s=p.dead_after_s,
-                                 ack_timeout_s=p.ack_timeout_s, keys=keys)
+                                 ack_timeout_s=p.ack_timeout_s, keys=keys,
+                                 allowed_keys=load_allowed_keys(p.curve_authorized_keys) if keys else None, verbose=True)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(f"waiting for the presenter at {p.endpoint}: start `itloop present --endpoint {p.endpoint}` on the stimulus computer "

@@ -131,6 +131,12 @@ class PresenterBackend:
         self.spikes.open(session, stimuli)
         self._session = session
 
+    def session_attrs(self) -> dict:
+        """Day-file attributes naming the presenter that connected (after ``open``)."""
+        c = self.client
+        return {"presenter_id": c.peer.decode(errors="replace") if c.peer else "",
+                "presenter_curve_key": c.presenter_key or "none (loopback, no CURVE)"}
+
     def run_trial(self, trial: Trial) -> TrialRecord:
         if self._session is None:
             raise RuntimeError("PresenterBackend.run_trial called before open(session, stimuli)")

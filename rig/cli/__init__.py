@@ -8,6 +8,7 @@ is printed as one ``itloop: error: ...`` line with exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -31,7 +32,26 @@ USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)
 # more problems a user can fix (a missing weights file, a presenter that never connected or
 # went away mid-session: the day stays resumable), from modules too heavy to import just
 # for --help: (module, class name), checked only if that module was loaded
-LAZY_USER_ERRORS = (("modelfit.backbone", "WeightsError"), ("rig.link.client", "PresenterError"))
+LAZY_USER_ERRORS = (("modelfit.backbone", "WeightsError"), ("modelfit.backbone", "BackboneError"),
+                    ("rig.link.client", "PresenterError"))
+# errnos of a file system that refuses a write: one line naming the path, not a traceback
+_FS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR,
+              errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def file_system_message(exc: BaseException) -> str | None:
+    """One line for an OSError about a path (read-only or full folder ...), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in _FS_ERRNOS:
+        return None
+    where = exc.filename if exc.filename is not None else "the output folder"
+    extra = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space and run again (a recording resumes with --resume)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a folder you can write to (or fix its permissions)"
+    else:
+        fix = "check the path"
+    return f"{where}{extra}: {exc.strerror or exc}; {fix}"
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -67,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as exc:
-        if not is_user_error(exc):
+        fs = file_system_message(exc)
+        if fs is None and not is_user_error(exc):
             raise
-        print(f"itloop: error: {exc}", file=sys.stderr)
+        print(f"itloop: error: {fs or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("itloop: interrupted; nothing recorded was lost (resume with --resume)", file=sys.stderr)

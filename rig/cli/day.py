@@ -67,6 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.day < 0:
         raise UserError(f"--day {args.day}: day numbers start at 0 (screening)")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise UserError(f"--max-trials {args.max_trials}: expected a number of trials >= 1")
     out = Path(args.out)
     path = day_path(out, args.day)
     if args.resume:

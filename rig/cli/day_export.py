@@ -46,6 +46,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (DayFileError, ConfigError, ValueError) as exc:
         msg = str(exc).replace("overwrite=True (CLI: --overwrite)", "--overwrite")
         raise UserError(msg) from None
+    except OSError as exc:   # a read-only or full output folder: one line naming the path
+        detail = exc.strerror or str(exc).split(" (")[0]
+        if "errno = 28" in str(exc) or getattr(exc, "errno", None) == 28:
+            detail = "No space left on device"
+        elif "errno = 30" in str(exc):
+            detail = "Read-only file system"
+        elif "errno = 13" in str(exc):
+            detail = "Permission denied"
+        raise UserError(f"cannot write {args.nwb or args.nwb_dir}: {detail}; choose a folder you can write to, with free space") from None
     for out in written:
         print(f"wrote {out}")
     return 0

@@ -122,13 +122,31 @@ def run_keys(args: argparse.Namespace) -> int:
     import zmq.auth
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for suffix in (".key", ".key_secret"):
-        if (out / f"{args.name}{suffix}").exists() and not args.force:
-            raise UserError(f"{out / (args.name + suffix)} exists; pass --force to overwrite or choose another --name")
-    public_file, secret_file = zmq.auth.create_certificates(str(out), args.name)
-    Path(secret_file).chmod(0o600)
+    targets = [out / f"{args.name}{suffix}" for suffix in (".key", ".key_secret")]
+    for target in targets:
+        if target.exists() and not args.force:
+            raise UserError(f"{target} exists; pass --force to overwrite or choose another --name")
+    new = [t for t in targets if not t.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        public_file, secret_file = zmq.auth.create_certificates(str(out), args.name)
+        Path(secret_file).chmod(0o600)
+    except OSError as exc:
+        for target in new:          # a half-written pair would block the retry ("exists")
+            target.unlink(missing_ok=True)
+        raise UserError(f"cannot write keys to {out}: {exc.strerror or exc}; choose a folder you can write to, "
+                        "with free space") from None
     public, _ = zmq.auth.load_certificate(public_file)
+    if args.authorize:
+        allow = Path(args.authorize) / Path(public_file).name
+        if allow.exists() and not args.force:
+            raise UserError(f"{allow} exists; pass --force to replace it or choose another --name")
+        try:
+            allow.parent.mkdir(parents=True, exist_ok=True)
+            allow.write_bytes(Path(public_file).read_bytes())
+        except OSError as exc:
+            raise UserError(f"cannot write {allow}: {exc.strerror or exc}") from None
+        print(f"authorised  {allow} (the controller's presenter.curve_authorized_keys = {allow.parent})")
     print(f"public key  {public_file}\nsecret key  {secret_file} (keep it on this computer)\n"
           f"public key text: {public.decode()}\n"
           "set presenter.curve_public_key / curve_secret_key to these files; give the controller's .key file "
@@ -144,4 +162,6 @@ def register(subparsers) -> None:
     k.add_argument("--out", default="keys", help="directory for the key files (default ./keys)")
     k.add_argument("--name", default="itloop", help="file name stem (default itloop)")
     k.add_argument("--force", action="store_true", help="overwrite existing key files")
+    k.add_argument("--authorize", metavar="DIR", help="also copy the public key into DIR, the controller's allow-list "
+                                                      "folder (presenter.curve_authorized_keys)")
     k.set_defaults(func=run_keys)

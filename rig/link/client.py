@@ -89,13 +89,25 @@ class PresenterClient:
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:*", *, session: str = "", heartbeat_s: float = 0.5,
                  dead_after_s: float = 3.0, ack_timeout_s: float = 1.0, max_resends: int = 5,
-                 keys: CurveKeys | None = None):
+                 keys: CurveKeys | None = None, allowed_keys: set[bytes] | None = None, verbose: bool = False):
         require_security(endpoint, keys, "controller")
+        if keys is not None and not allowed_keys:
+            raise ValueError("CURVE keys are set but no presenter key is authorised: set presenter.curve_authorized_keys "
+                             "to a folder of presenter public .key files (`itloop keys --authorize DIR` on the "
+                             "controller), so that only those presenters can connect")
         self.session = session
         self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
         self.ack_timeout_s, self.max_resends = ack_timeout_s, max_resends
         self.controller_id = uuid.uuid4().hex
-        self.ctx = zmq.Context.instance()
+        self.verbose = verbose
+        self.gate = None
+        if keys is not None:   # own context: its ZAP handler answers for this socket only
+            from rig.link.zap import KeyGate
+
+            self.ctx = zmq.Context()
+            self.gate = KeyGate(self.ctx, allowed_keys)
+        else:
+            self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -112,6 +124,8 @@ class PresenterClient:
         self.last_beat = 0.0
         self.replies: dict[int, list[Message]] = {}
         self.errors: list[Message] = []        # error replies not tied to a command (seq -1)
+        self.presenter_key: str = ""           # Z85 CURVE key of the bound presenter ("" without CURVE)
+        self.ignored: dict[bytes, int] = {}    # messages from peers that are not the bound presenter
 
     # ------------------------------------------------------------------ plumbing
     def __enter__(self) -> "PresenterClient":
@@ -124,6 +138,10 @@ class PresenterClient:
         """Close the socket (the presenter notices after dead_after_s); safe to call twice."""
         if not self.sock.closed:
             self.sock.close(linger=0)
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate = None
+            self.ctx.term()
 
     def _send(self, msg: Message) -> None:
         if self.peer is None:
@@ -161,14 +179,18 @@ class PresenterClient:
                 return
 
     def _receive(self) -> None:
-        frames = self.sock.recv_multipart()
-        peer, frames = frames[0], frames[1:]
+        raw = self.sock.recv_multipart(copy=False)
+        peer, frames = raw[0].bytes, [f.bytes for f in raw[1:]]
+        key = ""
+        if self.gate is not None and len(raw) > 1:
+            key = raw[1].get("User-Id") or ""        # the Z85 public key ZAP accepted for this peer
         try:
             msg = decode(frames)
         except ProtocolError:
             return                                   # not from a presenter we understand: ignore
-        if peer != self.peer:
-            self.peer = peer                         # a (re)started presenter: talk to it from now on
+        if peer != self.peer and not self._adopt(peer, key, msg):
+            self.ignored[peer] = self.ignored.get(peer, 0) + 1
+            return
         self.last_heard = time.monotonic()
         if msg.type in ("announce", HEARTBEAT):
             self.presenter_info.update(msg.body)
@@ -178,6 +200,34 @@ class PresenterClient:
             self.errors.append(msg)
         else:
             self.replies.setdefault(of, []).append(msg)
+
+    def _adopt(self, peer: bytes, key: str, msg: Message) -> bool:
+        """Whether a message from a new ``peer`` makes it the presenter.
+
+        The presenter is bound for the session: the first peer is adopted; after that a
+        new peer is adopted only when it announces itself (a restarted presenter does) or
+        the bound one has fallen silent, and, with CURVE, only with the same public key.
+        """
+        if self.peer is not None:
+            silent = time.monotonic() - self.last_heard > self.dead_after_s
+            if msg.type != "announce" and not silent:   # the bound presenter is alive: ignore others
+                return False
+            if self.presenter_key and key != self.presenter_key:
+                self._log(f"refused {peer.decode(errors='replace')}: CURVE key {key} is not the session's "
+                          f"presenter key {self.presenter_key}")
+                return False
+        self.peer = peer                             # a (re)started presenter: talk to it from now on
+        if key and not self.presenter_key:
+            self.presenter_key = key
+        self._log(f"presenter {peer.decode(errors='replace')} connected"
+                  + (f" with CURVE key {key}" if key else " (no CURVE: loopback)"))
+        return True
+
+    def _log(self, text: str) -> None:
+        if self.verbose:
+            import sys
+
+            print(f"[controller {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
     def _take(self, seq: int, types: tuple[str, ...]) -> Message | None:
         for m in self.replies.get(seq, []):

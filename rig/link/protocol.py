@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,12 @@ ALL_TYPES = COMMANDS + REPLIES + (HEARTBEAT,)
 # dtypes that may travel as binary frames ("kind" letters: bool, signed, unsigned, float)
 _ALLOWED_KINDS = "biuf"
 _MAX_HEADER_BYTES = 1 << 20
+_MAX_NESTING = 64               # JSON nesting levels in a header (deeper: a RecursionError waiting to happen)
+_MAX_DIMS = 8                   # dimensions of one array (images are 4)
+_MAX_ARRAYS = 64                # binary frames per message
+_MAX_ARRAY_BYTES = 1 << 34      # one array's byte size (16 GiB): a shape beyond it is refused before any product
+_MAX_SEQ = (1 << 63) - 1
+_MAX_TIME_S = 1e11              # |sent_at| in seconds since the epoch (year ~5000)
 
 
 class ProtocolError(ValueError):
@@ -88,32 +95,60 @@ def encode(msg: Message) -> list[bytes | memoryview]:
 
 
 def decode(frames: list[bytes]) -> Message:
-    """ZeroMQ frames -> Message; raises ProtocolError naming what is wrong."""
-    if not frames:
+    """ZeroMQ frames -> Message; raises ProtocolError naming what is wrong.
+
+    No input can raise anything else: deep nesting (RecursionError), integers of
+    thousands of digits, numbers that overflow a float, shapes whose element count
+    overflows int64, too many dimensions, bad dtypes all become a ProtocolError.
+    """
+    try:
+        return _decode(frames)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError("header is nested too deeply") from None
+    except MemoryError:
+        raise ProtocolError("message too large to decode") from None
+    except Exception as exc:  # noqa: BLE001 - every other failure is a malformed message too
+        raise ProtocolError(f"malformed message ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _decode(frames: list[bytes]) -> Message:
+    if not isinstance(frames, (list, tuple)) or not frames:
         raise ProtocolError("empty message: expected a JSON header frame")
+    if len(frames) - 1 > _MAX_ARRAYS:
+        raise ProtocolError(f"{len(frames) - 1} binary frames; at most {_MAX_ARRAYS} arrays per message")
     raw = bytes(frames[0])
     if len(raw) > _MAX_HEADER_BYTES:
         raise ProtocolError(f"header is {len(raw)} bytes; the limit is {_MAX_HEADER_BYTES}")
+    depth = _nesting_depth(raw) if raw.count(b"[") + raw.count(b"{") > _MAX_NESTING else 0
+    if depth > _MAX_NESTING:
+        raise ProtocolError(f"header nests {depth} levels deep; at most {_MAX_NESTING}")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"header is not UTF-8 JSON ({exc})") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise ProtocolError(f"header holds an unreadable number ({str(exc)[:120]})") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     missing = [k for k in ("type", "seq", "session", "sent_at", "version") if k not in header]
     if missing:
         raise ProtocolError(f"header lacks {', '.join(missing)}")
-    if header["version"] != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {header['version']!r} is not supported; this side speaks "
+    if isinstance(header["version"], bool) or header["version"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {_short(header['version'])} is not supported; this side speaks "
                             f"version {PROTOCOL_VERSION}: run the same itloop version on both computers")
     mtype, seq = header["type"], header["seq"]
     if not isinstance(mtype, str) or mtype not in ALL_TYPES:
-        raise ProtocolError(f"unknown message type {mtype!r}; known types: {', '.join(ALL_TYPES)}")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise ProtocolError(f"seq {seq!r} must be an integer >= 0")
+        raise ProtocolError(f"unknown message type {_short(mtype)}; known types: {', '.join(ALL_TYPES)}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= _MAX_SEQ:
+        raise ProtocolError(f"seq {_short(seq)} must be an integer in [0, 2**63)")
     sent_at = header["sent_at"]
-    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
-        raise ProtocolError(f"sent_at {sent_at!r} must be a number (seconds since the epoch)")
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not abs(sent_at) <= _MAX_TIME_S:
+        raise ProtocolError(f"sent_at {_short(sent_at)} must be a number (finite seconds since the epoch)")
+    session = header["session"]
+    if not isinstance(session, str) or len(session) > 1000:
+        raise ProtocolError(f"session {_short(session)} must be a string of at most 1000 characters")
     body = header.get("body", {})
     if not isinstance(body, dict):
         raise ProtocolError("header.body must be a JSON object")
@@ -124,24 +159,68 @@ def decode(frames: list[bytes]) -> Message:
     arrays = {}
     for k, (desc, buf) in enumerate(zip(descs, frames[1:])):
         arrays_name, arr = _decode_array(k, desc, buf)
+        if arrays_name in arrays:
+            raise ProtocolError(f"array name {arrays_name!r} appears twice")
         arrays[arrays_name] = arr
-    return Message(type=mtype, seq=seq, session=str(header["session"]), body=body, arrays=arrays,
-                   sent_at=float(sent_at), version=header["version"])
+    return Message(type=mtype, seq=seq, session=session, body=body, arrays=arrays,
+                   sent_at=float(sent_at), version=PROTOCOL_VERSION)
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, counting outside strings (no recursion)."""
+    depth = deepest = 0
+    in_str = esc = False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:       # backslash
+                esc = True
+            elif b == 0x22:       # closing quote
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):   # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > _MAX_NESTING:
+                    return deepest
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a header value, cut to ``limit`` characters (a 5000-digit seq is not echoed back)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _decode_array(k: int, desc: Any, buf: bytes) -> tuple[str, np.ndarray]:
+    if not isinstance(desc, dict) or not {"name", "dtype", "shape"} <= desc.keys():
+        raise ProtocolError(f"array {k}: descriptor {_short(desc)} is not {{name, dtype, shape}}")
+    name, dtype_text, shape = desc["name"], desc["dtype"], desc["shape"]
+    if not isinstance(name, str) or len(name) > 200:
+        raise ProtocolError(f"array {k}: name {_short(name)} must be a string of at most 200 characters")
+    if not isinstance(dtype_text, str) or len(dtype_text) > 8:
+        raise ProtocolError(f"array {name!r}: dtype {_short(dtype_text)} must be a numpy type string like '<f8'")
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
+        raise ProtocolError(f"array {name!r}: shape must be a list of at most {_MAX_DIMS} dimensions")
+    if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= _MAX_ARRAY_BYTES for s in shape):
+        raise ProtocolError(f"array {name!r}: shape {_short(shape)} must hold integers in [0, {_MAX_ARRAY_BYTES}]")
     try:
-        name, dtype, shape = str(desc["name"]), np.dtype(desc["dtype"]), tuple(int(s) for s in desc["shape"])
-    except (TypeError, KeyError, ValueError) as exc:
-        raise ProtocolError(f"array {k}: descriptor {desc!r} is not {{name, dtype, shape}} ({exc})") from None
-    if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject:
+        dtype = np.dtype(dtype_text)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"array {name!r}: dtype {dtype_text!r} is not a numpy dtype ({exc})") from None
+    if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise ProtocolError(f"array {name!r}: dtype {dtype} is not allowed (bool/int/uint/float only)")
-    if any(s < 0 for s in shape):
-        raise ProtocolError(f"array {name!r}: negative shape {shape}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(buf) != expected:
-        raise ProtocolError(f"array {name!r}: {len(buf)} bytes for dtype {dtype} shape {shape} (expected {expected})")
-    return name, np.frombuffer(buf, dtype=dtype).reshape(shape)
+    expected = math.prod(shape) * dtype.itemsize           # Python ints: no int64 wrap-around
+    if expected > _MAX_ARRAY_BYTES or len(buf) != expected:
+        raise ProtocolError(f"array {name!r}: {len(buf)} bytes for dtype {dtype} shape {tuple(shape)} (expected {expected})")
+    return name, np.frombuffer(buf, dtype=dtype).reshape(tuple(shape))
 
 
 def error_reply(of_seq: int, problem: str, session: str = "", seq: int = 0) -> Message:

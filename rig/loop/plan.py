@@ -31,6 +31,7 @@ from rig.errors import UserError
 from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
 from rig.loop.fit import fit_days
+from rig.loop.preflight import preflight
 from modelfit.store import load_fitted
 from stimuli.perturb import PerturbParams, generate_perturbations
 
@@ -82,6 +83,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     days = days if days is not None else DayCache()
     if day < 1:
         raise UserError("day 0 is the screening day; it needs no plan step (run `itloop day run --day 0`)")
+    preflight(cfg)
     out = plan_path(folder, day)
     if out.exists():
         raise UserError(f"{out} already exists; a plan is never overwritten (delete it yourself to re-plan)")

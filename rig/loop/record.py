@@ -16,6 +16,7 @@ from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
 from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path, plan_path
+from rig.loop.preflight import preflight
 from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
 from rig.session.runner import SessionResult, run_session
 from stimuli.images import clean_images
@@ -52,27 +53,42 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     path = day_path(folder, day)
     if resume:
         writer = DayWriter.resume(path)
-        stored = read_day(path)
-        stimuli, schedule = stored.stimuli, stored.schedule()
-        session_id = str(stored.attrs["session_id"])
-        start_s = _resume_presenter_time(stored)
+        try:
+            stored = read_day(path)
+            stimuli, schedule = stored.stimuli, stored.schedule()
+            session_id = str(stored.attrs["session_id"])
+            start_s = _resume_presenter_time(stored)
+            preflight(cfg, backend_name)
+            backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
+        except BaseException:
+            writer.close()
+            raise
     else:
         start_s = 10.0
-        ppath = ensure_screening_plan(cfg, folder) if day == 0 else plan_path(folder, day)
-        if not ppath.exists():
+        ppath = plan_path(folder, day)
+        plan = None
+        if ppath.exists():
+            plan = read_day(ppath)
+            if plan.day != day:
+                raise UserError(f"{ppath} is the plan of day {plan.day}, not day {day}; was it copied or renamed? "
+                                f"Plan day {day} with `itloop day plan --day {day} --out {folder}`")
+            # the plan is authoritative for the experiment (its stimuli were made for its settings);
+            # who records, which subject and which array are today's: [subject]/[session]/[array] come from cfg
+            planned_cfg = dataclasses.replace(config_from_toml_text(plan.config_text),
+                                              **{k: getattr(cfg, k) for k in METADATA_SECTIONS})
+            if planned_cfg != cfg:
+                print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
+                      "(it differs from the one given)", flush=True)
+                cfg = planned_cfg
+        elif day != 0:
             raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
-        plan = read_day(ppath)
-        stimuli, schedule = plan.stimuli, plan.schedule()
-        # the plan is authoritative for the experiment (its stimuli were made for its settings);
-        # who records, which subject and which array are today's: [subject]/[session]/[array] come from cfg
-        planned_cfg = dataclasses.replace(config_from_toml_text(plan.config_text),
-                                          **{k: getattr(cfg, k) for k in METADATA_SECTIONS})
-        if planned_cfg != cfg:
-            print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
-                  "(it differs from the one given)", flush=True)
-            cfg = planned_cfg
+        preflight(cfg, backend_name)          # every check that can fail does so before any file is written
         session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
-    backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
+        backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
+        if plan is None:
+            ppath = ensure_screening_plan(cfg, folder)
+            plan = read_day(ppath)
+        stimuli, schedule = plan.stimuli, plan.schedule()
     if not resume:
         writer = DayWriter.create(
             path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,

@@ -33,6 +33,12 @@ from stimuli.stimset import sha1_of
 
 ALLOWED_WHILE_BUSY = ("abort", "status")   # commands served in the middle of a trial or preload
 _REPLY_CACHE = 256                          # commands whose replies are kept for resends
+_REPLY_CACHE_BYTES = 64 << 20               # and at most this many bytes of them (captures are large)
+
+
+def _message_bytes(msg: Message) -> int:
+    """Bytes a cached reply holds: its arrays plus a nominal header."""
+    return 1024 + sum(int(a.nbytes) for a in msg.arrays.values())
 
 
 class Refused(ValueError):
@@ -78,6 +84,8 @@ class PresenterServer:
         self.controller_id: str | None = None
         self.highest_seq = 0
         self.replies: OrderedDict[int, list[Message]] = OrderedDict()
+        self.reply_bytes = 0                            # bytes held by self.replies (arrays + headers)
+        self.reply_cache_bytes = _REPLY_CACHE_BYTES
         self.last_heard = 0.0
         self.controller_seen = False
         self.lost = False
@@ -195,7 +203,7 @@ class PresenterServer:
         if msg.type == "hello":
             if msg.body.get("controller") != self.controller_id:
                 self.controller_id = msg.body.get("controller")
-                self.highest_seq, self.replies = 0, OrderedDict()
+                self.highest_seq, self.replies, self.reply_bytes = 0, OrderedDict(), 0
                 self.log(f"controller {self.controller_id} connected")
         elif self.controller_id is None:
             self.send(error_reply(msg.seq, f"out of order: {msg.type} before hello; send hello first"))
@@ -247,17 +255,27 @@ class PresenterServer:
             self.log(traceback.format_exc())
             reply = error_reply(msg.seq, f"internal error in {msg.type}: {exc!r} (see the presenter's log)")
         if long:
-            self.replies.setdefault(msg.seq, []).append(reply)
+            self._cache(msg.seq, reply, append=True)
             self.send(reply)
         else:
             self._remember(msg.seq, reply)
         return None
 
     def _remember(self, seq: int, reply: Message) -> None:
-        self.replies[seq] = [reply]
-        while len(self.replies) > _REPLY_CACHE:
-            self.replies.popitem(last=False)
+        self._cache(seq, reply, append=False)
         self.send(reply)
+
+    def _cache(self, seq: int, reply: Message, append: bool) -> None:
+        """Keep ``reply`` for resends of ``seq``; evict the oldest until at most _REPLY_CACHE
+        commands and ``reply_cache_bytes`` bytes are held (the newest is always kept)."""
+        if not append and seq in self.replies:
+            self.reply_bytes -= sum(_message_bytes(m) for m in self.replies.pop(seq))
+        self.replies.setdefault(seq, []).append(reply)
+        self.replies.move_to_end(seq)
+        self.reply_bytes += _message_bytes(reply)
+        while len(self.replies) > 1 and (len(self.replies) > _REPLY_CACHE or self.reply_bytes > self.reply_cache_bytes):
+            _, old = self.replies.popitem(last=False)
+            self.reply_bytes -= sum(_message_bytes(m) for m in old)
 
     def serve_while_busy(self) -> str | None:
         """Between frames/images: heartbeats, abort, status. Returns an abort reason or None."""
@@ -292,7 +310,8 @@ class PresenterServer:
                 "eye": getattr(self.eye, "name", "none") if self.eye is not None else "none",
                 "acquire_timeout_s": self.fixation.params.acquire_timeout_ms / 1000.0 if self.fixation is not None else 0.0,
                 "reward": getattr(self.reward, "name", "none"), "reward_ms": self.reward_ms,
-                "scaling": getattr(self.stage, "scaling", "smooth")}
+                "scaling": getattr(self.stage, "scaling", "smooth"),
+                "reply_cache": {"entries": len(self.replies), "bytes": self.reply_bytes, "limit": self.reply_cache_bytes}}
 
     def cmd_hello(self, msg):
         return self.describe(), {}

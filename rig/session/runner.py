@@ -113,6 +113,9 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
     bar = None
     try:
         backend.open(session, stimuli)
+        attrs = getattr(backend, "session_attrs", None)     # e.g. which presenter (CURVE key) connected
+        if attrs is not None and hasattr(writer, "set_attrs"):
+            writer.set_attrs(attrs())
         bar = tqdm(total=len(schedule), initial=len(schedule) - len(queue), unit="pres", disable=None if progress else True,
                    desc=f"day {session.day}", dynamic_ncols=True)
         with _StopFlag() as flag:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import json
 import os
 import uuid
@@ -49,6 +50,8 @@ import numpy as np
 from rig import __version__
 from rig.backend import TrialRows
 from rig.store.journal import Journal, journal_path, read_journal
+from rig.store.lock import DayLock
+from rig.store.trialdata import stored_tables, tables_digest, trial_tables
 from stimuli.stimset import StimulusSet
 
 SCHEMA_VERSION = 1
@@ -56,6 +59,23 @@ SCHEMA_VERSION = 1
 
 class DayFileError(Exception):
     """A day file that cannot be used as asked; the message says why and what to do."""
+
+
+class DiskFullError(DayFileError):
+    """The disk filled up while writing a trial: the session stops, nothing committed is lost."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc) \
+        or "Disk quota" in str(exc)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # (dataset name, dtype, unit, description) of the growing tables
@@ -134,10 +154,12 @@ def _append(ds: h5py.Dataset, values: np.ndarray) -> None:
 class DayWriter:
     """Append trials to a day file; create it new or resume it, never overwrite it."""
 
-    def __init__(self, path: Path, h5: h5py.File, journal: Journal):
+    def __init__(self, path: Path, h5: h5py.File, journal: Journal, lock: DayLock | None = None):
         self.path = path
         self._h5 = h5
         self._journal = journal
+        self._lock = lock
+        self._failed: BaseException | None = None   # a write failed: nothing more is written
         self.n_channels = int(h5["channels"].attrs["n_channels"])
         self.n_planned = int(h5["schedule/stim_index"].shape[0])
 
@@ -159,16 +181,12 @@ class DayWriter:
             raise DayFileError(f"day file {path} already exists; use --resume to continue it, or choose another --out. Nothing was overwritten.")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".creating")
-        if tmp.exists():
-            tmp.unlink()  # a header that never finished: it holds no recording
-        with h5py.File(tmp, "w") as h5:  # default libver: no SWMR status flags to trip over after a crash
-            _write_header(h5, config_text=config_text, day=day, session_id=session_id, stimuli=stimuli,
-                          schedule_stim_index=schedule_stim_index, presentations_per_trial=presentations_per_trial,
-                          seconds_per_presentation=seconds_per_presentation, channel_names=channel_names,
-                          backend=backend, window_ms=window_ms, model_info=model_info, attrs=attrs or {},
-                          identifier=identifier)
-        os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
-        tmp.unlink()
+        header = dict(config_text=config_text, day=day, session_id=session_id, stimuli=stimuli,
+                      schedule_stim_index=schedule_stim_index, presentations_per_trial=presentations_per_trial,
+                      seconds_per_presentation=seconds_per_presentation, channel_names=channel_names,
+                      backend=backend, window_ms=window_ms, model_info=model_info, attrs=attrs or {},
+                      identifier=identifier)
+        _write_new(tmp, path, header)
         return cls._open(path)
 
     @classmethod
@@ -179,24 +197,51 @@ class DayWriter:
         if not path.exists():
             raise DayFileError(f"day file {path} does not exist; there is nothing to resume (run without --resume to start it)")
         writer = cls._open(path)
-        committed = writer.committed_trials
-        for rows in read_journal(journal_path(path))[committed:]:
-            writer._write_trial(rows)
+        try:
+            committed = writer.committed_trials
+            journal = read_journal(journal_path(path))
+            writer._verify_against(journal)
+            for rows in journal[committed:]:
+                writer._commit(rows)
+        except BaseException:
+            writer.close()
+            raise
         return writer
 
     @classmethod
     def _open(cls, path: Path) -> "DayWriter":
+        lock = DayLock(path)
         try:
-            h5 = h5py.File(path, "r+")
+            lock.acquire()
+        except BlockingIOError as exc:
+            raise DayFileError(f"day file {path} is being recorded by PID {getattr(exc, 'pid', '?')}; wait for that "
+                               "session to end (or stop it) before writing to it") from None
         except OSError as exc:
-            raise DayFileError(f"day file {path} cannot be opened for writing ({exc}); if it is damaged, run `itloop day recover {path}`") from None
-        if h5.attrs.get("status") == "complete":
-            h5.close()
-            raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
-        _truncate_to_committed(h5)
-        h5.attrs["status"] = "recording"
-        h5.flush()
-        return cls(path, h5, Journal(journal_path(path)))
+            raise DayFileError(f"cannot write beside {path} ({exc.strerror or exc}): {lock.path}; check the folder's "
+                               "permissions and free space") from None
+        try:
+            try:  # no chunk cache: every row is written to the file and read back from it (verification)
+                h5 = h5py.File(path, "r+", rdcc_nbytes=0)
+            except OSError as exc:
+                raise DayFileError(f"day file {path} cannot be opened for writing ({exc}); if it is damaged, run "
+                                   f"`itloop day recover {path}`") from None
+            if h5.attrs.get("status") == "complete":
+                h5.close()
+                raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
+            try:
+                _truncate_to_committed(h5)
+                h5.attrs["status"] = "recording"
+                h5.flush()
+                journal = Journal(journal_path(path))
+            except OSError as exc:
+                h5.close()
+                if _is_disk_full(exc):
+                    raise DiskFullError(f"disk full: cannot reopen {path} for writing; free space and --resume") from None
+                raise DayFileError(f"cannot reopen {path} for writing ({exc})") from None
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, h5, journal, lock)
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -232,81 +277,118 @@ class DayWriter:
 
     # -- writing -----------------------------------------------------------------------
     def append_trial(self, rows: TrialRows) -> None:
-        """Journal the trial (fsync), then write it to HDF5 and flush."""
+        """Journal the trial (fsync), then write it to HDF5, verify it and commit it.
+
+        A write that fails (ENOSPC above all) stops this writer: :class:`DiskFullError`
+        (or :class:`DayFileError`) says how many trials are safe; ``--resume`` continues.
+        """
         if rows.counts.shape != (len(rows.trial.stim_indices), self.n_channels):
             raise ValueError(f"counts has shape {rows.counts.shape}; expected ({len(rows.trial.stim_indices)}, {self.n_channels})")
-        self._journal.append(rows)
-        self._write_trial(rows)
+        self._check_usable()
+        before = self.committed_trials
+        try:
+            self._journal.append(rows)
+        except OSError as exc:
+            self._fail(exc, safe=before)
+        try:
+            self._commit(rows)
+        except (OSError, RuntimeError, ValueError, DayFileError) as exc:
+            self._fail(exc, safe=before + 1)
 
-    def _write_trial(self, rows: TrialRows) -> None:
-        h5, t, r = self._h5, rows.trial, rows.record
-        k, c = len(t.stim_indices), r.completed
-        shown = np.arange(k) < c
-        pad = lambda a, fill, dt: np.concatenate([np.asarray(a, dt), np.full(k - c, fill, dt)])  # noqa: E731
-        cols = {
-            "planned_index": np.asarray(t.planned_indices, "i8"), "stim_index": np.asarray(t.stim_indices, "i8"),
-            "trial_index": np.full(k, t.trial_index, "i8"), "position": np.arange(k, dtype="i4"), "shown": shown,
-            "onset_presenter_s": pad(r.onset_presenter_s, np.nan, "f8"), "onset_acq_s": np.asarray(rows.onset_acq_s, "f8"),
-            "frames_on": pad(r.frames_on, 0, "i4"), "frames_mask": pad(r.frames_mask, 0, "i4"),
-            "dropped_frame": pad(r.dropped_frame, False, "?"), "fixation_ok": shown,
-            "valid": np.asarray(rows.valid, "?"),
-        }
-        for name, values in cols.items():
-            _append(h5["presentations"][name], values)
-        _append(h5["spikes/counts"], np.asarray(rows.counts, "f4"))
-        _append(h5["spikes/times_s"], r.spike_times_s)
-        _append(h5["spikes/channel"], r.spike_channels)
-        _append(h5["sync/presenter_s"], r.sync_presenter_s)
-        _append(h5["sync/acq_s"], r.sync_acq_s)
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise DayFileError(f"{self.path}: an earlier write failed ({self._failed}); nothing more is written; "
+                               "resume with --resume")
+
+    def _fail(self, exc: BaseException, safe: int) -> None:
+        self._failed = exc
+        if _is_disk_full(exc):
+            raise DiskFullError(f"disk full: {safe} trials safe in {self.path}; free space and --resume") from None
+        raise DayFileError(f"writing {self.path} failed ({exc}); {safe} trials are safe (journal included); "
+                           "fix the cause and --resume") from None
+
+    def _commit(self, rows: TrialRows) -> None:
+        """Write the trial's rows, flush and fsync, read them back from the file and compare,
+        then count the trial as committed (flush, fsync)."""
+        h5 = self._h5
         _ensure_eye_groups(h5)
-        n_eye, n_rew = len(r.eye_presenter_s), len(r.reward_presenter_s)
-        eye_acq = rows.eye_acq_s if rows.eye_acq_s is not None and len(rows.eye_acq_s) == n_eye else np.full(n_eye, np.nan)
-        rew_acq = (rows.reward_acq_s if rows.reward_acq_s is not None and len(rows.reward_acq_s) == n_rew
-                   else np.full(n_rew, np.nan))
-        for name, values in (("trial_index", np.full(n_eye, t.trial_index)), ("t_presenter_s", r.eye_presenter_s),
-                             ("t_acq_s", eye_acq), ("x_deg", r.eye_x_deg), ("y_deg", r.eye_y_deg), ("pupil", r.eye_pupil)):
-            _append(h5["eye"][name], values)
-        for name, values in (("trial_index", np.full(n_rew, t.trial_index)), ("t_presenter_s", r.reward_presenter_s),
-                             ("t_acq_s", rew_acq), ("duration_ms", r.reward_ms), ("kind", r.reward_kind)):
-            _append(h5["rewards"][name], values)
-        if "segment" in h5["sync"]:
-            _append(h5["sync/segment"], np.array([r.clock_segment] * len(r.sync_acq_s), dtype=object))
-        trow = {"trial_index": t.trial_index, "n_planned": k, "completed": c, "fixation_ok": r.fixation_ok,
-                "acquisition_ok": r.acquisition_ok, "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s,
-                "end_presenter_s": r.end_presenter_s,
-                "presentations_end": h5["presentations/valid"].shape[0], "spikes_end": h5["spikes/times_s"].shape[0],
+        tables = trial_tables(rows, h5)
+        for name, values in tables.items():
+            if not name.startswith("trials/"):
+                _append(h5[name], values)
+        trow = {"presentations_end": h5["presentations/valid"].shape[0], "spikes_end": h5["spikes/times_s"].shape[0],
                 "sync_end": h5["sync/acq_s"].shape[0], "eye_end": h5["eye/t_presenter_s"].shape[0],
                 "reward_end": h5["rewards/t_presenter_s"].shape[0]}
         for name, dt, _, _ in TRIAL_COLUMNS:
-            _append(h5["trials"][name], np.asarray([trow[name]], dt))
-        h5.attrs["committed_trials"] = h5["trials/trial_index"].shape[0]
+            _append(h5["trials"][name], np.asarray([trow[name]], dt) if name in trow else tables[f"trials/{name}"])
         h5.flush()
+        _fsync_path(self.path)
+        row = h5["trials/trial_index"].shape[0] - 1
+        if tables_digest(stored_tables(h5, row)) != tables_digest(tables):
+            raise DayFileError(f"trial {rows.trial.trial_index} read back from {self.path} differs from what was "
+                               "written (disk or file system error)")
+        h5.attrs["committed_trials"] = row + 1
+        h5.flush()
+        _fsync_path(self.path)
+
+    def _verify_against(self, journal: list[TrialRows]) -> None:
+        """Refuse to continue a file whose committed trials differ from the journal's."""
+        bad = mismatched_trials(self._h5, journal)
+        if bad:
+            raise DayFileError(f"{self.path}: {len(bad)} committed trial(s) differ from the journal (first: row {bad[0]}); "
+                               f"`itloop day recover {self.path}` rebuilds the file from the journal")
 
     def set_clock(self, offset_s: float, drift: float, residual_sd_s: float, n_pairs: int) -> None:
         """Store the presenter->acquisition clock fit: acq = offset + (1 + drift) * presenter."""
+        self._check_usable()
         g = self._h5["sync"]
-        g.attrs.update({"fit_offset_s": offset_s, "fit_drift": drift, "fit_residual_sd_s": residual_sd_s, "fit_n_pairs": n_pairs})
+        try:
+            g.attrs.update({"fit_offset_s": offset_s, "fit_drift": drift, "fit_residual_sd_s": residual_sd_s, "fit_n_pairs": n_pairs})
+        except OSError as exc:
+            self._fail(exc, safe=self.committed_trials)
+
+    def set_attrs(self, attrs: dict) -> None:
+        """Store session facts as root attributes (e.g. the presenter's CURVE key); flushed."""
+        self._check_usable()
+        try:
+            self._h5.attrs.update({str(k): v for k, v in attrs.items()})
+            self._h5.flush()
+        except OSError as exc:
+            self._fail(exc, safe=self.committed_trials)
 
     def set_calibration(self, cmap: dict) -> None:
         """Store the eye calibration map used this day (``CalibrationMap.to_dict()``), replacing none."""
         g = self._h5.require_group("calibration")
         g.attrs["map_json"] = json.dumps(cmap)
         g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
-    def set_attrs(self, attrs: dict) -> None:
-        """Update file attributes (provenance learnt while recording, e.g. the spike source's sample rate)."""
-        self._h5.attrs.update(attrs)
-        self._h5.flush()
-
     def mark_complete(self) -> None:
-        self._h5.attrs["status"] = "complete"
-        self._h5.attrs["completed_utc"] = _utcnow()
-        self._h5.flush()
+        self._check_usable()
+        try:
+            self._h5.attrs["status"] = "complete"
+            self._h5.attrs["completed_utc"] = _utcnow()
+            self._h5.flush()
+            _fsync_path(self.path)
+        except OSError as exc:
+            self._fail(exc, safe=self.committed_trials)
 
     def close(self) -> None:
-        if self._h5.id.valid:
-            self._h5.flush()
-            self._h5.close()
-        self._journal.close()
+        """Flush and close (after a failed write: close without flushing; the journal and
+        the committed trials are what is safe)."""
+        try:
+            if self._h5.id.valid:
+                if self._failed is None:
+                    try:
+                        self._h5.flush()
+                    except OSError as exc:
+                        self._failed = exc
+                try:
+                    self._h5.close()
+                except (OSError, RuntimeError):
+                    pass
+            self._journal.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> "DayWriter":
         return self
@@ -364,6 +446,7 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
     sy = h5.create_group("sync")
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
+    _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
     _ensure_eye_groups(h5)
 
 
@@ -407,7 +490,6 @@ def _write_metadata(h5: h5py.File, config_text: str) -> None:
                               f"as JSON; from {source}")
     for name in METADATA_SECTIONS:
         g.attrs[name] = json.dumps(dataclasses.asdict(getattr(cfg, name)))
-    _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
 
 
 def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
@@ -419,17 +501,40 @@ def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSe
     path = Path(path)
     if path.exists():
         raise DayFileError(f"plan {path} already exists; it is never overwritten (delete it yourself to re-plan)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".creating")
-    with h5py.File(tmp, "w") as h5:
-        _write_header(h5, config_text=config_text, day=day, session_id=f"plan-day{day:03d}", stimuli=stimuli,
-                      schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
-                      seconds_per_presentation=schedule.seconds_per_presentation, channel_names=[], backend="none",
-                      window_ms=(0.0, 0.0), model_info=model_info, attrs=attrs or {})
-        h5.attrs["status"] = "planned"
-    os.link(tmp, path)
-    tmp.unlink()
+    header = dict(config_text=config_text, day=day, session_id=f"plan-day{day:03d}", stimuli=stimuli,
+                  schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
+                  seconds_per_presentation=schedule.seconds_per_presentation, channel_names=[], backend="none",
+                  window_ms=(0.0, 0.0), model_info=model_info, attrs={**(attrs or {}), "status": "planned"})
+    _write_new(tmp, path, header)
     return path
+
+
+def _write_new(tmp: Path, path: Path, header: dict) -> None:
+    """Write a header into ``tmp``, fsync it, then link it to ``path`` (never replacing a file).
+
+    A failure (read-only folder, full disk) removes ``tmp`` and is one DayFileError
+    naming the path; nothing is left that blocks a retry.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            tmp.unlink()  # a header that never finished: it holds no recording
+        try:
+            with h5py.File(tmp, "w") as h5:  # default libver: no SWMR status flags to trip over after a crash
+                _write_header(h5, **header)
+            _fsync_path(tmp)
+            os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    except FileExistsError:
+        raise DayFileError(f"{path} already exists; nothing was overwritten") from None
+    except OSError as exc:
+        if _is_disk_full(exc):
+            raise DiskFullError(f"disk full: cannot write {path}; free space and run again") from None
+        raise DayFileError(f"cannot write {path} ({getattr(exc, 'strerror', None) or exc}); check the folder's "
+                           "permissions and free space") from None
 
 
 def _write_model(g: h5py.Group, info: dict) -> None:
@@ -442,6 +547,17 @@ def _write_model(g: h5py.Group, info: dict) -> None:
             g.attrs[k] = json.dumps(v)
         else:
             g.attrs[k] = v if not isinstance(v, (list, tuple)) else json.dumps(list(v))
+
+
+def mismatched_trials(h5: h5py.File, journal: list[TrialRows]) -> list[int]:
+    """Rows of /trials (0-based, committed only) whose data differ from the journal's
+    line for the same trial, or that the journal lacks."""
+    committed = int(h5.attrs["committed_trials"])
+    bad = []
+    for row in range(committed):
+        if row >= len(journal) or tables_digest(stored_tables(h5, row)) != tables_digest(trial_tables(journal[row], h5)):
+            bad.append(row)
+    return bad
 
 
 def _truncate_to_committed(h5: h5py.File) -> None:

@@ -5,6 +5,7 @@ and the plan rebuild it (:func:`rig.store.repair.recover_day`).
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import zlib
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.backend import Trial, TrialRecord, TrialRows
+from rig.errors import UserError
 
 
 def journal_path(day_path: str | Path) -> Path:
@@ -61,38 +63,105 @@ def rows_from_json(text: str) -> TrialRows:
                      eye_acq_s=opt("eye_acq_s"), reward_acq_s=opt("reward_acq_s"))
 
 
+class JournalError(UserError):
+    """A journal line that is corrupt in the middle of the file (not a torn tail): never skipped silently."""
+
+
 class Journal:
-    """Append-only, fsynced, checksummed log of trials: ``<crc32 hex> <json>\\n`` per line."""
+    """Append-only, fsynced, checksummed log of trials: ``<crc32 hex> <json>\\n`` per line.
+
+    Opening it cuts a torn tail (the unfinished last line of a crashed writer, which has
+    no newline) so the next line never merges with it; the fragment is kept beside the
+    journal as ``<journal>.torn-<time>``.
+    """
 
     def __init__(self, path: Path):
-        self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
+        self.path = Path(path)
+        self.torn_bytes = cut_torn_tail(self.path)
+        self._fh = open(self.path, "ab")
 
     def append(self, rows: TrialRows) -> None:
+        """Write one line and fsync it; on an error (ENOSPC) the OSError propagates and the
+        partial line is cut the next time the journal is opened."""
         payload = rows_to_json(rows)
-        self._fh.write(f"{zlib.crc32(payload.encode()):08x} {payload}\n")
+        self._fh.write(f"{zlib.crc32(payload.encode()):08x} {payload}\n".encode())
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:
+                pass  # a write that failed (disk full) fails again on close; the torn tail is cut on reopen
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Truncate ``path`` after its last newline; returns the bytes cut (0 if none).
+
+    The cut bytes are first saved to ``<path>.torn-<time>``.
+    """
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "r+b") as fh:
+        end = size
+        block = 1 << 16
+        while end > 0:  # find the last newline from the end
+            start = max(0, end - block)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            k = chunk.rfind(b"\n")
+            if k >= 0:
+                keep = start + k + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep == size:
+            return 0
+        fh.seek(keep)
+        fragment = fh.read()
+        stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S%f")
+        path.with_name(f"{path.name}.torn-{stamp}").write_bytes(fragment)
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return size - keep
 
 
 def read_journal(path: str | Path) -> list[TrialRows]:
-    """Every intact trial in a journal (a torn or corrupt last line is ignored)."""
-    out = []
+    """Every trial in a journal, in order.
+
+    An unfinished last line (no newline: the trial in flight when a writer died) is not a
+    trial and is left out; any complete line that fails its checksum or cannot be parsed
+    raises :class:`JournalError` naming the line, never skipped silently.
+    """
+    return read_journal_report(path)[0]
+
+
+def read_journal_report(path: str | Path) -> tuple[list[TrialRows], int]:
+    """(trials, bytes of an unfinished last line); see :func:`read_journal`."""
+    out: list[TrialRows] = []
     p = Path(path)
     if not p.exists():
-        return out
-    with open(p, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            crc, _, payload = line.rstrip("\n").partition(" ")
-            try:
-                if int(crc, 16) != zlib.crc32(payload.encode()):
-                    continue
-                out.append(rows_from_json(payload))
-            except (ValueError, KeyError, json.JSONDecodeError):
-                continue
-    return out
-
+        return out, 0
+    data = p.read_bytes()
+    lines = data.split(b"\n")
+    torn = len(lines[-1])          # after the last newline: empty, or an unfinished line
+    for number, line in enumerate(lines[:-1], start=1):
+        crc, _, payload = line.partition(b" ")
+        try:
+            ok = int(crc, 16) == zlib.crc32(payload)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise JournalError(f"journal {p} line {number} fails its checksum (the file was altered or the disk "
+                               "corrupted it); no trial is skipped silently: inspect or remove that line by hand")
+        try:
+            out.append(rows_from_json(payload.decode("utf-8")))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise JournalError(f"journal {p} line {number} has a valid checksum but cannot be read ({exc})") from None
+    return out, torn

@@ -109,6 +109,11 @@ def read_day(path: str | Path) -> DayData:
     try:
         h5 = _open_h5(path)
     except OSError as exc:
+        from rig.store.lock import locked_by
+
+        pid = locked_by(path)
+        if pid is not None:
+            raise DayFileError(f"day file {path} is being recorded by PID {pid}; read it when that session has ended") from None
         hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
         raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged.{hint}") from None
     try:

@@ -2,19 +2,32 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 
 import numpy as np
 
-from rig.store.dayfile import DayFileError, DayWriter
-from rig.store.journal import journal_path, read_journal
+import h5py
+
+from rig.store.dayfile import DayFileError, DayWriter, mismatched_trials
+from rig.store.journal import JournalError, journal_path, read_journal, read_journal_report
+from rig.store.lock import DayLock, locked_by
 from rig.store.reader import read_day
 
 
 def check_day(path: str | Path) -> tuple[dict, list[str]]:
-    """Validate a day file. Returns (summary, problems); problems empty means valid."""
+    """Validate a day file. Returns (summary, problems); problems empty means valid.
+
+    Every committed trial is compared, row for row (sha1 of its rows in every table),
+    with its line in the journal, when the journal is there.
+    """
+    pid = locked_by(path)
+    if pid is not None:
+        raise DayFileError(f"{path} is being recorded by PID {pid}; check it when that session has ended "
+                           "(it is not damaged; do not recover it)")
     d = read_day(path)
     problems: list[str] = []
+    journal_state = _journal_problems(Path(path), d, problems)
     pres = d.presentations
     n_stim = len(d.stimuli)
     ids = [s for s in d.stimuli.ids]
@@ -63,49 +76,133 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
         "raw_spikes": len(d.spike_times_s), "sync_pulses": len(d.sync_acq_s),
         "random_init_model": d.attrs.get("random_init_model"),
         "spike_source": d.attrs.get("spike_source"), "clock_segments": segments,
+        "journal": journal_state,
     }
     return summary, problems
 
 
-def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
-    """Rebuild a damaged day file from its journal, keeping the damaged file aside.
+def _journal_problems(path: Path, d, problems: list[str]) -> str:
+    """Compare committed trials with the journal; returns a one-phrase journal state."""
+    jp = journal_path(path)
+    if not jp.exists():
+        return "absent (trials not cross-checked)"
+    try:
+        journal, torn = read_journal_report(jp)
+    except JournalError as exc:
+        problems.append(str(exc))
+        return "unreadable"
+    committed = len(d.trials["trial_index"])
+    with h5py.File(path, "r") as h5:
+        bad = mismatched_trials(h5, journal)
+    missing = [r for r in bad if r >= len(journal)]
+    differ = [r for r in bad if r < len(journal)]
+    if differ:
+        problems.append(f"{len(differ)} committed trial(s) differ from the journal (checksums; first: trial row {differ[0]}); "
+                        f"`itloop day recover {path}` rebuilds the file from the journal")
+    if missing:
+        problems.append(f"the journal holds {len(journal)} trials but the file commits {committed}")
+    state = f"{len(journal)} trials, {committed - len(bad)} of {committed} committed trials match"
+    if len(journal) > committed:
+        state += f"; {len(journal) - committed} more in the journal (--resume writes them)"
+    if torn:
+        state += f"; an unfinished last line of {torn} bytes (cut on --resume)"
+    return state
 
-    The header (config, stimuli, schedule) comes from the damaged file if it can still
-    be read, else from ``plan_path`` (any itloop day or plan file with the same stimuli).
-    Returns the path of the rebuilt file (the original path; the damaged file is renamed
-    ``<name>.damaged-<time>``).
+
+def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
+    """Rebuild a day file from its journal, beside the old one, then swap it in.
+
+    The header (config, stimuli, schedule, channels) comes from the old file if it can
+    still be read, else from ``plan_path`` (the day's plan; channels then come from the
+    journal). The new file is built as ``<name>.rebuilding``, checked (every trial
+    against the journal, ``check_day``), and only then renamed over the old path, whose
+    file is kept as ``<name>.damaged-<time>``. Any failure before the swap leaves every
+    existing file as it was. Returns the path of the rebuilt file.
     """
     path = Path(path)
-    source = None
-    for candidate in ([path] + ([Path(plan_path)] if plan_path else [])):
+    pid = locked_by(path)
+    if pid is not None:
+        raise DayFileError(f"{path} is being recorded by PID {pid}; it is not damaged. Nothing was changed.")
+    jp = journal_path(path)
+    if not jp.exists():
+        raise DayFileError(f"{path} has no journal ({jp.name}), so there is nothing to rebuild it from. Nothing was changed.")
+    journal = read_journal(jp)
+    source, from_plan = None, False
+    for candidate, is_plan in ([(path, False)] + ([(Path(plan_path), True)] if plan_path else [])):
         try:
-            source = read_day(candidate)
+            source, from_plan = read_day(candidate), is_plan
             break
         except DayFileError:
             continue
     if source is None:
-        raise DayFileError(f"cannot read the header of {path}; pass --plan with the day's plan file to rebuild it from the journal")
-    journal = read_journal(journal_path(path))
+        hint = "; pass --plan with the day's plan file" if not plan_path else f" nor of {plan_path}"
+        raise DayFileError(f"cannot read the header of {path}{hint} to rebuild it from the journal. Nothing was changed.")
+    n_ch = journal[0].counts.shape[1] if journal else source.n_channels
+    if n_ch == 0:
+        raise DayFileError(f"cannot rebuild {path}: the journal is empty and {source.path.name} records no channels. "
+                           "Nothing was changed.")
+    channel_names = source.channel_names
+    if len(channel_names) != n_ch:
+        if source.n_channels:
+            raise DayFileError(f"the journal of {path} has {n_ch} channels but {source.path.name} has "
+                               f"{source.n_channels}; is it the right file? Nothing was changed.")
+        channel_names = [f"ch{c:03d}" for c in range(n_ch)]   # a plan has none: names are not in the journal
+    window_ms = (float(source.attrs.get("window_start_ms", 0.0)), float(source.attrs.get("window_end_ms", 0.0)))
+    if from_plan or window_ms[1] <= window_ms[0]:
+        from rig.config import config_from_toml_text
+
+        w = config_from_toml_text(source.config_text).window
+        window_ms = (float(w.start_ms), float(w.end_ms))
     stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    if path.exists():
-        path.rename(aside)
-    jaside = journal_path(path).with_name(journal_path(path).name + f".{stamp}")
-    journal_path(path).rename(jaside)
-    ppt, spp = source.presentations_per_trial, source.seconds_per_presentation
     keep = {k: v for k, v in source.attrs.items() if k not in ("schema_version", "software", "software_version", "created_utc",
                                                                "day", "session_id", "backend", "status", "committed_trials",
-                                                               "window_start_ms", "window_end_ms")}
-    keep["recovered_from"] = aside.name
-    w = DayWriter.create(path, config_text=source.config_text, day=source.day, session_id=str(source.attrs["session_id"]),
-                         stimuli=source.stimuli, schedule_stim_index=source.schedule_stim_index,
-                         presentations_per_trial=ppt, seconds_per_presentation=spp, channel_names=source.channel_names,
-                         backend=str(source.attrs["backend"]),
-                         window_ms=(float(source.attrs["window_start_ms"]), float(source.attrs["window_end_ms"])),
-                         model_info=source.model or None, attrs=keep)
-    with w:
-        for rows in journal:
-            w.append_trial(rows)
+                                                               "window_start_ms", "window_end_ms", "completed_utc")}
+    keep["recovered_from"] = path.name if path.exists() else "(missing)"
+    keep["recovered_utc"] = stamp
+    if from_plan:
+        keep["recovered_header_from"] = source.path.name
+        if len(source.channel_names) != n_ch:
+            keep["recovered_channel_names"] = "generic (not in the journal)"
+    lock = DayLock(path)
+    try:
+        lock.acquire()
+    except BlockingIOError as exc:
+        raise DayFileError(f"{path} is being recorded by PID {getattr(exc, 'pid', '?')}. Nothing was changed.") from None
+    tmp = path.with_name(path.name + ".rebuilding")
+    try:
+        for stale in (tmp, journal_path(tmp)):
+            if stale.exists():
+                stale.unlink()          # an earlier rebuild that never finished
+        session_id = str(source.attrs["session_id"]) if not from_plan else f"recovered-day{source.day:03d}-{stamp}"
+        backend = str(source.attrs["backend"]) if not from_plan else "unknown (recovered from the journal)"
+        w = DayWriter.create(tmp, config_text=source.config_text, day=source.day, session_id=session_id,
+                             stimuli=source.stimuli, schedule_stim_index=source.schedule_stim_index,
+                             presentations_per_trial=source.presentations_per_trial,
+                             seconds_per_presentation=source.seconds_per_presentation, channel_names=channel_names,
+                             backend=backend, window_ms=window_ms, model_info=source.model or None, attrs=keep)
+        with w:
+            for rows in journal:
+                w.append_trial(rows)
+            if source.complete and w.done_planned().all():
+                w.mark_complete()
+        # verify before anything is replaced
+        _, problems = check_day(tmp)
+        rebuilt = read_day(tmp)
+        if len(rebuilt.trials["trial_index"]) != len(journal):
+            problems.append(f"rebuilt {len(rebuilt.trials['trial_index'])} trials of the journal's {len(journal)}")
+        if problems:
+            raise DayFileError(f"the rebuilt file failed its check ({'; '.join(problems)}); {path} was left as it was")
+        journal_path(tmp).unlink()                 # identical to the original journal, which stays in place
+        if path.exists():
+            os.link(path, path.with_name(f"{path.name}.damaged-{stamp}"))   # keep the old file under a new name
+        os.replace(tmp, path)                      # the swap: one atomic rename
+    except OSError as exc:
+        raise DayFileError(f"could not rebuild {path} ({exc.strerror or exc}); {path} was left as it was") from None
+    finally:
+        for leftover in (tmp, journal_path(tmp)):
+            if leftover.exists():
+                leftover.unlink()
+        lock.release()
     return path
 
 

@@ -1,0 +1,180 @@
+"""Bad input: one ``itloop: error:`` line, exit code 2, and nothing left behind that would
+block the corrected command (README, "Data safety": the bad-input table)."""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+
+from rig.cli import main
+from rig.loop.record import ensure_screening_plan
+from rig.config import load_config
+from rig.store.reader import read_day
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+
+
+def _with(extra: str) -> str:
+    """tiny.toml with ``section.key = value`` lines set (replacing the key if tiny.toml has it)."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in TINY.read_text().splitlines():
+        if line.startswith("["):
+            current = line.strip()[1:-1]
+            sections.setdefault(current, [])
+        elif current and line.strip() and not line.startswith("#"):
+            sections[current].append(line)
+    for line in extra.strip().splitlines():
+        key, value = line.split("=", 1)
+        section, name = key.strip().split(".", 1)
+        rows = [r for r in sections.get(section, []) if r.split("=")[0].strip() != name]
+        sections[section] = rows + [f"{name} = {value.strip()}"]
+    return "".join(f"[{sec}]\n" + "".join(r + "\n" for r in rows) for sec, rows in sections.items())
+
+
+def _bomb_png(path: Path, side: int = 100_000) -> None:
+    """A 60-byte PNG whose header claims side x side pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+CONFIG_CASES = [
+    ("window.start_ms = nan", "'window.start_ms' = nan: expected a finite number"),
+    ("rsvp.inter_trial_ms = inf", "'rsvp.inter_trial_ms' = inf: expected a finite number"),
+    ("monitor.refresh_hz = inf", "'monitor.refresh_hz' = inf"),
+    ("schedule.min_parent_separation_min = inf", "'schedule.min_parent_separation_min' = inf"),
+    ("sim.peak_hz = nan", "'sim.peak_hz' = nan"),
+    ("images.n_clean = 1000000000", "'images.n_clean' = 1000000000: expected a value in [2, 1000000]"),
+    ("experiment.seed = -1", "'experiment.seed' = -1: expected a value in [0, 4294967295]"),
+    ("rsvp.stim_on_ms = 7", "'rsvp.stim_on_ms' = 7.0: expected a whole number of frames at monitor.refresh_hz = 60 Hz"),
+    ('model.backbone = "resnet9000"', "'model.backbone' = 'resnet9000': expected one of"),
+    ('model.weights = "/nowhere.pt"', "'model.weights' = '/nowhere.pt': the file does not exist"),
+    ('experiment.name = "two\\nlines"', "'experiment.name' = 'two\\nlines': expected text without control characters"),
+]
+
+
+def _run_fails(argv, capsys, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("itloop: error:") and "\n" not in err, err
+    assert message in err, err
+    return err
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("extra, message", CONFIG_CASES, ids=[c[0].split(" =")[0] for c in CONFIG_CASES])
+def test_bad_config_is_one_line_before_any_file(tmp_path, capsys, extra, message):
+    cfg, out = tmp_path / "c.toml", tmp_path / "out"
+    cfg.write_text(_with(extra))
+    _run_fails(["day", "run", "--day", "0", "--out", str(out), "--config", str(cfg), "--no-progress"], capsys, message)
+    assert _leftovers(out) == []          # no day file, no plan: the corrected command starts clean
+
+
+def test_corrected_retry_after_a_bad_duration_records(tmp_path, capsys):
+    cfg, out = tmp_path / "c.toml", tmp_path / "out"
+    cfg.write_text(_with("rsvp.stim_on_ms = 7"))
+    argv = ["day", "run", "--day", "0", "--out", str(out), "--config", str(cfg), "--no-progress"]
+    _run_fails(argv, capsys, "rsvp.stim_on_ms")
+    cfg.write_text(_with("rsvp.stim_on_ms = 50"))
+    assert main(argv + ["--max-trials", "1"]) == 0
+    assert "stim_on_ms = 50.0" in read_day(out / "day_000.h5").config_text   # the corrected config, not a stale plan
+
+
+def test_max_trials_must_be_positive(tmp_path, capsys):
+    out = tmp_path / "out"
+    _run_fails(["day", "run", "--day", "0", "--out", str(out), "--config", str(TINY), "--max-trials", "-3"], capsys,
+               "--max-trials -3: expected a number of trials >= 1")
+    assert _leftovers(out) == []
+
+
+def test_a_plan_copied_to_another_day_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    ensure_screening_plan(load_config(TINY), out)
+    shutil.copy(out / "day_000.plan.h5", out / "day_001.plan.h5")
+    _run_fails(["day", "run", "--day", "1", "--out", str(out), "--config", str(TINY), "--no-progress"], capsys,
+               "day_001.plan.h5 is the plan of day 0, not day 1")
+    assert _leftovers(out) == ["day_000.plan.h5", "day_001.plan.h5"]
+
+
+@pytest.mark.parametrize("side, message", [(100_000, "bomb.png refused as a possible decompression bomb"),
+                                           (9_000, "bomb.png is 9000 x 9000 pixels")])
+def test_decompression_bomb_png_is_one_line(tmp_path, capsys, side, message):
+    imgs, out = tmp_path / "imgs", tmp_path / "out"
+    imgs.mkdir()
+    _bomb_png(imgs / "bomb.png", side)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(_with(f'images.source = "{imgs}"'))
+    _run_fails(["day", "run", "--day", "0", "--out", str(out), "--config", str(cfg), "--no-progress"], capsys,
+               message)
+    assert _leftovers(out) == []
+
+
+def test_a_name_with_a_newline_never_reaches_a_file(tmp_path):
+    from rig.config import ConfigError, config_from_dict, config_from_toml_text
+
+    with pytest.raises(ConfigError, match="experiment.name"):
+        config_from_dict({"experiment": {"name": "a\nb"}})
+    # and any string the writer is given round-trips through TOML
+    cfg = config_from_dict({"images": {"source": 'C:\\images "set"'}})
+    assert config_from_toml_text(cfg.to_toml()).images.source == 'C:\\images "set"'
+
+
+UNWRITABLE = textwrap.dedent("""
+    set -e
+    mount -t tmpfs -o size=1m,mode=0755 tmpfs "$RO" && mount -o remount,ro "$RO"
+    mount -t tmpfs -o size=64k tmpfs "$FULL" && (head -c 1m /dev/zero > "$FULL/filler" 2>/dev/null || true)
+    cd "$ROOT"
+    for target in "$RO" "$FULL"; do
+      for cmd in "day run --day 0 --config $TINY --no-progress --out $target/exp" \\
+                 "day replay $SRC --no-progress --out $target/replayed.h5" \\
+                 "day export $SRC --nwb $target/day.nwb" \\
+                 "keys --out $target/keys"; do
+        set +e
+        "$PY" -m rig.cli $cmd > /dev/null 2> "$OUT/err.txt"
+        echo "$? $(wc -l < "$OUT/err.txt") $(find "$target" -type f ! -name filler -printf '%P ')|$(cat "$OUT/err.txt")" >> "$OUT/results.txt"
+        set -e
+      done
+    done
+""")
+
+
+@pytest.mark.slow
+def test_read_only_and_full_output_folders_are_one_line_naming_the_path(tmp_path):
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs root and unshare -m to mount a read-only and a full tmpfs (root ignores chmod)")
+    src_dir = tmp_path / "src"
+    assert main(["day", "run", "--day", "0", "--out", str(src_dir), "--config", str(TINY), "--no-progress",
+                 "--max-trials", "2"]) == 0
+    ro, full, out = tmp_path / "ro", tmp_path / "full", tmp_path / "out"
+    for d in (ro, full, out):
+        d.mkdir()
+    env = dict(os.environ, RO=str(ro), FULL=str(full), OUT=str(out), ROOT=str(ROOT), PY=sys.executable,
+               TINY=str(TINY), SRC=str(src_dir / "day_000.h5"),
+               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    run = subprocess.run(["unshare", "-m", "bash", "-c", UNWRITABLE], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = (out / "results.txt").read_text().splitlines()
+    assert len(rows) == 8
+    for row, target in zip(rows, [ro] * 4 + [full] * 4):
+        status, err = row.split("|", 1)
+        code, n_lines, *left = status.split()
+        assert code == "2" and n_lines == "1", row                 # exit 2, one line
+        assert err.startswith("itloop: error:") and str(target) in err, row   # naming the path
+        assert "Traceback" not in err
+        assert left == [], row                                      # no file left behind (empty folders may be)
