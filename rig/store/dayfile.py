@@ -292,6 +292,8 @@ class DayWriter:
         g = self._h5.require_group("calibration")
         g.attrs["map_json"] = json.dumps(cmap)
         g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
+        self._h5.flush()
+
     def set_attrs(self, attrs: dict) -> None:
         """Update file attributes (provenance learnt while recording, e.g. the spike source's sample rate)."""
         self._h5.attrs.update(attrs)
@@ -364,6 +366,7 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
     sy = h5.create_group("sync")
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
+    _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
     _ensure_eye_groups(h5)
 
 
@@ -407,7 +410,6 @@ def _write_metadata(h5: h5py.File, config_text: str) -> None:
                               f"as JSON; from {source}")
     for name in METADATA_SECTIONS:
         g.attrs[name] = json.dumps(dataclasses.asdict(getattr(cfg, name)))
-    _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
 
 
 def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
