@@ -20,11 +20,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.fixation_checks import check_aborts_on_next_frame, check_requeued, drain_pty
 from tests.lsl_local import unique_stream
 from rig.backend import SessionInfo
 from rig.backends.presenter import PresenterBackend, SimSpikeSource
 from rig.link.client import PresenterClient
-from rig.link.protocol import KIND_CODE
 from rig.session.runner import run_session
 from rig.session.schedule import build_schedule
 from rig.store.dayfile import DayWriter
@@ -100,16 +100,7 @@ def test_fixation_breaks_abort_on_the_next_frame_and_are_requeued(tmp_path):
         client.close()
         log.close()
         time.sleep(0.2)
-        pulses = b""
-        os.set_blocking(master, False)
-        try:
-            while True:
-                chunk = os.read(master, 4096)
-                if not chunk:
-                    break
-                pulses += chunk
-        except BlockingIOError:
-            pass
+        pulses = drain_pty(master)
         os.close(master)
         os.close(slave)
 
@@ -120,25 +111,7 @@ def test_fixation_breaks_abort_on_the_next_frame_and_are_requeued(tmp_path):
     # ---- every abort came on the frame after the check that first saw the breaking sample
     aborted = [r for r in results if r.aborted]
     assert len(aborted) >= 2, f"only {len(aborted)} of the injected breaks fell in an RSVP"
-    abort_kind = KIND_CODE["abort_blank"]
-    image_kinds = (KIND_CODE["stim_on"], KIND_CODE["mask_on"])
-    for r in aborted:
-        assert r.reason == "fixation broken", r.reason
-        kind, gaze_t, gaze_in = r.frame_kind, r.array("frame_gaze_t"), r.array("frame_gaze_in", bool)
-        last = len(kind) - 1
-        assert kind[last] == abort_kind and not (kind[:last] == abort_kind).any()
-        checked = np.flatnonzero(np.isin(kind[:last], image_kinds))
-        assert gaze_in[checked].all()                       # every image/mask frame before it had gaze inside
-        t_break = r.raw["break_t_s"]
-        assert t_break is not None and gaze_t[last] >= t_break   # the aborting check saw the breaking sample
-        if checked.size:
-            assert gaze_t[checked[-1]] < t_break             # the previous check had not seen it yet
-        # ... and the breaking sample is an injected break (within one 2 ms sample), on the LSL clock
-        t_lsl = t_break - r.raw["eye_offset_s"]
-        assert min(abs(t_lsl - t) for t in injected) < 0.005, (t_lsl, injected)
-    # the flip after the break shows neither image nor mask: the abort blank ends the trial
-    assert all(r.frame_kind[-1] == abort_kind for r in aborted)
-    lat = [1000 * (r.frame_time_s[-1] - r.raw["break_t_s"]) for r in aborted]     # informational (Xvfb, paced)
+    lat = check_aborts_on_next_frame(aborted, injected)       # informational latencies (Xvfb, paced)
     print(f"\n{len(injected)} breaks injected, {len(aborted)} fell in an RSVP and aborted it; breaking sample -> "
           f"blank flip {np.min(lat):.1f}-{np.max(lat):.1f} ms (median {np.median(lat):.1f}) at 60 Hz; "
           f"{len(results)} trials for {len(sch.stim_index)} presentations")
@@ -148,10 +121,7 @@ def test_fixation_breaks_abort_on_the_next_frame_and_are_requeued(tmp_path):
     pres = d.presentations
     trials = d.trials
     assert int(np.sum(~trials["fixation_ok"])) == len(aborted)
-    for planned in np.unique(pres["planned_index"][~pres["valid"]]):
-        rows = np.flatnonzero(pres["planned_index"] == planned)
-        assert pres["valid"][rows[-1]] and not pres["valid"][rows[:-1]].any()
-    assert pres["valid"].sum() == len(sch.stim_index)
+    check_requeued(pres, len(sch.stim_index))
 
     # ---- the eye trace is in the day file, per trial, on the acquisition clock
     eye, rewards, _ = read_eye(path)

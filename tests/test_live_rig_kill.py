@@ -19,7 +19,7 @@ import pytest
 from rig.store.journal import read_journal
 from rig.store.reader import read_day
 from rig.store.repair import check_day
-from tests.test_live_rig import compare_with_truth, rig_config, start_presenter, start_sim_rig
+from tests.live_rig import compare_with_truth, rig_config, start_presenter, start_sim_rig
 
 pytestmark = [
     pytest.mark.xvfb,

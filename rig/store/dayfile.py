@@ -361,6 +361,8 @@ class DayWriter:
         g = self._h5.require_group("calibration")
         g.attrs["map_json"] = json.dumps(cmap)
         g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
+        self._h5.flush()
+
     def mark_complete(self) -> None:
         self._check_usable()
         try:
