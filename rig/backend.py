@@ -22,17 +22,27 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
+# The RSVP defaults (DESIGN section 2), defined once: the config, the session, the presenter
+# and its client all take them from here.
+STIM_ON_MS = 100.0           # image on, ms
+MASK_MS = 100.0              # grey mask after each image, ms
+FIXATION_ACQUIRE_MS = 300.0  # gaze inside the window this long before the RSVP starts, ms
+INTER_TRIAL_MS = 500.0       # blank between trials, ms
+IMAGE_SIZE_DEG = 8.0         # image width on screen, degrees of visual angle
+FIXATION_WINDOW_DEG = 2.0    # fixation window radius, degrees
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     """What a backend needs to know about the session before trial 1."""
 
     session_id: str
     day: int
-    stim_on_ms: float = 100.0
-    mask_ms: float = 100.0
-    fixation_acquire_ms: float = 300.0
-    inter_trial_ms: float = 500.0
-    image_size_deg: float = 8.0
+    stim_on_ms: float = STIM_ON_MS
+    mask_ms: float = MASK_MS
+    fixation_acquire_ms: float = FIXATION_ACQUIRE_MS
+    inter_trial_ms: float = INTER_TRIAL_MS
+    image_size_deg: float = IMAGE_SIZE_DEG
     n_channels: int = 0          # channels the acquisition system records (0: backend decides)
     seed: int = 0
 

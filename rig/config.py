@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key path, the value and the fix."""
@@ -52,13 +54,13 @@ class ExperimentConfig:
 
 @dataclass
 class RsvpConfig:
-    stim_on_ms: float = 100.0
-    mask_ms: float = 100.0
+    stim_on_ms: float = _rsvp.STIM_ON_MS
+    mask_ms: float = _rsvp.MASK_MS
     presentations_per_trial: int = 5
-    image_size_deg: float = 8.0
-    fixation_window_deg: float = 2.0
-    fixation_acquire_ms: float = 300.0
-    inter_trial_ms: float = 500.0
+    image_size_deg: float = _rsvp.IMAGE_SIZE_DEG
+    fixation_window_deg: float = _rsvp.FIXATION_WINDOW_DEG
+    fixation_acquire_ms: float = _rsvp.FIXATION_ACQUIRE_MS
+    inter_trial_ms: float = _rsvp.INTER_TRIAL_MS
 
     def check(self):
         out = []

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
+from rig.backend import FIXATION_WINDOW_DEG, BackendInfo, SessionInfo, Trial, TrialRecord
 from rig.link.client import PresenterClient, TrialResult
 from sim.clocks import photodiode_jitter
 
@@ -101,7 +101,7 @@ class PresenterBackend:
     name = "presenter"
 
     def __init__(self, client: PresenterClient, spikes: SpikeSource, *, wait_for_presenter_s: float = 60.0,
-                 frame_tolerance: float = 0.1, fixation_window_deg: float = 2.0, reward_ms: float | None = None,
+                 frame_tolerance: float = 0.1, fixation_window_deg: float = FIXATION_WINDOW_DEG, reward_ms: float | None = None,
                  calibration: dict | None = None):
         self.client = client
         self.spikes = spikes

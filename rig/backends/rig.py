@@ -24,7 +24,7 @@ import uuid
 import numpy as np
 
 from rig.backends.presenter import eye_and_reward_fields
-from rig.backend import AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
+from rig.backend import FIXATION_WINDOW_DEG, AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
 from rig.errors import UserError
 from rig.link.client import PresenterClient
 from rig.session.clock import ClockFitError, SegmentedClock, match_pulses, vote_offset
@@ -36,7 +36,7 @@ class RigBackend:
     name = "rig"
 
     def __init__(self, client: PresenterClient, source: SpikeSource, *, eye=None, markers=None,
-                 wait_for_presenter_s: float = 60.0, fixation_window_deg: float = 2.0,
+                 wait_for_presenter_s: float = 60.0, fixation_window_deg: float = FIXATION_WINDOW_DEG,
                  pulse_tolerance_s: float = 0.003, wait_s: float = 1.0, max_drift_ppm: float = 1000.0,
                  configure_extra: dict | None = None):
         self.client = client

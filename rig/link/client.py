@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from rig.backend import FIXATION_ACQUIRE_MS, FIXATION_WINDOW_DEG, IMAGE_SIZE_DEG
 from rig.link.protocol import (HEARTBEAT, KIND_CODE, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode, encode,
                           require_security, set_digest)
 
@@ -323,8 +324,9 @@ class PresenterClient:
             raise PresenterRefused(f"presenter refused {mtype}: {msg.body.get('error', msg.body)}")
 
     # ------------------------------------------------------------------ the session
-    def configure(self, *, stim_on_ms: float, mask_ms: float, fixation_ms: float = 300.0,
-                  image_size_deg: float = 8.0, fixation_window_deg: float = 2.0, **extra) -> dict:
+    def configure(self, *, stim_on_ms: float, mask_ms: float, fixation_ms: float = FIXATION_ACQUIRE_MS,
+                  image_size_deg: float = IMAGE_SIZE_DEG, fixation_window_deg: float = FIXATION_WINDOW_DEG,
+                  **extra) -> dict:
         """Frame counts from the presenter's refresh rate (refused if not whole frames).
 
         ``extra``: optional settings the presenter also takes (``reward_ms``)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from rig.backend import GazeSamples
+from rig.backend import FIXATION_ACQUIRE_MS, FIXATION_WINDOW_DEG, IMAGE_SIZE_DEG, GazeSamples
 from rig.presenter.fixation import FixationControl, FixationParams
 from rig.presenter.markers import MarkerOutput, NoMarker
 from rig.sources.reward import KINDS as REWARD_KINDS, NoReward, RewardLog, give_and_log
@@ -335,8 +335,9 @@ class PresenterServer:
         b = msg.body
         try:
             stim_on, mask = float(b["stim_on_ms"]), float(b["mask_ms"])
-            fixation_ms, size_deg = float(b.get("fixation_ms", 300.0)), float(b.get("image_size_deg", 8.0))
-            window_deg = float(b.get("fixation_window_deg", 2.0))
+            fixation_ms = float(b.get("fixation_ms", FIXATION_ACQUIRE_MS))
+            size_deg = float(b.get("image_size_deg", IMAGE_SIZE_DEG))
+            window_deg = float(b.get("fixation_window_deg", FIXATION_WINDOW_DEG))
         except (KeyError, TypeError, ValueError) as exc:
             raise Refused(f"configure needs numeric stim_on_ms, mask_ms (and optionally fixation_ms, "
                           f"image_size_deg, fixation_window_deg): {exc!r}") from None

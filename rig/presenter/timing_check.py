@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rig.backend import IMAGE_SIZE_DEG
 from rig.presenter.stage import Stage
 from rig.presenter.timing import frame_counts, interval_stats
 from rig.presenter.trial import run_frames
@@ -27,7 +28,7 @@ def check_images(n: int = 16, size_px: int = 224, seed: int = 0) -> np.ndarray:
 
 
 def run_timing_check(stage: Stage, *, stim_on_ms: float, mask_ms: float, refresh_hz: float,
-                     frame_tolerance: float, seconds: float = 30.0, image_size_deg: float = 8.0,
+                     frame_tolerance: float, seconds: float = 30.0, image_size_deg: float = IMAGE_SIZE_DEG,
                      pace: bool = False, marker=None) -> dict:
     """Show ``seconds`` of RSVP and return frame statistics (intervals in ms, drops, counts)."""
     n_on, n_mask = frame_counts(stim_on_ms, mask_ms, refresh_hz, frame_tolerance)

@@ -109,6 +109,17 @@ REWARD_COLUMNS = [
     ("duration_ms", "f4", "ms", "valve open time asked for"),
     ("kind", "i1", "1", "0 completed trial, 1 manual (reward key), 2 calibration point"),
 ]
+# (unit, description) of each stimulus provenance column (/stimuli/<column>)
+STIMULUS_COLUMNS = {
+    "kind": ("1", "clean | targeted | random"),
+    "parent": ("1", "row of the clean parent; -1 for clean images"),
+    "site": ("1", "channel the perturbation targets; -1 for none"),
+    "epsilon_requested": ("L2 norm, pixels in [0,1]", "perturbation size asked for"),
+    "epsilon_shown": ("L2 norm, pixels in [0,1]", "perturbation size displayed (after uint8 rounding)"),
+    "direction": ("1", "+1 drive the site up, -1 down, 0 none"),
+    "predicted_change": ("spikes", "designing model's f_site(shown) - f_site(parent); NaN if none"),
+    "budget_passes": ("passes", "forward+backward passes spent designing it"),
+}
 PRESENTATION_COLUMNS = [
     ("planned_index", "i8", "1", "slot in /schedule/stim_index this presentation fulfils"),
     ("stim_index", "i8", "1", "row of /stimuli shown"),
@@ -415,17 +426,10 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
     _describe(st.create_dataset("pixels", data=stimuli.pixels, chunks=(1, hh, ww, 3) if n else None),
               "uint8 RGB", "images exactly as displayed, (n_stim, H, W, 3); model input = pixels / 255")
     _describe(st.create_dataset("sha1", data=np.array(stimuli.ids, dtype="S40")), "hex", "sha1 of each image's uint8 bytes")
-    units = {"kind": ("1", "clean | targeted | random"), "parent": ("1", "row of the clean parent; -1 for clean images"),
-             "site": ("1", "channel the perturbation targets; -1 for none"),
-             "epsilon_requested": ("L2 norm, pixels in [0,1]", "perturbation size asked for"),
-             "epsilon_shown": ("L2 norm, pixels in [0,1]", "perturbation size displayed (after uint8 rounding)"),
-             "direction": ("1", "+1 drive the site up, -1 down, 0 none"),
-             "predicted_change": ("spikes", "designing model's f_site(shown) - f_site(parent); NaN if none"),
-             "budget_passes": ("passes", "forward+backward passes spent designing it")}
     for col in StimulusSet.COLUMNS:
         v = getattr(stimuli, col)
         data = np.array([str(x) for x in v], dtype=h5py.string_dtype()) if col == "kind" else v
-        _describe(st.create_dataset(col, data=data), *units[col])
+        _describe(st.create_dataset(col, data=data), *STIMULUS_COLUMNS[col])
     sch = h5.create_group("schedule")
     _describe(sch.create_dataset("stim_index", data=np.asarray(schedule_stim_index, "i8")), "1", "planned presentation order (rows of /stimuli)")
     sch.attrs.update({"presentations_per_trial": int(presentations_per_trial),

@@ -50,7 +50,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rig.store.dayfile import METADATA_SECTIONS
+from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS
 from rig.store.reader import DayData, read_day
 from rig.config import RsvpConfig
 
@@ -58,38 +58,29 @@ from rig.config import RsvpConfig
 REQUIRED_FOR_LIVE = ("subject.id", "subject.sex", "subject.age or subject.date_of_birth", "session.experimenter",
                      "session.institution", "array.device", "array.location")
 
-UNIT_DESCRIPTIONS = {
-    "kind": "clean | targeted | random",
+def _with_unit(unit: str, description: str) -> str:
+    """A day-file column's description in NWB's words: '... (unit: s)' or '... (bool)'."""
+    return f"{description} ({'bool' if unit == 'bool' else f'unit: {unit}'})"
+
+
+# NWB column descriptions come from the day file's own column tables (rig.store.dayfile);
+# only the few that name NWB objects are worded here.
+UNIT_DESCRIPTIONS = {c: _with_unit(u, d) for c, (u, d) in STIMULUS_COLUMNS.items()}
+UNIT_DESCRIPTIONS.update({
+    "kind": STIMULUS_COLUMNS["kind"][1],
     "parent": "row of the clean parent image in stimuli; -1 for clean images (unit: 1)",
     "site": "channel (unit row) the perturbation targets; -1 for none (unit: 1)",
-    "epsilon_requested": "perturbation size asked for (unit: L2 norm of pixels in [0,1])",
-    "epsilon_shown": "perturbation size displayed after uint8 rounding (unit: L2 norm of pixels in [0,1])",
-    "direction": "+1 drive the site up, -1 down, 0 none (unit: 1)",
-    "predicted_change": "designing model's predicted change f_site(shown) - f_site(parent); NaN if none (unit: spikes)",
-    "budget_passes": "forward+backward passes spent designing the image (unit: passes)",
     "sha1": "sha1 (hex) of the image's uint8 bytes, as in the day file",
-}
-PRESENTATION_DESCRIPTIONS = {
-    "stim_index": "row of stimulus_provenance / image in stimulus templates shown (unit: 1)",
-    "planned_index": "slot of the planned schedule this presentation fulfils (unit: 1)",
-    "trial_index": "trial attempt it belonged to (unit: 1)",
-    "position": "position within the trial, 0-based (unit: 1)",
-    "onset_presenter_s": "stimulus-on flip time on the presenter clock (unit: s)",
-    "frames_on": "frames the image was on screen (unit: frames)",
-    "frames_mask": "frames the grey mask was on screen (unit: frames)",
-    "dropped_frame": "a frame was dropped during this presentation (bool)",
-    "fixation_ok": "fixation held through this presentation (bool)",
-    "valid": "fixation held, no dropped frame, acquisition intact: counts usable (bool)",
-}
+})
+_PRESENTATION = {name: _with_unit(u, d) for name, _, u, d in PRESENTATION_COLUMNS}
+PRESENTATION_DESCRIPTIONS = {k: _PRESENTATION[k] for k in (
+    "stim_index", "planned_index", "trial_index", "position", "onset_presenter_s", "frames_on", "frames_mask",
+    "dropped_frame", "fixation_ok", "valid")}
+PRESENTATION_DESCRIPTIONS["stim_index"] = "row of stimulus_provenance / image in stimulus templates shown (unit: 1)"
 NOT_SHOWN_COLUMNS = ("planned_index", "stim_index", "trial_index", "position")
-TRIAL_DESCRIPTIONS = {
-    "trial_index": "attempt number within the session (unit: 1)",
-    "n_planned": "presentations the trial was to show (unit: presentations)",
-    "completed": "presentations shown in full with fixation held (unit: presentations)",
-    "fixation_ok": "False if fixation broke during the trial (bool)",
-    "acquisition_ok": "False if the acquisition stream had a gap (bool)",
-    "end_presenter_s": "trial end on the presenter clock (unit: s)",
-}
+_TRIAL = {name: _with_unit(u, d) for name, _, u, d in TRIAL_COLUMNS}
+TRIAL_DESCRIPTIONS = {k: _TRIAL[k] for k in ("trial_index", "n_planned", "completed", "fixation_ok", "acquisition_ok",
+                                             "end_presenter_s")}
 
 
 class ExportRefused(ValueError):
