@@ -249,12 +249,15 @@ def test_eye_and_rewards_go_under_behavior(day, tmp_path):
     d = read_day(day)
     t = np.linspace(d.trials["start_acq_s"][0], d.trials["end_acq_s"][-1], 500)
     with h5py.File(path, "r+") as h5:
+        for g in ("eye", "rewards"):   # the day file's own (empty) eye and reward tables, replaced by known ones
+            if g in h5:
+                del h5[g]
         eye = h5.create_group("eye")
-        for name, v, unit in (("t_s", t, "s"), ("x_deg", np.sin(t), "deg"), ("y_deg", np.cos(t), "deg"),
+        for name, v, unit in (("t_acq_s", t, "s"), ("x_deg", np.sin(t), "deg"), ("y_deg", np.cos(t), "deg"),
                               ("pupil", np.full(len(t), 1200.0), "arbitrary")):
             eye.create_dataset(name, data=v).attrs.update({"unit": unit, "description": f"{name}, acquisition clock"})
         rw = h5.create_group("rewards")
-        rw.create_dataset("t_s", data=d.trials["end_acq_s"][:3]).attrs["unit"] = "s"
+        rw.create_dataset("t_acq_s", data=d.trials["end_acq_s"][:3]).attrs["unit"] = "s"
         rw.create_dataset("duration_ms", data=[80.0, 80.0, 120.0]).attrs.update({"unit": "ms", "description": "valve open"})
     out = export_nwb(path, tmp_path / "e.nwb")
     with pynwb.NWBHDF5IO(str(out), "r") as io:

@@ -191,7 +191,7 @@ def test_marker_outputs_are_named_and_checked():
 
     assert isinstance(make_marker("none"), NoMarker)
     assert len(set(CODES.values())) == len(CODES)               # every event has its own code
-    with pytest.raises(ValueError, match="'none', 'parallel' or 'serial'"):
+    with pytest.raises(ValueError, match="'none', 'parallel', 'serial' or 'zmq'"):
         make_marker("smoke-signal")
     with pytest.raises(ValueError, match="serial"):
         make_marker("serial", "")                                # no pyserial here, or no address

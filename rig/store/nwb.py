@@ -529,9 +529,15 @@ def _add_behavior(nwb, behavior: dict) -> None:
     from pynwb.behavior import EyeTracking, PupilTracking, SpatialSeries
 
     mod = nwb.create_processing_module(name="behavior", description="eye position and rewards recorded by itloop")
+    def finite(b: dict) -> tuple[dict, np.ndarray]:
+        """The group's columns at the samples whose time is known (NaN: the clock could not be aligned then)."""
+        t = b["datasets"][b["time"]][0].astype(float)
+        ok = np.isfinite(t)
+        return {k: (v[ok] if len(v) == len(t) else v, a) for k, (v, a) in b["datasets"].items()}, t[ok]
+
     if "eye" in behavior:
         b = behavior["eye"]
-        ds, t = b["datasets"], b["datasets"][b["time"]][0].astype(float)
+        ds, t = finite(b)
         clock = _desc(ds[b["time"]][1], "seconds")
         if "x_deg" in ds and "y_deg" in ds:
             xy = np.column_stack([ds["x_deg"][0], ds["y_deg"][0]]).astype(float)
@@ -546,7 +552,7 @@ def _add_behavior(nwb, behavior: dict) -> None:
                 description=_desc(ds["pupil"][1], "pupil size in the tracker's units"))))
     if "rewards" in behavior:
         b = behavior["rewards"]
-        ds, t = b["datasets"], b["datasets"][b["time"]][0].astype(float)
+        ds, t = finite(b)
         col = next((k for k in ("duration_ms", "amount_ml", "volume_ul", "amount") if k in ds), None)
         data, attrs = (ds[col][0].astype(float), ds[col][1]) if col else (np.ones(len(t)), {"unit": "reward"})
         unit = attrs.get("unit", "n.a.")

@@ -180,10 +180,12 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
                              presentations_per_trial=source.presentations_per_trial,
                              seconds_per_presentation=source.seconds_per_presentation, channel_names=channel_names,
                              backend=backend, window_ms=window_ms, model_info=source.model or None, attrs=keep)
+        done = np.zeros(len(source.schedule_stim_index), bool)   # planned slots the journal recorded validly
         with w:
             for rows in journal:
                 w.append_trial(rows)
-            if source.complete and w.done_planned().all():
+                done[np.asarray(rows.trial.planned_indices, np.int64)[np.asarray(rows.valid, bool)]] = True
+            if source.complete and done.all():
                 w.mark_complete()
         # verify before anything is replaced
         _, problems = check_day(tmp)
