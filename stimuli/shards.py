@@ -71,6 +71,7 @@ class ShardResult:
     passes: int
     seconds: float
     worker: str = ""
+    model_loads: int = 0    # times the process that ran it had built the model (set by the distributed runner)
 
 
 def _to_float(clean: np.ndarray, device) -> torch.Tensor:
