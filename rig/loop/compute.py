@@ -181,12 +181,12 @@ def _run_probe(name: str, key: str, sites: list[int], params: dict, device: str,
 
 # ----------------------------------------------------------------------------- clusters
 def slurm_cluster_kwargs(cc: ComputeConfig) -> dict:
-    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` from ``[compute]``: one Dask worker
-    (one process, ``slurm_cores`` threads for torch) per SLURM job."""
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` from ``[compute]``: one Dask worker per
+    SLURM job, running one shard at a time (``cores=1``: one task thread) on ``slurm_cores``
+    booked CPUs (``job_cpu``; torch uses them, see :func:`shard_torch_threads`)."""
     extra = [f"--gres=gpu:{cc.slurm_gpus}"] if cc.slurm_gpus else []
-    kw = dict(cores=cc.slurm_cores, processes=1, memory=cc.slurm_memory, walltime=cc.slurm_walltime,
-              job_name="itloop", job_extra_directives=extra + list(cc.slurm_job_extra),
-              worker_extra_args=["--nthreads", "1"])
+    kw = dict(cores=1, job_cpu=cc.slurm_cores, processes=1, memory=cc.slurm_memory, walltime=cc.slurm_walltime,
+              job_name="itloop", job_extra_directives=extra + list(cc.slurm_job_extra))
     if cc.slurm_queue:
         kw["queue"] = cc.slurm_queue
     if cc.slurm_account:
@@ -194,6 +194,13 @@ def slurm_cluster_kwargs(cc: ComputeConfig) -> dict:
     if cc.slurm_interface:
         kw["interface"] = cc.slurm_interface
     return kw
+
+
+def shard_torch_threads(cc: ComputeConfig) -> int:
+    """torch threads per shard: ``torch_threads``, or on SLURM (when 0) the job's ``slurm_cores``; 0 = leave as is."""
+    if cc.torch_threads:
+        return cc.torch_threads
+    return cc.slurm_cores if cc.scheduler == "slurm" else 0
 
 
 def make_slurm_cluster(cc: ComputeConfig, **extra):
@@ -264,7 +271,7 @@ class DistributedRun:
     def probe(self, sites: Sequence[int], params: PerturbParams, device: str) -> PassRate:
         """Passes/s and peak memory of one worker (a task on one of them)."""
         fut = self.client.submit(_run_probe, self.payload.name, self.payload.key, [int(s) for s in sites],
-                                 dataclasses.asdict(params), device, self.cc.probe_batches, self.cc.torch_threads,
+                                 dataclasses.asdict(params), device, self.cc.probe_batches, shard_torch_threads(self.cc),
                                  pure=False)
         return fut.result()
 
@@ -285,7 +292,7 @@ class DistributedRun:
                                   device, attempt)).encode())
             return self.client.submit(_run_shard, self.payload.name, self.payload.key, sh.index,
                                       problems[sh.start:sh.stop], eps, pdict, int(seed), device,
-                                      self.cc.torch_threads, key=f"itloop-shard-{sh.index}-{token[:24]}")
+                                      shard_torch_threads(self.cc), key=f"itloop-shard-{sh.index}-{token[:24]}")
 
         futures = {submit(sh, 0): (sh, 0) for sh in shards}
         results: dict[int, ShardResult] = {}
