@@ -15,9 +15,15 @@ are identical, and on the last line
     speedup = t_inprocess / t_cluster
     overhead_fraction = (workers * t_cluster - t_inprocess) / t_inprocess
 
-i.e. the worker-seconds the cluster spent beyond the in-process run's seconds, as a
-fraction of it (0 when 2 workers on 2 idle cores halve the time). On a machine shared
-with other jobs the load average is printed too: it inflates both numbers.
+    cpu_overhead_fraction = (cluster CPU seconds - in-process CPU seconds) / in-process CPU seconds
+
+overhead_fraction: the worker-seconds the cluster spent beyond the in-process run's
+seconds, as a fraction of it (0 when 2 workers on 2 idle cores halve the time).
+cpu_overhead_fraction counts CPU time (this process, holding the client, scheduler and
+nannies, plus both worker processes), so it measures what Dask adds even when the machine
+is shared with other jobs, which inflates the wall-clock numbers (the load average is
+printed). Run with OMP_NUM_THREADS=1: with more torch threads than free cores the
+in-process run thrashes.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 
@@ -75,9 +82,9 @@ def main() -> None:
         module = load_fitted(mpath).module()
         generate_perturbations(module, clean, problems[:1], [0.5], PerturbParams(restarts=2, steps=2),
                                progress=False)   # warm-up
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         single = generate_perturbations(module, clean, problems, eps, params, seed=3, progress=False)
-        t_in = time.perf_counter() - t
+        t_in, cpu_in = time.perf_counter() - t, time.process_time() - c
         passes = int(single.budget_passes.sum())
         print(f"in-process: {t_in:.2f} s, {passes} passes, {passes / t_in:.1f} passes/s")
 
@@ -89,10 +96,14 @@ def main() -> None:
             startup = time.perf_counter() - t
             cc = ComputeConfig(scheduler=cluster.scheduler_address, problems_per_shard=per_shard)
             source = FittedModelFiles.from_paths(mpath)
-            t = time.perf_counter()
+            procs = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+            cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
+            t, c = time.perf_counter(), time.process_time()
             with DistributedRun.open(client, source, clean, cc) as run:
                 sharded, results = run.generate(problems, eps, params, 3, "cpu", progress=False)
             t_cl = time.perf_counter() - t
+            # CPU seconds of the whole cluster: this process (client, scheduler, nannies) + the worker processes
+            cpu_cl = time.process_time() - c + sum(sum(p.cpu_times()[:2]) - c0 for p, c0 in zip(procs, cpu0))
     compute = sum(r.seconds for r in results)
     same = np.array_equal(single.pixels, sharded.pixels) and all(
         np.array_equal(getattr(single, c), getattr(sharded, c), equal_nan=c == "predicted_change")
@@ -101,8 +112,10 @@ def main() -> None:
     print(f"2-worker LocalCluster: {t_cl:.2f} s for {len(results)} shards; shards' compute summed {compute:.2f} s "
           f"({compute / t_in:.2f}x the in-process time); workers: {sorted({r.worker for r in results})}")
     print(f"identical to the in-process run bit for bit: {same}")
+    print(f"CPU seconds: in-process {cpu_in:.2f}, cluster {cpu_cl:.2f} (client + scheduler + nannies + workers)")
     print(f"load average now {os.getloadavg()[0]:.1f}")
-    print(f"speedup={t_in / t_cl:.2f} overhead_fraction={(2 * t_cl - t_in) / t_in:.3f}")
+    print(f"speedup={t_in / t_cl:.2f} overhead_fraction={(2 * t_cl - t_in) / t_in:.3f} "
+          f"cpu_overhead_fraction={(cpu_cl - cpu_in) / cpu_in:.3f}")
 
 
 if __name__ == "__main__":

@@ -150,3 +150,25 @@ def test_slurm_job_script_books_what_the_config_says():
     assert any(ln.startswith("#SBATCH --mem=") for ln in lines)
     worker = [ln for ln in lines if "dask_worker" in ln or "dask-worker" in ln]
     assert len(worker) == 1 and "tcp://127.0.0.1:" in worker[0] and "--nthreads 1" in worker[0]
+
+
+def test_stimuli_generate_prints_the_cost_and_refuses_a_plan_past_the_deadline(tmp_path, capsys):
+    from rig.cli import main
+    from tests.test_perturb_cli import _fitted_model_file
+
+    model = _fitted_model_file(tmp_path)
+    cfg = tmp_path / "c.toml"
+    args = ["stimuli", "generate", "--model", str(model), "--config", str(cfg), "--sites", "0,1",
+            "--images-per-site", "2", "--epsilons", "0.5,1", "--no-progress"]
+    cfg.write_text("[images]\nsize_px = 32\nn_clean = 6\n[perturb]\nrestarts = 50\nsteps = 40\n"
+                   "[compute]\nprobe_batches = 1\nmax_hours = 1e-6\n")
+    rc = main(args + ["--out", str(tmp_path / "late.npz")])
+    captured = capsys.readouterr()
+    assert rc == 2 and not (tmp_path / "late.npz").exists()
+    assert "passes/s on cpu" in captured.out and "expected time" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "refusing to generate" in err[0] and "compute.max_hours = 1e-06" in err[0]
+    assert "perturb.restarts" in err[0] and f"{2 * 2 * 2 * 2 * 50 * 10 + 2 * 2 * 2 * 2 * 13 * 30:,} passes" in err[0]
+    cfg.write_text("[images]\nsize_px = 32\nn_clean = 6\n[perturb]\nrestarts = 2\nsteps = 4\n"
+                   "[compute]\nprobe_batches = 1\nmax_hours = 24\n")
+    assert main(args + ["--out", str(tmp_path / "ok.npz")]) == 0 and (tmp_path / "ok.npz").exists()
