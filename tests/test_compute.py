@@ -172,3 +172,13 @@ def test_stimuli_generate_prints_the_cost_and_refuses_a_plan_past_the_deadline(t
     cfg.write_text("[images]\nsize_px = 32\nn_clean = 6\n[perturb]\nrestarts = 2\nsteps = 4\n"
                    "[compute]\nprobe_batches = 1\nmax_hours = 24\n")
     assert main(args + ["--out", str(tmp_path / "ok.npz")]) == 0 and (tmp_path / "ok.npz").exists()
+
+
+def test_random_controls_of_a_late_parent_alone():
+    """A shard holding only image 5 needs controls whose parent index exceeds their own count."""
+    from stimuli.perturb import random_controls
+
+    clean = builtin_images(6, SIZE, seed=2)
+    ss = random_controls(clean, [5], [0.5, 1.0], 1, seed=3)
+    assert list(ss.kind) == ["clean"] * 6 + ["random"] * 2 and list(ss.parent[6:]) == [5, 5]
+    assert np.all(ss.epsilon_shown[6:] <= ss.epsilon_requested[6:]) and np.all(ss.epsilon_shown[6:] > 0)
