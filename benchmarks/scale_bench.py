@@ -5,7 +5,7 @@
 Model: a fitted model file (the "tiny" backbone, random init, a ridge readout) shipped the
 production way (rig.loop.compute.FittedModelFiles: file bytes + sha256, once per worker).
 In-process: one stimuli.perturb.generate_perturbations call (compute.scheduler = "local")
-with torch's default threads. Cluster: LocalCluster(n_workers=2, processes=True,
+with torch's default threads. Cluster: LocalCluster(n_workers=2 (--workers), processes=True,
 threads_per_worker=1) on 127.0.0.1, started before the clock starts (its start-up is
 printed separately), then the payload (model file bytes + images) goes to both workers and
 each runs the same small warm-up as the in-process run did (printed separately, once per
@@ -60,6 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a smaller problem set")
     ap.add_argument("--per-shard", type=int, default=2, help="(image, site) pairs per shard")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster")
     args = ap.parse_args()
     from distributed import Client, LocalCluster
 
@@ -92,19 +93,19 @@ def main() -> None:
         print(f"in-process: {t_in:.2f} s, {passes} passes, {passes / t_in:.1f} passes/s")
 
         t = time.perf_counter()
-        with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+        with LocalCluster(n_workers=args.workers, processes=True, threads_per_worker=1, host="127.0.0.1",
                           dashboard_address=None, silence_logs=40) as cluster, \
                 Client(cluster, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+            client.wait_for_workers(args.workers, timeout=120)
             startup = time.perf_counter() - t
             cc = ComputeConfig(scheduler=cluster.scheduler_address, problems_per_shard=per_shard)
             source = FittedModelFiles.from_paths(mpath)
             procs = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
             t = time.perf_counter()
             with DistributedRun.open(client, source, clean, cc) as run:
-                # the same warm-up as in-process, once per worker: builds the model there (one-off per day)
+                # the same warm-up as in-process, on each worker: builds the model there (one-off per day)
                 warm = ComputeConfig(scheduler=cc.scheduler, problems_per_shard=1)
-                DistributedRun(client, run.payload, warm).generate(problems[:2], [0.5], PerturbParams(restarts=2, steps=2),
+                DistributedRun(client, run.payload, warm).generate(problems[:args.workers], [0.5], PerturbParams(restarts=2, steps=2),
                                                                    3, "cpu", progress=False)
                 t_once = time.perf_counter() - t
                 cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
@@ -119,15 +120,15 @@ def main() -> None:
     same = np.array_equal(single.pixels, sharded.pixels) and all(
         np.array_equal(getattr(single, c), getattr(sharded, c), equal_nan=c == "predicted_change")
         for c in single.COLUMNS)
-    print(f"cluster start-up (not timed below): {startup:.2f} s; payload to both workers + model build + "
+    print(f"cluster start-up (not timed below): {startup:.2f} s; payload to the workers + model build + "
           f"warm-up (not timed below): {t_once:.2f} s")
-    print(f"2-worker LocalCluster: {t_cl:.2f} s for {len(results)} shards; shards' compute summed {compute:.2f} s "
+    print(f"{args.workers}-worker LocalCluster: {t_cl:.2f} s for {len(results)} shards; shards' compute summed {compute:.2f} s "
           f"({compute / t_in:.2f}x the in-process time); workers: {sorted({r.worker for r in results})}")
     print(f"identical to the in-process run bit for bit: {same}")
     print(f"CPU seconds: in-process {cpu_in:.2f}, cluster {cpu_cl:.2f} = this process (client, scheduler, nannies) "
           f"{cpu_main:.2f} + workers {' + '.join(f'{w:.2f}' for w in cpu_workers)}")
     print(f"load average now {os.getloadavg()[0]:.1f}")
-    print(f"speedup={t_in / t_cl:.2f} overhead_fraction={(2 * t_cl - t_in) / t_in:.3f} "
+    print(f"speedup={t_in / t_cl:.2f} overhead_fraction={(args.workers * t_cl - t_in) / t_in:.3f} "
           f"cpu_overhead_fraction={(cpu_cl - cpu_in) / cpu_in:.3f}")
 
 
