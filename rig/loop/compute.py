@@ -323,8 +323,9 @@ class DistributedRun:
                 res = fut.result()
             except KilledWorker:
                 if attempt >= max_resubmits:
-                    raise UserError(f"shard {sh.index} killed its worker {attempt + 1} times (out of memory? "
-                                    "lower perturb.max_batch_rows or compute.problems_per_shard)") from None
+                    raise UserError(f"shard {sh.index}: every worker that ran it died ({attempt + 1} rounds of the "
+                                    "scheduler's allowed failures); out of memory? lower perturb.max_batch_rows or "
+                                    "compute.problems_per_shard") from None
                 new = submit(sh, attempt + 1)
                 futures[new] = (sh, attempt + 1)
                 ac.add(new)
