@@ -539,6 +539,54 @@ class ArrayConfig:
 
 
 @dataclass
+class ComputeConfig:
+    scheduler: str = "local"
+    problems_per_shard: int = 4
+    probe_batches: int = 3
+    max_hours: float = 0.0
+    deadline: str = ""
+    connect_timeout_s: float = 30.0
+    torch_threads: int = 0
+    slurm_queue: str = ""
+    slurm_account: str = ""
+    slurm_jobs: int = 2
+    slurm_cores: int = 8
+    slurm_memory: str = "32GB"
+    slurm_walltime: str = "08:00:00"
+    slurm_gpus: int = 0
+    slurm_interface: str = ""
+    slurm_job_extra: list[str] = field(default_factory=list)
+
+    def check(self):
+        out = []
+        if not (self.scheduler in ("local", "slurm") or self.scheduler.startswith("tcp://")):
+            out.append(("scheduler", self.scheduler, '"local", "slurm" or a Dask scheduler address "tcp://host:8786"'))
+        for k in ("problems_per_shard", "probe_batches", "slurm_jobs", "slurm_cores"):
+            if getattr(self, k) < 1:
+                out.append((k, getattr(self, k), "an integer >= 1"))
+        for k in ("slurm_gpus", "torch_threads"):
+            if getattr(self, k) < 0:
+                out.append((k, getattr(self, k), "an integer >= 0"))
+        if not (math.isfinite(self.max_hours) and self.max_hours >= 0):
+            out.append(("max_hours", self.max_hours, "hours >= 0 (0 = no limit)"))
+        if not self.connect_timeout_s > 0:
+            out.append(("connect_timeout_s", self.connect_timeout_s, "seconds > 0"))
+        if self.deadline:
+            import datetime as _dt
+            import re as _re
+            ok = bool(_re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", self.deadline))
+            if not ok:
+                try:
+                    _dt.datetime.fromisoformat(self.deadline)
+                    ok = True
+                except ValueError:
+                    ok = False
+            if not ok:
+                out.append(("deadline", self.deadline, '"" (none), a clock time "HH:MM" or an ISO date-time "2026-12-01T07:00"'))
+        return out
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     rsvp: RsvpConfig = field(default_factory=RsvpConfig)
@@ -562,6 +610,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     live_monitor: LiveMonitorConfig = field(default_factory=LiveMonitorConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,7 +33,7 @@ def random_stimuli(clean: np.ndarray, parents: np.ndarray, sites: np.ndarray | N
                    n_per_image: int, seed: int) -> StimulusSet:
     """``n_per_image`` controls per (parent, site) and epsilon, kind "random", no prediction.
 
-    Parents index ``clean``; each draw has its own seed (seed, parent, site, epsilon, j).
+    Parents index ``clean`` (not the returned set: join it after the clean images); each draw has its own seed (seed, parent, site, epsilon, j).
     """
     rows = []
     for k, p in enumerate(parents):
@@ -49,6 +49,9 @@ def random_stimuli(clean: np.ndarray, parents: np.ndarray, sites: np.ndarray | N
         d = random_direction(clean[p], e, rng) if e > 0 else np.zeros(clean.shape[1:])
         px[r], shown[r] = quantize_perturbation(clean[p], d, e)
     n = len(rows)
-    return StimulusSet(px, kind=np.array(["random"] * n, dtype=object), parent=[r[0] for r in rows],
-                       site=[r[1] for r in rows], epsilon_requested=[r[2] for r in rows], epsilon_shown=shown,
-                       direction=np.zeros(n), predicted_change=np.full(n, np.nan), budget_passes=np.zeros(n))
+    out = StimulusSet(px, kind=np.array(["random"] * n, dtype=object), parent=np.full(n, -1),
+                      site=[r[1] for r in rows], epsilon_requested=[r[2] for r in rows], epsilon_shown=shown,
+                      direction=np.zeros(n), predicted_change=np.full(n, np.nan), budget_passes=np.zeros(n))
+    # parents index the caller's clean set, not this set (which may be shorter than the largest parent index)
+    out.parent = np.array([r[0] for r in rows], dtype=np.int64)
+    return out

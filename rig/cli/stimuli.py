@@ -9,6 +9,11 @@ epsilon in both directions (``[perturb]`` settings), plus the model-free random 
 The result is written to FILE (``.npz``: ``pixels`` uint8 (n, H, W, 3) and one array per
 provenance column of :class:`stimuli.stimset.StimulusSet`), atomically (temp file + rename).
 A progress bar shows problems done, rows per second and the ETA (``--no-progress`` hides it).
+
+Before generating, the cost is printed: passes, the measured passes/s on the device (a few
+timed batches), expected time and peak memory; a run that would end after
+``compute.deadline`` / ``compute.max_hours`` is refused. ``[compute] scheduler`` spreads the
+work over a Dask cluster (a ``tcp://`` scheduler address or ``"slurm"``), in shards.
 """
 from __future__ import annotations
 
@@ -90,17 +95,25 @@ def load_stimulus_set(path: str | Path):
 def cmd_generate(args) -> int:
     from modelfit.store import load_fitted
     from stimuli.images import clean_images
-    from stimuli.perturb import PerturbParams, generate_perturbations
+    from rig.loop.compute import FittedModelFiles, generate_stimuli
+    from stimuli.perturb import PerturbParams
 
     cfg = load_config(args.config)
     if not Path(args.model).is_file():
         raise UserError(f"--model {args.model}: no such file; fit one with `itloop model fit`")
-    try:
-        fitted = load_fitted(args.model)
-        device = args.device or cfg.model.device
-        model = fitted.module(args.weights, device=device)
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"--model {args.model}: cannot be used: {exc}") from None
+    device = args.device or cfg.model.device
+
+    def build(make):
+        try:
+            return make()
+        except (OSError, KeyError, ValueError) as exc:
+            raise UserError(f"--model {args.model}: cannot be used: {exc}") from None
+
+    fitted = build(lambda: load_fitted(args.model))
+    if cfg.compute.scheduler == "local":  # fail early, before images and the cost probe, on an unusable model
+        module = build(lambda: fitted.module(args.weights, device=device))
+    else:
+        module = None
     n_sites = fitted.n_sites
     sites = args.sites if args.sites is not None else list(range(min(cfg.experiment.sites_per_day, n_sites)))
     bad = [s for s in sites if not 0 <= s < n_sites]
@@ -118,8 +131,10 @@ def cmd_generate(args) -> int:
     rng = np.random.default_rng(seed)
     problems = [(int(i), int(s)) for s in sites for i in np.sort(rng.choice(len(clean), per_site, replace=False))]
     try:
-        ss = generate_perturbations(model, clean, problems, epsilons, params, seed=seed, device=device,
-                                    progress=not args.no_progress)
+        ss = generate_stimuli(cfg.compute, clean, problems, epsilons, params, seed=seed, device=device,
+                              module_factory=lambda: module,
+                              source_factory=lambda: FittedModelFiles.from_paths(args.model, args.weights),
+                              progress=not args.no_progress, report=lambda line: print(line, flush=True))
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     out = save_stimulus_set(args.out, ss)

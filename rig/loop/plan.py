@@ -33,7 +33,8 @@ from rig.session.schedule import build_schedule
 from rig.loop.fit import fit_days
 from rig.loop.preflight import preflight
 from modelfit.store import load_fitted
-from stimuli.perturb import PerturbParams, generate_perturbations
+from rig.loop.compute import FittedModelFiles, generate_stimuli
+from stimuli.perturb import PerturbParams
 
 
 def code_version() -> str:
@@ -95,7 +96,6 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
             raise UserError(f"{p} is not complete; finish it with `itloop day run --day {d} --out {folder} --resume`")
     mpath = ensure_model(cfg, folder, day - 1, progress, days)
     model = load_fitted(mpath)
-    module = model.module(weights=cfg.model.weights or None, device=cfg.model.device)
     targets = target_sites(model, cfg.experiment.sites_per_day)
     screening = days.read(day_path(folder, 0))
     pool = np.flatnonzero(screening.stimuli.kind == "clean")
@@ -110,8 +110,13 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
         print(f"day {day}: perturbing {len(unique)} clean images for {len(targets)} sites at "
               f"{len(cfg.experiment.epsilons)} epsilons, both directions ({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)",
               flush=True)
-    stimset = generate_perturbations(module, clean, problems, list(cfg.experiment.epsilons), params,
-                                     seed=cfg.day_seed(day), device=cfg.model.device, progress=progress)
+    stimset = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
+                               seed=cfg.day_seed(day), device=cfg.model.device,
+                               module_factory=lambda: model.module(weights=cfg.model.weights or None,
+                                                                   device=cfg.model.device),
+                               source_factory=lambda: FittedModelFiles.from_paths(mpath, cfg.model.weights or None),
+                               progress=progress, report=(lambda line: print(f"day {day}: {line}", flush=True))
+                               if progress else None)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)

@@ -1,0 +1,418 @@
+"""Where a day's perturbations are computed: in this process, or in shards on Dask distributed.
+
+``[compute] scheduler``:
+
+- ``"local"``: one :func:`stimuli.perturb.generate_perturbations` call in this process
+  (the behaviour before sharding existed);
+- ``"tcp://host:8786"``: a running Dask scheduler (``dask scheduler`` plus ``dask worker``
+  processes, one per GPU);
+- ``"slurm"``: a Dask cluster of SLURM jobs through ``dask-jobqueue`` (``slurm_*`` keys).
+
+On Dask, the problem list is cut into shards of ``problems_per_shard`` (image, site) pairs
+(:mod:`stimuli.shards`). Each shard is a task whose arguments are the model's and the
+images' sha256, the shard's problems, the epsilons, the optimiser parameters and the seed;
+the model files and the clean images themselves travel once per worker, inside a worker
+plugin (:class:`DayPayload`) that every worker (also one started later, e.g. to replace a
+killed one) receives when it joins. The model is built once per worker process. Task keys
+are derived from the task's inputs, so a shard is never computed twice at once; a worker
+that dies takes its running shards with it and the scheduler runs them again elsewhere;
+:func:`stimuli.shards.merge_shards` refuses a result with a shard missing or duplicated.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modelfit.backbone import file_sha256
+from rig.config import ComputeConfig
+from rig.errors import UserError
+from stimuli.cost import PassRate, measure_pass_rate
+from stimuli.perturb import PerturbParams
+from stimuli.shards import ShardResult, merge_shards, solve_shard, split_problems
+from stimuli.stimset import StimulusSet
+
+
+# ----------------------------------------------------------------------------- the model, as files
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class FittedModelFiles:
+    """A fitted model (``itloop model fit`` output) and its backbone weights file, as bytes.
+
+    ``weights`` is None for a randomly initialised backbone (built from its seed). The
+    sha256 of each file is checked again where the model is built.
+    """
+
+    fitted: bytes
+    weights: bytes | None
+    fitted_sha256: str = ""
+    weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        self.fitted_sha256 = _sha256(self.fitted)
+        self.weights_sha256 = _sha256(self.weights) if self.weights is not None else "random-init"
+
+    @property
+    def sha256(self) -> str:
+        """One digest naming the exact model (fitted file + weights file)."""
+        return _sha256(f"{self.fitted_sha256}:{self.weights_sha256}".encode())
+
+    @classmethod
+    def from_paths(cls, model_path: str | os.PathLike, weights: str | os.PathLike | None = None) -> "FittedModelFiles":
+        """Read ``model_path`` and the weights file it was fitted with (``weights`` if it moved)."""
+        from modelfit.store import load_fitted
+
+        fitted = load_fitted(model_path)
+        if fitted.random_init:
+            return cls(Path(model_path).read_bytes(), None)
+        wpath = str(weights) if weights else fitted.weights_path
+        if not wpath or not Path(wpath).is_file():
+            raise UserError(f"model {model_path}: its weights file {wpath!r} does not exist; pass the weights file "
+                            "(model.weights / --weights)")
+        if file_sha256(wpath) != fitted.weights_sha256:
+            raise UserError(f"weights file {wpath} is not the one {model_path} was fitted with (sha256 differs); "
+                            "pass the original weights file")
+        return cls(Path(model_path).read_bytes(), Path(wpath).read_bytes())
+
+    def build(self, device: str = "cpu"):
+        """The images -> (B, S) torch module, built from the bytes (checked against their sha256)."""
+        from modelfit.store import load_fitted
+
+        if _sha256(self.fitted) != self.fitted_sha256 or (
+                self.weights is not None and _sha256(self.weights) != self.weights_sha256):
+            raise ValueError("model bytes do not match their sha256; the payload was corrupted in transit")
+        with tempfile.TemporaryDirectory(prefix="itloop-model-") as tmp:
+            mpath = Path(tmp) / "model.h5"
+            mpath.write_bytes(self.fitted)
+            wpath = None
+            if self.weights is not None:
+                wpath = Path(tmp) / "weights.pt"
+                wpath.write_bytes(self.weights)
+            return load_fitted(mpath).module(weights=wpath, device=device)
+
+
+def images_sha256(clean: np.ndarray) -> str:
+    """sha256 of a uint8 image array's shape and bytes."""
+    h = hashlib.sha256(repr(clean.shape).encode())
+    h.update(np.ascontiguousarray(clean).tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- worker side
+try:  # a base class only; the distributed path imports the rest when it is used
+    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover - dask is a dependency; keep "local" working without it
+    _WorkerPlugin = object
+
+
+def relax_malloc() -> bool:
+    """Undo Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` in a worker (its nanny's pre-spawn default):
+    with it glibc returns and re-faults every freed tensor buffer, which nearly doubled the
+    CPU time of a shard here (DESIGN section 7 saw the same 2.4x). Sets the trim threshold
+    to 1 GiB and the mmap threshold to 32 MiB through ``mallopt``; True when it could."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
+class DayPayload(_WorkerPlugin):
+    """What every worker of a run needs once: the model source and the clean images.
+
+    ``source``: anything with ``sha256`` and ``build(device)`` (:class:`FittedModelFiles`).
+    The built model is cached per device for the worker's life; ``loads`` counts builds.
+    """
+
+    idempotent = True
+
+    def __init__(self, source, clean: np.ndarray) -> None:
+        self.source = source
+        self.clean = np.ascontiguousarray(clean)
+        self.key = _sha256(f"{source.sha256}:{images_sha256(self.clean)}".encode())
+        self.name = f"itloop-day-{self.key[:20]}"
+        self._models: dict[str, object] = {}
+        self.loads = 0
+
+    def setup(self, worker=None) -> None:
+        self._models, self.loads = {}, 0
+        relax_malloc()
+
+    def teardown(self, worker=None) -> None:
+        self._models.clear()
+
+    def model(self, device: str):
+        if device not in self._models:
+            self._models[device] = self.source.build(device)
+            self.loads += 1
+        return self._models[device]
+
+
+def _payload(name: str, key: str) -> DayPayload:
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(name)
+    if plugin is None or plugin.key != key:
+        raise RuntimeError(f"worker has no payload {name} with key {key[:16]}; it was not registered")
+    return plugin
+
+
+def _run_shard(name: str, key: str, index: int, problems: list[tuple[int, int]], epsilons: list[float],
+               params: dict, seed: int, device: str, torch_threads: int) -> ShardResult:
+    """One shard on a worker: a pure function of (model sha256 + images sha256 = ``key``, problems, epsilons, params, seed)."""
+    import torch
+
+    plugin = _payload(name, key)
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    res = solve_shard(plugin.model(device), plugin.clean, problems, epsilons, PerturbParams(**params), seed, device, index)
+    res.model_loads = plugin.loads
+    return res
+
+
+def _run_probe(name: str, key: str, sites: list[int], params: dict, device: str, batches: int,
+               torch_threads: int) -> PassRate:
+    import torch
+
+    plugin = _payload(name, key)
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    return measure_pass_rate(plugin.model(device), plugin.clean, sites, PerturbParams(**params), device, batches)
+
+
+# ----------------------------------------------------------------------------- clusters
+def slurm_cluster_kwargs(cc: ComputeConfig) -> dict:
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` from ``[compute]``: one Dask worker per
+    SLURM job, running one shard at a time (``cores=1``: one task thread) on ``slurm_cores``
+    booked CPUs (``job_cpu``; torch uses them, see :func:`shard_torch_threads`)."""
+    extra = [f"--gres=gpu:{cc.slurm_gpus}"] if cc.slurm_gpus else []
+    kw = dict(cores=1, job_cpu=cc.slurm_cores, processes=1, memory=cc.slurm_memory, walltime=cc.slurm_walltime,
+              job_name="itloop", job_extra_directives=extra + list(cc.slurm_job_extra))
+    if cc.slurm_queue:
+        kw["queue"] = cc.slurm_queue
+    if cc.slurm_account:
+        kw["account"] = cc.slurm_account
+    if cc.slurm_interface:
+        kw["interface"] = cc.slurm_interface
+    return kw
+
+
+def shard_torch_threads(cc: ComputeConfig) -> int:
+    """torch threads per shard: ``torch_threads``, or on SLURM (when 0) the job's ``slurm_cores``; 0 = leave as is."""
+    if cc.torch_threads:
+        return cc.torch_threads
+    return cc.slurm_cores if cc.scheduler == "slurm" else 0
+
+
+def make_slurm_cluster(cc: ComputeConfig, **extra):
+    """A ``dask_jobqueue.SLURMCluster`` (no job submitted yet; ``scale(jobs=...)`` submits)."""
+    from dask_jobqueue import SLURMCluster
+
+    return SLURMCluster(**{**slurm_cluster_kwargs(cc), **extra})
+
+
+@contextlib.contextmanager
+def dask_client(cc: ComputeConfig) -> Iterator:
+    """A ``distributed.Client`` on ``compute.scheduler`` with at least one worker; closed after."""
+    from distributed import Client
+
+    cluster = None
+    try:
+        if cc.scheduler == "slurm":
+            cluster = make_slurm_cluster(cc)
+            cluster.scale(jobs=cc.slurm_jobs)
+            client = Client(cluster, timeout=cc.connect_timeout_s)
+        else:
+            client = Client(cc.scheduler, timeout=cc.connect_timeout_s)
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise UserError(f"compute.scheduler = {cc.scheduler!r}: no Dask scheduler answered within "
+                        f"{cc.connect_timeout_s:g} s ({exc}); start one (`dask scheduler` and `dask worker ADDRESS`) "
+                        "or set compute.scheduler = \"local\"") from None
+    try:
+        try:
+            client.wait_for_workers(1, timeout=cc.connect_timeout_s)
+        except TimeoutError:
+            raise UserError(f"compute.scheduler = {cc.scheduler!r}: no Dask worker joined within "
+                            f"{cc.connect_timeout_s:g} s (compute.connect_timeout_s); start workers or raise the "
+                            "timeout") from None
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_slots(client) -> int:
+    """Shards the cluster runs at once: the sum of its workers' threads."""
+    return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values()))
+
+
+# ----------------------------------------------------------------------------- the distributed run
+@dataclass
+class DistributedRun:
+    """A registered payload on a cluster: probe it, then generate every shard through it."""
+
+    client: object
+    payload: DayPayload
+    cc: ComputeConfig
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, client, source, clean: np.ndarray, cc: ComputeConfig) -> Iterator["DistributedRun"]:
+        payload = DayPayload(source, clean)
+        client.register_plugin(payload, name=payload.name)
+        try:
+            yield cls(client, payload, cc)
+        finally:
+            with contextlib.suppress(Exception):
+                client.unregister_worker_plugin(payload.name)
+
+    def probe(self, sites: Sequence[int], params: PerturbParams, device: str) -> PassRate:
+        """Passes/s and peak memory of one worker (a task on one of them)."""
+        fut = self.client.submit(_run_probe, self.payload.name, self.payload.key, [int(s) for s in sites],
+                                 dataclasses.asdict(params), device, self.cc.probe_batches, shard_torch_threads(self.cc),
+                                 pure=False)
+        return fut.result()
+
+    def generate(self, problems: Sequence[tuple[int, int]], epsilons: Sequence[float], params: PerturbParams,
+                 seed: int, device: str, progress: bool = True, expected_passes: int | None = None,
+                 max_resubmits: int = 2) -> tuple[StimulusSet, list[ShardResult]]:
+        """Every shard on the cluster, merged in the single run's order; returns (stimuli, shard results)."""
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        problems = [(int(i), int(s)) for i, s in problems]
+        eps = [float(e) for e in epsilons]
+        shards = split_problems(len(problems), self.cc.problems_per_shard)
+        pdict = dataclasses.asdict(params)
+
+        def submit(sh, attempt: int):
+            token = _sha256(repr((self.payload.key, problems[sh.start:sh.stop], eps, sorted(pdict.items()), seed,
+                                  device, attempt)).encode())
+            return self.client.submit(_run_shard, self.payload.name, self.payload.key, sh.index,
+                                      problems[sh.start:sh.stop], eps, pdict, int(seed), device,
+                                      shard_torch_threads(self.cc), key=f"itloop-shard-{sh.index}-{token[:24]}")
+
+        futures = {submit(sh, 0): (sh, 0) for sh in shards}
+        results: dict[int, ShardResult] = {}
+        bar = _Progress(len(shards), expected_passes, progress)
+        ac = as_completed(list(futures))
+        for fut in ac:
+            sh, attempt = futures.pop(fut)
+            try:
+                res = fut.result()
+            except KilledWorker:
+                if attempt >= max_resubmits:
+                    raise UserError(f"shard {sh.index}: every worker that ran it died ({attempt + 1} rounds of the "
+                                    "scheduler's allowed failures); out of memory? lower perturb.max_batch_rows or "
+                                    "compute.problems_per_shard") from None
+                new = submit(sh, attempt + 1)
+                futures[new] = (sh, attempt + 1)
+                ac.add(new)
+                continue
+            if res.index in results:
+                raise RuntimeError(f"shard {res.index} came back twice")
+            results[res.index] = res
+            bar.update(res)
+        bar.close()
+        return merge_shards(self.payload.clean, list(results.values()), len(shards)), list(results.values())
+
+
+class _Progress:
+    """Shards done, passes/s and ETA on one line (stderr)."""
+
+    def __init__(self, total: int, expected_passes: int | None, enabled: bool) -> None:
+        self.total, self.expected, self.enabled = total, expected_passes, enabled
+        self.done, self.passes, self.t0 = 0, 0, time.perf_counter()
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, unit="shard", desc="shards", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, res: ShardResult) -> None:
+        self.done += 1
+        self.passes += res.passes
+        if self.bar is None:
+            return
+        el = time.perf_counter() - self.t0
+        rate = self.passes / el if el > 0 else 0.0
+        post = {"passes_per_s": f"{rate:.1f}"}
+        if self.expected and rate > 0:
+            left = max(self.expected - self.passes, 0) / rate
+            post["eta"] = time.strftime("%H:%M:%S", time.gmtime(left))
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------- one entry point
+def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tuple[int, int]],
+                     epsilons: Sequence[float], params: PerturbParams, seed: int, device: str, *,
+                     module_factory, source_factory, progress: bool = True, report=print) -> StimulusSet:
+    """Measure, estimate, check the deadline, then generate (in-process or on Dask, per ``cc.scheduler``).
+
+    ``module_factory()`` builds the model in this process (used only by ``"local"``);
+    ``source_factory()`` gives the model as a shippable source (:class:`FittedModelFiles`,
+    used only on Dask). ``report``: where the cost lines go (None = nowhere).
+    Raises :class:`rig.errors.UserError` when the run could not end before the deadline.
+    """
+    from rig.loop.budget import Estimate, check_deadline
+    from stimuli.cost import engine_state_bytes, run_passes
+    from stimuli.perturb import generate_perturbations
+
+    problems = [(int(i), int(s)) for i, s in problems]
+    sites = sorted({s for _, s in problems}) or [0]
+    local = cc.scheduler == "local"
+    n_shards = 1 if local else len(split_problems(len(problems), cc.problems_per_shard))
+    size = run_passes(len(problems), len(clean), epsilons, params, n_shards)
+    state = engine_state_bytes(params, clean.shape[1:], len(clean), size.stimuli)
+
+    def estimate(rate: PassRate, workers: int) -> Estimate:
+        est = Estimate(size, rate, workers, rate.peak_bytes + state)
+        if report is not None:
+            for line in est.lines():
+                report(line)
+        check_deadline(est, cc)
+        return est
+
+    if local:
+        model = module_factory()
+        if problems:
+            estimate(measure_pass_rate(model, clean, sites, params, device, cc.probe_batches), 1)
+        return generate_perturbations(model, clean, problems, list(epsilons), params, seed=seed, device=device,
+                                      progress=progress)
+    with dask_client(cc) as client, DistributedRun.open(client, source_factory(), clean, cc) as run:
+        workers = worker_slots(client)
+        if cc.scheduler == "slurm":
+            workers = max(workers, cc.slurm_jobs)
+        if report is not None:
+            report(f"compute: {len(problems)} (image, site) pairs in {n_shards} shards on {cc.scheduler} "
+                   f"({workers} worker slot(s) now)")
+        if problems:
+            estimate(run.probe(sites, params, device), workers)
+        ss, _ = run.generate(problems, epsilons, params, seed, device, progress=progress,
+                             expected_passes=size.passes)
+        return ss

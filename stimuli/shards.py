@@ -1,0 +1,177 @@
+"""A day's perturbation problems in shards: the pure shard function, the split and the merge.
+
+A *problem* here is one (clean image index, site index) pair of
+:func:`stimuli.perturb.generate_perturbations`; it expands to every epsilon in both
+directions (and its random controls). A *shard* is a contiguous block of the problem list.
+
+:func:`solve_shard` runs the engine (:func:`stimuli.perturb.iter_solutions`) on the **full**
+clean image set and the shard's problems only, with the day's seed, and assembles the
+stimuli exactly as :func:`stimuli.perturb.generate_perturbations` does. The engine seeds every restart from (seed, image index,
+site, epsilon, direction, restart) and every random control from (seed, parent, site,
+epsilon, draw), and computes the clean predictions over the full image set in the same
+batches, so a shard's stimuli are exactly the single run's stimuli for those problems,
+provided the model evaluates each row independently of the other rows in its batch
+(true bit for bit for row-separable models; for convolution networks on CPU the engine's
+own guarantee is agreement to float rounding, about 1e-5 relative; see the README).
+
+:func:`merge_shards` puts the pieces back in the single run's order: the clean images,
+then every targeted stimulus problem-major (epsilon, then direction +1, -1), then every
+random control, and refuses a set of pieces with a shard missing or duplicated.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+import torch
+
+from stimuli.controls import random_stimuli
+from stimuli.objective import SiteObjective
+from stimuli.perturb import PerturbParams, iter_solutions, validate_epsilons, validate_images, validate_problems
+from stimuli.quantize import quantize_perturbation
+from stimuli.stimset import StimulusSet
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Problems ``start:stop`` of the day's problem list; ``index`` counts shards from 0."""
+
+    index: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def split_problems(n_problems: int, problems_per_shard: int) -> list[Shard]:
+    """Contiguous shards of at most ``problems_per_shard`` problems each, covering all of them in order."""
+    if int(problems_per_shard) != problems_per_shard or problems_per_shard < 1:
+        raise ValueError(f"problems_per_shard = {problems_per_shard!r} is impossible; expected an integer >= 1")
+    if n_problems < 0:
+        raise ValueError(f"n_problems = {n_problems} is impossible; expected >= 0")
+    k = int(problems_per_shard)
+    return [Shard(i, a, min(a + k, n_problems)) for i, a in enumerate(range(0, n_problems, k))]
+
+
+@dataclass
+class ShardResult:
+    """What one shard produced: its targeted stimuli and random controls, each as a dict of
+    arrays (``pixels`` plus every :attr:`StimulusSet.COLUMNS`; parents index the full clean
+    set), the passes it spent, how long it took (seconds) and where it ran (host:pid)."""
+
+    index: int
+    targeted: dict[str, np.ndarray] | None
+    controls: dict[str, np.ndarray] | None
+    passes: int
+    seconds: float
+    worker: str = ""
+    model_loads: int = 0    # times the process that ran it had built the model (set by the distributed runner)
+
+
+def _to_float(clean: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(clean).to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.ndarray, clean_site_values: torch.Tensor,
+                      batch: int, device, clean: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """``f_site(shown) - f_site(clean)`` (spikes) in batches of ``batch``; exactly 0 where shown == clean."""
+    out = np.zeros(len(pixels))
+    for i in range(0, len(pixels), batch):
+        xb = _to_float(pixels[i:i + batch], device)
+        f = objective.predict(xb, torch.as_tensor(np.asarray(sites[i:i + batch]), device=xb.device))
+        out[i:i + batch] = (f - clean_site_values[i:i + batch].to(f.device)).double().cpu().numpy()
+    same = np.array([np.array_equal(pixels[k], clean[parents[k]]) for k in range(len(pixels))], dtype=bool)
+    return np.where(same, 0.0, out)
+
+
+def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], epsilons: Sequence[float],
+                params: PerturbParams, seed: int, device: str = "cpu", index: int = 0) -> ShardResult:
+    """The stimuli of ``problems`` (a block of the day's list) as the single run makes them.
+
+    ``clean``: the day's full uint8 clean set (N, H, W, 3), never a subset (image indices
+    are part of every seed). ``epsilons``: L2 norms (pixels in [0,1]). Pure: the result is a
+    function of (model, clean, problems, epsilons, params, seed) only.
+
+    Mirrors :func:`stimuli.perturb.generate_perturbations` step by step (clean predictions in
+    batches of ``max_batch_rows`` over the full set, :func:`iter_solutions`, uint8
+    quantisation, recomputed predictions, random controls) through the engine's public
+    functions: ``generate_perturbations`` itself refuses a problem list whose largest image
+    index is not below its number of output stimuli (its StimulusSet's parent check), which
+    a shard's short list often is.
+    """
+    t = time.perf_counter()
+    params = params.check()
+    clean = validate_images(clean)
+    eps_list = validate_epsilons(epsilons)
+    objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
+    x = _to_float(clean, device)
+    b = params.max_batch_rows
+    with objective.session():
+        clean_values = torch.cat([objective.predict_all(x[i:i + b]) for i in range(0, len(x), b)])
+        img, sites = validate_problems(list(problems), len(clean), clean_values.shape[1])
+        pi = np.repeat(np.arange(len(img)), len(eps_list) * 2)
+        ei = np.tile(np.repeat(np.arange(len(eps_list)), 2), len(img))
+        sg = np.tile([1, -1], len(img) * len(eps_list))
+        u_img, u_site, u_eps = img[pi], sites[pi], np.asarray(eps_list)[ei]
+        n_u = len(pi)
+        shown = np.empty((n_u,) + clean.shape[1:], dtype=np.uint8)
+        eps_shown = np.zeros(n_u)
+        budget = np.zeros(n_u, dtype=np.int64)
+        for sol in iter_solutions(objective, x, u_img, u_site, u_eps, sg, params, seed, False, clean_values):
+            k = sol.problem
+            shown[k], eps_shown[k] = quantize_perturbation(clean[u_img[k]], sol.delta.permute(1, 2, 0).numpy(), u_eps[k])
+            budget[k] = sol.passes
+        targeted = controls = None
+        if n_u:
+            targeted = {"pixels": shown, "kind": np.array(["targeted"] * n_u, dtype=object),
+                        "parent": u_img.astype(np.int64), "site": u_site.astype(np.int64),
+                        "epsilon_requested": u_eps.astype(np.float64), "epsilon_shown": eps_shown,
+                        "direction": sg.astype(np.int8), "budget_passes": budget,
+                        "predicted_change": _predicted_change(objective, shown, u_site, clean_values[u_img, u_site], b,
+                                                              device, clean, u_img)}
+        if params.random_controls_per_image > 0 and len(img):
+            ctrl = random_stimuli(clean, img, sites, eps_list, params.random_controls_per_image, seed)
+            controls = {"pixels": ctrl.pixels, **{c: getattr(ctrl, c) for c in StimulusSet.COLUMNS}}
+            controls["predicted_change"] = _predicted_change(objective, ctrl.pixels, ctrl.site,
+                                                             clean_values[ctrl.parent, ctrl.site], b, device, clean,
+                                                             ctrl.parent)
+    return ShardResult(index, targeted, controls, int(budget.sum()), time.perf_counter() - t,
+                       f"{socket.gethostname()}:{os.getpid()}")
+
+
+def merge_shards(clean: np.ndarray, results: Sequence[ShardResult], n_shards: int) -> StimulusSet:
+    """The single run's :class:`StimulusSet` from its ``n_shards`` pieces (any order).
+
+    Raises ValueError naming the shards that are missing or appear more than once.
+    """
+    seen = [r.index for r in results]
+    missing = sorted(set(range(n_shards)) - set(seen))
+    dup = sorted({i for i in seen if seen.count(i) > 1})
+    extra = sorted(set(seen) - set(range(n_shards)))
+    if missing or dup or extra:
+        raise ValueError(f"cannot merge shards: missing {missing}, duplicated {dup}, unknown {extra} "
+                         f"(expected each of 0..{n_shards - 1} exactly once)")
+    ordered = sorted(results, key=lambda r: r.index)
+    first = StimulusSet(clean)
+    parts = [{"pixels": first.pixels, **{c: getattr(first, c) for c in StimulusSet.COLUMNS}}]
+    parts += [r.targeted for r in ordered if r.targeted is not None]
+    parts += [r.controls for r in ordered if r.controls is not None]
+    if len(parts) == 1:
+        return first
+    cols = {c: np.concatenate([p[c] for p in parts]) for c in ("pixels",) + StimulusSet.COLUMNS}
+    return StimulusSet(cols.pop("pixels"), **cols)
+
+
+def solve_in_shards(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], epsilons: Sequence[float],
+                    params: PerturbParams, seed: int, problems_per_shard: int, device: str = "cpu") -> StimulusSet:
+    """Every shard in this process, one after the other, merged (the reference for the distributed path)."""
+    shards = split_problems(len(problems), problems_per_shard)
+    results = [solve_shard(model, clean, problems[s.start:s.stop], epsilons, params, seed, device, s.index)
+               for s in shards]
+    return merge_shards(clean, results, len(shards))
