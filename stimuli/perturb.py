@@ -570,9 +570,11 @@ def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, i
             budget[k] = sol.passes
         change = _predicted_change(objective, shown, u_site, clean_values[u_img, u_site], params.max_batch_rows, device)
         change = _zero_where_unchanged(change, shown, clean, u_img)
-        targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=u_img, site=u_site,
-                               epsilon_requested=u_eps, epsilon_shown=eps_shown, direction=sg,
+        targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=np.full(n_u, -1),
+                               site=u_site, epsilon_requested=u_eps, epsilon_shown=eps_shown, direction=sg,
                                predicted_change=change, budget_passes=budget)
+        # parents index the clean set this is joined to, which may be longer than this set
+        targeted.parent = np.asarray(u_img, dtype=np.int64)
         parts = [StimulusSet(clean), targeted]
         if params.random_controls_per_image > 0 and len(img):
             ctrl = random_stimuli(clean, img, sites, eps_list, params.random_controls_per_image, seed)

@@ -167,3 +167,18 @@ def test_model_state_is_restored():
     m.train()
     generate_perturbations(m, GOOD, [(0, 1)], [0.5], PerturbParams(restarts=2, steps=3), progress=False)
     assert m.training and all(p.requires_grad for p in m.parameters())
+
+
+def test_a_single_problem_on_a_late_image_is_generated():
+    """Parents index the clean set: one problem on image 5 of 6 gives 6 clean + 2 targeted (+ its random controls)."""
+    import torch
+
+    from stimuli.perturb import PerturbParams, generate_perturbations
+
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    clean = np.random.default_rng(0).integers(40, 200, (6, 8, 8, 3), dtype=np.uint8)
+    out = generate_perturbations(lin, clean, [(5, 0)], [0.5], PerturbParams(restarts=2, steps=3), seed=0)
+    targeted = out.kind == "targeted"
+    assert (out.kind == "clean").sum() == 6 and targeted.sum() == 2
+    assert (out.parent[out.kind != "clean"] == 5).all() and (out.parent[out.kind == "clean"] == -1).all()
