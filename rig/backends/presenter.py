@@ -95,6 +95,28 @@ def eye_and_reward_fields(res: TrialResult) -> dict:
             "reward_kind": res.array("reward_kind", np.int8)}
 
 
+def open_presenter(client: PresenterClient, session: SessionInfo, stimuli, *, wait_s: float,
+                   fixation_window_deg: float, configure_extra: dict) -> dict:
+    """Greet (or wait for) the presenter, configure the session's RSVP, send and verify every
+    image and preload it; returns the presenter's setup (frame counts, preload report)."""
+    client.session = session.session_id
+    if client.peer is None:
+        client.wait_for_presenter(wait_s)
+    else:
+        client.hello()
+    setup = client.configure(stim_on_ms=session.stim_on_ms, mask_ms=session.mask_ms,
+                             fixation_ms=session.fixation_acquire_ms, image_size_deg=session.image_size_deg,
+                             fixation_window_deg=fixation_window_deg, **configure_extra)
+    setup["preload"] = client.load_stimuli(stimuli.pixels, stimuli.ids)
+    return setup
+
+
+def presenter_attrs(client: PresenterClient) -> dict:
+    """Day-file attributes naming the presenter that connected (after ``open_presenter``)."""
+    return {"presenter_id": client.peer.decode(errors="replace") if client.peer else "",
+            "presenter_curve_key": client.presenter_key or "none (loopback, no CURVE)"}
+
+
 class PresenterBackend:
     """Drives a connected presenter (``PresenterClient``) and a :class:`SpikeSource`."""
 
@@ -118,24 +140,14 @@ class PresenterBackend:
         if session.n_channels not in (0, self.spikes.n_channels):
             raise ValueError(f"session asks for {session.n_channels} channels but the spike source records "
                              f"{self.spikes.n_channels}; leave SessionInfo.n_channels at 0 or match it")
-        c = self.client
-        c.session = session.session_id
-        if c.peer is None:
-            c.wait_for_presenter(self.wait_s)
-        else:
-            c.hello()
-        self.setup = c.configure(stim_on_ms=session.stim_on_ms, mask_ms=session.mask_ms,
-                                 fixation_ms=session.fixation_acquire_ms, image_size_deg=session.image_size_deg,
-                                 fixation_window_deg=self.fixation_window_deg, **self.configure_extra)
-        self.setup["preload"] = c.load_stimuli(stimuli.pixels, stimuli.ids)
+        self.setup = open_presenter(self.client, session, stimuli, wait_s=self.wait_s,
+                                    fixation_window_deg=self.fixation_window_deg, configure_extra=self.configure_extra)
         self.spikes.open(session, stimuli)
         self._session = session
 
     def session_attrs(self) -> dict:
         """Day-file attributes naming the presenter that connected (after ``open``)."""
-        c = self.client
-        return {"presenter_id": c.peer.decode(errors="replace") if c.peer else "",
-                "presenter_curve_key": c.presenter_key or "none (loopback, no CURVE)"}
+        return presenter_attrs(self.client)
 
     def run_trial(self, trial: Trial) -> TrialRecord:
         if self._session is None:

@@ -23,7 +23,7 @@ import uuid
 
 import numpy as np
 
-from rig.backends.presenter import eye_and_reward_fields
+from rig.backends.presenter import eye_and_reward_fields, open_presenter, presenter_attrs
 from rig.backend import FIXATION_WINDOW_DEG, AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
 from rig.errors import UserError
 from rig.link.client import PresenterClient
@@ -61,21 +61,17 @@ class RigBackend:
         self.stats = {"pulses_matched": 0, "pulses_missing": 0, "pulses_extra": 0, "trials_unaligned": 0}
 
     # ------------------------------------------------------------------ session
+    def session_attrs(self) -> dict:
+        """Day-file attributes naming the presenter that connected (after ``open``)."""
+        return presenter_attrs(self.client)
+
     def open(self, session: SessionInfo, stimuli) -> None:
         if session.n_channels not in (0, self.source.n_channels):
             raise ValueError(f"session asks for {session.n_channels} channels but the spike source records "
                              f"{self.source.n_channels}; leave SessionInfo.n_channels at 0 or match it")
         self.source.open()
-        c = self.client
-        c.session = session.session_id
-        if c.peer is None:
-            c.wait_for_presenter(self.wait_s)
-        else:
-            c.hello()
-        self.setup = c.configure(stim_on_ms=session.stim_on_ms, mask_ms=session.mask_ms,
-                                 fixation_ms=session.fixation_acquire_ms, image_size_deg=session.image_size_deg,
-                                 fixation_window_deg=self.fixation_window_deg, **self.configure_extra)
-        self.setup["preload"] = c.load_stimuli(stimuli.pixels, stimuli.ids)
+        self.setup = open_presenter(self.client, session, stimuli, wait_s=self.wait_s,
+                                    fixation_window_deg=self.fixation_window_deg, configure_extra=self.configure_extra)
         self.source.start_recording(session.session_id)
         self._session = session
         self._take(self.source.events_since(0.0))
