@@ -2,7 +2,9 @@
 
 Run it on the rig before a session with the photodiode attached: the printed refresh rate,
 flip intervals and dropped frames validate the monitor; the photodiode trace should show
-one pulse per image onset, ``n_on`` frames long.
+one pulse per image onset, ``n_on`` frames long. With ``--acquisition`` the acquisition
+system's photodiode TTLs are paired with the onset flips after a robust clock fit
+(``rig.session.clock.fit_pulse_train``) and :func:`format_fitted_latency` prints them.
 """
 from __future__ import annotations
 
