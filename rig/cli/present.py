@@ -75,8 +75,12 @@ def run_present(args: argparse.Namespace) -> int:
         stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
                       fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode,
                       scaling=cfg.display.image_scaling, gamma_monitor=cfg.display.gamma_monitor)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    except BaseException as exc:
+        if source is not None:
+            source.close()
+        if isinstance(exc, ValueError):
+            raise UserError(str(exc)) from None
+        raise
     if stage.gamma is not None and not args.quiet:
         print(f"[presenter] gamma from Monitor Center monitor {stage.gamma['name']!r}: {stage.gamma['gamma_rgb']} "
               f"({'loaded into the display' if stage.gamma['applied'] else 'the display refused the gamma ramp'})",
