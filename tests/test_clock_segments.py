@@ -79,3 +79,21 @@ def test_vote_is_ambiguous_for_a_regular_train_missing_its_first_pulse():
     pulses = (on + 50.0)[1:]
     off, votes, runner = vote_offset(on, pulses, 0.003)
     assert off is None and votes == runner == 4
+
+
+def test_fit_pulse_train_recovers_a_timing_checks_clock_line_and_its_missing_pulses():
+    from rig.session.clock import fit_pulse_train
+
+    rng = np.random.default_rng(5)
+    onsets = 3.0 + 0.2 * np.arange(150) + rng.normal(0, 1e-3, 150)       # one 30 s RSVP, 200 ms SOA
+    offset, drift = 512.25, 40e-6
+    pulses = offset + (1 + drift) * (onsets + rng.uniform(-2.5e-4, 2.5e-4, 150))
+    lost = [7, 80, 81]
+    seg, idx, ambiguous = fit_pulse_train(onsets, np.delete(pulses, lost), 0.003)
+    assert not ambiguous and seg.n_pairs == 147 and list(np.flatnonzero(idx < 0)) == lost
+    assert abs(seg.drift - drift) < 5e-6 and seg.max_abs_residual_s < 3e-4
+    np.testing.assert_allclose(seg.to_presenter(seg.to_acq(onsets)), onsets, atol=1e-9)
+    # a strictly periodic train without its first pulse fits a one-period shift as well: flagged
+    periodic = 0.2 * np.arange(50)
+    seg, idx, ambiguous = fit_pulse_train(periodic, (offset + periodic)[1:], 0.003)
+    assert ambiguous and seg.n_pairs == 49

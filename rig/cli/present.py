@@ -18,6 +18,9 @@ def add_present_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timing-check", action="store_true",
                    help="no controller: run a long RSVP of test images and print frame statistics")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the timing check, s (default 30)")
+    p.add_argument("--acquisition", action="store_true",
+                   help="with --timing-check: also read the photodiode TTLs on acquisition.ttl_line from the "
+                        "[acquisition] system (Open Ephys or LSL) and print the pulse-to-flip distribution")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr")
 
 
@@ -44,6 +47,8 @@ def run_present(args: argparse.Namespace) -> int:
         raise UserError(f"--refresh-hz {args.refresh_hz}: expected a rate in Hz > 0")
     if args.pace and args.refresh_hz is None:
         raise UserError("--pace needs --refresh-hz (the rate to emulate)")
+    if args.acquisition and not args.timing_check:
+        raise UserError("--acquisition is an option of --timing-check: pass both")
     from rig.presenter.markers import make_marker
     from rig.presenter.stage import Monitor, Stage
 
@@ -60,12 +65,22 @@ def run_present(args: argparse.Namespace) -> int:
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         raise UserError("no X display (DISPLAY is not set): run the presenter on the stimulus computer's screen, "
                         "or headless under `xvfb-run -a itloop present --windowed 800x600 --refresh-hz 60 --pace`")
+    source = None
+    if args.acquisition:                # before the window: an absent acquisition system is one line
+        from rig.backends.factory import make_spike_source
+
+        source = make_spike_source(cfg)
+        source.open()
     try:
         stage = Stage(Monitor(mon.width_cm, mon.distance_cm, mon.width_px, mon.height_px), window_px=window,
                       fullscreen=mon.fullscreen and window is None, photodiode=pc.photodiode,
                       scaling=cfg.display.image_scaling, gamma_monitor=cfg.display.gamma_monitor)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    except BaseException as exc:
+        if source is not None:
+            source.close()
+        if isinstance(exc, ValueError):
+            raise UserError(str(exc)) from None
+        raise
     if stage.gamma is not None and not args.quiet:
         print(f"[presenter] gamma from Monitor Center monitor {stage.gamma['name']!r}: {stage.gamma['gamma_rgb']} "
               f"({'loaded into the display' if stage.gamma['applied'] else 'the display refused the gamma ramp'})",
@@ -90,7 +105,8 @@ def run_present(args: argparse.Namespace) -> int:
             if abs(stats["measured_hz"] - refresh) > 0.02 * refresh and not args.pace:
                 print(f"warning: flips came at {stats['measured_hz']:.2f} Hz, not {refresh:.2f} Hz: is vsync on?")
             print(format_report(stats))
-            return 0 if stats["dropped"] == 0 else 1
+            rc = _report_photodiode(cfg, source, stats) if source is not None else 0
+            return 0 if stats["dropped"] == 0 and rc == 0 else 1
         from rig.presenter.devices import fixation_params, make_eye, make_reward
         from rig.presenter.server import PresenterServer
 
@@ -115,6 +131,37 @@ def run_present(args: argparse.Namespace) -> int:
         return server.run()
     finally:
         stage.close()
+        if source is not None:
+            source.close()
+
+
+def _report_photodiode(cfg, source, stats: dict) -> int:
+    """Print the photodiode pulses (acquisition clock) against the check's onset flips
+    (presenter clock) after the robust clock fit; 1 when no pulse could be paired."""
+    import numpy as np
+
+    from rig.presenter.timing_check import format_fitted_latency, photodiode_latency
+    from rig.session.clock import fit_pulse_train
+    from rig.sources.ttl import collect_rising_edges
+
+    a = cfg.acquisition
+    tol = a.pulse_tolerance_ms / 1000.0
+    pulses = collect_rising_edges(source, first_wait_s=max(10.0, a.wait_ms / 1000.0))
+    onsets = np.asarray(stats["onset_s"], float)
+    onsets = onsets[np.isfinite(onsets)]
+    try:
+        seg, _, ambiguous = fit_pulse_train(onsets, pulses, tol, max_drift_ppm=a.max_drift_ppm)
+    except UserError as exc:
+        print(f"photodiode pulses   {len(pulses)} on line {a.ttl_line}, {len(onsets)} onsets: {exc}")
+        return 1
+    if seg is None:
+        print(f"photodiode pulses   {len(pulses)} rising edges on {a.system} line {a.ttl_line} for {len(onsets)} onsets: "
+              f"fewer than 2 pair with a flip within {a.pulse_tolerance_ms:g} ms; check the photodiode, its cable "
+              "and acquisition.ttl_line")
+        return 1
+    lat = photodiode_latency(seg.to_presenter(pulses), onsets, max_latency_s=tol, min_latency_s=-tol)
+    print(format_fitted_latency(lat, seg.summary(), ambiguous))
+    return 0
 
 
 def run_keys(args: argparse.Namespace) -> int:

@@ -16,8 +16,11 @@ from rig.errors import UserError
 
 def register(sub) -> None:
     p = sub.add_parser("sim-rig", help="simulated acquisition system: watch presenter flips, publish spikes as Open Ephys does")
-    p.add_argument("--out", required=True, help="experiment folder (the day's plan file is read from it)")
-    p.add_argument("--day", type=int, required=True, help="day whose plan holds the stimuli shown")
+    p.add_argument("--out", help="experiment folder (the day's plan file is read from it)")
+    p.add_argument("--day", type=int, help="day whose plan holds the stimuli shown")
+    p.add_argument("--timing-check", action="store_true",
+                   help="serve `itloop present --timing-check --acquisition` instead of a day: the stimuli are the "
+                        "timing check's test images (no --out, --day or plan needed)")
     p.add_argument("--config", help="TOML file: [sim] (the monkey), [acquisition] (ports, sim_* keys), [presenter] marker_address")
     p.add_argument("--marker", help="presenter marker endpoint (default: presenter.marker_address)")
     p.add_argument("--truth", help="write the simulator's truth (onsets, counts) here as JSON lines")
@@ -34,8 +37,18 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
     from rig.paths import plan_path
     from sim.acquisition import AcqSimParams, AcquisitionSim
 
-    out = Path(args.out)
-    cfg = folder_config(out, args.config)
+    if args.timing_check:
+        if args.day is not None:
+            raise UserError("sim-rig --timing-check shows the timing check's images: leave out --day")
+    elif args.out is None or args.day is None:
+        raise UserError("sim-rig needs --out FOLDER and --day D (the day's plan holds the stimuli), or --timing-check")
+    out = Path(args.out or ".")
+    if args.out is None:
+        from rig.config import load_config
+
+        cfg = load_config(args.config)
+    else:
+        cfg = folder_config(out, args.config)
     a = cfg.acquisition
     marker = args.marker or cfg.presenter.marker_address
     if not marker:
@@ -43,9 +56,14 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
                         "(and presenter.marker = \"zmq\" with that presenter.marker_address)")
     if a.host not in ("127.0.0.1", "localhost"):
         raise UserError(f"acquisition.host = {a.host!r}: the simulated rig binds to 127.0.0.1 only")
-    ppath = plan_path(out, args.day)
+    day = 0 if args.timing_check else args.day
+    ppath = plan_path(out, day)
 
     def pixels():
+        if args.timing_check:
+            from rig.presenter.timing_check import check_images
+
+            return check_images()
         from rig.store.reader import read_day
 
         deadline = time.monotonic() + args.plan_wait_s
@@ -59,7 +77,7 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
     params = AcqSimParams(sample_rate_hz=a.sim_sample_rate_hz, ttl_line=a.ttl_line, drop_fraction=a.sim_drop_fraction,
                           extra_fraction=a.sim_extra_fraction, jitter_s=a.sim_jitter_ms / 1000.0,
                           electrode_prefix=a.electrode_prefix,
-                          window_s=(cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0), seed=cfg.sim.seed + args.day)
+                          window_s=(cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0), seed=cfg.sim.seed + day)
     if a.n_channels != monkey.n_channels:
         raise UserError(f"acquisition.n_channels = {a.n_channels} but sim.n_channels = {monkey.n_channels}; make them equal")
     sim = AcquisitionSim(monkey, pixels, marker, f"tcp://127.0.0.1:{a.event_port}", params,

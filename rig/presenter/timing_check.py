@@ -2,7 +2,9 @@
 
 Run it on the rig before a session with the photodiode attached: the printed refresh rate,
 flip intervals and dropped frames validate the monitor; the photodiode trace should show
-one pulse per image onset, ``n_on`` frames long.
+one pulse per image onset, ``n_on`` frames long. With ``--acquisition`` the acquisition
+system's photodiode TTLs are paired with the onset flips after a robust clock fit
+(``rig.session.clock.fit_pulse_train``) and :func:`format_fitted_latency` prints them.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def run_timing_check(stage: Stage, *, stim_on_ms: float, mask_ms: float, refresh
             "presentations_with_drop": int(per["dropped"].sum()),
             "soa_mean_ms": float(soa.mean()) if len(soa) else float("nan"),
             "soa_sd_ms": float(soa.std()) if len(soa) else float("nan"),
-            "expected_soa_ms": (n_on + n_mask) * 1000.0 / refresh_hz}
+            "expected_soa_ms": (n_on + n_mask) * 1000.0 / refresh_hz,
+            "onset_s": onsets}                  # stimulus-on flip times, presenter clock (s)
 
 
 def format_report(stats: dict) -> str:
@@ -63,9 +66,12 @@ def format_report(stats: dict) -> str:
     return "\n".join(lines + [f"verdict             {verdict}"])
 
 
-def photodiode_latency(ttl_s: np.ndarray, flip_s: np.ndarray, max_latency_s: float = 0.1) -> dict:
+def photodiode_latency(ttl_s: np.ndarray, flip_s: np.ndarray, max_latency_s: float = 0.1,
+                       min_latency_s: float = 0.0) -> dict:
     """Photodiode-to-flip latency: each stimulus-on flip matched to the first photodiode TTL
-    edge at or after it (within ``max_latency_s``); both on one clock (s).
+    edge at or after ``flip + min_latency_s`` (and within ``max_latency_s``); both on one
+    clock (s). ``min_latency_s < 0`` for edges mapped through a fitted clock line, which
+    scatter on both sides of their flips.
 
     For ``itloop present --timing-check`` when the acquisition system records the photodiode
     TTL: pass its rising-edge times mapped onto the presenter clock (``ClockAligner``) and the
@@ -74,11 +80,13 @@ def photodiode_latency(ttl_s: np.ndarray, flip_s: np.ndarray, max_latency_s: flo
     """
     ttl = np.sort(np.asarray(ttl_s, float).ravel())
     flips = np.sort(np.asarray(flip_s, float).ravel())
-    idx = np.searchsorted(ttl, flips, side="left")
+    idx = np.searchsorted(ttl, flips + min_latency_s, side="left")
     lat = np.full(len(flips), np.nan)
     used = np.zeros(len(ttl), bool)
     for k, (f, i) in enumerate(zip(flips, idx)):
-        if i < len(ttl) and not used[i] and ttl[i] - f <= max_latency_s:
+        while i < len(ttl) and used[i]:
+            i += 1
+        if i < len(ttl) and ttl[i] - f <= max_latency_s:
             lat[k] = ttl[i] - f
             used[i] = True
     ok = np.isfinite(lat)
@@ -94,3 +102,27 @@ def format_latency(stats: dict) -> str:
     return (f"photodiode latency  median {stats['median_ms']:.2f} ms (5-95%: {stats['p5_ms']:.2f}-{stats['p95_ms']:.2f}, "
             f"max {stats['max_ms']:.2f}); {stats['matched']} matched, {stats['missing']} flips without a pulse, "
             f"{stats['extra']} pulses without a flip")
+
+
+def format_fitted_latency(stats: dict, fit: dict, ambiguous: bool = False) -> str:
+    """The photodiode pulses against their flips after the clock fit (``--acquisition``).
+
+    ``stats``: :func:`photodiode_latency` of the pulses mapped onto the presenter clock by
+    the fitted line ``acq = offset + (1 + drift) * presenter`` (``fit``: a
+    ``SegmentFit.summary()``). The two clocks differ by an unknown offset, so the constant
+    part of the latency is inside the offset: what is printed is each pulse's residual
+    from the line (pulse - flip - fitted constant), i.e. the latency's spread, in ms.
+    """
+    ms = np.asarray(stats["latency_ms"], float)
+    worst = float(np.abs(ms).max()) if len(ms) else float("nan")
+    lines = [f"photodiode pulses   {stats['matched']} matched to flips, {stats['missing']} flips without a pulse, "
+             f"{stats['extra']} pulses without a flip",
+             f"pulse - flip        residual after the clock fit (constant latency absorbed in the offset): median "
+             f"{stats['median_ms']:.3f} ms, 5-95% {stats['p5_ms']:.3f} to {stats['p95_ms']:.3f}, max |.| {worst:.3f}, "
+             f"sd {stats['sd_ms']:.3f}",
+             f"clock fit           acquisition = {fit['offset_s']:.6f} s + (1 {fit['drift_ppm']:+.2f} ppm) x presenter "
+             f"({fit['n_pairs']} pairs, {fit['n_outliers']} outliers)"]
+    if ambiguous:
+        lines.append("note                the pulse train is periodic and its first or last pulse is missing: a shift by "
+                     "one onset-to-onset interval fits as well, so the counts may be off by one (the spread is not affected)")
+    return "\n".join(lines)

@@ -49,6 +49,10 @@ class SegmentFit:
     def to_acq(self, presenter_s) -> np.ndarray:
         return self.offset_s + (1.0 + self.drift) * np.asarray(presenter_s, float)
 
+    def to_presenter(self, acq_s) -> np.ndarray:
+        """Acquisition-clock seconds -> presenter-clock seconds (the inverse of :meth:`to_acq`)."""
+        return (np.asarray(acq_s, float) - self.offset_s) / (1.0 + self.drift)
+
     def summary(self) -> dict:
         return {"label": self.label, "offset_s": self.offset_s, "drift_ppm": self.drift * 1e6,
                 "residual_sd_s": self.residual_sd_s, "max_abs_residual_s": self.max_abs_residual_s,
@@ -185,12 +189,15 @@ def match_pulses(predicted_acq_s: np.ndarray, pulses_acq_s: np.ndarray, toleranc
     return out
 
 
-def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float) -> tuple[float | None, int, int]:
+def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float,
+                best_on_tie: bool = False) -> tuple[float | None, int, int]:
     """The offset ``acq - presenter`` that pairs the most onsets with pulses.
 
     Returns ``(offset_s or None, votes, runner_up_votes)``; None when no offset wins
     outright (a regular pulse train with a hole at its end is ambiguous by one period:
     the caller then waits for more onsets, whose irregular inter-trial gaps decide).
+    ``best_on_tie``: return the first of the tied offsets instead of None (for a caller
+    that has no more onsets to wait for; ``votes == runner_up_votes`` tells it so).
     """
     on, pu = np.asarray(onsets_s, float), np.sort(np.asarray(pulses_acq_s, float))
     on = on[np.isfinite(on)]
@@ -210,10 +217,44 @@ def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: flo
     top = votes[best]
     far = np.abs(cands - cands[best]) > 2 * tolerance_s
     runner = int(votes[far].max()) if far.any() else 0
-    if top < 2 or top <= runner:
+    if top < 2 or (top <= runner and not best_on_tie):
         return None, int(top), runner
     near = np.abs(cands - cands[best]) <= tolerance_s
     return float(np.median(cands[near & (votes == top)])), int(top), runner
+
+
+def fit_pulse_train(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float,
+                    max_drift_ppm: float = MAX_DRIFT_PPM, label: str = "timing check") -> tuple[SegmentFit | None, np.ndarray, bool]:
+    """Pair a whole run's onsets (presenter clock, s) with its pulses (acquisition clock, s)
+    and fit the robust clock line through the pairs.
+
+    :func:`vote_offset` (ties broken towards the first offset) gives the first pairing,
+    :func:`match_pulses` pairs each onset with the nearest pulse within ``tolerance_s``;
+    the line is fitted (:func:`fit_line`), the onsets are paired again against the fitted
+    line and the line refitted. Returns ``(fit or None when fewer than 2 pairs, index into
+    sorted(pulses_acq_s) per onset or -1, ambiguous)``; ``ambiguous`` is True when another
+    offset paired as many onsets (a strictly periodic train whose first or last pulse is
+    missing cannot be told from the same train shifted by one period).
+    """
+    on = np.asarray(onsets_s, float).ravel()
+    pu = np.sort(np.asarray(pulses_acq_s, float).ravel())
+    idx = np.full(len(on), -1, int)
+    ok = np.isfinite(on)
+    offset, votes, runner = vote_offset(on[ok], pu, tolerance_s, best_on_tie=True)
+    if offset is None:
+        return None, idx, False
+    clock = SegmentedClock(max_drift_ppm=max_drift_ppm)
+    pred = on + offset
+    for _ in range(2):
+        idx = match_pulses(np.where(ok, pred, np.inf), pu, tolerance_s)
+        got = idx >= 0
+        if got.sum() < 2:
+            return None, idx, votes <= runner
+        clock.segments.pop(label, None)
+        clock.order = []
+        seg = clock.add(label, on[got], pu[idx[got]])
+        pred = seg.to_acq(on)
+    return seg, idx, votes <= runner
 
 
 def window_counts(spike_times_s: np.ndarray, spike_channels: np.ndarray, onsets_s: np.ndarray,
