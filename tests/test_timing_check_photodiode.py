@@ -60,12 +60,12 @@ def test_timing_check_reports_the_photodiode_pulses_of_the_simulated_acquisition
     matched = int(_number(r"(\d+) matched to flips", text))
     missing = int(_number(r"(\d+) flips without a pulse", text))
     extra = int(_number(r"(\d+) pulses without a flip", text))
-    if not (truth[0]["pulse"] and truth[-1]["pulse"]):
-        # a strictly periodic train missing its first/last pulse fits a one-period shift as well: said, off by <= 1
-        assert "a shift by one onset-to-onset interval fits as well" in text
+    if "a shift by one onset-to-onset interval fits as well" in text:
+        # only a train missing its first or last pulse can fit a one-period shift as well (the flips'
+        # spacing under a sleep-paced Xvfb decides whether it does): then it is said, and off by <= 1
+        assert not (truth[0]["pulse"] and truth[-1]["pulse"])
         assert abs(matched - (n_onsets - dropped)) <= 1 and matched + missing == n_onsets
     else:
-        assert "fits as well" not in text
         assert (matched, missing, extra) == (n_onsets - dropped, dropped, 0)
     # the residuals are the simulator's photodiode jitter: uniform +-J (sd J/sqrt 3), plus 1/30 kHz sampling
     jitter_ms = PHOTODIODE_JITTER_S * 1000.0
