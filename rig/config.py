@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stimuli.params import PerturbParams
+
 import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
 
 
@@ -194,26 +196,8 @@ class PerturbConfig:
     max_batch_rows: int = 64
 
     def check(self):
-        out = []
-        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience", "prune_rounds"):
-            if getattr(self, k) < 1:
-                out.append((k, getattr(self, k), "an integer >= 1"))
-        if self.random_controls_per_image < 0:
-            out.append(("random_controls_per_image", self.random_controls_per_image, "an integer >= 0"))
-        for k in ("first_phase_fraction", "prune_after_fraction"):
-            if not 0 <= getattr(self, k) < 1:
-                out.append((k, getattr(self, k), "a fraction in [0, 1)"))
-        if not 0 < self.prune_keep_fraction <= 1:
-            out.append(("prune_keep_fraction", self.prune_keep_fraction, "a fraction in (0, 1]"))
-        if self.first_phase_radius_factor < 1:
-            out.append(("first_phase_radius_factor", self.first_phase_radius_factor, "a factor >= 1"))
-        if not 0 < self.step_decay < 1:
-            out.append(("step_decay", self.step_decay, "a factor in (0, 1)"))
-        if not 1 <= self.step_growth <= 4:
-            out.append(("step_growth", self.step_growth, "a factor in [1, 4] (1 = the paper's decay-only rule)"))
-        if not self.early_stop_tolerance >= 0:
-            out.append(("early_stop_tolerance", self.early_stop_tolerance, "a relative tolerance >= 0"))
-        return out
+        # one set of rules for the config and the engine (stimuli.params.PerturbParams)
+        return PerturbParams.from_config_section(self).problems()
 
 
 @dataclass

@@ -146,3 +146,15 @@ def test_argv_is_parsed_only_in_cli():
             if "ArgumentParser(" in text or "sys.argv" in text:
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, offenders
+
+
+def test_the_cli_parser_imports_neither_torch_nor_psychopy():
+    """`itloop --help` stays fast: command modules import the heavy parts inside their commands."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rig.cli; rig.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'psychopy', 'pynwb', 'distributed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -18,7 +18,6 @@ import numpy as np
 from rig.config import config_from_toml_text, load_config
 from rig.store.reader import read_config_text
 from rig.errors import UserError
-from rig.loop.fit import fit_days
 from rig.paths import day_path, model_path
 from rig.cli.common import add_progress_flag
 
@@ -55,6 +54,8 @@ def register(sub) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from rig.loop.fit import fit_days
+
     if args.config:
         cfg = load_config(args.config)
     else:

@@ -1,0 +1,87 @@
+"""The perturbation optimiser's settings (``[perturb]``), without torch: the config validates
+with them and the engine (``stimuli.perturb``) runs with them."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class PerturbParams:
+    """Optimiser settings; field names match ``rig.config.PerturbConfig`` (``[perturb]``)."""
+
+    restarts: int = 100
+    steps: int = 40                       # passes per restart (both phases)
+    first_phase_fraction: float = 0.5     # fraction of steps in the enlarged ball
+    first_phase_radius_factor: float = 2.0
+    step_decay: float = 0.9               # step *= decay after a pass without progress
+    step_growth: float = 1.0              # step *= growth after a pass with progress (1 = paper)
+    prune: bool = True
+    prune_keep_fraction: float = 0.25     # fraction of the live restarts kept at each checkpoint
+    prune_after_fraction: float = 0.25    # first checkpoint, as a fraction of steps
+    prune_rounds: int = 1                 # checkpoints at 1x, 2x, ... prune_after_fraction of the steps
+    early_stop: bool = True
+    early_stop_patience: int = 5          # passes
+    early_stop_tolerance: float = 1e-4    # relative improvement counted as progress
+    random_controls_per_image: int = 1    # model-free controls per problem and epsilon
+    max_batch_rows: int = 64              # rows per forward/backward batch (memory budget)
+    channels_last: bool = False
+    bf16: bool = False
+
+    @classmethod
+    def from_config_section(cls, section) -> "PerturbParams":
+        """From ``cfg.perturb`` (a dataclass or mapping); unknown keys are ignored."""
+        data = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def problems(self) -> list[tuple[str, object, str]]:
+        """Every impossible field as (name, value, what is expected); [] if all are fine.
+        ``rig.config``'s ``[perturb]`` section is validated with this too."""
+        out = []
+        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience", "prune_rounds"):
+            v = getattr(self, k)
+            if int(v) != v or v < 1:
+                out.append((k, v, "an integer >= 1"))
+        if self.random_controls_per_image < 0:
+            out.append(("random_controls_per_image", self.random_controls_per_image, "an integer >= 0"))
+        for k in ("first_phase_fraction", "prune_after_fraction"):
+            if not 0 <= getattr(self, k) < 1:
+                out.append((k, getattr(self, k), "a fraction in [0, 1)"))
+        if not 0 < self.prune_keep_fraction <= 1:
+            out.append(("prune_keep_fraction", self.prune_keep_fraction, "a fraction in (0, 1]"))
+        if not self.first_phase_radius_factor >= 1:
+            out.append(("first_phase_radius_factor", self.first_phase_radius_factor, "a factor >= 1"))
+        if not 0 < self.step_decay < 1:
+            out.append(("step_decay", self.step_decay, "a factor in (0, 1)"))
+        if not 1 <= self.step_growth <= 4:
+            out.append(("step_growth", self.step_growth, "a factor in [1, 4] (1 = the paper's decay-only rule)"))
+        if not self.early_stop_tolerance >= 0:
+            out.append(("early_stop_tolerance", self.early_stop_tolerance, "a relative tolerance >= 0"))
+        return out
+
+    def check(self) -> "PerturbParams":
+        """Raise ValueError naming the first impossible field; return self."""
+        for name, value, expected in self.problems():
+            raise ValueError(f"PerturbParams.{name} = {value!r} is impossible; expected {expected}")
+        return self
+
+    # derived schedule (in passes)
+    @property
+    def first_phase_passes(self) -> int:
+        if self.first_phase_radius_factor == 1:
+            return 0
+        return min(int(round(self.first_phase_fraction * self.steps)), self.steps - 1)
+
+    @property
+    def prune_checkpoints(self) -> tuple[int, ...]:
+        """Pass counts after which a problem's live restarts are pruned; () = no pruning."""
+        if not self.prune or self.kept_of(self.restarts) >= self.restarts:
+            return ()
+        at = {int(round(j * self.prune_after_fraction * self.steps)) for j in range(1, self.prune_rounds + 1)}
+        return tuple(sorted(c for c in at if 0 < c < self.steps))
+
+    def kept_of(self, live: int) -> int:
+        """Restarts kept at a checkpoint out of ``live`` (at least 1)."""
+        return max(1, math.ceil(self.prune_keep_fraction * live - 1e-9))
