@@ -217,6 +217,8 @@ class PerturbConfig:
 class SimConfig:
     n_channels: int = 32
     linear_fraction: float = 0.5
+    model_alignment: float = 0.0
+    input_px: int = 32
     smoothing_px: float = 1.0
     hidden_width: int = 32
     baseline_hz: list[float] = field(default_factory=lambda: [5.0, 30.0])
@@ -235,6 +237,10 @@ class SimConfig:
             out.append(("n_channels", self.n_channels, "an integer >= 1"))
         if not 0 <= self.linear_fraction <= 1:
             out.append(("linear_fraction", self.linear_fraction, "a fraction in [0, 1]"))
+        if not 0 <= self.model_alignment <= 1:
+            out.append(("model_alignment", self.model_alignment, "a fraction in [0, 1] (0: no part of the sites lives in the designing model)"))
+        if not (self.input_px == 0 or self.input_px >= 32):
+            out.append(("input_px", self.input_px, "0 (no resampling) or pixels >= 32"))
         if self.smoothing_px < 0:
             out.append(("smoothing_px", self.smoothing_px, "a Gaussian sigma in pixels >= 0"))
         if self.hidden_width < 1:

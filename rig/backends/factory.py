@@ -8,12 +8,16 @@ from rig.errors import UserError
 
 
 def build_sim_monkey(cfg: Config):
-    """The simulated monkey of ``cfg.sim``; its linearly predictable part uses the
-    configured model backbone (``cfg.model``), as the controller's model would see it."""
-    from modelfit.backbone import build_backbone
+    """The simulated monkey of ``cfg.sim``. Only when ``sim.model_alignment > 0`` does a share
+    of its linear drive use the configured model backbone (``cfg.model``); by default the
+    designing model is not built here at all, so nothing the sites do depends on it."""
     from sim.monkey import SimParams, SimulatedMonkey
 
-    backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
+    backbone = None
+    if cfg.sim.model_alignment > 0:
+        from modelfit.backbone import build_backbone
+
+        backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
     return SimulatedMonkey(SimParams(**dataclasses.asdict(cfg.sim)), model_features=backbone)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,7 @@ class DayResults:
                 "fraction_measured": {f"{e:g}": est(v) for e, v in t["fraction_measured"].items()},
                 "whitebox_budget": {"restarts": t["restarts"], "steps": t["steps"],
                                     "relative_change_on_doubling": _f(t["relative_change_on_doubling"]),
+                                    "problems_converged": t.get("problems_converged"), "problems": t.get("problems"),
                                     "history": t["history"]},
             }
         return out
@@ -160,7 +161,6 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
     from analysis import fraction_of_true, sensitivity_curve
     from rig.backends.factory import build_sim_monkey
     from rig.loop.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
-    from stimuli.perturb import PerturbParams
 
     prov = d.stimuli
     monkey = build_sim_monkey(cfg)
@@ -178,17 +178,17 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
     clean = prov.pixels[parents]
     problems = [(local[p], s) for p, s in pairs]
     eps = [float(e) for e in achieved.epsilons]
-    # a larger budget than the loop's, then doubled until the answer moves by < 2%
-    base = PerturbParams(restarts=max(4, cfg.perturb.restarts // 2), steps=max(32, cfg.perturb.steps), prune=False,
-                         step_growth=1.25, early_stop=True, random_controls_per_image=0,
-                         max_batch_rows=cfg.perturb.max_batch_rows)
+    # at least the loop's budget (restarts and steps, without pruning), then both doubled until every
+    # problem's answer moves by < 2%
+    base = replace(_loop_params(cfg), restarts=max(4, cfg.perturb.restarts), steps=max(16, cfg.perturb.steps), prune=False,
+                   random_controls_per_image=0)
     ids = [d.stim_ids[p] for p in parents]
     key = {"problems": [[ids[i], s] for i, s in problems], "epsilons": eps, "sim": json.dumps(cfg.to_dict()["sim"], sort_keys=True),
            "window": list(window), "restarts": base.restarts, "steps": base.steps}
     cached = folder / "groundtruth.npz"
     if progress and not cached.exists():
         print(f"ground truth: white-box attack on the simulated sites ({len(problems)} problems x {len(eps)} epsilons "
-              f"x 2 directions), doubling the budget until it changes the answer by < 2%", flush=True)
+              f"x 2 directions), doubling restarts and steps until no problem's answer changes by 2% or more", flush=True)
     wb = load_or_compute(cached, key,
                          lambda: converged_whitebox(module, clean, problems, eps, base, seed=7, progress=progress))
     # (n_sites, n_eps): mean over that site's images of the mean over both directions
@@ -203,7 +203,16 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
             "achieved_curve": achieved, "fraction_true": frac_true.population, "fraction_measured": frac_meas.population,
             "fraction_true_site": frac_true.site_fraction, "restarts": wb.restarts, "steps": wb.steps,
             "relative_change_on_doubling": wb.relative_change_on_doubling, "history": wb.history,
+            "problems_converged": wb.n_converged, "problems": len(problems),
+            "whitebox_problem": wb.best, "problems_list": problems,
             "whitebox_site_normalised": true_site / sigma[:, None]}
+
+
+def _loop_params(cfg: Config):
+    """The loop's PerturbParams (same step rules), from ``cfg.perturb``."""
+    from stimuli.perturb import PerturbParams
+
+    return PerturbParams.from_config_section(asdict(cfg.perturb))
 
 
 def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True) -> tuple[DayResults, Path]:
