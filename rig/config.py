@@ -314,6 +314,21 @@ class PathsConfig:
 
 
 @dataclass
+class ReportConfig:
+    figure1a_backbones: list[str] = field(default_factory=list)
+    figure1a_units: int = 6
+    figure1a_images: int = 4
+
+    def check(self):
+        out = []
+        if self.figure1a_units < 1:
+            out.append(("figure1a_units", self.figure1a_units, "an integer >= 1 (model units per backbone)"))
+        if self.figure1a_images < 1:
+            out.append(("figure1a_images", self.figure1a_images, "an integer >= 1 (clean images)"))
+        return out
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     rsvp: RsvpConfig = field(default_factory=RsvpConfig)
@@ -328,6 +343,7 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     presenter: PresenterConfig = field(default_factory=PresenterConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     # the TOML text this config was built from (defaults + overrides), for the day file
     source_text: str = field(default="", repr=False, compare=False)

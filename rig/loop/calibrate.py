@@ -56,20 +56,13 @@ class Calibration:
         return "\n".join(rows)
 
 
-def saturation_share(rates: np.ndarray, floor: np.ndarray, ceiling: float, within: float = 0.05) -> float:
-    """Share of entries of ``rates`` (N, C) Hz within ``within`` of the range from ``floor`` (C,) to ``ceiling``."""
-    span = ceiling - floor
-    low = rates <= floor + within * span
-    high = rates >= ceiling - within * span
-    return float(np.mean(low | high))
-
-
 def calibration_curve(sim_params, size_px: int = PAPER_SIZE_PX, epsilons_224=PAPER_EPSILONS, n_sites: int = 6,
                       n_images: int = 6, n_pool: int = 64, restarts: int = 8, steps: int = 32,
                       seed: int = 0, progress: bool = False) -> Calibration:
     """White-box sensitivity of ``n_sites`` simulated sites on ``n_images`` clean images per site."""
     import torch
 
+    from analysis.stats import saturation_share
     from sim.monkey import SimulatedMonkey
     from stimuli.images import builtin_images
     from stimuli.perturb import PerturbParams, generate_perturbations
