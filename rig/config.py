@@ -219,7 +219,7 @@ class SimConfig:
     linear_fraction: float = 0.5
     model_alignment: float = 0.0
     input_px: int = 32
-    smoothing_px: float = 1.0
+    smoothing_px: float = 2.0
     hidden_width: int = 32
     baseline_hz: list[float] = field(default_factory=lambda: [5.0, 30.0])
     peak_hz: float = 200.0

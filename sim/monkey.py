@@ -23,7 +23,7 @@ reference set of textures (sim.refimages) at the input's size. The rate saturate
 
 so it always lies in [baseline_i, peak_hz] (Hz). Per-site baseline (Hz), latency (s) and
 bias are drawn from ``seed``. ``true_rates``/``true_rate_module`` are for evaluation only.
-The calibration in the paper's units (224 px) is printed by ``python -m rig.loop.calibrate``.
+The calibration in the paper's units (224 px) is printed by ``itloop calibrate``.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class SimParams:
     linear_fraction: float = 0.5         # share of drive variance linear in (hidden or model) features
     model_alignment: float = 0.0         # share of the linear drive in the designing model's feature space
     input_px: int = 32                   # the sites see the image resampled to this many pixels (0: as is)
-    smoothing_px: float = 1.0            # Gaussian blur sigma at input_px resolution, pixels
+    smoothing_px: float = 2.0            # Gaussian blur sigma at input_px resolution, pixels (calibrated)
     hidden_width: int = 32               # random conv net standing in for the model when none is given
     baseline_hz: list[float] = field(default_factory=lambda: [5.0, 30.0])   # [lo, hi] Hz
     peak_hz: float = 200.0               # saturation rate, Hz

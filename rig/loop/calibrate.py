@@ -1,4 +1,4 @@
-"""The simulated monkey's sensitivity in the paper's units: ``python -m rig.loop.calibrate``.
+"""The simulated monkey's sensitivity in the paper's units: ``itloop calibrate``.
 
 Guo et al. (2022) report, at 224 px with pixels in [0,1], that an L2 perturbation of
 eps = 2.5 turns a site's clean image into a "highly preferred" one and eps = 10 gives
@@ -17,7 +17,6 @@ RMS: ``eps_size = eps_224 * size / 224`` (the sites see every image resampled to
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 
@@ -96,36 +95,26 @@ def calibration_curve(sim_params, size_px: int = PAPER_SIZE_PX, epsilons_224=PAP
                        (wb_site / pairs_site[:, None]).mean(0), above.mean(0), np.asarray(sat))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rig.config import load_config
+def calibrate_command(config: str | None, size_px: int, n_sites: int, n_images: int, restarts: int, steps: int,
+                      overrides: list[str]) -> str:
+    """The text ``itloop calibrate`` prints: the sim parameters, the curve and the anchors."""
+    from rig.config import Config, load_config
     from sim.monkey import SimParams
 
-    ap = argparse.ArgumentParser(prog="python -m rig.loop.calibrate",
-                                 description="print the simulated monkey's white-box sensitivity curve in the paper's units")
-    ap.add_argument("--config", default=None, help="config TOML (default: the built-in defaults = config.toml)")
-    ap.add_argument("--size", type=int, default=PAPER_SIZE_PX, help="image size to calibrate at, pixels (default 224)")
-    ap.add_argument("--sites", type=int, default=6)
-    ap.add_argument("--images", type=int, default=6)
-    ap.add_argument("--restarts", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sim.* key, e.g. drive_gain=1.0")
-    args = ap.parse_args(argv)
-    cfg = load_config(args.config) if args.config else None
-    from rig.config import Config
-
-    cfg = cfg or Config()
+    cfg = load_config(config) if config else Config()
     p = dict(dataclasses.asdict(cfg.sim))
-    for kv in args.set:
+    for kv in overrides:
         key, _, value = kv.partition("=")
-        p[key] = type(p[key])(float(value)) if not isinstance(p[key], list) else p[key]
-    cal = calibration_curve(SimParams(**p), size_px=args.size, n_sites=args.sites, n_images=args.images,
-                            restarts=args.restarts, steps=args.steps)
-    print(f"sim: linear_fraction {p['linear_fraction']}, model_alignment {p['model_alignment']}, input_px {p['input_px']}, "
-          f"smoothing_px {p['smoothing_px']}, drive_gain {p['drive_gain']}")
-    print(cal.table())
-    print("anchors (Guo et al. 2022): whitebox/pairs ~ 1 at eps 2.5; share > clean max > 0.5 at eps 10")
-    return 0
+        if key not in p or isinstance(p[key], list):
+            from rig.errors import UserError
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            raise UserError(f"--set {kv}: {key!r} is not a scalar sim.* key; choose one of "
+                            f"{sorted(k for k, v in p.items() if not isinstance(v, list))}")
+        p[key] = type(p[key])(float(value))
+    cal = calibration_curve(SimParams(**p), size_px=size_px, n_sites=n_sites, n_images=n_images,
+                            restarts=restarts, steps=steps)
+    return "\n".join([
+        f"sim: linear_fraction {p['linear_fraction']}, model_alignment {p['model_alignment']}, input_px {p['input_px']}, "
+        f"smoothing_px {p['smoothing_px']}, drive_gain {p['drive_gain']}, seed {p['seed']}",
+        cal.table(),
+        "anchors (Guo et al. 2022): whitebox/pairs ~ 1 at eps 2.5; share > clean max > 0.5 at eps 10"])
