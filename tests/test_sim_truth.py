@@ -105,3 +105,21 @@ def test_efficientnet_lite0_is_a_trained_offline_backbone():
         ref = net.extract_features((x - 127.0 / 255) / (128.0 / 255)).mean((2, 3))
         torch.testing.assert_close(b(x), ref, rtol=1e-4, atol=1e-5)
     assert build_backbone("efficientnet-lite0", "layer3").feature_dim == 112
+
+
+def test_quantisation_loss_of_a_linear_objective_shrinks_with_eps():
+    from rig.loop.quantloss import quantisation_loss
+
+    class Linear(nn.Module):
+        def __init__(self, size: int) -> None:
+            super().__init__()
+            self.w = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+        def forward(self, x):
+            return torch.einsum("bchw,schw->bs", x, self.w)
+
+    clean = builtin_images(2, 96, seed=1)
+    loss = quantisation_loss(Linear(96), clean, [0, 1], [0.25, 1.0, 4.0])
+    assert all(0.0 <= v < 1.0 for v in loss.values()), loss
+    assert loss[0.25] > loss[1.0] > loss[4.0], loss
+    assert loss[0.25] > 0.1, loss   # a quarter-unit L2 budget over 96x96x3 pixels: many sub-grey-level coordinates

@@ -108,7 +108,7 @@ def per_problem_change(before: np.ndarray, after: np.ndarray, floor: float = ABS
 
 
 def converged_whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
-                       params, seed: int = 0, tolerance: float = 0.02, max_doublings: int = 2,
+                       params, seed: int = 0, tolerance: float = 0.02, max_doublings: int = 1,
                        progress: bool = True) -> WhiteBox:
     """Double restarts AND steps until every problem's best change moves by < ``tolerance``.
 

@@ -189,6 +189,22 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults) -> tuple[P
     notes = ["Figure 1A (white-box, same engine and clean images; x sigma of each unit/site over clean images): "
              + label + ": " + ", ".join(f"eps {e:g} {m:.2f} [{lo:.2f}, {hi:.2f}]" for e, m, lo, hi in zip(*it))
              + f"; random image pairs {last.pairs.population.value:.2f}."]
+    try:
+        from modelfit.store import load_fitted
+        from rig.loop.quantloss import quantisation_loss
+
+        mfile = folder / str(last.data.model.get("model_file", ""))
+        if last.data.model.get("model_file") and mfile.exists():
+            fitted = load_fitted(mfile)
+            module = fitted.module(weights=cfg.model.weights or None).eval()
+            cols = [int(np.flatnonzero(np.asarray(fitted.site_channels) == s)[0]) for s in last.sites[:3]
+                    if s in set(np.asarray(fitted.site_channels).tolist())]
+            loss = quantisation_loss(module, ss.pixels[parents], cols, eps)
+            notes.append(f"uint8 quantisation loss of a linear objective at {size} px (designing model, "
+                         f"{len(parents)} images x {len(cols)} sites): "
+                         + ", ".join(f"eps {e:g} {100 * v:.1f}%" for e, v in loss.items()) + ".")
+    except Exception as exc:  # a report must not fail on this extra number
+        notes.append(f"uint8 quantisation loss: not computed ({type(exc).__name__}: {exc}).")
     for u in units:
         notes.append(f"Figure 1A, {u.label}: " + ", ".join(f"eps {e:g} {m:.2f} [{lo:.2f}, {hi:.2f}]"
                                                          for e, m, lo, hi in zip(u.epsilons, u.mean, u.lo, u.hi))
