@@ -120,6 +120,6 @@ def test_quantisation_loss_of_a_linear_objective_shrinks_with_eps():
 
     clean = builtin_images(2, 96, seed=1)
     loss = quantisation_loss(Linear(96), clean, [0, 1], [0.25, 1.0, 4.0])
-    assert all(0.0 <= v < 1.0 for v in loss.values()), loss
+    assert all(-1e-3 <= v < 1.0 for v in loss.values()), loss   # clipped d* is not exactly the box optimum
     assert loss[0.25] > loss[1.0] > loss[4.0], loss
     assert loss[0.25] > 0.1, loss   # a quarter-unit L2 budget over 96x96x3 pixels: many sub-grey-level coordinates

@@ -6,6 +6,7 @@ uint8 perturbation ``k / 255`` of :func:`stimuli.quantize.quantize_perturbation`
 leaving the ball). The loss is ``1 - g . k/255 / g . d*``: the share of the linear
 objective that rounding to displayable pixels throws away. It grows as eps shrinks and as
 the image grows (the same eps spread over more pixels means fewer grey levels per pixel).
+Near 0 at large eps; it can be a hair below 0 where the clipped ``d*`` is not the exact box optimum.
 """
 from __future__ import annotations
 
