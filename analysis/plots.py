@@ -338,8 +338,10 @@ def plot_predictivity_vs_ceiling(path, model_r_by_day: Mapping[int, np.ndarray],
                                  title: str = "Model predictivity vs noise ceiling") -> Path:
     """Per-site cross-validated Pearson r of the model against the split-half ceiling, per day.
 
-    model_r_by_day, ceiling_by_day: {day: (n_sites,) unitless}. Left: per-site dots and
-    medians vs day. Right: r vs ceiling per site, identity line = at the ceiling.
+    model_r_by_day, ceiling_by_day: {day: (n_sites,) unitless}; the ceiling is the split-half
+    reliability rho (a ceiling for r squared), so the ceiling for r is sqrt(rho). Left:
+    per-site dots and medians vs day (model r beside sqrt(rho)). Right: r vs rho per site,
+    with the curve r = sqrt(rho) = at the ceiling.
     """
     days = sorted(model_r_by_day)
     if not days:
@@ -353,7 +355,7 @@ def plot_predictivity_vs_ceiling(path, model_r_by_day: Mapping[int, np.ndarray],
     med_r, med_c = [], []
     for d in days:
         r = np.asarray(model_r_by_day[d], dtype=float)
-        c = np.asarray(ceiling_by_day[d], dtype=float)
+        c = np.sqrt(np.clip(np.asarray(ceiling_by_day[d], dtype=float), 0.0, 1.0))  # ceiling for r: sqrt(rho)
         jit = rng.uniform(-0.12, 0.12, size=r.shape)
         ax0.scatter(d - 0.15 + jit, r, s=12, color=COLORS["model"], alpha=0.5, edgecolors="none")
         ax0.scatter(d + 0.15 + jit, c, s=12, color=COLORS["noise"], alpha=0.5, edgecolors="none")
@@ -362,7 +364,7 @@ def plot_predictivity_vs_ceiling(path, model_r_by_day: Mapping[int, np.ndarray],
     ax0.plot(np.array(days) - 0.15, med_r, color=COLORS["model"], marker="o", lw=2,
              label="model: cross-validated Pearson r (median; dots = sites)")
     ax0.plot(np.array(days) + 0.15, med_c, color=COLORS["noise"], marker="s", lw=2,
-             label="noise ceiling: split-half, Spearman-Brown (median)")
+             label="noise ceiling for r: sqrt(split-half rho, Spearman-Brown) (median)")
     ax0.set_xticks(days)
     ax0.set_xlabel("recording day (model fitted on all earlier days)")
     ax0.set_ylabel("correlation with recorded response")
@@ -372,7 +374,8 @@ def plot_predictivity_vs_ceiling(path, model_r_by_day: Mapping[int, np.ndarray],
     colors = colormaps["viridis"](np.linspace(0.05, 0.85, len(days)))
     for color, d in zip(colors, days):
         ax1.scatter(ceiling_by_day[d], model_r_by_day[d], s=16, color=color, alpha=0.8, label=f"day {d}")
-    ax1.plot([0, 1], [0, 1], color="k", ls="--", lw=1, label="model at the ceiling")
+    grid = np.linspace(0, 1, 101)
+    ax1.plot(grid, np.sqrt(grid), color="k", ls="--", lw=1, label="model at the ceiling: r = sqrt(rho)")
     ax1.set_xlim(0, 1)
     ax1.set_ylim(min(0.0, ax1.get_ylim()[0]), 1)
     ax1.set_xlabel("noise ceiling of the site (split-half reliability)")

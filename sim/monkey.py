@@ -2,24 +2,28 @@
 
 Site ``i``'s drive for image ``x`` (pixels in [0,1]) is
 
-    drive_i(x) = sqrt(lf) * lin_i(B x) + sqrt(1 - lf) * hid_i(B x)
+    drive_i(x) = sqrt(lf) * lin_i(x) + sqrt(1 - lf) * hid_i(x)
+    lin_i(x)   = sqrt(ma) * a_i . z_model(x) + sqrt(1 - ma) * c_i . z_hidden(x)   (renormalised)
+    hid_i(x)   = MLP_i(z_hidden(x))
 
-with ``lf = linear_fraction`` and ``B`` a Gaussian blur of ``smoothing_px`` pixels (the
-sensitivity knob: more blur, less sensitive to small perturbations). ``lin_i`` is a random
-linear readout ``a_i . z`` of the standardised features ``z`` of ``model_features`` (the
-controller's backbone) -- or of a fixed random net when no backbone is given -- and
-``hid_i`` a random MLP on the features of a hidden random conv net (sim.hidden) that the
-controller never sees. Each part is normalised to zero mean and unit variance over a seeded
-reference set of textures (sim.refimages) at the input's size, so the ground truth depends
-only on the seed, the parameters and the image size. The rate saturates:
+with ``lf = linear_fraction`` and ``ma = model_alignment``. ``z_hidden`` are the
+standardised features of a hidden, ImageNet-TRAINED network the controller does not use
+(EfficientNet-Lite1 truncated at stage 5, weights shipped offline; sim.hidden.TrainedTrunk)
+seen through the "eye": the image resampled to ``input_px`` pixels (so the sites respond to
+a perturbation's per-pixel RMS, not its raw L2 norm, at any stimulus size) and blurred by
+``smoothing_px`` pixels at that resolution (the sensitivity knob). ``z_model`` are the
+standardised features of ``model_features`` -- the controller's own backbone, which only
+matters when ``model_alignment > 0``; with the default ``model_alignment = 0`` no part of
+the sites is a function of the designing model (today's "aligned" construction is
+``model_alignment = 1``, for controlled studies). ``a_i``, ``c_i`` and the MLP are random
+from ``seed``. Each part is normalised to zero mean and unit variance over a seeded
+reference set of textures (sim.refimages) at the input's size. The rate saturates:
 
     rate_i(x) = baseline_i + (peak_hz - baseline_i) * sigmoid(drive_gain * drive_i(x) + bias_i)
 
-so it always lies in [baseline_i, peak_hz] (Hz). The blur acts on both parts (so the
-knob can lower the whole population's sensitivity): ``linear_fraction`` is the share that
-is linear in the backbone's features of the blurred image, exactly linear in the
-features of the image itself only at ``smoothing_px = 0``. Per-site baseline (Hz), latency (s) and
+so it always lies in [baseline_i, peak_hz] (Hz). Per-site baseline (Hz), latency (s) and
 bias are drawn from ``seed``. ``true_rates``/``true_rate_module`` are for evaluation only.
+The calibration in the paper's units (224 px) is printed by ``itloop calibrate``.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from tqdm.auto import tqdm
 
 from sim import spikes as _spikes
 from sim.clocks import ClockMap
-from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP
+from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP, TrainedTrunk, resample
 from sim.refimages import reference_images
 
 
@@ -43,9 +47,11 @@ class SimParams:
     """The simulated monkey's parameters; same fields as ``rig.config.SimConfig``."""
 
     n_channels: int = 32                 # simulated sites (= recording channels)
-    linear_fraction: float = 0.5         # share of drive variance linear in the model's features
-    smoothing_px: float = 1.0            # Gaussian blur sigma of the rate function's input, pixels
-    hidden_width: int = 32               # channels of the hidden conv net's first layer
+    linear_fraction: float = 0.5         # share of drive variance linear in (hidden or model) features
+    model_alignment: float = 0.0         # share of the linear drive in the designing model's feature space
+    input_px: int = 32                   # the sites see the image resampled to this many pixels (0: as is)
+    smoothing_px: float = 2.0            # Gaussian blur sigma at input_px resolution, pixels (calibrated)
+    hidden_width: int = 32               # random conv net standing in for the model when none is given
     baseline_hz: list[float] = field(default_factory=lambda: [5.0, 30.0])   # [lo, hi] Hz
     peak_hz: float = 200.0               # saturation rate, Hz
     drive_gain: float = 1.5              # slope of the sigmoid on the unit-variance drive
@@ -63,6 +69,10 @@ class SimParams:
             problems.append(("n_channels", self.n_channels, "an integer >= 1"))
         if not 0 <= self.linear_fraction <= 1:
             problems.append(("linear_fraction", self.linear_fraction, "a fraction in [0, 1]"))
+        if not 0 <= self.model_alignment <= 1:
+            problems.append(("model_alignment", self.model_alignment, "a fraction in [0, 1]"))
+        if int(self.input_px) != self.input_px or not (self.input_px == 0 or self.input_px >= 32):
+            problems.append(("input_px", self.input_px, "0 (no resampling) or an integer >= 32 (pixels)"))
         if not self.smoothing_px >= 0:
             problems.append(("smoothing_px", self.smoothing_px, "a Gaussian sigma in pixels >= 0"))
         if int(self.hidden_width) != self.hidden_width or self.hidden_width < 1:
@@ -107,25 +117,32 @@ class TrueRateModule(nn.Module):
         self.params = params
         self.n_channels = int(params.n_channels)
         self.n_reference_images = int(n_reference_images)
+        self.input_px = int(params.input_px)
         self.blur = GaussianBlur(params.smoothing_px)
-        self.hidden_net = RandomConvNet(params.hidden_width, _seed_for(params.seed, 11))
-        self.hidden_mlp = RandomMLP(self.hidden_net.feature_dim, max(64, 4 * self.n_channels),
-                                    self.n_channels, _seed_for(params.seed, 12))
-        if model_features is None:
-            model_features = RandomConvNet(max(8, params.hidden_width // 2), _seed_for(params.seed, 13))
-        self._features_is_module = isinstance(model_features, nn.Module)
-        if self._features_is_module:
-            model_features.eval()  # its parameters are left as they are (it may be shared)
-            self.model_features = model_features
-        else:
-            self._model_features_fn = model_features
-        self.register_buffer("baseline_hz", torch.as_tensor(baseline_hz, dtype=torch.float32))
-        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
         self.w_lin = math.sqrt(params.linear_fraction)
         self.w_hid = math.sqrt(1.0 - params.linear_fraction)
+        self.w_model = math.sqrt(params.model_alignment) if self.w_lin > 0 else 0.0
+        self.w_hidlin = math.sqrt(1.0 - params.model_alignment) if self.w_lin > 0 else 0.0
+        self.hidden_net = TrainedTrunk() if (self.w_hid > 0 or self.w_hidlin > 0) else None
+        self.hidden_mlp = (RandomMLP(self.hidden_net.feature_dim, max(64, 4 * self.n_channels), self.n_channels,
+                                     _seed_for(params.seed, 12)) if self.w_hid > 0 else None)
+        self._features_is_module = False
+        if self.w_model > 0:
+            if model_features is None:
+                model_features = RandomConvNet(max(8, params.hidden_width // 2), _seed_for(params.seed, 13))
+            self._features_is_module = isinstance(model_features, nn.Module)
+            if self._features_is_module:
+                model_features.eval()  # its parameters are left as they are (it may be shared)
+                self.model_features = model_features
+            else:
+                self._model_features_fn = model_features
+        # with model_alignment = 0 the designing model is not even kept: nothing can depend on it
+        self.register_buffer("baseline_hz", torch.as_tensor(baseline_hz, dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
         self._stats: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         for own in (self.blur, self.hidden_net, self.hidden_mlp):
-            own.requires_grad_(False)
+            if own is not None:
+                own.requires_grad_(False)
 
     # -- parts -------------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,9 +150,13 @@ class TrueRateModule(nn.Module):
         f = fn(x)
         return f.flatten(1) if f.ndim > 2 else f
 
-    def _raw_parts(self, xb: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        feats = self._features(xb) if self.w_lin > 0 else None
-        hid = self.hidden_net(xb) if self.w_hid > 0 else None
+    def eye(self, x: torch.Tensor) -> torch.Tensor:
+        """What the hidden network sees: ``x`` resampled to ``input_px`` and blurred there."""
+        return self.blur(resample(x, self.input_px))
+
+    def _raw_parts(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        feats = self._features(x) if self.w_model > 0 else None
+        hid = self.hidden_net(self.eye(x)) if self.hidden_net is not None else None
         return feats, hid
 
     @staticmethod
@@ -145,6 +166,10 @@ class TrueRateModule(nn.Module):
         var = v.var(dim=0, unbiased=False)
         eps = shrink * float(var.mean()) + 1e-12
         return v.mean(dim=0).float(), torch.sqrt(var + eps).float()
+
+    def _readout(self, tag: int, dim: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(_seed_for(self.params.seed, tag) + dim)
+        return torch.randn(self.n_channels, dim, generator=gen) / math.sqrt(dim)
 
     def calibrate(self, size_hw: tuple[int, int], images: torch.Tensor | None = None) -> None:
         """Compute normalisation statistics for inputs of ``size_hw`` (reference textures by default)."""
@@ -157,21 +182,30 @@ class TrueRateModule(nn.Module):
         feats, hids = [], []
         with torch.no_grad():
             for chunk in torch.split(images, 32):
-                f, g = self._raw_parts(self.blur(chunk))
+                f, g = self._raw_parts(chunk)
                 feats.append(f)
                 hids.append(g)
         st: dict[str, torch.Tensor] = {}
-        if self.w_lin > 0:
+        lin = 0.0
+        if self.w_model > 0:
             f = torch.cat(feats)
             st["f_mean"], st["f_scale"] = self._mean_scale(f, FEATURE_SHRINK)
             z = (f - st["f_mean"]) / st["f_scale"]
-            gen = torch.Generator().manual_seed(_seed_for(self.params.seed, 15) + z.shape[1])
-            st["a"] = torch.randn(self.n_channels, z.shape[1], generator=gen) / math.sqrt(z.shape[1])
-            st["lin_mean"], st["lin_scale"] = self._mean_scale(z @ st["a"].T)
-        if self.w_hid > 0:
+            st["a"] = self._readout(15, z.shape[1])
+            st["lm_mean"], st["lm_scale"] = self._mean_scale(z @ st["a"].T)
+            lin = lin + self.w_model * (z @ st["a"].T - st["lm_mean"]) / st["lm_scale"]
+        if self.hidden_net is not None:
             g = torch.cat(hids)
             st["g_mean"], st["g_scale"] = self._mean_scale(g, FEATURE_SHRINK)
-            st["hid_mean"], st["hid_scale"] = self._mean_scale(self.hidden_mlp((g - st["g_mean"]) / st["g_scale"]))
+            zg = (g - st["g_mean"]) / st["g_scale"]
+            if self.w_hidlin > 0:
+                st["c"] = self._readout(16, zg.shape[1])
+                st["lh_mean"], st["lh_scale"] = self._mean_scale(zg @ st["c"].T)
+                lin = lin + self.w_hidlin * (zg @ st["c"].T - st["lh_mean"]) / st["lh_scale"]
+            if self.hidden_mlp is not None:
+                st["hid_mean"], st["hid_scale"] = self._mean_scale(self.hidden_mlp(zg))
+        if self.w_lin > 0:
+            st["lin_mean"], st["lin_scale"] = self._mean_scale(lin)
         self._stats[(h, w)] = st
 
     # -- forward -----------------------------------------------------------------------
@@ -183,15 +217,19 @@ class TrueRateModule(nn.Module):
         if key not in self._stats:
             self.calibrate(key)
         st = self._stats[key]
-        xb = self.blur(x.float())
-        f, g = self._raw_parts(xb)
-        drive = torch.zeros(x.shape[0], self.n_channels, dtype=xb.dtype, device=xb.device)
+        x = x.float()
+        f, g = self._raw_parts(x)
+        drive = torch.zeros(x.shape[0], self.n_channels, dtype=x.dtype, device=x.device)
+        lin = torch.zeros_like(drive)
         if f is not None:
-            lin = ((f - st["f_mean"]) / st["f_scale"]) @ st["a"].T
+            lin = lin + self.w_model * (((f - st["f_mean"]) / st["f_scale"]) @ st["a"].T - st["lm_mean"]) / st["lm_scale"]
+        zg = (g - st["g_mean"]) / st["g_scale"] if g is not None else None
+        if self.w_hidlin > 0:
+            lin = lin + self.w_hidlin * (zg @ st["c"].T - st["lh_mean"]) / st["lh_scale"]
+        if self.w_lin > 0:
             drive = drive + self.w_lin * (lin - st["lin_mean"]) / st["lin_scale"]
-        if g is not None:
-            hid = self.hidden_mlp((g - st["g_mean"]) / st["g_scale"])
-            drive = drive + self.w_hid * (hid - st["hid_mean"]) / st["hid_scale"]
+        if self.hidden_mlp is not None:
+            drive = drive + self.w_hid * (self.hidden_mlp(zg) - st["hid_mean"]) / st["hid_scale"]
         return drive
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,8 +242,8 @@ class SimulatedMonkey:
     """Synthetic IT sites: true rates (evaluation only), spikes, fixation breaks, clocks.
 
     ``model_features``: optional callable / torch module mapping images (B,3,H,W) in [0,1]
-    to features (B, D) of the controller's backbone; ``linear_fraction`` of each site's drive
-    variance is then a linear function of these features. Attributes (per site, from the
+    to features (B, D) of the controller's backbone; used only when
+    ``params.model_alignment > 0`` (that share of the linear drive is then a readout of it). Attributes (per site, from the
     seed): ``baseline_hz`` (C,) Hz, ``latency_s`` (C,) s, ``bias`` (C,); ``clock`` maps the
     presenter clock to the acquisition clock.
     """
@@ -317,4 +355,7 @@ class SimulatedMonkey:
                 "bias": self.bias.tolist(), "clock_offset_s": self.clock.offset_s,
                 "clock_drift_ppm": self.clock.drift_ppm, "seed": int(self.params.seed),
                 "linear_fraction": float(self.params.linear_fraction),
+                "model_alignment": float(self.params.model_alignment),
+                "input_px": int(self.params.input_px),
+                "hidden_network": "efficientnet-lite1 (ImageNet-trained, stage 5)",
                 "smoothing_px": float(self.params.smoothing_px)}

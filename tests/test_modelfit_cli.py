@@ -45,7 +45,8 @@ def experiment(tmp_path_factory):
         "readout": {"score_splits": 4, "alphas": [1.0, 10.0, 100.0, 1000.0, 1e4]},
         "screening": {"reliability_threshold": 0.3}})
     # a monkey whose sites are half linear in the tiny network's features
-    monkey = SimulatedMonkey(SimParams(n_channels=N_CH, linear_fraction=0.8, fixation_break_prob=0.1, seed=7),
+    monkey = SimulatedMonkey(SimParams(n_channels=N_CH, linear_fraction=0.8, model_alignment=1.0,  # truth in the model span
+                                       fixation_break_prob=0.1, seed=7),
                              model_features=build_backbone("tiny", "layer4"), n_reference_images=64)
     clean = builtin_images(200, 64, 0)
     _record(folder, 0, cfg, clean, 3, monkey)

@@ -120,7 +120,7 @@ def test_linear_fraction_knob_sets_linear_predictability(backbone):
     feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
     r2 = {}
     for lf in (0.1, 0.5, 0.9):
-        m = _monkey(backbone, n_channels=8, linear_fraction=lf, smoothing_px=0.5, seed=4)
+        m = _monkey(backbone, n_channels=8, linear_fraction=lf, model_alignment=1.0, smoothing_px=0.5, seed=4)
         y = m.true_rates(px)
         pred = cross_val_predict(RidgeCV(alphas=np.logspace(-1, 4, 11)), feats, y, cv=5)
         r2[lf] = float(np.mean(1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)))

@@ -14,9 +14,12 @@ from sim.backend import SimBackend
 
 
 def build_sim_monkey(cfg: Config):
-    """The simulated monkey of ``cfg.sim``; its linearly predictable part uses the
-    configured model backbone (``cfg.model``), as the controller's model would see it."""
-    backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
+    """The simulated monkey of ``cfg.sim``. Only when ``sim.model_alignment > 0`` does a share
+    of its linear drive use the configured model backbone (``cfg.model``); by default the
+    designing model is not built here at all, so nothing the sites do depends on it."""
+    backbone = None
+    if cfg.sim.model_alignment > 0:
+        backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
     return SimulatedMonkey(SimParams(**dataclasses.asdict(cfg.sim)), model_features=backbone)
 
 

@@ -31,6 +31,23 @@ def register(sub) -> None:
     add_progress_flag(rep)
     rep.set_defaults(func=cmd_report)
 
+    cal = sub.add_parser("calibrate", help="the simulated monkey's white-box sensitivity curve in the paper's units (224 px)")
+    cal.add_argument("--config", help="TOML file overriding config.toml's defaults")
+    cal.add_argument("--size", type=int, default=224, help="image size to calibrate at, pixels (epsilons scale by per-pixel RMS)")
+    cal.add_argument("--sites", type=int, default=6)
+    cal.add_argument("--images", type=int, default=6)
+    cal.add_argument("--restarts", type=int, default=8)
+    cal.add_argument("--steps", type=int, default=32)
+    cal.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sim.* key, e.g. smoothing_px=2")
+    cal.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rig.loop.calibrate import calibrate_command
+
+    print(calibrate_command(args.config, args.size, args.sites, args.images, args.restarts, args.steps, args.set))
+    return 0
+
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from rig.loop.simulate import EXPERIMENT_TOML, simulate

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,11 @@ class DayResults:
     random_init_model: bool
     truth: dict = field(default_factory=dict)   # simulation only
     data: DayData | None = None
+    signed_random: object | None = None          # SensitivityCurve: random controls, bias-corrected (model's sign)
+    ratio_signed: dict = field(default_factory=dict)        # eps -> Estimate: bias-corrected targeted / random
+    random_at_floor: dict = field(default_factory=dict)     # eps -> bool: random control CI reaches the noise floor
+    pvm_extra: dict = field(default_factory=dict)           # spearman, pearson through the site's rate nonlinearity
+    sim_info: dict = field(default_factory=dict)            # simulation: model_alignment etc., printed with results
 
     def numbers(self) -> dict:
         """Headline numbers with CIs, JSON-ready."""
@@ -70,12 +75,17 @@ class DayResults:
             "targeted_signed": {f"{e:g}": est(self.signed.population_estimate(e)) for e in self.signed.epsilons},
             "random_pairs": est(self.pairs.population), "noise_floor": est(self.noise.population),
             "predicted_vs_measured_r": est(self.pvm.r),
+            "predicted_vs_measured_spearman": _f(self.pvm_extra.get("spearman", np.nan)),
+            "predicted_vs_measured_r_through_rate_nonlinearity": _f(self.pvm_extra.get("pearson_nonlinear", np.nan)),
+            "simulation": self.sim_info,
             "model_cv_r_median": _f(np.nanmedian(self.model_scores.get("cv_r", [np.nan]))),
             "model_noise_ceiled_median": _f(np.nanmedian(self.model_scores.get("noise_ceiled", [np.nan]))),
         }
         if self.random is not None:
             out["random_abs"] = {f"{e:g}": est(self.random.population_estimate(e)) for e in self.random.epsilons}
             out["targeted_over_random"] = {f"{e:g}": est(v) for e, v in self.ratio.items()}
+            out["targeted_over_random_bias_corrected"] = {f"{e:g}": est(v) for e, v in self.ratio_signed.items()}
+            out["random_indistinguishable_from_noise_floor"] = {f"{e:g}": bool(v) for e, v in self.random_at_floor.items()}
         if self.model_units is not None:
             out["model_units_abs"] = {f"{e:g}": est(self.model_units.population_estimate(e)) for e in self.model_units.epsilons}
         if self.truth:
@@ -84,8 +94,10 @@ class DayResults:
                 "whitebox_spikes": {f"{e:g}": _f(v) for e, v in zip(t["epsilons"], t["whitebox_population"])},
                 "fraction_true_achieved": {f"{e:g}": est(v) for e, v in t["fraction_true"].items()},
                 "fraction_measured": {f"{e:g}": est(v) for e, v in t["fraction_measured"].items()},
+                "saturation_share_within_5pct": {f"{e:g}": _f(v) for e, v in t.get("saturation", {}).items()},
                 "whitebox_budget": {"restarts": t["restarts"], "steps": t["steps"],
                                     "relative_change_on_doubling": _f(t["relative_change_on_doubling"]),
+                                    "problems_converged": t.get("problems_converged"), "problems": t.get("problems"),
                                     "history": t["history"]},
             }
         return out
@@ -128,24 +140,86 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     has_random = bool(np.any(prov.kind == "random"))
     random = random_direction_control(resp, prov, sigma=sigma, **kw) if has_random else None
     ratio = compare_curves(targeted, random, "ratio") if random is not None else {}
+    signed_random, ratio_signed, at_floor = None, {}, {}
     pairs = random_pair_baseline(resp0, d0.stimuli, sigma=sigma, **kw)
     noise = split_half_noise_floor(d.responses_by_repeat(), sites=sites, sigma=sigma, n_boot=n_boot, seed=seed)
     pvm = predicted_vs_measured(resp, prov, **kw)
+    if random is not None:
+        from analysis.stats import indistinguishable_from_floor
+
+        try:  # bias-corrected random control: the designing model's predicted sign (unchanged images dropped)
+            signed_random = sensitivity_curve(resp, _without_zero_prediction(prov), estimator="signed", kind="random",
+                                              sigma=sigma, **kw)
+            ratio_signed = compare_curves(signed, signed_random, "ratio")
+        except ValueError:
+            signed_random = None
+        at_floor = {float(e): indistinguishable_from_floor(random.population_estimate(e), noise.population)
+                    for e in random.epsilons}
 
     model_units, scores, random_init = None, {}, bool(d.model.get("random_init", False))
+    pvm_extra: dict = {}
     mfile = folder / str(d.model.get("model_file", ""))
     if d.model.get("model_file") and mfile.exists():
         fitted = load_fitted(mfile)
         scores = {k: np.asarray(v) for k, v in fitted.scores.items()}
         pred = _model_predictions(fitted, prov.pixels, d.n_channels, cfg)
         model_units = model_unit_curve(pred, prov, **kw)
+        pvm_extra["pearson_nonlinear"] = _pearson_through_rate_nonlinearity(pred, resp, prov, sites)
+    from analysis.stats import spearman
 
+    pvm_extra["spearman"] = spearman(pvm.predicted, pvm.measured)
     res = DayResults(day, sites, sigma, targeted, signed, random, ratio, pairs, noise, model_units, pvm, scores,
-                     random_init, data=d)
+                     random_init, data=d, signed_random=signed_random, ratio_signed=ratio_signed,
+                     random_at_floor=at_floor, pvm_extra=pvm_extra)
     is_sim = d.attrs.get("backend") == "sim" or d.attrs.get("spike_source") == "simulated monkey"
+    if is_sim:
+        res.sim_info = {k: getattr(cfg.sim, k) for k in ("model_alignment", "linear_fraction", "input_px", "smoothing_px",
+                                                          "drive_gain", "seed")}
     if truth or (truth is None and is_sim):
         res.truth = _truth(cfg, folder, d, resp, sites, sigma, n_boot, seed, progress)
     return res
+
+
+def _without_zero_prediction(prov):
+    """The stimulus set with random controls whose model prediction is 0 or NaN (unchanged after
+    quantisation) relabelled so that no estimator counts them."""
+    import copy
+
+    out = copy.copy(prov)
+    kind = np.array(prov.kind, dtype=object).copy()
+    bad = (kind == "random") & ~(np.isfinite(prov.predicted_change) & (prov.predicted_change != 0))
+    kind[bad] = "dropped"
+    out.kind = kind.astype(str)
+    return out
+
+
+def _pearson_through_rate_nonlinearity(pred: np.ndarray, resp: np.ndarray, prov, sites: np.ndarray) -> float:
+    """Pearson r of measured vs predicted change after passing the model's prediction f(x)
+    through each site's fitted rate nonlinearity: a monotone (isotonic) map from f to the
+    measured response, fitted on the day's clean images, so a readout predicting a change the
+    site cannot make (beyond its range) is capped where the site caps."""
+    from sklearn.isotonic import IsotonicRegression
+
+    t = prov.kind == "targeted"
+    clean = np.flatnonzero(prov.kind == "clean")
+    xs, ys = [], []
+    for s in sites:
+        rows = np.flatnonzero(t & (prov.site == s))
+        ok = np.isfinite(pred[clean, s]) & np.isfinite(resp[clean, s])
+        if len(rows) == 0 or ok.sum() < 5:
+            continue
+        iso = IsotonicRegression(out_of_bounds="clip").fit(pred[clean[ok], s], resp[clean[ok], s])
+        g_pert = iso.predict(pred[rows, s])
+        g_par = iso.predict(pred[prov.parent[rows], s])
+        xs.append(g_pert - g_par)
+        ys.append(resp[rows, s] - resp[prov.parent[rows], s])
+    if not xs:
+        return float("nan")
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
 def _model_predictions(fitted, pixels: np.ndarray, n_channels: int, cfg: Config) -> np.ndarray:
@@ -169,7 +243,20 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
     window = (d.window_ms[0] / 1000.0, d.window_ms[1] / 1000.0)
     module = TrueCountModule(monkey, window, cfg.rsvp.stim_on_ms / 1000.0).eval()
     # noise-free: the true expected counts of the very stimuli the loop showed
-    expected = monkey.expected_counts(monkey.true_rates(prov.pixels), window, cfg.rsvp.stim_on_ms / 1000.0)
+    true_rates = monkey.true_rates(prov.pixels)
+    expected = monkey.expected_counts(true_rates, window, cfg.rsvp.stim_on_ms / 1000.0)
+    # saturation: share of targeted stimuli whose true rate (at their site) is within 5% of floor or ceiling
+    from analysis.stats import saturation_share
+
+    tg = np.flatnonzero(prov.kind == "targeted")
+    saturation = {}
+    for e in np.unique(np.round(prov.epsilon_requested[tg], 9)):
+        rows = tg[np.isclose(prov.epsilon_requested[tg], e)]
+        st = prov.site[rows]
+        saturation[float(e)] = saturation_share(true_rates[rows, st][:, None], monkey.baseline_hz[st][:, None],
+                                                cfg.sim.peak_hz)
+    cl = np.flatnonzero(prov.kind == "clean")
+    saturation[0.0] = saturation_share(true_rates[np.ix_(cl, sites)], monkey.baseline_hz[sites], cfg.sim.peak_hz)
     achieved = sensitivity_curve(expected, prov, estimator="signed", sites=sites, normalise=False, n_boot=n_boot, seed=seed)
     measured = sensitivity_curve(resp, prov, estimator="signed", sites=sites, normalise=False, n_boot=n_boot, seed=seed)
     # the white-box problems: every (clean parent, target site) the loop perturbed
@@ -180,17 +267,17 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
     clean = prov.pixels[parents]
     problems = [(local[p], s) for p, s in pairs]
     eps = [float(e) for e in achieved.epsilons]
-    # a larger budget than the loop's, then doubled until the answer moves by < 2%
-    base = PerturbParams(restarts=max(4, cfg.perturb.restarts // 2), steps=max(32, cfg.perturb.steps), prune=False,
-                         step_growth=1.25, early_stop=True, random_controls_per_image=0,
-                         max_batch_rows=cfg.perturb.max_batch_rows)
+    # at least the loop's budget (restarts and steps, without pruning), then both doubled until every
+    # problem's answer moves by < 2%
+    base = replace(_loop_params(cfg), restarts=max(4, cfg.perturb.restarts), steps=max(16, cfg.perturb.steps), prune=False,
+                   random_controls_per_image=0)
     ids = [d.stim_ids[p] for p in parents]
     key = {"problems": [[ids[i], s] for i, s in problems], "epsilons": eps, "sim": json.dumps(cfg.to_dict()["sim"], sort_keys=True),
            "window": list(window), "restarts": base.restarts, "steps": base.steps}
     cached = folder / "groundtruth.npz"
     if progress and not cached.exists():
         print(f"ground truth: white-box attack on the simulated sites ({len(problems)} problems x {len(eps)} epsilons "
-              f"x 2 directions), doubling the budget until it changes the answer by < 2%", flush=True)
+              f"x 2 directions), doubling restarts and steps until no problem's answer changes by 2% or more", flush=True)
     wb = load_or_compute(cached, key,
                          lambda: converged_whitebox(module, clean, problems, eps, base, seed=7, progress=progress))
     # (n_sites, n_eps): mean over that site's images of the mean over both directions
@@ -205,7 +292,14 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
             "achieved_curve": achieved, "fraction_true": frac_true.population, "fraction_measured": frac_meas.population,
             "fraction_true_site": frac_true.site_fraction, "restarts": wb.restarts, "steps": wb.steps,
             "relative_change_on_doubling": wb.relative_change_on_doubling, "history": wb.history,
+            "problems_converged": wb.n_converged, "problems": len(problems), "saturation": saturation,
+            "whitebox_problem": wb.best, "problems_list": problems,
             "whitebox_site_normalised": true_site / sigma[:, None]}
+
+
+def _loop_params(cfg: Config):
+    """The loop's PerturbParams (same step rules), from ``cfg.perturb``."""
+    return PerturbParams.from_config_section(asdict(cfg.perturb))
 
 
 def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True,
@@ -221,13 +315,19 @@ def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True
 
 def describe(res: DayResults) -> str:
     """A few lines for the terminal."""
-    lines = [f"day {res.day}: {len(res.sites)} targeted sites" + (" (model backbone had RANDOM weights)" if res.random_init_model else "")]
+    lines = [f"day {res.day}: {len(res.sites)} targeted sites" + (" (model backbone had RANDOM weights)" if res.random_init_model else "")
+             + (f"; simulated monkey: model_alignment {res.sim_info['model_alignment']:g}" if res.sim_info else "")]
     for e in res.targeted.epsilons:
         a, s = res.targeted.population_estimate(e), res.signed.population_estimate(e)
         line = f"  eps {e:g}: |dr|/sigma {a.value:.2f} [{a.lo:.2f}, {a.hi:.2f}]  bias-corrected {s.value:.2f} [{s.lo:.2f}, {s.hi:.2f}]"
         if res.random is not None:
             r, q = res.random.population_estimate(e), res.ratio[float(e)]
             line += f"  random {r.value:.2f}  targeted/random {q.value:.1f}x [{q.lo:.1f}, {q.hi:.1f}]"
+            if float(e) in res.ratio_signed:
+                b = res.ratio_signed[float(e)]
+                line += f" (bias-corrected {b.value:.1f}x [{b.lo:.1f}, {b.hi:.1f}])"
+            if res.random_at_floor.get(float(e)):
+                line += " [random control at the noise floor: ratio unstable]"
         if res.truth:
             f = res.truth["fraction_true"][float(e)]
             line += f"  fraction of true {f.value:.2f} [{f.lo:.2f}, {f.hi:.2f}]"

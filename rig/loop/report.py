@@ -45,6 +45,44 @@ def _examples(res: DayResults, n: int = 4) -> tuple[np.ndarray, np.ndarray, list
     return np.stack(clean), np.stack(pert), labels
 
 
+def signed_changes_by_image(res: DayResults) -> dict[float, dict[tuple, float]]:
+    """{eps: {(site, clean parent id, direction): bias-corrected change / sigma}} of one day's
+    targeted stimuli; the key identifies the same problem on another day (parents by stimulus id)."""
+    d = res.data
+    ss = d.stimuli
+    resp = d.mean_responses().astype(float)
+    sig = {int(s): float(v) for s, v in zip(res.sites, res.sigma)}
+    out: dict[float, dict[tuple, float]] = {}
+    for k in np.flatnonzero(ss.kind == "targeted"):
+        s = int(ss.site[k])
+        if s not in sig or not np.isfinite(ss.predicted_change[k]) or ss.predicted_change[k] == 0:
+            continue
+        e = round(float(ss.epsilon_requested[k]), 9)
+        v = np.sign(ss.predicted_change[k]) * (resp[k, s] - resp[ss.parent[k], s]) / sig[s]
+        out.setdefault(e, {})[(s, str(d.stim_ids[ss.parent[k]]), int(ss.direction[k]))] = float(v)
+    return out
+
+
+def paired_day_change(first: DayResults, last: DayResults, seed: int = 0) -> dict:
+    """{eps: PairedDifference of last - first} over the problems (site, clean image, direction)
+    both days perturbed, units of sigma (bias-corrected); images averaged over directions."""
+    from analysis.stats import paired_difference
+
+    a_all, b_all = signed_changes_by_image(first), signed_changes_by_image(last)
+    out = {}
+    for e in sorted(set(a_all) & set(b_all)):
+        a, b = a_all[e], b_all[e]
+        units: dict[tuple, list] = {}
+        for key in set(a) & set(b):
+            units.setdefault(key[:2], []).append((a[key], b[key]))
+        if not units:
+            continue
+        va = np.array([np.mean([x for x, _ in v]) for v in units.values()])
+        vb = np.array([np.mean([y for _, y in v]) for v in units.values()])
+        out[e] = paired_difference(va, vb, seed=seed)
+    return out
+
+
 def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None, progress: bool = True,
                  cache: DayCache | None = None) -> Path:
     """Analyse every complete closed-loop day of ``folder`` and write ``out`` (default
@@ -82,6 +120,9 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
                                title=f"Day {last.day}: sensitivity per site"),
         plots.plot_example_stimuli(out / "example_stimuli.png", *_examples(last)),
     ]
+    fig1a, fig1a_notes = _figure1a(cfg, folder, out, last)
+    if fig1a is not None:
+        figs.insert(0, fig1a)
     scored = {d: r for d, r in results.items() if "cv_r" in r.model_scores}
     if scored:
         figs.append(plots.plot_predictivity_vs_ceiling(
@@ -95,6 +136,12 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
         f"Experiment folder `{folder}`; closed-loop days {days[0]}..{days[-1]}; {len(last.sites)} targeted sites; "
         "sensitivities are in units of each site's s.d. over the screening day's clean images (sigma).",
     ]
+    if last.sim_info:
+        si = last.sim_info
+        notes.append(f"Simulated monkey: **model_alignment = {si['model_alignment']:g}** (the share of the sites' linear "
+                     f"drive that lives in the designing model's feature space; 0 = the truth is hidden from the "
+                     f"controller), linear_fraction {si['linear_fraction']:g}, input_px {si['input_px']}, "
+                     f"smoothing_px {si['smoothing_px']:g}, drive_gain {si['drive_gain']:g}, seed {si['seed']}.")
     if random_init:
         notes.append("**The model backbone had RANDOM weights** (no weights file was configured): the model is a "
                      "random-feature readout, not an ImageNet-trained network.")
@@ -103,14 +150,76 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
                  + " (smooth: bilinear to the configured size in degrees, so the perturbation that reaches the eye is "
                  "not exactly epsilon_shown; integer: nearest neighbour by a whole factor, pixels shown exactly).")
     notes += checks
+    notes += fig1a_notes
     if truth:
         h = last.truth
-        notes.append(f"Ground truth: a white-box attack on the simulated sites' expected counts, "
-                     f"{h['restarts']} restarts x {h['steps']} steps; doubling the budget changed the mean "
-                     f"answer by {100 * h['relative_change_on_doubling']:.2g}% (the criterion is < 2%).")
+        notes.append(f"Ground truth: a white-box attack on the simulated sites' expected counts (the loop's step "
+                     f"rules, no pruning), final budget {h['restarts']} restarts x {h['steps']} steps after doubling "
+                     f"both; the last doubling changed the mean answer by {100 * h['relative_change_on_doubling']:.2g}%, "
+                     f"and {h.get('problems_converged', 0)} of {h.get('problems', 0)} problems moved by < 2% "
+                     f"(converged; the rest are lower bounds).")
+        sat = h.get("saturation", {})
+        if sat:
+            notes.append("Saturation (true rates of the targeted stimuli within 5% of the site's floor or the "
+                         "ceiling): " + ", ".join(("clean images" if e == 0 else f"eps {e:g}") + f" {100 * v:.0f}%"
+                                                  for e, v in sorted(sat.items())) + ".")
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary
+
+
+def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults) -> tuple[Path | None, list[str]]:
+    """Figure 1A: IT (white-box truth in simulation, else measured bias-corrected) beside the
+    white-box sensitivity of every configured backbone's units on the same clean images."""
+    from rig.loop.figure1a import figure1a_curves, plot_figure1a
+
+    ss = last.data.stimuli
+    t = np.flatnonzero(ss.kind == "targeted")
+    parents = list(dict.fromkeys(int(p) for p in ss.parent[t]))[:cfg.report.figure1a_images]
+    if not parents:
+        return None, []
+    d0 = read_day(day_path(folder, 0))
+    screening = d0.stimuli.pixels[d0.stimuli.kind == "clean"]
+    eps = [float(e) for e in last.targeted.epsilons]
+    units = figure1a_curves(cfg, screening, ss.pixels[parents], eps, seed=cfg.experiment.seed)
+    if last.truth:
+        site_curves = np.asarray(last.truth["whitebox_site_normalised"], float)     # (sites, eps)
+        rng = np.random.default_rng(0)
+        ok = np.all(np.isfinite(site_curves), axis=1)
+        sc = site_curves[ok]
+        boot = sc[rng.integers(0, len(sc), size=(1000, len(sc)))].mean(axis=1)
+        it = (np.asarray(eps), sc.mean(0), np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0))
+        label = f"simulated IT: white-box truth ({len(sc)} sites, CI over sites)"
+    else:
+        c = last.signed
+        it = (c.epsilons, c.population, c.population_lo, c.population_hi)
+        label = "IT: measured, bias-corrected (a lower bound)"
+    size = int(ss.pixels.shape[1])
+    path = plot_figure1a(out / "figure1a.png", it, label, float(last.pairs.population.value), units, size)
+    notes = ["Figure 1A (white-box, same engine and clean images; x sigma of each unit/site over clean images): "
+             + label + ": " + ", ".join(f"eps {e:g} {m:.2f} [{lo:.2f}, {hi:.2f}]" for e, m, lo, hi in zip(*it))
+             + f"; random image pairs {last.pairs.population.value:.2f}."]
+    try:
+        from modelfit.store import load_fitted
+        from rig.loop.quantloss import quantisation_loss
+
+        mfile = folder / str(last.data.model.get("model_file", ""))
+        if last.data.model.get("model_file") and mfile.exists():
+            fitted = load_fitted(mfile)
+            module = fitted.module(weights=cfg.model.weights or None).eval()
+            cols = [int(np.flatnonzero(np.asarray(fitted.site_channels) == s)[0]) for s in last.sites[:3]
+                    if s in set(np.asarray(fitted.site_channels).tolist())]
+            loss = quantisation_loss(module, ss.pixels[parents], cols, eps)
+            notes.append(f"uint8 quantisation loss of a linear objective at {size} px (designing model, "
+                         f"{len(parents)} images x {len(cols)} sites): "
+                         + ", ".join(f"eps {e:g} {100 * v:.1f}%" for e, v in loss.items()) + ".")
+    except Exception as exc:  # a report must not fail on this extra number
+        notes.append(f"uint8 quantisation loss: not computed ({type(exc).__name__}: {exc}).")
+    for u in units:
+        notes.append(f"Figure 1A, {u.label}: " + ", ".join(f"eps {e:g} {m:.2f} [{lo:.2f}, {hi:.2f}]"
+                                                         for e, m, lo, hi in zip(u.epsilons, u.mean, u.lo, u.hi))
+                     + f"; random image pairs {u.pairs:.2f} ({u.n_units} units x {u.n_images} images).")
+    return path, notes
 
 
 def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, list[str]]:
@@ -125,6 +234,9 @@ def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, lis
             if r.random is not None:
                 row["random-direction abs(dr) / sigma"] = r.random.population_estimate(e)
                 row["targeted / random (ratio)"] = r.ratio[float(e)]
+                if float(e) in r.ratio_signed:
+                    row["targeted / random, bias-corrected (ratio)"] = r.ratio_signed[float(e)]
+                row["random control indistinguishable from noise floor"] = bool(r.random_at_floor.get(float(e), False))
             if r.model_units is not None:
                 row["model units abs(df) / sigma_model"] = r.model_units.population_estimate(e)
             if r.truth:
@@ -134,6 +246,9 @@ def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, lis
         sec["random-pair baseline / sigma"] = r.pairs.population
         sec["split-half noise floor / sigma"] = r.noise.population
         sec["predicted vs measured change, Pearson r"] = r.pvm.r
+        sec["predicted vs measured change, Spearman rho"] = r.pvm_extra.get("spearman", float("nan"))
+        sec["predicted vs measured change, Pearson r through the site's rate nonlinearity"] = r.pvm_extra.get(
+            "pearson_nonlinear", float("nan"))
         if "cv_r" in r.model_scores:
             sec["designing model: median cross-validated r"] = float(np.nanmedian(r.model_scores["cv_r"]))
             sec["designing model: median noise-ceiled predictivity"] = float(np.nanmedian(r.model_scores["noise_ceiled"]))
@@ -141,18 +256,24 @@ def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, lis
     if last.random is not None:
         ratios = {float(e): last.ratio[float(e)] for e in last.targeted.epsilons}
         ok = [e for e, q in ratios.items() if q.value >= 10]
+        floor = [e for e in ratios if last.random_at_floor.get(e)]
         checks.append(f"Targeted vs model-free random perturbations on day {last.day}: "
                       + ", ".join(f"eps {e:g}: {q.value:.1f}x [{q.lo:.1f}, {q.hi:.1f}]" for e, q in ratios.items())
-                      + f" — at least 10x at {len(ok)} of {len(ratios)} epsilons.")
+                      + f" — at least 10x at {len(ok)} of {len(ratios)} epsilons; bias-corrected: "
+                      + (", ".join(f"eps {e:g}: {q.value:.1f}x [{q.lo:.1f}, {q.hi:.1f}]" for e, q in last.ratio_signed.items())
+                         or "n/a")
+                      + (f". The random control is indistinguishable from the noise floor at eps "
+                         f"{', '.join(f'{e:g}' for e in floor)}: the ratio there is unstable." if floor else "."))
     if len(days) > 1:
-        parts = []
-        for e in last.signed.epsilons:
-            a, b = first.signed.population_estimate(e), last.signed.population_estimate(e)
-            parts.append(f"eps {e:g}: {a.value:.2f} [{a.lo:.2f}, {a.hi:.2f}] -> {b.value:.2f} [{b.lo:.2f}, {b.hi:.2f}]")
-        better = sum(last.signed.population_estimate(e).value > first.signed.population_estimate(e).value
-                     for e in last.signed.epsilons)
-        checks.append(f"Bias-corrected sensitivity, day {days[0]} -> day {days[-1]}: " + "; ".join(parts)
-                      + f" — higher on the last day at {better} of {len(last.signed.epsilons)} epsilons.")
+        paired = paired_day_change(first, last)
+        parts = [f"eps {e:g}: {p.estimate.value:+.2f} [{p.estimate.lo:+.2f}, {p.estimate.hi:+.2f}] "
+                 f"(n = {p.n} images, sign-flip p = {p.p_value:.2g})" for e, p in paired.items()]
+        checks.append(f"Day-over-day change of the bias-corrected sensitivity (x sigma), day {days[-1]} minus day "
+                      f"{days[0]}, paired over the same (site, clean image) problems, 95% paired-bootstrap CI: "
+                      + ("; ".join(parts) if parts else "no problem was perturbed on both days") + ".")
+        for e, p in paired.items():
+            numbers.setdefault("Day-over-day (paired)", {})[f"epsilon {e:g}: day {days[-1]} - day {days[0]} (x sigma)"] = p.estimate
+            numbers["Day-over-day (paired)"][f"epsilon {e:g}: sign-flip p"] = p.p_value
     if last.truth:
         checks.append(f"Fraction of the true (white-box) sensitivity reached on day {last.day} (noise-free): "
                       + ", ".join(f"eps {e:g}: {v.value:.2f} [{v.lo:.2f}, {v.hi:.2f}]"
