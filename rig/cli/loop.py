@@ -31,7 +31,7 @@ def register(sub) -> None:
     add_progress_flag(rep)
     rep.set_defaults(func=cmd_report)
 
-    cal = sub.add_parser("calibrate", help="the simulated monkey's white-box sensitivity curve in the paper's units (224 px)")
+    cal = sub.add_parser("sim-calibrate", help="the simulated monkey's white-box sensitivity curve in the paper's units (224 px)")
     cal.add_argument("--config", help="TOML file overriding config.toml's defaults")
     cal.add_argument("--size", type=int, default=224, help="image size to calibrate at, pixels (epsilons scale by per-pixel RMS)")
     cal.add_argument("--sites", type=int, default=6)

@@ -1,4 +1,4 @@
-"""The simulated monkey's sensitivity in the paper's units: ``itloop calibrate``.
+"""The simulated monkey's sensitivity in the paper's units: ``itloop sim-calibrate``.
 
 Guo et al. (2022) report, at 224 px with pixels in [0,1], that an L2 perturbation of
 eps = 2.5 turns a site's clean image into a "highly preferred" one and eps = 10 gives
@@ -97,7 +97,7 @@ def calibration_curve(sim_params, size_px: int = PAPER_SIZE_PX, epsilons_224=PAP
 
 def calibrate_command(config: str | None, size_px: int, n_sites: int, n_images: int, restarts: int, steps: int,
                       overrides: list[str]) -> str:
-    """The text ``itloop calibrate`` prints: the sim parameters, the curve and the anchors."""
+    """The text ``itloop sim-calibrate`` prints: the sim parameters, the curve and the anchors."""
     from rig.config import Config, load_config
     from sim.monkey import SimParams
 
