@@ -120,7 +120,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
                                title=f"Day {last.day}: sensitivity per site"),
         plots.plot_example_stimuli(out / "example_stimuli.png", *_examples(last)),
     ]
-    fig1a, fig1a_notes = _figure1a(cfg, folder, out, last)
+    fig1a, fig1a_notes = _figure1a(cfg, folder, out, last, cache)
     if fig1a is not None:
         figs.insert(0, fig1a)
     scored = {d: r for d, r in results.items() if "cv_r" in r.model_scores}
@@ -168,7 +168,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     return summary
 
 
-def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults) -> tuple[Path | None, list[str]]:
+def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults, cache: DayCache) -> tuple[Path | None, list[str]]:
     """Figure 1A: IT (white-box truth in simulation, else measured bias-corrected) beside the
     white-box sensitivity of every configured backbone's units on the same clean images."""
     from rig.loop.figure1a import figure1a_curves, plot_figure1a
@@ -178,7 +178,7 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults) -> tuple[P
     parents = list(dict.fromkeys(int(p) for p in ss.parent[t]))[:cfg.report.figure1a_images]
     if not parents:
         return None, []
-    d0 = read_day(day_path(folder, 0))
+    d0 = cache.read(day_path(folder, 0))
     screening = d0.stimuli.pixels[d0.stimuli.kind == "clean"]
     eps = [float(e) for e in last.targeted.epsilons]
     units = figure1a_curves(cfg, screening, ss.pixels[parents], eps, seed=cfg.experiment.seed)
