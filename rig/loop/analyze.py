@@ -32,7 +32,7 @@ from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random
                       random_pair_baseline, sensitivity_curve, split_half_noise_floor)
 from analysis.sensitivity import model_unit_curve
 from modelfit.store import load_fitted
-from analysis import fraction_of_true, sensitivity_curve
+from analysis import fraction_of_true
 from rig.backends.factory import build_sim_monkey
 from rig.loop.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
 from stimuli.perturb import PerturbParams
