@@ -162,7 +162,7 @@ def plot_sensitivity_by_day(path, curves_by_day: Mapping[int, SensitivityCurve],
         xs, ys, lo, hi = [], [], [], []
         for d in days:
             c = curves_by_day[d]
-            k = np.flatnonzero(np.isclose(c.epsilons, e))
+            k = np.flatnonzero(c.epsilons == e)  # labels of the stored grids: equal values match exactly
             if k.size:
                 xs.append(d + dx)
                 ys.append(c.population[k[0]])
@@ -206,10 +206,11 @@ def plot_predicted_vs_measured(path, pvm: PredictedVsMeasured, *,
     """Scatter of predicted vs measured change (spikes), coloured by epsilon, identity line, Pearson r."""
     fig = Figure(figsize=(6.2, 5.8))
     ax = fig.add_subplot()
-    eps = np.unique(np.round(pvm.epsilon, 9))
-    colors = colormaps["plasma"](np.linspace(0.0, 0.8, max(len(eps), 1)))
-    for color, e in zip(colors, eps):
-        m = np.isclose(pvm.epsilon, e)
+    rows = np.unique(pvm.epsilon_index)  # planned-grid rows present
+    colors = colormaps["plasma"](np.linspace(0.0, 0.8, max(len(rows), 1)))
+    for color, g in zip(colors, rows):
+        e = pvm.epsilons[g]
+        m = pvm.epsilon_index == g
         r = pvm.r_by_epsilon.get(float(e))
         lab = f"ε = {e:g} (n={m.sum()}, r = {r.value:.2f})" if r is not None else f"ε = {e:g}"
         ax.scatter(pvm.predicted[m], pvm.measured[m], s=10, color=color, alpha=0.6, edgecolors="none", label=lab)

@@ -8,8 +8,13 @@ those attributes, or a mapping with those keys, is accepted (analysis never impo
 - ``parent``: index of the clean parent in the same set, -1 for none
 - ``site``: channel index the stimulus targets, -1 for none (model-free controls may be -1)
 - ``epsilon_requested`` / ``epsilon_shown``: L2 norm, pixels in [0,1]
+- ``epsilon_index``: row of the planned grid ``epsilons`` the stimulus was made at (-1: none)
 - ``direction``: +1 / -1 / 0
 - ``predicted_change``: f_site(shown) - f_site(parent) under the designing model, spikes
+
+and, once per set, ``epsilons``: the planned grid (L2 norms). Stimuli are grouped by
+``epsilon_index`` and labelled with ``epsilons[epsilon_index]``; no epsilon is ever matched
+by rounding.
 """
 from __future__ import annotations
 
@@ -18,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PAIR_COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction", "predicted_change")
-EPSILON_DECIMALS = 9  # requested epsilons equal to this many decimals form one group
+PAIR_COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction", "predicted_change",
+                "epsilon_index")
 
 
 def provenance_columns(prov, needed: tuple[str, ...] = PAIR_COLUMNS) -> dict[str, np.ndarray]:
@@ -52,11 +57,13 @@ def check_responses(responses: np.ndarray, n_stimuli: int, name: str = "response
     return r
 
 
-def epsilon_grid(eps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct requested epsilons (sorted) and each entry's index into them."""
-    rounded = np.round(np.asarray(eps, dtype=float), EPSILON_DECIMALS)
-    grid, index = np.unique(rounded, return_inverse=True)
-    return grid, index
+def planned_epsilons(prov) -> np.ndarray:
+    """The planned grid ``epsilons`` (n_eps,) L2 norms, from the attribute or mapping key."""
+    grid = prov.get("epsilons") if isinstance(prov, Mapping) else getattr(prov, "epsilons", None)
+    if grid is None:
+        raise ValueError("provenance has no planned epsilon grid; pass a StimulusSet or a dict with key 'epsilons' "
+                         "(the L2 norms that 'epsilon_index' points into)")
+    return np.asarray(grid, dtype=float).reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,8 @@ class Pairs:
     """One row per (perturbed stimulus, site it counts for). All arrays (n_pairs,).
 
     ``stimulus``/``parent``: row indices into the stimulus set; ``site``: channel index;
-    ``epsilon``: requested L2 norm; ``epsilon_shown``: displayed L2 norm (pixels in [0,1]);
+    ``epsilon_index``: row of ``epsilons`` (the planned grid, (n_eps,)); ``epsilon``: requested
+    L2 norm (= ``epsilons[epsilon_index]``); ``epsilon_shown``: displayed L2 norm (pixels in [0,1]);
     ``direction``: +1/-1/0; ``predicted_change``: designing model's predicted change, spikes.
     """
 
@@ -75,6 +83,8 @@ class Pairs:
     epsilon_shown: np.ndarray
     direction: np.ndarray
     predicted_change: np.ndarray
+    epsilon_index: np.ndarray
+    epsilons: np.ndarray
 
     def __len__(self) -> int:
         return len(self.stimulus)
@@ -102,7 +112,11 @@ def perturbation_pairs(prov, kind: str = "targeted", sites: np.ndarray | None = 
         raise ValueError(f"kind must be 'targeted' or 'random' (perturbed stimuli); got {kind!r}")
     c = provenance_columns(prov)
     sites = targeted_sites(prov) if sites is None else np.unique(np.asarray(sites, dtype=np.int64))
+    grid = planned_epsilons(prov)
     rows = np.flatnonzero((c["kind"] == kind) & (c["parent"] >= 0))
+    if np.any((c["epsilon_index"][rows] < 0) | (c["epsilon_index"][rows] >= len(grid))):
+        raise ValueError(f"some {kind} stimuli have an epsilon_index outside the planned grid "
+                         f"epsilons={grid.tolist()}; every perturbed stimulus names the row it was made at")
     if np.any(c["kind"][c["parent"][rows]] != "clean"):
         raise ValueError(f"some {kind} stimuli have a parent that is not a clean image; parents must be clean")
     own = rows[c["site"][rows] >= 0]
@@ -114,4 +128,5 @@ def perturbation_pairs(prov, kind: str = "targeted", sites: np.ndarray | None = 
                  epsilon=c["epsilon_requested"][stim].astype(float),
                  epsilon_shown=c["epsilon_shown"][stim].astype(float),
                  direction=c["direction"][stim].astype(np.int64),
-                 predicted_change=c["predicted_change"][stim].astype(float))
+                 predicted_change=c["predicted_change"][stim].astype(float),
+                 epsilon_index=c["epsilon_index"][stim].astype(np.int64), epsilons=grid)

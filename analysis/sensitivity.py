@@ -25,7 +25,7 @@ import numpy as np
 
 from analysis.bootstrap import (DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, check_n_boot, combine_boot,
                                 estimate_from_boot, percentile_interval, resample_rows_mean)
-from analysis.provenance import Pairs, check_responses, epsilon_grid, perturbation_pairs, provenance_columns
+from analysis.provenance import Pairs, check_responses, perturbation_pairs, provenance_columns
 
 ESTIMATORS = ("abs", "signed")
 BOOT_CHUNK_ELEMENTS = 2_000_000  # resampled values held in memory at once
@@ -37,7 +37,8 @@ class ImageTable:
 
     ``values``: (n_sites, n_images_max, n_eps), spikes, NaN-padded; row j of site k is clean
     image ``parents[k, j]`` (stimulus index, -1 = padding). ``n_images``: (n_sites,) rows used.
-    ``epsilons``: (n_eps,) requested L2 norms; ``epsilon_shown``: (n_sites, n_eps) mean shown.
+    ``epsilon_index``: (n_eps,) rows of the planned grid present among the pairs, ascending;
+    ``epsilons``: (n_eps,) their requested L2 norms; ``epsilon_shown``: (n_sites, n_eps) mean shown.
     """
 
     values: np.ndarray
@@ -46,13 +47,15 @@ class ImageTable:
     sites: np.ndarray
     epsilons: np.ndarray
     epsilon_shown: np.ndarray
+    epsilon_index: np.ndarray
 
 
 @dataclass(frozen=True)
 class SensitivityCurve:
     """Sensitivity versus epsilon per site and for the population, with CIs.
 
-    Shapes: ``epsilons`` (n_eps,) requested L2 norm (pixels in [0,1]); ``epsilon_shown``
+    Shapes: ``epsilons`` (n_eps,) requested L2 norm (pixels in [0,1]), the planned grid's
+    values at rows ``epsilon_index`` (n_eps,); ``epsilon_shown``
     (n_eps,) mean displayed norm; ``sites`` (n_sites,) channel indices; ``site_mean``,
     ``site_lo``, ``site_hi``, ``n_images`` (n_sites, n_eps); ``population``,
     ``population_lo``, ``population_hi`` (n_eps,); ``population_boot`` (n_boot, n_eps);
@@ -78,19 +81,21 @@ class SensitivityCurve:
     estimator: str
     kind: str
     level: float
+    epsilon_index: np.ndarray
 
     @property
     def unit(self) -> str:
         return "multiples of the site's clean-image s.d." if self.normalised else "spikes per window"
 
     def population_estimate(self, epsilon: float) -> Estimate:
-        """Population value at one requested epsilon, with its CI."""
-        k = self.epsilon_index(epsilon)
+        """Population value at one requested epsilon (a value of the planned grid), with its CI."""
+        k = self.column(epsilon)
         return Estimate(float(self.population[k]), float(self.population_lo[k]), float(self.population_hi[k]),
                         self.level, int(self.n_images[:, k].sum()))
 
-    def epsilon_index(self, epsilon: float) -> int:
-        hit = np.flatnonzero(np.isclose(self.epsilons, epsilon))
+    def column(self, epsilon: float) -> int:
+        """The column of ``epsilon``: an exact value of :attr:`epsilons` (the stored grid labels)."""
+        hit = np.flatnonzero(self.epsilons == epsilon)
         if hit.size == 0:
             raise ValueError(f"epsilon {epsilon} not in this curve; available: {self.epsilons.tolist()}")
         return int(hit[0])
@@ -132,8 +137,10 @@ def pair_values(responses: np.ndarray, pairs: Pairs, estimator: str) -> np.ndarr
 def image_table(values: np.ndarray, pairs: Pairs, sites: np.ndarray) -> ImageTable:
     """Average per-pair ``values`` (n_pairs,) over stimuli sharing (site, parent, epsilon)."""
     sites = np.asarray(sites, dtype=np.int64)
-    epsilons, eps_idx = epsilon_grid(pairs.epsilon)
-    n_eps = len(epsilons)
+    used = np.unique(pairs.epsilon_index)  # planned-grid rows present, ascending
+    eps_idx = np.searchsorted(used, pairs.epsilon_index)
+    epsilons = pairs.epsilons[used]
+    n_eps = len(used)
     per_site_parents = [np.unique(pairs.parent[pairs.site == s]) for s in sites]
     n_images = np.array([len(p) for p in per_site_parents], dtype=np.int64)
     n_max = int(n_images.max()) if len(sites) else 0
@@ -154,7 +161,7 @@ def image_table(values: np.ndarray, pairs: Pairs, sites: np.ndarray) -> ImageTab
     with np.errstate(invalid="ignore", divide="ignore"):
         table = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
         shown = np.where(shown_n > 0, shown_sum / np.maximum(shown_n, 1), np.nan)
-    return ImageTable(table, parents, n_images, sites, epsilons, shown)
+    return ImageTable(table, parents, n_images, sites, epsilons, shown, used)
 
 
 def curve_from_table(table: ImageTable, sigma: np.ndarray | None, n_boot: int, level: float, seed: int,
@@ -187,7 +194,8 @@ def curve_from_table(table: ImageTable, sigma: np.ndarray | None, n_boot: int, l
                             site_lo=site_lo, site_hi=site_hi, n_images=n_images, population=population,
                             population_lo=pop_lo, population_hi=pop_hi, population_boot=population_boot,
                             site_boot=site_boot, sigma=scale if normalised else np.full(n_sites, np.nan),
-                            normalised=normalised, estimator=estimator, kind=kind, level=level)
+                            normalised=normalised, estimator=estimator, kind=kind, level=level,
+                            epsilon_index=table.epsilon_index)
 
 
 def sensitivity_curve(responses: np.ndarray, prov, *, estimator: str = "abs", kind: str = "targeted",
@@ -224,12 +232,13 @@ def compare_curves(a: SensitivityCurve, b: SensitivityCurve, op: str = "ratio") 
     """Population ``a op b`` (op "ratio" or "difference") at each epsilon both share, with CIs.
 
     E.g. targeted vs random-direction control at the same epsilon (ratio), or last day vs
-    first day (difference). Keys: requested epsilon. The two curves' resamples are
+    first day (difference). Keys: requested epsilon, joined on the stored grid values (exactly
+    equal labels; curves of one day share one grid). The two curves' resamples are
     independent; both must use the same n_boot.
     """
     out = {}
     for k, e in enumerate(a.epsilons):
-        j = np.flatnonzero(np.isclose(b.epsilons, e))
+        j = np.flatnonzero(b.epsilons == e)
         if j.size:
             out[float(e)] = combine_boot(a.population[k], a.population_boot[:, k], b.population[j[0]],
                                          b.population_boot[:, j[0]], op, a.level)
@@ -253,8 +262,9 @@ def model_unit_curve(predictions: np.ndarray, prov, *, sites: np.ndarray | None 
 class PredictedVsMeasured:
     """Model-predicted vs measured change per perturbed stimulus; arrays (n_pairs,), spikes.
 
+    ``epsilon_index``: row of the planned grid ``epsilons`` (n_eps,); ``epsilon``: its value.
     ``r``: Pearson correlation over stimuli with a bootstrap CI (resampling stimuli).
-    ``r_by_epsilon``: the same per requested epsilon.
+    ``r_by_epsilon``: the same per requested epsilon (keys: grid values).
     """
 
     predicted: np.ndarray
@@ -264,6 +274,8 @@ class PredictedVsMeasured:
     stimulus: np.ndarray
     r: Estimate
     r_by_epsilon: dict[float, Estimate]
+    epsilon_index: np.ndarray
+    epsilons: np.ndarray
 
 
 def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -302,8 +314,9 @@ def predicted_vs_measured(responses: np.ndarray, prov, *, sites: np.ndarray | No
     pred, meas = pairs.predicted_change[ok], measured[ok]
     rng = np.random.default_rng(seed)
     by_eps = {}
-    for e in np.unique(np.round(pairs.epsilon[ok], 9)):
-        m = np.isclose(pairs.epsilon[ok], e)
-        by_eps[float(e)] = bootstrap_pearson(pred[m], meas[m], n_boot, level, rng)
+    index = pairs.epsilon_index[ok]
+    for g in np.unique(index):
+        m = index == g
+        by_eps[float(pairs.epsilons[g])] = bootstrap_pearson(pred[m], meas[m], n_boot, level, rng)
     return PredictedVsMeasured(pred, meas, pairs.site[ok], pairs.epsilon[ok], pairs.stimulus[ok],
-                               bootstrap_pearson(pred, meas, n_boot, level, rng), by_eps)
+                               bootstrap_pearson(pred, meas, n_boot, level, rng), by_eps, index, pairs.epsilons)

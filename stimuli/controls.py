@@ -34,16 +34,17 @@ def random_stimuli(clean: np.ndarray, parents: np.ndarray, sites: np.ndarray | N
     """``n_per_image`` controls per (parent, site) and epsilon, kind "random", no prediction.
 
     Parents index ``clean`` (not the returned set: join it after the clean images); each draw has its own seed (seed, parent, site, epsilon, j).
+    ``epsilon_index`` names each control's row of ``epsilons`` (the returned set's grid).
     """
     rows = []
     for k, p in enumerate(parents):
         s = -1 if sites is None else int(sites[k])
-        for e in epsilons:
+        for ie, e in enumerate(epsilons):
             for j in range(n_per_image):
-                rows.append((int(p), s, float(e), j))
+                rows.append((int(p), s, float(e), j, ie))
     px = np.empty((len(rows),) + clean.shape[1:], dtype=np.uint8)
     shown = np.zeros(len(rows))
-    for r, (p, s, e, j) in enumerate(rows):
+    for r, (p, s, e, j, _) in enumerate(rows):
         eps_key = int(np.float64(e).view(np.uint64) % np.uint64(2**62))
         rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 7, p, s + 1, eps_key, j]))
         d = random_direction(clean[p], e, rng) if e > 0 else np.zeros(clean.shape[1:])
@@ -51,7 +52,8 @@ def random_stimuli(clean: np.ndarray, parents: np.ndarray, sites: np.ndarray | N
     n = len(rows)
     out = StimulusSet(px, kind=np.array(["random"] * n, dtype=object), parent=np.full(n, -1),
                       site=[r[1] for r in rows], epsilon_requested=[r[2] for r in rows], epsilon_shown=shown,
-                      direction=np.zeros(n), predicted_change=np.full(n, np.nan), budget_passes=np.zeros(n))
+                      direction=np.zeros(n), predicted_change=np.full(n, np.nan), budget_passes=np.zeros(n),
+                      epsilon_index=[r[4] for r in rows], epsilons=[float(e) for e in epsilons])
     # parents index the caller's clean set, not this set (which may be shorter than the largest parent index)
     out.parent = np.array([r[0] for r in rows], dtype=np.int64)
     return out

@@ -499,7 +499,7 @@ def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, i
         change = _zero_where_unchanged(change, shown, clean, u_img)
         targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=np.full(n_u, -1),
                                site=u_site, epsilon_requested=u_eps, epsilon_shown=eps_shown, direction=sg,
-                               predicted_change=change, budget_passes=budget)
+                               predicted_change=change, budget_passes=budget, epsilon_index=ei, epsilons=eps_list)
         # parents index the clean set this is joined to, which may be longer than this set
         targeted.parent = np.asarray(u_img, dtype=np.int64)
         parts = [StimulusSet(clean), targeted]
@@ -516,7 +516,8 @@ def _join_with_clean(parts: list[StimulusSet]) -> StimulusSet:
     """Concatenate [clean, derived...] where derived parents index the clean prefix."""
     clean, derived = parts[0], parts[1:]
     cols = {c: np.concatenate([getattr(p, c) for p in parts]) for c in StimulusSet.COLUMNS}
-    return StimulusSet(np.concatenate([p.pixels for p in parts]), **cols) if derived else clean
+    grid = derived[0].epsilons if derived else clean.epsilons  # every derived part was made on one grid
+    return StimulusSet(np.concatenate([p.pixels for p in parts]), **cols, epsilons=grid) if derived else clean
 
 
 def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.ndarray, clean_site_values: torch.Tensor,

@@ -132,7 +132,7 @@ def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], e
             targeted = {"pixels": shown, "kind": np.array(["targeted"] * n_u, dtype=object),
                         "parent": u_img.astype(np.int64), "site": u_site.astype(np.int64),
                         "epsilon_requested": u_eps.astype(np.float64), "epsilon_shown": eps_shown,
-                        "direction": sg.astype(np.int8), "budget_passes": budget,
+                        "direction": sg.astype(np.int8), "budget_passes": budget, "epsilon_index": ei.astype(np.int64),
                         "predicted_change": _predicted_change(objective, shown, u_site, clean_values[u_img, u_site], b,
                                                               device, clean, u_img)}
         if params.random_controls_per_image > 0 and len(img):
@@ -145,8 +145,10 @@ def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], e
                        f"{socket.gethostname()}:{os.getpid()}")
 
 
-def merge_shards(clean: np.ndarray, results: Sequence[ShardResult], n_shards: int) -> StimulusSet:
-    """The single run's :class:`StimulusSet` from its ``n_shards`` pieces (any order).
+def merge_shards(clean: np.ndarray, results: Sequence[ShardResult], n_shards: int,
+                 epsilons: Sequence[float]) -> StimulusSet:
+    """The single run's :class:`StimulusSet` from its ``n_shards`` pieces (any order);
+    ``epsilons``: the grid every shard was solved on (their ``epsilon_index`` points into it).
 
     Raises ValueError naming the shards that are missing or appear more than once.
     """
@@ -165,7 +167,7 @@ def merge_shards(clean: np.ndarray, results: Sequence[ShardResult], n_shards: in
     if len(parts) == 1:
         return first
     cols = {c: np.concatenate([p[c] for p in parts]) for c in ("pixels",) + StimulusSet.COLUMNS}
-    return StimulusSet(cols.pop("pixels"), **cols)
+    return StimulusSet(cols.pop("pixels"), **cols, epsilons=validate_epsilons(epsilons))
 
 
 def solve_in_shards(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], epsilons: Sequence[float],
@@ -174,4 +176,4 @@ def solve_in_shards(model, clean: np.ndarray, problems: Sequence[tuple[int, int]
     shards = split_problems(len(problems), problems_per_shard)
     results = [solve_shard(model, clean, problems[s.start:s.stop], epsilons, params, seed, device, s.index)
                for s in shards]
-    return merge_shards(clean, results, len(shards))
+    return merge_shards(clean, results, len(shards), epsilons)

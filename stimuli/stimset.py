@@ -12,6 +12,11 @@ Provenance columns (one entry per stimulus):
 - ``direction``: +1 (drive the site up), -1 (down), 0 (none)
 - ``predicted_change``: f_site(shown) - f_site(parent) under the designing model (spikes); NaN if none
 - ``budget_passes``: forward+backward passes the optimiser spent on it
+- ``epsilon_index``: row of :attr:`StimulusSet.epsilons` (the planned grid) it was made at;
+  -1 for clean images. Where >= 0, ``epsilon_requested == epsilons[epsilon_index]`` exactly:
+  the analysis groups by this index and labels with the stored grid value.
+
+``epsilons`` (not a per-stimulus column): the planned L2 norms, in the order the plan gave them.
 """
 from __future__ import annotations
 
@@ -28,6 +33,17 @@ def sha1_of(pixels: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
 
 
+def check_epsilon_index(index: np.ndarray, requested: np.ndarray, epsilons: np.ndarray) -> None:
+    """``index`` must point into ``epsilons`` (or be -1) and agree exactly with ``requested``."""
+    if np.any((index < -1) | (index >= len(epsilons))):
+        raise ValueError(f"StimulusSet.epsilon_index points outside the planned grid epsilons={epsilons.tolist()} "
+                         "(-1 = none); pass the grid the stimuli were made at as epsilons=")
+    has = index >= 0
+    if np.any(requested[has] != epsilons[index[has]]):
+        raise ValueError("StimulusSet.epsilon_requested differs from epsilons[epsilon_index]; "
+                         "the index must name the planned epsilon each stimulus was made at")
+
+
 @dataclass
 class StimulusSet:
     pixels: np.ndarray
@@ -39,12 +55,14 @@ class StimulusSet:
     direction: np.ndarray = field(default=None)  # type: ignore[assignment]
     predicted_change: np.ndarray = field(default=None)  # type: ignore[assignment]
     budget_passes: np.ndarray = field(default=None)  # type: ignore[assignment]
+    epsilon_index: np.ndarray = field(default=None)  # type: ignore[assignment]
+    epsilons: np.ndarray = field(default=None)  # type: ignore[assignment]  # the planned grid, (n_eps,)
 
     COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction",
-               "predicted_change", "budget_passes")
+               "predicted_change", "budget_passes", "epsilon_index")
     _DTYPES = {"parent": np.int64, "site": np.int64, "epsilon_requested": np.float64,
                "epsilon_shown": np.float64, "direction": np.int8, "predicted_change": np.float64,
-               "budget_passes": np.int64}
+               "budget_passes": np.int64, "epsilon_index": np.int64}
 
     def __post_init__(self) -> None:
         px = np.asarray(self.pixels)
@@ -55,7 +73,7 @@ class StimulusSet:
         defaults = {"kind": np.array(["clean"] * n, dtype=object), "parent": np.full(n, -1),
                     "site": np.full(n, -1), "epsilon_requested": np.zeros(n), "epsilon_shown": np.zeros(n),
                     "direction": np.zeros(n), "predicted_change": np.full(n, np.nan),
-                    "budget_passes": np.zeros(n)}
+                    "budget_passes": np.zeros(n), "epsilon_index": np.full(n, -1)}
         for col in self.COLUMNS:
             v = getattr(self, col)
             v = defaults[col] if v is None else np.asarray(v)
@@ -68,6 +86,8 @@ class StimulusSet:
             raise ValueError(f"StimulusSet.kind has unknown values {bad}; expected {KINDS}")
         if np.any((self.parent >= n) | (self.parent < -1)):
             raise ValueError("StimulusSet.parent points outside the set")
+        self.epsilons = np.zeros(0) if self.epsilons is None else np.asarray(self.epsilons, np.float64).reshape(-1)
+        check_epsilon_index(self.epsilon_index, self.epsilon_requested, self.epsilons)
         self._ids: list[str] | None = None
 
     def __len__(self) -> int:

@@ -21,8 +21,8 @@ def pm_day(n_sites: int, n_images: int, eps: float = 1.0):
             p = len(rows)
             rows.append(dict(kind="clean", parent=-1, site=-1, eps=0.0, dir=0, pred=np.nan))
             for d in (1, -1):
-                rows.append(dict(kind="targeted", parent=p, site=s, eps=eps, dir=d, pred=2.0 * d))
-    return provenance(rows)
+                rows.append(dict(kind="targeted", parent=p, site=s, eps=eps, ei=0, dir=d, pred=2.0 * d))
+    return provenance(rows, [eps])
 
 
 def ci_se(curve, k=0):
@@ -223,8 +223,8 @@ def test_predicted_vs_measured_correlation_known_answer():
     for _ in range(n):
         p = len(rows)
         rows.append(dict(kind="clean", parent=-1, site=-1, eps=0.0, dir=0, pred=np.nan))
-        rows.append(dict(kind="targeted", parent=p, site=0, eps=1.0, dir=1, pred=rng.standard_normal()))
-    prov = provenance(rows)
+        rows.append(dict(kind="targeted", parent=p, site=0, eps=1.0, ei=0, dir=1, pred=rng.standard_normal()))
+    prov = provenance(rows, [1.0])
     resp = np.full((2 * n, 1), 5.0)
     resp[1::2, 0] += prov["predicted_change"][1::2] + rng.standard_normal(n)
     pvm = predicted_vs_measured(resp, prov, n_boot=300)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def provenance(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Provenance columns (as in stimuli.stimset.StimulusSet) from a list of row dicts."""
-    return {"kind": np.array([r["kind"] for r in rows], dtype=object),
+def provenance(rows: list[dict], epsilons) -> dict[str, np.ndarray]:
+    """Provenance columns (as in stimuli.stimset.StimulusSet) from a list of row dicts; a
+    perturbed row names its planned epsilon by ``ei``, its row of ``epsilons`` (the grid)."""
+    return {"epsilons": np.asarray(epsilons, dtype=float),
+            "epsilon_index": np.array([r.get("ei", -1) for r in rows], dtype=np.int64),
+            "kind": np.array([r["kind"] for r in rows], dtype=object),
             "parent": np.array([r["parent"] for r in rows], dtype=np.int64),
             "site": np.array([r["site"] for r in rows], dtype=np.int64),
             "epsilon_requested": np.array([r["eps"] for r in rows], dtype=float),
@@ -33,15 +36,15 @@ def closed_loop_day(n_sites=4, n_images=30, epsilons=(0.5, 1.0, 2.0), n_channels
             p = len(rows)
             rows.append(dict(kind="clean", parent=-1, site=-1, eps=0.0, dir=0, pred=np.nan))
             rates.append(base)
-            for e in epsilons:
+            for ei, e in enumerate(epsilons):
                 for d in (1, -1):
                     r = base.copy()
                     r[s] = max(r[s] + d * gain * e, 0.05)
-                    rows.append(dict(kind="targeted", parent=p, site=s, eps=e, dir=d, pred=d * model_gain * e))
+                    rows.append(dict(kind="targeted", parent=p, site=s, eps=e, ei=ei, dir=d, pred=d * model_gain * e))
                     rates.append(r)
-                rows.append(dict(kind="random", parent=p, site=-1, eps=e, dir=0, pred=np.nan))
+                rows.append(dict(kind="random", parent=p, site=-1, eps=e, ei=ei, dir=0, pred=np.nan))
                 rates.append(base.copy())
-    prov = provenance(rows)
+    prov = provenance(rows, epsilons)
     rates = np.array(rates)
     model = rates.copy()
     tgt = prov["kind"] == "targeted"
@@ -85,6 +88,7 @@ def test_synthetic_provenance_is_a_valid_stimulus_set_and_analysis_accepts_it():
     prov, rates, _ = closed_loop_day(n_sites=2, n_images=4, epsilons=(1.0,))
     cols = {k: v for k, v in prov.items()}
     sset = StimulusSet(np.zeros((len(rates), 2, 2, 3), np.uint8), **cols)
+    assert set(cols) == set(StimulusSet.COLUMNS) - {"budget_passes"} | {"epsilons"}
     a = sensitivity_curve(rates, sset, normalise=False, n_boot=50)
     b = sensitivity_curve(rates, prov, normalise=False, n_boot=50)
     np.testing.assert_allclose(a.population, b.population)

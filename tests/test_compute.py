@@ -26,6 +26,7 @@ def _assert_same(a, b) -> None:
     assert np.array_equal(a.pixels, b.pixels)
     for c in a.COLUMNS:
         assert np.array_equal(getattr(a, c), getattr(b, c), equal_nan=(c == "predicted_change")), c
+    assert np.array_equal(a.epsilons, b.epsilons)
 
 
 def test_split_covers_every_problem_once_in_order():
@@ -56,11 +57,11 @@ def test_merge_refuses_missing_or_duplicated_shards():
     p = PerturbParams(restarts=1, steps=2, random_controls_per_image=0)
     a = solve_shard(model, clean, PROBLEMS[:2], [0.5], p, 0, index=0)
     b = solve_shard(model, clean, PROBLEMS[2:], [0.5], p, 0, index=1)
-    assert len(merge_shards(clean, [b, a], 2)) == 6 + 2 * len(PROBLEMS)
+    assert len(merge_shards(clean, [b, a], 2, [0.5])) == 6 + 2 * len(PROBLEMS)
     with pytest.raises(ValueError, match=r"missing \[1\]"):
-        merge_shards(clean, [a], 2)
+        merge_shards(clean, [a], 2, [0.5])
     with pytest.raises(ValueError, match=r"duplicated \[0\]"):
-        merge_shards(clean, [a, a, b], 2)
+        merge_shards(clean, [a, a, b], 2, [0.5])
 
 
 @pytest.mark.parametrize("kw", [dict(prune=False, early_stop=False),

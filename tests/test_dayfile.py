@@ -29,10 +29,13 @@ def _stimuli(n=6, size=16):
     """n clean images and one perturbed child of each, with every provenance column filled."""
     clean = builtin_images(n, size, 0)
     kids = np.clip(clean.astype(int) + 3, 0, 255).astype(np.uint8)
+    grid = np.array([2.0, 0.5])           # the planned grid, not sorted: its order is the plan's
+    ei = np.arange(n) % 2
     return StimulusSet(np.concatenate([clean, kids]), kind=["clean"] * n + ["targeted"] * n,
                        parent=np.r_[np.full(n, -1), np.arange(n)], site=np.r_[np.full(n, -1), np.arange(n) % 3],
-                       epsilon_requested=np.r_[np.zeros(n), np.full(n, 0.5)],
-                       epsilon_shown=np.r_[np.zeros(n), np.full(n, 0.49)],
+                       epsilon_requested=np.r_[np.zeros(n), grid[ei]], epsilon_index=np.r_[np.full(n, -1), ei],
+                       epsilons=grid,
+                       epsilon_shown=np.r_[np.zeros(n), 0.98 * grid[ei]],
                        direction=np.r_[np.zeros(n), np.where(np.arange(n) % 2, 1, -1)],
                        predicted_change=np.r_[np.full(n, np.nan), np.linspace(-1, 1, n)],
                        budget_passes=np.r_[np.zeros(n), np.full(n, 40)])
@@ -64,6 +67,7 @@ def test_round_trip_counts_provenance_and_clock(tmp_path):
     for c in StimulusSet.COLUMNS:
         a, b = getattr(d.stimuli, c), getattr(ss, c)
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), c
+    assert np.array_equal(d.stimuli.epsilons, ss.epsilons)   # the planned grid, once, in the plan's order
     # the aborted trial's unshown presentations and the dropped frame are invalid and were re-shown
     p = d.presentations
     assert (~p["valid"]).sum() == 2 + 1 and not d.trials["fixation_ok"][1]
@@ -190,3 +194,24 @@ def test_not_an_itloop_file(tmp_path):
         h5["x"] = 1
     with pytest.raises(DayFileError, match="not an itloop day file"):
         read_day(tmp_path / "other.h5")
+
+
+def strip_epsilon_index(path) -> None:
+    """Make ``path`` look like a day file written before /stimuli/epsilon_index existed."""
+    with h5py.File(path, "r+") as h5:
+        del h5["stimuli/epsilon_index"]
+        for k in ("epsilons", "epsilons_unit"):
+            del h5["stimuli"].attrs[k]
+
+
+def test_day_file_without_epsilon_index_reads_with_the_grid_of_its_requested_epsilons(tmp_path):
+    ss = _stimuli()
+    w, _ = _new(tmp_path / "old.h5", ss)
+    w.close()
+    strip_epsilon_index(tmp_path / "old.h5")
+    st = read_day(tmp_path / "old.h5").stimuli
+    kids = ss.kind != "clean"
+    assert st.epsilons.tolist() == [0.5, 2.0]        # the distinct requested values, ascending
+    assert np.all(st.epsilon_index[~kids] == -1)
+    assert np.array_equal(st.epsilons[st.epsilon_index[kids]], ss.epsilon_requested[kids])
+

@@ -16,9 +16,9 @@ def _est(v, lo, hi):
 def _analysis(day, scale):
     eps = [0.5, 2.0]
     return {"day": day, "epsilons": eps,
-            "targeted_signed": {"0.5": _est(1.0 * scale, 0.9, 1.1), "2": _est(2.0 * scale, 1.8, 2.2)},
-            "targeted_over_random": {"0.5": _est(3.0, 2.0, 4.0), "2": _est(9.5, 7.0, 12.25)},
-            "truth": {"fraction_true_achieved": {"0.5": _est(0.5, 0.4, 0.6), "2": _est(None, None, None)}},
+            "targeted_signed": [_est(1.0 * scale, 0.9, 1.1), _est(2.0 * scale, 1.8, 2.2)],   # aligned with eps
+            "targeted_over_random": [_est(3.0, 2.0, 4.0), _est(9.5, 7.0, 12.25)],
+            "truth": {"fraction_true_achieved": [_est(0.5, 0.4, 0.6), _est(None, None, None)]},
             "predicted_vs_measured_r": _est(0.75, 0.5, 0.9)}
 
 

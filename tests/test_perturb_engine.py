@@ -142,6 +142,12 @@ def test_outputs_are_feasible_before_and_after_quantisation():
     assert list(ss.kind[:2]) == ["clean", "clean"]
     derived = np.flatnonzero(ss.kind != "clean")
     assert len(derived) == 2 * 4 * 2 + 2 * 4 * 2
+    # targeted and random stimuli name their planned epsilon by its row of the grid (the order asked for)
+    assert ss.epsilons.tolist() == eps and np.all(ss.epsilon_index[ss.kind == "clean"] == -1)
+    for kind in ("targeted", "random"):
+        rows = ss.kind == kind
+        assert np.array_equal(np.bincount(ss.epsilon_index[rows], minlength=4), [4, 4, 4, 4])
+        assert np.array_equal(ss.epsilon_requested[rows], np.asarray(eps)[ss.epsilon_index[rows]])
     for k in derived:
         parent = ss.pixels[ss.parent[k]]
         shown = shown_epsilon(parent, ss.pixels[k])

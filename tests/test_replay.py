@@ -17,7 +17,7 @@ from rig.errors import UserError
 from rig.session.runner import run_session
 from stimuli.stimset import StimulusSet
 from tests.fakes import CountingBackend
-from tests.test_dayfile import _new, _stimuli
+from tests.test_dayfile import _new, _stimuli, strip_epsilon_index
 
 
 def _record(path, max_trials=None):
@@ -122,6 +122,19 @@ def test_output_never_overwritten(recorded, tmp_path):
     with pytest.raises(ValueError, match="is the source file"):
         replay_day(src, src, progress=False)
     assert _sha(src) == before
+
+
+def test_day_recorded_before_epsilon_index_replays(recorded, tmp_path):
+    """A day file from before /stimuli/epsilon_index: replayed, the copy carries the grid the reader gave it."""
+    old = tmp_path / "old.h5"
+    old.write_bytes(recorded[0].read_bytes())
+    strip_epsilon_index(old)
+    out = replay_day(old, tmp_path / "old_replay.h5", progress=False)
+    a, b = read_day(old), read_day(out)
+    assert b.complete and _equal(b.counts, a.counts)
+    assert _equal(b.stimuli.epsilon_index, a.stimuli.epsilon_index) and _equal(b.stimuli.epsilons, np.array([0.5, 2.0]))
+    with h5py.File(out, "r") as h5:
+        assert "epsilon_index" in h5["stimuli"] and list(h5["stimuli"].attrs["epsilons"]) == [0.5, 2.0]
 
 
 def test_incomplete_recording_replays_incomplete(tmp_path):

@@ -75,7 +75,7 @@ def save_stimulus_set(path: str | Path, ss) -> Path:
     cols = {c: getattr(ss, c) for c in ss.COLUMNS}
     cols["kind"] = np.asarray(ss.kind, dtype=str)
     with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, pixels=ss.pixels, **cols)
+        np.savez_compressed(fh, pixels=ss.pixels, epsilons=ss.epsilons, **cols)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -86,10 +86,16 @@ def load_stimulus_set(path: str | Path):
     """Read a StimulusSet written by :func:`save_stimulus_set`."""
     from stimuli.stimset import StimulusSet
 
+    from rig.store.reader import legacy_epsilon_index
+
     with np.load(path, allow_pickle=False) as z:
-        cols = {c: z[c] for c in StimulusSet.COLUMNS}
+        cols = {c: z[c] for c in StimulusSet.COLUMNS if c in z}
         cols["kind"] = cols["kind"].astype(object)
-        return StimulusSet(z["pixels"], **cols)
+        if "epsilon_index" in cols:
+            grid = z["epsilons"]
+        else:  # written before the planned grid was stored
+            cols["epsilon_index"], grid = legacy_epsilon_index(cols["kind"], cols["epsilon_requested"])
+        return StimulusSet(z["pixels"], **cols, epsilons=grid)
 
 
 def cmd_generate(args) -> int:

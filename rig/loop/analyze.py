@@ -67,12 +67,21 @@ class DayResults:
         """Headline numbers with CIs, JSON-ready."""
         def est(e):
             return {"value": _f(e.value), "lo": _f(e.lo), "hi": _f(e.hi), "n": int(e.n)}
+        eps = [float(e) for e in self.targeted.epsilons]  # every per-epsilon list below is aligned with this
+
+        def aligned(values: dict, conv=est) -> list:
+            """One entry per epsilon of ``eps`` (None where ``values``, keyed by grid value, has none)."""
+            return [conv(values[e]) if e in values else None for e in eps]
+
+        def curve(c: SensitivityCurve) -> list:
+            return aligned({float(e): c.population_estimate(e) for e in c.epsilons})
+
         out = {
             "day": self.day, "sites": self.sites.tolist(), "random_init_model": self.random_init_model,
-            "epsilons": [float(e) for e in self.targeted.epsilons],
+            "epsilons": eps,
             "epsilon_shown": [float(e) for e in self.targeted.epsilon_shown],
-            "targeted_abs": {f"{e:g}": est(self.targeted.population_estimate(e)) for e in self.targeted.epsilons},
-            "targeted_signed": {f"{e:g}": est(self.signed.population_estimate(e)) for e in self.signed.epsilons},
+            "targeted_abs": curve(self.targeted),
+            "targeted_signed": curve(self.signed),
             "random_pairs": est(self.pairs.population), "noise_floor": est(self.noise.population),
             "predicted_vs_measured_r": est(self.pvm.r),
             "predicted_vs_measured_spearman": _f(self.pvm_extra.get("spearman", np.nan)),
@@ -82,19 +91,20 @@ class DayResults:
             "model_noise_ceiled_median": _f(np.nanmedian(self.model_scores.get("noise_ceiled", [np.nan]))),
         }
         if self.random is not None:
-            out["random_abs"] = {f"{e:g}": est(self.random.population_estimate(e)) for e in self.random.epsilons}
-            out["targeted_over_random"] = {f"{e:g}": est(v) for e, v in self.ratio.items()}
-            out["targeted_over_random_bias_corrected"] = {f"{e:g}": est(v) for e, v in self.ratio_signed.items()}
-            out["random_indistinguishable_from_noise_floor"] = {f"{e:g}": bool(v) for e, v in self.random_at_floor.items()}
+            out["random_abs"] = curve(self.random)
+            out["targeted_over_random"] = aligned(self.ratio)
+            out["targeted_over_random_bias_corrected"] = aligned(self.ratio_signed)
+            out["random_indistinguishable_from_noise_floor"] = aligned(self.random_at_floor, bool)
         if self.model_units is not None:
-            out["model_units_abs"] = {f"{e:g}": est(self.model_units.population_estimate(e)) for e in self.model_units.epsilons}
+            out["model_units_abs"] = curve(self.model_units)
         if self.truth:
             t = self.truth
             out["truth"] = {
-                "whitebox_spikes": {f"{e:g}": _f(v) for e, v in zip(t["epsilons"], t["whitebox_population"])},
-                "fraction_true_achieved": {f"{e:g}": est(v) for e, v in t["fraction_true"].items()},
-                "fraction_measured": {f"{e:g}": est(v) for e, v in t["fraction_measured"].items()},
-                "saturation_share_within_5pct": {f"{e:g}": _f(v) for e, v in t.get("saturation", {}).items()},
+                "whitebox_spikes": aligned(dict(zip(map(float, t["epsilons"]), t["whitebox_population"])), _f),
+                "fraction_true_achieved": aligned(t["fraction_true"]),
+                "fraction_measured": aligned(t["fraction_measured"]),
+                "saturation_share_within_5pct": aligned(t.get("saturation", {}), _f),
+                "saturation_share_clean_images": _f(t.get("saturation", {}).get(0.0, np.nan)),
                 "whitebox_budget": {"restarts": t["restarts"], "steps": t["steps"],
                                     "relative_change_on_doubling": _f(t["relative_change_on_doubling"]),
                                     "problems_converged": t.get("problems_converged"), "problems": t.get("problems"),
@@ -250,10 +260,10 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
 
     tg = np.flatnonzero(prov.kind == "targeted")
     saturation = {}
-    for e in np.unique(np.round(prov.epsilon_requested[tg], 9)):
-        rows = tg[np.isclose(prov.epsilon_requested[tg], e)]
+    for g in np.unique(prov.epsilon_index[tg]):  # per planned epsilon (grid row), labelled with its value
+        rows = tg[prov.epsilon_index[tg] == g]
         st = prov.site[rows]
-        saturation[float(e)] = saturation_share(true_rates[rows, st][:, None], monkey.baseline_hz[st][:, None],
+        saturation[float(prov.epsilons[g])] = saturation_share(true_rates[rows, st][:, None], monkey.baseline_hz[st][:, None],
                                                 cfg.sim.peak_hz)
     cl = np.flatnonzero(prov.kind == "clean")
     saturation[0.0] = saturation_share(true_rates[np.ix_(cl, sites)], monkey.baseline_hz[sites], cfg.sim.peak_hz)

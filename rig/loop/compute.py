@@ -335,7 +335,7 @@ class DistributedRun:
             results[res.index] = res
             bar.update(res)
         bar.close()
-        return merge_shards(self.payload.clean, list(results.values()), len(shards)), list(results.values())
+        return merge_shards(self.payload.clean, list(results.values()), len(shards), eps), list(results.values())
 
 
 class _Progress:

@@ -22,11 +22,13 @@ def _cell(v: dict | None, fmt: str, ci: bool, suffix: str = "") -> str:
     return s
 
 
-def _row(a: dict, key: str, sub: str | None, fmt: str, eps: list[str], ci: bool, suffix: str) -> str:
-    src = a.get(key, {})
+def _row(a: dict, key: str, sub: str | None, fmt: str, eps: list[float], ci: bool, suffix: str) -> str:
+    """One day's cells at ``eps``: per-epsilon values are lists aligned with the day's ``epsilons``."""
+    src = a.get(key, [])
     if sub is not None:
-        src = src.get(sub, {}) if isinstance(src, dict) else {}
-    return " / ".join(_cell(src.get(e), fmt, ci, suffix) for e in eps)
+        src = src.get(sub, []) if isinstance(src, dict) else []
+    values = dict(zip(a["epsilons"], src)) if isinstance(src, list) else {}
+    return " / ".join(_cell(values.get(e), fmt, ci, suffix) for e in eps)
 
 
 ROWS = [  # (label, analysis.json key, sub-key, number format, suffix)
@@ -44,8 +46,8 @@ def headline_table(folder: str | Path, ci: bool = True) -> str:
         raise FileNotFoundError(f"{folder} holds no day_DDD.analysis.json; run `itloop day analyze` first")
     days = [json.loads(f.read_text()) for f in files]
     chosen = [days[0]] if len(days) == 1 else [days[0], days[-1]]
-    eps = [f"{e:g}" for e in chosen[-1]["epsilons"]]
-    head = "| eps " + " / ".join(eps) + " | " + " | ".join(f"day {a['day']}" for a in chosen) + " |"
+    eps = [float(e) for e in chosen[-1]["epsilons"]]
+    head = "| eps " + " / ".join(f"{e:g}" for e in eps) + " | " + " | ".join(f"day {a['day']}" for a in chosen) + " |"
     lines = [head, "| --- |" + " --- |" * len(chosen)]
     for label, key, sub, fmt, suffix in ROWS:
         if not any(key in a for a in chosen):

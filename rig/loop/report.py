@@ -32,10 +32,11 @@ def recorded_days(folder: Path) -> list[int]:
 def _examples(res: DayResults, n: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Clean / perturbed pairs at the largest epsilon for a few sites (largest predicted change)."""
     ss = res.data.stimuli
-    eps = float(np.max(ss.epsilon_requested[ss.kind == "targeted"]))
+    t = ss.kind == "targeted"
+    g = int(ss.epsilon_index[t][np.argmax(ss.epsilon_requested[t])])  # the planned-grid row of the largest epsilon
     clean, pert, labels = [], [], []
     for s in res.sites[:n]:
-        idx = np.flatnonzero((ss.kind == "targeted") & (ss.site == s) & np.isclose(ss.epsilon_requested, eps))
+        idx = np.flatnonzero(t & (ss.site == s) & (ss.epsilon_index == g))
         if not len(idx):
             continue
         k = idx[np.argmax(np.abs(ss.predicted_change[idx]))]
@@ -57,7 +58,7 @@ def signed_changes_by_image(res: DayResults) -> dict[float, dict[tuple, float]]:
         s = int(ss.site[k])
         if s not in sig or not np.isfinite(ss.predicted_change[k]) or ss.predicted_change[k] == 0:
             continue
-        e = round(float(ss.epsilon_requested[k]), 9)
+        e = float(ss.epsilons[ss.epsilon_index[k]])  # the stored grid value labels it on every day
         v = np.sign(ss.predicted_change[k]) * (resp[k, s] - resp[ss.parent[k], s]) / sig[s]
         out.setdefault(e, {})[(s, str(d.stim_ids[ss.parent[k]]), int(ss.direction[k]))] = float(v)
     return out

@@ -12,7 +12,8 @@ Layout (every dataset has ``unit`` and ``description`` attributes)::
                            (who, where, with what; for NWB / DANDI)
     /stimuli/pixels        (n_stim, H, W, 3) uint8, exactly as displayed
     /stimuli/sha1          (n_stim,) sha1 of each image's bytes
-    /stimuli/<column>      provenance (kind, parent, site, epsilon_requested, ...)
+    /stimuli/<column>      provenance (kind, parent, site, epsilon_requested, ..., epsilon_index)
+    /stimuli attrs         epsilons: the planned grid (L2 norms) that epsilon_index points into
     /model/...             the model that designed the stimuli (optional)
     /schedule/stim_index   (n_planned,) the planned presentation order
     /channels/names        (n_channels,)
@@ -119,6 +120,7 @@ STIMULUS_COLUMNS = {
     "direction": ("1", "+1 drive the site up, -1 down, 0 none"),
     "predicted_change": ("spikes", "designing model's f_site(shown) - f_site(parent); NaN if none"),
     "budget_passes": ("passes", "forward+backward passes spent designing it"),
+    "epsilon_index": ("1", "row of the planned grid (/stimuli attribute 'epsilons') it was made at; -1 for none"),
 }
 PRESENTATION_COLUMNS = [
     ("planned_index", "i8", "1", "slot in /schedule/stim_index this presentation fulfils"),
@@ -430,6 +432,8 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
         v = getattr(stimuli, col)
         data = np.array([str(x) for x in v], dtype=h5py.string_dtype()) if col == "kind" else v
         _describe(st.create_dataset(col, data=data), *STIMULUS_COLUMNS[col])
+    st.attrs["epsilons"] = np.asarray(stimuli.epsilons, np.float64)  # the planned grid, once
+    st.attrs["epsilons_unit"] = "L2 norm, pixels in [0,1]"
     sch = h5.create_group("schedule")
     _describe(sch.create_dataset("stim_index", data=np.asarray(schedule_stim_index, "i8")), "1", "planned presentation order (rows of /stimuli)")
     sch.attrs.update({"presentations_per_trial": int(presentations_per_trial),

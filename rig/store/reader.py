@@ -139,9 +139,13 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
     n_sync = int(trials["sync_end"][-1]) if committed else 0
     pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS}
     st = h5["stimuli"]
-    cols = {c: st[c][:] for c in StimulusSet.COLUMNS}
+    cols = {c: st[c][:] for c in StimulusSet.COLUMNS if c in st}
     cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
-    stimuli = StimulusSet(st["pixels"][:], **cols)
+    if "epsilon_index" in cols:
+        grid = np.asarray(st.attrs["epsilons"], np.float64).reshape(-1)
+    else:
+        cols["epsilon_index"], grid = legacy_epsilon_index(cols["kind"], cols["epsilon_requested"])
+    stimuli = StimulusSet(st["pixels"][:], **cols, epsilons=grid)
     model = {}
     if "model" in h5:
         g = h5["model"]
@@ -159,6 +163,20 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
         seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]),
         clock={k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5["sync"].attrs.items()})
+
+
+def legacy_epsilon_index(kind: np.ndarray, requested: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(epsilon_index, planned grid) of a file written before /stimuli/epsilon_index existed.
+
+    The one place a grid is derived from the stored values: the engine copied each requested
+    epsilon verbatim from the planned list, so the distinct values of the perturbed stimuli,
+    sorted, are that list's entries (in ascending order) and match exactly.
+    """
+    perturbed = np.asarray(kind) != "clean"
+    grid = np.unique(np.asarray(requested, np.float64)[perturbed])
+    index = np.full(len(kind), -1, np.int64)
+    index[perturbed] = np.searchsorted(grid, np.asarray(requested, np.float64)[perturbed])
+    return index, grid
 
 
 def day_status(path: str | Path) -> str | None:
