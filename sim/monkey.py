@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from modelfit.features import images_to_tensor
+
 from sim import spikes as _spikes
 from sim.clocks import ClockMap
 from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP, TrainedTrunk, resample
@@ -178,7 +180,7 @@ class TrueRateModule(nn.Module):
             side = max(h, w)
             ref = reference_images(self.n_reference_images, side, seed=_seed_for(self.params.seed, 14))
             top, left = (side - h) // 2, (side - w) // 2
-            images = torch.from_numpy(ref[:, top:top + h, left:left + w]).permute(0, 3, 1, 2).float() / 255.0
+            images = images_to_tensor(ref[:, top:top + h, left:left + w])
         feats, hids = [], []
         with torch.no_grad():
             for chunk in torch.split(images, 32):
@@ -283,7 +285,7 @@ class SimulatedMonkey:
         starts = range(0, len(todo), batch_size)
         for s in tqdm(starts, desc="sim true rates", unit="batch", disable=None if progress and len(todo) else True):
             idx = todo[s:s + batch_size]
-            x = torch.from_numpy(px[idx]).permute(0, 3, 1, 2).float() / 255.0
+            x = images_to_tensor(px[idx])
             with torch.no_grad():
                 r = self._module(x).double().numpy()
             for j, i in enumerate(idx):
@@ -300,7 +302,7 @@ class SimulatedMonkey:
         px = np.asarray(pixels)
         if px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3 or len(px) < 32:
             raise ValueError(f"calibrate_on expects >= 32 uint8 images of shape (N, H, W, 3); got {px.dtype} {px.shape}")
-        x = torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255.0
+        x = images_to_tensor(px)
         self._module.calibrate((px.shape[1], px.shape[2]), x)
         self._cache.clear()
         self._stim_rates = None

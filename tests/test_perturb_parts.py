@@ -182,3 +182,17 @@ def test_a_single_problem_on_a_late_image_is_generated():
     targeted = out.kind == "targeted"
     assert (out.kind == "clean").sum() == 6 and targeted.sum() == 2
     assert (out.parent[out.kind != "clean"] == 5).all() and (out.parent[out.kind == "clean"] == -1).all()
+
+
+def test_engine_uint8_to_float_is_the_shared_conversion():
+    """The engine converts on the device (uint8 travels first) but with the same arithmetic as
+    modelfit.features.images_to_tensor: float32(pixel) / 255, (N, 3, H, W), bit for bit."""
+    from modelfit.features import images_to_tensor
+    from stimuli import perturb, shards
+
+    px = np.random.default_rng(0).integers(0, 256, size=(3, 5, 7, 3), dtype=np.uint8)
+    px[0, 0, 0] = (0, 255, 128)
+    ref = images_to_tensor(px)
+    assert ref.dtype == torch.float32 and ref.shape == (3, 3, 5, 7) and float(ref.max()) <= 1.0
+    for conv in (perturb._to_float, shards._to_float):
+        assert torch.equal(conv(px, "cpu"), ref)

@@ -32,6 +32,7 @@ from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random
                       random_pair_baseline, sensitivity_curve, split_half_noise_floor)
 from analysis.sensitivity import model_unit_curve
 from modelfit.store import load_fitted
+from modelfit.features import images_to_tensor
 from analysis import fraction_of_true
 from rig.backends.factory import build_sim_monkey
 from rig.loop.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
@@ -240,7 +241,7 @@ def _model_predictions(fitted, pixels: np.ndarray, n_channels: int, cfg: Config)
     out = np.full((len(pixels), n_channels), np.nan)
     with torch.no_grad():
         for i in range(0, len(pixels), 64):
-            x = torch.from_numpy(pixels[i:i + 64]).permute(0, 3, 1, 2).float().div(255.0).to(cfg.model.device)
+            x = images_to_tensor(pixels[i:i + 64]).to(cfg.model.device)
             out[i:i + 64][:, fitted.site_channels] = module(x).double().cpu().numpy()
     return out
 
