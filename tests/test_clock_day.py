@@ -2,7 +2,6 @@
 its own clock segment, segments and residuals are stored and checked, absurd fits refused."""
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import h5py

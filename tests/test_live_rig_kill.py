@@ -77,7 +77,7 @@ def test_sigkill_each_process_at_random_moments(tmp_path):
                 sim.wait(timeout=30)
                 sim = start_sim_rig(cfg, out, tmp_path)       # the controller records on; the gap's trials are invalid
         for _ in range(3):                                      # let the day finish (a late presenter kill may end a run)
-            rc = ctrl.wait(timeout=400)
+            ctrl.wait(timeout=400)
             if read_day(out / "day_000.h5").complete:
                 break
             ctrl = _controller(cfg, out, tmp_path, resume=True)

@@ -26,7 +26,6 @@ def _press(key: str) -> None:
     from Xlib.ext import xtest
 
     d = display.Display()
-    root = d.screen().root
     w, h = d.screen().width_in_pixels, d.screen().height_in_pixels
     xtest.fake_input(d, X.MotionNotify, x=w // 2, y=h // 2)      # over the (centred) presenter window
     d.set_input_focus(X.PointerRoot, X.RevertToPointerRoot, X.CurrentTime)
@@ -35,7 +34,6 @@ def _press(key: str) -> None:
     xtest.fake_input(d, X.KeyRelease, code)
     d.sync()
     d.close()
-    root = None  # noqa: F841
 
 
 def _read(master: int, want: bytes, timeout_s: float) -> bytes:

@@ -51,7 +51,6 @@ class MonitorState:
         k = len(rows.trial.stim_indices)
         counts = np.asarray(rows.counts, float)
         n_ch = counts.shape[1] if counts.ndim == 2 else 0
-        w = self.info["window_ms"]
         onsets = np.asarray(rows.onset_acq_s, float)
         onsets = onsets[np.isfinite(onsets)]
         with self._lock:

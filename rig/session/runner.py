@@ -32,6 +32,7 @@ class TrialSink(Protocol):
     def sync_pairs(self) -> tuple[np.ndarray, np.ndarray]: ...
     def append_trial(self, rows: TrialRows) -> None: ...
     def set_clock(self, offset_s: float, drift: float, residual_sd_s: float, n_pairs: int) -> None: ...
+    def set_clock_segments(self, segments: list[dict]) -> None: ...
     def mark_complete(self) -> None: ...
 
 
@@ -140,8 +141,7 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                                  eye_acq_s=to_acq(rec.eye_presenter_s), reward_acq_s=to_acq(rec.reward_presenter_s))
                 writer.append_trial(rows)
                 writer.set_clock(seg.offset_s, seg.drift, seg.residual_sd_s, seg.n_pairs)
-                if hasattr(writer, "set_clock_segments"):
-                    writer.set_clock_segments(clock.summaries())
+                writer.set_clock_segments(clock.summaries())
                 queue.complete(valid)
                 n_trials += 1
                 n_valid += int(valid.sum())

@@ -105,7 +105,7 @@ class LslSource:
         if self._spk is None:
             raise RuntimeError("LslSource.events_since before open()")
         self._correct()
-        st, sc, tt = [], [], []
+        st, tt = [], []
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
             for inlet, kind in ((self._spk, "spikes"), (self._ttl, "ttl")):
