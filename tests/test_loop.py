@@ -116,7 +116,7 @@ def test_rerun_skips_finished_days(experiment, capsys):
 def test_different_config_refused(experiment, tmp_path, capsys):
     folder, _ = experiment
     other = tmp_path / "other.toml"
-    other.write_text(TINY.read_text().replace("sites_per_day = 4", "sites_per_day = 3"))
+    other.write_text(TINY.read_text().replace("sites_per_day = 2", "sites_per_day = 3"))
     assert main(["simulate", "--out", str(folder), "--days", "2", "--config", str(other), "--no-progress"]) == 2
     assert "another configuration" in capsys.readouterr().err
 
@@ -150,8 +150,18 @@ def test_interrupted_simulate_gives_the_same_result(experiment, tmp_path):
 
 @pytest.mark.slow
 def test_piped_simulation_prints_lines_not_progress_bars(tmp_path):
-    """With stdout and stderr going to a pipe (a log file, CI) the bars are off: one line per step."""
-    out = subprocess.run([sys.executable, "-m", "rig.cli", "simulate", "--config", str(TINY), "--out", str(tmp_path / "exp"),
+    """With stdout and stderr going to a pipe (a log file, CI) the bars are off: one line per step.
+
+    The smallest experiment that runs every step (screening, refit + plan, recording, analysis
+    with the white-box truth): 2 sites x 1 image x 1 epsilon, so the truth takes seconds."""
+    small = tmp_path / "small.toml"
+    text = TINY.read_text()
+    for a, b in (("images_per_site = 3", "images_per_site = 1"),
+                 ("epsilons = [0.5, 2.0]", "epsilons = [2.0]")):
+        assert a in text
+        text = text.replace(a, b)
+    small.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "rig.cli", "simulate", "--config", str(small), "--out", str(tmp_path / "exp"),
                           "--days", "1", "--no-report"], capture_output=True, timeout=280, cwd=ROOT,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr.decode()[-2000:]

@@ -5,18 +5,21 @@ import dataclasses
 
 from rig.config import Config
 from rig.errors import UserError
-from modelfit.backbone import build_backbone
-from sim.monkey import SimParams, SimulatedMonkey
 from rig.backends.presenter import PresenterBackend, SimSpikeSource
 from rig.link.client import PresenterClient
 from rig.link.protocol import curve_keys
-from sim.backend import SimBackend
+
+# The simulated monkey (sim.monkey, modelfit.backbone) is imported where it is built: it pulls in
+# torch and torchvision (seconds per process start), which the live rig's controller never uses.
 
 
 def build_sim_monkey(cfg: Config):
     """The simulated monkey of ``cfg.sim``. Only when ``sim.model_alignment > 0`` does a share
     of its linear drive use the configured model backbone (``cfg.model``); by default the
     designing model is not built here at all, so nothing the sites do depends on it."""
+    from modelfit.backbone import build_backbone
+    from sim.monkey import SimParams, SimulatedMonkey
+
     backbone = None
     if cfg.sim.model_alignment > 0:
         backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
@@ -137,6 +140,8 @@ def make_backend(name: str, cfg: Config, start_s: float = 10.0):
     if name == "rig":
         return _rig_backend(cfg)
     if name == "sim":
+        from sim.backend import SimBackend
+
         backend = SimBackend(build_sim_monkey(cfg), refresh_hz=cfg.monitor.refresh_hz, start_s=start_s)
         info = backend.info()
         attrs = {"sim_" + k: v for k, v in info.extra.items() if isinstance(v, (int, float, str, bool))}
