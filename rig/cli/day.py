@@ -12,7 +12,7 @@ from rig.store.dayfile import DayFileError
 from rig.store.reader import day_status, read_config_text
 from rig.store.repair import check_day, recover_day
 from rig.errors import UserError
-from rig.paths import day_path
+from rig.paths import EXPERIMENT_TOML, day_path
 from rig.cli.common import add_progress_flag
 
 
@@ -94,8 +94,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def folder_config(folder: Path, config: str | None):
     """The config for a step in ``folder``: --config if given, else the experiment's stored one."""
-    from rig.loop.simulate import EXPERIMENT_TOML
-
     if config:
         return load_config(config)
     stored = folder / EXPERIMENT_TOML

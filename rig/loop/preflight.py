@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelfit.names import BACKBONES, LAYERS
 from rig.config import Config, ConfigError, frames_for
 from rig.errors import UserError
 
@@ -26,10 +27,8 @@ def preflight(cfg: Config, backend_name: str | None = None) -> None:
             n = ms * hz / 1000.0
             raise ConfigError(f"config key 'rsvp.{key}' = {ms!r}: expected a whole number of frames at "
                               f"monitor.refresh_hz = {hz:g} Hz ({n:.2f} frames; one frame is {1000.0 / hz:.3f} ms)")
-    from modelfit.backbone import LAYERS, REGISTRY
-
-    if cfg.model.backbone not in REGISTRY:
-        raise ConfigError(f"config key 'model.backbone' = {cfg.model.backbone!r}: expected one of {sorted(REGISTRY)}")
+    if cfg.model.backbone not in BACKBONES:
+        raise ConfigError(f"config key 'model.backbone' = {cfg.model.backbone!r}: expected one of {sorted(BACKBONES)}")
     if cfg.model.layer not in LAYERS:
         raise ConfigError(f"config key 'model.layer' = {cfg.model.layer!r}: expected one of {list(LAYERS)}")
     if cfg.model.weights and not Path(cfg.model.weights).is_file():

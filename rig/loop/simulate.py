@@ -16,10 +16,9 @@ from rig.loop.record import record_day
 from rig.store.reader import DayCache, day_status
 from rig.errors import UserError
 from rig.loop.plan import plan_day
-from rig.paths import day_path, plan_path
+from rig.paths import EXPERIMENT_TOML, day_path, plan_path
 from rig.loop.report import write_report
 
-EXPERIMENT_TOML = "experiment.toml"
 
 
 def experiment_config(folder: Path, cfg: Config | None) -> Config:

@@ -448,7 +448,10 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         if c != "kind" and data.dtype.kind == "f" and len(data) and np.isnan(data).all():
             dropped.append(c)
             continue
-        cols.append(VectorData(name="parent_index" if c == "parent" else c, description=UNIT_DESCRIPTIONS[c], data=data))
+        desc = UNIT_DESCRIPTIONS[c]
+        if c == "epsilon_index":  # the planned grid it points into (the day file's /stimuli attribute 'epsilons')
+            desc += f"; planned grid epsilons (L2 norm, pixels in [0,1]) = {[float(e) for e in ss.epsilons]}"
+        cols.append(VectorData(name="parent_index" if c == "parent" else c, description=desc, data=data))
     cols.append(VectorData(name="sha1", description=UNIT_DESCRIPTIONS["sha1"], data=list(d.stim_ids)))
     misc.add(DynamicTable(name="stimulus_provenance", columns=cols,
                           description="provenance of each stimulus; row i describes image stim_{i:06d}" +
