@@ -40,6 +40,13 @@ def test_generate_writes_a_stimulus_file(tmp_path, capsys):
     assert set(ss.site[t]) == {1, 3} and np.all(ss.epsilon_shown <= ss.epsilon_requested)
     assert np.all(ss.direction[t] * ss.predicted_change[t] > 0)
     assert "wrote" in capsys.readouterr().out
+    # the planned grid travels with the file; one written before it existed reads with the same grid
+    assert ss.epsilons.tolist() == [0.5, 1.0] and np.all(ss.epsilon_index[ss.kind == "clean"] == -1)
+    with np.load(out) as z:
+        old = {k: z[k] for k in z.files if k not in ("epsilon_index", "epsilons")}
+    np.savez(tmp_path / "old.npz", **old)
+    legacy = load_stimulus_set(tmp_path / "old.npz")
+    assert np.array_equal(legacy.epsilon_index, ss.epsilon_index) and np.array_equal(legacy.epsilons, ss.epsilons)
 
 
 def test_generate_reports_a_bad_site(tmp_path, capsys):
