@@ -4,9 +4,14 @@
   halves, Pearson r across images between the half means; r averaged over splits, then
   Spearman-Brown corrected ``2r / (1 + r)``. This estimates the reliability of the mean over
   all repeats: ``var(true) / var(observed mean)``.
+- :func:`grouped_cross_validated_r`: the score the loop reports. K folds over a fixed
+  held-out set (the screening day's clean images), grouped by clean parent: a clean image
+  and every stimulus made from it are never split between train and test (a perturbed
+  image predicts its parent almost perfectly, so a split that separates them inflates r),
+  and the folds of a fixed held-out set are the same on every day, so days are comparable.
 - :func:`cross_validated_r`: Brain-Score style — ``n_splits`` shuffled splits with
   ``train_fraction`` of the images for training, Pearson r on the held-out images, mean
-  over splits.
+  over splits. Ungrouped: only honest when the images are independent (no parent/child pairs).
 - :func:`noise_ceiled_predictivity`: ``sign(r) r^2 / ceiling`` per site, the fraction of the
   explainable variance explained (1 for a perfect model, in expectation).
 """
@@ -96,6 +101,65 @@ def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], o
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(np.array(rs), axis=0)
+
+
+def group_folds(groups, test: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold (0..n_folds-1) per row for :func:`grouped_cross_validated_r`; -1 for rows whose
+    group has no test row (they are never held out: always in training).
+
+    Every row of a group gets its group's fold. The test groups are ranked by a seeded sha256
+    of their key and dealt round-robin, so the folds are balanced and depend only on the set
+    of test groups and ``seed`` -- not on row order or on train-only rows added later."""
+    import hashlib
+
+    keys = [str(g) for g in groups]
+    test = np.asarray(test, bool)
+    if len(test) != len(keys):
+        raise ValueError(f"{len(keys)} group keys but {len(test)} test flags; give one of each per row")
+    tgroups = sorted({k for k, t in zip(keys, test) if t},
+                     key=lambda k: hashlib.sha256(f"{int(seed)}:{k}".encode()).hexdigest())
+    fold_of = {k: i % n_folds for i, k in enumerate(tgroups)}
+    return np.array([fold_of.get(k, -1) for k in keys], dtype=np.int64)
+
+
+def grouped_cross_validated_r(X: np.ndarray, Y: np.ndarray, groups, test: np.ndarray,
+                              make_readout: Callable[[], object], n_folds: int = 5, seed: int = 0,
+                              progress: bool = False) -> np.ndarray:
+    """Mean held-out Pearson r per site (n_sites,) over ``n_folds`` folds grouped by ``groups``.
+
+    ``groups`` (N,): one key per row; rows sharing a key (a clean image and every stimulus made
+    from it) are never split between train and test. ``test`` (N,) bool: the rows that are
+    scored, a fixed held-out set (the screening day's clean images); the other rows only train.
+    Fold k (:func:`group_folds`) fits ``make_readout()`` on every row whose group is not in fold
+    k and scores Pearson r on fold k's test rows; NaN in ``Y`` is skipped per site. Fewer folds
+    are used when the held-out set has fewer than 3 images per fold.
+    """
+    X = np.asarray(X)
+    Y = np.asarray(Y, dtype=np.float64)
+    test = np.asarray(test, bool)
+    if len(X) != len(Y) or len(test) != len(Y):
+        raise ValueError(f"X ({len(X)} rows), Y ({len(Y)}) and test ({len(test)}) must describe the same images")
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2; got {n_folds}")
+    n_test_groups = len({str(g) for g, t in zip(groups, test) if t})
+    if n_test_groups < 6:
+        raise ValueError(f"{n_test_groups} held-out images are too few for grouped cross-validation (>= 2 folds "
+                         "of >= 3 test images need 6)")
+    n_folds = min(n_folds, n_test_groups // 3)   # every fold scores >= 3 held-out images
+    fold = group_folds(groups, test, n_folds, seed)
+    from tqdm.auto import tqdm
+
+    rs = []
+    for k in tqdm(range(n_folds), desc="grouped cross-validated r", disable=None if progress else True, leave=False):
+        te = np.flatnonzero(test & (fold == k))
+        tr = np.flatnonzero(fold != k)
+        model = make_readout().fit(X[tr], Y[tr])
+        rs.append(pearson_r_columns(model.predict(X[te]), Y[te]))
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.array(rs), axis=0)
 
 
 def noise_ceiled_predictivity(r: np.ndarray, ceiling: np.ndarray) -> np.ndarray:

@@ -49,6 +49,50 @@ def test_hidden_network_is_trained_and_packaged():
     torch.testing.assert_close(t.stem[0].weight, sd["_conv_stem.weight"])
 
 
+def test_folded_trunk_and_matrix_resampling_equal_the_package_network():
+    """The fast forward (BatchNorm folded into the convolutions, channels-last, padding inside
+    the convolution) computes the package's network; the matrix resampling is F.interpolate's;
+    values and input gradients agree to float32 rounding (~1e-5 relative)."""
+    from torch.nn import functional as F
+
+    from sim.hidden import TrainedTrunk, resample
+
+    t = TrainedTrunk()
+    gen = torch.Generator().manual_seed(0)
+    for side in (32, 40, 27):   # even and odd sizes: symmetric and asymmetric 'SAME' padding
+        x = torch.rand(3, 3, side, side, generator=gen)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        fa, fb = t(xa), t.reference_forward(xb)
+        torch.testing.assert_close(fa, fb, rtol=1e-5, atol=1e-5 * float(fb.detach().abs().max()))
+        w = torch.randn(fa.shape, generator=gen)
+        (ga,), (gb,) = torch.autograd.grad((fa * w).sum(), xa), torch.autograd.grad((fb * w).sum(), xb)
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5 * float(gb.abs().max()))
+    for h, w_, side in ((64, 64, 32), (224, 224, 32), (48, 64, 32), (20, 20, 32)):
+        x = torch.rand(2, 3, h, w_, generator=gen)
+        scale = side / max(h, w_)
+        ref = F.interpolate(x, size=(round(h * scale), round(w_ * scale)), mode="bilinear", align_corners=False,
+                            antialias=scale < 1)
+        torch.testing.assert_close(resample(x, side), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_true_rates_with_the_fast_trunk_equal_the_unfolded_network():
+    """The simulated sites' rates (Hz) through the fast trunk equal those through the package's
+    unfolded network to ~1e-5 relative."""
+    px = builtin_images(8, 64, seed=4)
+    m = SimulatedMonkey(SimParams(n_channels=6, seed=3), n_reference_images=32)
+    fast = m.true_rates(px)
+    mod = m.true_rate_module()
+    net = mod.hidden_net
+    net.forward, keep = net.reference_forward, net.forward   # the package's modules, unfolded
+    try:
+        x = torch.from_numpy(px).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            ref = mod(x).double().numpy()
+    finally:
+        net.forward = keep
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 class _LinearDrive(nn.Module):
     """The truth's own linear drive (pre-sigmoid) for every site: what a perfect linear fit
     of the designing model's features recovers up to a monotone map."""

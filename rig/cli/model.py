@@ -98,6 +98,9 @@ def _print_table(m) -> None:
     s = summarize(sc.get("cv_r", nan), sc.get("ceiling", nan))
     print(f"median: cv r {s['median_r']:.3f}, ceiling {s['median_ceiling']:.3f}, "
           f"noise-ceiled predictivity (r^2/ceiling) {s['median_noise_ceiled']:.3f}")
+    if "cv_r_ungrouped" in sc:
+        print(f"cv r: folds grouped by clean parent, scored on the screening day's clean images; ungrouped "
+              f"shuffle splits (leaky when perturbed images are pooled) give median {np.nanmedian(sc['cv_r_ungrouped']):.3f}")
     tag = "RANDOM-INIT" if m.random_init else m.weights_sha256[:16] + "..."
     print(f"backbone {m.backbone_name}/{m.layer}, weights {tag}, readout {m.method}")
 

@@ -35,7 +35,7 @@ from modelfit.store import load_fitted
 from modelfit.features import images_to_tensor
 from analysis import fraction_of_true
 from rig.backends.factory import build_sim_monkey
-from rig.loop.groundtruth import TrueCountModule, converged_whitebox, load_or_compute
+from rig.loop.groundtruth import TrueCountModule, cached_whitebox
 from stimuli.perturb import PerturbParams
 
 N_BOOT = 1000
@@ -282,15 +282,19 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
     # problem's answer moves by < 2%
     base = replace(_loop_params(cfg), restarts=max(4, cfg.perturb.restarts), steps=max(16, cfg.perturb.steps), prune=False,
                    random_controls_per_image=0)
-    ids = [d.stim_ids[p] for p in parents]
-    key = {"problems": [[ids[i], s] for i, s in problems], "epsilons": eps, "sim": json.dumps(cfg.to_dict()["sim"], sort_keys=True),
-           "window": list(window), "restarts": base.restarts, "steps": base.steps}
-    cached = folder / "groundtruth.npz"
-    if progress and not cached.exists():
-        print(f"ground truth: white-box attack on the simulated sites ({len(problems)} problems x {len(eps)} epsilons "
-              f"x 2 directions), doubling restarts and steps until no problem's answer changes by 2% or more", flush=True)
-    wb = load_or_compute(cached, key,
-                         lambda: converged_whitebox(module, clean, problems, eps, base, seed=7, progress=progress))
+    # per-problem cache (clean pixels, site, eps): later days, the report and a resumed run reuse answers
+    rules = {k: v for k, v in asdict(base).items() if k != "max_batch_rows"}   # batching does not change answers
+    key = {"sim": json.dumps(cfg.to_dict()["sim"], sort_keys=True), "window": list(window),
+           "on_s": cfg.rsvp.stim_on_ms / 1000.0, "params": json.dumps(rules, sort_keys=True)}
+
+    def announce(n_new: int) -> None:
+        if progress:
+            print(f"ground truth: white-box attack on the simulated sites ({n_new} new of {len(problems)} problems x "
+                  f"{len(eps)} epsilons x 2 directions: {base.restarts} restarts x {base.steps} steps, then both doubled "
+                  f"until no problem's answer changes by 2% or more)", flush=True)
+
+    wb = cached_whitebox(folder / "groundtruth.npz", key, module, clean, problems, eps, base, seed=7,
+                         progress=progress, on_compute=announce)
     # (n_sites, n_eps): mean over that site's images of the mean over both directions
     true_site = np.full((len(sites), len(eps)), np.nan)
     for k, s in enumerate(sites):

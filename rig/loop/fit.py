@@ -4,15 +4,16 @@
 (clean and perturbed alike; an image shown on several days pools its repeats);
 ``fit_days(cfg, folder, through)`` selects the sites whose day-0 split-half reliability
 reaches ``screening.reliability_threshold``, featurises each image once (feature cache),
-fits the readout, scores it (cross-validated r, split-half ceiling, noise-ceiled
-predictivity) and writes ``model_through_DDD.h5``. Used by ``itloop model fit`` and by the
+fits the readout, scores it (cross-validated r grouped by clean parent on the fixed
+held-out screening set, split-half ceiling of that set, noise-ceiled predictivity; the
+ungrouped shuffle-split r for reference) and writes ``model_through_DDD.h5``. Used by ``itloop model fit`` and by the
 daily loop's planning step.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ from rig.paths import day_path, model_path
 from modelfit.backbone import build_backbone
 from modelfit.features import FeatureExtractor
 from modelfit.readout import Readout
-from modelfit.scores import cross_validated_r, noise_ceiled_predictivity, select_sites, split_half_reliability
+from modelfit.scores import (cross_validated_r, grouped_cross_validated_r, noise_ceiled_predictivity, select_sites,
+                             split_half_reliability)
 from modelfit.store import save_fitted
 from rig import __version__
 
@@ -47,6 +49,14 @@ class PooledDays:
     days: list[int]
     n_valid_presentations: int
     config_text: str
+    group_ids: list[str] = field(default_factory=list)   # per image: its clean parent's id (its own id if clean)
+    is_clean: np.ndarray | None = None                   # (n_images,) bool: shown as a clean image
+
+    def held_out(self) -> np.ndarray:
+        """(n_images,) bool: the fixed held-out set the model is scored on -- the clean images of
+        the screening day (day 0), the same on every day."""
+        clean = self.is_clean if self.is_clean is not None else np.ones(len(self.ids), bool)
+        return clean & (self.first_day == 0)
 
     def mean_responses(self) -> np.ndarray:
         """(n_images, n_channels) mean over valid repeats; NaN where none."""
@@ -81,6 +91,8 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
         raise UserError(f"fitting through day {through} needs day files 0..{through} in {folder}; missing: "
                         f"{', '.join(missing[:5])}")
     ids: dict[str, int] = {}
+    groups: list[str] = []
+    clean_flags: list[bool] = []
     pixels: list[np.ndarray] = []
     first_day: list[int] = []
     names: list[str] = []
@@ -101,11 +113,16 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
                 names.append(n)
         col = np.array([names.index(n) for n in day.channel_names], dtype=np.int64)
         local = np.empty(len(day.stim_ids), np.int64)
+        kind = np.asarray(day.stimuli.kind).astype(str)
+        parent = np.asarray(day.stimuli.parent, np.int64)
         for i, sid in enumerate(day.stim_ids):
             if sid not in ids:
                 ids[sid] = len(ids)
                 pixels.append(day.stimuli.pixels[i])
                 first_day.append(d)
+                is_clean = kind[i] == "clean" or parent[i] < 0
+                clean_flags.append(bool(is_clean))
+                groups.append(sid if is_clean else day.stim_ids[parent[i]])   # the clean parent's id
             local[i] = ids[sid]
         valid = np.asarray(day.presentations["valid"], bool)
         stim = local[np.asarray(day.presentations["stim_index"])[valid]]
@@ -133,7 +150,7 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
     s0, c0, col0 = day0
     screening = _stack_repeats(s0, widen(col0, c0), n_img)
     return PooledDays(np.stack(pixels), list(ids), names, reps, np.asarray(first_day), screening,
-                      list(range(through + 1)), int(len(stim_all)), config_text)
+                      list(range(through + 1)), int(len(stim_all)), config_text, groups, np.asarray(clean_flags, bool))
 
 
 @dataclass
@@ -188,15 +205,23 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
         return Readout(method=r.method, alphas=r.alphas, cv_folds=r.cv_folds, pls_components=r.pls_components,
                        seed=cfg.experiment.seed)
 
+    # the score: K-fold over the fixed held-out set (the screening day's clean images), grouped by
+    # clean parent; the ungrouped shuffle-split r is kept beside it for reference (leaky once
+    # perturbed images and their parents are pooled)
+    groups = [pooled.group_ids[i] for i in rows]
+    held = pooled.held_out()[rows]
     try:
         readout = make().fit(X, Y)
-        cv_r = cross_validated_r(X, Y, make, n_splits=r.score_splits, train_fraction=r.score_train_fraction,
-                                 seed=cfg.experiment.seed, progress=progress)
+        cv_r = grouped_cross_validated_r(X, Y, groups, held, make, n_folds=max(2, r.score_splits),
+                                         seed=cfg.experiment.seed, progress=progress)
+        cv_r_ungrouped = cross_validated_r(X, Y, make, n_splits=r.score_splits, train_fraction=r.score_train_fraction,
+                                           seed=cfg.experiment.seed, progress=progress)
     except ValueError as e:
         raise UserError(f"cannot fit the readout: {e}") from None
-    ceiling = split_half_reliability(pooled.reps[:, rows][:, :, sites], seed=cfg.experiment.seed)
+    # the ceiling of the scored images: split-half reliability over the held-out set's repeats
+    ceiling = split_half_reliability(pooled.reps[:, rows[held]][:, :, sites], seed=cfg.experiment.seed)
     scores = {"cv_r": cv_r, "ceiling": ceiling, "noise_ceiled": noise_ceiled_predictivity(cv_r, ceiling),
-              "screening_reliability": screening_rel[sites]}
+              "cv_r_ungrouped": cv_r_ungrouped, "screening_reliability": screening_rel[sites]}
 
     info = {"through_day": int(through), "days": json.dumps(pooled.days), "n_images": int(len(rows)),
             "n_valid_presentations": pooled.n_valid_presentations,

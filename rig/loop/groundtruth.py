@@ -8,10 +8,12 @@ ground truth directly. Its best achievable signed change ``s * (E[r(x+delta)] - 
 
 The white-box attack must be a real upper bound: a "fraction of the truth" above 1 would
 mean the truth was underestimated. :func:`converged_whitebox` starts from at least the
-loop's restarts and steps, then doubles BOTH until doubling changes every problem's
-answer by less than ``tolerance`` (2%, relative, with an absolute floor of
+loop's restarts and steps, then doubles BOTH (at least once) until doubling changes every
+problem's answer by less than ``tolerance`` (2%, relative, with an absolute floor of
 ``ABS_FLOOR_SPIKES``) or ``max_doublings`` is reached, keeps the best answer per problem
-over all runs, and reports how many problems converged.
+over all runs, and reports how many problems converged. :func:`cached_whitebox` keeps the
+answers per problem in a file, so each (clean image, site, epsilon) is attacked once per
+experiment (the report and later days reuse it).
 """
 from __future__ import annotations
 
@@ -66,11 +68,14 @@ class WhiteBox:
 
     best: np.ndarray          # (n_problems, n_eps, 2): directions +1, -1
     epsilons: np.ndarray
-    restarts: int
+    restarts: int             # the largest budget any problem ran (restarts x steps)
     steps: int
-    relative_change_on_doubling: float   # |mean(2B) / mean(B) - 1| at the budget returned
+    relative_change_on_doubling: float   # |sum(best) / sum(best before each problem's last doubling) - 1|
     history: list[dict]
     converged: np.ndarray | None = None  # (n_problems,) bool: every eps and direction moved < tolerance
+    previous: np.ndarray | None = None   # (n_problems, n_eps, 2): the best before each problem's last doubling
+    doublings: np.ndarray | None = None  # (n_problems,) doublings each problem ran (budget base * 2**k each)
+    max_change: np.ndarray | None = None  # (n_problems,) largest relative change at its last doubling
 
     @property
     def n_converged(self) -> int:
@@ -84,6 +89,8 @@ def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int
     The attack runs on ``module.drive_module()`` when the module has one (same optimum per
     problem, better gradients); the answer is always ``module``'s change on the shown uint8
     stimulus against its clean parent."""
+    if not problems:
+        return np.zeros((0, len(epsilons), 2))
     target = module.drive_module() if hasattr(module, "drive_module") else module
     ss = generate_perturbations(target, clean, problems, epsilons, replace(params, random_controls_per_image=0),
                                 seed=seed, progress=progress)
@@ -111,47 +118,131 @@ def converged_whitebox(module: nn.Module, clean: np.ndarray, problems: list[tupl
                        progress: bool = True) -> WhiteBox:
     """Double restarts AND steps until every problem's best change moves by < ``tolerance``.
 
-    Returns the best answer per problem over all budgets (each run is a valid lower bound
-    on the true optimum), the last budget and, per problem, whether its last doubling
-    moved it by less than ``tolerance``.
+    Every problem runs the budget ``params`` and then at least one doubling (2x restarts, 2x
+    steps, an independent run); a problem whose answer still moved by ``tolerance`` or more
+    doubles again (only the unconverged problems: a converged one is done), up to
+    ``max_doublings``. Returns the best answer per problem over all its runs (each run is a
+    valid lower bound on the true optimum), per problem whether its last doubling moved it
+    by less than ``tolerance``, and the budgets. A problem's runs depend only on itself and its
+    clean image's index (the engine's per-row seeds), not on which other problems share a call.
     """
-    history = []
+    n = len(problems)
+    history = [{"restarts": params.restarts, "steps": params.steps, "problems": n}]
+    best = whitebox(module, clean, problems, epsilons, params, seed, progress)
+    history[0]["mean"] = float(best.mean()) if n else 0.0
+    previous = best.copy()
+    doublings = np.zeros(n, np.int64)
+    change = np.full(n, np.inf)
+    converged = np.zeros(n, bool)
+    active = np.arange(n)
     cur = params
-    found = whitebox(module, clean, problems, epsilons, cur, seed, progress)
-    best = found
-    history.append({"restarts": cur.restarts, "steps": cur.steps, "mean": float(found.mean())})
-    change = float("inf")
-    converged = np.zeros(len(problems), bool)
-    for k in range(max_doublings):
-        nxt = replace(cur, steps=cur.steps * 2, restarts=cur.restarts * 2)
-        found2 = whitebox(module, clean, problems, epsilons, nxt, seed + k + 1, progress)
-        # the answer at budget 4B (2x restarts, 2x steps) against the answer at B, each from its own run
-        change = abs(found2.mean() / found.mean() - 1.0) if found.mean() > 0 else float("inf")
-        new_best = np.maximum(best, found2)   # every run is a valid lower bound: keep the best per problem
-        per = per_problem_change(best, new_best)
-        converged = per < tolerance
-        history.append({"restarts": nxt.restarts, "steps": nxt.steps, "mean": float(found2.mean()),
-                        "relative_change": change, "problems_converged": int(converged.sum()),
-                        "problems": len(problems), "max_problem_change": float(per.max()) if len(per) else 0.0})
-        best = new_best
-        found, cur = found2, nxt
-        if converged.all():
+    for k in range(max(1, max_doublings)):
+        if len(active) == 0:
             break
-    return WhiteBox(best, np.asarray(epsilons, float), cur.restarts, cur.steps, change, history, converged)
+        cur = replace(cur, steps=cur.steps * 2, restarts=cur.restarts * 2)
+        found = whitebox(module, clean, [problems[i] for i in active], epsilons, cur, seed + k + 1, progress)
+        new_best = np.maximum(best[active], found)   # every run is a valid lower bound: keep the best per problem
+        per = per_problem_change(best[active], new_best, ABS_FLOOR_SPIKES)
+        previous[active], best[active] = best[active], new_best
+        doublings[active] = k + 1
+        change[active] = per
+        converged[active] = per < tolerance
+        history.append({"restarts": cur.restarts, "steps": cur.steps, "problems": int(len(active)),
+                        "mean": float(found.mean()), "problems_converged": int((per < tolerance).sum()),
+                        "max_problem_change": float(per.max())})
+        active = active[per >= tolerance]
+    return _whitebox_of(best, previous, doublings, change, converged, epsilons, params, history)
 
 
-def load_or_compute(path: Path, key: dict, compute) -> WhiteBox:
-    """Cache a WhiteBox result in ``path`` (npz + json key); recompute if the key differs."""
-    if path.exists():
+def _whitebox_of(best, previous, doublings, change, converged, epsilons, params, history) -> WhiteBox:
+    k = int(doublings.max()) if len(doublings) else 0
+    prev_sum = float(previous.sum())
+    rel = abs(float(best.sum()) / prev_sum - 1.0) if prev_sum > 0 else float("inf")
+    return WhiteBox(best, np.asarray(epsilons, float), params.restarts * 2 ** k, params.steps * 2 ** k, rel, history,
+                    converged, previous, doublings, change)
+
+
+# ----------------------------------------------------------------------------- per-problem cache
+CACHE_VERSION = 2
+
+
+def problem_keys(clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float]) -> list[list[str]]:
+    """Per problem, per epsilon: ``sha1(clean parent's uint8 pixels and shape):site:eps`` -- what
+    identifies a white-box answer whatever day, order or index the problem comes with."""
+    import hashlib
+
+    digests = {}
+    for i, _ in problems:
+        if i not in digests:
+            px = np.ascontiguousarray(clean[i])
+            digests[i] = hashlib.sha1(px.tobytes() + repr(px.shape).encode()).hexdigest()
+    return [[f"{digests[i]}:{int(s)}:{float(e)!r}" for e in epsilons] for i, s in problems]
+
+
+def cached_whitebox(path: Path, key: dict, module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int]],
+                    epsilons: list[float], params, seed: int = 0, tolerance: float = 0.02, max_doublings: int = 1,
+                    progress: bool = True, on_compute=None) -> WhiteBox:
+    """:func:`converged_whitebox` with a per-problem cache in ``path`` (npz).
+
+    ``key`` holds everything else the answers depend on (the simulated monkey's config, the
+    count window, the budget and step rules, ...); with another key the file is started
+    afresh. Rows are (problem, epsilon) pairs keyed by :func:`problem_keys`, so later days,
+    the report and a resumed run compute only problems no earlier call has solved; a problem
+    is solved at every epsilon of the call. ``on_compute(n_new)`` is called before computing.
+    Written atomically (temporary file, then rename)."""
+    key = dict(key, version=CACHE_VERSION, seed=seed, tolerance=tolerance, max_doublings=max_doublings,
+               restarts=params.restarts, steps=params.steps)
+    rows = _read_cache(path, key)
+    keys = problem_keys(clean, problems, epsilons)
+    todo = [j for j, ks in enumerate(keys) if any(k not in rows for k in ks)]
+    history: list[dict] = []
+    if todo:
+        if on_compute is not None:
+            on_compute(len(todo))
+        wb = converged_whitebox(module, clean, [problems[j] for j in todo], epsilons, params, seed, tolerance,
+                                max_doublings, progress)
+        history = wb.history
+        for m, j in enumerate(todo):
+            for e, k in enumerate(keys[j]):
+                rows[k] = (wb.best[m, e], wb.previous[m, e], int(wb.doublings[m]), float(wb.max_change[m]),
+                           bool(wb.converged[m]))
+        _write_cache(path, key, rows)
+    n, n_e = len(problems), len(epsilons)
+    best, previous = np.zeros((n, n_e, 2)), np.zeros((n, n_e, 2))
+    doublings, change, converged = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool)
+    for j, ks in enumerate(keys):
+        got = [rows[k] for k in ks]
+        best[j], previous[j] = [g[0] for g in got], [g[1] for g in got]
+        doublings[j] = min(g[2] for g in got)
+        change[j] = max(g[3] for g in got)
+        converged[j] = all(g[4] for g in got)
+    summary = {"problems": n, "computed_now": len(todo), "from_cache": n - len(todo),
+               "problems_converged": int(converged.sum()), "max_problem_change": float(change.max()) if n else 0.0,
+               "runs_this_call": history}
+    return _whitebox_of(best, previous, doublings, change, converged, epsilons, params, [summary])
+
+
+def _read_cache(path: Path, key: dict) -> dict:
+    if not path.exists():
+        return {}
+    try:
         with np.load(path, allow_pickle=False) as z:
-            if json.loads(str(z["key"])) == key:
-                return WhiteBox(z["best"], z["epsilons"], int(z["restarts"]), int(z["steps"]),
-                                float(z["relative_change_on_doubling"]), json.loads(str(z["history"])),
-                                z["converged"] if "converged" in z else None)
-    wb = compute()
+            if "rows" not in z or json.loads(str(z["key"])) != key:
+                return {}
+            names = [str(k) for k in z["rows"]]
+            return {k: (z["best"][i], z["previous"][i], int(z["doublings"][i]), float(z["max_change"][i]),
+                        bool(z["converged"][i])) for i, k in enumerate(names)}
+    except (OSError, ValueError, KeyError):
+        return {}   # unreadable (e.g. an older format): recompute
+
+
+def _write_cache(path: Path, key: dict, rows: dict) -> None:
+    names = sorted(rows)
     tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, best=wb.best, epsilons=wb.epsilons, restarts=wb.restarts, steps=wb.steps,
-             relative_change_on_doubling=wb.relative_change_on_doubling, history=json.dumps(wb.history),
-             converged=wb.converged if wb.converged is not None else np.zeros(0, bool), key=json.dumps(key))
+    np.savez(tmp, key=json.dumps(key, sort_keys=True), rows=np.asarray(names, dtype=str),
+             best=np.asarray([rows[k][0] for k in names], float).reshape(-1, 2),
+             previous=np.asarray([rows[k][1] for k in names], float).reshape(-1, 2),
+             doublings=np.asarray([rows[k][2] for k in names], np.int64),
+             max_change=np.asarray([rows[k][3] for k in names], float),
+             converged=np.asarray([rows[k][4] for k in names], bool))
     os.replace(tmp, path)
-    return wb

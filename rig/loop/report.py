@@ -251,7 +251,11 @@ def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, lis
         sec["predicted vs measured change, Pearson r through the site's rate nonlinearity"] = r.pvm_extra.get(
             "pearson_nonlinear", float("nan"))
         if "cv_r" in r.model_scores:
-            sec["designing model: median cross-validated r"] = float(np.nanmedian(r.model_scores["cv_r"]))
+            sec["designing model: median cross-validated r (folds grouped by clean parent, scored on the "
+                "screening day's clean images)"] = float(np.nanmedian(r.model_scores["cv_r"]))
+            if "cv_r_ungrouped" in r.model_scores:
+                sec["designing model: median r of ungrouped shuffle splits (parents and children split: leaky, "
+                    "for reference)"] = float(np.nanmedian(r.model_scores["cv_r_ungrouped"]))
             sec["designing model: median noise-ceiled predictivity"] = float(np.nanmedian(r.model_scores["noise_ceiled"]))
         numbers[f"Day {d}"] = sec
     if last.random is not None:
