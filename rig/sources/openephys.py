@@ -85,8 +85,8 @@ _MAX_PER_CALL = 1 << 16           # messages per events_since call, so a flood c
 
 
 def _drain(recv, limit: int) -> tuple[list[bytes], list[tuple[bytes, bytes]], int]:
-    """Receive up to ``limit`` messages without blocking -> (spike payloads, other (header,
-    payload) pairs, stray frames).
+    """Receive up to ``limit`` messages or stray frames without blocking -> (spike payloads,
+    other (header, payload) pairs, number of stray frames).
 
     A broadcaster message is two frames, a 2-byte header then a payload that is never 2
     bytes long (the smallest usable JSON has ``sample_rate`` and ``sample_number``).
@@ -103,7 +103,7 @@ def _drain(recv, limit: int) -> tuple[list[bytes], list[tuple[bytes, bytes]], in
     stray = n = 0
     h = None
     try:
-        while n < limit:
+        while n + stray < limit:
             h = recv(nb)
             if len(h) != 2:
                 stray += 1
@@ -112,6 +112,8 @@ def _drain(recv, limit: int) -> tuple[list[bytes], list[tuple[bytes, bytes]], in
             p = recv(nb)                        # Again here only after a lone 2-byte frame
             while len(p) == 2:                  # h was a lone frame; p may be a header
                 stray += 1
+                if n + stray >= limit:          # a flood of lone frames: stop, p is stray too
+                    return spikes, other, stray + 1
                 h = p
                 p = recv(nb)
             if h == _SPIKE_HEADER:
