@@ -20,6 +20,11 @@ Wire format matched (read from the vendor source, not reimplemented from memory)
   the Record Node stores).
 
 The acquisition clock is ``sample_number / sample_rate`` in seconds.
+
+Receiving costs about 1.5-2 us of CPU per spike (``benchmarks/acquisition_bench.py``): frames
+are read with plain ``recv`` and paired by length (:func:`_drain`), spike payloads go
+through a compiled msgspec decoder that reads only the four fields used, and a batch
+becomes numpy arrays at once; anything unusual falls back to the message-by-message path.
 """
 from __future__ import annotations
 
