@@ -74,8 +74,9 @@ def _checked(kind: int, info) -> tuple[int, dict] | None:
     return kind, info
 
 
-class _Spike(msgspec.Struct):
-    """The spike fields itloop uses; every other key of the plugin's JSON is skipped unread."""
+class _Spike(msgspec.Struct, gc=False):
+    """The spike fields itloop uses; every other key of the plugin's JSON is skipped unread.
+    (Scalars only, so never in a reference cycle: untracked by the garbage collector.)"""
 
     sample_number: int
     sample_rate: float
