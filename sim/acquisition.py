@@ -51,17 +51,25 @@ class BroadcasterPub:
         self.stream = stream
         self.source_node = source_node
 
-    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input") -> None:
+    def encode_ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input") -> list[bytes]:
+        """The two frames the plugin sends for one TTL edge."""
         info = {"event_type": "ttl", "stream": self.stream, "source_node": self.source_node,
                 "sample_rate": self.sample_rate, "channel_name": channel_name,
                 "sample_number": int(sample_number), "line": int(line), "state": bool(state)}
-        self.sock.send_multipart([struct.pack("<H", TTL), json.dumps(info).encode()])
+        return [struct.pack("<H", TTL), json.dumps(info).encode()]
 
-    def spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> None:
+    def encode_spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> list[bytes]:
+        """The two frames the plugin sends for one single-channel spike."""
         info = {"event_type": "spike", "stream": self.stream, "source_node": self.source_node,
                 "electrode": electrode, "num_channels": 1, "sample_rate": self.sample_rate,
                 "sample_number": int(sample_number), "sorted_id": int(sorted_id), "amp1": float(amplitude_uv)}
-        self.sock.send_multipart([struct.pack("<H", SPIKE), json.dumps(info).encode()])
+        return [struct.pack("<H", SPIKE), json.dumps(info).encode()]
+
+    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input") -> None:
+        self.sock.send_multipart(self.encode_ttl(sample_number, line, state, channel_name))
+
+    def spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> None:
+        self.sock.send_multipart(self.encode_spike(sample_number, electrode, amplitude_uv, sorted_id))
 
     def close(self) -> None:
         self.sock.close()

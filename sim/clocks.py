@@ -81,3 +81,32 @@ class FrameClock:
 def photodiode_jitter(rng: np.random.Generator, n: int, half_width_s: float = PHOTODIODE_JITTER_S) -> np.ndarray:
     """Light-onset minus flip-stamp differences, uniform in [-half_width_s, half_width_s] s."""
     return rng.uniform(-half_width_s, half_width_s, size=n)
+
+
+def rsync_times(rng: np.random.Generator, duration_s: float, mean_interval_s: float = 1.0, t0_s: float = 0.0) -> np.ndarray:
+    """A sync line with random inter-pulse intervals (pyControl's Rsync idea: intervals
+    uniform in [0.1, 1.9] x the mean), pulse times on the sender's clock in [t0_s, t0_s +
+    duration_s), s. The interval sequence identifies where any stretch of the train lies."""
+    n = int(duration_s / mean_interval_s * 1.2) + 2
+    t = t0_s + np.cumsum(rng.uniform(0.1 * mean_interval_s, 1.9 * mean_interval_s, n))
+    return t[t < t0_s + duration_s]
+
+
+def received_pulses(rng: np.random.Generator, sent_s: np.ndarray, clock: ClockMap, drop_p: float = 0.01,
+                    n_spurious: int = 0, jitter_half_width_s: float = PHOTODIODE_JITTER_S,
+                    sample_rate_hz: float = 30000.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the acquisition side records of a sync line: each pulse dropped with probability
+    ``drop_p``, the rest moved to the acquisition clock with uniform latency jitter and rounded
+    to whole samples, plus ``n_spurious`` extra pulses within the train's span.
+
+    Returns ``(received acquisition times sorted, s; index into sent_s per received pulse, -1
+    for a spurious one; true acquisition time of every sent pulse, s)``.
+    """
+    sent = np.asarray(sent_s, float)
+    true_acq = clock.to_acq(sent + photodiode_jitter(rng, len(sent), jitter_half_width_s))
+    keep = rng.random(len(sent)) >= drop_p
+    t = np.r_[np.round(true_acq[keep] * sample_rate_hz) / sample_rate_hz,
+              rng.uniform(true_acq.min(), true_acq.max(), n_spurious) if len(sent) else np.zeros(0)]
+    src = np.r_[np.flatnonzero(keep), np.full(n_spurious if len(sent) else 0, -1)]
+    order = np.argsort(t, kind="stable")
+    return t[order], src[order], true_acq

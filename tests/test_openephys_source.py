@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from rig.sources.openephys import OpenEphysError, OpenEphysHttp, OpenEphysSource, decode_broadcast
+from rig.sources.openephys import OpenEphysError, OpenEphysHttp, OpenEphysSource, _decode_spike, decode_broadcast
 from sim.acquisition import BroadcasterPub, FakeGuiHttp
 
 
@@ -103,3 +103,55 @@ def test_day_run_with_no_acquisition_system_is_one_line_and_leaves_no_file(tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "Open Ephys HTTP API" in err[0]
     assert not (tmp_path / "exp" / "day_000.h5").exists()
+
+
+def test_fast_path_and_stray_frames_keep_every_event_in_order():
+    """The batch decoder reads the plugin's messages whatever their JSON layout (JUCE's
+    ``JSON::toString`` writes multi-line, indented objects); a payload it rejects sends its
+    batch message by message; frames that are not a broadcaster message are counted."""
+    port = _port()
+    pub = BroadcasterPub(f"tcp://127.0.0.1:{port}", 30000.0)
+    src = OpenEphysSource("127.0.0.1", port, http_control=False, n_channels=4)
+    try:
+        src.open()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not len(src.events_since(0.05).ttl_times_s):
+            pub.ttl(1, 5, True)
+        want_n, want_c = [], []
+
+        def spike(n, c):
+            pub.spike(n, f"Electrode {c + 1}")
+            want_n.append(n)
+            want_c.append(c)
+
+        for i in range(300):
+            spike(1000 + i, i % 4)
+        info = json.loads(pub.encode_spike(2000, "Electrode 2")[1])
+        pretty = json.dumps(info, indent=2).replace("\n", "\r\n").encode()
+        assert _decode_spike(pretty).sample_number == 2000
+        pub.sock.send_multipart([b"\x01\x00", pretty])          # multi-line JSON, fast path
+        want_n.append(2000)
+        want_c.append(1)
+        pub.sock.send_multipart([b"\x01\x00"])                   # a lone header: stray
+        spike(2001, 2)
+        pub.sock.send_multipart([pub.encode_spike(2002, "Electrode 1")[1]])   # payload without header: stray
+        pub.sock.send_multipart(pub.encode_spike(2003, "Electrode 4") + [b"extra"])  # extra frame: stray
+        want_n.append(2003)
+        want_c.append(3)
+        info["sample_number"] = 2004.0                            # a float: the batch goes one by one
+        pub.sock.send_multipart([b"\x01\x00", json.dumps(info).encode()])
+        want_n.append(2004)
+        want_c.append(1)
+        info["sample_number"], info["sample_rate"] = 2005, 0      # impossible: undecodable
+        pub.sock.send_multipart([b"\x01\x00", json.dumps(info).encode()])
+        for i in range(300):
+            spike(3000 + i, (i + 1) % 4)
+        pub.ttl(90000, 0, True)
+        st, sc, tt = _collect(src, len(want_n), 1)
+        assert np.array_equal(st, np.array(want_n) / 30000.0) and np.array_equal(sc, want_c)
+        assert np.array_equal(tt, [3.0])
+        assert src.counters["undecodable"] == 4 and src.counters["spikes"] == len(want_n)
+        assert src.counters["unknown_electrodes"] == 0 and src.latest_s == 3.0
+    finally:
+        src.close()
+        pub.close()

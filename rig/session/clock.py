@@ -276,3 +276,63 @@ def window_counts(spike_times_s: np.ndarray, spike_channels: np.ndarray, onsets_
         counts[:, ch] = np.searchsorted(tc, hi, "left") - np.searchsorted(tc, lo, "left")
     out[ok] = counts
     return out
+
+
+# --------------------------------------------------------------------------- Rsync
+def match_rsync(sent_s: np.ndarray, received_s: np.ndarray, tolerance_s: float = 0.003, chunk: int = 4,
+                max_drift_ppm: float = MAX_DRIFT_PPM, label: str = "rsync") -> tuple[SegmentFit | None, np.ndarray]:
+    """Pair a sync line with random inter-pulse intervals (pyControl's Rsync idea) sent on
+    one clock with the pulses another clock recorded, and fit the clock line.
+
+    Every run of ``chunk`` consecutive received intervals is looked up among the sent
+    intervals (each within ``tolerance_s``, which must cover the pulse jitter plus drift
+    over one interval); with random intervals a run matches at one place only, so no
+    offset has to be guessed and a missing first pulse (ambiguous for a regular train, see
+    :func:`vote_offset`) is no problem. A dropped or spurious pulse only spoils the runs
+    that contain it. The pairs from the matched runs give a robust line
+    (:func:`fit_line`); then every sent pulse is paired with the nearest received pulse
+    within ``tolerance_s`` of the line's prediction and the line refitted.
+
+    Returns ``(fit, or None when no run matched; index into sorted(received_s) per sent
+    pulse, -1 where none was recorded)``.
+    """
+    a = np.asarray(sent_s, float).ravel()
+    b = np.sort(np.asarray(received_s, float).ravel())
+    b = b[np.isfinite(b)]
+    idx = np.full(len(a), -1, int)
+    ok = np.isfinite(a)
+    ai = np.flatnonzero(ok)
+    a_ok = a[ok]
+    order_a = np.argsort(a_ok, kind="stable")
+    a_sorted, a_index = a_ok[order_a], ai[order_a]
+    da, db = np.diff(a_sorted), np.diff(b)
+    if len(da) < chunk or len(db) < chunk:
+        return None, idx
+    wa = np.lib.stride_tricks.sliding_window_view(da, chunk)
+    wb = np.lib.stride_tricks.sliding_window_view(db, chunk)
+    by_first = np.argsort(wa[:, 0], kind="stable")
+    first = wa[by_first, 0]
+    pi, pj = [], []
+    for j in range(len(wb)):
+        lo, hi = np.searchsorted(first, wb[j, 0] - tolerance_s), np.searchsorted(first, wb[j, 0] + tolerance_s, "right")
+        if hi - lo > 64:              # a degenerate (regular) train: intervals do not identify anything
+            continue
+        cand = by_first[lo:hi]
+        hit = cand[np.all(np.abs(wa[cand] - wb[j]) <= tolerance_s, axis=1)]
+        if len(hit) == 1:             # a run that matches at two places proves nothing
+            pi.extend(range(hit[0], hit[0] + chunk + 1))
+            pj.extend(range(j, j + chunk + 1))
+    if not pi:
+        return None, idx
+    pairs = np.unique(np.c_[pi, pj], axis=0)
+    clock = SegmentedClock(max_drift_ppm=max_drift_ppm)
+    seg = clock.add(label, a_sorted[pairs[:, 0]], b[pairs[:, 1]])
+    for _ in range(2):
+        m = match_pulses(seg.to_acq(a_sorted), b, tolerance_s)
+        got = m >= 0
+        if got.sum() < 2:
+            return None, idx
+        clock = SegmentedClock(max_drift_ppm=max_drift_ppm)
+        seg = clock.add(label, a_sorted[got], b[m[got]])
+    idx[a_index] = m
+    return seg, idx
