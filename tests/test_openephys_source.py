@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
 from rig.sources.openephys import OpenEphysError, OpenEphysHttp, OpenEphysSource, _decode_spike, decode_broadcast
 from sim.acquisition import BroadcasterPub, FakeGuiHttp
