@@ -122,7 +122,7 @@ def test_deadline_clock_time_is_the_next_occurrence():
 
 @pytest.mark.parametrize("text, key", [("[compute]\nscheduler = \"mpi\"\n", "compute.scheduler"),
                                        ("[compute]\ndeadline = \"7am\"\n", "compute.deadline"),
-                                       ("[compute]\nproblems_per_shard = 0\n", "compute.problems_per_shard"),
+                                       ("[compute]\nproblems_per_shard = -1\n", "compute.problems_per_shard"),
                                        ("[compute]\nmax_hours = -1\n", "compute.max_hours")])
 def test_compute_config_errors_name_the_key(tmp_path, text, key):
     f = tmp_path / "c.toml"

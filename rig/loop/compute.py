@@ -38,7 +38,7 @@ from rig.config import ComputeConfig
 from rig.errors import UserError
 from stimuli.cost import PassRate, measure_pass_rate
 from stimuli.perturb import PerturbParams
-from stimuli.shards import ShardResult, merge_shards, solve_shard, split_problems
+from stimuli.shards import Shard, ShardResult, auto_shards, merge_shards, solve_shard, split_problems
 from stimuli.stimset import StimulusSet
 
 
@@ -135,11 +135,33 @@ def relax_malloc() -> bool:
         return False
 
 
+# The worker's statistical profiler (distributed.worker.profile: a stack sample of the
+# executing thread every 10 ms, distributed 2026.8.0 worker.py Worker.__init__ /
+# trigger_profile) takes the GIL from the engine 100 times a second; its only reader is the
+# dashboard's profile page. A payload pauses it for the day on the workers it runs on.
+_PROFILER_CALLBACKS = ("profile", "profile-cycle")
+
+
+def pause_profiler(worker) -> list:
+    """Stop ``worker``'s statistical-profiler periodic callbacks; returns those it stopped (to restart)."""
+    stopped = []
+    for name in _PROFILER_CALLBACKS:
+        pc = getattr(worker, "periodic_callbacks", {}).get(name)
+        if pc is not None and pc.is_running():
+            pc.stop()
+            stopped.append(pc)
+    return stopped
+
+
 class DayPayload(_WorkerPlugin):
     """What every worker of a run needs once: the model source and the clean images.
 
     ``source``: anything with ``sha256`` and ``build(device)`` (:class:`FittedModelFiles`).
-    The built model is cached per device for the worker's life; ``loads`` counts builds.
+    The built model is cached per device for the worker's life (``loads`` counts builds),
+    and so are the model's predictions on the clean set (:func:`stimuli.shards.clean_predictions`,
+    per device and batch settings), which every shard needs: they are computed once per
+    worker, not once per shard. While registered, the worker's statistical profiler is paused
+    (:func:`pause_profiler`).
     """
 
     idempotent = True
@@ -150,20 +172,46 @@ class DayPayload(_WorkerPlugin):
         self.key = _sha256(f"{source.sha256}:{images_sha256(self.clean)}".encode())
         self.name = f"itloop-day-{self.key[:20]}"
         self._models: dict[str, object] = {}
+        self._clean_values: dict[tuple, object] = {}
+        self._paused: list = []
         self.loads = 0
 
+    def __getstate__(self) -> dict:
+        # what travels: the source and the images, never a worker's built model or caches
+        return {"source": self.source, "clean": self.clean, "key": self.key, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._models, self._clean_values, self._paused, self.loads = {}, {}, [], 0
+
     def setup(self, worker=None) -> None:
-        self._models, self.loads = {}, 0
+        self._models, self._clean_values, self.loads = {}, {}, 0
         relax_malloc()
+        if worker is not None:
+            self._paused = pause_profiler(worker)
 
     def teardown(self, worker=None) -> None:
         self._models.clear()
+        self._clean_values.clear()
+        running = getattr(getattr(worker, "status", None), "name", "") == "running"
+        for pc in self._paused if running else ():
+            pc.start()
+        self._paused = []
 
     def model(self, device: str):
         if device not in self._models:
             self._models[device] = self.source.build(device)
             self.loads += 1
         return self._models[device]
+
+    def clean_values(self, device: str, params: PerturbParams):
+        """(N, S) predictions on the clean set for ``device`` and ``params``' batch settings (cached)."""
+        from stimuli.shards import clean_predictions
+
+        key = (device, params.max_batch_rows, params.channels_last, params.bf16)
+        if key not in self._clean_values:
+            self._clean_values[key] = clean_predictions(self.model(device), self.clean, params, device)
+        return self._clean_values[key]
 
 
 def _payload(name: str, key: str) -> DayPayload:
@@ -183,7 +231,9 @@ def _run_shard(name: str, key: str, index: int, problems: list[tuple[int, int]],
     plugin = _payload(name, key)
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    res = solve_shard(plugin.model(device), plugin.clean, problems, epsilons, PerturbParams(**params), seed, device, index)
+    pp = PerturbParams(**params)
+    res = solve_shard(plugin.model(device), plugin.clean, problems, epsilons, pp, seed, device, index,
+                      clean_values=plugin.clean_values(device, pp))
     res.model_loads = plugin.loads
     return res
 
@@ -287,6 +337,17 @@ class DistributedRun:
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(payload.name)
 
+    def slots(self) -> int:
+        """Shards the cluster runs at once (on SLURM at least the jobs booked, which join over time)."""
+        slots = worker_slots(self.client)
+        return max(slots, self.cc.slurm_jobs) if self.cc.scheduler == "slurm" else slots
+
+    def shards(self, n_problems: int, epsilons: Sequence[float], params: PerturbParams) -> list[Shard]:
+        """The day's shards: ``problems_per_shard`` pairs each, or (0 = auto) :func:`stimuli.shards.auto_shards`."""
+        if self.cc.problems_per_shard == 0:
+            return auto_shards(n_problems, epsilons, params, self.slots())
+        return split_problems(n_problems, self.cc.problems_per_shard)
+
     def probe(self, sites: Sequence[int], params: PerturbParams, device: str) -> PassRate:
         """Passes/s and peak memory of one worker (a task on one of them)."""
         fut = self.client.submit(_run_probe, self.payload.name, self.payload.key, [int(s) for s in sites],
@@ -296,14 +357,16 @@ class DistributedRun:
 
     def generate(self, problems: Sequence[tuple[int, int]], epsilons: Sequence[float], params: PerturbParams,
                  seed: int, device: str, progress: bool = True, expected_passes: int | None = None,
-                 max_resubmits: int = 2) -> tuple[StimulusSet, list[ShardResult]]:
-        """Every shard on the cluster, merged in the single run's order; returns (stimuli, shard results)."""
+                 max_resubmits: int = 2, shards: Sequence[Shard] | None = None) -> tuple[StimulusSet, list[ShardResult]]:
+        """Every shard on the cluster, merged in the single run's order; returns (stimuli, shard results).
+
+        ``shards``: the split of ``problems`` to use (default :meth:`shards`)."""
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
 
         problems = [(int(i), int(s)) for i, s in problems]
         eps = [float(e) for e in epsilons]
-        shards = split_problems(len(problems), self.cc.problems_per_shard)
+        shards = list(shards) if shards is not None else self.shards(len(problems), eps, params)
         pdict = dataclasses.asdict(params)
 
         def submit(sh, attempt: int):
@@ -385,34 +448,34 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
 
     problems = [(int(i), int(s)) for i, s in problems]
     sites = sorted({s for _, s in problems}) or [0]
-    local = cc.scheduler == "local"
-    n_shards = 1 if local else len(split_problems(len(problems), cc.problems_per_shard))
-    size = run_passes(len(problems), len(clean), epsilons, params, n_shards)
-    state = engine_state_bytes(params, clean.shape[1:], len(clean), size.stimuli)
 
-    def estimate(rate: PassRate, workers: int) -> Estimate:
-        est = Estimate(size, rate, workers, rate.peak_bytes + state)
+    def estimate(rate: PassRate, workers: int, clean_evaluations: int):
+        size = run_passes(len(problems), len(clean), epsilons, params, clean_evaluations)
+        est = Estimate(size, rate, workers, rate.peak_bytes + engine_state_bytes(params, clean.shape[1:], len(clean),
+                                                                                 size.stimuli))
         if report is not None:
             for line in est.lines():
                 report(line)
         check_deadline(est, cc)
-        return est
+        return size
 
-    if local:
+    if cc.scheduler == "local":
         model = module_factory()
         if problems:
-            estimate(measure_pass_rate(model, clean, sites, params, device, cc.probe_batches), 1)
+            estimate(measure_pass_rate(model, clean, sites, params, device, cc.probe_batches), 1, 1)
         return generate_perturbations(model, clean, problems, list(epsilons), params, seed=seed, device=device,
                                       progress=progress)
     with dask_client(cc) as client, DistributedRun.open(client, source_factory(), clean, cc) as run:
-        workers = worker_slots(client)
-        if cc.scheduler == "slurm":
-            workers = max(workers, cc.slurm_jobs)
+        workers = run.slots()
+        shards = run.shards(len(problems), epsilons, params)
         if report is not None:
-            report(f"compute: {len(problems)} (image, site) pairs in {n_shards} shards on {cc.scheduler} "
+            how = "auto-sized" if cc.problems_per_shard == 0 else f"{cc.problems_per_shard} pairs each"
+            report(f"compute: {len(problems)} (image, site) pairs in {len(shards)} shards ({how}) on {cc.scheduler} "
                    f"({workers} worker slot(s) now)")
+        expected = None
         if problems:
-            estimate(run.probe(sites, params, device), workers)
+            # each worker predicts the clean set once (cached for all the shards it runs)
+            expected = estimate(run.probe(sites, params, device), workers, min(len(shards), workers)).passes
         ss, _ = run.generate(problems, epsilons, params, seed, device, progress=progress,
-                             expected_passes=size.passes)
+                             expected_passes=expected, shards=shards)
         return ss
