@@ -87,7 +87,7 @@ def _warm_worker(name: str, key: str, params: dict, problem: tuple[int, int], da
     from stimuli.shards import solve_shard
 
     t = time.perf_counter()
-    plugin = _payload(name, key)
+    plugin = _payload(name, key, dask_worker)
     pp = PerturbParams(**params)
     model = plugin.model("cpu")
     cv = plugin.clean_values("cpu", pp)

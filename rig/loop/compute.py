@@ -214,10 +214,11 @@ class DayPayload(_WorkerPlugin):
         return self._clean_values[key]
 
 
-def _payload(name: str, key: str) -> DayPayload:
+def _payload(name: str, key: str, worker=None) -> DayPayload:
+    """This worker's registered payload ``name`` (``worker``: given inside ``client.run``, else the task's worker)."""
     from distributed import get_worker
 
-    plugin = get_worker().plugins.get(name)
+    plugin = (worker or get_worker()).plugins.get(name)
     if plugin is None or plugin.key != key:
         raise RuntimeError(f"worker has no payload {name} with key {key[:16]}; it was not registered")
     return plugin
@@ -469,9 +470,10 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
         workers = run.slots()
         shards = run.shards(len(problems), epsilons, params)
         if report is not None:
-            how = "auto-sized" if cc.problems_per_shard == 0 else f"{cc.problems_per_shard} pairs each"
-            report(f"compute: {len(problems)} (image, site) pairs in {len(shards)} shards ({how}) on {cc.scheduler} "
-                   f"({workers} worker slot(s) now)")
+            sizes = "/".join(str(n) for n in sorted({len(s) for s in shards}))
+            how = "auto" if cc.problems_per_shard == 0 else "compute.problems_per_shard"
+            report(f"compute: {len(problems)} (image, site) pairs in {len(shards)} shards on {cc.scheduler} "
+                   f"({sizes} pairs each, {how}; {workers} worker slot(s) now)")
         expected = None
         if problems:
             # each worker predicts the clean set once (cached for all the shards it runs)
