@@ -19,7 +19,9 @@ In-process: one stimuli.perturb.generate_perturbations call (compute.scheduler =
 with ``--inprocess-threads`` torch threads (default 1: overhead_fraction counts core-seconds,
 see below; ``--inprocess-threads 2`` gives it both cores instead). Cluster:
 LocalCluster(n_workers=2 (--workers), processes=True, threads_per_worker=1) on 127.0.0.1,
-the model shipped the production way (rig.loop.compute.FittedModelFiles: file bytes +
+with itloop's quiet Dask housekeeping (rig.loop.compute.QUIET_DASK, what the README tells a
+lab to start its scheduler and workers with and what SLURM jobs get; ``--dask-defaults``:
+Dask's stock settings, under which the payload still quiets each worker at run time), the model shipped the production way (rig.loop.compute.FittedModelFiles: file bytes +
 sha256, once per worker), shards as compute.problems_per_shard = 0 (auto,
 stimuli.shards.auto_shards) unless ``--per-shard`` is given. Not timed, printed separately:
 the cluster's start-up, and per worker the payload, the model build, its clean-set
@@ -50,6 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import psutil
 import torch
@@ -79,9 +82,9 @@ def problem_set(n_pairs: int) -> list[tuple[int, int]]:
     return [((7 * k) % N_IMAGES, k % N_SITES) for k in range(n_pairs)]
 
 
-def _warm_worker(name: str, key: str, params: dict, problem: tuple[int, int], dask_worker=None) -> float:
+def _warm_worker(name: str, key: str, params: dict, problem: tuple[int, int], dask_worker=None) -> tuple[float, int]:
     """On one worker (client.run): build the model, cache the clean-set predictions, and run
-    the in-process run's warm-up shard; returns the seconds it took."""
+    the in-process run's warm-up shard; returns the seconds it took and the worker's torch threads."""
     from rig.loop.compute import _payload
     from stimuli.perturb import PerturbParams
     from stimuli.shards import solve_shard
@@ -92,7 +95,7 @@ def _warm_worker(name: str, key: str, params: dict, problem: tuple[int, int], da
     model = plugin.model("cpu")
     cv = plugin.clean_values("cpu", pp)
     solve_shard(model, plugin.clean, [problem], [0.5], PerturbParams(restarts=2, steps=2), 3, "cpu", clean_values=cv)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, torch.get_num_threads()
 
 
 def main() -> None:
@@ -102,12 +105,14 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=0, help="(image, site) pairs per shard (0 = auto)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster")
     ap.add_argument("--inprocess-threads", type=int, default=1, help="torch threads of the in-process run")
+    ap.add_argument("--dask-defaults", action="store_true",
+                    help="run the LocalCluster with Dask's stock housekeeping instead of rig.loop.compute.QUIET_DASK")
     args = ap.parse_args()
     from distributed import Client, LocalCluster
 
     from modelfit.store import load_fitted
     from rig.config import ComputeConfig
-    from rig.loop.compute import DistributedRun, FittedModelFiles
+    from rig.loop.compute import QUIET_DASK, DistributedRun, FittedModelFiles
     from stimuli.images import builtin_images
     from stimuli.perturb import PerturbParams, generate_perturbations
 
@@ -135,7 +140,7 @@ def main() -> None:
               f"CPU {cpu_in:.2f} s; load average {os.getloadavg()[0]:.2f}")
 
         t = time.perf_counter()
-        with LocalCluster(n_workers=args.workers, processes=True, threads_per_worker=1, host="127.0.0.1",
+        with dask.config.set({} if args.dask_defaults else QUIET_DASK), LocalCluster(n_workers=args.workers, processes=True, threads_per_worker=1, host="127.0.0.1",
                           dashboard_address=None, silence_logs=40) as cluster, \
                 Client(cluster, timeout=60) as client:
             client.wait_for_workers(args.workers, timeout=120)
@@ -167,10 +172,12 @@ def main() -> None:
         for c in single.COLUMNS)
     sizes = sorted({len(s) for s in shards})
     print(f"cluster start-up (not timed): {startup:.2f} s; payload + model build + clean predictions + warm-up "
-          f"per worker (not timed): {', '.join(f'{w:.2f}' for w in warm.values())} s, {t_once:.2f} s in all")
+          f"per worker (not timed): {', '.join(f'{w[0]:.2f}' for w in warm.values())} s, {t_once:.2f} s in all; "
+          f"torch threads per worker: {', '.join(str(w[1]) for w in warm.values())}")
     print(f"{args.workers}-worker LocalCluster: {t_cl:.2f} s for {len(results)} shards of "
           f"{'/'.join(map(str, sizes))} pairs; shards' compute summed {compute:.2f} s "
           f"({compute / t_in:.2f}x the in-process time); workers idle at the end {idle:.2f} s in all")
+    print(f"Dask housekeeping: {'stock defaults' if args.dask_defaults else 'QUIET_DASK ' + str(QUIET_DASK)}")
     print(f"identical to the in-process run bit for bit: {same}")
     print(f"CPU seconds: in-process {cpu_in:.2f}, cluster {cpu_cl:.2f} = this process (client, scheduler, nannies) "
           f"{cpu_main:.2f} + workers {' + '.join(f'{w:.2f}' for w in cpu_workers)}")

@@ -191,6 +191,8 @@ def test_slurm_job_script_books_what_the_config_says():
                       "#SBATCH -t 07:30:00", "#SBATCH --gres=gpu:2", "#SBATCH --constraint=a100"):
         assert directive in lines, directive
     assert any(ln.startswith("#SBATCH --mem=") for ln in lines)
+    assert "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s" in lines            # quiet Dask housekeeping
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in lines
     worker = [ln for ln in lines if "dask_worker" in ln or "dask-worker" in ln]
     assert len(worker) == 1 and "tcp://127.0.0.1:" in worker[0] and "--nthreads 1" in worker[0]
 
