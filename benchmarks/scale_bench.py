@@ -15,8 +15,8 @@ exactly the work a pair has at paper scale, so per-shard costs weigh what they w
 far MORE than with ResNet50 at 224 px: a conservative test). ``--quick``: 2 pairs, 50
 restarts.
 
-In-process: one stimuli.perturb.generate_perturbations call (compute.scheduler = "local")
-with ``--inprocess-threads`` torch threads (default 1: overhead_fraction counts core-seconds,
+In-process: one stimuli.perturb.generate_perturbations call (compute.scheduler = "local"),
+with the workers' allocator settings (rig.loop.compute.relax_malloc) and ``--inprocess-threads`` torch threads (default 1: overhead_fraction counts core-seconds,
 see below; ``--inprocess-threads 2`` gives it both cores instead). Cluster:
 LocalCluster(n_workers=2 (--workers), processes=True, threads_per_worker=1) on 127.0.0.1,
 with itloop's quiet Dask housekeeping (rig.loop.compute.QUIET_DASK, what the README tells a
@@ -112,7 +112,7 @@ def main() -> None:
 
     from modelfit.store import load_fitted
     from rig.config import ComputeConfig
-    from rig.loop.compute import QUIET_DASK, DistributedRun, FittedModelFiles
+    from rig.loop.compute import QUIET_DASK, DistributedRun, FittedModelFiles, relax_malloc
     from stimuli.images import builtin_images
     from stimuli.perturb import PerturbParams, generate_perturbations
 
@@ -121,8 +121,9 @@ def main() -> None:
     clean = builtin_images(N_IMAGES, SIZE, 1)
     problems = problem_set(n_pairs)
     torch.set_num_threads(args.inprocess_threads)
+    malloc = relax_malloc()   # the same allocator settings as the workers' (DayPayload.setup): like for like
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, torch threads "
-          f"{torch.get_num_threads()} in-process, 1 per worker")
+          f"{torch.get_num_threads()} in-process, 1 per worker; worker malloc settings in this process too: {malloc}")
     print(f"problem set: {n_pairs} (image, site) pairs of the paper day's {N_SITES} x {N_IMAGES} x {len(EPSILONS)} "
           f"epsilons x 2 directions = {n_pairs * len(EPSILONS) * 2} problems, {params.restarts} restarts x "
           f"{params.steps} steps (pruning {params.prune}, early stop {params.early_stop}), max_batch_rows "
