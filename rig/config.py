@@ -531,7 +531,7 @@ class ArrayConfig:
 @dataclass
 class ComputeConfig:
     scheduler: str = "local"
-    problems_per_shard: int = 4
+    problems_per_shard: int = 0
     probe_batches: int = 3
     max_hours: float = 0.0
     deadline: str = ""
@@ -551,9 +551,11 @@ class ComputeConfig:
         out = []
         if not (self.scheduler in ("local", "slurm") or self.scheduler.startswith("tcp://")):
             out.append(("scheduler", self.scheduler, '"local", "slurm" or a Dask scheduler address "tcp://host:8786"'))
-        for k in ("problems_per_shard", "probe_batches", "slurm_jobs", "slurm_cores"):
+        for k in ("probe_batches", "slurm_jobs", "slurm_cores"):
             if getattr(self, k) < 1:
                 out.append((k, getattr(self, k), "an integer >= 1"))
+        if self.problems_per_shard < 0:
+            out.append(("problems_per_shard", self.problems_per_shard, "0 (auto) or an integer >= 1"))
         for k in ("slurm_gpus", "torch_threads"):
             if getattr(self, k) < 0:
                 out.append((k, getattr(self, k), "an integer >= 0"))

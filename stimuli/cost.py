@@ -56,7 +56,8 @@ def run_passes(n_pairs: int, n_clean: int, epsilons: Sequence[float], params: Pe
                n_shards: int = 1) -> RunSize:
     """Size of a run over ``n_pairs`` (image, site) pairs, ``n_clean`` clean images, ``epsilons``.
 
-    Every shard predicts the full clean set once (``n_shards`` times in all).
+    ``n_shards``: how many times the full clean set is predicted (1 in-process; on Dask once per
+    worker that runs a shard, which caches it for its other shards).
     """
     eps = [float(e) for e in epsilons]
     live = sum(1 for e in eps if e > 0)

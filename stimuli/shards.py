@@ -59,11 +59,50 @@ def split_problems(n_problems: int, problems_per_shard: int) -> list[Shard]:
     return [Shard(i, a, min(a + k, n_problems)) for i, a in enumerate(range(0, n_problems, k))]
 
 
+def split_evenly(n_problems: int, n_shards: int) -> list[Shard]:
+    """``n_shards`` contiguous shards (fewer if there are fewer problems) whose sizes differ by at most one."""
+    if int(n_shards) != n_shards or n_shards < 1:
+        raise ValueError(f"n_shards = {n_shards!r} is impossible; expected an integer >= 1")
+    if n_problems < 0:
+        raise ValueError(f"n_problems = {n_problems} is impossible; expected >= 0")
+    k = min(int(n_shards), n_problems)
+    edges = [n_problems * i // k for i in range(k + 1)] if k else [0]
+    return [Shard(i, a, b) for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
+
+
+# A shard's engine batch drains at its end (its last restarts run on with the batch part
+# empty): at most about max_batch_rows x steps row-slots, whatever the shard's size. A shard
+# of at least TAIL_FACTOR times that many passes keeps the waste under 1 / TAIL_FACTOR.
+TAIL_FACTOR = 20
+
+
+def auto_shards(n_problems: int, epsilons: Sequence[float], params: PerturbParams, slots: int) -> list[Shard]:
+    """The day's shards when ``compute.problems_per_shard = 0`` (auto), for ``slots`` workers running at once.
+
+    Each shard gets at least ``TAIL_FACTOR * max_batch_rows * steps`` passes' worth of (image, site)
+    pairs (:func:`stimuli.cost.passes_per_problem`, both directions at every epsilon > 0), so
+    the engine's batches stay full for all but a few percent of a shard's passes, and the
+    number of shards is a multiple of ``slots`` (as many rounds as that allows, at least one
+    shard per slot while there are pairs), with sizes differing by at most one pair, so every
+    slot gets the same work and none waits at the end.
+    """
+    from stimuli.cost import passes_per_problem
+
+    params = params.check()
+    slots = max(1, int(slots))
+    live = sum(1 for e in epsilons if float(e) > 0)
+    per_pair = max(1, 2 * live * passes_per_problem(params))
+    min_pairs = max(1, -(-TAIL_FACTOR * params.max_batch_rows * params.steps // per_pair))
+    rounds = max(1, n_problems // (slots * min_pairs))
+    return split_evenly(n_problems, slots * rounds)
+
+
 @dataclass
 class ShardResult:
     """What one shard produced: its targeted stimuli and random controls, each as a dict of
     arrays (``pixels`` plus every :attr:`StimulusSet.COLUMNS`; parents index the full clean
-    set), the passes it spent, how long it took (seconds) and where it ran (host:pid)."""
+    set), the passes it spent, how long it took (seconds), when it ended (Unix time, seconds)
+    and where it ran (host:pid)."""
 
     index: int
     targeted: dict[str, np.ndarray] | None
@@ -71,6 +110,7 @@ class ShardResult:
     passes: int
     seconds: float
     worker: str = ""
+    ended: float = 0.0
     model_loads: int = 0    # times the process that ran it had built the model (set by the distributed runner)
 
 
@@ -90,8 +130,23 @@ def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.nd
     return np.where(same, 0.0, out)
 
 
+def clean_predictions(model, clean: np.ndarray, params: PerturbParams, device: str = "cpu") -> torch.Tensor:
+    """(N, S) float32 predictions (spikes) on the day's full uint8 clean set, computed exactly as
+    :func:`stimuli.perturb.generate_perturbations` computes them (batches of ``max_batch_rows``
+    over the full set, with ``channels_last`` / ``bf16`` as set), so a worker can compute them
+    once per day and hand them to every shard it runs (:func:`solve_shard`'s ``clean_values``)."""
+    params = params.check()
+    clean = validate_images(clean)
+    objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
+    x = _to_float(clean, device)
+    b = params.max_batch_rows
+    with objective.session():
+        return torch.cat([objective.predict_all(x[i:i + b]) for i in range(0, len(x), b)])
+
+
 def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], epsilons: Sequence[float],
-                params: PerturbParams, seed: int, device: str = "cpu", index: int = 0) -> ShardResult:
+                params: PerturbParams, seed: int, device: str = "cpu", index: int = 0,
+                clean_values: torch.Tensor | None = None) -> ShardResult:
     """The stimuli of ``problems`` (a block of the day's list) as the single run makes them.
 
     ``clean``: the day's full uint8 clean set (N, H, W, 3), never a subset (image indices
@@ -101,9 +156,11 @@ def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], e
     Mirrors :func:`stimuli.perturb.generate_perturbations` step by step (clean predictions in
     batches of ``max_batch_rows`` over the full set, :func:`iter_solutions`, uint8
     quantisation, recomputed predictions, random controls) through the engine's public
-    functions: ``generate_perturbations`` itself refuses a problem list whose largest image
-    index is not below its number of output stimuli (its StimulusSet's parent check), which
-    a shard's short list often is.
+    functions. ``clean_values``: the (N, S) output of :func:`clean_predictions` for this
+    model, clean set and params (computed here when None; a worker passes its cached copy).
+    (``generate_perturbations`` itself refuses a problem list whose largest image index is
+    not below its number of output stimuli (its StimulusSet's parent check), which a
+    shard's short list often is.)
     """
     t = time.perf_counter()
     params = params.check()
@@ -113,7 +170,10 @@ def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], e
     x = _to_float(clean, device)
     b = params.max_batch_rows
     with objective.session():
-        clean_values = torch.cat([objective.predict_all(x[i:i + b]) for i in range(0, len(x), b)])
+        if clean_values is None:
+            clean_values = torch.cat([objective.predict_all(x[i:i + b]) for i in range(0, len(x), b)])
+        elif tuple(clean_values.shape[:1]) != (len(clean),):
+            raise ValueError(f"clean_values has {clean_values.shape[0]} rows for {len(clean)} clean images")
         img, sites = validate_problems(list(problems), len(clean), clean_values.shape[1])
         pi = np.repeat(np.arange(len(img)), len(eps_list) * 2)
         ei = np.tile(np.repeat(np.arange(len(eps_list)), 2), len(img))
@@ -142,7 +202,7 @@ def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], e
                                                              clean_values[ctrl.parent, ctrl.site], b, device, clean,
                                                              ctrl.parent)
     return ShardResult(index, targeted, controls, int(budget.sum()), time.perf_counter() - t,
-                       f"{socket.gethostname()}:{os.getpid()}")
+                       f"{socket.gethostname()}:{os.getpid()}", time.time())
 
 
 def merge_shards(clean: np.ndarray, results: Sequence[ShardResult], n_shards: int,

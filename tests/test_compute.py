@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from stimuli.cost import PassRate, passes_per_problem, run_passes
 from stimuli.images import builtin_images
 from stimuli.objective import SiteObjective
 from stimuli.perturb import PerturbParams, generate_perturbations, solve
-from stimuli.shards import merge_shards, solve_in_shards, solve_shard, split_problems
+from stimuli.shards import (TAIL_FACTOR, auto_shards, clean_predictions, merge_shards, solve_in_shards, solve_shard,
+                            split_evenly, split_problems)
 from tests.separable import SeparableModel
 
 SIZE = 12
@@ -35,6 +37,47 @@ def test_split_covers_every_problem_once_in_order():
     assert [s.index for s in shards] == [0, 1, 2, 3] and split_problems(0, 3) == []
     with pytest.raises(ValueError, match="problems_per_shard"):
         split_problems(4, 0)
+
+
+def test_even_split_sizes_differ_by_at_most_one():
+    shards = split_evenly(10, 4)
+    assert [(s.start, s.stop) for s in shards] == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert [s.index for s in shards] == [0, 1, 2, 3]
+    assert [len(s) for s in split_evenly(3, 5)] == [1, 1, 1] and split_evenly(0, 2) == []
+    with pytest.raises(ValueError, match="n_shards"):
+        split_evenly(4, 0)
+
+
+def test_auto_shards_fill_the_engine_and_give_every_slot_the_same_work():
+    p = PerturbParams()   # the paper's 100 restarts x 40 steps, pruning: 1,750 passes per problem
+    eps = [0.5, 1.0, 2.0, 3.0]
+    per_pair = 2 * len(eps) * passes_per_problem(p)
+    # paper day (882 pairs) on 2 workers: shards of >= TAIL_FACTOR * 64 rows * 40 steps passes, an even count
+    day = auto_shards(21 * 42, eps, p, 2)
+    assert len(day) % 2 == 0 and {len(s) for s in day} <= {len(day[0]), len(day[0]) + 1}
+    assert min(len(s) for s in day) * per_pair >= TAIL_FACTOR * p.max_batch_rows * p.steps
+    assert [(s.start, s.stop) for s in day] == [(s.start, s.stop) for s in split_evenly(882, len(day))]
+    # a bigger engine batch needs bigger shards
+    big = auto_shards(21 * 42, eps, dataclasses_replace(p, max_batch_rows=512), 2)
+    assert len(big) < len(day) and len(big) % 2 == 0
+    # few pairs: one shard per slot (never more shards than slots can share evenly)
+    assert [len(s) for s in auto_shards(6, eps, p, 2)] == [3, 3]
+    assert [len(s) for s in auto_shards(1, eps, p, 4)] == [1]
+    assert auto_shards(0, eps, p, 2) == []
+
+
+def test_shard_with_a_cached_clean_prediction_is_the_same_shard():
+    model = SeparableModel(3, 3 * SIZE * SIZE, seed=4)
+    clean = builtin_images(6, SIZE, seed=2)
+    params = PerturbParams(restarts=3, steps=6, max_batch_rows=4, random_controls_per_image=1)
+    cv = clean_predictions(model, clean, params)
+    a = solve_shard(model, clean, PROBLEMS[1:3], EPS, params, 9, index=1)
+    b = solve_shard(model, clean, PROBLEMS[1:3], EPS, params, 9, index=1, clean_values=cv)
+    for part in ("targeted", "controls"):
+        for c, v in getattr(a, part).items():
+            assert np.array_equal(v, getattr(b, part)[c], equal_nan=(c == "predicted_change")), (part, c)
+    with pytest.raises(ValueError, match="clean_values has 5 rows for 6 clean images"):
+        solve_shard(model, clean, PROBLEMS[1:3], EPS, params, 9, clean_values=cv[:5])
 
 
 @pytest.mark.parametrize("per_shard", [1, 2, 3, 7])
@@ -123,7 +166,7 @@ def test_deadline_clock_time_is_the_next_occurrence():
 
 @pytest.mark.parametrize("text, key", [("[compute]\nscheduler = \"mpi\"\n", "compute.scheduler"),
                                        ("[compute]\ndeadline = \"7am\"\n", "compute.deadline"),
-                                       ("[compute]\nproblems_per_shard = 0\n", "compute.problems_per_shard"),
+                                       ("[compute]\nproblems_per_shard = -1\n", "compute.problems_per_shard"),
                                        ("[compute]\nmax_hours = -1\n", "compute.max_hours")])
 def test_compute_config_errors_name_the_key(tmp_path, text, key):
     f = tmp_path / "c.toml"
@@ -149,6 +192,8 @@ def test_slurm_job_script_books_what_the_config_says():
                       "#SBATCH -t 07:30:00", "#SBATCH --gres=gpu:2", "#SBATCH --constraint=a100"):
         assert directive in lines, directive
     assert any(ln.startswith("#SBATCH --mem=") for ln in lines)
+    assert "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s" in lines            # quiet Dask housekeeping
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in lines
     worker = [ln for ln in lines if "dask_worker" in ln or "dask-worker" in ln]
     assert len(worker) == 1 and "tcp://127.0.0.1:" in worker[0] and "--nthreads 1" in worker[0]
 

@@ -3,6 +3,9 @@
 - a worker SIGKILLed while it runs a shard: the shard runs again, the plan is complete,
   nothing duplicated, identical bit for bit to the single-process run (row-separable
   model, so identity is a property of the sharding, not of float rounding);
+- the day's payload: one model build and one clean-set prediction per worker however many
+  shards it runs; while it is registered the worker's statistical profiler is paused and its
+  20 ms event-loop tick slowed to 1 s, both restored after;
 - ``itloop stimuli generate`` with ``compute.scheduler`` = the cluster's tcp:// address
   writes the same stimuli as the in-process run (a real fitted model file; its convolution
   backbone is compared to float rounding: see test_perturb_engine's chunking test).
@@ -97,6 +100,43 @@ def test_killed_worker_shards_rerun_and_the_plan_is_complete_and_identical(clust
     assert np.array_equal(ss.pixels, single.pixels)
     for c in single.COLUMNS:
         assert np.array_equal(getattr(ss, c), getattr(single, c), equal_nan=(c == "predicted_change")), c
+
+
+def _payload_state(name: str, dask_worker=None) -> dict:
+    plugin = dask_worker.plugins.get(name)
+    pcs = dask_worker.periodic_callbacks
+    return {"registered": plugin is not None, "clean_values": len(plugin._clean_values) if plugin else 0,
+            "loads": plugin.loads if plugin else 0,
+            "profiling": any(pcs[n].is_running() for n in ("profile", "profile-cycle") if n in pcs),
+            "tick_ms": pcs["tick"].callback_time}
+
+
+def test_payload_predicts_the_clean_set_once_per_worker_and_quiets_its_housekeeping(cluster):
+    from distributed import Client
+
+    source = SeparableSource(2, 3 * SIZE * SIZE, seed=2)
+    clean = builtin_images(5, SIZE, seed=4)
+    problems = [(i % 5, i % 2) for i in range(8)]
+    params = PerturbParams(restarts=2, steps=4, max_batch_rows=8, random_controls_per_image=0)
+    cc = ComputeConfig(scheduler=cluster.scheduler_address, problems_per_shard=1)
+    with Client(cluster.scheduler_address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=120)
+        before = client.run(_payload_state, "none")
+        assert all(s["profiling"] and s["tick_ms"] == 20 for s in before.values())   # Dask's defaults
+        with DistributedRun.open(client, source, clean, cc) as run:
+            ss, results = run.generate(problems, [0.5], params, seed=1, device="cpu", progress=False)
+            during = client.run(_payload_state, run.payload.name)
+        after = client.run(_payload_state, run.payload.name)
+    assert sorted(r.index for r in results) == list(range(8))
+    for state in during.values():   # one model build and one clean-set prediction per worker, however many shards
+        assert state["registered"] and not state["profiling"] and state["tick_ms"] == 1000
+        assert state["clean_values"] <= 1 and state["loads"] <= 1
+    assert sum(s["clean_values"] for s in during.values()) == len({r.worker for r in results})
+    assert all(not s["registered"] and s["profiling"] and s["tick_ms"] == 20 for s in after.values())   # restored
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        single = generate_perturbations(source.build(), clean, problems, [0.5], params, seed=1, progress=False)
+    assert np.array_equal(ss.pixels, single.pixels)
 
 
 def test_cli_generate_on_the_cluster_matches_the_local_run(cluster, tmp_path, capsys):

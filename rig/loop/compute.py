@@ -8,12 +8,14 @@
   processes, one per GPU);
 - ``"slurm"``: a Dask cluster of SLURM jobs through ``dask-jobqueue`` (``slurm_*`` keys).
 
-On Dask, the problem list is cut into shards of ``problems_per_shard`` (image, site) pairs
-(:mod:`stimuli.shards`). Each shard is a task whose arguments are the model's and the
-images' sha256, the shard's problems, the epsilons, the optimiser parameters and the seed;
-the model files and the clean images themselves travel once per worker, inside a worker
-plugin (:class:`DayPayload`) that every worker (also one started later, e.g. to replace a
-killed one) receives when it joins. The model is built once per worker process. Task keys
+On Dask, the problem list is cut into shards of ``problems_per_shard`` (image, site) pairs,
+or with ``problems_per_shard = 0`` (auto) into shards big enough to keep the engine's
+batches full and as many per worker slot (:func:`stimuli.shards.auto_shards`). Each shard
+is a task whose arguments are the model's and the images' sha256, the shard's problems, the
+epsilons, the optimiser parameters and the seed; the model files and the clean images
+themselves travel once per worker, inside a worker plugin (:class:`DayPayload`) that every
+worker (also one started later, e.g. to replace a killed one) receives when it joins. The
+model is built, and the clean set predicted, once per worker process. Task keys
 are derived from the task's inputs, so a shard is never computed twice at once; a worker
 that dies takes its running shards with it and the scheduler runs them again elsewhere;
 :func:`stimuli.shards.merge_shards` refuses a result with a shard missing or duplicated.
@@ -38,7 +40,7 @@ from rig.config import ComputeConfig
 from rig.errors import UserError
 from stimuli.cost import PassRate, measure_pass_rate
 from stimuli.perturb import PerturbParams
-from stimuli.shards import ShardResult, merge_shards, solve_shard, split_problems
+from stimuli.shards import Shard, ShardResult, auto_shards, merge_shards, solve_shard, split_problems
 from stimuli.stimset import StimulusSet
 
 
@@ -135,11 +137,70 @@ def relax_malloc() -> bool:
         return False
 
 
+# Dask's own housekeeping (distributed 2026.8.0, distributed.yaml): every server (scheduler,
+# nanny, worker) wakes its event loop every 20 ms (admin.tick) and samples psutil every 500 ms
+# (admin.system-monitor); a nanny checks its worker's memory every 100 ms
+# (worker.memory.monitor-interval); a worker samples the stack of the executing task every
+# 10 ms (worker.profile, read only by the dashboard's profile page), taking the GIL from the
+# engine. Measured idle on a 2-worker LocalCluster on the 2-core development VM: 10.8 % of one
+# core at the defaults (the process holding scheduler and nannies 4.7 %, each worker 3.1 %),
+# 1.5 % with QUIET_DASK: on 2 cores that is ~5 % of the machine taken from the shards.
+QUIET_DASK = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
+def quiet_dask_env() -> dict[str, str]:
+    """:data:`QUIET_DASK` as environment variables (``DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s``,
+    ...), for processes started elsewhere: ``dask scheduler`` / ``dask worker`` and SLURM jobs."""
+    return {"DASK_" + "__".join(k.replace("-", "_").upper().split(".")): str(v) for k, v in QUIET_DASK.items()}
+
+
+# what a payload does to a running worker that was started without QUIET_DASK: the profiler
+# stops, the other callbacks slow down to QUIET_DASK's intervals (ms); restored on teardown
+_PROFILER_CALLBACKS = ("profile", "profile-cycle")
+_SLOWER_CALLBACKS = {"tick": 1000, "monitor": 5000, "memory_monitor": 1000}
+
+
+def quiet_worker(worker) -> list[tuple]:
+    """Stop ``worker``'s statistical profiler and slow its tick, system and memory monitors to
+    :data:`QUIET_DASK`'s intervals; returns what to undo, for :func:`restore_worker`."""
+    undo = []
+    pcs = getattr(worker, "periodic_callbacks", {})
+    for name in _PROFILER_CALLBACKS:
+        pc = pcs.get(name)
+        if pc is not None and pc.is_running():
+            pc.stop()
+            undo.append((pc, None))
+    for name, ms in _SLOWER_CALLBACKS.items():
+        pc = pcs.get(name)
+        if pc is not None and pc.callback_time < ms:
+            undo.append((pc, pc.callback_time))
+            pc.callback_time = ms
+    return undo
+
+
+def restore_worker(undo: list[tuple]) -> None:
+    """Undo :func:`quiet_worker`: restart what it stopped, put back the intervals it changed."""
+    for pc, ms in undo:
+        if ms is None:
+            pc.start()
+        else:
+            pc.callback_time = ms
+
+
 class DayPayload(_WorkerPlugin):
     """What every worker of a run needs once: the model source and the clean images.
 
     ``source``: anything with ``sha256`` and ``build(device)`` (:class:`FittedModelFiles`).
-    The built model is cached per device for the worker's life; ``loads`` counts builds.
+    The built model is cached per device for the worker's life (``loads`` counts builds),
+    and so are the model's predictions on the clean set (:func:`stimuli.shards.clean_predictions`,
+    per device and batch settings), which every shard needs: they are computed once per
+    worker, not once per shard. While registered, the worker's statistical profiler is paused
+    and its housekeeping slowed (:func:`quiet_worker`).
     """
 
     idempotent = True
@@ -150,14 +211,30 @@ class DayPayload(_WorkerPlugin):
         self.key = _sha256(f"{source.sha256}:{images_sha256(self.clean)}".encode())
         self.name = f"itloop-day-{self.key[:20]}"
         self._models: dict[str, object] = {}
+        self._clean_values: dict[tuple, object] = {}
+        self._paused: list = []
         self.loads = 0
 
+    def __getstate__(self) -> dict:
+        # what travels: the source and the images, never a worker's built model or caches
+        return {"source": self.source, "clean": self.clean, "key": self.key, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._models, self._clean_values, self._paused, self.loads = {}, {}, [], 0
+
     def setup(self, worker=None) -> None:
-        self._models, self.loads = {}, 0
+        self._models, self._clean_values, self.loads = {}, {}, 0
         relax_malloc()
+        if worker is not None:
+            self._paused = quiet_worker(worker)
 
     def teardown(self, worker=None) -> None:
         self._models.clear()
+        self._clean_values.clear()
+        if getattr(getattr(worker, "status", None), "name", "") == "running":
+            restore_worker(self._paused)
+        self._paused = []
 
     def model(self, device: str):
         if device not in self._models:
@@ -165,11 +242,21 @@ class DayPayload(_WorkerPlugin):
             self.loads += 1
         return self._models[device]
 
+    def clean_values(self, device: str, params: PerturbParams):
+        """(N, S) predictions on the clean set for ``device`` and ``params``' batch settings (cached)."""
+        from stimuli.shards import clean_predictions
 
-def _payload(name: str, key: str) -> DayPayload:
+        key = (device, params.max_batch_rows, params.channels_last, params.bf16)
+        if key not in self._clean_values:
+            self._clean_values[key] = clean_predictions(self.model(device), self.clean, params, device)
+        return self._clean_values[key]
+
+
+def _payload(name: str, key: str, worker=None) -> DayPayload:
+    """This worker's registered payload ``name`` (``worker``: given inside ``client.run``, else the task's worker)."""
     from distributed import get_worker
 
-    plugin = get_worker().plugins.get(name)
+    plugin = (worker or get_worker()).plugins.get(name)
     if plugin is None or plugin.key != key:
         raise RuntimeError(f"worker has no payload {name} with key {key[:16]}; it was not registered")
     return plugin
@@ -183,7 +270,9 @@ def _run_shard(name: str, key: str, index: int, problems: list[tuple[int, int]],
     plugin = _payload(name, key)
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    res = solve_shard(plugin.model(device), plugin.clean, problems, epsilons, PerturbParams(**params), seed, device, index)
+    pp = PerturbParams(**params)
+    res = solve_shard(plugin.model(device), plugin.clean, problems, epsilons, pp, seed, device, index,
+                      clean_values=plugin.clean_values(device, pp))
     res.model_loads = plugin.loads
     return res
 
@@ -205,7 +294,8 @@ def slurm_cluster_kwargs(cc: ComputeConfig) -> dict:
     booked CPUs (``job_cpu``; torch uses them, see :func:`shard_torch_threads`)."""
     extra = [f"--gres=gpu:{cc.slurm_gpus}"] if cc.slurm_gpus else []
     kw = dict(cores=1, job_cpu=cc.slurm_cores, processes=1, memory=cc.slurm_memory, walltime=cc.slurm_walltime,
-              job_name="itloop", job_extra_directives=extra + list(cc.slurm_job_extra))
+              job_name="itloop", job_extra_directives=extra + list(cc.slurm_job_extra),
+              job_script_prologue=[f"export {k}={v}" for k, v in quiet_dask_env().items()])
     if cc.slurm_queue:
         kw["queue"] = cc.slurm_queue
     if cc.slurm_account:
@@ -287,6 +377,17 @@ class DistributedRun:
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(payload.name)
 
+    def slots(self) -> int:
+        """Shards the cluster runs at once (on SLURM at least the jobs booked, which join over time)."""
+        slots = worker_slots(self.client)
+        return max(slots, self.cc.slurm_jobs) if self.cc.scheduler == "slurm" else slots
+
+    def shards(self, n_problems: int, epsilons: Sequence[float], params: PerturbParams) -> list[Shard]:
+        """The day's shards: ``problems_per_shard`` pairs each, or (0 = auto) :func:`stimuli.shards.auto_shards`."""
+        if self.cc.problems_per_shard == 0:
+            return auto_shards(n_problems, epsilons, params, self.slots())
+        return split_problems(n_problems, self.cc.problems_per_shard)
+
     def probe(self, sites: Sequence[int], params: PerturbParams, device: str) -> PassRate:
         """Passes/s and peak memory of one worker (a task on one of them)."""
         fut = self.client.submit(_run_probe, self.payload.name, self.payload.key, [int(s) for s in sites],
@@ -296,14 +397,16 @@ class DistributedRun:
 
     def generate(self, problems: Sequence[tuple[int, int]], epsilons: Sequence[float], params: PerturbParams,
                  seed: int, device: str, progress: bool = True, expected_passes: int | None = None,
-                 max_resubmits: int = 2) -> tuple[StimulusSet, list[ShardResult]]:
-        """Every shard on the cluster, merged in the single run's order; returns (stimuli, shard results)."""
+                 max_resubmits: int = 2, shards: Sequence[Shard] | None = None) -> tuple[StimulusSet, list[ShardResult]]:
+        """Every shard on the cluster, merged in the single run's order; returns (stimuli, shard results).
+
+        ``shards``: the split of ``problems`` to use (default :meth:`shards`)."""
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
 
         problems = [(int(i), int(s)) for i, s in problems]
         eps = [float(e) for e in epsilons]
-        shards = split_problems(len(problems), self.cc.problems_per_shard)
+        shards = list(shards) if shards is not None else self.shards(len(problems), eps, params)
         pdict = dataclasses.asdict(params)
 
         def submit(sh, attempt: int):
@@ -385,34 +488,35 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
 
     problems = [(int(i), int(s)) for i, s in problems]
     sites = sorted({s for _, s in problems}) or [0]
-    local = cc.scheduler == "local"
-    n_shards = 1 if local else len(split_problems(len(problems), cc.problems_per_shard))
-    size = run_passes(len(problems), len(clean), epsilons, params, n_shards)
-    state = engine_state_bytes(params, clean.shape[1:], len(clean), size.stimuli)
 
-    def estimate(rate: PassRate, workers: int) -> Estimate:
-        est = Estimate(size, rate, workers, rate.peak_bytes + state)
+    def estimate(rate: PassRate, workers: int, clean_evaluations: int):
+        size = run_passes(len(problems), len(clean), epsilons, params, clean_evaluations)
+        est = Estimate(size, rate, workers, rate.peak_bytes + engine_state_bytes(params, clean.shape[1:], len(clean),
+                                                                                 size.stimuli))
         if report is not None:
             for line in est.lines():
                 report(line)
         check_deadline(est, cc)
-        return est
+        return size
 
-    if local:
+    if cc.scheduler == "local":
         model = module_factory()
         if problems:
-            estimate(measure_pass_rate(model, clean, sites, params, device, cc.probe_batches), 1)
+            estimate(measure_pass_rate(model, clean, sites, params, device, cc.probe_batches), 1, 1)
         return generate_perturbations(model, clean, problems, list(epsilons), params, seed=seed, device=device,
                                       progress=progress)
     with dask_client(cc) as client, DistributedRun.open(client, source_factory(), clean, cc) as run:
-        workers = worker_slots(client)
-        if cc.scheduler == "slurm":
-            workers = max(workers, cc.slurm_jobs)
+        workers = run.slots()
+        shards = run.shards(len(problems), epsilons, params)
         if report is not None:
-            report(f"compute: {len(problems)} (image, site) pairs in {n_shards} shards on {cc.scheduler} "
-                   f"({workers} worker slot(s) now)")
+            sizes = "/".join(str(n) for n in sorted({len(s) for s in shards}))
+            how = "auto" if cc.problems_per_shard == 0 else "compute.problems_per_shard"
+            report(f"compute: {len(problems)} (image, site) pairs in {len(shards)} shards on {cc.scheduler} "
+                   f"({sizes} pairs each, {how}; {workers} worker slot(s) now)")
+        expected = None
         if problems:
-            estimate(run.probe(sites, params, device), workers)
+            # each worker predicts the clean set once (cached for all the shards it runs)
+            expected = estimate(run.probe(sites, params, device), workers, min(len(shards), workers)).passes
         ss, _ = run.generate(problems, epsilons, params, seed, device, progress=progress,
-                             expected_passes=size.passes)
+                             expected_passes=expected, shards=shards)
         return ss
