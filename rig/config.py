@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from modelfit.names import LAYERS
 from stimuli.params import PerturbParams
 
 import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
@@ -146,8 +147,8 @@ class ModelConfig:
 
     def check(self):
         out = []
-        if self.layer not in ("layer3", "layer4.0", "layer4"):
-            out.append(("layer", self.layer, "one of 'layer3', 'layer4.0', 'layer4'"))
+        if self.layer not in LAYERS:
+            out.append(("layer", self.layer, f"one of {list(LAYERS)}"))
         if self.batch_size < 1:
             out.append(("batch_size", self.batch_size, "an integer >= 1"))
         return out
@@ -583,9 +584,12 @@ class ReportConfig:
     figure1a_backbones: list[str] = field(default_factory=list)
     figure1a_units: int = 6
     figure1a_images: int = 4
+    figure1a_layer: str = ""
 
     def check(self):
         out = []
+        if self.figure1a_layer not in ("",) + tuple(LAYERS):
+            out.append(("figure1a_layer", self.figure1a_layer, f'"" (the designing model\'s model.layer) or one of {list(LAYERS)}'))
         if self.figure1a_units < 1:
             out.append(("figure1a_units", self.figure1a_units, "an integer >= 1 (model units per backbone)"))
         if self.figure1a_images < 1:

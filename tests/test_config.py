@@ -43,6 +43,7 @@ def test_round_trip_through_stored_text():
     ("[window]\nstart_ms = 170\nend_ms = 70\n", "window.end_ms"),
     ("[experiment]\nepsilons = [1.0, -0.5]\n", "experiment.epsilons"),
     ("[model]\nlayer = \"layer9\"\n", "model.layer"),
+    ("[report]\nfigure1a_layer = \"fc\"\n", "report.figure1a_layer"),
     ("[readout]\nmethod = \"lasso\"\n", "readout.method"),
     ("[model]\nchannels_last = 1\n", "model.channels_last"),
     ("rsvp = 3\n", "rsvp"),

@@ -103,11 +103,12 @@ def figure1a_curves(cfg: Config, screening_pixels: np.ndarray, clean: np.ndarray
     # the loop's step rules; the budget is capped (network units are cheap to move, and on CPU
     # a trained network's gradient passes are the slow part): a lower bound for each network
     params = replace(loop, prune=False, restarts=min(loop.restarts, FIG1A_MAX_RESTARTS), steps=min(loop.steps, FIG1A_MAX_STEPS))
+    layer = cfg.report.figure1a_layer or cfg.model.layer
     out = []
     for name, weights in _backbones(cfg):
-        bb = build_backbone(name, cfg.model.layer, weights)
+        bb = build_backbone(name, layer, weights)
         kind = "random init" if bb.random_init else "trained"
-        label = f"{name} {cfg.model.layer} ({kind}{', designing model' if name == cfg.model.backbone else ''})"
+        label = f"{name} {layer} ({kind}{', designing model' if name == cfg.model.backbone else ''})"
         out.append(unit_curve(label, bb, screening_pixels, clean, epsilons, cfg.report.figure1a_units, params, seed))
     return out
 
