@@ -115,6 +115,10 @@ class SiteObjective:
             raise ValueError(f"model must return (B, S) site predictions for B images; got shape {tuple(out.shape)} for B={x.shape[0]}")
         return out
 
+    def predict_all_batched(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """:meth:`predict_all` over ``x`` in chunks of ``rows`` images, concatenated ``(N, S)``."""
+        return torch.cat([self.predict_all(x[i:i + rows]) for i in range(0, len(x), rows)])
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
         """``f_{site_k}(x_k)`` per row, ``(B,)`` float32 (spikes)."""

@@ -476,8 +476,7 @@ def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, i
     objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
     x = _to_float(clean, device)
     with objective.session():
-        clean_values = torch.cat([objective.predict_all(x[i:i + params.max_batch_rows])
-                                  for i in range(0, len(x), params.max_batch_rows)])
+        clean_values = objective.predict_all_batched(x, params.max_batch_rows)
         img, sites = validate_problems(problems, len(clean), clean_values.shape[1])
         # rows of the output: problem-major, then epsilon, then direction (+1, -1)
         pi = np.repeat(np.arange(len(img)), len(eps_list) * 2)
@@ -561,7 +560,7 @@ def random_controls(clean: np.ndarray, parents: Sequence[int], epsilons: list[fl
         objective = SiteObjective(model, device)
         with objective.session():
             x = _to_float(clean, device)
-            cv = torch.cat([objective.predict_all(x[i:i + 64]) for i in range(0, len(x), 64)])
+            cv = objective.predict_all_batched(x, 64)
             validate_problems(list(zip(parents.tolist(), sites.tolist())), len(clean), cv.shape[1])
             ctrl.predicted_change = _predicted_change(objective, ctrl.pixels, ctrl.site, cv[ctrl.parent, ctrl.site], 64, device)
             ctrl.predicted_change = _zero_where_unchanged(ctrl.predicted_change, ctrl.pixels, clean, ctrl.parent)

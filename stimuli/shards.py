@@ -32,7 +32,9 @@ import torch
 
 from stimuli.controls import random_stimuli
 from stimuli.objective import SiteObjective
-from stimuli.perturb import PerturbParams, iter_solutions, validate_epsilons, validate_images, validate_problems
+from stimuli.perturb import (PerturbParams, _predicted_change as _engine_predicted_change, _to_float,
+                             _zero_where_unchanged, iter_solutions, validate_epsilons, validate_images,
+                             validate_problems)
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
 
@@ -114,20 +116,12 @@ class ShardResult:
     model_loads: int = 0    # times the process that ran it had built the model (set by the distributed runner)
 
 
-def _to_float(clean: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(clean).to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-
-
 def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.ndarray, clean_site_values: torch.Tensor,
                       batch: int, device, clean: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """``f_site(shown) - f_site(clean)`` (spikes) in batches of ``batch``; exactly 0 where shown == clean."""
-    out = np.zeros(len(pixels))
-    for i in range(0, len(pixels), batch):
-        xb = _to_float(pixels[i:i + batch], device)
-        f = objective.predict(xb, torch.as_tensor(np.asarray(sites[i:i + batch]), device=xb.device))
-        out[i:i + batch] = (f - clean_site_values[i:i + batch].to(f.device)).double().cpu().numpy()
-    same = np.array([np.array_equal(pixels[k], clean[parents[k]]) for k in range(len(pixels))], dtype=bool)
-    return np.where(same, 0.0, out)
+    """``f_site(shown) - f_site(clean)`` (spikes) in batches of ``batch``; exactly 0 where shown == clean
+    (the engine's own two steps, so a shard's numbers are the single run's)."""
+    change = _engine_predicted_change(objective, pixels, sites, clean_site_values, batch, device)
+    return _zero_where_unchanged(change, pixels, clean, parents)
 
 
 def clean_predictions(model, clean: np.ndarray, params: PerturbParams, device: str = "cpu") -> torch.Tensor:
@@ -139,9 +133,8 @@ def clean_predictions(model, clean: np.ndarray, params: PerturbParams, device: s
     clean = validate_images(clean)
     objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
     x = _to_float(clean, device)
-    b = params.max_batch_rows
     with objective.session():
-        return torch.cat([objective.predict_all(x[i:i + b]) for i in range(0, len(x), b)])
+        return objective.predict_all_batched(x, params.max_batch_rows)
 
 
 def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], epsilons: Sequence[float],
@@ -171,7 +164,7 @@ def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], e
     b = params.max_batch_rows
     with objective.session():
         if clean_values is None:
-            clean_values = torch.cat([objective.predict_all(x[i:i + b]) for i in range(0, len(x), b)])
+            clean_values = objective.predict_all_batched(x, b)
         elif tuple(clean_values.shape[:1]) != (len(clean),):
             raise ValueError(f"clean_values has {clean_values.shape[0]} rows for {len(clean)} clean images")
         img, sites = validate_problems(list(problems), len(clean), clean_values.shape[1])

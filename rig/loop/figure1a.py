@@ -67,10 +67,11 @@ def unit_curve(label: str, backbone, screening_pixels: np.ndarray, clean: np.nda
     """White-box sensitivity of ``n_units`` of ``backbone``'s units on ``clean`` (uint8 (N,H,W,3))."""
     import torch
 
+    from modelfit.features import images_to_tensor
     from stimuli.perturb import generate_perturbations
 
     with torch.no_grad():
-        feats = np.concatenate([backbone(torch.from_numpy(screening_pixels[i:i + 64]).permute(0, 3, 1, 2).float() / 255.0)
+        feats = np.concatenate([backbone(images_to_tensor(screening_pixels[i:i + 64]))
                                 .double().numpy() for i in range(0, len(screening_pixels), 64)])
     sd = feats.std(0)
     units = np.argsort(-sd)[:n_units]

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from modelfit.features import images_to_tensor
 from stimuli.perturb import generate_perturbations
 
 
@@ -98,7 +100,7 @@ def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int
     values = []
     with torch.no_grad():
         for i in range(0, len(ss.pixels), 64):
-            x = torch.from_numpy(ss.pixels[i:i + 64]).permute(0, 3, 1, 2).float().div(255.0)
+            x = images_to_tensor(ss.pixels[i:i + 64])
             values.append(module(x).double().numpy())
     values = np.concatenate(values)
     site = ss.site[t]

@@ -17,9 +17,10 @@ def quantisation_loss(model, clean: np.ndarray, sites: list[int], epsilons: list
     """{eps: mean loss over (image, site)} for ``model`` (images (B,3,H,W) in [0,1] -> (B, S))."""
     import torch
 
+    from modelfit.features import images_to_tensor
     from stimuli.quantize import quantize_perturbation
 
-    x = torch.from_numpy(clean).permute(0, 3, 1, 2).float().div(255.0).requires_grad_(True)
+    x = images_to_tensor(clean).requires_grad_(True)
     grads = []
     for s in sites:
         (g,) = torch.autograd.grad(model(x)[:, s].sum(), x)
