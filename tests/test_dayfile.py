@@ -13,6 +13,7 @@ from rig.backend import SessionInfo
 from rig.store.dayfile import DayFileError, DayWriter
 from tests.helpers import wait_for_journal_lines
 from rig.store.journal import journal_path
+from rig.store.origin import LIVE, Origin
 from rig.store.reader import read_day
 from rig.store.repair import check_day, recover_day
 from rig.session.schedule import Schedule, build_schedule
@@ -44,7 +45,8 @@ def _new(path, ss, repeats=3, k=4, n_ch=3):
     sch = build_schedule(ss.parent, repeats, k, 0, 0.3)
     w = DayWriter.create(path, config_text="[rsvp]\nstim_on_ms = 100.0\n", day=1, session_id="test", stimuli=ss,
                          schedule_stim_index=sch.stim_index, presentations_per_trial=k, seconds_per_presentation=0.3,
-                         channel_names=[f"ch{i}" for i in range(n_ch)], backend="counting", window_ms=(70.0, 170.0))
+                         channel_names=[f"ch{i}" for i in range(n_ch)], backend="counting", window_ms=(70.0, 170.0),
+                         origin=Origin(LIVE))
     return w, sch
 
 
@@ -196,8 +198,9 @@ def test_not_an_itloop_file(tmp_path):
 
 
 def strip_epsilon_index(path) -> None:
-    """Make ``path`` look like a day file written before /stimuli/epsilon_index existed."""
+    """Make ``path`` look like a day file written before /stimuli/epsilon_index existed (schema 1)."""
     with h5py.File(path, "r+") as h5:
+        h5.attrs["schema_version"] = 1
         del h5["stimuli/epsilon_index"]
         for k in ("epsilons", "epsilons_unit"):
             del h5["stimuli"].attrs[k]

@@ -1,5 +1,5 @@
 """The eye trace, rewards and calibration in the day file: written per trial, cut back with
-uncommitted trials on resume, rebuilt from the journal, read back by ``read_eye``."""
+uncommitted trials on resume, rebuilt from the journal, read back by ``read_day`` (DayData.eye, .rewards, .calibration)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from rig.backend import Trial, TrialRecord, TrialRows
 from rig.session.schedule import build_schedule
 from rig.store.dayfile import DayWriter
 from rig.store.journal import rows_from_json, rows_to_json
-from rig.store.reader import read_day, read_eye
+from rig.store.reader import read_day
 from rig.sources.calibration import CalibrationMap
 from stimuli.images import builtin_images
 from stimuli.stimset import StimulusSet
@@ -41,7 +41,8 @@ def test_eye_and_rewards_round_trip_through_day_file_and_journal(tmp_path):
     cmap = CalibrationMap("affine", np.array([[0.1, -0.2], [1.0, 0.0], [0.0, 1.0]]))
     w.set_calibration(cmap.to_dict())
     w.close()
-    eye, rewards, cal = read_eye(path)
+    _d = read_day(path)
+    eye, rewards, cal = _d.eye, _d.rewards, _d.calibration
     assert len(eye["t_presenter_s"]) == 420 and np.bincount(eye["trial_index"]).tolist() == [300, 120]
     np.testing.assert_allclose(eye["t_acq_s"], eye["t_presenter_s"] + 1.0)
     np.testing.assert_allclose(eye["x_deg"], np.sin(eye["t_presenter_s"]), atol=1e-6)   # float32 storage
@@ -57,7 +58,7 @@ def test_eye_and_rewards_round_trip_through_day_file_and_journal(tmp_path):
             ds.resize(ds.shape[0] + 50, axis=0)
     w = DayWriter.resume(path)
     w.close()
-    eye2, _, _ = read_eye(path)
+    eye2 = read_day(path).eye
     assert len(eye2["t_presenter_s"]) == 420
     with h5py.File(path, "r") as h5:
         assert h5["eye/t_presenter_s"].shape[0] == 420

@@ -28,7 +28,7 @@ from rig.link.client import PresenterClient
 from rig.session.runner import run_session
 from rig.session.schedule import build_schedule
 from rig.store.dayfile import DayWriter
-from rig.store.reader import read_day, read_eye
+from rig.store.reader import read_day
 from rig.store.repair import check_day
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images
@@ -124,7 +124,8 @@ def test_fixation_breaks_abort_on_the_next_frame_and_are_requeued(tmp_path):
     check_requeued(pres, len(sch.stim_index))
 
     # ---- the eye trace is in the day file, per trial, on the acquisition clock
-    eye, rewards, _ = read_eye(path)
+    _d = read_day(path)
+    eye, rewards = _d.eye, _d.rewards
     assert set(np.unique(eye["trial_index"])) == set(trials["trial_index"].tolist())
     for ti, completed, planned in zip(trials["trial_index"], trials["completed"], trials["n_planned"]):
         sel = eye["trial_index"] == ti

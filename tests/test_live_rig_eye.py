@@ -27,7 +27,7 @@ from tests.fixation_checks import check_aborts_on_next_frame, check_requeued, dr
 from tests.live_rig import compare_with_truth, rig_config, start_presenter, start_sim_rig
 from rig.cli import main
 from rig.link.client import PresenterClient
-from rig.store.reader import read_day, read_eye
+from rig.store.reader import read_day
 from rig.store.repair import check_day
 
 pytestmark = [
@@ -116,7 +116,8 @@ def test_live_rig_fixation_breaks_abort_on_the_next_frame_eye_trace_and_rewards(
     assert res["bad_counts"] == 0 and res["dropped_rows_valid"] == 0
 
     # ---- the eye trace is in the day file, per trial, on the acquisition clock
-    eye, rewards, _ = read_eye(path)
+    _d = read_day(path)
+    eye, rewards = _d.eye, _d.rewards
     assert set(np.unique(eye["trial_index"])) == set(trials["trial_index"].tolist())
     for ti, completed, planned in zip(trials["trial_index"], trials["completed"], trials["n_planned"]):
         sel = eye["trial_index"] == ti

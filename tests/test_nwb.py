@@ -23,6 +23,7 @@ from rig.session.runner import run_session  # noqa: E402
 from rig.session.schedule import build_schedule  # noqa: E402
 from rig.store.dayfile import DayWriter  # noqa: E402
 from rig.store.nwb import ExportRefused, REQUIRED_FOR_LIVE, data_origin, export_nwb  # noqa: E402
+from rig.store.origin import LIVE, Origin
 from rig.store.reader import read_day  # noqa: E402
 from tests.fakes import CountingBackend  # noqa: E402
 from tests.test_dayfile import _stimuli  # noqa: E402
@@ -47,11 +48,13 @@ def _record_counting(path, meta=None, acquisition=True):
     sch = build_schedule(ss.parent, 3, 4, 0, 0.3)
     attrs = {"acq_clock_zero_utc": ZERO, "acq_clock_zero_source": "test"}
     if acquisition:
-        attrs["acquisition"] = json.dumps({"system": "counting test source", "version": "1.2", "sample_rate_hz": 30000.0})
+        attrs["spike_source_json"] = json.dumps({"system": "counting test source", "version": "1.2",
+                                                 "sampling_rate_hz": 30000.0})
     cfg = load_config(overrides=meta or {})
     w = DayWriter.create(path, config_text=cfg.to_toml(), day=1, session_id="test-day001", stimuli=ss,
                          schedule_stim_index=sch.stim_index, presentations_per_trial=4, seconds_per_presentation=0.3,
-                         channel_names=["ch0", "ch1", "ch2"], backend="counting", window_ms=(70.0, 170.0), attrs=attrs)
+                         channel_names=["ch0", "ch1", "ch2"], backend="counting", window_ms=(70.0, 170.0), attrs=attrs,
+                         origin=Origin(LIVE))
     run_session(CountingBackend(abort_at={1: 2}, drop_at={(3, 1)}), w, ss, sch, SessionInfo("test", 1),
                 (70.0, 170.0), progress=False)
     w.close()
@@ -250,22 +253,24 @@ def test_eye_and_rewards_go_under_behavior(day, tmp_path):
     shutil.copy(day, path)
     d = read_day(day)
     t = np.linspace(d.trials["start_acq_s"][0], d.trials["end_acq_s"][-1], 500)
-    with h5py.File(path, "r+") as h5:
-        for g in ("eye", "rewards"):   # the day file's own (empty) eye and reward tables, replaced by known ones
-            if g in h5:
-                del h5[g]
-        eye = h5.create_group("eye")
-        for name, v, unit in (("t_acq_s", t, "s"), ("x_deg", np.sin(t), "deg"), ("y_deg", np.cos(t), "deg"),
-                              ("pupil", np.full(len(t), 1200.0), "arbitrary")):
-            eye.create_dataset(name, data=v).attrs.update({"unit": unit, "description": f"{name}, acquisition clock"})
-        rw = h5.create_group("rewards")
-        rw.create_dataset("t_acq_s", data=d.trials["end_acq_s"][:3]).attrs["unit"] = "s"
-        rw.create_dataset("duration_ms", data=[80.0, 80.0, 120.0]).attrs.update({"unit": "ms", "description": "valve open"})
+    n = len(t)
+    eye = {"trial_index": np.zeros(n, "i8"), "t_presenter_s": t, "t_acq_s": t, "x_deg": np.sin(t), "y_deg": np.cos(t),
+           "pupil": np.full(n, 1200.0)}
+    rewards = {"trial_index": np.zeros(3, "i8"), "t_presenter_s": d.trials["end_acq_s"][:3],
+               "t_acq_s": d.trials["end_acq_s"][:3], "duration_ms": [80.0, 80.0, 120.0], "kind": np.zeros(3, "i1")}
+    with h5py.File(path, "r+") as h5:   # the day file's own (empty) eye and reward tables, filled with known rows
+        for group, cols in (("eye", eye), ("rewards", rewards)):
+            for name, v in cols.items():
+                ds = h5[group][name]
+                ds.resize(len(v), axis=0)
+                ds[:] = v
+        h5["trials/eye_end"][-1] = n   # the last committed trial ends where these tables end
+        h5["trials/reward_end"][-1] = 3
     out = export_nwb(path, tmp_path / "e.nwb")
     with pynwb.NWBHDF5IO(str(out), "r") as io:
         beh = io.read().processing["behavior"]
         pos = beh["EyeTracking"]["eye_position"]
-        assert pos.unit == "degrees" and np.array_equal(pos.data[:], np.column_stack([np.sin(t), np.cos(t)]))
+        assert pos.unit == "degrees" and np.allclose(pos.data[:], np.column_stack([np.sin(t), np.cos(t)]), atol=1e-6)
         assert np.allclose(_times(pos), t, rtol=0, atol=1e-9)  # regular: starting_time + rate
         assert np.array_equal(beh["PupilTracking"]["pupil"].data[:], np.full(len(t), 1200.0))
         rw = beh["rewards"]
@@ -375,7 +380,7 @@ def test_simulated_and_replayed_days_pass_dandi_checks(sim_experiment, tmp_path)
         attrs = read_day(day_file).attrs
         assert ident == attrs["identifier"] and start == dt.datetime.fromisoformat(attrs["acq_clock_zero_utc"])
     a, b = read_day(exp / "day_000.h5").attrs, read_day(rep / "day_000.h5").attrs
-    assert a["identifier"] != b["identifier"] and b["replayed_from_identifier"] == a["identifier"]
+    assert a["identifier"] != b["identifier"] and b["replayed_from"] == a["identifier"]
     with pynwb.NWBHDF5IO(str(rep_nwb), "r") as io:
         nwb = io.read()
         assert "replay of day file day_000.h5" in nwb.session_description and a["identifier"] in nwb.data_collection
@@ -398,7 +403,7 @@ def test_recovered_day_keeps_its_identifier(day, tmp_path):
         a, b = read_day(src), read_day(path)
         assert b.attrs["identifier"] == a.attrs["identifier"] and b.attrs["acq_clock_zero_utc"] == ZERO
         assert np.array_equal(b.spike_times_s, a.spike_times_s)
-    assert read_day(replay).attrs["replayed_from_identifier"] == read_day(day).attrs["identifier"]
+    assert read_day(replay).origin.replayed_from == read_day(day).attrs["identifier"]
     assert read_day(replay).attrs["identifier"] != read_day(day).attrs["identifier"]
 
 

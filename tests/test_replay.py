@@ -50,7 +50,8 @@ def test_same_window_reproduces_the_recording(recorded, tmp_path):
     out = replay_day(src, tmp_path / "replay.h5", progress=False)
     assert _sha(src) == before  # the source is only read
     a, b = read_day(src), read_day(out)
-    assert b.complete and b.attrs["backend"] == "replay" and b.attrs["replayed_from"] == str(src)
+    assert b.complete and b.attrs["backend"] == "replay" and b.attrs["replayed_from_file"] == str(src)
+    assert b.origin.replayed_from == a.attrs["identifier"] and b.origin.kind == a.origin.kind
     assert (b.attrs["window_start_ms"], b.attrs["window_end_ms"]) == (70.0, 170.0)
     assert b.config_text == a.config_text and b.stim_ids == a.stim_ids and b.channel_names == a.channel_names
     assert _equal(b.schedule_stim_index, a.schedule_stim_index)

@@ -61,11 +61,7 @@ def _presenter_backend(cfg: Config):
                                calibration=calibration)
     names = [f"sim{c:03d}" for c in range(monkey.n_channels)]
     backend.configure_extra["image_scaling"] = cfg.display.image_scaling
-    return backend, names, {"spike_source": SIMULATED_SPIKES, "presenter_endpoint": p.endpoint,
-                            "image_scaling": cfg.display.image_scaling}
-
-
-SIMULATED_SPIKES = "SIMULATED monkey (in-process; no acquisition system: these spikes were not recorded)"
+    return backend, names, {"presenter_endpoint": p.endpoint, "image_scaling": cfg.display.image_scaling}
 
 
 def make_spike_source(cfg: Config):
@@ -85,7 +81,8 @@ def make_spike_source(cfg: Config):
 
 
 def describe_source(desc: dict) -> str:
-    """One line naming a live spike source (day file attr ``spike_source``)."""
+    """One line describing a live spike source (day file attr ``spike_source``; the origin
+    itself is the attr ``origin``, :mod:`rig.store.origin`)."""
     streams = ", ".join(desc.get("streams") or []) or "-"
     return (f"RECORDED by {desc.get('system')} ({desc.get('interface', '')}) at {desc.get('endpoint', '')}; "
             f"streams {streams}; {desc.get('sampling_rate_hz', float('nan')):g} Hz")
@@ -127,7 +124,8 @@ def _rig_backend(cfg: Config):
 
 
 def make_backend(name: str, cfg: Config, start_s: float = 10.0):
-    """Return ``(backend, channel_names, attrs for the day file)``.
+    """Return ``(backend, channel_names, attrs for the day file)``; the day's origin
+    (``rig.store.origin.backend_origin``) follows from ``name``.
 
     ``"sim"``: the in-process simulated monkey. ``"presenter"``: the real PsychoPy
     presenter process with spikes from the simulated monkey.
@@ -146,6 +144,5 @@ def make_backend(name: str, cfg: Config, start_s: float = 10.0):
         info = backend.info()
         attrs = {"sim_" + k: v for k, v in info.extra.items() if isinstance(v, (int, float, str, bool))}
         attrs["image_scaling"] = "none (simulated display)"
-        attrs["spike_source"] = "SIMULATED monkey (sim backend: no presenter, no acquisition system)"
         return backend, info.channel_names, attrs
     raise UserError(f"unknown backend '{name}'; choose 'sim', 'presenter' or 'rig'")

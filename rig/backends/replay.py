@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
-from rig.store.dayfile import DayWriter
+from rig.store.dayfile import DayHeader, DayWriter
+from rig.store.origin import Origin
 from rig.store.reader import DayData, read_day
 from rig.session.schedule import PresentationQueue
 from rig.session.runner import run_session
 
-# root attributes a day file writes for itself; everything else is carried into a replay
-_OWN_ATTRS = {"schema_version", "software", "software_version", "created_utc", "completed_utc", "day", "session_id",
-              "backend", "status", "committed_trials", "window_start_ms", "window_end_ms", "replayed_from",
-              "replayed_from_backend", "replayed_from_window_ms"}
+# what a replay says about its source (beside the root attribute replayed_from, the source's identifier)
+_REPLAY_ATTRS = ("replayed_from_backend", "replayed_from_window_ms", "replayed_from_file")
 
 
 class ReplayBackend:
@@ -38,7 +37,7 @@ class ReplayBackend:
         self._starts = {k: np.r_[0, e[:-1]].astype(int) for k, e in ends.items()}
         self._ends = ends
         self._opened = False
-        self._segments = _sync_segment_labels(day)
+        self._segments = day.sync_segment
 
     def info(self) -> BackendInfo:
         return BackendInfo(name=self.name, n_channels=self.day.n_channels, channel_names=list(self.day.channel_names),
@@ -133,7 +132,7 @@ def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[floa
         raise ValueError(f"--out {out_path} is the source file; a replay is written to a new file")
     day = read_day(src_path)
     if window_ms is None:
-        window_ms = (float(day.attrs["window_start_ms"]), float(day.attrs["window_end_ms"]))
+        window_ms = day.window_ms
     window_ms = (float(window_ms[0]), float(window_ms[1]))
     if not (np.isfinite(window_ms).all() and window_ms[0] < window_ms[1]):
         raise ValueError(f"count window {window_ms[0]:g}-{window_ms[1]:g} ms is empty; give START_MS < END_MS")
@@ -142,28 +141,14 @@ def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[floa
         raise ValueError(f"{src_path} holds no committed trial; there is nothing to replay")
     _check_queue_matches(day)
     schedule = day.schedule()
-    attrs = {k: v for k, v in day.attrs.items() if k not in _OWN_ATTRS}
-    attrs.update({"replayed_from": str(src_path), "replayed_from_backend": str(day.attrs.get("backend", "")),
-                  "replayed_from_window_ms": [float(day.attrs["window_start_ms"]), float(day.attrs["window_end_ms"])]})
-    session_id = str(day.attrs["session_id"])
-    writer = DayWriter.create(
-        out_path, config_text=day.config_text, day=day.day, session_id=session_id, stimuli=day.stimuli,
-        schedule_stim_index=day.schedule_stim_index, presentations_per_trial=day.presentations_per_trial,
-        seconds_per_presentation=day.seconds_per_presentation, channel_names=list(day.channel_names),
-        backend="replay", window_ms=window_ms, model_info=day.model or None, attrs=attrs)
-    info = SessionInfo(session_id=session_id, day=day.day, n_channels=day.n_channels)
-    with writer:
+    attrs = {k: v for k, v in DayHeader.of(day).attrs.items() if k not in _REPLAY_ATTRS}
+    attrs.update({"replayed_from_backend": str(day.attrs.get("backend", "")), "replayed_from_file": str(src_path),
+                  "replayed_from_window_ms": [float(day.window_ms[0]), float(day.window_ms[1])]})
+    # a replay is a new dataset (new identifier) whose spikes have its source's origin
+    header = DayHeader.of(day, backend="replay", window_ms=window_ms, attrs=attrs, identifier="", status="recording",
+                          origin=Origin(day.origin.kind, replayed_from=str(day.attrs.get("identifier", ""))))
+    info = SessionInfo(session_id=header.session_id, day=day.day, n_channels=day.n_channels)
+    with DayWriter.create(out_path, header) as writer:
         run_session(ReplayBackend(day), writer, day.stimuli, schedule, info, window_ms,
                     progress=progress, max_trials=n_trials)
     return out_path
-
-
-def _sync_segment_labels(day: DayData) -> np.ndarray:
-    """Clock segment label of every stored sync pair ('' for days recorded before segments)."""
-    import h5py
-
-    n = len(day.sync_acq_s)
-    with h5py.File(day.path, "r") as h5:
-        if "segment" not in h5["sync"]:
-            return np.array([""] * n, dtype=object)
-        return np.asarray(h5["sync/segment"].asstr()[:n], dtype=object)

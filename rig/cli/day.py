@@ -124,7 +124,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict, problems: list[str]) -> None:
     kinds = ", ".join(f"{v} {k}" for k, v in summary["stimuli_by_kind"].items() if v)
-    print(f"spikes     {summary.get('spike_source') or 'unknown (written before spike provenance was stored)'}")
+    replay = f", replayed from day file {summary['replayed_from']}" if summary.get("replayed_from") else ""
+    print(f"origin     {summary['origin']}{replay}" + (f"; {summary['spike_source']}" if summary.get("spike_source") else ""))
     print(f"day file   {summary['path']}")
     print(f"  day {summary['day']} ({summary['status']}), backend {summary['backend']}, itloop {summary['software_version']}, schema {summary['schema_version']}")
     print(f"  trials {summary['trials']} ({summary['aborted_trials']} aborted), presentations {summary['presentations']} "

@@ -86,7 +86,7 @@ def load_stimulus_set(path: str | Path):
     """Read a StimulusSet written by :func:`save_stimulus_set`."""
     from stimuli.stimset import StimulusSet
 
-    from rig.store.reader import legacy_epsilon_index
+    from rig.store.upgrade import legacy_epsilon_index
 
     with np.load(path, allow_pickle=False) as z:
         cols = {c: z[c] for c in StimulusSet.COLUMNS if c in z}

@@ -11,8 +11,9 @@ import numpy as np
 
 from rig.backend import SessionInfo
 from rig.backends.factory import describe_source, make_backend
-from rig.config import Config, config_from_toml_text
+from rig.config import Config
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
+from rig.store.origin import Origin, backend_origin
 from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path, plan_path
@@ -74,7 +75,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                                 f"Plan day {day} with `itloop day plan --day {day} --out {folder}`")
             # the plan is authoritative for the experiment (its stimuli were made for its settings);
             # who records, which subject and which array are today's: [subject]/[session]/[array] come from cfg
-            planned_cfg = dataclasses.replace(config_from_toml_text(plan.config_text),
+            planned_cfg = dataclasses.replace(plan.config,
                                               **{k: getattr(cfg, k) for k in METADATA_SECTIONS})
             if planned_cfg != cfg:
                 print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
@@ -95,7 +96,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
             seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
             backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
-            model_info=plan.model or None, attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
+            origin=Origin(backend_origin(backend_name)), model_info=plan.model, attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
                                                   **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
                                                   **_separation_attrs(schedule, stimuli)})
     elif len(channel_names) != writer.n_channels:

@@ -131,7 +131,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
             {d: r.model_scores["ceiling"] for d, r in scored.items()},
             title="Predictivity of the model that designed each day's stimuli"))
     numbers, checks = _numbers(results, days)
-    sources = _spike_sources(folder, days)
+    sources = _spike_sources(folder, days, cache)
     notes = [
         f"Spikes: {sources}",
         f"Experiment folder `{folder}`; closed-loop days {days[0]}..{days[-1]}; {len(last.sites)} targeted sites; "
@@ -286,16 +286,13 @@ def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, lis
     return numbers, checks
 
 
-def _spike_sources(folder: Path, days: list[int]) -> str:
-    """The spike provenance of the reported days (and day 0), one phrase; SIMULATED says so first."""
-    import h5py
-
+def _spike_sources(folder: Path, days: list[int], cache: DayCache) -> str:
+    """The origin of the reported days' spikes (and day 0's), one phrase; SIMULATED says so."""
+    words = {"sim": "SIMULATED monkey (sim backend)", "presenter+sim": "SIMULATED monkey behind the real presenter",
+             "live": "RECORDED by a live acquisition system", "unknown": "unknown (not stored in the day file)"}
     seen: dict[str, list[int]] = {}
     for d in [0, *days]:
-        try:
-            with h5py.File(day_path(folder, d), "r") as h5:
-                src = h5.attrs.get("spike_source")
-        except OSError:
-            src = None
-        seen.setdefault(str(src) if src else "unknown (written before spike provenance was stored)", []).append(d)
+        origin = cache.read(day_path(folder, d)).origin
+        text = words[origin.kind] + (f", replayed from day file {origin.replayed_from}" if origin.replayed else "")
+        seen.setdefault(text, []).append(d)
     return "; ".join(f"days {', '.join(map(str, ds))}: {src}" for src, ds in seen.items())

@@ -43,7 +43,9 @@ import errno
 import json
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -52,10 +54,17 @@ from rig import __version__
 from rig.backend import TrialRows
 from rig.store.journal import Journal, journal_path, read_journal
 from rig.store.lock import DayLock
-from rig.store.trialdata import stored_tables, tables_digest, trial_tables
+from rig.store.origin import Origin, backend_origin
+from rig.store.trialdata import ROW_COUNTERS, TABLES, stored_tables, tables_digest, trial_tables
 from stimuli.stimset import StimulusSet
 
-SCHEMA_VERSION = 1
+# 2: root attributes origin (+ replayed_from, the source's identifier), experiment_uuid; /eye and
+#    /rewards always present; every dataset (config_toml, model/*) has unit and description.
+#    Older files are read through rig.store.upgrade (the one place that knows older layouts).
+SCHEMA_VERSION = 2
+
+if TYPE_CHECKING:
+    from rig.store.reader import DayData
 
 
 class DayFileError(Exception):
@@ -138,6 +147,90 @@ PRESENTATION_COLUMNS = [
 ]
 
 
+# (unit, description) of the designing model's arrays (/model/<name>; the rest are /model attrs)
+MODEL_DATASETS = {
+    "site_channels": ("1", "recording channel of each readout column (site) of the model"),
+    "target_channels": ("1", "channels targeted by this day's perturbations"),
+    "coef": ("spikes per unit feature", "readout weights w (n_sites, n_features), on standardised features"),
+    "intercept": ("spikes", "readout intercepts b (n_sites,)"),
+    "feature_mean": ("feature units", "mean of each backbone feature over the training images (standardisation)"),
+    "feature_scale": ("feature units", "scale of each backbone feature over the training images (standardisation)"),
+    "clean_pool_index": ("1", "rows of the screening day's clean images that were perturbed"),
+}
+METADATA_SECTIONS = ("subject", "session", "array")
+
+
+@dataclass
+class DayHeader:
+    """What a day file (or a plan) holds before its first trial: the one place the header's
+    names are spelled. :meth:`root_attrs` are its root attributes; the rest are datasets.
+
+    ``origin``: where the spikes come from (default: the backend's, ``backend_origin``; a plan
+    records none);
+    ``experiment_uuid``: the experiment's UUID ("" in files written before it existed);
+    ``identifier``: this file's UUID ("" = a new one); ``attrs``: further session facts.
+    """
+
+    config_text: str                       # the resolved configuration, TOML
+    day: int
+    session_id: str
+    stimuli: StimulusSet
+    schedule_stim_index: np.ndarray        # planned presentation order (rows of stimuli)
+    presentations_per_trial: int
+    seconds_per_presentation: float        # planned wall time per slot, s
+    channel_names: list[str]
+    backend: str                           # sim | presenter | rig | replay | none (a plan)
+    window_ms: tuple[float, float]         # spike-count window, ms after onset
+    origin: Origin | None = None
+    experiment_uuid: str = ""
+    model_info: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+    identifier: str = ""
+    status: str = "recording"
+
+    def __post_init__(self) -> None:
+        if self.origin is None and self.status != "planned":   # the recording backends' own origin
+            self.origin = Origin(backend_origin(self.backend))
+        self.model_info = dict(self.model_info or {})
+        self.attrs = dict(self.attrs or {})
+
+    def root_attrs(self) -> dict:
+        """The root attributes written when the file is created."""
+        out = dict(self.attrs)
+        out.update({"schema_version": SCHEMA_VERSION, "software": "itloop", "software_version": __version__,
+                    "created_utc": _utcnow(), "day": int(self.day), "session_id": self.session_id,
+                    "backend": self.backend, "status": self.status, "committed_trials": 0,
+                    "window_start_ms": float(self.window_ms[0]), "window_end_ms": float(self.window_ms[1]),
+                    "experiment_uuid": str(self.experiment_uuid),
+                    "identifier": str(uuid.UUID(self.identifier)) if self.identifier else str(uuid.uuid4())})
+        for key in ORIGIN_ATTRS:
+            out.pop(key, None)
+        if self.origin is not None:
+            out.update(self.origin.attrs())
+        return out
+
+    @classmethod
+    def of(cls, day: DayData, **changes) -> DayHeader:
+        """The header of a day already read (to replay or rebuild it), with ``changes``."""
+        fields = dict(config_text=day.config_text, day=day.day, session_id=str(day.attrs.get("session_id", "")),
+                      stimuli=day.stimuli, schedule_stim_index=day.schedule_stim_index,
+                      presentations_per_trial=day.presentations_per_trial,
+                      seconds_per_presentation=day.seconds_per_presentation, channel_names=list(day.channel_names),
+                      backend=str(day.attrs.get("backend", "")), window_ms=day.window_ms, origin=day.origin,
+                      experiment_uuid=day.experiment_uuid, model_info=dict(day.model),
+                      attrs={k: v for k, v in day.attrs.items() if k not in OWN_ATTRS},
+                      identifier=str(day.attrs.get("identifier", "")), status=str(day.attrs.get("status", "recording")))
+        fields.update(changes)
+        return cls(**fields)
+
+
+ORIGIN_ATTRS = ("origin", "replayed_from")
+# root attributes a file writes for itself (DayHeader.root_attrs and the writer); any other is a session fact
+OWN_ATTRS = frozenset({"schema_version", "software", "software_version", "created_utc", "completed_utc", "day",
+                       "session_id", "backend", "status", "committed_trials", "window_start_ms", "window_end_ms",
+                       "experiment_uuid", "identifier", *ORIGIN_ATTRS})
+
+
 def _utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -178,28 +271,17 @@ class DayWriter:
 
     # -- construction ------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, *, config_text: str, day: int, session_id: str, stimuli: StimulusSet,
-               schedule_stim_index: np.ndarray, presentations_per_trial: int, seconds_per_presentation: float,
-               channel_names: list[str], backend: str, window_ms: tuple[float, float],
-               model_info: dict | None = None, attrs: dict | None = None,
-               identifier: str | None = None) -> "DayWriter":
-        """Write the day's header (config, stimuli, plan) and open it for trials.
+    def create(cls, path: str | Path, header: DayHeader | None = None, **fields) -> "DayWriter":
+        """Write the day's header (a :class:`DayHeader`, or its fields as keywords) and open
+        the file for trials.
 
         Refuses if ``path`` (or its journal) exists: resume it or choose another path.
-        ``identifier``: the file's UUID (default: the one carried in ``attrs`` by a
-        recovery, else a new one; a replay always gets a new one).
         """
         path = Path(path)
+        header = header if header is not None else DayHeader(**fields)
         if path.exists() or journal_path(path).exists():
             raise DayFileError(f"day file {path} already exists; use --resume to continue it, or choose another --out. Nothing was overwritten.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".creating")
-        header = dict(config_text=config_text, day=day, session_id=session_id, stimuli=stimuli,
-                      schedule_stim_index=schedule_stim_index, presentations_per_trial=presentations_per_trial,
-                      seconds_per_presentation=seconds_per_presentation, channel_names=channel_names,
-                      backend=backend, window_ms=window_ms, model_info=model_info, attrs=attrs or {},
-                      identifier=identifier)
-        _write_new(tmp, path, header)
+        _write_new(path.with_name(path.name + ".creating"), path, header)
         return cls._open(path)
 
     @classmethod
@@ -241,6 +323,12 @@ class DayWriter:
             if h5.attrs.get("status") == "complete":
                 h5.close()
                 raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
+            if int(h5.attrs.get("schema_version", 0)) != SCHEMA_VERSION:
+                version = h5.attrs.get("schema_version")
+                h5.close()
+                raise DayFileError(f"day file {path} has schema version {version}; this itloop writes only version "
+                                   f"{SCHEMA_VERSION}: run `itloop day recover {path}` (rebuilds it from its journal in "
+                                   "the current layout), then --resume")
             try:
                 _truncate_to_committed(h5)
                 h5.attrs["status"] = "recording"
@@ -324,8 +412,7 @@ class DayWriter:
         """Write the trial's rows, flush and fsync, read them back from the file and compare,
         then count the trial as committed (flush, fsync)."""
         h5 = self._h5
-        _ensure_eye_groups(h5)
-        tables = trial_tables(rows, h5)
+        tables = trial_tables(rows)
         for name, values in tables.items():
             if not name.startswith("trials/"):
                 _append(h5[name], values)
@@ -346,7 +433,7 @@ class DayWriter:
 
     def _verify_against(self, journal: list[TrialRows]) -> None:
         """Refuse to continue a file whose committed trials differ from the journal's."""
-        bad = mismatched_trials(self._h5, journal)
+        bad = mismatched_trials(self._h5, self.committed_trials, journal)
         if bad:
             raise DayFileError(f"{self.path}: {len(bad)} committed trial(s) differ from the journal (first: row {bad[0]}); "
                                f"`itloop day recover {self.path}` rebuilds the file from the journal")
@@ -412,18 +499,27 @@ class DayWriter:
         self.close()
 
 
-def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: StimulusSet, schedule_stim_index,
-                  presentations_per_trial, seconds_per_presentation, channel_names, backend, window_ms,
-                  model_info, attrs, identifier: str | None = None) -> None:
-    h5.attrs.update({"schema_version": SCHEMA_VERSION, "software": "itloop", "software_version": __version__,
-                     "created_utc": _utcnow(), "day": int(day), "session_id": session_id, "backend": backend,
-                     "status": "recording", "committed_trials": 0,
-                     "window_start_ms": float(window_ms[0]), "window_end_ms": float(window_ms[1])})
-    h5.attrs.update(attrs)
-    _write_identity(h5, attrs, backend, identifier)
-    h5.create_dataset("config_toml", data=config_text, dtype=h5py.string_dtype())
-    _write_metadata(h5, config_text)
-    st = h5.create_group("stimuli")
+def _write_header(h5: h5py.File, header: DayHeader) -> None:
+    h5.attrs.update(header.root_attrs())
+    _describe(h5.create_dataset("config_toml", data=header.config_text, dtype=h5py.string_dtype()),
+              "TOML", "the full resolved configuration of the day (rig.config.Config, as TOML text)")
+    _write_metadata(h5, header.config_text)
+    _write_stimuli(h5.create_group("stimuli"), header.stimuli)
+    sch = h5.create_group("schedule")
+    _describe(sch.create_dataset("stim_index", data=np.asarray(header.schedule_stim_index, "i8")), "1",
+              "planned presentation order (rows of /stimuli)")
+    sch.attrs.update({"presentations_per_trial": int(header.presentations_per_trial),
+                      "seconds_per_presentation": float(header.seconds_per_presentation)})
+    ch = h5.create_group("channels")
+    ch.attrs["n_channels"] = len(header.channel_names)
+    _describe(ch.create_dataset("names", data=np.array(header.channel_names, dtype=h5py.string_dtype())), "1",
+              "recording channel names")
+    if header.model_info:
+        _write_model(h5.create_group("model"), header.model_info)
+    _create_tables(h5, header.window_ms, len(header.channel_names))
+
+
+def _write_stimuli(st: h5py.Group, stimuli: StimulusSet) -> None:
     n, hh, ww, _ = stimuli.pixels.shape
     _describe(st.create_dataset("pixels", data=stimuli.pixels, chunks=(1, hh, ww, 3) if n else None),
               "uint8 RGB", "images exactly as displayed, (n_stim, H, W, 3); model input = pixels / 255")
@@ -434,57 +530,24 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
         _describe(st.create_dataset(col, data=data), *STIMULUS_COLUMNS[col])
     st.attrs["epsilons"] = np.asarray(stimuli.epsilons, np.float64)  # the planned grid, once
     st.attrs["epsilons_unit"] = "L2 norm, pixels in [0,1]"
-    sch = h5.create_group("schedule")
-    _describe(sch.create_dataset("stim_index", data=np.asarray(schedule_stim_index, "i8")), "1", "planned presentation order (rows of /stimuli)")
-    sch.attrs.update({"presentations_per_trial": int(presentations_per_trial),
-                      "seconds_per_presentation": float(seconds_per_presentation)})
-    ch = h5.create_group("channels")
-    ch.attrs["n_channels"] = len(channel_names)
-    _describe(ch.create_dataset("names", data=np.array(channel_names, dtype=h5py.string_dtype())), "1", "recording channel names")
-    if model_info:
-        _write_model(h5.create_group("model"), model_info)
-    tr = h5.create_group("trials")
-    for name, dt, unit, desc in TRIAL_COLUMNS:
-        _growing(tr, name, dt, unit, desc)
-    pr = h5.create_group("presentations")
-    for name, dt, unit, desc in PRESENTATION_COLUMNS:
-        _growing(pr, name, dt, unit, desc)
+
+
+def _create_tables(h5: h5py.File, window_ms: tuple[float, float], n_channels: int) -> None:
+    """The growing tables (empty): trials, presentations, spikes, sync, eye, rewards."""
+    for group, columns in (("trials", TRIAL_COLUMNS), ("presentations", PRESENTATION_COLUMNS), ("eye", EYE_COLUMNS),
+                           ("rewards", REWARD_COLUMNS)):
+        g = h5.create_group(group)
+        for name, dt, unit, desc in columns:
+            _growing(g, name, dt, unit, desc)
     sp = h5.create_group("spikes")
-    _growing(sp, "counts", "f4", "spikes", f"spike count per presentation x channel in [onset+{window_ms[0]:g} ms, onset+{window_ms[1]:g} ms); NaN if not shown", width=len(channel_names))
+    _growing(sp, "counts", "f4", "spikes", f"spike count per presentation x channel in [onset+{window_ms[0]:g} ms, "
+             f"onset+{window_ms[1]:g} ms); NaN if not shown", width=n_channels)
     _growing(sp, "times_s", "f8", "s", "raw spike times, acquisition clock")
     _growing(sp, "channel", "i4", "1", "channel of each raw spike")
     sy = h5.create_group("sync")
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
     _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
-    _ensure_eye_groups(h5)
-
-
-def _ensure_eye_groups(h5: h5py.File) -> None:
-    """The /eye and /rewards tables (created with the header; added to an older day file on first use)."""
-    for group, columns in (("eye", EYE_COLUMNS), ("rewards", REWARD_COLUMNS)):
-        if group not in h5:
-            g = h5.create_group(group)
-            for name, dt, unit, desc in columns:
-                _growing(g, name, dt, unit, desc)
-
-
-def _write_identity(h5: h5py.File, attrs: dict, backend: str, identifier: str | None) -> None:
-    """Root attr ``identifier``: a UUID naming this file for good (NWB's identifier).
-
-    A recovered file (``recovered_from`` in ``attrs``) keeps the identifier carried in
-    ``attrs``; a new replay is a new dataset (new UUID, the source's kept as
-    ``replayed_from_identifier``)."""
-    carried = attrs.get("identifier")
-    new_replay = backend == "replay" and "recovered_from" not in attrs
-    if identifier is None:
-        identifier = str(carried) if carried and not new_replay else str(uuid.uuid4())
-    if carried and new_replay:
-        h5.attrs["replayed_from_identifier"] = str(carried)
-    h5.attrs["identifier"] = str(uuid.UUID(str(identifier)))
-
-
-METADATA_SECTIONS = ("subject", "session", "array")
 
 
 def _write_metadata(h5: h5py.File, config_text: str) -> None:
@@ -503,24 +566,24 @@ def _write_metadata(h5: h5py.File, config_text: str) -> None:
 
 
 def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
-               model_info: dict | None = None, attrs: dict | None = None) -> Path:
+               model_info: dict | None = None, attrs: dict | None = None, experiment_uuid: str = "") -> Path:
     """Write a day's plan (stimuli, schedule, designing model) atomically; refuse to overwrite.
 
-    A plan file has the day-file layout with no trials and ``status = "planned"``.
+    A plan file has the day-file layout with no trials, no origin and ``status = "planned"``.
     """
     path = Path(path)
     if path.exists():
         raise DayFileError(f"plan {path} already exists; it is never overwritten (delete it yourself to re-plan)")
-    tmp = path.with_name(path.name + ".creating")
-    header = dict(config_text=config_text, day=day, session_id=f"plan-day{day:03d}", stimuli=stimuli,
-                  schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
-                  seconds_per_presentation=schedule.seconds_per_presentation, channel_names=[], backend="none",
-                  window_ms=(0.0, 0.0), model_info=model_info, attrs={**(attrs or {}), "status": "planned"})
-    _write_new(tmp, path, header)
+    header = DayHeader(config_text=config_text, day=day, session_id=f"plan-day{day:03d}", stimuli=stimuli,
+                       schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
+                       seconds_per_presentation=schedule.seconds_per_presentation, channel_names=[], backend="none",
+                       window_ms=(0.0, 0.0), origin=None, experiment_uuid=experiment_uuid, model_info=model_info or {},
+                       attrs=dict(attrs or {}), status="planned")
+    _write_new(path.with_name(path.name + ".creating"), path, header)
     return path
 
 
-def _write_new(tmp: Path, path: Path, header: dict) -> None:
+def _write_new(tmp: Path, path: Path, header: DayHeader) -> None:
     """Write a header into ``tmp``, fsync it, then link it to ``path`` (never replacing a file).
 
     A failure (read-only folder, full disk) removes ``tmp`` and is one DayFileError
@@ -532,7 +595,7 @@ def _write_new(tmp: Path, path: Path, header: dict) -> None:
             tmp.unlink()  # a header that never finished: it holds no recording
         try:
             with h5py.File(tmp, "w") as h5:  # default libver: no SWMR status flags to trip over after a crash
-                _write_header(h5, **header)
+                _write_header(h5, header)
             _fsync_path(tmp)
             os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
         finally:
@@ -559,13 +622,13 @@ def _write_model(g: h5py.Group, info: dict) -> None:
             g.attrs[k] = v if not isinstance(v, (list, tuple)) else json.dumps(list(v))
 
 
-def mismatched_trials(h5: h5py.File, journal: list[TrialRows]) -> list[int]:
-    """Rows of /trials (0-based, committed only) whose data differ from the journal's
-    line for the same trial, or that the journal lacks."""
-    committed = int(h5.attrs["committed_trials"])
+def mismatched_trials(tables, committed: int, journal: list[TrialRows]) -> list[int]:
+    """Rows of /trials (0-based, the first ``committed``) whose data differ from the journal's
+    line for the same trial, or that the journal lacks. ``tables``: an open day file or
+    :meth:`rig.store.reader.DayData.tables` (anything indexed by dataset path)."""
     bad = []
     for row in range(committed):
-        if row >= len(journal) or tables_digest(stored_tables(h5, row)) != tables_digest(trial_tables(journal[row], h5)):
+        if row >= len(journal) or tables_digest(stored_tables(tables, row)) != tables_digest(trial_tables(journal[row])):
             bad.append(row)
     return bad
 
@@ -574,37 +637,13 @@ def _truncate_to_committed(h5: h5py.File) -> None:
     """Cut every growing table back to the end of the last committed trial."""
     committed = int(h5.attrs["committed_trials"])
     tr = h5["trials"]
-    ends = {"presentations": 0, "spikes": 0, "sync": 0, "eye": 0, "reward": 0}
-    if committed:
-        ends = {"presentations": int(tr["presentations_end"][committed - 1]),
-                "spikes": int(tr["spikes_end"][committed - 1]), "sync": int(tr["sync_end"][committed - 1])}
-        for key in ("eye", "reward"):             # older day files have no eye/reward columns
-            ends[key] = int(tr[f"{key}_end"][committed - 1]) if f"{key}_end" in tr else 0
+    ends = {c: (int(tr[f"{c}_end"][committed - 1]) if committed else 0) for c in ROW_COUNTERS}
     for name, *_ in TRIAL_COLUMNS:
-        if name in tr:
-            tr[name].resize(committed, axis=0)
-        else:                                     # an older day file: add the column, its rows all zero
-            _growing(tr, name, *next((dt, u, d) for n, dt, u, d in TRIAL_COLUMNS if n == name))
-            tr[name].resize(committed, axis=0)
-    for group, columns, key in (("eye", EYE_COLUMNS, "eye"), ("rewards", REWARD_COLUMNS, "reward")):
-        if group in h5:
-            for name, *_ in columns:
-                h5[group][name].resize(ends[key], axis=0)
-    for name, *_ in PRESENTATION_COLUMNS:
-        h5["presentations"][name].resize(ends["presentations"], axis=0)
-    h5["spikes/counts"].resize(ends["presentations"], axis=0)
-    for name in ("times_s", "channel"):
-        h5["spikes"][name].resize(ends["spikes"], axis=0)
-    for name in ("presenter_s", "acq_s", "segment"):
-        if name in h5["sync"]:
-            h5["sync"][name].resize(ends["sync"], axis=0)
+        tr[name].resize(committed, axis=0)
+    for table, counter in TABLES.items():
+        h5[table].resize(ends[counter], axis=0)
 
 
 def _sync_segments(h5: h5py.File) -> np.ndarray:
-    """The clock segment label of every sync pair ('' for files written before segments)."""
-    n = h5["sync/acq_s"].shape[0]
-    if "segment" not in h5["sync"]:
-        return np.array([""] * n, dtype=object)
+    """The clock segment label of every sync pair."""
     return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in h5["sync/segment"][:]], dtype=object)
-
-

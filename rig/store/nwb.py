@@ -42,17 +42,16 @@ import datetime as _dt
 import json
 import os
 import re
-import tomllib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS
+from rig.store.dayfile import (EYE_COLUMNS, METADATA_SECTIONS, PRESENTATION_COLUMNS, REWARD_COLUMNS, STIMULUS_COLUMNS,
+                               TRIAL_COLUMNS)
+from rig.store.origin import PRESENTER_SIM
 from rig.store.reader import DayData, read_day
-from rig.config import RsvpConfig
 
 # config keys a LIVE recording must fill in before it can be exported ("a or b": either)
 REQUIRED_FOR_LIVE = ("subject.id", "subject.sex", "subject.age or subject.date_of_birth", "session.experimenter",
@@ -102,107 +101,60 @@ class DataOrigin:
     text: str                     # one paragraph for session_description / data_collection
 
 
-_SAMPLE_RATE_KEYS = ("sample_rate_hz", "sampling_rate_hz", "sample_rate", "acq_sample_rate_hz",
-                     "spike_source_sample_rate_hz")
-
-
 def _as_dict(value) -> dict:
-    """A JSON-object attr as a dict ({} if it is not one)."""
+    """The JSON object of the ``spike_source_json`` attr as a dict ({} if it is not one)."""
     if isinstance(value, bytes):
         value = value.decode()
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            out = json.loads(value)
-            return out if isinstance(out, dict) else {}
-        except ValueError:
-            return {}
-    return {}
-
-
-def _find_rate(*sources: dict) -> float | None:
-    for src in sources:
-        for k in _SAMPLE_RATE_KEYS:
-            v = src.get(k)
-            if isinstance(v, (int, float, np.number)) and np.isfinite(v) and v > 0:
-                return float(v)
-        for stream in src.get("streams", []) if isinstance(src.get("streams"), list) else []:
-            r = _find_rate(stream) if isinstance(stream, dict) else None
-            if r:
-                return r
-    return None
+    try:
+        out = json.loads(value) if isinstance(value, str) else {}
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def data_origin(day: DayData) -> DataOrigin:
-    """Read what the day file says about the origin of its data.
-
-    Looked at, in order (extend here when the day file learns more): a JSON description of
-    the spike source (attrs ``acquisition`` or ``spike_source``: system, version, streams,
-    sample rate), plain attrs ``spike_source`` / ``acquisition_system`` /
-    ``acquisition_version``, the ``sim_*`` attrs the simulated monkey writes, the
-    ``backend`` attr, and ``replayed_from`` / ``replayed_from_backend`` of a replay.
-    """
-    a = day.attrs
+    """What the day file says about the origin of its data: the ``origin`` it stores
+    (:func:`rig.store.origin.read_origin`, via ``day.origin``) and, for a live recording,
+    the spike source's own description (attr ``spike_source_json``: system, streams,
+    sampling_rate_hz)."""
+    a, origin = day.attrs, day.origin
     backend = str(a.get("backend", "unknown"))
-    replayed = str(a.get("replayed_from", "") or "")
-    recorded_by = str(a.get("replayed_from_backend", "") or backend) if replayed else backend
-    acq = _as_dict(a.get("acquisition")) or _as_dict(a.get("spike_source_json")) or _as_dict(a.get("spike_source"))
-    source = a.get("spike_source", "")
-    source = "" if acq or not isinstance(source, (str, bytes)) else (source.decode() if isinstance(source, bytes) else source)
-    sim_attrs = {k[4:]: v for k, v in a.items() if k.startswith("sim_")}
-    said = " ".join(str(x) for x in (source, acq.get("system", ""), acq.get("name", ""), acq.get("kind", ""),
-                                     acq.get("streams", ""), a.get("spike_source", ""))).lower()
-    simulated = recorded_by == "sim" or bool(sim_attrs) or "simulat" in said
-    system = str(acq.get("system") or acq.get("name") or a.get("acquisition_system") or source or "")
-    version = str(acq.get("version") or a.get("acquisition_version") or "")
-    if simulated:
-        system = system or "itloop simulated monkey"
-    rate = _find_rate(acq, a)
-    if simulated:
-        seed = sim_attrs.get("seed")
+    recorded_by = str(a.get("replayed_from_backend", "") or backend) if origin.replayed else backend
+    acq = _as_dict(a.get("spike_source_json"))
+    system = str(acq.get("system") or ("itloop simulated monkey" if origin.simulated else ""))
+    version = str(acq.get("version") or "")
+    rate = acq.get("sampling_rate_hz")
+    rate = float(rate) if isinstance(rate, (int, float)) and np.isfinite(rate) and rate > 0 else None
+    if origin.simulated:
+        seed = a.get("sim_seed")
         how = (f"SIMULATED data: spikes, fixation and the acquisition clock come from itloop's simulated monkey"
                f"{f' (seed {seed})' if seed is not None else ''}; no animal was recorded")
-        if recorded_by == "presenter":
+        if origin.kind == PRESENTER_SIM:
             how += "; the stimuli were shown by the real PsychoPy presenter process"
         how += "."
-    elif recorded_by in ("unknown", "none"):
+    elif not origin.live:
         how = "Spike source not recorded in the day file."
     else:
         streams = acq.get("streams")
         how = (f"Live recording: spikes from {system or 'an acquisition system'}"
                f"{f' {version}' if version else ''} through itloop's '{recorded_by}' backend"
                f"{f', streams {json.dumps(streams)}' if streams else ''}.")
-    if replayed:
-        ident = a.get("replayed_from_identifier", "")
-        how = (f"Offline replay of day file {Path(replayed).name}{f' (identifier {ident})' if ident else ''} through "
+    if origin.replayed:
+        name = Path(str(a.get("replayed_from_file", ""))).name
+        how = (f"Offline replay of day file {name + ' ' if name else ''}(identifier {origin.replayed_from}) through "
                f"itloop's replay backend: the recorded trials served back in order, spike counts recomputed from the "
                f"raw spikes, clock fit redone. The original: {how}")
-    return DataOrigin(simulated=simulated, live=not simulated and recorded_by not in ("unknown", "none"),
-                      replayed_from=replayed, system=system, version=version, backend=backend,
-                      sample_rate_hz=rate, text=how)
+    return DataOrigin(simulated=origin.simulated, live=origin.live, replayed_from=origin.replayed_from, system=system,
+                      version=version, backend=backend, sample_rate_hz=rate, text=how)
 
 
 # --------------------------------------------------------------------------- metadata
-def stored_metadata(path: str | Path, config_text: str | None = None) -> dict[str, dict]:
-    """The [subject] / [session] / [array] stored in a day file: its ``/metadata`` group,
-    else the sections of its stored config, else the defaults. Raises ConfigError if bad."""
+def stored_metadata(d: DayData) -> dict[str, dict]:
+    """The [subject] / [session] / [array] stored in a day file (its ``/metadata``),
+    validated. Raises ConfigError naming the key if one is bad."""
     from rig.config import config_from_dict
 
-    with h5py.File(path, "r") as h5:
-        g = h5.get("metadata")
-        stored = {k: json.loads(g.attrs[k]) for k in METADATA_SECTIONS if g is not None and k in g.attrs}
-        if config_text is None:
-            raw = h5["config_toml"][()]
-            config_text = raw.decode() if isinstance(raw, bytes) else raw
-    if len(stored) < len(METADATA_SECTIONS):
-        try:
-            parsed = tomllib.loads(config_text or "")
-        except tomllib.TOMLDecodeError:
-            parsed = {}
-        for k in METADATA_SECTIONS:
-            stored.setdefault(k, parsed.get(k, {}) if isinstance(parsed.get(k, {}), dict) else {})
-    cfg = config_from_dict(stored)  # validates; unknown keys are errors naming the key
+    cfg = config_from_dict({k: d.metadata.get(k, {}) for k in METADATA_SECTIONS})  # unknown keys: errors naming the key
     return {k: dataclasses.asdict(getattr(cfg, k)) for k in METADATA_SECTIONS}
 
 
@@ -268,15 +220,6 @@ def _check_positions(xs: list, n_channels: int) -> None:
 
 
 # --------------------------------------------------------------------------- building
-def _stim_on_s(config_text: str) -> float:
-    """rsvp.stim_on_ms of the day's config, in seconds (the config default if absent)."""
-    try:
-        ms = tomllib.loads(config_text).get("rsvp", {}).get("stim_on_ms", RsvpConfig.stim_on_ms)
-    except tomllib.TOMLDecodeError:
-        ms = RsvpConfig.stim_on_ms
-    return float(ms) / 1000.0
-
-
 def _utc(text: str) -> _dt.datetime:
     t = _dt.datetime.fromisoformat(str(text))
     return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
@@ -300,29 +243,42 @@ def nwb_identifier(attrs: dict) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
 
 
-def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, clock_fit: dict | None = None,
-                  behavior: dict | None = None):
+def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin):
     """The in-memory :class:`pynwb.NWBFile` for day ``d`` with metadata ``meta`` (sections
     subject/session/array, placeholders already filled) and origin ``origin``."""
-    from hdmf.common import DynamicTable, DynamicTableRegion, VectorData
-    from pynwb import NWBFile, TimeSeries
-    from pynwb.base import ImageReferences, Images
-    from pynwb.epoch import TimeIntervals
+    nwb = _nwb_file(d, meta, origin)
+    group = _add_electrodes(nwb, d, meta["array"])
+    _add_trials(nwb, d)
+    pres, rows = _add_presentations(nwb, d)
+    _add_units(nwb, d, meta, origin, group)
+    _add_stimuli(nwb, d, rows)
+    _add_counts(nwb, d, pres, rows)
+    _add_misc(nwb, d, rows)
+    _add_behavior(nwb, d)
+    return nwb
+
+
+def _window_text(d: DayData) -> str:
+    return f"[onset + {d.window_ms[0]:g} ms, onset + {d.window_ms[1]:g} ms)"
+
+
+def _clock_fit_text(d: DayData) -> str:
+    fit = {k: float(v) for k, v in d.clock.items() if k.startswith("fit_") and isinstance(v, (int, float))}
+    return "" if not fit else ("; presenter -> acquisition clock fit acq = offset + (1 + drift) * presenter: " +
+                               ", ".join(f"{k}={v:g}" for k, v in fit.items()))
+
+
+def _nwb_file(d: DayData, meta: dict[str, dict], origin: DataOrigin):
+    """The NWBFile with its session-level metadata and subject."""
+    from pynwb import NWBFile
     from pynwb.file import Subject
-    from pynwb.image import IndexSeries, RGBImage
-    from pynwb.misc import Units
 
     a = d.attrs
     version = a.get("software_version", "unknown")
-    session_id = str(a.get("session_id", "unknown"))
-    win = (float(a.get("window_start_ms", np.nan)), float(a.get("window_end_ms", np.nan)))
-    window = f"[onset + {win[0]:g} ms, onset + {win[1]:g} ms)"
     start, start_how = time_base(a)
-    s, e, arr = meta["subject"], meta["session"], meta["array"]
-    stim_on = _stim_on_s(d.config_text)
+    s, e = meta["subject"], meta["session"]
+    stim_on = d.config.rsvp.stim_on_ms
     kind = "simulated data" if origin.simulated else ("live data" if origin.live else "data of unrecorded origin")
-    fit = "" if not clock_fit else ("; presenter -> acquisition clock fit acq = offset + (1 + drift) * presenter: " +
-                                    ", ".join(f"{k}={v:g}" for k, v in clock_fit.items()))
     nwb = NWBFile(
         session_description=(f"itloop closed-loop IT recording, day {d.day} ({kind}; status "
                              f"{a.get('status', '?')}): RSVP of clean and model-designed perturbed images, multi-unit "
@@ -330,7 +286,7 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         identifier=nwb_identifier(a),
         session_start_time=start,
         timestamps_reference_time=start,
-        session_id=session_id,
+        session_id=str(a.get("session_id", "unknown")),
         experiment_description=("Sensitivity of IT sites to small targeted image perturbations (Guo et al. 2022 method): "
                                 "each day a readout of the recorded sites is refitted, perturbations are designed with it, "
                                 "shown by RSVP and the responses recorded"),
@@ -340,18 +296,21 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         keywords=list(e["keywords"]) or None,
         protocol=e["protocol"] or None,
         data_collection=(f"{origin.text} Recorded with itloop {version} (backend '{a.get('backend', '?')}'). All times "
-                         f"are seconds on the acquisition clock; {start_how}{fit}. Spike counts per presentation in "
-                         f"{window}."),
+                         f"are seconds on the acquisition clock; {start_how}{_clock_fit_text(d)}. Spike counts per "
+                         f"presentation in {_window_text(d)}."),
         notes="itloop configuration (TOML) used for this day:\n" + d.config_text,
         source_script=f"itloop {version} (rig.store.nwb.export_nwb)",
         source_script_file_name="rig/store/nwb.py",
-        stimulus_notes=f"{len(d.stimuli)} uint8 RGB images shown by RSVP; stim_on = {stim_on * 1000:g} ms",
+        stimulus_notes=f"{len(d.stimuli)} uint8 RGB images shown by RSVP; stim_on = {stim_on:g} ms",
     )
     nwb.subject = Subject(subject_id=s["id"], species=s["species"] or None, sex=s["sex"], age=s["age"] or None,
                           date_of_birth=_utc(s["date_of_birth"]) if s["date_of_birth"] else None,
                           description=s["description"] or None)
+    return nwb
 
-    # -- array: device, electrode group, electrodes --------------------------------------
+
+def _add_electrodes(nwb, d: DayData, arr: dict):
+    """The array: device, one electrode group, one electrode per channel; returns the group."""
     model = (nwb.create_device_model(name=arr["device"], manufacturer=arr["manufacturer"],
                                      description=f"{arr['device']} by {arr['manufacturer']}")
              if arr["manufacturer"] else None)
@@ -367,8 +326,12 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         kw = {"rel_x": float(xs[c]), "rel_y": float(ys[c]), "rel_z": 0.0} if xs else {}
         nwb.add_electrode(group=group, location=arr["location"], reference=arr["reference"] or "not recorded",
                           channel_name=cname, **kw)
+    return group
 
-    # -- trials ----------------------------------------------------------------------
+
+def _add_trials(nwb, d: DayData) -> None:
+    from pynwb.epoch import TimeIntervals
+
     tr = d.trials
     tcols = [k for k in TRIAL_DESCRIPTIONS if not (tr[k].dtype.kind == "f" and np.isnan(tr[k]).all())]
     left_out = [k for k in TRIAL_DESCRIPTIONS if k not in tcols]
@@ -381,11 +344,21 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         nwb.add_trial(start_time=float(tr["start_acq_s"][i]), stop_time=float(tr["end_acq_s"][i]),
                       **{k: tr[k][i].item() for k in tcols})
 
-    # -- presentations shown ------------------------------------------------------------
+
+def _shown_rows(d: DayData) -> np.ndarray:
+    """Rows of /presentations that were shown (and have an onset on the acquisition clock)."""
+    onset = np.asarray(d.presentations["onset_acq_s"], float)
+    return np.flatnonzero(np.isfinite(onset) & np.asarray(d.presentations["shown"], bool))
+
+
+def _add_presentations(nwb, d: DayData):
+    """intervals/presentations: one row per presentation shown; returns (table, shown rows)."""
+    from pynwb.epoch import TimeIntervals
+
     p = d.presentations
     onset = np.asarray(p["onset_acq_s"], float)
-    shown = np.isfinite(onset) & np.asarray(p["shown"], bool)
-    rows = np.flatnonzero(shown)
+    rows = _shown_rows(d)
+    stim_on = d.config.rsvp.stim_on_ms / 1000.0
     pres = TimeIntervals(name="presentations",
                          description=(f"one row per presentation shown; start_time = stimulus onset, stop_time = onset + "
                                       f"rsvp.stim_on_ms ({stim_on * 1000:g} ms); acquisition clock, s. Presentations of "
@@ -397,8 +370,13 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         pres.add_interval(start_time=float(onset[i]), stop_time=float(onset[i] + stim_on), attempt=int(i),
                           **{k: p[k][i].item() for k in PRESENTATION_DESCRIPTIONS})
     nwb.add_time_intervals(pres)
+    return pres, rows
 
-    # -- raw spikes as units, linked to electrodes -------------------------------------------
+
+def _add_units(nwb, d: DayData, meta: dict, origin: DataOrigin, group) -> None:
+    """Raw spikes as one unit per channel, linked to its electrode."""
+    from pynwb.misc import Units
+
     times, chans = np.asarray(d.spike_times_s, float), np.asarray(d.spike_channels)
     resolution, res_how = _spike_resolution_s(origin, meta, times)
     nwb.units = Units(name="units", resolution=resolution, electrode_table=nwb.electrodes,
@@ -410,7 +388,12 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         nwb.add_unit(spike_times=np.sort(times[chans == c]), electrodes=[c], electrode_group=group,
                      channel_name=cname, channel_index=c)
 
-    # -- stimuli -----------------------------------------------------------------------
+
+def _add_stimuli(nwb, d: DayData, rows: np.ndarray) -> None:
+    """Every stimulus as an RGBImage template, and the IndexSeries of the ones shown."""
+    from pynwb.base import ImageReferences, Images
+    from pynwb.image import IndexSeries, RGBImage
+
     ss = d.stimuli
     imgs = [RGBImage(name=f"stim_{i:06d}", data=ss.pixels[i],
                      description=f"stimulus row {i}, uint8 RGB as displayed (height, width, 3); sha1 {d.stim_ids[i]}")
@@ -420,13 +403,19 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
                                 "model input = pixels / 255; row i = stim_index i")
     nwb.add_stimulus_template(images)
     nwb.add_stimulus(IndexSeries(
-        name="stimulus_shown", data=np.asarray(p["stim_index"][rows], np.uint32), indexed_images=images, unit="N/A",
-        timestamps=onset[rows],
+        name="stimulus_shown", data=np.asarray(d.presentations["stim_index"][rows], np.uint32), indexed_images=images,
+        unit="N/A", timestamps=np.asarray(d.presentations["onset_acq_s"], float)[rows],
         description="index into stimulus templates 'stimuli' of each image shown; timestamps = onset (acquisition clock, s)"))
 
-    # -- counts (ecephys) ---------------------------------------------------------------
+
+def _add_counts(nwb, d: DayData, pres, rows: np.ndarray) -> None:
+    """processing/ecephys/spike_counts: counts per shown presentation x unit in the window."""
+    from hdmf.common import DynamicTable, DynamicTableRegion, VectorData
+
+    version = d.attrs.get("software_version", "unknown")
+    window = _window_text(d)
     ecephys = nwb.create_processing_module(name="ecephys", description=f"itloop {version}: spike counts per presentation")
-    counts = np.asarray(d.counts, np.float32).reshape(len(onset), d.n_channels)[rows]
+    counts = np.asarray(d.counts, np.float32).reshape(len(d.presentations["onset_acq_s"]), d.n_channels)[rows]
     ecephys.add(DynamicTable(
         name="spike_counts",
         description=(f"spikes per shown presentation x unit in the window {window}; unit: spikes; row i = row i of "
@@ -439,7 +428,17 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
                                    f"order {', '.join(d.channel_names)}"),
         ]))
 
-    # -- misc: provenance, presentations not shown, sync ------------------------------------------
+
+def _add_misc(nwb, d: DayData, rows: np.ndarray) -> None:
+    """processing/misc: stimulus provenance, presentations not shown, sync pulses."""
+    from hdmf.common import DynamicTable, DynamicTableRegion, VectorData
+    from pynwb import TimeSeries
+
+    version = d.attrs.get("software_version", "unknown")
+    ss, p, tr = d.stimuli, d.presentations, d.trials
+    shown = np.zeros(len(p["onset_acq_s"]), bool)
+    shown[rows] = True
+    fit = _clock_fit_text(d)
     misc = nwb.create_processing_module(name="misc", description=f"itloop {version}: stimulus provenance, "
                                                                  "presentations not shown, clock sync pulses")
     cols, dropped = [], []
@@ -475,10 +474,6 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         description=("sync pulses (stimulus onsets): data = pulse time stamped by the presenter (presenter clock, s); "
                      "timestamps = the same pulse on the acquisition clock (s)" + fit)))
 
-    if behavior:
-        _add_behavior(nwb, behavior)
-    return nwb
-
 
 def _time_kwargs(t: np.ndarray) -> dict:
     """TimeSeries time arguments: ``starting_time`` + ``rate`` when the times are regular
@@ -492,76 +487,37 @@ def _time_kwargs(t: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------- behavior
-_TIME_NAMES = ("t_acq_s", "times_acq_s", "acq_s", "times_s", "t_s", "time_s")
-
-
-def _read_group(h5: h5py.File, names: tuple[str, ...]) -> tuple[str, dict[str, tuple[np.ndarray, dict]]] | None:
-    for n in names:
-        if n in h5 and isinstance(h5[n], h5py.Group):
-            g = h5[n]
-            return n, {k: (g[k][:], dict(g[k].attrs)) for k in g if isinstance(g[k], h5py.Dataset) and g[k].ndim >= 1}
-    return None
-
-
-def read_behavior(h5: h5py.File) -> dict:
-    """Eye position and rewards, if the day file has them (groups ``eye``/``gaze`` and
-    ``rewards``/``reward``, each with a time dataset in seconds and columns with ``unit``
-    and ``description`` attrs); {} if it has neither."""
-    out = {}
-    for key, names in (("eye", ("eye", "gaze")), ("rewards", ("rewards", "reward"))):
-        found = _read_group(h5, names)
-        if not found:
-            continue
-        name, ds = found
-        tname = next((t for t in _TIME_NAMES if t in ds), None)
-        if tname is None or not len(ds[tname][0]):
-            continue
-        out[key] = {"group": name, "time": tname, "datasets": ds}
-    return out
-
-
-def _desc(attrs: dict, fallback: str) -> str:
-    v = attrs.get("description", fallback)
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _add_behavior(nwb, behavior: dict) -> None:
+def _add_behavior(nwb, d: DayData) -> None:
     """Eye position (SpatialSeries in EyeTracking, pupil in PupilTracking) and rewards
-    (TimeSeries) under processing/behavior."""
+    (TimeSeries) under processing/behavior, from the day's /eye and /rewards tables; times
+    on the acquisition clock (samples whose time could not be aligned, NaN, are left out)."""
     from pynwb import TimeSeries
     from pynwb.behavior import EyeTracking, PupilTracking, SpatialSeries
 
+    if not (len(d.eye.get("t_acq_s", ())) or len(d.rewards.get("t_acq_s", ()))):
+        return
     mod = nwb.create_processing_module(name="behavior", description="eye position and rewards recorded by itloop")
-    def finite(b: dict) -> tuple[dict, np.ndarray]:
-        """The group's columns at the samples whose time is known (NaN: the clock could not be aligned then)."""
-        t = b["datasets"][b["time"]][0].astype(float)
-        ok = np.isfinite(t)
-        return {k: (v[ok] if len(v) == len(t) else v, a) for k, (v, a) in b["datasets"].items()}, t[ok]
-
-    if "eye" in behavior:
-        b = behavior["eye"]
-        ds, t = finite(b)
-        clock = _desc(ds[b["time"]][1], "seconds")
-        if "x_deg" in ds and "y_deg" in ds:
-            xy = np.column_stack([ds["x_deg"][0], ds["y_deg"][0]]).astype(float)
-            mod.add(EyeTracking(spatial_series=SpatialSeries(
-                name="eye_position", data=xy, unit="degrees", **_time_kwargs(t),
-                reference_frame="screen centre = (0, 0); x right, y up; degrees of visual angle",
-                description=f"gaze position (x, y), degrees of visual angle; timestamps: {clock}")))
-        if "pupil" in ds and np.isfinite(ds["pupil"][0]).any():
+    units = {name: (unit, desc) for name, _, unit, desc in EYE_COLUMNS + REWARD_COLUMNS}
+    eye_t = np.asarray(d.eye["t_acq_s"], float)
+    ok = np.isfinite(eye_t)
+    clock = units["t_acq_s"][1]
+    if ok.any():
+        xy = np.column_stack([d.eye["x_deg"][ok], d.eye["y_deg"][ok]]).astype(float)
+        mod.add(EyeTracking(spatial_series=SpatialSeries(
+            name="eye_position", data=xy, unit="degrees", **_time_kwargs(eye_t[ok]),
+            reference_frame="screen centre = (0, 0); x right, y up; degrees of visual angle",
+            description=f"gaze position (x, y), degrees of visual angle; timestamps: {clock}")))
+        pupil = np.asarray(d.eye["pupil"][ok], float)
+        if np.isfinite(pupil).any():
             mod.add(PupilTracking(time_series=TimeSeries(
-                name="pupil", data=ds["pupil"][0].astype(float), **_time_kwargs(t),
-                unit=str(ds["pupil"][1].get("unit", "n.a.")),
-                description=_desc(ds["pupil"][1], "pupil size in the tracker's units"))))
-    if "rewards" in behavior:
-        b = behavior["rewards"]
-        ds, t = finite(b)
-        col = next((k for k in ("duration_ms", "amount_ml", "volume_ul", "amount") if k in ds), None)
-        data, attrs = (ds[col][0].astype(float), ds[col][1]) if col else (np.ones(len(t)), {"unit": "reward"})
-        unit = attrs.get("unit", "n.a.")
-        mod.add(TimeSeries(name="rewards", data=data, **_time_kwargs(t), unit=unit.decode() if isinstance(unit, bytes) else str(unit),
-                           description=(f"rewards given: {col or 'one per reward'}; "
-                                        f"{_desc(attrs, '')}; timestamps: {_desc(ds[b['time']][1], 'seconds')}")))
+                name="pupil", data=pupil, **_time_kwargs(eye_t[ok]), unit=units["pupil"][0],
+                description=units["pupil"][1])))
+    rew_t = np.asarray(d.rewards["t_acq_s"], float)
+    ok = np.isfinite(rew_t)
+    if ok.any():
+        mod.add(TimeSeries(name="rewards", data=np.asarray(d.rewards["duration_ms"][ok], float),
+                           **_time_kwargs(rew_t[ok]), unit=units["duration_ms"][0],
+                           description=f"rewards given: duration_ms, {units['duration_ms'][1]}; timestamps: {clock}"))
 
 
 # --------------------------------------------------------------------------- export
@@ -574,8 +530,6 @@ class ExportJob:
     day: DayData
     meta: dict
     origin: DataOrigin
-    clock_fit: dict
-    behavior: dict
 
 
 def dandi_relpath(subject_id: str, day: int, replay: bool = False) -> Path:
@@ -597,7 +551,7 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
     d = read_day(day_path)
     if not len(d.trials["trial_index"]):
         raise ExportRefused(f"day file {day_path} has no recorded trials; there is nothing to export (is it a plan file?)")
-    meta = merge_metadata(stored_metadata(day_path, d.config_text), overrides)
+    meta = merge_metadata(stored_metadata(d), overrides)
     origin = data_origin(d)
     if not origin.simulated:
         missing = missing_for_live(meta)
@@ -610,10 +564,6 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
         meta = _simulated_placeholders(meta, origin)
     _check_positions(meta["array"]["electrode_x_um"], d.n_channels)
     _spike_resolution_s(origin, meta, d.spike_times_s)  # refuses now, before anything is written
-    with h5py.File(day_path, "r") as h5:  # read-only; DayData does not carry the clock fit or behavior
-        clock_fit = {k: float(v) for k, v in h5["sync"].attrs.items()
-                     if k.startswith("fit_") and np.ndim(v) == 0 and isinstance(v, (int, float, np.number))}
-        behavior = read_behavior(h5)
     if out_dir is not None:
         out = Path(out_dir) / dandi_relpath(meta["subject"]["id"], d.day, replay=bool(origin.replayed_from))
     elif out_path is not None:
@@ -622,7 +572,7 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
         raise ValueError("give out_path or out_dir")
     if out.exists() and out.resolve() == day_path.resolve():
         raise ExportRefused(f"the NWB output {out} is the day file itself; choose another output path")
-    return ExportJob(day_path, out, d, meta, origin, clock_fit, behavior)
+    return ExportJob(day_path, out, d, meta, origin)
 
 
 def write_export(job: ExportJob, overwrite: bool = False) -> Path:
@@ -633,7 +583,7 @@ def write_export(job: ExportJob, overwrite: bool = False) -> Path:
     out = job.out_path
     if out.exists() and not overwrite:
         raise ExportRefused(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or choose another output path")
-    nwb = build_nwbfile(job.day, job.meta, job.origin, clock_fit=job.clock_fit, behavior=job.behavior)
+    nwb = build_nwbfile(job.day, job.meta, job.origin)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".partial.nwb")  # pynwb wants the .nwb suffix
     if tmp.exists():
@@ -719,9 +669,3 @@ def metadata_overrides(path: str | Path | None, subject_id: str | None = None, s
         out.setdefault("subject", {})["species"] = species
     return out
 
-
-# --- issue 11: spike provenance (kept separate from the export above) -------------------
-def spike_provenance(attrs) -> str:
-    """Where a day's spikes came from, as stored by the backend (``spike_source`` attr)."""
-    src = attrs.get("spike_source")
-    return str(src) if src else "unknown (written before spike provenance was stored)"

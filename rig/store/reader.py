@@ -1,17 +1,26 @@
 """Reading a day file (or a plan) into arrays: :func:`read_day` -> :class:`DayData`."""
 from __future__ import annotations
 
+import functools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from rig.session.schedule import Schedule
-from rig.store.dayfile import PRESENTATION_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS, DayFileError
+from rig.store.dayfile import METADATA_SECTIONS, SCHEMA_VERSION, DayFileError
 from rig.store.journal import journal_path
+from rig.store.origin import Origin, read_origin
+from rig.store.trialdata import ROW_COUNTERS, TABLES
+from rig.store.upgrade import upgrade
 from stimuli.stimset import StimulusSet
+
+if TYPE_CHECKING:
+    from rig.config import Config
 
 
 @dataclass
@@ -36,6 +45,42 @@ class DayData:
     presentations_per_trial: int = 1       # K of the planned schedule
     seconds_per_presentation: float = 0.0  # planned wall time per slot, s
     clock: dict = field(default_factory=dict)  # presenter->acquisition clock fit (/sync attrs: fit_offset_s, fit_drift, ...)
+    eye: dict[str, np.ndarray] = field(default_factory=dict)      # /eye columns (committed trials; empty without a tracker)
+    rewards: dict[str, np.ndarray] = field(default_factory=dict)  # /rewards columns (committed trials)
+    calibration: dict | None = None    # the eye calibration map used (/calibration), if any
+    metadata: dict[str, dict] = field(default_factory=dict)   # /metadata: config sections subject, session, array
+    sync_segment: np.ndarray = field(default_factory=lambda: np.zeros(0, object))  # clock segment of each sync pair
+
+    @property
+    def origin(self) -> Origin:
+        """Where the spikes came from (:func:`rig.store.origin.read_origin`)."""
+        return read_origin(self.attrs)
+
+    @property
+    def experiment_uuid(self) -> str:
+        return str(self.attrs.get("experiment_uuid", ""))
+
+    @functools.cached_property
+    def config(self) -> Config:
+        """The day's stored configuration, parsed once."""
+        from rig.config import ConfigError, config_from_toml_text
+
+        try:
+            return config_from_toml_text(self.config_text)
+        except ConfigError as exc:
+            raise DayFileError(f"{self.path}: its stored configuration cannot be read ({exc})") from None
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """Every growing table by dataset path (``trials/...``, ``presentations/...``,
+        ``spikes/...``, ``sync/...``, ``eye/...``, ``rewards/...``), committed rows only."""
+        out = {f"trials/{k}": v for k, v in self.trials.items()}
+        out.update({f"presentations/{k}": v for k, v in self.presentations.items()})
+        out.update({"spikes/counts": self.counts, "spikes/times_s": self.spike_times_s,
+                    "spikes/channel": self.spike_channels, "sync/presenter_s": self.sync_presenter_s,
+                    "sync/acq_s": self.sync_acq_s, "sync/segment": self.sync_segment})
+        out.update({f"eye/{k}": v for k, v in self.eye.items()})
+        out.update({f"rewards/{k}": v for k, v in self.rewards.items()})
+        return out
 
     def schedule(self):
         """The planned schedule as a :class:`rig.session.schedule.Schedule`."""
@@ -125,58 +170,64 @@ def read_day(path: str | Path) -> DayData:
         raise DayFileError(f"day file {path} is damaged: {exc}") from None
 
 
+def _scalar(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _read_open(path: Path, h5: h5py.File) -> DayData:
-    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
+    attrs = {k: _scalar(v) for k, v in h5.attrs.items()}
     if attrs.get("software") != "itloop":
         raise DayFileError(f"{path} is an HDF5 file but not an itloop day file (no software='itloop' attribute)")
-    if int(attrs.get("schema_version", -1)) > SCHEMA_VERSION:
-        raise DayFileError(f"{path} has schema version {attrs['schema_version']}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
+    version = int(attrs.get("schema_version", 1))
+    if version > SCHEMA_VERSION:
+        raise DayFileError(f"{path} has schema version {version}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
     committed = int(attrs["committed_trials"])
-    tr = h5["trials"]
-    trials = {name: tr[name][:committed] for name, *_ in TRIAL_COLUMNS if name in tr}   # older files lack eye_end, reward_end
-    n_pres = int(trials["presentations_end"][-1]) if committed else 0
-    n_spk = int(trials["spikes_end"][-1]) if committed else 0
-    n_sync = int(trials["sync_end"][-1]) if committed else 0
-    pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS}
+    tables = {f"trials/{k}": v[:committed] for k, v in h5["trials"].items()}
+    for group in ("presentations", "spikes", "sync", "eye", "rewards"):
+        if group in h5:     # a version-1 file may lack eye and rewards: upgrade() adds them
+            tables.update({f"{group}/{k}": v[:] for k, v in h5[group].items()})
     st = h5["stimuli"]
     cols = {c: st[c][:] for c in StimulusSet.COLUMNS if c in st}
     cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
-    if "epsilon_index" in cols:
-        grid = np.asarray(st.attrs["epsilons"], np.float64).reshape(-1)
-    else:
-        cols["epsilon_index"], grid = legacy_epsilon_index(cols["kind"], cols["epsilon_requested"])
-    stimuli = StimulusSet(st["pixels"][:], **cols, epsilons=grid)
+    grid = st.attrs["epsilons"] if "epsilons" in st.attrs else None
+    cfg = h5["config_toml"][()]
+    cfg = cfg.decode() if isinstance(cfg, bytes) else cfg
+    metadata = {k: json.loads(v) for k, v in h5["metadata"].attrs.items() if k in METADATA_SECTIONS} \
+        if "metadata" in h5 else {}   # a version-1 file may lack it: upgrade() takes it from the stored config
+    if version < SCHEMA_VERSION:
+        grid = upgrade(version, attrs, tables, cols, grid, metadata, cfg)
+    tables = _committed_rows(tables)
     model = {}
     if "model" in h5:
         g = h5["model"]
         model = {k: g[k][:] for k in g}
-        model.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in g.attrs.items()})
-    cfg = h5["config_toml"][()]
+        model.update({k: _scalar(v) for k, v in g.attrs.items()})
+    segment = np.array([x.decode() if isinstance(x, bytes) else str(x) for x in tables["sync/segment"]], dtype=object)
+
+    def group(name: str) -> dict[str, np.ndarray]:
+        return {k.split("/", 1)[1]: v for k, v in tables.items() if k.startswith(name + "/")}
+
     return DayData(
-        path=path, attrs=attrs, config_text=cfg.decode() if isinstance(cfg, bytes) else cfg,
-        stimuli=stimuli, stim_ids=[s.decode() for s in st["sha1"][:]],
-        schedule_stim_index=h5["schedule/stim_index"][:],
+        path=path, attrs=attrs, config_text=cfg, metadata=metadata,
+        stimuli=StimulusSet(st["pixels"][:], **cols, epsilons=np.asarray(grid, np.float64).reshape(-1)),
+        stim_ids=[s.decode() for s in st["sha1"][:]], schedule_stim_index=h5["schedule/stim_index"][:],
         channel_names=[n.decode() if isinstance(n, bytes) else n for n in h5["channels/names"][:]],
-        trials=trials, presentations=pres, counts=h5["spikes/counts"][:n_pres],
-        spike_times_s=h5["spikes/times_s"][:n_spk], spike_channels=h5["spikes/channel"][:n_spk],
-        sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model,
+        trials=group("trials"), presentations=group("presentations"), counts=tables["spikes/counts"],
+        spike_times_s=tables["spikes/times_s"], spike_channels=tables["spikes/channel"],
+        sync_presenter_s=tables["sync/presenter_s"], sync_acq_s=tables["sync/acq_s"], model=model,
         presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
         seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]),
-        clock={k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5["sync"].attrs.items()})
+        clock={k: _scalar(v) for k, v in h5["sync"].attrs.items()},
+        eye=group("eye"), rewards=group("rewards"), sync_segment=segment,
+        calibration=json.loads(h5["calibration"].attrs["map_json"]) if "calibration" in h5 else None)
 
 
-def legacy_epsilon_index(kind: np.ndarray, requested: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(epsilon_index, planned grid) of a file written before /stimuli/epsilon_index existed.
-
-    The one place a grid is derived from the stored values: the engine copied each requested
-    epsilon verbatim from the planned list, so the distinct values of the perturbed stimuli,
-    sorted, are that list's entries (in ascending order) and match exactly.
-    """
-    perturbed = np.asarray(kind) != "clean"
-    grid = np.unique(np.asarray(requested, np.float64)[perturbed])
-    index = np.full(len(kind), -1, np.int64)
-    index[perturbed] = np.searchsorted(grid, np.asarray(requested, np.float64)[perturbed])
-    return index, grid
+def _committed_rows(tables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every table cut to the rows of the committed trials (/trials is already cut)."""
+    ends = {c: (int(tables[f"trials/{c}_end"][-1]) if len(tables["trials/trial_index"]) else 0) for c in ROW_COUNTERS}
+    counter = {"presentations": "presentations", "spikes": "spikes", "sync": "sync", "eye": "eye", "rewards": "reward"}
+    return {k: (v if k.startswith("trials/") else v[:ends[TABLES.get(k, counter[k.split("/")[0]])]])
+            for k, v in tables.items()}
 
 
 def day_status(path: str | Path) -> str | None:
@@ -220,25 +271,3 @@ class DayCache:
         return day
 
 
-
-def read_eye(path: str | Path) -> tuple[dict, dict, dict | None]:
-    """The committed trials' eye samples and rewards: ``(eye, rewards, calibration map or None)``.
-
-    ``eye``: trial_index, t_presenter_s, t_acq_s, x_deg, y_deg, pupil; ``rewards``:
-    trial_index, t_presenter_s, t_acq_s, duration_ms, kind (0 trial, 1 manual, 2 calibration).
-    Empty arrays for a day file recorded without an eye tracker.
-    """
-    import json
-
-    with h5py.File(path, "r") as h5:
-        committed = int(h5.attrs["committed_trials"])
-        tr = h5["trials"]
-        out = []
-        for group, key in (("eye", "eye_end"), ("rewards", "reward_end")):
-            if group not in h5 or key not in tr:
-                out.append({})
-                continue
-            n = int(tr[key][committed - 1]) if committed else 0
-            out.append({name: h5[group][name][:n] for name in h5[group]})
-        cal = json.loads(h5["calibration"].attrs["map_json"]) if "calibration" in h5 else None
-    return out[0], out[1], cal

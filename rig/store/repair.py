@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-import h5py
-
-from rig.store.dayfile import DayFileError, DayWriter, mismatched_trials
+from rig.store.dayfile import DayFileError, DayHeader, DayWriter, mismatched_trials
+from rig.store.origin import UNKNOWN, Origin
 from rig.store.journal import JournalError, journal_path, read_journal, read_journal_report
 from rig.store.lock import DayLock, locked_by
 from rig.store.reader import read_day
@@ -75,6 +74,7 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
         "image_size_px": int(d.stimuli.pixels.shape[1]) if n_stim else 0,
         "raw_spikes": len(d.spike_times_s), "sync_pulses": len(d.sync_acq_s),
         "random_init_model": d.attrs.get("random_init_model"),
+        "origin": d.origin.kind, "replayed_from": d.origin.replayed_from,
         "spike_source": d.attrs.get("spike_source"), "clock_segments": segments,
         "journal": journal_state,
     }
@@ -92,8 +92,7 @@ def _journal_problems(path: Path, d, problems: list[str]) -> str:
         problems.append(str(exc))
         return "unreadable"
     committed = len(d.trials["trial_index"])
-    with h5py.File(path, "r") as h5:
-        bad = mismatched_trials(h5, journal)
+    bad = mismatched_trials(d.tables(), committed, journal)
     missing = [r for r in bad if r >= len(journal)]
     differ = [r for r in bad if r < len(journal)]
     if differ:
@@ -149,14 +148,10 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
         channel_names = [f"ch{c:03d}" for c in range(n_ch)]   # a plan has none: names are not in the journal
     window_ms = (float(source.attrs.get("window_start_ms", 0.0)), float(source.attrs.get("window_end_ms", 0.0)))
     if from_plan or window_ms[1] <= window_ms[0]:
-        from rig.config import config_from_toml_text
-
-        w = config_from_toml_text(source.config_text).window
+        w = source.config.window
         window_ms = (float(w.start_ms), float(w.end_ms))
     stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    keep = {k: v for k, v in source.attrs.items() if k not in ("schema_version", "software", "software_version", "created_utc",
-                                                               "day", "session_id", "backend", "status", "committed_trials",
-                                                               "window_start_ms", "window_end_ms", "completed_utc")}
+    keep = DayHeader.of(source).attrs
     keep["recovered_from"] = path.name if path.exists() else "(missing)"
     keep["recovered_utc"] = stamp
     if from_plan:
@@ -175,11 +170,11 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
                 stale.unlink()          # an earlier rebuild that never finished
         session_id = str(source.attrs["session_id"]) if not from_plan else f"recovered-day{source.day:03d}-{stamp}"
         backend = str(source.attrs["backend"]) if not from_plan else "unknown (recovered from the journal)"
-        w = DayWriter.create(tmp, config_text=source.config_text, day=source.day, session_id=session_id,
-                             stimuli=source.stimuli, schedule_stim_index=source.schedule_stim_index,
-                             presentations_per_trial=source.presentations_per_trial,
-                             seconds_per_presentation=source.seconds_per_presentation, channel_names=channel_names,
-                             backend=backend, window_ms=window_ms, model_info=source.model or None, attrs=keep)
+        header = DayHeader.of(source, session_id=session_id, channel_names=channel_names, backend=backend,
+                              window_ms=window_ms, attrs=keep, status="recording",
+                              origin=source.origin if not from_plan else Origin(UNKNOWN),
+                              identifier=str(source.attrs.get("identifier", "")) if not from_plan else "")
+        w = DayWriter.create(tmp, header)
         done = np.zeros(len(source.schedule_stim_index), bool)   # planned slots the journal recorded validly
         with w:
             for rows in journal:
@@ -212,11 +207,9 @@ def _clock_segments(d) -> tuple[list[dict], float]:
     """The stored per-presenter-session clock fits and the residual limit of the day's config."""
     import json
 
-    from rig.config import ConfigError, config_from_toml_text
-
     try:
-        limit = float(config_from_toml_text(d.config_text).acquisition.max_residual_ms)
-    except (ConfigError, AttributeError):
+        limit = float(d.config.acquisition.max_residual_ms)
+    except DayFileError:
         limit = 0.5
     text = d.attrs.get("clock_segments")
     if text is None:

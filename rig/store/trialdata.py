@@ -21,14 +21,14 @@ TABLES = {**{f"presentations/{c}": "presentations" for c in PRESENTATION_TABLES}
           "spikes/counts": "presentations", "spikes/times_s": "spikes", "spikes/channel": "spikes",
           "sync/presenter_s": "sync", "sync/acq_s": "sync", "sync/segment": "sync",
           **{f"eye/{c}": "eye" for c in EYE_TABLES}, **{f"rewards/{c}": "reward" for c in REWARD_TABLES}}
+ROW_COUNTERS = ("presentations", "spikes", "sync", "eye", "reward")   # /trials/<counter>_end
 TRIAL_FIELDS = ("trial_index", "n_planned", "completed", "fixation_ok", "acquisition_ok", "start_acq_s", "end_acq_s",
                 "end_presenter_s")
 
 
-def trial_tables(rows: TrialRows, h5=None) -> dict[str, np.ndarray]:
+def trial_tables(rows: TrialRows) -> dict[str, np.ndarray]:
     """The rows one trial appends to every growing table (keys: dataset paths), plus
-    ``trials/<field>`` one-element arrays for its row in /trials (without the *_end counters).
-    With ``h5`` (an open day file), only the tables that file has (older files lack some)."""
+    ``trials/<field>`` one-element arrays for its row in /trials (without the *_end counters)."""
     t, r = rows.trial, rows.record
     k, c = len(t.stim_indices), r.completed
     shown = np.arange(k) < c
@@ -66,8 +66,6 @@ def trial_tables(rows: TrialRows, h5=None) -> dict[str, np.ndarray]:
             "start_acq_s": (r.start_acq_s, "f8"), "end_acq_s": (r.end_acq_s, "f8"),
             "end_presenter_s": (r.end_presenter_s, "f8")}
     out.update({f"trials/{name}": np.asarray([v], dt) for name, (v, dt) in trow.items()})
-    if h5 is not None:
-        out = {k: v for k, v in out.items() if k.startswith("trials/") or k in h5}
     return out
 
 
@@ -85,16 +83,14 @@ def tables_digest(tables: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def stored_tables(h5, trial_row: int) -> dict[str, np.ndarray]:
-    """The rows trial ``trial_row`` (0-based row of /trials) holds in an open day file."""
-    tr = h5["trials"]
+def stored_tables(tables, trial_row: int) -> dict[str, np.ndarray]:
+    """The rows trial ``trial_row`` (0-based row of /trials) holds in ``tables``: an open day
+    file, or :meth:`rig.store.reader.DayData.tables` (anything indexed by dataset path)."""
     starts, ends = {}, {}
-    for counter in ("presentations", "spikes", "sync", "eye", "reward"):
-        if f"{counter}_end" not in tr:       # an older day file without eye/reward tables
-            continue
-        col = tr[f"{counter}_end"]
+    for counter in ROW_COUNTERS:
+        col = tables[f"trials/{counter}_end"]
         ends[counter] = int(col[trial_row])
         starts[counter] = int(col[trial_row - 1]) if trial_row else 0
-    out = {name: h5[name][starts[c]:ends[c]] for name, c in TABLES.items() if c in ends and name in h5}
-    out.update({f"trials/{f}": tr[f][trial_row:trial_row + 1] for f in TRIAL_FIELDS})
+    out = {name: tables[name][starts[c]:ends[c]] for name, c in TABLES.items()}
+    out.update({f"trials/{f}": tables[f"trials/{f}"][trial_row:trial_row + 1] for f in TRIAL_FIELDS})
     return out
