@@ -24,7 +24,7 @@ import numpy as np
 from analysis.baselines import SiteLevel
 from analysis.bootstrap import Estimate
 from analysis.sensitivity import PredictedVsMeasured, SensitivityCurve
-from rig.config import Config, config_from_toml_text
+from rig.config import Config
 from rig.store.reader import DayCache, DayData
 from rig.errors import UserError
 from rig.paths import day_path
@@ -126,7 +126,11 @@ def _responses(d: DayData) -> np.ndarray:
 def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = None, progress: bool = True,
                 n_boot: int = N_BOOT, days: DayCache | None = None) -> DayResults:
     """Everything the report needs about closed-loop day ``day`` (see the module docstring);
-    ``days``: the process's day cache (each day file is read once)."""
+    ``days``: the process's day cache (each day file is read once).
+
+    ``cfg`` gives only where to compute (``model.device``); everything about the experiment
+    (seeds, weights, the simulated monkey, the perturbation budget) comes from the
+    configuration stored in the day file (``recorded``), the one the day was made with."""
     folder = Path(folder)
     days = days if days is not None else DayCache()
     path = day_path(folder, day)
@@ -138,13 +142,13 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     if not d.complete:
         raise UserError(f"{path} is not complete; finish it with `itloop day run --day {day} --out {folder} --resume`")
     d0 = days.read(day_path(folder, 0))
-    cfg = config_from_toml_text(d.config_text)
+    recorded = replace(d.config, model=replace(d.config.model, device=cfg.model.device))
     resp = _responses(d)
     prov = d.stimuli
     sites = np.asarray(d.model.get("target_channels", np.unique(prov.site[prov.site >= 0])), np.int64)
     resp0 = _responses(d0)
     sigma = clean_sigma(resp0, d0.stimuli, sites)
-    seed = cfg.day_seed(day)
+    seed = recorded.day_seed(day)
     kw = dict(sites=sites, n_boot=n_boot, seed=seed)
     targeted = sensitivity_curve(resp, prov, estimator="abs", sigma=sigma, **kw)
     signed = sensitivity_curve(resp, prov, estimator="signed", sigma=sigma, **kw)
@@ -173,7 +177,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     if d.model.get("model_file") and mfile.exists():
         fitted = load_fitted(mfile)
         scores = {k: np.asarray(v) for k, v in fitted.scores.items()}
-        pred = _model_predictions(fitted, prov.pixels, d.n_channels, cfg)
+        pred = _model_predictions(fitted, prov.pixels, d.n_channels, recorded)
         model_units = model_unit_curve(pred, prov, **kw)
         pvm_extra["pearson_nonlinear"] = _pearson_through_rate_nonlinearity(pred, resp, prov, sites)
     from analysis.stats import spearman
@@ -182,12 +186,12 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     res = DayResults(day, sites, sigma, targeted, signed, random, ratio, pairs, noise, model_units, pvm, scores,
                      random_init, data=d, signed_random=signed_random, ratio_signed=ratio_signed,
                      random_at_floor=at_floor, pvm_extra=pvm_extra)
-    is_sim = d.attrs.get("backend") == "sim" or d.attrs.get("spike_source") == "simulated monkey"
+    is_sim = d.origin.simulated   # sim, presenter+sim, or a replay of either
     if is_sim:
-        res.sim_info = {k: getattr(cfg.sim, k) for k in ("model_alignment", "linear_fraction", "input_px", "smoothing_px",
+        res.sim_info = {k: getattr(recorded.sim, k) for k in ("model_alignment", "linear_fraction", "input_px", "smoothing_px",
                                                           "drive_gain", "seed")}
     if truth or (truth is None and is_sim):
-        res.truth = _truth(cfg, folder, d, resp, sites, sigma, n_boot, seed, progress)
+        res.truth = _truth(recorded, folder, d, resp, sites, sigma, n_boot, seed, progress)
     return res
 
 

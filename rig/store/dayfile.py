@@ -611,11 +611,13 @@ def _write_new(tmp: Path, path: Path, header: DayHeader) -> None:
 
 
 def _write_model(g: h5py.Group, info: dict) -> None:
+    """The designing model: arrays as datasets (unit and description from MODEL_DATASETS),
+    everything else as attributes (dicts and lists of text as JSON)."""
+    g.attrs["description"] = "the model that designed the day's stimuli (readout, backbone, code version)"
     for k, v in info.items():
-        if isinstance(v, np.ndarray):
-            g.create_dataset(k, data=v)
-        elif isinstance(v, (list, tuple)) and v and not isinstance(v[0], str):
-            g.create_dataset(k, data=np.asarray(v))
+        if isinstance(v, np.ndarray) or (isinstance(v, (list, tuple)) and v and not isinstance(v[0], str)):
+            unit, desc = MODEL_DATASETS.get(k, ("1", f"model array '{k}' (see the /model attributes)"))
+            _describe(g.create_dataset(k, data=np.asarray(v)), unit, desc)
         elif isinstance(v, dict):
             g.attrs[k] = json.dumps(v)
         else:
