@@ -2,7 +2,7 @@
 
 Modules:
 
-- ``sim.monkey``: :class:`SimParams` (same fields as ``rig.config.SimConfig``) and
+- ``sim.params``: :class:`SimParams` (the ``[sim]`` keys and their rules; ``rig.config.SimConfig`` is it) and ``sim.monkey``
   :class:`SimulatedMonkey` -- true rates (evaluation only), spikes for a trial, fixation
   breaks, the presenter -> acquisition clock map.
 - ``sim.hidden``: the hidden random networks and the input blur (sensitivity knob).

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,61 +40,10 @@ from modelfit.features import images_to_tensor
 from sim import spikes as _spikes
 from sim.clocks import ClockMap
 from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP, TrainedTrunk, resample
+from sim.params import SimParams
 from sim.refimages import reference_images
 
-
-@dataclass
-class SimParams:
-    """The simulated monkey's parameters; same fields as ``rig.config.SimConfig``."""
-
-    n_channels: int = 32                 # simulated sites (= recording channels)
-    linear_fraction: float = 0.5         # share of drive variance linear in (hidden or model) features
-    model_alignment: float = 0.0         # share of the linear drive in the designing model's feature space
-    input_px: int = 32                   # the sites see the image resampled to this many pixels (0: as is)
-    smoothing_px: float = 2.0            # Gaussian blur sigma at input_px resolution, pixels (calibrated)
-    hidden_width: int = 32               # random conv net standing in for the model when none is given
-    baseline_hz: list[float] = field(default_factory=lambda: [5.0, 30.0])   # [lo, hi] Hz
-    peak_hz: float = 200.0               # saturation rate, Hz
-    drive_gain: float = 1.5              # slope of the sigmoid on the unit-variance drive
-    latency_ms: list[float] = field(default_factory=lambda: [70.0, 100.0])  # [lo, hi] ms
-    gain_noise_cv: float = 0.2           # trial-to-trial multiplicative gain noise (CV)
-    fixation_break_prob: float = 0.05    # probability a trial's fixation breaks
-    clock_offset_s: float = 0.0123       # acquisition minus presenter clock at presenter t=0, s
-    clock_drift_ppm: float = 20.0        # acquisition clock runs fast by this, parts per million
-    seed: int = 1234                     # fixes the sites, the hidden network and the noise
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first impossible parameter and what is expected."""
-        problems = []
-        if int(self.n_channels) != self.n_channels or self.n_channels < 1:
-            problems.append(("n_channels", self.n_channels, "an integer >= 1"))
-        if not 0 <= self.linear_fraction <= 1:
-            problems.append(("linear_fraction", self.linear_fraction, "a fraction in [0, 1]"))
-        if not 0 <= self.model_alignment <= 1:
-            problems.append(("model_alignment", self.model_alignment, "a fraction in [0, 1]"))
-        if int(self.input_px) != self.input_px or not (self.input_px == 0 or self.input_px >= 32):
-            problems.append(("input_px", self.input_px, "0 (no resampling) or an integer >= 32 (pixels)"))
-        if not self.smoothing_px >= 0:
-            problems.append(("smoothing_px", self.smoothing_px, "a Gaussian sigma in pixels >= 0"))
-        if int(self.hidden_width) != self.hidden_width or self.hidden_width < 1:
-            problems.append(("hidden_width", self.hidden_width, "an integer >= 1"))
-        if len(self.baseline_hz) != 2 or not 0 <= self.baseline_hz[0] <= self.baseline_hz[1]:
-            problems.append(("baseline_hz", self.baseline_hz, "[low, high] with 0 <= low <= high (Hz)"))
-        elif not self.peak_hz > self.baseline_hz[1]:
-            problems.append(("peak_hz", self.peak_hz, f"a rate above the highest baseline ({self.baseline_hz[1]} Hz)"))
-        if len(self.latency_ms) != 2 or not 0 <= self.latency_ms[0] <= self.latency_ms[1]:
-            problems.append(("latency_ms", self.latency_ms, "[low, high] with 0 <= low <= high (ms)"))
-        if not self.drive_gain >= 0:
-            problems.append(("drive_gain", self.drive_gain, "a number >= 0"))
-        if not self.gain_noise_cv >= 0:
-            problems.append(("gain_noise_cv", self.gain_noise_cv, "a coefficient of variation >= 0"))
-        if not 0 <= self.fixation_break_prob < 1:
-            problems.append(("fixation_break_prob", self.fixation_break_prob, "a probability in [0, 1)"))
-        if not (math.isfinite(self.clock_offset_s) and math.isfinite(self.clock_drift_ppm)):
-            problems.append(("clock_offset_s/clock_drift_ppm", (self.clock_offset_s, self.clock_drift_ppm), "finite numbers"))
-        if problems:
-            key, value, expected = problems[0]
-            raise ValueError(f"sim.{key} = {value!r} is impossible; expected {expected}")
+__all__ = ["SimParams", "SimulatedMonkey", "TrueRateModule"]
 
 
 FEATURE_SHRINK = 0.5  # feature scales are sqrt(var + 0.5 * mean var) so near-constant features stay small

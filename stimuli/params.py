@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 @dataclass
 class PerturbParams:
-    """Optimiser settings; field names match ``rig.config.PerturbConfig`` (``[perturb]``)."""
+    """Optimiser settings; field names match ``rig.config.PerturbConfig`` (``[perturb]``), whose rules are these."""
 
     restarts: int = 100
     steps: int = 40                       # passes per restart (both phases)
@@ -59,6 +59,12 @@ class PerturbParams:
             out.append(("step_growth", self.step_growth, "a factor in [1, 4] (1 = the paper's decay-only rule)"))
         if not self.early_stop_tolerance >= 0:
             out.append(("early_stop_tolerance", self.early_stop_tolerance, "a relative tolerance >= 0"))
+        # sanity limits: beyond these a value is a typing slip (a machine that never finishes or runs out of memory)
+        for k, high in (("restarts", 1_000_000), ("steps", 1_000_000), ("early_stop_patience", 1_000_000),
+                        ("prune_rounds", 1000), ("random_controls_per_image", 1000), ("max_batch_rows", 10_000_000),
+                        ("early_stop_tolerance", 1e6)):
+            if getattr(self, k) > high:
+                out.append((k, getattr(self, k), f"a value <= {high:g}"))
         return out
 
     def check(self) -> "PerturbParams":

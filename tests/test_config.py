@@ -70,3 +70,30 @@ def test_malformed_toml_and_missing_file(tmp_path):
 
 def test_frames_for():
     assert frames_for(100, 60) == 6 and frames_for(100, 100) == 10 and frames_for(100, 144) is None
+
+
+def test_sim_section_is_the_simulators_own_parameters():
+    """[sim] has SimParams' fields and rules (declared once, in sim.params): a negative
+    drive_gain fails when the config is loaded, naming the key."""
+    import dataclasses
+
+    from rig.config import SimConfig
+    from sim.params import SimParams
+
+    assert [f.name for f in dataclasses.fields(SimConfig)] == [f.name for f in dataclasses.fields(SimParams)]
+    with pytest.raises(ConfigError, match=r"'sim.drive_gain' = -0.5: expected"):
+        load_config(overrides={"sim": {"drive_gain": -0.5}})
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("rsvp", "stim_on_ms", 0.0, "a value in (0, 60000] (ms)"),        # declared range, open at 0
+    ("readout", "score_train_fraction", 1.0, "a fraction in (0, 1)"),   # declared wording
+    ("fixation", "calibration_points", 7, "one of [5, 9]"),           # declared choices
+    ("subject", "id", "M 17", "letters, digits and '-' only"),        # declared pattern
+    ("compute", "deadline", "tomorrow", '"" (none), a clock time'),   # declared test
+    ("presenter", "endpoint", "tcp://a\nb", "text without control characters"),   # every text key
+])
+def test_declared_rules_are_checked_generically(section, key, value, words):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides={section: {key: value}})
+    assert f"'{section}.{key}' = {value!r}: expected {words}" in str(exc.value)
