@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
 from modelfit.names import LAYERS
+from rig.configschema import ConfigError, build_section, dumps_toml, key, merge, parse_toml, section_problems
 from sim.params import SimParams
 from stimuli.params import PerturbParams
-
-import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
-from rig.configschema import (ConfigError, build_section, dumps_toml, key, merge, parse_toml,
-                              section_problems)
 
 __all__ = ["ConfigError", "Config", "load_config", "config_from_dict", "config_from_toml_text", "parse_toml",
            "dumps_toml", "frames_for", "section_problems"]

@@ -2,8 +2,8 @@
 
 Modules:
 
-- ``sim.params``: :class:`SimParams` (the ``[sim]`` keys and their rules; ``rig.config.SimConfig`` is it) and ``sim.monkey``
-  :class:`SimulatedMonkey` -- true rates (evaluation only), spikes for a trial, fixation
+- ``sim.params``: :class:`SimParams`, the ``[sim]`` keys and their rules (``rig.config.SimConfig`` is it).
+- ``sim.monkey``: :class:`SimulatedMonkey` -- true rates (evaluation only), spikes for a trial, fixation
   breaks, the presenter -> acquisition clock map.
 - ``sim.hidden``: the hidden random networks and the input blur (sensitivity knob).
 - ``sim.spikes``: continuous-time spike generation and exact expected window counts.

@@ -47,16 +47,16 @@ def check_epsilon_index(index: np.ndarray, requested: np.ndarray, epsilons: np.n
 @dataclass
 class StimulusSet:
     pixels: np.ndarray
-    kind: np.ndarray = field(default=None)  # type: ignore[assignment]
-    parent: np.ndarray = field(default=None)  # type: ignore[assignment]
-    site: np.ndarray = field(default=None)  # type: ignore[assignment]
-    epsilon_requested: np.ndarray = field(default=None)  # type: ignore[assignment]
-    epsilon_shown: np.ndarray = field(default=None)  # type: ignore[assignment]
-    direction: np.ndarray = field(default=None)  # type: ignore[assignment]
-    predicted_change: np.ndarray = field(default=None)  # type: ignore[assignment]
-    budget_passes: np.ndarray = field(default=None)  # type: ignore[assignment]
-    epsilon_index: np.ndarray = field(default=None)  # type: ignore[assignment]
-    epsilons: np.ndarray = field(default=None)  # type: ignore[assignment]  # the planned grid, (n_eps,)
+    kind: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    parent: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    site: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    epsilon_requested: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    epsilon_shown: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    direction: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    predicted_change: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    budget_passes: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    epsilon_index: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    epsilons: np.ndarray = field(default=None)  # type: ignore[arg-type]  # the planned grid, (n_eps,)
 
     COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction",
                "predicted_change", "budget_passes", "epsilon_index")

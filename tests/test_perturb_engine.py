@@ -403,7 +403,7 @@ def test_engine_reproduces_the_saved_outputs():
     assert sorted(got) == sorted(saved.files)
     exact = str(saved["machine_key"]) == str(got["machine_key"]) and not os.environ.get("ITLOOP_GOLDEN_TOLERANCE")
     for name, _kind, _problems, _eps, pdict, _seed in golden.CASES:
-        def pair(field):
+        def pair(field, name=name):
             return saved[f"{name}/{field}"], got[f"{name}/{field}"]
         if exact:
             for field in ("delta", "objective", "passes", "pixels") + golden.STIM_COLUMNS:

@@ -93,10 +93,10 @@ def _record_with_kills(folder: Path, day: int, kills: int, rng: random.Random, e
                     *(["--resume"] if resume else list(extra)))
         before = _journal_lines(path)
         if resume and rng.random() < 0.3:             # while resuming: as soon as it holds the file
-            event = lambda: locked_by(path) == proc.pid  # noqa: E731
+            event = lambda proc=proc: locked_by(path) == proc.pid
         else:                                         # mid-recording: after 1-2 more trials
             target = before + rng.randint(1, 2)
-            event = lambda: _journal_lines(path) >= target  # noqa: E731
+            event = lambda target=target: _journal_lines(path) >= target
         assert _kill_when(proc, event), f"day {day} finished before kill {done + 1}; the test needs a longer day"
         done += 1
         _check_intact(path)
@@ -141,7 +141,7 @@ def test_twenty_sigkills_across_the_loop_lose_and_duplicate_nothing(tmp_path):
     # plan day 1: killed while fitting (no progress line yet) and while perturbing
     for marker in ("", "perturbing", "perturbing"):
         proc = _cli("day", "plan", "--day", "1", "--out", str(run))
-        event = _line_seen(proc, marker) if marker else (lambda: (run / "model_through_000.h5").exists()
+        event = _line_seen(proc, marker) if marker else (lambda proc=proc: (run / "model_through_000.h5").exists()
                                                           or proc.poll() is not None)
         assert _kill_when(proc, event) or not marker, "planning ended before the kill"
         kills += 1

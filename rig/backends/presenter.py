@@ -9,7 +9,7 @@ to the presenter's real flip times.
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -129,7 +129,7 @@ class PresenterBackend:
         self.spikes = spikes
         self.wait_s = wait_for_presenter_s
         self.fixation_window_deg = fixation_window_deg
-        self.configure_extra = {} if reward_ms is None else {"reward_ms": reward_ms}
+        self.configure_extra: dict[str, Any] = {} if reward_ms is None else {"reward_ms": reward_ms}
         if calibration:                     # the eye's raw -> degrees map (rig.sources.calibration), applied by the presenter
             self.configure_extra["calibration"] = calibration
         self._session: SessionInfo | None = None

@@ -18,6 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     resp0 = _responses(d0)
     sigma = clean_sigma(resp0, d0.stimuli, sites)
     seed = recorded.day_seed(day)
-    kw = dict(sites=sites, n_boot=n_boot, seed=seed)
+    kw: dict[str, Any] = dict(sites=sites, n_boot=n_boot, seed=seed)
     targeted = sensitivity_curve(resp, prov, estimator="abs", sigma=sigma, **kw)
     signed = sensitivity_curve(resp, prov, estimator="signed", sigma=sigma, **kw)
     has_random = bool(np.any(prov.kind == "random"))

@@ -91,12 +91,14 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             plan = read_day(ppath)
         stimuli, schedule = plan.stimuli, plan.schedule()
     if not resume:
+        assert plan is not None   # a new day always has its plan (read or written above)
         writer = DayWriter.create(
             path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,
             schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
             seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
             backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
-            origin=Origin(backend_origin(backend_name)), model_info=plan.model, attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
+            origin=Origin(backend_origin(backend_name)), model_info=plan.model,
+            attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
                                                   **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
                                                   **_separation_attrs(schedule, stimuli)})
     elif len(channel_names) != writer.n_channels:

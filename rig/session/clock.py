@@ -209,7 +209,7 @@ def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: flo
     cands = np.sort(cands)
     # votes(c) = onsets with a pulse within tolerance of on + c
     votes = np.zeros(len(cands), int)
-    for i, o in enumerate(on):
+    for o in on:
         lo = np.searchsorted(pu, o + cands - tolerance_s, "left")
         hi = np.searchsorted(pu, o + cands + tolerance_s, "right")
         votes += hi > lo

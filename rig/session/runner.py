@@ -136,9 +136,8 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                 pulse = np.zeros(k, bool)
                 pulse[: rec.completed] = rec.pulse_ok
                 valid = shown & ~dropped & pulse & rec.acquisition_ok & np.isfinite(onset_acq)
-                to_acq = (lambda t_p: seg.to_acq(t_p) if len(t_p) and seg.n_pairs else np.full(len(t_p), np.nan))
-                rows = TrialRows(trial, rec, onset_acq, counts, valid,
-                                 eye_acq_s=to_acq(rec.eye_presenter_s), reward_acq_s=to_acq(rec.reward_presenter_s))
+                rows = TrialRows(trial, rec, onset_acq, counts, valid, eye_acq_s=_to_acq(seg, rec.eye_presenter_s),
+                                 reward_acq_s=_to_acq(seg, rec.reward_presenter_s))
                 writer.append_trial(rows)
                 writer.set_clock(seg.offset_s, seg.drift, seg.residual_sd_s, seg.n_pairs)
                 writer.set_clock_segments(clock.summaries())
@@ -172,3 +171,8 @@ def _stored_segments(writer) -> list[tuple[str, tuple[np.ndarray, np.ndarray]]]:
     if hasattr(writer, "sync_pairs_by_segment"):
         return writer.sync_pairs_by_segment()
     return [("", writer.sync_pairs())]
+
+
+def _to_acq(seg, t_presenter: np.ndarray) -> np.ndarray:
+    """Presenter-clock times on the acquisition clock by the segment's fit (NaN before it has pulses)."""
+    return seg.to_acq(t_presenter) if len(t_presenter) and seg.n_pairs else np.full(len(t_presenter), np.nan)

@@ -45,7 +45,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -212,7 +212,7 @@ class DayHeader:
     @classmethod
     def of(cls, day: DayData, **changes) -> DayHeader:
         """The header of a day already read (to replay or rebuild it), with ``changes``."""
-        fields = dict(config_text=day.config_text, day=day.day, session_id=str(day.attrs.get("session_id", "")),
+        fields: dict[str, Any] = dict(config_text=day.config_text, day=day.day, session_id=str(day.attrs.get("session_id", "")),
                       stimuli=day.stimuli, schedule_stim_index=day.schedule_stim_index,
                       presentations_per_trial=day.presentations_per_trial,
                       seconds_per_presentation=day.seconds_per_presentation, channel_names=list(day.channel_names),
@@ -241,6 +241,9 @@ def _describe(ds: h5py.Dataset, unit: str, description: str) -> None:
 
 
 def _growing(group: h5py.Group, name: str, dtype, unit: str, description: str, width: int | None = None) -> None:
+    shape: tuple[int, ...]
+    maxshape: tuple[int | None, ...]
+    chunks: tuple[int, ...] | bool
     if width is None:
         shape, maxshape, chunks = (0,), (None,), (4096,)
     else:  # a plan file has no channels yet: let h5py choose chunks for the empty width
@@ -271,7 +274,7 @@ class DayWriter:
 
     # -- construction ------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, header: DayHeader | None = None, **fields) -> "DayWriter":
+    def create(cls, path: str | Path, header: DayHeader | None = None, **fields: Any) -> "DayWriter":
         """Write the day's header (a :class:`DayHeader`, or its fields as keywords) and open
         the file for trials.
 

@@ -34,7 +34,7 @@ def rows_to_json(rows: TrialRows) -> str:
         "spike_times_s": r.spike_times_s.tolist(), "spike_channels": r.spike_channels.tolist(),
         "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
         "end_presenter_s": r.end_presenter_s, "clock_segment": r.clock_segment,
-        "pulse_ok": r.pulse_ok.tolist(),
+        "pulse_ok": np.asarray(r.pulse_ok, bool).tolist(),   # None only before TrialRecord normalises it
         "onset_acq_s": rows.onset_acq_s.tolist(), "counts": rows.counts.tolist(), "valid": rows.valid.tolist(),
     }
     if len(r.eye_presenter_s) or len(r.reward_presenter_s):

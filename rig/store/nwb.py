@@ -48,8 +48,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rig.store.dayfile import (EYE_COLUMNS, METADATA_SECTIONS, PRESENTATION_COLUMNS, REWARD_COLUMNS, STIMULUS_COLUMNS,
-                               TRIAL_COLUMNS)
+from rig.store.dayfile import (
+    EYE_COLUMNS,
+    METADATA_SECTIONS,
+    PRESENTATION_COLUMNS,
+    REWARD_COLUMNS,
+    STIMULUS_COLUMNS,
+    TRIAL_COLUMNS,
+)
 from rig.store.origin import PRESENTER_SIM
 from rig.store.reader import DayData, read_day
 
@@ -443,10 +449,11 @@ def _add_misc(nwb, d: DayData, rows: np.ndarray) -> None:
                                                                  "presentations not shown, clock sync pulses")
     cols, dropped = [], []
     for c in type(ss).COLUMNS:  # 'parent' would shadow an hdmf attribute: the column is 'parent_index'
-        data = [str(x) for x in ss.kind] if c == "kind" else np.asarray(getattr(ss, c))
-        if c != "kind" and data.dtype.kind == "f" and len(data) and np.isnan(data).all():
+        values = np.asarray(getattr(ss, c))
+        if c != "kind" and values.dtype.kind == "f" and len(values) and np.isnan(values).all():
             dropped.append(c)
             continue
+        data = [str(x) for x in ss.kind] if c == "kind" else values
         desc = UNIT_DESCRIPTIONS[c]
         if c == "epsilon_index":  # the planned grid it points into (the day file's /stimuli attribute 'epsilons')
             desc += f"; planned grid epsilons (L2 norm, pixels in [0,1]) = {[float(e) for e in ss.epsilons]}"
@@ -617,8 +624,12 @@ _DAY_FILE = re.compile(r"day_(\d{3,})\.h5")
 
 def experiment_days(folder: str | Path) -> list[Path]:
     """The recorded day files of an experiment folder (``day_DDD.h5``; plans excluded), by day."""
-    folder = Path(folder)
-    return sorted((p for p in folder.iterdir() if _DAY_FILE.fullmatch(p.name)), key=lambda p: int(_DAY_FILE.fullmatch(p.name)[1]))
+    days = {}
+    for p in Path(folder).iterdir():
+        m = _DAY_FILE.fullmatch(p.name)
+        if m:
+            days[p] = int(m[1])
+    return sorted(days, key=days.__getitem__)
 
 
 def export_experiment(folder: str | Path, out_dir: str | Path, *, overrides: dict | None = None,

@@ -183,9 +183,9 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         raise DayFileError(f"{path} has schema version {version}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
     committed = int(attrs["committed_trials"])
     tables = {f"trials/{k}": v[:committed] for k, v in h5["trials"].items()}
-    for group in ("presentations", "spikes", "sync", "eye", "rewards"):
-        if group in h5:     # a version-1 file may lack eye and rewards: upgrade() adds them
-            tables.update({f"{group}/{k}": v[:] for k, v in h5[group].items()})
+    for name in ("presentations", "spikes", "sync", "eye", "rewards"):
+        if name in h5:     # a version-1 file may lack eye and rewards: upgrade() adds them
+            tables.update({f"{name}/{k}": v[:] for k, v in h5[name].items()})
     st = h5["stimuli"]
     cols = {c: st[c][:] for c in StimulusSet.COLUMNS if c in st}
     cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)

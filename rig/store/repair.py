@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from rig.store.dayfile import DayFileError, DayHeader, DayWriter, mismatched_trials
-from rig.store.origin import UNKNOWN, Origin
 from rig.store.journal import JournalError, journal_path, read_journal, read_journal_report
 from rig.store.lock import DayLock, locked_by
+from rig.store.origin import UNKNOWN, Origin
 from rig.store.reader import read_day
 
 
@@ -148,8 +148,8 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
         channel_names = [f"ch{c:03d}" for c in range(n_ch)]   # a plan has none: names are not in the journal
     window_ms = (float(source.attrs.get("window_start_ms", 0.0)), float(source.attrs.get("window_end_ms", 0.0)))
     if from_plan or window_ms[1] <= window_ms[0]:
-        w = source.config.window
-        window_ms = (float(w.start_ms), float(w.end_ms))
+        window = source.config.window
+        window_ms = (float(window.start_ms), float(window.end_ms))
     stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     keep = DayHeader.of(source).attrs
     keep["recovered_from"] = path.name if path.exists() else "(missing)"
