@@ -172,3 +172,21 @@ def test_the_live_rig_controller_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_in_the_library_packages_is_over_80_lines():
+    """Every function (and method) of rig, modelfit, stimuli, analysis and sim fits in 80
+    lines, decorators and docstring included (read with ``ast``)."""
+    long = []
+    for package in sorted(TOP_LEVEL):
+        for path in _first_party_files(package):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                    n = node.end_lineno - first + 1
+                    if n > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "functions over 80 lines (split them):\n" + "\n".join(long)

@@ -65,7 +65,7 @@ dead_after_s = 5.0
     assert problems == [] and summary["status"] == "complete" and summary["backend"] == "presenter"
     d = read_day(path)
     p = d.presentations
-    assert d.attrs["spike_source"].startswith("SIMULATED monkey")
+    assert d.origin.kind == "presenter+sim" and d.origin.simulated
     assert (p["frames_on"][p["shown"]] == 6).all() and (p["frames_mask"][p["shown"]] == 6).all()
     # onsets are the presenter's flip stamps: increasing within each trial (their spacing is wall-clock
     # time of a sleep-paced Xvfb, not asserted; the frame counts above are the presenter's own)

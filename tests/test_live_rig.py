@@ -44,7 +44,8 @@ def test_day_recorded_through_a_live_source_matches_the_simulators_truth(tmp_pat
     name = {"openephys": "Open Ephys GUI", "lsl": "Lab Streaming Layer"}[system]
     assert summary["spike_source"].startswith(f"RECORDED by {name}")
     assert "SIMULATED itloop sim-rig" in summary["spike_source"] and "30000 Hz" in summary["spike_source"]
-    assert text.splitlines()[[i for i, x in enumerate(text.splitlines()) if x.startswith("spikes")][0]].startswith("spikes     RECORDED")
+    assert summary["origin"] == "live"
+    assert text.splitlines()[[i for i, x in enumerate(text.splitlines()) if x.startswith("origin")][0]].startswith("origin     live; RECORDED")
     res = compare_with_truth(path, tmp_path / "truth.jsonl")
     print({k: v for k, v in res.items() if k != "errors_s"}, "max onset error ms", 1e3 * np.abs(res["errors_s"]).max())
     assert res["unmatched"] == 0 and res["n_valid"] == summary["planned_presentations"]

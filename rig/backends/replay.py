@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
-from rig.store.dayfile import DayHeader, DayWriter
+from rig.store.dayfile import DayWriter
 from rig.store.origin import Origin
 from rig.store.reader import DayData, read_day
 from rig.session.schedule import PresentationQueue
@@ -141,11 +141,11 @@ def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[floa
         raise ValueError(f"{src_path} holds no committed trial; there is nothing to replay")
     _check_queue_matches(day)
     schedule = day.schedule()
-    attrs = {k: v for k, v in DayHeader.of(day).attrs.items() if k not in _REPLAY_ATTRS}
+    attrs = {k: v for k, v in day.header().attrs.items() if k not in _REPLAY_ATTRS}
     attrs.update({"replayed_from_backend": str(day.attrs.get("backend", "")), "replayed_from_file": str(src_path),
                   "replayed_from_window_ms": [float(day.window_ms[0]), float(day.window_ms[1])]})
     # a replay is a new dataset (new identifier) whose spikes have its source's origin
-    header = DayHeader.of(day, backend="replay", window_ms=window_ms, attrs=attrs, identifier="", status="recording",
+    header = day.header(backend="replay", window_ms=window_ms, attrs=attrs, identifier="", status="recording",
                           origin=Origin(day.origin.kind, replayed_from=str(day.attrs.get("identifier", ""))))
     info = SessionInfo(session_id=header.session_id, day=day.day, n_channels=day.n_channels)
     with DayWriter.create(out_path, header) as writer:

@@ -125,32 +125,13 @@ class RigBackend:
         text = (f"itloop session={s.session_id} day={s.day} trial={trial.trial_index} presenter={label} "
                 f"stim={','.join(map(str, trial.stim_indices))} planned={','.join(map(str, trial.planned_indices))} "
                 f"shown={res.shown}")
-        note = []
-        try:
-            self.source.message(text)
-        except UserError as exc:          # the control channel is best effort; the pulses decide validity
-            note.append(f"acquisition message not delivered ({exc})")
-            self.stats["messages_failed"] = self.stats.get("messages_failed", 0) + 1
-        if self.markers is not None:
-            self.markers.push(text)
+        note = self._announce(text)
         c.pump(s.inter_trial_ms / 1000.0)              # inter-trial interval, heartbeats flowing
         n_shown = res.shown
         onsets = res.onset_s[:n_shown]
         heard = self._wait_for_acquisition(label, float(res.frame_time_s[-1]), n_shown)
         seg = self.clock.fitted(label)
-        if seg is not None:
-            pred = seg.to_acq(onsets)
-        else:
-            pool = self._boot.setdefault(label, [])
-            pool.extend(onsets.tolist())
-            del pool[:-60]
-            offset, votes, runner = vote_offset(np.asarray(pool), self._pulses, self.tol)
-            if offset is not None and votes < min(3, len(pool)):
-                offset = None                     # too few pairs to trust a first alignment
-            pred = onsets + offset if offset is not None else np.full(n_shown, np.nan)
-            if offset is None:
-                note.append(f"clock of presenter {label} not aligned yet ({votes} vs {runner} pulse matches)")
-                self.stats["trials_unaligned"] += 1
+        pred = seg.to_acq(onsets) if seg is not None else self._first_alignment(label, onsets, note)
         idx = match_pulses(pred, self._pulses, self.tol) if n_shown else np.zeros(0, int)
         got = idx >= 0
         if seg is not None and n_shown >= 2 and not got.any() and len(self._pulses) >= n_shown:
@@ -186,6 +167,45 @@ class RigBackend:
         times, chans = self._spikes_before(end_acq)
         n = res.completed
         pulse_ok = got[:n]
+        note += self._trial_notes(res, heard, pulse_ok)
+        return TrialRecord(trial_index=trial.trial_index, completed=n, fixation_ok=not res.aborted,
+                           onset_presenter_s=res.onset_s[:n], frames_on=res.frames_on[:n],
+                           frames_mask=res.frames_mask[:n], dropped_frame=res.dropped[:n],
+                           sync_presenter_s=sync_p, sync_acq_s=sync_a, spike_times_s=times, spike_channels=chans,
+                           start_acq_s=start_acq, end_acq_s=end_acq if np.isfinite(end_acq) else float("nan"),
+                           acquisition_ok=heard, note="; ".join(note), end_presenter_s=end_p,
+                           clock_segment=label, pulse_ok=pulse_ok, **eye_and_reward_fields(res))
+
+    def _announce(self, text: str) -> list[str]:
+        """Send the trial's text to the acquisition system (best effort; the pulses decide
+        validity) and the marker stream; returns the notes of what failed."""
+        note = []
+        try:
+            self.source.message(text)
+        except UserError as exc:
+            note.append(f"acquisition message not delivered ({exc})")
+            self.stats["messages_failed"] = self.stats.get("messages_failed", 0) + 1
+        if self.markers is not None:
+            self.markers.push(text)
+        return note
+
+    def _first_alignment(self, label: str, onsets: np.ndarray, note: list[str]) -> np.ndarray:
+        """Predicted acquisition times of ``onsets`` before presenter ``label``'s clock is fitted:
+        the pulse offset most onsets agree on (NaN while too few pairs agree)."""
+        pool = self._boot.setdefault(label, [])
+        pool.extend(onsets.tolist())
+        del pool[:-60]
+        offset, votes, runner = vote_offset(np.asarray(pool), self._pulses, self.tol)
+        if offset is not None and votes < min(3, len(pool)):
+            offset = None                     # too few pairs to trust a first alignment
+        if offset is None:
+            note.append(f"clock of presenter {label} not aligned yet ({votes} vs {runner} pulse matches)")
+            self.stats["trials_unaligned"] += 1
+            return np.full(len(onsets), np.nan)
+        return onsets + offset
+
+    def _trial_notes(self, res, heard: bool, pulse_ok: np.ndarray) -> list[str]:
+        n, note = res.completed, []
         if not heard:
             note.append(f"acquisition stream silent for {self.acq_wait_s:g} s")
         if (~pulse_ok).any():
@@ -194,13 +214,7 @@ class RigBackend:
             note.append(f"aborted after {n} presentations: {res.reason}")
         if res.dropped[:n].any():
             note.append(f"dropped frame in presentations {np.flatnonzero(res.dropped[:n]).tolist()}")
-        return TrialRecord(trial_index=trial.trial_index, completed=n, fixation_ok=not res.aborted,
-                           onset_presenter_s=res.onset_s[:n], frames_on=res.frames_on[:n],
-                           frames_mask=res.frames_mask[:n], dropped_frame=res.dropped[:n],
-                           sync_presenter_s=sync_p, sync_acq_s=sync_a, spike_times_s=times, spike_channels=chans,
-                           start_acq_s=start_acq, end_acq_s=end_acq if np.isfinite(end_acq) else float("nan"),
-                           acquisition_ok=heard, note="; ".join(note), end_presenter_s=end_p,
-                           clock_segment=label, pulse_ok=pulse_ok, **eye_and_reward_fields(res))
+        return note
 
     def _spikes_before(self, end_acq: float) -> tuple[np.ndarray, np.ndarray]:
         """Buffered spikes before ``end_acq`` (all of them if the clock is not aligned)."""

@@ -93,46 +93,59 @@ def run_present(args: argparse.Namespace) -> int:
             print(f"warning: measured {refresh:.2f} Hz but monitor.refresh_hz is {mon.refresh_hz:g} Hz; frames are "
                   "counted from the measured rate - check the monitor setting", file=sys.stderr)
         if args.timing_check:
-            from rig.presenter.timing_check import format_report, run_timing_check
-
-            try:
-                stats = run_timing_check(stage, stim_on_ms=cfg.rsvp.stim_on_ms, mask_ms=cfg.rsvp.mask_ms,
-                                         refresh_hz=refresh, frame_tolerance=mon.frame_tolerance,
-                                         seconds=args.seconds, image_size_deg=cfg.rsvp.image_size_deg,
-                                         pace=args.pace, marker=marker)
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
-            if abs(stats["measured_hz"] - refresh) > 0.02 * refresh and not args.pace:
-                print(f"warning: flips came at {stats['measured_hz']:.2f} Hz, not {refresh:.2f} Hz: is vsync on?")
-            print(format_report(stats))
-            rc = _report_photodiode(cfg, source, stats) if source is not None else 0
-            return 0 if stats["dropped"] == 0 and rc == 0 else 1
-        from rig.presenter.devices import fixation_params, make_eye, make_reward
-        from rig.presenter.server import PresenterServer
-
-        eye = make_eye(cfg)
-        reward = make_reward(cfg)
-        if eye is not None:
-            eye.open()
-            if not args.quiet:
-                print(f"[presenter] fixation control with {eye.name}", file=sys.stderr, flush=True)
-        try:
-            server = PresenterServer(stage, args.endpoint or pc.endpoint, heartbeat_s=pc.heartbeat_s,
-                                     dead_after_s=pc.dead_after_s, refresh_hz=refresh, pace=args.pace,
-                                     frame_tolerance=mon.frame_tolerance, marker=marker, keys=keys,
-                                     verbose=not args.quiet, eye=eye, fixation=fixation_params(cfg),
-                                     reward=reward, reward_ms=cfg.reward.duration_ms,
-                                     manual_reward_key=cfg.reward.manual_key)
-        except ValueError as exc:
-            if eye is not None:
-                eye.close()
-            reward.close()
-            raise UserError(str(exc)) from None
-        return server.run()
+            return _timing_check(args, cfg, stage, refresh, marker, source)
+        return _serve(args, cfg, stage, refresh, marker, keys)
     finally:
         stage.close()
         if source is not None:
             source.close()
+
+
+def _timing_check(args: argparse.Namespace, cfg, stage, refresh: float, marker, source) -> int:
+    """``--timing-check``: flip stimuli for ``args.seconds`` and report the frame timing."""
+    from rig.presenter.timing_check import format_report, run_timing_check
+
+    try:
+        stats = run_timing_check(stage, stim_on_ms=cfg.rsvp.stim_on_ms, mask_ms=cfg.rsvp.mask_ms,
+                                 refresh_hz=refresh, frame_tolerance=cfg.monitor.frame_tolerance,
+                                 seconds=args.seconds, image_size_deg=cfg.rsvp.image_size_deg,
+                                 pace=args.pace, marker=marker)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if abs(stats["measured_hz"] - refresh) > 0.02 * refresh and not args.pace:
+        print(f"warning: flips came at {stats['measured_hz']:.2f} Hz, not {refresh:.2f} Hz: is vsync on?")
+    print(format_report(stats))
+    rc = _report_photodiode(cfg, source, stats) if source is not None else 0
+    return 0 if stats["dropped"] == 0 and rc == 0 else 1
+
+
+def _serve(args: argparse.Namespace, cfg, stage, refresh: float, marker, keys) -> int:
+    """Serve a controller (``itloop day run --backend presenter|rig``) until it says goodbye."""
+    import sys
+
+    from rig.presenter.devices import fixation_params, make_eye, make_reward
+    from rig.presenter.server import PresenterServer
+
+    pc = cfg.presenter
+    eye = make_eye(cfg)
+    reward = make_reward(cfg)
+    if eye is not None:
+        eye.open()
+        if not args.quiet:
+            print(f"[presenter] fixation control with {eye.name}", file=sys.stderr, flush=True)
+    try:
+        server = PresenterServer(stage, args.endpoint or pc.endpoint, heartbeat_s=pc.heartbeat_s,
+                                 dead_after_s=pc.dead_after_s, refresh_hz=refresh, pace=args.pace,
+                                 frame_tolerance=cfg.monitor.frame_tolerance, marker=marker, keys=keys,
+                                 verbose=not args.quiet, eye=eye, fixation=fixation_params(cfg),
+                                 reward=reward, reward_ms=cfg.reward.duration_ms,
+                                 manual_reward_key=cfg.reward.manual_key)
+    except ValueError as exc:
+        if eye is not None:
+            eye.close()
+        reward.close()
+        raise UserError(str(exc)) from None
+    return server.run()
 
 
 def _report_photodiode(cfg, source, stats: dict) -> int:

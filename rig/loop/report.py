@@ -153,20 +153,25 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     notes += checks
     notes += fig1a_notes
     if truth:
-        h = last.truth
-        notes.append(f"Ground truth: a white-box attack on the simulated sites' expected counts (the loop's step "
-                     f"rules, no pruning), final budget {h['restarts']} restarts x {h['steps']} steps after doubling "
-                     f"both; the last doubling changed the mean answer by {100 * h['relative_change_on_doubling']:.2g}%, "
-                     f"and {h.get('problems_converged', 0)} of {h.get('problems', 0)} problems moved by < 2% "
-                     f"(converged; the rest are lower bounds).")
-        sat = h.get("saturation", {})
-        if sat:
-            notes.append("Saturation (true rates of the targeted stimuli within 5% of the site's floor or the "
-                         "ceiling): " + ", ".join(("clean images" if e == 0 else f"eps {e:g}") + f" {100 * v:.0f}%"
-                                                  for e, v in sorted(sat.items())) + ".")
+        notes += _truth_notes(last.truth)
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary
+
+
+def _truth_notes(h: dict) -> list[str]:
+    """The report's notes on the white-box ground truth ``h`` (DayResults.truth)."""
+    notes = [f"Ground truth: a white-box attack on the simulated sites' expected counts (the loop's step "
+             f"rules, no pruning), final budget {h['restarts']} restarts x {h['steps']} steps after doubling "
+             f"both; the last doubling changed the mean answer by {100 * h['relative_change_on_doubling']:.2g}%, "
+             f"and {h.get('problems_converged', 0)} of {h.get('problems', 0)} problems moved by < 2% "
+             f"(converged; the rest are lower bounds)."]
+    sat = h.get("saturation", {})
+    if sat:
+        notes.append("Saturation (true rates of the targeted stimuli within 5% of the site's floor or the "
+                     "ceiling): " + ", ".join(("clean images" if e == 0 else f"eps {e:g}") + f" {100 * v:.0f}%"
+                                          for e, v in sorted(sat.items())) + ".")
+    return notes
 
 
 def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults, cache: DayCache) -> tuple[Path | None, list[str]]:

@@ -78,6 +78,28 @@ class TrialLog:
                 "frames_mask": frames_mask, "dropped": dropped}
 
 
+def _mark_flip(win, marker, events: list, kind: str, pres: int, previous, frame: int, image: int) -> None:
+    """Queue the coming flip's marker work: on a flip that changes the screen, fire its code,
+    stamp the event with the flip time and publish it; one frame later, end the pulse."""
+    if (kind, pres) != previous:                       # this flip changes the screen
+        event = {"kind": kind, "pres": pres, "frame": frame}
+        win.callOnFlip(marker.fire, CODES[kind])
+        win.timeOnFlip(event, "t")
+        if hasattr(marker, "publish"):                 # after timeOnFlip: the stamp is set when it runs
+            win.callOnFlip(marker.publish, event, image)
+        events.append(event)
+    elif previous is not None and len(events) and events[-1]["frame"] == frame - 1:
+        win.callOnFlip(marker.clear)                   # end a one-frame marker pulse
+
+
+def _pace(now: float, next_flip: float | None, period: float) -> float:
+    """Sleep until the next paced flip time (``period`` s apart) and return it."""
+    next_flip = now if next_flip is None or next_flip < now - period else next_flip + period
+    if next_flip > now:
+        time.sleep(next_flip - now)
+    return next_flip
+
+
 def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
                should_abort: Callable[[], str | None] = lambda: None,
                marker: MarkerOutput | None = None, pace_hz: float | None = None,
@@ -139,20 +161,9 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
         stage.draw(kind, images[pres] if kind == "stim_on" else -1)
         if capture:
             captures.append(stage.capture("back"))
-        if (kind, pres) != previous:                       # this flip changes the screen
-            event = {"kind": kind, "pres": pres, "frame": len(times)}
-            win.callOnFlip(marker.fire, CODES[kind])
-            win.timeOnFlip(event, "t")
-            if hasattr(marker, "publish"):                 # after timeOnFlip: the stamp is set when it runs
-                win.callOnFlip(marker.publish, event, images[pres] if kind == "stim_on" else -1)
-            events.append(event)
-        elif previous is not None and len(events) and events[-1]["frame"] == len(times) - 1:
-            win.callOnFlip(marker.clear)                   # end a one-frame marker pulse
+        _mark_flip(win, marker, events, kind, pres, previous, len(times), images[pres] if kind == "stim_on" else -1)
         if period:
-            now = core.getTime()
-            next_flip = now if next_flip is None or next_flip < now - period else next_flip + period
-            if next_flip > now:
-                time.sleep(next_flip - now)
+            next_flip = _pace(core.getTime(), next_flip, period)
         times.append(win.flip())
         kinds.append(KIND_CODE[kind])
         press.append(pres)

@@ -45,7 +45,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
@@ -62,9 +62,6 @@ from stimuli.stimset import StimulusSet
 #    /rewards always present; every dataset (config_toml, model/*) has unit and description.
 #    Older files are read through rig.store.upgrade (the one place that knows older layouts).
 SCHEMA_VERSION = 2
-
-if TYPE_CHECKING:
-    from rig.store.reader import DayData
 
 
 class DayFileError(Exception):
@@ -208,20 +205,6 @@ class DayHeader:
         if self.origin is not None:
             out.update(self.origin.attrs())
         return out
-
-    @classmethod
-    def of(cls, day: DayData, **changes) -> DayHeader:
-        """The header of a day already read (to replay or rebuild it), with ``changes``."""
-        fields: dict[str, Any] = dict(config_text=day.config_text, day=day.day, session_id=str(day.attrs.get("session_id", "")),
-                      stimuli=day.stimuli, schedule_stim_index=day.schedule_stim_index,
-                      presentations_per_trial=day.presentations_per_trial,
-                      seconds_per_presentation=day.seconds_per_presentation, channel_names=list(day.channel_names),
-                      backend=str(day.attrs.get("backend", "")), window_ms=day.window_ms, origin=day.origin,
-                      experiment_uuid=day.experiment_uuid, model_info=dict(day.model),
-                      attrs={k: v for k, v in day.attrs.items() if k not in OWN_ATTRS},
-                      identifier=str(day.attrs.get("identifier", "")), status=str(day.attrs.get("status", "recording")))
-        fields.update(changes)
-        return cls(**fields)
 
 
 ORIGIN_ATTRS = ("origin", "replayed_from")

@@ -6,13 +6,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from rig.session.schedule import Schedule
-from rig.store.dayfile import METADATA_SECTIONS, SCHEMA_VERSION, DayFileError
+from rig.store.dayfile import METADATA_SECTIONS, OWN_ATTRS, SCHEMA_VERSION, DayFileError, DayHeader
 from rig.store.journal import journal_path
 from rig.store.origin import Origin, read_origin
 from rig.store.trialdata import ROW_COUNTERS, TABLES
@@ -69,6 +69,19 @@ class DayData:
             return config_from_toml_text(self.config_text)
         except ConfigError as exc:
             raise DayFileError(f"{self.path}: its stored configuration cannot be read ({exc})") from None
+
+    def header(self, **changes: Any) -> DayHeader:
+        """This day's header (to replay or rebuild it), with ``changes`` to its fields."""
+        fields: dict[str, Any] = dict(
+            config_text=self.config_text, day=self.day, session_id=str(self.attrs.get("session_id", "")),
+            stimuli=self.stimuli, schedule_stim_index=self.schedule_stim_index,
+            presentations_per_trial=self.presentations_per_trial, seconds_per_presentation=self.seconds_per_presentation,
+            channel_names=list(self.channel_names), backend=str(self.attrs.get("backend", "")), window_ms=self.window_ms,
+            origin=self.origin, experiment_uuid=self.experiment_uuid, model_info=dict(self.model),
+            attrs={k: v for k, v in self.attrs.items() if k not in OWN_ATTRS and k != "schema_version_read"},
+            identifier=str(self.attrs.get("identifier", "")), status=str(self.attrs.get("status", "recording")))
+        fields.update(changes)
+        return DayHeader(**fields)
 
     def tables(self) -> dict[str, np.ndarray]:
         """Every growing table by dataset path (``trials/...``, ``presentations/...``,

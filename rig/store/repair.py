@@ -126,6 +126,35 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
     if not jp.exists():
         raise DayFileError(f"{path} has no journal ({jp.name}), so there is nothing to rebuild it from. Nothing was changed.")
     journal = read_journal(jp)
+    header, complete = _recovery_header(path, plan_path, journal)
+    lock = DayLock(path)
+    try:
+        lock.acquire()
+    except BlockingIOError as exc:
+        raise DayFileError(f"{path} is being recorded by PID {getattr(exc, 'pid', '?')}. Nothing was changed.") from None
+    tmp = path.with_name(path.name + ".rebuilding")
+    try:
+        for stale in (tmp, journal_path(tmp)):
+            if stale.exists():
+                stale.unlink()          # an earlier rebuild that never finished
+        _rebuild(tmp, header, journal, complete, path)
+        journal_path(tmp).unlink()                 # identical to the original journal, which stays in place
+        if path.exists():
+            os.link(path, path.with_name(f"{path.name}.damaged-{header.attrs['recovered_utc']}"))  # the old file, renamed
+        os.replace(tmp, path)                      # the swap: one atomic rename
+    except OSError as exc:
+        raise DayFileError(f"could not rebuild {path} ({exc.strerror or exc}); {path} was left as it was") from None
+    finally:
+        for leftover in (tmp, journal_path(tmp)):
+            if leftover.exists():
+                leftover.unlink()
+        lock.release()
+    return path
+
+
+def _recovery_header(path: Path, plan_path: str | Path | None, journal: list) -> tuple[DayHeader, bool]:
+    """The rebuilt file's header (from the damaged file, else from its plan) and whether the
+    source was complete; raises DayFileError (nothing changed) if neither can be read."""
     source, from_plan = None, False
     for candidate, is_plan in ([(path, False)] + ([(Path(plan_path), True)] if plan_path else [])):
         try:
@@ -146,61 +175,40 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
             raise DayFileError(f"the journal of {path} has {n_ch} channels but {source.path.name} has "
                                f"{source.n_channels}; is it the right file? Nothing was changed.")
         channel_names = [f"ch{c:03d}" for c in range(n_ch)]   # a plan has none: names are not in the journal
-    window_ms = (float(source.attrs.get("window_start_ms", 0.0)), float(source.attrs.get("window_end_ms", 0.0)))
+    window_ms = source.window_ms
     if from_plan or window_ms[1] <= window_ms[0]:
         window = source.config.window
         window_ms = (float(window.start_ms), float(window.end_ms))
     stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    keep = DayHeader.of(source).attrs
-    keep["recovered_from"] = path.name if path.exists() else "(missing)"
-    keep["recovered_utc"] = stamp
+    keep = source.header().attrs
+    keep.update({"recovered_from": path.name if path.exists() else "(missing)", "recovered_utc": stamp})
     if from_plan:
         keep["recovered_header_from"] = source.path.name
         if len(source.channel_names) != n_ch:
             keep["recovered_channel_names"] = "generic (not in the journal)"
-    lock = DayLock(path)
-    try:
-        lock.acquire()
-    except BlockingIOError as exc:
-        raise DayFileError(f"{path} is being recorded by PID {getattr(exc, 'pid', '?')}. Nothing was changed.") from None
-    tmp = path.with_name(path.name + ".rebuilding")
-    try:
-        for stale in (tmp, journal_path(tmp)):
-            if stale.exists():
-                stale.unlink()          # an earlier rebuild that never finished
-        session_id = str(source.attrs["session_id"]) if not from_plan else f"recovered-day{source.day:03d}-{stamp}"
-        backend = str(source.attrs["backend"]) if not from_plan else "unknown (recovered from the journal)"
-        header = DayHeader.of(source, session_id=session_id, channel_names=channel_names, backend=backend,
-                              window_ms=window_ms, attrs=keep, status="recording",
-                              origin=source.origin if not from_plan else Origin(UNKNOWN),
-                              identifier=str(source.attrs.get("identifier", "")) if not from_plan else "")
-        w = DayWriter.create(tmp, header)
-        done = np.zeros(len(source.schedule_stim_index), bool)   # planned slots the journal recorded validly
-        with w:
-            for rows in journal:
-                w.append_trial(rows)
-                done[np.asarray(rows.trial.planned_indices, np.int64)[np.asarray(rows.valid, bool)]] = True
-            if source.complete and done.all():
-                w.mark_complete()
-        # verify before anything is replaced
-        _, problems = check_day(tmp)
-        rebuilt = read_day(tmp)
-        if len(rebuilt.trials["trial_index"]) != len(journal):
-            problems.append(f"rebuilt {len(rebuilt.trials['trial_index'])} trials of the journal's {len(journal)}")
-        if problems:
-            raise DayFileError(f"the rebuilt file failed its check ({'; '.join(problems)}); {path} was left as it was")
-        journal_path(tmp).unlink()                 # identical to the original journal, which stays in place
-        if path.exists():
-            os.link(path, path.with_name(f"{path.name}.damaged-{stamp}"))   # keep the old file under a new name
-        os.replace(tmp, path)                      # the swap: one atomic rename
-    except OSError as exc:
-        raise DayFileError(f"could not rebuild {path} ({exc.strerror or exc}); {path} was left as it was") from None
-    finally:
-        for leftover in (tmp, journal_path(tmp)):
-            if leftover.exists():
-                leftover.unlink()
-        lock.release()
-    return path
+        return source.header(session_id=f"recovered-day{source.day:03d}-{stamp}", channel_names=channel_names,
+                            backend="unknown (recovered from the journal)", window_ms=window_ms, attrs=keep,
+                            status="recording", origin=Origin(UNKNOWN), identifier=""), False
+    return source.header(channel_names=channel_names, window_ms=window_ms, attrs=keep,
+                        status="recording"), source.complete
+
+
+def _rebuild(tmp: Path, header: DayHeader, journal: list, complete: bool, path: Path) -> None:
+    """Write ``header`` and every journalled trial into ``tmp`` and check it against the journal
+    (a failure names ``path``, the file being rebuilt, which is left as it was)."""
+    done = np.zeros(len(header.schedule_stim_index), bool)   # planned slots the journal recorded validly
+    with DayWriter.create(tmp, header) as w:
+        for rows in journal:
+            w.append_trial(rows)
+            done[np.asarray(rows.trial.planned_indices, np.int64)[np.asarray(rows.valid, bool)]] = True
+        if complete and done.all():
+            w.mark_complete()
+    _, problems = check_day(tmp)   # verify before anything is replaced
+    rebuilt = read_day(tmp)
+    if len(rebuilt.trials["trial_index"]) != len(journal):
+        problems.append(f"rebuilt {len(rebuilt.trials['trial_index'])} trials of the journal's {len(journal)}")
+    if problems:
+        raise DayFileError(f"the rebuilt file failed its check ({'; '.join(problems)}); {path} was left as it was")
 
 
 def _clock_segments(d) -> tuple[list[dict], float]:
