@@ -35,6 +35,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from modelfit.files import atomic_path
 from modelfit.names import BACKBONES, LAYERS  # torch-free names, one definition
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -357,8 +358,6 @@ def convert_checkpoint(src: str | Path, out: str | Path, trust: bool = False) ->
                 break
     state = extract_state_dict(obj, origin=str(src))
     state = {k: v.detach().clone().contiguous() for k, v in state.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
     return {"tensors": len(state), "sha256": file_sha256(out), "out": str(out)}

@@ -19,21 +19,16 @@ features feed a fitted readout unless that error is acceptable.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from modelfit.files import atomic_path, write_atomic
+from modelfit.imageid import sha1_of
+
 from .backbone import RANDOM_INIT, Backbone
-
-
-def sha1_of(pixels: np.ndarray) -> str:
-    """sha1 hex of one image's uint8 bytes (C order, H x W x 3); same as ``stimuli.stimset.sha1_of``."""
-    import hashlib
-
-    return hashlib.sha1(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def images_to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -80,8 +75,8 @@ class FeatureExtractor:
         folder.mkdir(parents=True, exist_ok=True)
         ident = folder.parent.parent / "backbone.txt"
         if not ident.exists():
-            _atomic_write_bytes(ident, (f"name = {b.name}\nweights_sha256 = {b.weights_sha256}\n"
-                                        f"weights_path = {b.weights_path}\nseed = {b.seed}\n").encode())
+            write_atomic(ident, (f"name = {b.name}\nweights_sha256 = {b.weights_sha256}\n"
+                                 f"weights_path = {b.weights_path}\nseed = {b.seed}\n"))
         return folder
 
     def _compute(self, pixels: np.ndarray) -> np.ndarray:
@@ -150,21 +145,5 @@ def _read_cached(folder: Path, sid: str, dim: int) -> np.ndarray | None:
 
 
 def _write_cached(folder: Path, sid: str, feature: np.ndarray) -> None:
-    path = _cache_path(folder, sid)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(feature, np.float32), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    with atomic_path(_cache_path(folder, sid)) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(feature, np.float32), allow_pickle=False)

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from .backbone import RANDOM_INIT, Backbone, build_backbone
+from .files import atomic_path
 from .readout import Readout, SiteModel
 
 SCHEMA = "itloop.fitted_model/1"
@@ -167,15 +168,8 @@ def save_fitted(path: str | os.PathLike, readout: Readout, backbone: Backbone, s
                 scores: dict[str, np.ndarray] | None = None, info: dict[str, object] | None = None) -> Path:
     """Write a fitted model to an HDF5 file at ``path`` (written to a temp name, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with h5py.File(tmp, "w") as f:
-            write_fitted_group(f, readout, backbone, site_channels, scores, info)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        write_fitted_group(f, readout, backbone, site_channels, scores, info)
     return path
 
 

@@ -29,6 +29,7 @@ MASK_MS = 100.0              # grey mask after each image, ms
 FIXATION_ACQUIRE_MS = 300.0  # gaze inside the window this long before the RSVP starts, ms
 INTER_TRIAL_MS = 500.0       # blank between trials, ms
 IMAGE_SIZE_DEG = 8.0         # image width on screen, degrees of visual angle
+COUNT_WINDOW_MS = (70.0, 170.0)   # spikes are counted in [onset + 70 ms, onset + 170 ms) (config [window])
 FIXATION_WINDOW_DEG = 2.0    # fixation window radius, degrees
 
 

@@ -61,8 +61,8 @@ class RsvpConfig:
 
 @dataclass
 class WindowConfig:
-    start_ms: float = key(70.0, low=0, high=60_000, unit="ms after stimulus onset")
-    end_ms: float = key(170.0, low=0, high=60_000, unit="ms after stimulus onset")
+    start_ms: float = key(_rsvp.COUNT_WINDOW_MS[0], low=0, high=60_000, unit="ms after stimulus onset")
+    end_ms: float = key(_rsvp.COUNT_WINDOW_MS[1], low=0, high=60_000, unit="ms after stimulus onset")
 
     def check(self) -> Problems:
         if self.end_ms <= self.start_ms:

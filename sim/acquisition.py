@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 
 from sim.clocks import PHOTODIODE_JITTER_S, ClockMap
+from sim.params import COUNT_WINDOW_S
 
 TTL, SPIKE = 0, 1
 
@@ -175,7 +176,7 @@ class AcqSimParams:
     extra_fraction: float = 0.0
     jitter_s: float = 0.001
     electrode_prefix: str = "Electrode "
-    window_s: tuple[float, float] = (0.07, 0.17)
+    window_s: tuple[float, float] = COUNT_WINDOW_S
     seed: int = 0
 
 

@@ -40,7 +40,7 @@ from modelfit.features import images_to_tensor
 from sim import spikes as _spikes
 from sim.clocks import ClockMap
 from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP, TrainedTrunk, resample
-from sim.params import SimParams
+from sim.params import COUNT_WINDOW_S, SimParams
 from sim.refimages import reference_images
 
 __all__ = ["SimParams", "SimulatedMonkey", "TrueRateModule"]
@@ -255,7 +255,7 @@ class SimulatedMonkey:
         self._cache.clear()
         self._stim_rates = None
 
-    def expected_counts(self, rates: np.ndarray, window_s: tuple[float, float] = (0.07, 0.17),
+    def expected_counts(self, rates: np.ndarray, window_s: tuple[float, float] = COUNT_WINDOW_S,
                         on_s: float = 0.1) -> np.ndarray:
         """Exact expected counts (N, C) in ``[onset + window_s[0], onset + window_s[1])`` for ``rates`` (N, C) Hz."""
         return _spikes.expected_counts(rates, self.baseline_hz, self.latency_s, window_s, on_s)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from rig.backend import COUNT_WINDOW_MS
+
 _U32 = 2 ** 32 - 1
+COUNT_WINDOW_S = (COUNT_WINDOW_MS[0] / 1000.0, COUNT_WINDOW_MS[1] / 1000.0)   # the default count window, s
 
 
 @dataclass

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from modelfit.features import images_to_tensor
 from stimuli.controls import random_stimuli
 from stimuli.objective import SiteObjective
 from stimuli.params import PerturbParams  # noqa: F401  (public here too: stimuli.perturb.PerturbParams)
@@ -450,7 +451,8 @@ def validate_problems(problems, n_images: int, n_sites: int) -> tuple[np.ndarray
 
 
 def _to_float(clean: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(clean).to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on ``device`` (modelfit's one converter)."""
+    return images_to_tensor(clean).to(device).contiguous()
 
 
 # ----------------------------------------------------------------------------- entry points

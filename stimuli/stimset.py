@@ -20,17 +20,13 @@ Provenance columns (one entry per stimulus):
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelfit.imageid import sha1_of  # the one image sha1 (re-exported: stimuli.stimset.sha1_of)
+
 KINDS = ("clean", "targeted", "random")
-
-
-def sha1_of(pixels: np.ndarray) -> str:
-    """sha1 hex digest of one image's uint8 bytes (C order, H x W x 3)."""
-    return hashlib.sha1(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def check_epsilon_index(index: np.ndarray, requested: np.ndarray, epsilons: np.ndarray) -> None:

@@ -77,7 +77,7 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
     params = AcqSimParams(sample_rate_hz=a.sim_sample_rate_hz, ttl_line=a.ttl_line, drop_fraction=a.sim_drop_fraction,
                           extra_fraction=a.sim_extra_fraction, jitter_s=a.sim_jitter_ms / 1000.0,
                           electrode_prefix=a.electrode_prefix,
-                          window_s=(cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0), seed=cfg.sim.seed + day)
+                          window_s=(cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0), seed=cfg.day_seed(day))
     if a.n_channels != monkey.n_channels:
         raise UserError(f"acquisition.n_channels = {a.n_channels} but sim.n_channels = {monkey.n_channels}; make them equal")
     sim = AcquisitionSim(monkey, pixels, marker, f"tcp://127.0.0.1:{a.event_port}", params,

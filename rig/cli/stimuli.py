@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
+
+from modelfit.files import atomic_path
 
 from rig.config import load_config
 from rig.errors import UserError
@@ -71,14 +72,10 @@ def save_stimulus_set(path: str | Path, ss) -> Path:
         raise UserError(f"--out {path}: the stimulus file must end in .npz")
     if not path.parent.exists():
         raise UserError(f"--out {path}: folder {path.parent} does not exist; create it first")
-    tmp = path.with_name(path.name + ".partial")
     cols = {c: getattr(ss, c) for c in ss.COLUMNS}
     cols["kind"] = np.asarray(ss.kind, dtype=str)
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, pixels=ss.pixels, epsilons=ss.epsilons, **cols)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 

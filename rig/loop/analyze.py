@@ -34,6 +34,7 @@ from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random
 from analysis.sensitivity import model_unit_curve
 from modelfit.store import load_fitted
 from modelfit.features import images_to_tensor
+from modelfit.files import write_atomic
 from analysis import fraction_of_true
 from rig.backends.factory import build_sim_monkey
 from rig.loop.groundtruth import TrueCountModule, cached_whitebox
@@ -327,9 +328,7 @@ def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True
     """Compute :func:`day_results` and write ``day_DDD.analysis.json``."""
     res = day_results(cfg, folder, day, progress=progress, days=days)
     out = Path(folder) / f"day_{day:03d}.analysis.json"
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(json.dumps(res.numbers(), indent=1))
-    tmp.replace(out)
+    write_atomic(out, json.dumps(res.numbers(), indent=1))
     return res, out
 
 

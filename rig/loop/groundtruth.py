@@ -18,7 +18,6 @@ experiment (the report and later days reuse it).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import torch
 from torch import nn
 
 from modelfit.features import images_to_tensor
+from modelfit.files import atomic_path
+from modelfit.imageid import sha1_of
 from stimuli.perturb import generate_perturbations
 
 
@@ -169,15 +170,13 @@ CACHE_VERSION = 2
 
 
 def problem_keys(clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float]) -> list[list[str]]:
-    """Per problem, per epsilon: ``sha1(clean parent's uint8 pixels and shape):site:eps`` -- what
+    """Per problem, per epsilon: ``sha1(clean parent's uint8 pixels)-HxW:site:eps`` -- what
     identifies a white-box answer whatever day, order or index the problem comes with."""
-    import hashlib
-
     digests = {}
     for i, _ in problems:
         if i not in digests:
-            px = np.ascontiguousarray(clean[i])
-            digests[i] = hashlib.sha1(px.tobytes() + repr(px.shape).encode()).hexdigest()
+            h, w = clean[i].shape[:2]
+            digests[i] = f"{sha1_of(clean[i])}-{h}x{w}"
     return [[f"{digests[i]}:{int(s)}:{float(e)!r}" for e in epsilons] for i, s in problems]
 
 
@@ -240,11 +239,10 @@ def _read_cache(path: Path, key: dict) -> dict:
 
 def _write_cache(path: Path, key: dict, rows: dict) -> None:
     names = sorted(rows)
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, key=json.dumps(key, sort_keys=True), rows=np.asarray(names, dtype=str),
-             best=np.asarray([rows[k][0] for k in names], float).reshape(-1, 2),
-             previous=np.asarray([rows[k][1] for k in names], float).reshape(-1, 2),
-             doublings=np.asarray([rows[k][2] for k in names], np.int64),
-             max_change=np.asarray([rows[k][3] for k in names], float),
-             converged=np.asarray([rows[k][4] for k in names], bool))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, key=json.dumps(key, sort_keys=True), rows=np.asarray(names, dtype=str),
+                 best=np.asarray([rows[k][0] for k in names], float).reshape(-1, 2),
+                 previous=np.asarray([rows[k][1] for k in names], float).reshape(-1, 2),
+                 doublings=np.asarray([rows[k][2] for k in names], np.int64),
+                 max_change=np.asarray([rows[k][3] for k in names], float),
+                 converged=np.asarray([rows[k][4] for k in names], bool))

@@ -107,7 +107,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     r = cfg.rsvp
     info = SessionInfo(session_id=session_id, day=day, stim_on_ms=r.stim_on_ms, mask_ms=r.mask_ms,
                        fixation_acquire_ms=r.fixation_acquire_ms, inter_trial_ms=r.inter_trial_ms,
-                       image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.experiment.seed + 7919 * day)
+                       image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.day_seed(day))
     monitor = _start_live_monitor(cfg, info, backend_name, channel_names, writer)
     try:
         with writer:

@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from modelfit.files import write_atomic
 from rig.loop.analyze import analyze_day, describe
 from rig.config import Config, config_from_toml_text
 from rig.loop.record import record_day
@@ -33,9 +34,7 @@ def experiment_config(folder: Path, cfg: Config | None) -> Config:
     if cfg is None:
         raise UserError(f"{folder} is not an itloop experiment folder (no {EXPERIMENT_TOML}); pass --config or --demo")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = stored.with_name(stored.name + ".partial")
-    tmp.write_text(cfg.to_toml())
-    tmp.replace(stored)
+    write_atomic(stored, cfg.to_toml())
     return cfg
 
 

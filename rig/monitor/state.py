@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from rig.backend import COUNT_WINDOW_MS
+
 PSTH_EDGES_S = np.arange(-0.05, 0.2501, 0.01)     # -50 .. 250 ms around each onset, 10 ms bins
 MAX_TRACE_POINTS = 400                           # per trial, after decimation
 
@@ -23,7 +25,7 @@ def _num(x) -> float | None:
 class MonitorState:
     """The session as the page sees it; ``observe(rows, progress)`` is the runner's observer."""
 
-    def __init__(self, *, session_id: str = "", day: int = 0, backend: str = "", window_ms=(70.0, 170.0),
+    def __init__(self, *, session_id: str = "", day: int = 0, backend: str = "", window_ms=COUNT_WINDOW_MS,
                  fixation_window_deg: float = 2.0, trace_trials: int = 3, channel_names: list[str] | None = None):
         self._lock = threading.Lock()
         self.info = {"session_id": session_id, "day": int(day), "backend": backend,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelfit.files import write_atomic
+
 MODELS = {"affine": 3, "quadratic": 6}
 
 
@@ -73,7 +75,7 @@ class CalibrationMap:
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=1))
+        write_atomic(p, json.dumps(self.to_dict(), indent=1))
         return p
 
     @classmethod

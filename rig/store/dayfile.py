@@ -52,6 +52,7 @@ import numpy as np
 
 from rig import __version__
 from rig.backend import TrialRows
+from modelfit.files import atomic_path
 from rig.store.journal import Journal, journal_path, read_journal
 from rig.store.lock import DayLock
 from rig.store.origin import Origin, backend_origin
@@ -570,23 +571,17 @@ def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSe
 
 
 def _write_new(tmp: Path, path: Path, header: DayHeader) -> None:
-    """Write a header into ``tmp``, fsync it, then link it to ``path`` (never replacing a file).
+    """Write a header beside ``path``, fsync it, then link it to ``path`` (never replacing a file).
 
     A failure (read-only folder, full disk) removes ``tmp`` and is one DayFileError
     naming the path; nothing is left that blocks a retry.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
-            tmp.unlink()  # a header that never finished: it holds no recording
-        try:
-            with h5py.File(tmp, "w") as h5:  # default libver: no SWMR status flags to trip over after a crash
-                _write_header(h5, header)
-            _fsync_path(tmp)
-            os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            tmp.unlink()  # a header that an older itloop never finished: it holds no recording
+        # atomic, and fails rather than replace a file that appeared meanwhile
+        with atomic_path(path, overwrite=False) as part, h5py.File(part, "w") as h5:  # default libver: no SWMR flags
+            _write_header(h5, header)
     except FileExistsError:
         raise DayFileError(f"{path} already exists; nothing was overwritten") from None
     except OSError as exc:

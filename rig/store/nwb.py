@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelfit.files import atomic_path
 from rig.store.dayfile import (
     EYE_COLUMNS,
     METADATA_SECTIONS,
@@ -583,32 +583,19 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
 
 
 def write_export(job: ExportJob, overwrite: bool = False) -> Path:
-    """Write a prepared export; ``<out stem>.partial.nwb`` first, then renamed, so the
-    output is never half-written. Refuses an existing output unless ``overwrite``."""
+    """Write a prepared export beside ``out`` first, then rename it (``modelfit.files.atomic_path``),
+    so the output is never half-written. Refuses an existing output unless ``overwrite``."""
     from pynwb import NWBHDF5IO
 
     out = job.out_path
     if out.exists() and not overwrite:
         raise ExportRefused(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or choose another output path")
     nwb = build_nwbfile(job.day, job.meta, job.origin)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".partial.nwb")  # pynwb wants the .nwb suffix
-    if tmp.exists():
-        tmp.unlink()  # a previous export that never finished
-    try:
-        with NWBHDF5IO(str(tmp), "w") as io:
+    try:   # pynwb wants the .nwb suffix; without overwrite, a file that appeared meanwhile is not replaced
+        with atomic_path(out, suffix=".nwb", overwrite=overwrite) as tmp, NWBHDF5IO(str(tmp), "w") as io:
             io.write(nwb)
-        if overwrite:
-            os.replace(tmp, out)
-        else:
-            os.link(tmp, out)  # fails rather than replace a file that appeared meanwhile
-            tmp.unlink()
     except FileExistsError:
-        tmp.unlink(missing_ok=True)
         raise ExportRefused(f"{out} appeared while exporting; pass overwrite=True (CLI: --overwrite) to replace it") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 
