@@ -31,11 +31,6 @@ def to_size(eps_224: float, size_px: int) -> float:
     return float(eps_224) * size_px / PAPER_SIZE_PX
 
 
-def to_paper(eps: float, size_px: int) -> float:
-    """An L2 epsilon at ``size_px`` -> the epsilon with the same per-pixel RMS at 224 px."""
-    return float(eps) * PAPER_SIZE_PX / size_px
-
-
 @dataclass
 class Calibration:
     epsilons_224: list[float]

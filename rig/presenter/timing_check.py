@@ -74,7 +74,7 @@ def photodiode_latency(ttl_s: np.ndarray, flip_s: np.ndarray, max_latency_s: flo
     scatter on both sides of their flips.
 
     For ``itloop present --timing-check`` when the acquisition system records the photodiode
-    TTL: pass its rising-edge times mapped onto the presenter clock (``ClockAligner``) and the
+    TTL: pass its rising-edge times mapped onto the presenter clock (``rig.session.clock.SegmentedClock``) and the
     flips' stamps. Returns the latencies (ms) and their distribution; flips without a TTL are
     counted as ``missing`` (a dropped or unlit frame), TTLs without a flip as ``extra``.
     """

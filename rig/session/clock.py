@@ -146,26 +146,6 @@ class SegmentedClock:
         return [self.segments[k].summary() for k in self.order]
 
 
-class ClockAligner(SegmentedClock):
-    """One-segment view kept for callers that know one presenter session only."""
-
-    LABEL = ""
-
-    def add(self, presenter_s, acq_s, label: str | None = None) -> SegmentFit:  # type: ignore[override]
-        return super().add(self.LABEL if label is None else label, presenter_s, acq_s)
-
-    def _seg(self) -> SegmentFit:
-        return self.segments.get(self.LABEL) or SegmentFit(self.LABEL)
-
-    offset_s = property(lambda self: self._seg().offset_s)
-    drift = property(lambda self: self._seg().drift)
-    residual_sd_s = property(lambda self: self._seg().residual_sd_s)
-    n_pairs = property(lambda self: self._seg().n_pairs)
-
-    def to_acq(self, presenter_s, label: str | None = None) -> np.ndarray:  # type: ignore[override]
-        return super().to_acq(self.LABEL if label is None else label, presenter_s)
-
-
 # --------------------------------------------------------------------------- matching
 def match_pulses(predicted_acq_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float) -> np.ndarray:
     """Index into ``pulses_acq_s`` of the pulse nearest each prediction, -1 if none within
