@@ -1,6 +1,7 @@
 """Backend construction from the config: ``make_backend("sim", cfg)``."""
 from __future__ import annotations
 
+import logging
 import dataclasses
 
 from rig.config import Config
@@ -8,6 +9,8 @@ from rig.errors import UserError
 from rig.backends.presenter import PresenterBackend, SimSpikeSource
 from rig.link.client import PresenterClient
 from rig.link.protocol import curve_keys
+
+log = logging.getLogger(__name__)
 
 # The simulated monkey (sim.monkey, modelfit.backbone) is imported where it is built: it pulls in
 # torch and torchvision (seconds per process start), which the live rig's controller never uses.
@@ -52,8 +55,8 @@ def _presenter_backend(cfg: Config):
                                  allowed_keys=load_allowed_keys(p.curve_authorized_keys) if keys else None, verbose=True)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(f"waiting for the presenter at {p.endpoint}: start `itloop present --endpoint {p.endpoint}` on the stimulus computer "
-          "(spikes come from the simulated monkey: no acquisition bridge yet)", flush=True)
+    log.info(f"waiting for the presenter at {p.endpoint}: start `itloop present --endpoint {p.endpoint}` on the "
+             "stimulus computer (spikes come from the simulated monkey: no acquisition bridge yet)")
     monkey = build_sim_monkey(cfg)
     calibration = _calibration(cfg)
     backend = PresenterBackend(client, SimSpikeSource(monkey), frame_tolerance=cfg.monitor.frame_tolerance,
@@ -110,8 +113,8 @@ def _rig_backend(cfg: Config):
         from rig.sources.lsl import LslMarkerOutlet
 
         markers = LslMarkerOutlet(a.lsl_marker_outlet)
-    print(f"waiting for the presenter at {p.endpoint} (start `itloop present --endpoint {p.endpoint}` on the stimulus "
-          f"computer); spikes from {a.system} at {a.host}", flush=True)
+    log.info(f"waiting for the presenter at {p.endpoint} (start `itloop present --endpoint {p.endpoint}` on the stimulus "
+             f"computer); spikes from {a.system} at {a.host}")
     backend = RigBackend(client, source, markers=markers, fixation_window_deg=cfg.rsvp.fixation_window_deg,
                          pulse_tolerance_s=a.pulse_tolerance_ms / 1000.0, wait_s=a.wait_ms / 1000.0,
                          max_drift_ppm=a.max_drift_ppm,

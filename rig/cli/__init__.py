@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import sys
 
 from rig import __version__
@@ -60,6 +61,30 @@ def is_user_error(exc: BaseException) -> bool:
     return any(isinstance(exc, getattr(sys.modules[m], name)) for m, name in LAZY_USER_ERRORS if m in sys.modules)
 
 
+LIBRARY_LOGGERS = ("rig", "modelfit", "stimuli", "analysis", "sim")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Print each library log line (one line per step) to the current stdout; warnings and
+    errors as they are, lines at INFO without a level prefix."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stdout, flush=True)
+        except Exception:  # a closed stdout must not break a recording
+            self.handleError(record)
+
+
+def install_console_logging() -> None:
+    """The CLI's one logging handler on the library packages' loggers (idempotent)."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+            logger.addHandler(_ConsoleHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="itloop",
@@ -73,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_console_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

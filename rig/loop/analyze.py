@@ -14,6 +14,7 @@ the simulated monkey's ground truth):
 """
 from __future__ import annotations
 
+import logging
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +40,8 @@ from analysis import fraction_of_true
 from rig.backends.factory import build_sim_monkey
 from rig.loop.groundtruth import TrueCountModule, cached_whitebox
 from stimuli.perturb import PerturbParams
+
+log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 
@@ -294,10 +297,9 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
            "on_s": cfg.rsvp.stim_on_ms / 1000.0, "params": json.dumps(rules, sort_keys=True)}
 
     def announce(n_new: int) -> None:
-        if progress:
-            print(f"ground truth: white-box attack on the simulated sites ({n_new} new of {len(problems)} problems x "
-                  f"{len(eps)} epsilons x 2 directions: {base.restarts} restarts x {base.steps} steps, then both doubled "
-                  f"until no problem's answer changes by 2% or more)", flush=True)
+        log.info(f"ground truth: white-box attack on the simulated sites ({n_new} new of {len(problems)} problems x "
+                 f"{len(eps)} epsilons x 2 directions: {base.restarts} restarts x {base.steps} steps, then both doubled "
+                 f"until no problem's answer changes by 2% or more)")
 
     wb = cached_whitebox(folder / "groundtruth.npz", key, module, clean, problems, eps, base, seed=7,
                          progress=progress, on_compute=announce)

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import logging
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +36,8 @@ from rig.loop.preflight import preflight
 from modelfit.store import load_fitted
 from rig.loop.compute import FittedModelFiles, generate_stimuli
 from stimuli.perturb import PerturbParams
+
+log = logging.getLogger(__name__)
 
 
 def code_version() -> str:
@@ -106,17 +109,15 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     problems = [(local[int(chosen[k, j])], int(targets[k])) for k in range(len(targets)) for j in range(chosen.shape[1])]
     params = PerturbParams.from_config_section({**asdict(cfg.perturb), "channels_last": cfg.model.channels_last,
                                                 "bf16": cfg.model.bf16})
-    if progress:
-        print(f"day {day}: perturbing {len(unique)} clean images for {len(targets)} sites at "
-              f"{len(cfg.experiment.epsilons)} epsilons, both directions ({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)",
-              flush=True)
+    log.info(f"day {day}: perturbing {len(unique)} clean images for {len(targets)} sites at "
+             f"{len(cfg.experiment.epsilons)} epsilons, both directions "
+             f"({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)")
     stimset = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
                                seed=cfg.day_seed(day), device=cfg.model.device,
                                module_factory=lambda: model.module(weights=cfg.model.weights or None,
                                                                    device=cfg.model.device),
                                source_factory=lambda: FittedModelFiles.from_paths(mpath, cfg.model.weights or None),
-                               progress=progress, report=(lambda line: print(f"day {day}: {line}", flush=True))
-                               if progress else None)
+                               progress=progress, report=lambda line: log.info("day %d: %s", day, line))
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
@@ -136,10 +137,9 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
                attrs={"planned_parent_separation_mean_min": mean_sep, "planned_parent_separation_min_min": min_sep,
                       "random_init_model": bool(model.random_init)})
     if min_sep < cfg.schedule.min_parent_separation_min:
-        print(f"day {day}: WARNING: some perturbed images are only {min_sep:.2f} min from their parents "
-              f"(asked for schedule.min_parent_separation_min = {cfg.schedule.min_parent_separation_min}); "
-              "the session is too short for that separation", flush=True)
-    if progress:
-        print(f"day {day}: plan written to {out} ({len(stimset)} stimuli, {len(schedule)} presentations, "
-              f"perturbed images {mean_sep:.1f} min from their parents on average, {min_sep:.1f} min at least)")
+        log.warning(f"day {day}: WARNING: some perturbed images are only {min_sep:.2f} min from their parents "
+                    f"(asked for schedule.min_parent_separation_min = {cfg.schedule.min_parent_separation_min}); "
+                    "the session is too short for that separation")
+    log.info(f"day {day}: plan written to {out} ({len(stimset)} stimuli, {len(schedule)} presentations, "
+             f"perturbed images {mean_sep:.1f} min from their parents on average, {min_sep:.1f} min at least)")
     return out

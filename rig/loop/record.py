@@ -1,6 +1,7 @@
 """Record one day: plan (or read the plan), open a backend, run the session, store it."""
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import datetime as _dt
@@ -22,6 +23,8 @@ from rig.session.schedule import Schedule, build_schedule, seconds_per_presentat
 from rig.session.runner import SessionResult, run_session
 from stimuli.images import clean_images
 from stimuli.stimset import StimulusSet
+
+log = logging.getLogger(__name__)
 
 
 def slot_seconds(cfg: Config) -> float:
@@ -78,8 +81,8 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             planned_cfg = dataclasses.replace(plan.config,
                                               **{k: getattr(cfg, k) for k in METADATA_SECTIONS})
             if planned_cfg != cfg:
-                print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
-                      "(it differs from the one given)", flush=True)
+                log.info(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
+                         "(it differs from the one given)")
                 cfg = planned_cfg
         elif day != 0:
             raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
@@ -145,8 +148,8 @@ def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, chann
     except ValueError as exc:
         writer.close()
         raise UserError(str(exc)) from None
-    print(f"live monitor: {monitor.url} (read-only; from another computer: "
-          f"ssh -N -L {monitor.port}:127.0.0.1:{monitor.port} <user>@<this computer>)", flush=True)
+    log.info(f"live monitor: {monitor.url} (read-only; from another computer: "
+             f"ssh -N -L {monitor.port}:127.0.0.1:{monitor.port} <user>@<this computer>)")
     return monitor
 
 

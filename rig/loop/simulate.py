@@ -6,6 +6,7 @@ day, and refuses a different configuration rather than mix two experiments in on
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ from rig.errors import UserError
 from rig.loop.plan import plan_day
 from rig.paths import EXPERIMENT_TOML, day_path, plan_path
 from rig.loop.report import write_report
+
+log = logging.getLogger(__name__)
 
 
 
@@ -43,7 +46,7 @@ def _step(name: str):
     """One line per step with its wall time (also without progress bars: logs keep the timings)."""
     t0 = time.monotonic()
     yield
-    print(f"[{name}: {time.monotonic() - t0:.0f} s]", flush=True)
+    log.info("[%s: %.0f s]", name, time.monotonic() - t0)
 
 
 def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool = True, report: bool = True) -> Path | None:
@@ -62,16 +65,16 @@ def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool =
             with _step(f"day {day}: recording"):
                 record_day(cfg, folder, day, "sim", progress=progress)
         elif day_status(path) != "complete":
-            print(f"day {day}: resuming the interrupted recording in {path}", flush=True)
+            log.info("day %d: resuming the interrupted recording in %s", day, path)
             with _step(f"day {day}: recording (resumed)"):
                 record_day(cfg, folder, day, "sim", resume=True, progress=progress)
         if day >= 1 and not (folder / f"day_{day:03d}.analysis.json").exists():
             with _step(f"day {day}: analysis"):
                 res, _ = analyze_day(cfg, folder, day, progress=progress, days=days_read)
-            print(describe(res), flush=True)
+            log.info(describe(res))
     if not report:
         return None
     with _step("report"):
         summary = write_report(cfg, folder, progress=progress, cache=days_read)
-    print(f"report: {summary} (figures beside it)")
+    log.info("report: %s (figures beside it)", summary)
     return summary
