@@ -131,3 +131,19 @@ def test_an_older_file_is_read_with_its_derived_origin(tmp_path):
     assert d.origin == Origin(SIM) and d.experiment_uuid == "" and data_origin(d).simulated
     assert check_day(path)[0]["origin"] == SIM
     assert np.isfinite(d.counts[d.presentations["valid"]]).all()
+
+
+def test_every_dataset_has_unit_and_description(tmp_path):
+    """A recorded day and a plan with a designing model: /config_toml and /model/* included."""
+    folder = tmp_path / "exp"
+    assert main(["day", "run", "--day", "0", "--backend", "sim", "--out", str(folder), "--config", str(TINY),
+                 "--no-progress"]) == 0
+    assert main(["day", "plan", "--day", "1", "--out", str(folder), "--no-progress"]) == 0
+    missing = []
+    for path in (folder / "day_000.h5", folder / "day_001.plan.h5"):
+        with h5py.File(path, "r") as h5:
+            h5.visititems(lambda name, obj: missing.append(f"{path.name}:{name}") if isinstance(obj, h5py.Dataset)
+                          and not ({"unit", "description"} <= set(obj.attrs)) else None)
+            if path.name.endswith("plan.h5"):
+                assert "coef" in h5["model"] and h5["model/coef"].attrs["unit"]
+    assert missing == []

@@ -133,7 +133,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
         "clean_pool_index": pool[unique], "code_version": code_version(),
         "perturb_params": asdict(params),
     }
-    write_plan(out, cfg.to_toml(), day, stimset, schedule, model_info=info,
+    write_plan(out, cfg, day, stimset, schedule, model_info=info,
                attrs={"planned_parent_separation_mean_min": mean_sep, "planned_parent_separation_min_min": min_sep,
                       "random_init_model": bool(model.random_init)})
     if min_sep < cfg.schedule.min_parent_separation_min:

@@ -46,7 +46,7 @@ def ensure_screening_plan(cfg: Config, folder: Path) -> Path:
     path = plan_path(folder, 0)
     if not path.exists():
         stimuli, schedule = screening_plan(cfg)
-        write_plan(path, cfg.to_toml(), 0, stimuli, schedule, {"made_by": "screening_plan"})
+        write_plan(path, cfg, 0, stimuli, schedule, {"made_by": "screening_plan"})
     return path
 
 
@@ -96,7 +96,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     if not resume:
         assert plan is not None   # a new day always has its plan (read or written above)
         writer = DayWriter.create(
-            path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,
+            path, config_text=cfg.to_toml(), config=cfg, day=day, session_id=session_id, stimuli=stimuli,
             schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
             seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
             backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),

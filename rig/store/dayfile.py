@@ -185,6 +185,7 @@ class DayHeader:
     attrs: dict = field(default_factory=dict)
     identifier: str = ""
     status: str = "recording"
+    config: Any = None                     # the rig.config.Config of config_text, when the writer holds it
 
     def __post_init__(self) -> None:
         if self.origin is None and self.status != "planned":   # the recording backends' own origin
@@ -490,7 +491,7 @@ def _write_header(h5: h5py.File, header: DayHeader) -> None:
     h5.attrs.update(header.root_attrs())
     _describe(h5.create_dataset("config_toml", data=header.config_text, dtype=h5py.string_dtype()),
               "TOML", "the full resolved configuration of the day (rig.config.Config, as TOML text)")
-    _write_metadata(h5, header.config_text)
+    _write_metadata(h5, header.config_text, header.config)
     _write_stimuli(h5.create_group("stimuli"), header.stimuli)
     sch = h5.create_group("schedule")
     _describe(sch.create_dataset("stim_index", data=np.asarray(header.schedule_stim_index, "i8")), "1",
@@ -537,31 +538,36 @@ def _create_tables(h5: h5py.File, window_ms: tuple[float, float], n_channels: in
     _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
 
 
-def _write_metadata(h5: h5py.File, config_text: str) -> None:
-    """``/metadata``: the subject / session / array config sections as JSON attrs."""
-    from rig.config import ConfigError, Config, config_from_toml_text
+def _write_metadata(h5: h5py.File, config_text: str, cfg=None) -> None:
+    """``/metadata``: the subject / session / array config sections as JSON attrs (from
+    ``cfg`` when given, else parsed from ``config_text``)."""
+    from rig.config import Config, ConfigError, config_from_toml_text
 
     g = h5.create_group("metadata")
-    try:
-        cfg, source = config_from_toml_text(config_text), "the day's configuration"
-    except ConfigError as exc:
-        cfg, source = Config(), f"defaults (the stored configuration could not be read: {exc})"
+    source = "the day's configuration"
+    if cfg is None:
+        try:
+            cfg = config_from_toml_text(config_text)
+        except ConfigError as exc:
+            cfg, source = Config(), f"defaults (the stored configuration could not be read: {exc})"
     g.attrs["description"] = ("who was recorded, by whom and with what (config sections [subject], [session], [array]) "
                               f"as JSON; from {source}")
     for name in METADATA_SECTIONS:
         g.attrs[name] = json.dumps(dataclasses.asdict(getattr(cfg, name)))
 
 
-def write_plan(path: str | Path, config_text: str, day: int, stimuli: StimulusSet, schedule,
+def write_plan(path: str | Path, config, day: int, stimuli: StimulusSet, schedule,
                model_info: dict | None = None, attrs: dict | None = None, experiment_uuid: str = "") -> Path:
     """Write a day's plan (stimuli, schedule, designing model) atomically; refuse to overwrite.
+    ``config``: the experiment's ``rig.config.Config`` (or its TOML text).
 
     A plan file has the day-file layout with no trials, no origin and ``status = "planned"``.
     """
     path = Path(path)
     if path.exists():
         raise DayFileError(f"plan {path} already exists; it is never overwritten (delete it yourself to re-plan)")
-    header = DayHeader(config_text=config_text, day=day, session_id=f"plan-day{day:03d}", stimuli=stimuli,
+    text, parsed = (config, None) if isinstance(config, str) else (config.to_toml(), config)
+    header = DayHeader(config_text=text, config=parsed, day=day, session_id=f"plan-day{day:03d}", stimuli=stimuli,
                        schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
                        seconds_per_presentation=schedule.seconds_per_presentation, channel_names=[], backend="none",
                        window_ms=(0.0, 0.0), origin=None, experiment_uuid=experiment_uuid, model_info=model_info or {},
