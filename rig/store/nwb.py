@@ -241,12 +241,9 @@ def time_base(attrs: dict) -> tuple[_dt.datetime, str]:
 
 
 def nwb_identifier(attrs: dict) -> str:
-    """The day file's UUID; for day files written before it existed, a UUID derived from
-    the session id, creation time, day and backend (the same on every export)."""
-    if attrs.get("identifier"):
-        return str(uuid.UUID(str(attrs["identifier"])))
-    key = f"itloop:{attrs.get('session_id', '')}:{attrs.get('created_utc', '')}:{attrs.get('day', '')}:{attrs.get('backend', '')}"
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+    """The day file's UUID (root attribute ``identifier``; rig.store.upgrade derives one,
+    the same on every read, for files written before it existed)."""
+    return str(uuid.UUID(str(attrs["identifier"])))
 
 
 def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin):

@@ -6,11 +6,14 @@ in memory; nothing on disk is changed. What changed, by version:
 
 - 1 -> 2: root attributes ``origin`` (derived once from the old ``spike_source`` sentence,
   :func:`rig.store.origin.legacy_origin`), ``replayed_from`` (the source's identifier, was its
-  path) and ``experiment_uuid`` ("": unknown); files of the first version 1 lack the
+  path), ``experiment_uuid`` ("": unknown) and, for the first files, ``identifier`` (a UUID
+  derived from the session id, creation time, day and backend: the same on every read); files of the first version 1 lack the
   ``/eye`` and ``/rewards`` tables and their ``eye_end``/``reward_end`` row counters, the
   ``/sync/segment`` labels and ``/stimuli/epsilon_index`` with its planned grid.
 """
 from __future__ import annotations
+
+import uuid
 
 import numpy as np
 
@@ -32,6 +35,10 @@ def upgrade(version: int, attrs: dict, tables: dict[str, np.ndarray], stimuli: d
             attrs.pop(key, None)
         attrs.update(origin.attrs())
         attrs.setdefault("experiment_uuid", "")
+        if not attrs.get("identifier"):   # the same UUID on every read: from the session's own facts
+            key = (f"itloop:{attrs.get('session_id', '')}:{attrs.get('created_utc', '')}:{attrs.get('day', '')}:"
+                   f"{attrs.get('backend', '')}")
+            attrs["identifier"] = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
         _add_missing_tables(tables)
         _metadata_from_config(metadata, config_text)
         if "epsilon_index" not in stimuli:
