@@ -290,7 +290,7 @@ class Backbone(nn.Module):
         tag = f"{RANDOM_INIT}-seed{self.seed}" if self.random_init else self.weights_sha256
         return f"{self.name}:{tag}"
 
-    def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
+    def train(self, mode: bool = True) -> Backbone:  # frozen: always eval
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

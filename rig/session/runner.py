@@ -152,7 +152,7 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                         observer(rows, TrialProgress(n_trials, n_valid, n_total, len(schedule), len(queue),
                                                      time.monotonic() - t0, seg.offset_s, seg.drift,
                                                      seg.residual_sd_s, seg.n_pairs))
-                    except Exception as exc:  # noqa: BLE001 - a monitor must never stop a recording
+                    except Exception as exc:  # any failure: a monitor must never stop a recording
                         tqdm.write(f"live monitor: {exc!r} (ignored; the recording goes on)")
                 if flag.stop or (max_trials is not None and n_trials >= max_trials):
                     interrupted = flag.stop

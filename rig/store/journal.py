@@ -57,10 +57,14 @@ def rows_from_json(text: str) -> TrialRows:
                       clock_segment=str(d.get("clock_segment", "")), pulse_ok=d.get("pulse_ok"),
                       **{k: d[k] for k in ("eye_presenter_s", "eye_x_deg", "eye_y_deg", "eye_pupil",
                                            "reward_presenter_s", "reward_ms", "reward_kind") if k in d})
-    opt = lambda k: None if d.get(k) is None else np.asarray(d[k], float)  # noqa: E731
     return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
                      np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool),
-                     eye_acq_s=opt("eye_acq_s"), reward_acq_s=opt("reward_acq_s"))
+                     eye_acq_s=_optional_array(d, "eye_acq_s"), reward_acq_s=_optional_array(d, "reward_acq_s"))
+
+
+def _optional_array(d: dict, key: str) -> np.ndarray | None:
+    """``d[key]`` as a float array; None when the journal line has none (older lines, no tracker)."""
+    return None if d.get(key) is None else np.asarray(d[key], float)
 
 
 class JournalError(UserError):
