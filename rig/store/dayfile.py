@@ -2,11 +2,14 @@
 
 Layout (every dataset has ``unit`` and ``description`` attributes)::
 
-    /                      attrs: schema_version, software_version, created_utc, day,
-                                  session_id, backend, status, committed_trials,
+    /                      attrs (DayHeader.root_attrs): schema_version, software_version,
+                                  created_utc, day, session_id, backend, status,
+                                  committed_trials, window_start_ms/end_ms,
                                   identifier (a UUID, stable: the NWB identifier),
-                                  acq_clock_zero_utc (wall time of the acquisition clock's
-                                  zero, recorded when the day starts), ...
+                                  origin ("sim" | "presenter+sim" | "live"; rig.store.origin),
+                                  replayed_from (a replay: its source's identifier),
+                                  experiment_uuid, acq_clock_zero_utc (wall time of the
+                                  acquisition clock's zero, recorded when the day starts), ...
     /config_toml           the full resolved configuration (TOML text)
     /metadata              attrs subject, session, array: JSON of those config sections
                            (who, where, with what; for NWB / DANDI)
@@ -14,7 +17,7 @@ Layout (every dataset has ``unit`` and ``description`` attributes)::
     /stimuli/sha1          (n_stim,) sha1 of each image's bytes
     /stimuli/<column>      provenance (kind, parent, site, epsilon_requested, ..., epsilon_index)
     /stimuli attrs         epsilons: the planned grid (L2 norms) that epsilon_index points into
-    /model/...             the model that designed the stimuli (optional)
+    /model/...             the model that designed the stimuli (optional; MODEL_DATASETS)
     /schedule/stim_index   (n_planned,) the planned presentation order
     /channels/names        (n_channels,)
     /trials/<column>       one row per trial attempt; written LAST for each trial
