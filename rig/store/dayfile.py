@@ -53,12 +53,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from modelfit.files import atomic_path
 from rig import __version__
 from rig.backend import TrialRows
-from modelfit.files import atomic_path
 from rig.store.journal import Journal, journal_path, read_journal
 from rig.store.lock import DayLock
-from rig.store.origin import Origin, backend_origin
+from rig.store.origin import RECORDING_BACKENDS, UNKNOWN, Origin, backend_origin
 from rig.store.trialdata import ROW_COUNTERS, TABLES, stored_tables, tables_digest, trial_tables
 from stimuli.stimset import StimulusSet
 
@@ -166,8 +166,8 @@ class DayHeader:
     """What a day file (or a plan) holds before its first trial: the one place the header's
     names are spelled. :meth:`root_attrs` are its root attributes; the rest are datasets.
 
-    ``origin``: where the spikes come from (default: the backend's, ``backend_origin``; a plan
-    records none);
+    ``origin``: where the spikes come from (default: the recording backend's, ``backend_origin``;
+    "unknown" for any other writer, e.g. a test's fake backend; a plan records none);
     ``experiment_uuid``: the experiment's UUID ("" in files written before it existed);
     ``identifier``: this file's UUID ("" = a new one); ``attrs``: further session facts.
     """
@@ -192,7 +192,7 @@ class DayHeader:
 
     def __post_init__(self) -> None:
         if self.origin is None and self.status != "planned":   # the recording backends' own origin
-            self.origin = Origin(backend_origin(self.backend))
+            self.origin = Origin(backend_origin(self.backend) if self.backend in RECORDING_BACKENDS else UNKNOWN)
         self.model_info = dict(self.model_info or {})
         self.attrs = dict(self.attrs or {})
 

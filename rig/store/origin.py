@@ -64,12 +64,15 @@ def read_origin(h5_or_attrs: Any) -> Origin:
     return Origin(kind, _text(attrs.get("replayed_from")))
 
 
+RECORDING_BACKENDS = {"sim": SIM, "presenter": PRESENTER_SIM, "rig": LIVE}   # backend -> origin of its days
+
+
 def backend_origin(backend: str) -> str:
     """The ``origin`` a backend's recordings have (``"replay"`` keeps its source's)."""
-    kinds = {"sim": SIM, "presenter": PRESENTER_SIM, "rig": LIVE}
-    if backend not in kinds:
-        raise ValueError(f"backend {backend!r} records no origin of its own; expected one of {', '.join(kinds)}")
-    return kinds[backend]
+    if backend not in RECORDING_BACKENDS:
+        raise ValueError(f"backend {backend!r} records no origin of its own; expected one of "
+                         f"{', '.join(RECORDING_BACKENDS)}")
+    return RECORDING_BACKENDS[backend]
 
 
 def legacy_origin(attrs: Mapping) -> Origin:
