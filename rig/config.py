@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,11 @@ from modelfit.names import LAYERS
 from stimuli.params import PerturbParams
 
 import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):

@@ -42,7 +42,7 @@ import datetime as _dt
 import json
 import os
 import re
-import tomllib
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,11 @@ import numpy as np
 from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS
 from rig.store.reader import DayData, read_day
 from rig.config import RsvpConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 # config keys a LIVE recording must fill in before it can be exported ("a or b": either)
 REQUIRED_FOR_LIVE = ("subject.id", "subject.sex", "subject.age or subject.date_of_birth", "session.experimenter",
