@@ -132,6 +132,7 @@ def test_phy_folder_comes_back_with_exact_counts_and_fits(day, tmp_path, capsys)
     assert main(["day", "export", str(out), "--nwb", str(tmp_path / "units.nwb")]) == 0
 
 
+@pytest.mark.filterwarnings("ignore:The extractor is not serializable")
 def test_saved_spikeinterface_sorting_and_bad_inputs(day, tmp_path, capsys):
     d = read_day(day)
     units, channels = _truth_sorting(d)

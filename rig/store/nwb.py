@@ -306,9 +306,13 @@ def nwb_identifier(attrs: dict) -> str:
 
 
 def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, clock_fit: dict | None = None,
-                  behavior: dict | None = None):
+                  behavior: dict | None = None, nwbfile=None):
     """The in-memory :class:`pynwb.NWBFile` for day ``d`` with metadata ``meta`` (sections
-    subject/session/array, placeholders already filled) and origin ``origin``."""
+    subject/session/array, placeholders already filled) and origin ``origin``.
+
+    ``nwbfile``: add the day to this NWBFile instead of a new one (NeuroConv's
+    :class:`rig.store.neuroconv_interface.ItloopDayInterface`): its subject is kept if set,
+    and electrodes already there (a raw recording's) are linked by channel name."""
     from hdmf.common import DynamicTable, DynamicTableRegion, VectorData
     from pynwb import NWBFile, TimeSeries
     from pynwb.base import ImageReferences, Images
@@ -328,7 +332,7 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
     kind = "simulated data" if origin.simulated else ("live data" if origin.live else "data of unrecorded origin")
     fit = "" if not clock_fit else ("; presenter -> acquisition clock fit acq = offset + (1 + drift) * presenter: " +
                                     ", ".join(f"{k}={v:g}" for k, v in clock_fit.items()))
-    nwb = NWBFile(
+    nwb = nwbfile if nwbfile is not None else NWBFile(
         session_description=(f"itloop closed-loop IT recording, day {d.day} ({kind}; status "
                              f"{a.get('status', '?')}): RSVP of clean and model-designed perturbed images, multi-unit "
                              f"spikes per channel. {origin.text}"),
@@ -352,26 +356,14 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         source_script_file_name="rig/store/nwb.py",
         stimulus_notes=f"{len(d.stimuli)} uint8 RGB images shown by RSVP; stim_on = {stim_on * 1000:g} ms",
     )
-    nwb.subject = Subject(subject_id=s["id"], species=s["species"] or None, sex=s["sex"], age=s["age"] or None,
-                          date_of_birth=_utc(s["date_of_birth"]) if s["date_of_birth"] else None,
-                          description=s["description"] or None)
+    subject = Subject(subject_id=s["id"], species=s["species"] or None, sex=s["sex"], age=s["age"] or None,
+                      date_of_birth=_utc(s["date_of_birth"]) if s["date_of_birth"] else None,
+                      description=s["description"] or None)
+    if nwb.subject is None:
+        nwb.subject = subject
 
-    # -- array: device, electrode group, electrodes --------------------------------------
-    model = (nwb.create_device_model(name=arr["device"], manufacturer=arr["manufacturer"],
-                                     description=f"{arr['device']} by {arr['manufacturer']}")
-             if arr["manufacturer"] else None)
-    device = nwb.create_device(name=arr["device"], model=model, description=arr["description"] or (
-        f"recording array '{arr['device']}', {d.n_channels} channels"))
-    group = nwb.create_electrode_group(name="array", device=device, location=arr["location"],
-                                       description=(f"the recording array, {d.n_channels} channels; rel_x/rel_y = "
-                                                    "electrode position on the array in micrometres"))
-    xs, ys = arr["electrode_x_um"], arr["electrode_y_um"]
-    _check_positions(xs, d.n_channels)
-    nwb.add_electrode_column(name="channel_name", description="recording channel name in the day file")
-    for c, cname in enumerate(d.channel_names):
-        kw = {"rel_x": float(xs[c]), "rel_y": float(ys[c]), "rel_z": 0.0} if xs else {}
-        nwb.add_electrode(group=group, location=arr["location"], reference=arr["reference"] or "not recorded",
-                          channel_name=cname, **kw)
+    # -- array: device, electrode group, electrodes (or those of a raw recording already in the file) ----
+    groups, erows = _recording_electrodes(nwb, d) if nwb.electrodes is not None else _add_array(nwb, d, arr)
 
     # -- trials ----------------------------------------------------------------------
     tr = d.trials
@@ -406,14 +398,15 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
     # -- raw spikes as units, linked to electrodes -------------------------------------------
     times, chans = np.asarray(d.spike_times_s, float), np.asarray(d.spike_channels)
     resolution, res_how = _spike_resolution_s(origin, meta, times)
-    nwb.units = Units(name="units", resolution=resolution, electrode_table=nwb.electrodes,
+    nwb.units = Units(name="units", resolution=resolution, electrode_table=nwb.electrodes if erows else None,
                       description=("one unit per recording channel (multi-unit threshold crossings); spike_times in s, "
-                                   f"acquisition clock; resolution: {res_how}"))
+                                   f"acquisition clock; resolution: {res_how}" + ("" if erows else
+                                   "; not linked to electrodes: the file's electrodes have other channel names")))
     nwb.add_unit_column(name="channel_name", description="recording channel this unit's spikes came from")
     nwb.add_unit_column(name="channel_index", description="channel index in the day file (unit: 1)")
     for c, cname in enumerate(d.channel_names):
-        nwb.add_unit(spike_times=np.sort(times[chans == c]), electrodes=[c], electrode_group=group,
-                     channel_name=cname, channel_index=c)
+        link = {"electrodes": [erows[c]], "electrode_group": groups[c]} if erows else {}
+        nwb.add_unit(spike_times=np.sort(times[chans == c]), channel_name=cname, channel_index=c, **link)
 
     # -- stimuli -----------------------------------------------------------------------
     ss = d.stimuli
@@ -483,6 +476,40 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
     if behavior:
         _add_behavior(nwb, behavior)
     return nwb
+
+
+def _add_array(nwb, d: DayData, arr: dict) -> tuple[list, list[int]]:
+    """Device, one electrode group and one electrode per channel; (group per channel, electrode row per channel)."""
+    model = (nwb.create_device_model(name=arr["device"], manufacturer=arr["manufacturer"],
+                                     description=f"{arr['device']} by {arr['manufacturer']}")
+             if arr["manufacturer"] else None)
+    device = nwb.create_device(name=arr["device"], model=model, description=arr["description"] or (
+        f"recording array '{arr['device']}', {d.n_channels} channels"))
+    group = nwb.create_electrode_group(name="array", device=device, location=arr["location"],
+                                       description=(f"the recording array, {d.n_channels} channels; rel_x/rel_y = "
+                                                    "electrode position on the array in micrometres"))
+    xs, ys = arr["electrode_x_um"], arr["electrode_y_um"]
+    _check_positions(xs, d.n_channels)
+    nwb.add_electrode_column(name="channel_name", description="recording channel name in the day file")
+    for c, cname in enumerate(d.channel_names):
+        kw = {"rel_x": float(xs[c]), "rel_y": float(ys[c]), "rel_z": 0.0} if xs else {}
+        nwb.add_electrode(group=group, location=arr["location"], reference=arr["reference"] or "not recorded",
+                          channel_name=cname, **kw)
+    return [group] * d.n_channels, list(range(d.n_channels))
+
+
+def _recording_electrodes(nwb, d: DayData) -> tuple[list, list[int] | None]:
+    """The rows of electrodes already in ``nwb`` (a raw recording's) named like the day's channels:
+    (group per channel, row per channel), or ([], None) if some channel has no electrode of its name."""
+    table = nwb.electrodes
+    if "channel_name" not in table.colnames:
+        return [], None
+    names = [str(x) for x in table["channel_name"][:]]
+    where = {n: i for i, n in enumerate(names)}
+    if not all(c in where for c in d.channel_names):
+        return [], None
+    erows = [where[c] for c in d.channel_names]
+    return [table["group"][r] for r in erows], erows
 
 
 def _time_kwargs(t: np.ndarray) -> dict:
