@@ -32,8 +32,8 @@ recorded when the day started)::
     /processing/behavior/...              eye position and rewards, when the day file has them
 
 ``itloop day export FILE --nwb OUT`` writes one file; ``itloop day export DIR --nwb-dir OUT``
-writes every day of an experiment folder under DANDI's names
-(``sub-<id>/sub-<id>_ses-day<DDD>_ecephys.nwb``).
+writes every day of an experiment folder under the names ``dandi organize`` gives them
+(``sub-<id>/sub-<id>_ses-<session_id>_ecephys+image.nwb``, ``+behavior`` with gaze).
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ import numpy as np
 
 from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS
 from rig.store.reader import DayData, read_day
+from rig.store.nwb_details import add_day_details
 from rig.config import RsvpConfig
 
 if sys.version_info >= (3, 11):
@@ -323,7 +324,7 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
 
     a = d.attrs
     version = a.get("software_version", "unknown")
-    session_id = str(a.get("session_id", "unknown"))
+    session_id = nwb_session_id(a)
     win = (float(a.get("window_start_ms", np.nan)), float(a.get("window_end_ms", np.nan)))
     window = f"[onset + {win[0]:g} ms, onset + {win[1]:g} ms)"
     start, start_how = time_base(a)
@@ -475,6 +476,7 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
 
     if behavior:
         _add_behavior(nwb, behavior)
+    add_day_details(nwb, d, origin)   # display geometry, data origin, designing model, eye calibration
     return nwb
 
 
@@ -610,10 +612,34 @@ class ExportJob:
     behavior: dict
 
 
-def dandi_relpath(subject_id: str, day: int, replay: bool = False) -> Path:
-    """DANDI's name for a day: ``sub-<id>/sub-<id>_ses-day<DDD>_ecephys.nwb``."""
-    ses = f"day{day:03d}" + ("-replay" if replay else "")
-    return Path(f"sub-{subject_id}") / f"sub-{subject_id}_ses-{ses}_ecephys.nwb"
+def dandi_relpath(subject_id: str, session_id: str, modalities: tuple[str, ...] = ("ecephys", "image")) -> Path:
+    """The name ``dandi organize`` gives a day of an experiment (several sessions per subject):
+    ``sub-<id>/sub-<id>_ses-<session_id>_<modalities joined by +>.nwb``, values sanitised as
+    dandi does (``_``, spaces, ``.`` and the like become ``-``)."""
+    sub, ses = _dandi_value(subject_id), _dandi_value(session_id)
+    return Path(f"sub-{sub}") / f"sub-{sub}_ses-{ses}_{'+'.join(sorted(modalities))}.nwb"
+
+
+def _dandi_value(value: str) -> str:
+    return re.sub(r"[_*\\/<>:|\"'?%@;,.\s]", "-", str(value))
+
+
+def nwb_session_id(attrs: dict) -> str:
+    """The NWB ``session_id`` (and DANDI ``ses-`` label) of a day: its ``session_id``, plus
+    ``-replay`` for a replay and ``-units`` for a day of sorted units (they share the source's)."""
+    sid = str(attrs.get("session_id", "unknown"))
+    if attrs.get("replayed_from"):
+        sid += "-replay"
+    if attrs.get("sites_are") == "units":
+        sid += "-units"
+    return sid
+
+
+def day_modalities(behavior: dict) -> tuple[str, ...]:
+    """The modalities ``dandi organize`` reads off a day's NWB: ecephys (electrodes, units),
+    image (the stimuli), behavior (eye position, when the day has gaze)."""
+    eye = behavior.get("eye", {}).get("datasets", {})
+    return tuple(sorted({"ecephys", "image"} | ({"behavior"} if "x_deg" in eye and "y_deg" in eye else set())))
 
 
 def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, overrides: dict | None = None,
@@ -647,7 +673,7 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
                      if k.startswith("fit_") and np.ndim(v) == 0 and isinstance(v, (int, float, np.number))}
         behavior = read_behavior(h5)
     if out_dir is not None:
-        out = Path(out_dir) / dandi_relpath(meta["subject"]["id"], d.day, replay=bool(origin.replayed_from))
+        out = Path(out_dir) / dandi_relpath(meta["subject"]["id"], nwb_session_id(d.attrs), day_modalities(behavior))
     elif out_path is not None:
         out = Path(out_path)
     else:
