@@ -424,7 +424,7 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         description="index into stimulus templates 'stimuli' of each image shown; timestamps = onset (acquisition clock, s)"))
 
     # -- counts (ecephys) ---------------------------------------------------------------
-    ecephys = nwb.create_processing_module(name="ecephys", description=f"itloop {version}: spike counts per presentation")
+    ecephys = nwb.processing.get("ecephys") or nwb.create_processing_module(name="ecephys", description=f"itloop {version}: spike counts per presentation")
     counts = np.asarray(d.counts, np.float32).reshape(len(onset), d.n_channels)[rows]
     ecephys.add(DynamicTable(
         name="spike_counts",
@@ -565,7 +565,7 @@ def _add_behavior(nwb, behavior: dict) -> None:
     from pynwb import TimeSeries
     from pynwb.behavior import EyeTracking, PupilTracking, SpatialSeries
 
-    mod = nwb.create_processing_module(name="behavior", description="eye position and rewards recorded by itloop")
+    mod = nwb.processing.get("behavior") or nwb.create_processing_module(name="behavior", description="eye position and rewards recorded by itloop")
     def finite(b: dict) -> tuple[dict, np.ndarray]:
         """The group's columns at the samples whose time is known (NaN: the clock could not be aligned then)."""
         t = b["datasets"][b["time"]][0].astype(float)
