@@ -1,6 +1,7 @@
-"""One NWB for DANDI: NeuroConv's ConverterPipe puts a generated recording (SpikeInterface's
-generator through NeuroConv's recording interface) and an itloop day (ItloopDayInterface) in
-one file on one clock; read back with pynwb, trial times sit on the recording's clock, the
+"""One NWB for DANDI: NeuroConv's ConverterPipe puts a recording and an itloop day
+(ItloopDayInterface) in one file on one clock. The recording is SpikeInterface's generator,
+either through NeuroConv's recording interface directly or written as a tiny Open Ephys binary
+folder (tests/openephys_folder.py) and read by NeuroConv's OpenEphysRecordingInterface; read back with pynwb, trial times sit on the recording's clock, the
 day's extra tables (display, origin, designing model, eye calibration) are there, and
 nwbinspector's DANDI config finds nothing CRITICAL or BEST_PRACTICE_VIOLATION."""
 from __future__ import annotations
@@ -48,27 +49,37 @@ def day(tmp_path_factory):
     return path
 
 
-def _recording(d, tmp_path):
+def _recording(d, tmp_path, kind: str):
     """A generated recording on the day's acquisition clock: its first sample is sample number
-    FIRST (1 s before the first trial), channels named like the day's."""
+    ``first`` (1 s before the first trial), channels named like the day's."""
     from neuroconv.tools.testing.mock_interfaces import MockRecordingInterface
 
     first = int(np.floor((d.trials["start_acq_s"][0] - 1.0) * FS))
     n = int(np.ceil((d.trials["end_acq_s"][-1] + 1.0) * FS)) - first
     rec = MockRecordingInterface(num_channels=d.n_channels, sampling_frequency=FS, durations=(n / FS,), seed=0)
-    rec.recording_extractor = rec.recording_extractor.rename_channels(new_channel_ids=list(d.channel_names))
-    rec.set_aligned_starting_time(first / FS)
-    return rec, first, n
+    if kind == "generated":
+        rec.recording_extractor = rec.recording_extractor.rename_channels(new_channel_ids=list(d.channel_names))
+        rec.set_aligned_starting_time(first / FS)
+        return rec, first, n
+    from neuroconv.datainterfaces import OpenEphysRecordingInterface
+
+    from tests.openephys_folder import write_openephys_binary
+
+    zero = dt.datetime.fromisoformat(d.attrs["acq_clock_zero_utc"])
+    folder = write_openephys_binary(tmp_path / "openephys", rec.recording_extractor.get_traces(), FS, first,
+                                    list(d.channel_names), start=zero.replace(tzinfo=None))
+    return OpenEphysRecordingInterface(folder_path=folder), first, n
 
 
-def test_converter_pipe_writes_one_file_on_one_clock(day, tmp_path):
+@pytest.mark.parametrize("kind", ["generated", "openephys"])
+def test_converter_pipe_writes_one_file_on_one_clock(day, tmp_path, kind):
     from neuroconv import ConverterPipe
     from nwbinspector import Importance, inspect_nwbfile, load_config
 
     from rig.store.neuroconv_interface import ItloopDayInterface
 
     d = read_day(day)
-    rec, first, n = _recording(d, tmp_path)
+    rec, first, n = _recording(d, tmp_path, kind)
     itloop = ItloopDayInterface(file_path=day)
     out = tmp_path / itloop.dandi_name()
     out.parent.mkdir(parents=True)
@@ -77,7 +88,7 @@ def test_converter_pipe_writes_one_file_on_one_clock(day, tmp_path):
 
     with pynwb.NWBHDF5IO(str(out), "r") as io:
         nwb = io.read()
-        es = nwb.acquisition["ElectricalSeries"]
+        (es,) = [v for v in nwb.acquisition.values() if isinstance(v, pynwb.ecephys.ElectricalSeries)]
         assert es.starting_time == first / FS and es.rate == FS and es.data.shape == (n, d.n_channels)
         # one time base: session_start_time is the acquisition clock's zero; trials are on that clock
         zero = dt.datetime.fromisoformat(d.attrs["acq_clock_zero_utc"])
