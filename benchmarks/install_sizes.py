@@ -26,6 +26,7 @@ PROFILES = {
     "core": f"{ROOT}",
     "presenter": f"{ROOT}[presenter]",
     "controller": f"{ROOT}[controller,nwb]",
+    "controller+dandi": f"{ROOT}[controller,nwb,dandi]",
     "full": f"{ROOT}[controller,presenter,nwb,dandi,test]",
 }
 
