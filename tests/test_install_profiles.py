@@ -45,6 +45,15 @@ def test_present_help_runs_without_torch_or_fcntl():
     assert "usage: itloop present" in out.stdout
 
 
+def test_a_controller_command_without_torch_says_which_install_adds_it(tmp_path):
+    argv = [*NO_TORCH, "day", "run", "--day", "0", "--out", str(tmp_path / "exp"), "--config",
+            str(ROOT / "tests" / "data" / "tiny.toml"), "--no-progress"]
+    out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120,
+                         env={**ENV, "NO_TORCH_REFUSAL_OK": "1"})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "pip install 'itloop[controller]'" in out.stderr, out.stderr
+
+
 def test_the_runner_would_catch_torch():
     """The guard itself: a command that needs torch fails under it (so a pass above means something)."""
     tests = str(ROOT / "tests")
