@@ -5,6 +5,7 @@ day fits and exports like any day; unstable units are flagged; the original is u
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import h5py
@@ -140,10 +141,20 @@ def test_saved_spikeinterface_sorting_and_bad_inputs(day, tmp_path, capsys):
     sorting.set_property("channel", np.array([channels[k] for k in units]))
     sorting.set_property("snr", np.linspace(2, 9, len(units)))
     sorting.save(folder=tmp_path / "saved")
+    src = tmp_path / "targeted.h5"                 # a copy whose stimulus 0 targeted channel 2
+    shutil.copy(day, src)
+    with h5py.File(src, "r+") as h5:
+        h5["stimuli/site"][0] = 2
     out = tmp_path / "u.h5"
-    assert main(["day", "units", str(day), "--sorting", str(tmp_path / "saved"), "--out", str(out),
+    assert main(["day", "units", str(src), "--sorting", str(tmp_path / "saved"), "--out", str(out),
                  "--first-sample", str(FIRST)]) == 0
     np.testing.assert_array_equal(read_day(out).counts, _truth_counts(d, units).astype(np.float32))
+    # the targeted channel's stimuli now point at its unit with the most spikes; the channel is kept
+    ids = list(units)
+    larger = max((k for k in units if channels[k] == 2), key=lambda k: len(units[k]))
+    with h5py.File(out, "r") as h5:
+        assert h5["stimuli/site"][0] == ids.index(larger) and h5["stimuli/site_channel"][0] == 2
+        assert (h5["stimuli/site"][1:] == -1).all()
     capsys.readouterr()
     # an existing output, a folder that is no sorting, a wrong first sample: one line each, exit 2
     for argv, words in (([str(day), "--sorting", str(tmp_path / "saved"), "--out", str(out)], "already exists"),
