@@ -68,13 +68,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xvfb
-@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display: run the tests under `xvfb-run -a`")
-def test_presenter_without_torch_serves_a_controller(tmp_path, capsys):
-    pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip install itloop[presenter])")
+def _one_day_against(presenter_cmd: list[str], tmp_path: Path, env: dict) -> str:
+    """Record a short day with the controller in this (full) environment, the presenter run by
+    ``presenter_cmd``; returns the presenter's log."""
     from rig.cli import main
     from rig.store.repair import check_day
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""
@@ -99,15 +99,56 @@ dead_after_s = 5.0
 """)
     log_path = tmp_path / "presenter.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([*NO_TORCH, "present", "--endpoint", endpoint, "--windowed", "320x240",
-                                 "--refresh-hz", "60", "--pace"], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen([*presenter_cmd, "present", "--endpoint", endpoint, "--windowed", "320x240",
+                                 "--refresh-hz", "60", "--pace"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=tmp_path)
         try:
             rc = main(["day", "run", "--day", "0", "--backend", "presenter", "--out", str(tmp_path / "exp"),
                        "--config", str(cfg), "--no-progress"])
         finally:
             proc.kill()
             proc.wait(timeout=20)
-    assert rc == 0, capsys.readouterr()
+    text = log_path.read_text()
+    assert rc == 0, text
     summary, problems = check_day(tmp_path / "exp" / "day_000.h5")
     assert problems == [] and summary["status"] == "complete" and summary["backend"] == "presenter"
-    assert "refused" not in log_path.read_text(), log_path.read_text()
+    return text
+
+
+@pytest.mark.xvfb
+@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display: run the tests under `xvfb-run -a`")
+def test_presenter_without_torch_serves_a_controller(tmp_path):
+    pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip install itloop[presenter])")
+    log = _one_day_against(NO_TORCH, tmp_path, ENV)
+    assert "refused" not in log, log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ITLOOP_INSTALL_TEST") not in ("core", "presenter"),
+                    reason="installs into a fresh venv (minutes, the package index): set ITLOOP_INSTALL_TEST=core "
+                           "(numpy, h5py, pyzmq ...: about 80 MB) or =presenter (with PsychoPy: about 1.7 GB)")
+def test_fresh_venv_install_has_no_torch_and_presents(tmp_path):
+    """pip-installs the core (or presenter) profile from a copy of this checkout into a new venv,
+    checks torch is absent, runs `itloop present --help` from it and, for the presenter profile
+    under an X display, a short presenter session against a controller in this environment."""
+    import shutil
+    import venv
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    src = tmp_path / "src"
+    for f in files:                         # a copy: building never writes into the checkout
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, src / f)
+    venv.create(tmp_path / "v", with_pip=True)
+    py = tmp_path / "v" / ("Scripts" if os.name == "nt" else "bin") / "python"
+    extra = "[presenter]" if os.environ["ITLOOP_INSTALL_TEST"] == "presenter" else ""
+    subprocess.run([str(py), "-m", "pip", "install", "-q", f"{src}{extra}"], check=True, timeout=1800)
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('torch'))"],
+                           check=True, capture_output=True, text=True)
+    assert probe.stdout.strip() == "None"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(py), "-m", "rig.cli", "present", "--help"], check=False, capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0 and "usage: itloop present" in out.stdout, out.stderr
+    if extra and os.environ.get("DISPLAY"):
+        _one_day_against([str(py), "-m", "rig.cli"], tmp_path / "session", env)
