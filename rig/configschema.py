@@ -18,11 +18,16 @@ import dataclasses
 import json
 import math
 import re
-import tomllib
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):

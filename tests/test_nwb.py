@@ -318,8 +318,9 @@ def test_experiment_folder_export_uses_dandi_names(day, bare_day, tmp_path):
     shutil.copy(day, exp / "day_001.h5")
     shutil.copy(day, exp / "day_001.plan.h5")  # plans are not exported
     assert _cli(["export", str(exp), "--nwb-dir", str(tmp_path / "dandi")]) == 0
+    sid = read_day(day).attrs["session_id"]          # the names `dandi organize` gives (ses- = session_id)
     assert sorted(str(p.relative_to(tmp_path / "dandi")) for p in (tmp_path / "dandi").rglob("*.nwb")) == [
-        "sub-M17/sub-M17_ses-day001_ecephys.nwb"]
+        f"sub-M17/sub-M17_ses-{sid}_ecephys+image.nwb"]
     # one day that may not be exported: nothing is written, the message names the day and keys
     shutil.copy(bare_day, exp / "day_002.h5")
     with pytest.raises(UserError, match="day_002.h5.*subject.id"):
@@ -369,8 +370,9 @@ def test_simulated_and_replayed_days_pass_dandi_checks(sim_experiment, tmp_path)
     out = tmp_path / "dandi"
     assert main(["day", "export", str(exp), "--nwb-dir", str(out)]) == 0
     assert main(["day", "export", str(rep), "--nwb-dir", str(out)]) == 0
-    sim_nwb = out / "sub-sim-monkey" / "sub-sim-monkey_ses-day000_ecephys.nwb"
-    rep_nwb = out / "sub-sim-monkey" / "sub-sim-monkey_ses-day000-replay_ecephys.nwb"
+    sid = read_day(exp / "day_000.h5").attrs["session_id"]
+    sim_nwb = out / "sub-sim-monkey" / f"sub-sim-monkey_ses-{sid}_ecephys+image.nwb"
+    rep_nwb = out / "sub-sim-monkey" / f"sub-sim-monkey_ses-{sid}-replay_ecephys+image.nwb"
     for day_file, nwb_file in ((exp / "day_000.h5", sim_nwb), (rep / "day_000.h5", rep_nwb)):
         bad, suggestions = _inspect(nwb_file)
         assert bad == [], bad  # 0 CRITICAL, 0 BEST_PRACTICE_VIOLATION, no validation error

@@ -29,6 +29,15 @@ COMMAND_MODULES = [
     "rig.cli.simrig",
 ]
 
+# packages of the optional profiles (pyproject extras): a command that needs one says which install adds it
+_CONTROLLER = "install the controller profile: pip install 'itloop[controller]' (README: Installing)"
+OPTIONAL_PACKAGES = {"torch": _CONTROLLER, "torchvision": _CONTROLLER, "sklearn": _CONTROLLER, "dask": _CONTROLLER,
+                     "distributed": _CONTROLLER, "matplotlib": _CONTROLLER, "scipy": _CONTROLLER,
+                     "efficientnet_lite_pytorch": _CONTROLLER,
+                     "psychopy": "install the presenter profile: pip install 'itloop[presenter]'",
+                     "pynwb": "pip install 'itloop[nwb]'", "spikeinterface": "pip install 'itloop[sorting]'",
+                     "neuroconv": "pip install 'itloop[dandi]'"}
+
 USER_ERRORS = (UserError, ConfigError, DayFileError, ImageFolderError)
 # more problems a user can fix (a missing weights file, a presenter that never connected or
 # went away mid-session: the day stays resumable), from modules too heavy to import just
@@ -112,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in OPTIONAL_PACKAGES:
+            raise
+        print(f"itloop: error: this command needs {exc.name.split('.')[0]}, which this install lacks; "
+              f"{OPTIONAL_PACKAGES[exc.name.split('.')[0]]}", file=sys.stderr)
+        return 2
     except Exception as exc:
         fs = file_system_message(exc)
         if fs is None and not is_user_error(exc):

@@ -52,8 +52,10 @@ def register(sub) -> None:
 
     from rig.cli.day_export import add_export_command
     from rig.cli.day_replay import add_replay_command
+    from rig.cli.day_units import add_units_command
 
     add_replay_command(dsub)
+    add_units_command(dsub)
     add_export_command(dsub)
 
     rec = dsub.add_parser("recover", help="rebuild a damaged day file from its journal (the damaged file is kept)")

@@ -1,19 +1,57 @@
-"""Who is recording a day file: an fcntl lock on ``<day>.lock`` holding the writer's PID.
+"""Who is recording a day file: an OS lock on ``<day>.lock`` holding the writer's PID.
 
-The lock is released by the kernel when the writer's process ends in any way (SIGKILL
-included), so a stale lock file never blocks anything; ``locked_by`` asks the kernel,
-not the file's text.
+Linux/macOS: ``fcntl.flock`` on the whole file. Windows: ``msvcrt.locking`` on one byte
+past the PID text (a Windows lock is mandatory, so the PID stays readable). Either way
+the lock is released by the operating system when the writer's process ends in any way
+(SIGKILL or a killed task included), so a stale lock file never blocks anything;
+``locked_by`` asks the operating system, not the file's text. The platform module is
+imported when a lock is first taken or tested, so importing this module (the presenter
+does, through the day-file layout) needs nothing POSIX-only.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
+
+_WINDOWS = os.name == "nt"
+_LOCK_BYTE = 64          # Windows: the byte locked (the PID text is written before it)
 
 
 def lock_path(day_path: str | Path) -> Path:
     p = Path(day_path)
     return p.with_name(p.name + ".lock")
+
+
+def _try_lock(fd: int, exclusive: bool) -> bool:
+    """Take the lock on ``fd`` without waiting; False if another process holds it."""
+    if _WINDOWS:
+        import msvcrt
+
+        os.lseek(fd, _LOCK_BYTE, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)   # Windows has no shared lock: a test takes it briefly
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if _WINDOWS:
+        import msvcrt
+
+        os.lseek(fd, _LOCK_BYTE, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class DayLock:
@@ -25,35 +63,39 @@ class DayLock:
 
     def acquire(self) -> None:
         """Take the lock or raise BlockingIOError carrying the holder's PID (``.pid``)."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            fd = os.open(self.path, flags, 0o644)
+            if not _try_lock(fd, exclusive=True):
                 pid = _read_pid(fd)
                 os.close(fd)
                 err = BlockingIOError(f"{self.path} is held by PID {pid}")
                 err.pid = pid  # type: ignore[attr-defined]
                 raise err from None
             try:  # the holder before us may have removed the file after we opened it: retry on the new one
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = _WINDOWS or os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is None:
             return
+        if _WINDOWS:  # Windows cannot remove an open file: unlock and close first
+            _unlock(self._fd)
+            os.close(self._fd)
         try:
             self.path.unlink()
         except OSError:
             pass
-        os.close(self._fd)  # closing drops the flock
+        if not _WINDOWS:
+            os.close(self._fd)  # closing drops the flock
         self._fd = None
 
 
@@ -61,15 +103,13 @@ def locked_by(day_path: str | Path) -> int | None:
     """PID of the process recording ``day_path`` now, or None if nobody is."""
     path = lock_path(day_path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, (os.O_RDWR if _WINDOWS else os.O_RDONLY) | getattr(os, "O_BINARY", 0))
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fd, exclusive=False):
             return _read_pid(fd) or -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        _unlock(fd)
         return None
     finally:
         os.close(fd)
@@ -77,7 +117,8 @@ def locked_by(day_path: str | Path) -> int | None:
 
 def _read_pid(fd: int) -> int:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
         return int(text)
     except (OSError, ValueError):
         return 0

@@ -32,8 +32,8 @@ recorded when the day started)::
     /processing/behavior/...              eye position and rewards, when the day file has them
 
 ``itloop day export FILE --nwb OUT`` writes one file; ``itloop day export DIR --nwb-dir OUT``
-writes every day of an experiment folder under DANDI's names
-(``sub-<id>/sub-<id>_ses-day<DDD>_ecephys.nwb``).
+writes every day of an experiment folder under the names ``dandi organize`` gives them
+(``sub-<id>/sub-<id>_ses-<session_id>_ecephys+image.nwb``, ``+behavior`` with gaze).
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ from rig.store.dayfile import (
     TRIAL_COLUMNS,
 )
 from rig.store.origin import PRESENTER_SIM
+from rig.store.nwb_details import add_day_details
 from rig.store.reader import DayData, read_day
 
 # config keys a LIVE recording must fill in before it can be exported ("a or b": either)
@@ -246,18 +247,23 @@ def nwb_identifier(attrs: dict) -> str:
     return str(uuid.UUID(str(attrs["identifier"])))
 
 
-def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin):
+def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, nwbfile=None):
     """The in-memory :class:`pynwb.NWBFile` for day ``d`` with metadata ``meta`` (sections
-    subject/session/array, placeholders already filled) and origin ``origin``."""
-    nwb = _nwb_file(d, meta, origin)
-    group = _add_electrodes(nwb, d, meta["array"])
+    subject/session/array, placeholders already filled) and origin ``origin``.
+
+    ``nwbfile``: add the day to this NWBFile instead of a new one (NeuroConv's
+    :class:`rig.store.neuroconv_interface.ItloopDayInterface`): its subject is kept if set,
+    and electrodes already there (a raw recording's) are linked by channel name."""
+    nwb = _nwb_file(d, meta, origin, nwbfile)
+    links = _recording_electrodes(nwb, d) if nwb.electrodes is not None else _add_electrodes(nwb, d, meta["array"])
     _add_trials(nwb, d)
     pres, rows = _add_presentations(nwb, d)
-    _add_units(nwb, d, meta, origin, group)
+    _add_units(nwb, d, meta, origin, links)
     _add_stimuli(nwb, d, rows)
     _add_counts(nwb, d, pres, rows)
     _add_misc(nwb, d, rows)
     _add_behavior(nwb, d)
+    add_day_details(nwb, d, origin)   # display geometry, data origin, designing model, eye calibration
     return nwb
 
 
@@ -271,8 +277,9 @@ def _clock_fit_text(d: DayData) -> str:
                                ", ".join(f"{k}={v:g}" for k, v in fit.items()))
 
 
-def _nwb_file(d: DayData, meta: dict[str, dict], origin: DataOrigin):
-    """The NWBFile with its session-level metadata and subject."""
+def _nwb_file(d: DayData, meta: dict[str, dict], origin: DataOrigin, existing=None):
+    """The NWBFile with its session-level metadata and subject (``existing``: that file, its
+    subject kept if set)."""
     from pynwb import NWBFile
     from pynwb.file import Subject
 
@@ -282,14 +289,14 @@ def _nwb_file(d: DayData, meta: dict[str, dict], origin: DataOrigin):
     s, e = meta["subject"], meta["session"]
     stim_on = d.config.rsvp.stim_on_ms
     kind = "simulated data" if origin.simulated else ("live data" if origin.live else "data of unrecorded origin")
-    nwb = NWBFile(
+    nwb = existing if existing is not None else NWBFile(
         session_description=(f"itloop closed-loop IT recording, day {d.day} ({kind}; status "
                              f"{a.get('status', '?')}): RSVP of clean and model-designed perturbed images, multi-unit "
                              f"spikes per channel. {origin.text}"),
         identifier=nwb_identifier(a),
         session_start_time=start,
         timestamps_reference_time=start,
-        session_id=str(a.get("session_id", "unknown")),
+        session_id=nwb_session_id(a),
         experiment_description=("Sensitivity of IT sites to small targeted image perturbations (Guo et al. 2022 method): "
                                 "each day a readout of the recorded sites is refitted, perturbations are designed with it, "
                                 "shown by RSVP and the responses recorded"),
@@ -306,14 +313,16 @@ def _nwb_file(d: DayData, meta: dict[str, dict], origin: DataOrigin):
         source_script_file_name="rig/store/nwb.py",
         stimulus_notes=f"{len(d.stimuli)} uint8 RGB images shown by RSVP; stim_on = {stim_on:g} ms",
     )
-    nwb.subject = Subject(subject_id=s["id"], species=s["species"] or None, sex=s["sex"], age=s["age"] or None,
-                          date_of_birth=_utc(s["date_of_birth"]) if s["date_of_birth"] else None,
-                          description=s["description"] or None)
+    if nwb.subject is None:
+        nwb.subject = Subject(subject_id=s["id"], species=s["species"] or None, sex=s["sex"], age=s["age"] or None,
+                              date_of_birth=_utc(s["date_of_birth"]) if s["date_of_birth"] else None,
+                              description=s["description"] or None)
     return nwb
 
 
-def _add_electrodes(nwb, d: DayData, arr: dict):
-    """The array: device, one electrode group, one electrode per channel; returns the group."""
+def _add_electrodes(nwb, d: DayData, arr: dict) -> tuple[list, list[int] | None]:
+    """The array: device, one electrode group, one electrode per channel; returns (group per
+    channel, electrode row per channel)."""
     model = (nwb.create_device_model(name=arr["device"], manufacturer=arr["manufacturer"],
                                      description=f"{arr['device']} by {arr['manufacturer']}")
              if arr["manufacturer"] else None)
@@ -329,7 +338,21 @@ def _add_electrodes(nwb, d: DayData, arr: dict):
         kw = {"rel_x": float(xs[c]), "rel_y": float(ys[c]), "rel_z": 0.0} if xs else {}
         nwb.add_electrode(group=group, location=arr["location"], reference=arr["reference"] or "not recorded",
                           channel_name=cname, **kw)
-    return group
+    return [group] * d.n_channels, list(range(d.n_channels))
+
+
+def _recording_electrodes(nwb, d: DayData) -> tuple[list, list[int] | None]:
+    """The rows of electrodes already in ``nwb`` (a raw recording's) named like the day's channels:
+    (group per channel, row per channel), or ([], None) if some channel has no electrode of its name."""
+    table = nwb.electrodes
+    if "channel_name" not in table.colnames:
+        return [], None
+    names = [str(x) for x in table["channel_name"][:]]
+    where = {n: i for i, n in enumerate(names)}
+    if not all(c in where for c in d.channel_names):
+        return [], None
+    erows = [where[c] for c in d.channel_names]
+    return [table["group"][r] for r in erows], erows
 
 
 def _add_trials(nwb, d: DayData) -> None:
@@ -376,20 +399,23 @@ def _add_presentations(nwb, d: DayData):
     return pres, rows
 
 
-def _add_units(nwb, d: DayData, meta: dict, origin: DataOrigin, group) -> None:
-    """Raw spikes as one unit per channel, linked to its electrode."""
+def _add_units(nwb, d: DayData, meta: dict, origin: DataOrigin, links: tuple[list, list[int] | None]) -> None:
+    """Raw spikes as one unit per channel, linked to its electrode (``links``: group and
+    electrode row per channel, or no rows when the file's electrodes have other names)."""
     from pynwb.misc import Units
 
     times, chans = np.asarray(d.spike_times_s, float), np.asarray(d.spike_channels)
     resolution, res_how = _spike_resolution_s(origin, meta, times)
-    nwb.units = Units(name="units", resolution=resolution, electrode_table=nwb.electrodes,
+    groups, erows = links
+    nwb.units = Units(name="units", resolution=resolution, electrode_table=nwb.electrodes if erows else None,
                       description=("one unit per recording channel (multi-unit threshold crossings); spike_times in s, "
-                                   f"acquisition clock; resolution: {res_how}"))
+                                   f"acquisition clock; resolution: {res_how}" + ("" if erows else
+                                   "; not linked to electrodes: the file's electrodes have other channel names")))
     nwb.add_unit_column(name="channel_name", description="recording channel this unit's spikes came from")
     nwb.add_unit_column(name="channel_index", description="channel index in the day file (unit: 1)")
     for c, cname in enumerate(d.channel_names):
-        nwb.add_unit(spike_times=np.sort(times[chans == c]), electrodes=[c], electrode_group=group,
-                     channel_name=cname, channel_index=c)
+        link = {"electrodes": [erows[c]], "electrode_group": groups[c]} if erows else {}
+        nwb.add_unit(spike_times=np.sort(times[chans == c]), channel_name=cname, channel_index=c, **link)
 
 
 def _add_stimuli(nwb, d: DayData, rows: np.ndarray) -> None:
@@ -417,7 +443,8 @@ def _add_counts(nwb, d: DayData, pres, rows: np.ndarray) -> None:
 
     version = d.attrs.get("software_version", "unknown")
     window = _window_text(d)
-    ecephys = nwb.create_processing_module(name="ecephys", description=f"itloop {version}: spike counts per presentation")
+    ecephys = (nwb.processing.get("ecephys")
+               or nwb.create_processing_module(name="ecephys", description=f"itloop {version}: spike counts per presentation"))
     counts = np.asarray(d.counts, np.float32).reshape(len(d.presentations["onset_acq_s"]), d.n_channels)[rows]
     ecephys.add(DynamicTable(
         name="spike_counts",
@@ -500,7 +527,8 @@ def _add_behavior(nwb, d: DayData) -> None:
 
     if not (len(d.eye.get("t_acq_s", ())) or len(d.rewards.get("t_acq_s", ()))):
         return
-    mod = nwb.create_processing_module(name="behavior", description="eye position and rewards recorded by itloop")
+    mod = (nwb.processing.get("behavior")
+           or nwb.create_processing_module(name="behavior", description="eye position and rewards recorded by itloop"))
     units = {name: (unit, desc) for name, _, unit, desc in EYE_COLUMNS + REWARD_COLUMNS}
     eye_t = np.asarray(d.eye["t_acq_s"], float)
     ok = np.isfinite(eye_t)
@@ -536,10 +564,34 @@ class ExportJob:
     origin: DataOrigin
 
 
-def dandi_relpath(subject_id: str, day: int, replay: bool = False) -> Path:
-    """DANDI's name for a day: ``sub-<id>/sub-<id>_ses-day<DDD>_ecephys.nwb``."""
-    ses = f"day{day:03d}" + ("-replay" if replay else "")
-    return Path(f"sub-{subject_id}") / f"sub-{subject_id}_ses-{ses}_ecephys.nwb"
+def dandi_relpath(subject_id: str, session_id: str, modalities: tuple[str, ...] = ("ecephys", "image")) -> Path:
+    """The name ``dandi organize`` gives a day of an experiment (several sessions per subject):
+    ``sub-<id>/sub-<id>_ses-<session_id>_<modalities joined by +>.nwb``, values sanitised as
+    dandi does (``_``, spaces, ``.`` and the like become ``-``)."""
+    sub, ses = _dandi_value(subject_id), _dandi_value(session_id)
+    return Path(f"sub-{sub}") / f"sub-{sub}_ses-{ses}_{'+'.join(sorted(modalities))}.nwb"
+
+
+def _dandi_value(value: str) -> str:
+    return re.sub(r"[_*\\/<>:|\"'?%@;,.\s]", "-", str(value))
+
+
+def nwb_session_id(attrs: dict) -> str:
+    """The NWB ``session_id`` (and DANDI ``ses-`` label) of a day: its ``session_id``, plus
+    ``-replay`` for a replay and ``-units`` for a day of sorted units (they share the source's)."""
+    sid = str(attrs.get("session_id", "unknown"))
+    if attrs.get("replayed_from"):
+        sid += "-replay"
+    if attrs.get("sites_are") == "units":
+        sid += "-units"
+    return sid
+
+
+def day_modalities(d: DayData) -> tuple[str, ...]:
+    """The modalities ``dandi organize`` reads off a day's NWB: ecephys (electrodes, units),
+    image (the stimuli), behavior (eye position, when the day has gaze samples on the acquisition clock)."""
+    gaze = np.isfinite(np.asarray(d.eye.get("t_acq_s", ()), float)).any()
+    return tuple(sorted({"ecephys", "image"} | ({"behavior"} if gaze else set())))
 
 
 def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, overrides: dict | None = None,
@@ -569,7 +621,7 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
     _check_positions(meta["array"]["electrode_x_um"], d.n_channels)
     _spike_resolution_s(origin, meta, d.spike_times_s)  # refuses now, before anything is written
     if out_dir is not None:
-        out = Path(out_dir) / dandi_relpath(meta["subject"]["id"], d.day, replay=bool(origin.replayed_from))
+        out = Path(out_dir) / dandi_relpath(meta["subject"]["id"], nwb_session_id(d.attrs), day_modalities(d))
     elif out_path is not None:
         out = Path(out_path)
     else:
