@@ -134,17 +134,33 @@ class PopulationEstimate:
     n_images: int
 
 
+MIN_UNITS = 3   # fewer sites (or images) than this: that level is held fixed, not resampled
+
+
 def _bca(statistic: Callable, n_sites: int, n_images: int, n_resamples: int, level: float, seed: int,
          cells: int) -> tuple[float, float]:
-    """BCa interval of ``statistic(site_idx, image_idx)`` resampling sites and images independently."""
-    if n_sites < 2 or n_images < 2:
+    """BCa interval of ``statistic(site_idx, image_idx)`` resampling sites and images independently.
+
+    A level with fewer than :data:`MIN_UNITS` units is held fixed (all of its units in every
+    resample); with both below, there is no interval (NaN)."""
+    sites, images = np.arange(n_sites, dtype=float), np.arange(n_images, dtype=float)
+    free_s, free_i = n_sites >= MIN_UNITS, n_images >= MIN_UNITS
+    if not (free_s or free_i):
         return float("nan"), float("nan")
+    if free_s and free_i:
+        data, stat = (sites, images), statistic
+    else:
+        fixed = images if free_s else sites
+
+        def stat(x, axis=-1):
+            x = np.asarray(x)
+            held = np.broadcast_to(fixed, x.shape[:-1] + fixed.shape)
+            return statistic(x, held) if free_s else statistic(held, x)
+        data = (sites if free_s else images,)
     batch = max(1, BATCH_ELEMENTS // max(cells, 1))
-    data = (np.arange(n_sites, dtype=float), np.arange(n_images, dtype=float))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples -> NaN interval, reported as such
-        res = stats.bootstrap(data, statistic,
-                              paired=False, vectorized=True, n_resamples=n_resamples, batch=batch,
+        res = stats.bootstrap(data, stat, paired=False, vectorized=True, n_resamples=n_resamples, batch=batch,
                               confidence_level=level, method="BCa", random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 

@@ -90,7 +90,9 @@ def test_two_day_simulation_end_to_end(experiment):
         sat = a["truth"]["saturation_share_within_5pct"]
         assert len(sat) == len(a["epsilons"]) and all(v is not None and 0 <= v <= 1 for v in sat)
     text = summary.read_text()
-    assert summary.exists() and "Targeted vs model-free random" in text
+    assert summary.exists() and "targeted - random" in text and "at least 10x" not in text
+    for name in ("**r**", "**r / sqrt(ceiling)**", "**r^2 / ceiling**"):   # the three predictivity names
+        assert name in text
     assert "model_alignment = 1" in text and "paired over the same (site, clean image)" in text
 
 

@@ -65,9 +65,16 @@ def headline_numbers(h: DayHeadline, eps: list[float]) -> dict:
         "random_above_floor_p_holm": per_eps(h.random_p_holm, _f),
         "targeted_over_random": per_eps(h.ratio, lambda r: est_json(r.estimate)),
         "targeted_over_random_text": per_eps(h.ratio, lambda r: r.text()),
-        "headline_units": {"n_sites": h.n_sites, "n_images": h.n_images,
-                           "interval": "95% BCa, sites and images resampled independently (scipy.stats.bootstrap)"},
+        "headline_units": {"n_sites": h.n_sites, "n_images": h.n_images, "interval": interval_wording(h.n_sites)},
     }
+
+
+def interval_wording(n_sites: int) -> str:
+    from analysis.inference import MIN_UNITS
+
+    if n_sites >= MIN_UNITS:
+        return "95% BCa (scipy.stats.bootstrap), sites and images resampled independently"
+    return f"95% BCa (scipy.stats.bootstrap) over images; the {n_sites} sites are held fixed (fewer than {MIN_UNITS})"
 
 
 def predictivity_numbers(scores: dict) -> dict:

@@ -125,7 +125,6 @@ class DayResults:
                 "whitebox_spikes": aligned(dict(zip(map(float, t["epsilons"]), t["whitebox_population"])), _f),
                 "fraction_true_achieved": aligned(t["fraction_true"]),
                 "fraction_measured": aligned(t["fraction_measured"]),
-                "fraction_floor_corrected": aligned(t["fraction_floor_corrected"]),
                 "saturation_share_within_5pct": aligned(t.get("saturation", {}), _f),
                 "saturation_share_clean_images": _f(t.get("saturation", {}).get(0.0, np.nan)),
                 "whitebox_budget": {"restarts": t["restarts"], "steps": t["steps"],

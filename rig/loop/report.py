@@ -292,8 +292,9 @@ def _numbers(analyses: dict[int, dict], days: list[int]) -> tuple[dict, list[str
     for d, a in analyses.items():
         numbers[f"Day {d}"] = _day_section(a)
     last = analyses[days[-1]]
-    checks = [f"Day {last['day']}, per epsilon (x sigma, 95% BCa CI over sites and images): " + "; ".join(describe_day(last))
-              + "."]
+    units = last.get("headline_units", {})
+    checks = [f"Day {last['day']}, per epsilon (x sigma; {units.get('interval', '95% CI')}): "
+              + "; ".join(describe_day(last)) + "."]
     dod = last.get("day_over_day") or {}
     if dod.get("epsilons"):
         parts = []
