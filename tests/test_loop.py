@@ -108,6 +108,41 @@ def test_report_figures_exist_and_are_not_empty(experiment):
         assert f"{name}.png" in summary.read_text()
 
 
+def test_report_reuses_current_analyses_without_forward_passes_or_bootstraps(experiment, monkeypatch):
+    """`itloop report` on a finished experiment: no torch forward pass, no bootstrap, no day analysed
+    again while each day's analysis.json is current; a stale identity makes it analyse that day."""
+    import scipy.stats
+    import torch
+
+    import analysis.bootstrap
+    import rig.loop.analyze as analyze
+
+    folder, _ = experiment
+    counts = {"forward": 0, "bootstrap": 0, "resample": 0, "analyse": 0}
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting("forward", torch.nn.Module.__call__))
+    monkeypatch.setattr(scipy.stats, "bootstrap", counting("bootstrap", scipy.stats.bootstrap))
+    monkeypatch.setattr(scipy.stats, "permutation_test", counting("bootstrap", scipy.stats.permutation_test))
+    monkeypatch.setattr(analysis.bootstrap, "resample_counts", counting("resample", analysis.bootstrap.resample_counts))
+    monkeypatch.setattr(analyze, "day_results", counting("analyse", analyze.day_results))
+    assert main(["report", str(folder), "--no-progress"]) == 0
+    assert counts == {"forward": 0, "bootstrap": 0, "resample": 0, "analyse": 0}, counts
+    # "current" is decided from the stored identity: an older analysis version is recomputed
+    p = folder / "day_002.analysis.json"
+    a = json.loads(p.read_text())
+    a["identity"]["analysis_version"] = 0
+    p.write_text(json.dumps(a))
+    assert main(["report", str(folder), "--no-progress"]) == 0
+    assert counts["analyse"] == 1 and counts["bootstrap"] > 0
+    assert json.loads(p.read_text())["identity"]["analysis_version"] > 0
+
+
 def test_rerun_skips_finished_days(experiment, capsys):
     folder, _ = experiment
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("day_*.h5")}
@@ -147,7 +182,9 @@ def test_interrupted_simulate_gives_the_same_result(experiment, tmp_path):
     a, b = read_day(day_path(folder, 2)), read_day(day_path(other, 2))
     assert np.array_equal(a.stimuli.pixels, b.stimuli.pixels)  # the same plan
     assert np.array_equal(a.mean_responses(), b.mean_responses(), equal_nan=True)
-    assert _analysis(folder, 2) == _analysis(other, 2)
+    x, y = _analysis(folder, 2), _analysis(other, 2)
+    assert x.pop("identity")["analysis_version"] == y.pop("identity")["analysis_version"]  # the files differ (UUID)
+    assert x == y
 
 
 @pytest.mark.slow
