@@ -60,7 +60,8 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
 def legend_outside(ax, below: bool = False, **kw) -> None:
     """The axes' legend outside the data: to the right (default) or below the axes."""
     if below:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False, **kw)
+        ax.legend(**{"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "ncol": 2, "fontsize": 8,
+                     "frameon": False, **kw})
     else:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False, **kw)
 
@@ -415,8 +416,9 @@ def plot_predictivity_vs_ceiling(path, model_r_by_day: Mapping[int, np.ndarray],
     ax0.set_xticks(days)
     ax0.set_xlabel("recording day (model fitted on all earlier days)")
     ax0.set_ylabel("correlation with recorded response")
-    ax0.set_ylim(min(0.0, np.nanmin(med_r) - 0.1), 1.0)
-    legend_outside(ax0, below=True)
+    all_r = np.concatenate([np.ravel(model_r_by_day[d]) for d in days]).astype(float)
+    ax0.set_ylim(min(0.0, np.nanmin(all_r) - 0.05) if np.isfinite(all_r).any() else 0.0, 1.0)
+    legend_outside(ax0, below=True, ncol=1)
     ax0.set_title("predictivity and ceiling per day", fontsize=10)
     colors = colormaps["viridis"](np.linspace(0.05, 0.85, len(days)))
     for color, d in zip(colors, days):

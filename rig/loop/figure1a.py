@@ -120,7 +120,7 @@ def plot_figure1a(path: Path, it_curve: tuple[np.ndarray, np.ndarray, np.ndarray
 
     from analysis.plots import legend_outside, plain_log_ticks, save
 
-    fig = Figure(figsize=(8, 5.4))
+    fig = Figure(figsize=(11.5, 5.4))
     ax = fig.add_subplot()
     eps, mid, lo, hi = it_curve
     ax.plot(eps, mid, color="k", marker="o", lw=2.4, label=it_label)
@@ -136,7 +136,7 @@ def plot_figure1a(path: Path, it_curve: tuple[np.ndarray, np.ndarray, np.ndarray
     plain_log_ticks(ax)
     ax.set_xlabel(f"perturbation size eps (L2, pixels in [0,1], {size_px} px; x {224 / size_px:.2f} = eps at 224 px by per-pixel RMS)")
     ax.set_ylabel("sensitivity: |change| / unit's clean-image s.d. (log)")
-    ax.set_title("Figure 1A: white-box sensitivity, IT vs network units (same engine, same clean images)\n"
+    ax.set_title(f"Figure 1A: white-box sensitivity, {it_name} vs network units (same engine, same clean images)\n"
                  "dotted: random image pairs; bands: 95% bootstrap CI over images", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     legend_outside(ax)
