@@ -40,6 +40,11 @@ ROWS = [  # (label, analysis.json key, sub-key, number format, suffix)
 ]
 
 
+RATIO_ROW = "targeted / random (floor-corrected; only where random is significantly above the noise floor)"
+EXTRA_ROWS = (RATIO_ROW, "model-predicted vs measured change, Pearson r", "designing model, median r",
+              "designing model, median r / sqrt(ceiling)", "designing model, median r^2 / ceiling")
+
+
 def _ratio_row(a: dict, eps: list[float]) -> str:
     texts = dict(zip(a["epsilons"], a.get("targeted_over_random_text", [])))
     return " / ".join(texts.get(e) or "n/a" for e in eps)
@@ -62,8 +67,7 @@ def headline_table(folder: str | Path, ci: bool = True) -> str:
         cells = [_row(a, key, sub, fmt, eps, ci, suffix) for a in chosen]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if any("targeted_over_random_text" in a for a in chosen):
-        lines.append("| targeted / random (floor-corrected; only where random is significantly above the noise "
-                     "floor) | " + " | ".join(_ratio_row(a, eps) for a in chosen) + " |")
+        lines.append(f"| {RATIO_ROW} | " + " | ".join(_ratio_row(a, eps) for a in chosen) + " |")
     r = [_cell(a.get("predicted_vs_measured_r"), ".2f", ci) for a in chosen]
     lines.append("| model-predicted vs measured change, Pearson r | " + " | ".join(r) + " |")
     for name in ("r", "r / sqrt(ceiling)", "r^2 / ceiling"):
