@@ -15,6 +15,8 @@ def format_value(v) -> str:
     """One number for the summary: Estimate -> 'v [lo, hi] (95% CI, n=..)', 3-tuple -> 'v [lo, hi]'."""
     if isinstance(v, Estimate):
         n = f", n = {v.n}" if v.n else ""
+        if np.isfinite(v.lo) and np.isfinite(v.hi) and not v.lo <= v.value <= v.hi:
+            return f"{v.value:.3g} (no interval: the bootstrap interval [{v.lo:.3g}, {v.hi:.3g}] excludes the estimate)"
         return f"{v.value:.3g} [{v.lo:.3g}, {v.hi:.3g}] ({round(100 * v.level)}% CI{n})"
     if isinstance(v, tuple) and len(v) == 3 and all(isinstance(x, (int, float, np.number)) for x in v):
         return f"{v[0]:.3g} [{v[1]:.3g}, {v[2]:.3g}]"

@@ -17,6 +17,8 @@ def _cell(v: dict | None, fmt: str, ci: bool, suffix: str = "") -> str:
     if not v or v.get("value") is None:
         return "n/a"
     s = format(v["value"], fmt) + suffix
+    if ci and v.get("lo") is not None and v.get("hi") is not None and not v["lo"] <= v["value"] <= v["hi"]:
+        return s + " (no interval: its bootstrap interval excludes the estimate)"
     if ci and v.get("lo") is not None and v.get("hi") is not None:
         s += f" [{format(v['lo'], fmt)}, {format(v['hi'], fmt)}]"
     return s
