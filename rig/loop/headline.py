@@ -84,6 +84,15 @@ def _e(v: dict | None, fmt: str = ".2f") -> str:
     return _cell(v, fmt, True)
 
 
+def _no_change(v: dict | None) -> str:
+    """' - no significant difference (minimum detectable effect m sigma)' when the 95% CI holds 0.
+
+    The MDE at 80% power is 2.80 standard errors, the SE read off the CI as its width / 3.92."""
+    if not v or v.get("lo") is None or v.get("hi") is None or not v["lo"] <= 0 <= v["hi"]:
+        return ""
+    return f" - no significant difference (minimum detectable effect {2.80 * (v['hi'] - v['lo']) / 3.92:.2f} sigma)"
+
+
 def describe_day(a: dict) -> list[str]:
     """Terminal / report lines of one day's analysis.json: per epsilon targeted - random with its CI,
     the floor-corrected magnitudes, the noise-floor test and the ratio only where estimable."""
@@ -92,7 +101,8 @@ def describe_day(a: dict) -> list[str]:
         def at(key, k=k):
             v = a.get(key)
             return v[k] if isinstance(v, list) and k < len(v) else None
-        line = (f"eps {e:g}: targeted - random {_e(at('targeted_minus_random'))} sigma (floor-corrected RMS: "
+        diff = at("targeted_minus_random")
+        line = (f"eps {e:g}: targeted - random {_e(diff)} sigma{_no_change(diff)} (floor-corrected RMS: "
                 f"targeted {_e(at('floor_corrected_targeted'))}, random {_e(at('floor_corrected_random'))}")
         p = at("random_above_floor_p_holm")
         line += (f"; random above the noise floor: Holm p = {p:.2g}" if p is not None else "") + ")"
