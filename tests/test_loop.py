@@ -89,6 +89,18 @@ def test_two_day_simulation_end_to_end(experiment):
         assert a["simulation"]["model_alignment"] == 1.0   # tiny.toml: the controlled setting
         sat = a["truth"]["saturation_share_within_5pct"]
         assert len(sat) == len(a["epsilons"]) and all(v is not None and 0 <= v <= 1 for v in sat)
+    # day-over-day: the loop reuses the screening images, which the day-2 model was trained on: said so
+    dod = a2["day_over_day"]["epsilons"]
+    assert set(dod) == {f"{e:g}" for e in cfg.experiment.epsilons} and "day_over_day" not in a1
+    for v in dod.values():
+        assert v["out_of_sample"] is False and "not an out-of-sample comparison" in v["images"]
+        assert v["mde"] > 0 and v["p_holm"] >= v["p"]
+    for a in (a1, a2):   # the headline: targeted - random with an interval holding its estimate, per epsilon
+        for d in a["targeted_minus_random"]:
+            assert d["lo"] <= d["value"] <= d["hi"]
+        for r, text in zip(a["targeted_over_random"], a["targeted_over_random_text"]):
+            assert (r is None) == text.startswith("not estimable")
+            assert r is None or r["lo"] <= r["value"] <= r["hi"]
     text = summary.read_text()
     assert summary.exists() and "targeted - random" in text and "at least 10x" not in text
     for name in ("**r**", "**r / sqrt(ceiling)**", "**r^2 / ceiling**"):   # the three predictivity names
