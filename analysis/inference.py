@@ -15,7 +15,9 @@ Population claims resample both levels: sites and images are two independent sam
 indices handed to ``scipy.stats.bootstrap`` (BCa), which resamples them independently
 (the "pigeonhole" bootstrap of a sites x images table, Owen 2007). Tables are
 (n_sites, n_images, n_eps), NaN where a site has no value for an image; a statistic is
-the mean over sites of each site's mean over images.
+the mean over sites of each site's mean over images. When every image belongs to one site
+(the loop's design), the image axis holds each site's own images in slots
+(:func:`site_slots`), so a resample draws sites, then the same slots of each drawn site.
 """
 from __future__ import annotations
 
@@ -104,6 +106,29 @@ def site_image_table(values: np.ndarray, site: np.ndarray, image: np.ndarray, ep
     np.add.at(counts, (si, ii, ei), 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), images
+
+
+def site_slots(tables: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Tables of a nested design (each image used by one site only) as (n_sites, slots, n_eps):
+    slot j of a site is its j-th image, so resampling slots resamples every site's own images.
+
+    tables: (n_sites, n_images, n_eps) sharing axes; an image is used by a site if any table
+    has a finite value there. Crossed designs (an image shared by sites) are returned as is.
+    """
+    used = np.zeros(tables[0].shape[:2], bool)
+    for t in tables:
+        used |= np.isfinite(t).any(axis=2)
+    if np.any(used.sum(axis=0) > 1) or not used.any():
+        return list(tables)
+    n_slots = int(used.sum(axis=1).max())
+    out = []
+    for t in tables:
+        slotted = np.full((t.shape[0], n_slots, t.shape[2]), np.nan)
+        for k in range(t.shape[0]):
+            cols = np.flatnonzero(used[k])
+            slotted[k, :len(cols)] = t[k, cols]
+        out.append(slotted)
+    return out
 
 
 def population_mean(table: np.ndarray, s_idx=None, i_idx=None) -> np.ndarray:
@@ -292,7 +317,8 @@ class DayHeadline:
     ``difference``: targeted_rms - random_rms; ``random_p`` / ``random_p_holm``: sign-flip
     permutation p of "random above the noise floor" and its Holm adjustment across epsilons;
     ``ratio``: targeted_rms / random_rms where estimable. ``targeted_sq`` / ``random_sq``:
-    (n_sites, n_images, n_eps) floor-corrected squares / sigma^2, on shared site/image axes.
+    (n_sites, n_images, n_eps) floor-corrected squares / sigma^2, on shared site/image axes
+    (image slots per site when each image belongs to one site: :func:`site_slots`).
     """
 
     epsilons: np.ndarray
@@ -357,6 +383,10 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
     t = {k: v[:, :, used] for k, v in pair_tables(repeats, targeted, sites, sigma, images, rng).items()}
     r = ({k: v[:, :, used] for k, v in pair_tables(repeats, random, sites, sigma, images, rng).items()}
          if random is not None and len(random) else None)
+    names = list(t)
+    slotted = site_slots([t[k] for k in names] + ([r[k] for k in names] if r is not None else []))
+    t = dict(zip(names, slotted[:len(names)]))
+    r = dict(zip(names, slotted[len(names):])) if r is not None else None
     kw = {"n_resamples": n_resamples, "level": level, "seed": seed}
     mean = np.asarray
     t_rms = two_level_estimate([t["sq"]], signed_sqrt, **kw).estimates
@@ -387,7 +417,7 @@ def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: i
     are dropped from both.
     """
     both = np.isfinite(measured) & np.isfinite(truth)
-    m, t = np.where(both, measured, np.nan), np.where(both, truth, np.nan)
+    m, t = site_slots([np.where(both, measured, np.nan), np.where(both, truth, np.nan)])
 
     def ratio(a, b):
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -14,6 +14,7 @@ from analysis.inference import (
     population_mean,
     ratio_if_estimable,
     signed_sqrt,
+    site_slots,
     split_half_products,
     two_level_estimate,
 )
@@ -101,3 +102,21 @@ def test_small_coverage_study_covers_and_is_unbiased_on_null_days():
     assert abs(out["null_mean_square_error"]) < 4 * out["null_mean_square_se"] + 1e-3
     assert abs(out["null_rms_error"]) < 0.03
     assert out["null_rejection"] <= 0.15
+
+
+def test_nested_images_are_resampled_within_their_site():
+    """The loop's design: each site has its own 3 images. On a sites x union-of-images table a
+    resample can draw sites none of whose images were drawn (an undefined replicate, so no BCa
+    interval); in site slots every drawn site keeps 3 of its own images."""
+    rng = np.random.default_rng(5)
+    n_sites, per_site = 4, 3
+    union = np.full((n_sites, n_sites * per_site, 1), np.nan)
+    for k in range(n_sites):
+        union[k, k * per_site:(k + 1) * per_site, 0] = rng.normal(0.5 + 0.1 * k, 0.2, per_site)
+    (slots,) = site_slots([union])
+    assert slots.shape == (n_sites, per_site, 1) and np.isfinite(slots).all()
+    est = two_level_estimate([slots], np.asarray, n_resamples=999).estimates[0]
+    assert est.value == pytest.approx(np.nanmean(union))
+    assert est.lo < est.value < est.hi
+    crossed = rng.normal(size=(3, 5, 1))
+    assert site_slots([crossed])[0] is crossed   # images shared by sites: left as is

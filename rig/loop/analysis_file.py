@@ -27,7 +27,7 @@ from modelfit.scores import (
 )
 from rig.paths import day_path
 
-ANALYSIS_VERSION = 3   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity (issue 26)
+ANALYSIS_VERSION = 4   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity; 4: site slots
 
 
 def _f(x) -> float | None:
