@@ -204,7 +204,8 @@ def _notes(folder: Path, days: list[int], analyses: dict[int, dict], last: _Figu
 
 def _figure1a_key(cfg: Config, a: dict) -> dict:
     keys = ("backbone", "weights", "layer")
-    return {"identity": a.get("identity"), "model": {k: str(getattr(cfg.model, k, "")) for k in keys},
+    ident = {k: v for k, v in (a.get("identity") or {}).items() if k not in ("analysis_version", "n_boot")}
+    return {"identity": ident, "model": {k: str(getattr(cfg.model, k, "")) for k in keys},
             "report": json.dumps(cfg.to_dict().get("report", {}), sort_keys=True),
             "perturb": json.dumps(cfg.to_dict().get("perturb", {}), sort_keys=True), "seed": cfg.experiment.seed}
 
