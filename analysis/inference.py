@@ -95,6 +95,8 @@ def site_image_table(values: np.ndarray, site: np.ndarray, image: np.ndarray, ep
     so the image axis is shared by every site (crossed design). Returns (table, image ids).
     """
     sites = np.asarray(sites, dtype=np.int64)
+    if np.any(np.diff(sites) <= 0):
+        raise ValueError(f"sites must be strictly ascending (rows follow them); got {sites.tolist()}")
     ok = np.isfinite(values) & np.isin(site, sites)
     images = np.unique(np.asarray(image)[ok])
     si = np.searchsorted(sites, np.asarray(site)[ok])
@@ -345,6 +347,8 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
     "signed" sign(predicted) * d. ``images``: the shared image axis (clean parent rows).
     """
     sites = np.asarray(sites, dtype=np.int64)
+    if np.any(np.diff(sites) <= 0):
+        raise ValueError(f"sites must be strictly ascending (sigma in the same order); got {sites.tolist()}")
     k = np.searchsorted(sites, pairs.site)
     s = np.asarray(sigma, float)[np.clip(k, 0, len(sites) - 1)]
     pert = repeats[:, pairs.stimulus, pairs.site]
@@ -375,7 +379,8 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
     :class:`analysis.provenance.Pairs` (random may be None); sigma: (n_sites,) spikes.
     Only the grid epsilons present among the targeted pairs are reported (``epsilons``).
     """
-    sites = np.asarray(sites, dtype=np.int64)
+    order = np.argsort(np.asarray(sites, dtype=np.int64), kind="stable")   # tables index sites by searchsorted
+    sites, sigma = np.asarray(sites, dtype=np.int64)[order], np.asarray(sigma, float)[order]
     used = np.unique(targeted.epsilon_index)
     rng = np.random.default_rng(seed)
     parents = targeted.parent if random is None else np.concatenate([targeted.parent, random.parent])

@@ -120,3 +120,13 @@ def test_nested_images_are_resampled_within_their_site():
     assert est.lo < est.value < est.hi
     crossed = rng.normal(size=(3, 5, 1))
     assert site_slots([crossed])[0] is crossed   # images shared by sites: left as is
+
+
+def test_day_headline_does_not_depend_on_the_order_of_the_sites():
+    rng = np.random.default_rng(6)
+    repeats, prov, sigma, _, _ = simulate_day(rng, 4, 6)
+    tp, rp = day_pairs(prov, 4)
+    a = day_headline(repeats, tp, rp, np.arange(4), sigma, n_resamples=199, seed=1)
+    b = day_headline(repeats, tp, rp, np.arange(4)[::-1], sigma[::-1], n_resamples=199, seed=1)
+    assert [e.value for e in a.difference] == pytest.approx([e.value for e in b.difference])
+    assert [e.value for e in a.targeted_rms] == pytest.approx([e.value for e in b.targeted_rms])

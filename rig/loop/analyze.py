@@ -235,7 +235,8 @@ def _truth_fractions(res: DayResults, n_boot: int, seed: int) -> dict:
     from analysis.sensitivity import pair_values
 
     t, d = res.truth, res.data
-    sites, sigma = res.sites, res.sigma
+    order = np.argsort(res.sites, kind="stable")   # the tables index sites by searchsorted
+    sites, sigma = res.sites[order], res.sigma[order]
     pairs = perturbation_pairs(d.stimuli, "targeted", sites)
     used = np.unique(pairs.epsilon_index)
     col = np.searchsorted(used, pairs.epsilon_index)
