@@ -4,9 +4,10 @@ A problem is (site, clean image); its value on a day is the bias-corrected chang
 ``sign(predicted) * (r(x+delta) - r(x)) / sigma`` averaged over both directions. Day D is
 compared with the first closed-loop day on the problems both perturbed, preferably on clean
 images that neither day's designing model was trained on (a model fitted through day D-1
-pools every image shown on days 0..D-1). When every shared problem's image was in the later
-model's training data (the loop reuses the screening day's images), the comparison uses
-them all and says so. Each epsilon gets a BCa CI, a sign-flip p, its Holm adjustment across
+pools every image shown on days 0..D-1). With today's protocol that never happens: day 1
+itself shows every shared clean image, so the later model always trained on them; the
+comparison then uses them all and says it is not out-of-sample. (A protocol that withholds
+some clean images from fitting would get the out-of-sample comparison automatically.) Each epsilon gets a BCa CI, a sign-flip p, its Holm adjustment across
 epsilons and the minimum detectable effect (80 % power at the Bonferroni level alpha / k).
 """
 from __future__ import annotations
