@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.figure import Figure  # Figure + savefig uses the Agg canvas; no pyplot state
+from matplotlib.figure import (
+    Figure,  # Figure + savefig uses the Agg canvas; no pyplot state
+)
 
 from analysis.baselines import SiteLevel
 from analysis.sensitivity import PredictedVsMeasured, SensitivityCurve
@@ -45,6 +47,25 @@ def set_epsilon_axis(ax, epsilons: np.ndarray) -> None:
     ax.set_xlabel(EPS_LABEL)
 
 
+def plain_log_ticks(ax, axis: str = "y") -> None:
+    """Plain numbers (0.1, 1, 10, and 2, 5 between decades) instead of powers of ten on a log axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.set_minor_formatter(NullFormatter())
+
+
+def legend_outside(ax, below: bool = False, **kw) -> None:
+    """The axes' legend outside the data: to the right (default) or below the axes."""
+    if below:
+        ax.legend(**{"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "ncol": 2, "fontsize": 8,
+                     "frameon": False, **kw})
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False, **kw)
+
+
 def estimator_label(curve: SensitivityCurve) -> str:
     return "bias-corrected (sign · Δr)" if curve.estimator == "signed" else "|Δr|"
 
@@ -64,19 +85,20 @@ def hband(ax, level: SiteLevel, color: str, label: str, ls: str) -> None:
 
 
 def ci_text(curve: SensitivityCurve) -> str:
-    return f"bands: {int(round(100 * curve.level))}% bootstrap CI over images"
+    return f"bands: {round(100 * curve.level)}% bootstrap CI over images"
 
 
 def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected: SensitivityCurve | None = None,
                                 model_curve: SensitivityCurve | None = None,
                                 random_control: SensitivityCurve | None = None,
                                 random_pairs: SiteLevel | None = None, noise_floor: SiteLevel | None = None,
-                                ground_truth: np.ndarray | None = None, show_sites: bool = True,
+                                ground_truth: np.ndarray | None = None, show_sites: bool = True, it_label: str = "IT",
                                 title: str = "IT sensitivity to model-designed perturbations") -> Path:
     """Sensitivity vs epsilon: sites (thin), population (bold, CI band), and optional overlays.
 
     ground_truth: (n_eps,) true population sensitivity at ``curve.epsilons`` (simulation), in
-    the curve's units. All curves should share ``normalised``.
+    the curve's units. All curves should share ``normalised``. ``it_label``: "simulated IT"
+    when the spikes are simulated.
     """
     # the model's own units usually dwarf IT's: they get their own panel (log axis) so the
     # IT curves stay readable
@@ -88,14 +110,15 @@ def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected
             ax.plot(x, curve.site_mean[k], color=COLORS["it"], lw=0.7, alpha=0.35,
                     label=f"single sites, {estimator_label(curve)}" if k == 0 else None)
     band(ax, x, curve.population, curve.population_lo, curve.population_hi, COLORS["it"],
-         f"IT population, {estimator_label(curve)} ({len(curve.sites)} sites)", lw=2.8)
+         f"{it_label} population, {estimator_label(curve)} ({len(curve.sites)} sites)", lw=2.8)
     if bias_corrected is not None:
         band(ax, bias_corrected.epsilons, bias_corrected.population, bias_corrected.population_lo,
-             bias_corrected.population_hi, COLORS["signed"], "IT population, bias-corrected (sign · Δr)", ls="--")
+             bias_corrected.population_hi, COLORS["signed"], f"{it_label} population, bias-corrected (sign · Δr)",
+             ls="--")
     if model_curve is not None:
         mx = fig.add_subplot(1, 2, 2)
         band(mx, x, curve.population, curve.population_lo, curve.population_hi, COLORS["it"],
-             f"IT population, {estimator_label(curve)}", lw=2.8)
+             f"{it_label} population, {estimator_label(curve)}", lw=2.8)
         band(mx, model_curve.epsilons, model_curve.population, model_curve.population_lo,
              model_curve.population_hi, COLORS["model"], "model units (the model that designed them)", ls="-.",
              marker="s")
@@ -103,11 +126,12 @@ def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected
             mx.plot(x, np.asarray(ground_truth, float), color=COLORS["truth"], lw=1.8, ls="--", marker="D", ms=4,
                     label="true sensitivity (white-box)")
         mx.set_yscale("log")
+        plain_log_ticks(mx)
         set_epsilon_axis(mx, x)
         mx.set_ylabel(y_label(curve.normalised) + ", log scale")
         mx.grid(alpha=0.3, which="both")
-        mx.set_title("IT vs the model's own units", fontsize=11)
-        mx.legend(fontsize=8, loc="lower right", framealpha=0.9)
+        mx.set_title(f"{it_label} vs the model's own units", fontsize=11)
+        legend_outside(mx, below=True)
     if random_control is not None:
         band(ax, random_control.epsilons, random_control.population, random_control.population_lo,
              random_control.population_hi, COLORS["random"], "random-direction control, |Δr|", ls=":",
@@ -127,7 +151,8 @@ def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected
     ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     ax.grid(alpha=0.3)
     ax.set_title(f"{title}\n({ci_text(curve)})", fontsize=11)
-    ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
+    legend_outside(ax, below=True)
+    fig.tight_layout()
     return save(fig, path)
 
 
@@ -154,7 +179,7 @@ def plot_sensitivity_by_day(path, curves_by_day: Mapping[int, SensitivityCurve],
     set_epsilon_axis(axes[0], first.epsilons)
     axes[0].set_ylabel(y_label(first.normalised))
     axes[0].set_title("population curve, one line per day", fontsize=10)
-    axes[0].legend(fontsize=8)
+    legend_outside(axes[0], below=True)
     all_eps = np.unique(np.concatenate([curves_by_day[d].epsilons for d in days]))
     eps_colors = colormaps["plasma"](np.linspace(0.0, 0.8, len(all_eps)))
     dodge = 0.06 * (np.arange(len(all_eps)) - (len(all_eps) - 1) / 2)  # keep error bars apart
@@ -173,7 +198,7 @@ def plot_sensitivity_by_day(path, curves_by_day: Mapping[int, SensitivityCurve],
     axes[1].set_xticks(days)
     axes[1].set_ylabel(y_label(first.normalised))
     axes[1].set_title("population sensitivity across days", fontsize=10)
-    axes[1].legend(fontsize=8, title="perturbation size", title_fontsize=8)
+    legend_outside(axes[1], below=True, title="perturbation size", title_fontsize=8)
     if fraction_of_true_by_day:
         fdays = sorted(fraction_of_true_by_day)
         for color, e, dx in zip(eps_colors, all_eps, dodge):
@@ -189,46 +214,68 @@ def plot_sensitivity_by_day(path, curves_by_day: Mapping[int, SensitivityCurve],
         axes[2].set_ylabel("fraction of true (white-box) sensitivity")
         axes[2].set_ylim(bottom=0)
         axes[2].set_title("fraction of the true sensitivity reached", fontsize=10)
-        axes[2].legend(fontsize=8)
+        legend_outside(axes[2], below=True)
     for ax in axes:
         ax.grid(alpha=0.3)
     for ax in axes[:2]:
         ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     fig.suptitle(title or f"Does the closed loop find more sensitive directions over days?\n"
-                 f"estimator: {estimator_label(first)}; {int(round(100 * first.level))}% bootstrap CIs over images",
+                 f"estimator: {estimator_label(first)}; {round(100 * first.level)}% bootstrap CIs over images",
                  fontsize=11)
     fig.tight_layout()
     return save(fig, path)
 
 
-def plot_predicted_vs_measured(path, pvm: PredictedVsMeasured, *,
+def plot_predicted_vs_measured(path, pvm: PredictedVsMeasured, *, sigma: Mapping[int, float] | None = None,
                                title: str = "Model-predicted vs measured change per stimulus") -> Path:
-    """Scatter of predicted vs measured change (spikes), coloured by epsilon, identity line, Pearson r."""
-    fig = Figure(figsize=(6.2, 5.8))
-    ax = fig.add_subplot()
+    """Predicted vs measured change per stimulus, coloured by epsilon, with the Pearson r.
+
+    Left: spikes per window on equal axes with the identity line (the model's predictions may
+    dwarf what a site can do). Right, when ``sigma`` ({site: s.d. of its clean responses,
+    spikes}) is given: the same stimuli in measured units, each change divided by its site's
+    sigma, with the axes set by the measured spread, so the measured changes are readable.
+    """
+    fig = Figure(figsize=(12.4, 5.8) if sigma else (6.2, 5.8))
+    axes = fig.subplots(1, 2 if sigma else 1, squeeze=False)[0]
     rows = np.unique(pvm.epsilon_index)  # planned-grid rows present
     colors = colormaps["plasma"](np.linspace(0.0, 0.8, max(len(rows), 1)))
-    for color, g in zip(colors, rows):
-        e = pvm.epsilons[g]
-        m = pvm.epsilon_index == g
-        r = pvm.r_by_epsilon.get(float(e))
-        lab = f"ε = {e:g} (n={m.sum()}, r = {r.value:.2f})" if r is not None else f"ε = {e:g}"
-        ax.scatter(pvm.predicted[m], pvm.measured[m], s=10, color=color, alpha=0.6, edgecolors="none", label=lab)
-    both = np.concatenate([pvm.predicted, pvm.measured]) if len(pvm.predicted) else np.array([-1.0, 1.0])
-    lim = np.nanmax(np.abs(both)) * 1.05 or 1.0
-    ax.plot([-lim, lim], [-lim, lim], color="k", lw=1, ls="--", label="identity (measured = predicted)")
-    ax.axhline(0, color="0.6", lw=0.6)
-    ax.axvline(0, color="0.6", lw=0.6)
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    ax.set_xlabel("predicted change f(x+δ) − f(x) (spikes per window)")
-    ax.set_ylabel("measured change r(x+δ) − r(x) (spikes per window)")
+    scale = (np.array([sigma.get(int(s), np.nan) for s in pvm.site]) if sigma else None)
+    for j, ax in enumerate(axes):
+        div = np.ones(len(pvm.predicted)) if j == 0 else scale
+        x, y = pvm.predicted / div, pvm.measured / div
+        for color, g in zip(colors, rows):
+            e = pvm.epsilons[g]
+            m = pvm.epsilon_index == g
+            r = pvm.r_by_epsilon.get(float(e))
+            lab = f"ε = {e:g} (n={m.sum()}, r = {r.value:.2f})" if r is not None else f"ε = {e:g}"
+            ax.scatter(x[m], y[m], s=10, color=color, alpha=0.6, edgecolors="none", label=lab if j == 0 else None)
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.axvline(0, color="0.6", lw=0.6)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            both = np.concatenate([x, y]) if len(x) else np.array([-1.0, 1.0])
+            lim = np.nanmax(np.abs(both)) * 1.05 or 1.0
+            ax.plot([-lim, lim], [-lim, lim], color="k", lw=1, ls="--", label="identity (measured = predicted)")
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+            ax.set_xlabel("predicted change f(x+δ) − f(x) (spikes per window)")
+            ax.set_ylabel("measured change r(x+δ) − r(x) (spikes per window)")
+            legend_outside(ax, below=True)
+        else:
+            ylim = np.nanpercentile(np.abs(y), 99) * 1.1 if np.isfinite(y).any() else 1.0
+            xlim = np.nanpercentile(np.abs(x), 99) * 1.1 if np.isfinite(x).any() else 1.0
+            ax.set_xlim(-xlim, xlim)
+            ax.set_ylim(-ylim, ylim)
+            lim = min(xlim, ylim)
+            ax.plot([-lim, lim], [-lim, lim], color="k", lw=1, ls="--")
+            ax.set_xlabel("predicted change / site's clean-image s.d. (σ)")
+            ax.set_ylabel("measured change / σ")
+            ax.set_title("measured units (÷ σ per site), axes set by the data", fontsize=10)
     r = pvm.r
-    ax.set_title(f"{title}\nPearson r = {r.value:.2f} [{r.lo:.2f}, {r.hi:.2f}] ({int(round(100 * r.level))}% CI), "
-                 f"n = {r.n} stimuli", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.grid(alpha=0.3)
+    axes[0].set_title(f"{title}\nPearson r = {r.value:.2f} [{r.lo:.2f}, {r.hi:.2f}] ({round(100 * r.level)}% CI), "
+                      f"n = {r.n} stimuli", fontsize=10)
+    fig.tight_layout()
     return save(fig, path)
 
 
@@ -369,8 +416,9 @@ def plot_predictivity_vs_ceiling(path, model_r_by_day: Mapping[int, np.ndarray],
     ax0.set_xticks(days)
     ax0.set_xlabel("recording day (model fitted on all earlier days)")
     ax0.set_ylabel("correlation with recorded response")
-    ax0.set_ylim(min(0.0, np.nanmin(med_r) - 0.1), 1.0)
-    ax0.legend(fontsize=8, loc="lower right")
+    all_r = np.concatenate([np.ravel(model_r_by_day[d]) for d in days]).astype(float)
+    ax0.set_ylim(min(0.0, np.nanmin(all_r) - 0.05) if np.isfinite(all_r).any() else 0.0, 1.0)
+    legend_outside(ax0, below=True, ncol=1)
     ax0.set_title("predictivity and ceiling per day", fontsize=10)
     colors = colormaps["viridis"](np.linspace(0.05, 0.85, len(days)))
     for color, d in zip(colors, days):
@@ -382,7 +430,7 @@ def plot_predictivity_vs_ceiling(path, model_r_by_day: Mapping[int, np.ndarray],
     ax1.set_xlabel("noise ceiling of the site (split-half reliability)")
     ax1.set_ylabel("model cross-validated Pearson r")
     ax1.set_title("per site: model r vs ceiling", fontsize=10)
-    ax1.legend(fontsize=8, loc="upper left")
+    legend_outside(ax1, below=True)
     for ax in (ax0, ax1):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)

@@ -15,7 +15,9 @@ def format_value(v) -> str:
     """One number for the summary: Estimate -> 'v [lo, hi] (95% CI, n=..)', 3-tuple -> 'v [lo, hi]'."""
     if isinstance(v, Estimate):
         n = f", n = {v.n}" if v.n else ""
-        return f"{v.value:.3g} [{v.lo:.3g}, {v.hi:.3g}] ({int(round(100 * v.level))}% CI{n})"
+        if np.isfinite(v.lo) and np.isfinite(v.hi) and not v.lo <= v.value <= v.hi:
+            return f"{v.value:.3g} (no interval: the bootstrap interval [{v.lo:.3g}, {v.hi:.3g}] excludes the estimate)"
+        return f"{v.value:.3g} [{v.lo:.3g}, {v.hi:.3g}] ({round(100 * v.level)}% CI{n})"
     if isinstance(v, tuple) and len(v) == 3 and all(isinstance(x, (int, float, np.number)) for x in v):
         return f"{v[0]:.3g} [{v[1]:.3g}, {v[2]:.3g}]"
     if isinstance(v, (bool, np.bool_)):
@@ -40,7 +42,8 @@ def summary_lines(numbers: Mapping, depth: int) -> list[str]:
     flat = [(k, v) for k, v in numbers.items() if not isinstance(v, Mapping)]
     if flat:
         lines += ["| quantity | value |", "| --- | --- |"]
-        cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731  a bare pipe would split the table cell
+        def cell(x) -> str:
+            return str(x).replace("|", "\\|")  # a bare pipe would split the table cell
         lines += [f"| {cell(k)} | {cell(format_value(v))} |" for k, v in flat]
         lines.append("")
     for k, v in numbers.items():
@@ -64,7 +67,9 @@ def write_summary(path, numbers: Mapping, *, title: str = "itloop experiment sum
     lines = [f"# {title}", ""]
     for n in notes:
         lines += [n, ""]
-    lines.append("Intervals are percentile-bootstrap confidence intervals over images unless stated otherwise.")
+    lines.append("Intervals: the headline quantities (targeted - random, floor-corrected magnitudes, fractions of the "
+                 "truth) have 95% BCa intervals resampling sites and images (scipy.stats.bootstrap); the per-curve "
+                 "bands and the raw |dr| curves are percentile-bootstrap intervals over images.")
     lines.append("")
     lines += summary_lines(numbers, 2)
     if figures:

@@ -12,8 +12,11 @@
 - :func:`cross_validated_r`: Brain-Score style — ``n_splits`` shuffled splits with
   ``train_fraction`` of the images for training, Pearson r on the held-out images, mean
   over splits. Ungrouped: only honest when the images are independent (no parent/child pairs).
-- :func:`noise_ceiled_predictivity`: ``sign(r) r^2 / ceiling`` per site, the fraction of the
-  explainable variance explained (1 for a perfect model, in expectation).
+- Predictivity under three explicit names (:data:`PREDICTIVITY_DEFINITIONS`): ``r``; ``r /
+  sqrt(ceiling)`` (:func:`brain_score_predictivity`, Brain-Score's convention: r over the
+  ceiling of r); and ``sign(r) r^2 / ceiling`` (:func:`noise_ceiled_predictivity`, the
+  explainable-variance fraction: 1 for a perfect model, in expectation). Never compare one
+  with another: r = 0.5 against a ceiling of 0.8 is 0.56 by the second and 0.31 by the third.
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], o
     if not 0 < train_fraction < 1:
         raise ValueError(f"train_fraction must be in (0, 1); got {train_fraction}")
     n = len(X)
-    n_train = int(round(train_fraction * n))
+    n_train = round(train_fraction * n)
     if n_train < 2 or n - n_train < 3:
         raise ValueError(f"{n} images are too few for {train_fraction:.0%} train splits with >= 3 test images")
     from tqdm.auto import tqdm
@@ -176,6 +179,25 @@ def noise_ceiled_predictivity(r: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
         return np.where(ceiling > 0, np.sign(r) * r**2 / ceiling, np.nan)
 
 
+PREDICTIVITY_DEFINITIONS = {
+    "r": "cross-validated Pearson r between predicted and recorded responses (folds grouped by clean parent)",
+    "r / sqrt(ceiling)": "Brain-Score's noise-ceiled predictivity: r divided by the ceiling of r, the square root "
+                         "of the split-half (Spearman-Brown) reliability",
+    "r^2 / ceiling": "explainable-variance fraction: sign(r) r^2 divided by the split-half (Spearman-Brown) "
+                     "reliability, the share of the explainable variance the model explains",
+}
+
+
+def brain_score_predictivity(r: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """``r / sqrt(ceiling)`` per site (Brain-Score's convention); NaN where the ceiling is <= 0 or NaN."""
+    r = np.asarray(r, dtype=np.float64)
+    ceiling = np.asarray(ceiling, dtype=np.float64)
+    if r.shape != ceiling.shape:
+        raise ValueError(f"r {r.shape} and ceiling {ceiling.shape} must have one entry per site each")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ceiling > 0, r / np.sqrt(np.where(ceiling > 0, ceiling, 1.0)), np.nan)
+
+
 def select_sites(reliability: np.ndarray, threshold: float) -> np.ndarray:
     """Indices (int64, ascending) of sites whose reliability is >= threshold (NaN never selected)."""
     reliability = np.asarray(reliability, dtype=np.float64)
@@ -186,10 +208,14 @@ def select_sites(reliability: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def summarize(r: np.ndarray, ceiling: np.ndarray) -> dict[str, float]:
-    """Median over sites of r, ceiling and noise-ceiled predictivity (NaN-ignoring)."""
+    """Median over sites of r, ceiling, r / sqrt(ceiling) and r^2 / ceiling (NaN-ignoring).
+
+    ``median_noise_ceiled`` (kept for older readers) is the explainable-variance fraction."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        ev = float(np.nanmedian(noise_ceiled_predictivity(r, ceiling)))
         return {"median_r": float(np.nanmedian(r)), "median_ceiling": float(np.nanmedian(ceiling)),
-                "median_noise_ceiled": float(np.nanmedian(noise_ceiled_predictivity(r, ceiling)))}
+                "median_r_over_sqrt_ceiling": float(np.nanmedian(brain_score_predictivity(r, ceiling))),
+                "median_explainable_variance_fraction": ev, "median_noise_ceiled": ev}

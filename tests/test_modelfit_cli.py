@@ -9,15 +9,15 @@ import torch
 from modelfit.backbone import build_backbone
 from modelfit.features import FeatureExtractor
 from modelfit.store import load_fitted
-from rig.cli import model as cli_model
-from rig.loop import fit as fitting
 from rig.backend import SessionInfo
+from rig.cli import model as cli_model
 from rig.config import load_config
-from rig.store.dayfile import DayWriter
 from rig.errors import UserError
+from rig.loop import fit as fitting
 from rig.paths import day_path, model_path
-from rig.session.schedule import build_schedule
 from rig.session.runner import run_session
+from rig.session.schedule import build_schedule
+from rig.store.dayfile import DayWriter
 from sim.backend import SimBackend
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images
@@ -56,7 +56,7 @@ def experiment(tmp_path_factory):
 
 
 def test_pool_days_merges_images_across_days(experiment):
-    folder, cfg, clean, new = experiment
+    folder, _cfg, clean, new = experiment
     pooled = fitting.pool_days(folder, 1)
     assert len(pooled.ids) == 220 and pooled.first_day.tolist() == [0] * 200 + [1] * 20
     np.testing.assert_array_equal(pooled.pixels[:200], clean)
@@ -67,7 +67,7 @@ def test_pool_days_merges_images_across_days(experiment):
 
 
 def test_pooling_refuses_days_counted_in_different_windows(experiment, tmp_path):
-    folder, cfg, clean, new = experiment
+    folder, cfg, _clean, new = experiment
     import shutil
 
     shutil.copy(day_path(folder, 0), day_path(tmp_path, 0))
@@ -113,11 +113,16 @@ def test_cli_fit_score_and_errors(experiment, tmp_path, capsys):
     args = _parse(["model", "fit", "--days", str(folder), "--through", "0", "--out", str(out), "--no-progress"])
     assert args.func(args) == 0
     text = capsys.readouterr().out
-    assert "RANDOMLY INITIALISED" in text and "median: cv r" in text
+    assert "RANDOMLY INITIALISED" in text and "median: r " in text
+    for name in ("r / sqrt(ceiling)", "r^2 / ceiling", "definitions:", "Brain-Score", "explainable-variance"):
+        assert name in text, name   # the three predictivity names, each with its definition
     args = _parse(["model", "score", str(out), "--json"])
     assert args.func(args) == 0
     table = json.loads(capsys.readouterr().out)
     assert table["weights_sha256"] == "random-init" and all(s["cv_r"] > 0 for s in table["sites"])
+    for s in table["sites"]:   # r / sqrt(ceiling) and r^2 / ceiling from the same r and ceiling
+        assert s["r_over_sqrt_ceiling"] == pytest.approx(s["cv_r"] / np.sqrt(s["ceiling"]))
+        assert s["explainable_variance_fraction"] == pytest.approx(s["cv_r"] ** 2 / s["ceiling"])
     for argv, match in [
         (["model", "fit", "--days", str(folder), "--through", "3"], "day_003.h5 does not exist"),
         (["model", "score", str(tmp_path / "none.h5")], "does not exist"),

@@ -2,8 +2,13 @@
 import numpy as np
 import pytest
 
-from modelfit.scores import (noise_ceiled_predictivity, select_sites, spearman_brown, split_half_reliability,
-                             summarize)
+from modelfit.scores import (
+    noise_ceiled_predictivity,
+    select_sites,
+    spearman_brown,
+    split_half_reliability,
+    summarize,
+)
 
 NOISE_SD = np.array([0.5, 1.0, 2.0, 4.0, 1e6])  # last site: pure noise
 
@@ -17,7 +22,7 @@ def _repeats(n_repeats=10, n_images=2000, seed=0):
 
 
 def test_split_half_matches_known_reliability():
-    true, reps = _repeats()
+    _true, reps = _repeats()
     expected = 1.0 / (1.0 + NOISE_SD**2 / reps.shape[0])  # var(true) / var(mean of 10 repeats)
     rel = split_half_reliability(reps, n_splits=20, seed=1)
     np.testing.assert_allclose(rel[:-1], expected[:-1], atol=0.06)  # ~3 sampling SDs at 2000 images
@@ -25,7 +30,7 @@ def test_split_half_matches_known_reliability():
 
 
 def test_split_half_with_missing_repeats():
-    true, reps = _repeats(n_repeats=12)
+    _true, reps = _repeats(n_repeats=12)
     rng = np.random.default_rng(2)
     reps[rng.random(reps.shape[:2]) < 0.25] = np.nan  # invalid presentations (all sites)
     reps[:, :5, 0] = np.nan  # one site unrecorded for 5 images
@@ -49,7 +54,8 @@ def test_perfect_model_is_at_the_noise_ceiling():
     r_half = np.array([np.corrcoef(half[:, j], mean[:, j])[0, 1] for j in range(4)])
     np.testing.assert_allclose(noise_ceiled_predictivity(r_half, ceiling[:4]), 0.5, atol=0.06)
     s = summarize(r, ceiling[:4])
-    assert set(s) == {"median_r", "median_ceiling", "median_noise_ceiled"}
+    assert set(s) == {"median_r", "median_ceiling", "median_noise_ceiled", "median_r_over_sqrt_ceiling",
+                      "median_explainable_variance_fraction"}
     assert abs(s["median_noise_ceiled"] - 1.0) < 0.06
 
 
@@ -72,3 +78,15 @@ def test_bad_repeat_arrays():
         split_half_reliability(np.ones((10, 5)))
     with pytest.raises(ValueError, match="at least 2 repeats"):
         split_half_reliability(np.ones((1, 5, 2)))
+
+
+def test_three_predictivity_names_differ_as_defined():
+    from modelfit.scores import brain_score_predictivity, summarize
+
+    r, c = np.array([0.5, 0.3, -0.2]), np.array([0.8, 0.36, 0.5])
+    np.testing.assert_allclose(brain_score_predictivity(r, c), r / np.sqrt(c))
+    np.testing.assert_allclose(noise_ceiled_predictivity(r, c), np.sign(r) * r ** 2 / c)
+    assert np.isnan(brain_score_predictivity(np.array([0.5]), np.array([0.0]))[0])
+    s = summarize(r, c)
+    assert s["median_r_over_sqrt_ceiling"] == pytest.approx(0.5)   # median of 0.559, 0.5, -0.283
+    assert s["median_explainable_variance_fraction"] == pytest.approx(0.25)   # median of 0.3125, 0.25, -0.08

@@ -4,7 +4,7 @@
 perturbed images alike; an image shown on several days pools its repeats), selects the
 sites whose day-0 split-half reliability reaches ``screening.reliability_threshold``,
 featurises each image once (feature cache), fits the readout, scores it (cross-validated
-r, split-half ceiling, noise-ceiled predictivity) and writes ``DIR/model_through_DDD.h5``.
+r, split-half ceiling, r / sqrt(ceiling) and the explainable-variance fraction r^2 / ceiling) and writes ``DIR/model_through_DDD.h5``.
 The work is done by :mod:`rig.loop.fit` (shared with the daily loop).
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rig.cli.common import add_progress_flag
 from rig.config import config_from_toml_text, load_config
-from rig.store.reader import read_config_text
 from rig.errors import UserError
 from rig.paths import day_path, model_path
-from rig.cli.common import add_progress_flag
+from rig.store.reader import read_config_text
 
 
 # --------------------------------------------------------------------------- CLI
@@ -84,22 +84,33 @@ def _load(path):
 
 
 def _print_table(m) -> None:
-    from modelfit.scores import summarize
+    from modelfit.scores import (
+        PREDICTIVITY_DEFINITIONS,
+        brain_score_predictivity,
+        summarize,
+    )
 
     names = json.loads(m.info.get("channel_names", "[]")) or [""] * m.n_sites
     sc = m.scores
     nan = np.full(m.n_sites, np.nan)
-    cols = [sc.get(k, nan) for k in ("cv_r", "ceiling", "noise_ceiled", "screening_reliability")]
-    print(f"{'site':>4} {'channel':>7} {'name':>10} {'n_img':>6} {'alpha':>9} {'cv r':>7} {'ceiling':>8} "
-          f"{'r^2/ceil':>8} {'day0 rel':>8}")
+    r, ceiling = sc.get("cv_r", nan), sc.get("ceiling", nan)
+    cols = [r, ceiling, brain_score_predictivity(r, ceiling), sc.get("noise_ceiled", nan),
+            sc.get("screening_reliability", nan)]
+    print(f"{'site':>4} {'channel':>7} {'name':>10} {'n_img':>6} {'alpha':>9} {'r':>7} {'ceiling':>8} "
+          f"{'r/sqrt(c)':>9} {'r^2/c':>7} {'day0 rel':>8}")
     for i in range(m.n_sites):
         print(f"{i:>4} {int(m.site_channels[i]):>7} {str(names[i])[:10]:>10} {int(m.n_train[i]):>6} "
-              f"{m.alpha[i]:>9.3g} " + " ".join(f"{c[i]:>{w}.3f}" for c, w in zip(cols, (7, 8, 8, 8))))
-    s = summarize(sc.get("cv_r", nan), sc.get("ceiling", nan))
-    print(f"median: cv r {s['median_r']:.3f}, ceiling {s['median_ceiling']:.3f}, "
-          f"noise-ceiled predictivity (r^2/ceiling) {s['median_noise_ceiled']:.3f}")
+              f"{m.alpha[i]:>9.3g} " + " ".join(f"{c[i]:>{w}.3f}" for c, w in zip(cols, (7, 8, 9, 7, 8))))
+    s = summarize(r, ceiling)
+    print(f"median: r {s['median_r']:.3f}, ceiling {s['median_ceiling']:.3f}, r / sqrt(ceiling) "
+          f"{s['median_r_over_sqrt_ceiling']:.3f}, r^2 / ceiling {s['median_explainable_variance_fraction']:.3f}")
+    print("definitions:")
+    for k, v in PREDICTIVITY_DEFINITIONS.items():
+        print(f"  {k}: {v}")
+    print("  ceiling (c): split-half reliability of the recorded responses, Spearman-Brown corrected (a ceiling "
+          "for r^2; sqrt(c) is the ceiling for r)")
     if "cv_r_ungrouped" in sc:
-        print(f"cv r: folds grouped by clean parent, scored on the screening day's clean images; ungrouped "
+        print(f"r: folds grouped by clean parent, scored on the screening day's clean images; ungrouped "
               f"shuffle splits (leaky when perturbed images are pooled) give median {np.nanmedian(sc['cv_r_ungrouped']):.3f}")
     tag = "RANDOM-INIT" if m.random_init else m.weights_sha256[:16] + "..."
     print(f"backbone {m.backbone_name}/{m.layer}, weights {tag}, readout {m.method}")
@@ -114,11 +125,20 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UserError("give a model file, or --days DIR --through D")
     m = _load(path)
     if args.json:
+        from modelfit.scores import PREDICTIVITY_DEFINITIONS, brain_score_predictivity
+
+        nan = np.full(m.n_sites, np.nan)
+        bs = brain_score_predictivity(m.scores.get("cv_r", nan), m.scores.get("ceiling", nan))
         rows = [{"site": i, "channel": int(m.site_channels[i]), "n_train": int(m.n_train[i]),
-                 "alpha": float(m.alpha[i]), **{k: float(v[i]) for k, v in m.scores.items()}}
+                 "alpha": float(m.alpha[i]), **{k: float(v[i]) for k, v in m.scores.items()},
+                 "r_over_sqrt_ceiling": float(bs[i]),
+                 "explainable_variance_fraction": float(m.scores.get("noise_ceiled", nan)[i])}
                 for i in range(m.n_sites)]
         print(json.dumps({"model": str(path), "backbone": m.backbone_name, "layer": m.layer,
-                          "weights_sha256": m.weights_sha256, "sites": rows}, indent=1, allow_nan=True))
+                          "weights_sha256": m.weights_sha256, "sites": rows,
+                          "definitions": {"cv_r": PREDICTIVITY_DEFINITIONS["r"],
+                                          "r_over_sqrt_ceiling": PREDICTIVITY_DEFINITIONS["r / sqrt(ceiling)"],
+                                          "explainable_variance_fraction": PREDICTIVITY_DEFINITIONS["r^2 / ceiling"]}}, indent=1, allow_nan=True))
     else:
         print(f"model {path}")
         _print_table(m)

@@ -5,7 +5,9 @@ the simulated monkey's ground truth):
 
 - sensitivity vs epsilon of the targeted sites: absolute and bias-corrected estimators,
   normalised by each site's s.d. over the screening day's clean images;
-- the model-free random-direction control at the same epsilons and the targeted/random ratio;
+- the model-free random-direction control at the same epsilons; floor-corrected magnitudes (the
+  mean split-half cross-product), targeted - random with a two-level BCa CI, a permutation test
+  of "random above the noise floor" (Holm across epsilons) and the ratio only where estimable;
 - the random-image-pair baseline (screening day) and the split-half measurement-noise floor;
 - the same curve on the designing model's own units; predicted vs measured change;
 - in simulation: the white-box (true) sensitivity and the fraction of it the loop reached.
@@ -14,8 +16,8 @@ the simulated monkey's ground truth):
 """
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,22 +25,43 @@ from typing import Any
 
 import numpy as np
 
+from analysis import (
+    clean_sigma,
+    fraction_of_true,
+    predicted_vs_measured,
+    random_direction_control,
+    random_pair_baseline,
+    sensitivity_curve,
+    split_half_noise_floor,
+)
 from analysis.baselines import SiteLevel
-from analysis.bootstrap import Estimate
-from analysis.sensitivity import PredictedVsMeasured, SensitivityCurve
-from rig.config import Config
-from rig.store.reader import DayCache, DayData
-from rig.errors import UserError
-from rig.paths import day_path
-from analysis import (clean_sigma, compare_curves, predicted_vs_measured, random_direction_control,
-                      random_pair_baseline, sensitivity_curve, split_half_noise_floor)
-from analysis.sensitivity import model_unit_curve
-from modelfit.store import load_fitted
+from analysis.inference import (
+    DayHeadline,
+    day_headline,
+    fraction_of_truth,
+    site_image_table,
+)
+from analysis.provenance import perturbation_pairs
+from analysis.sensitivity import PredictedVsMeasured, SensitivityCurve, model_unit_curve
 from modelfit.features import images_to_tensor
 from modelfit.files import write_atomic
-from analysis import fraction_of_true
+from modelfit.store import load_fitted
 from rig.backends.factory import build_sim_monkey
+from rig.config import Config
+from rig.errors import UserError
+from rig.loop.analysis_file import (
+    analysis_identity,
+    curve_json,
+    est_json,
+    headline_numbers,
+    predictivity_numbers,
+    pvm_json,
+    site_level_json,
+)
+from rig.loop.dayoverday import day_over_day
 from rig.loop.groundtruth import TrueCountModule, cached_whitebox
+from rig.paths import day_path
+from rig.store.reader import DayCache, DayData
 from stimuli.perturb import PerturbParams
 
 log = logging.getLogger(__name__)
@@ -54,7 +77,7 @@ class DayResults:
     targeted: SensitivityCurve              # |.| estimator, normalised by sigma
     signed: SensitivityCurve                # bias-corrected, normalised by sigma
     random: SensitivityCurve | None         # random-direction controls
-    ratio: dict[float, Estimate]            # eps -> targeted / random (|.| estimators)
+    headline: DayHeadline                   # floor-corrected magnitudes, targeted - random, tests (two-level BCa)
     pairs: SiteLevel                        # random-pair baseline (screening day)
     noise: SiteLevel                        # split-half noise floor
     model_units: SensitivityCurve | None    # the designing model's own units
@@ -63,9 +86,7 @@ class DayResults:
     random_init_model: bool
     truth: dict = field(default_factory=dict)   # simulation only
     data: DayData | None = None
-    signed_random: object | None = None          # SensitivityCurve: random controls, bias-corrected (model's sign)
-    ratio_signed: dict = field(default_factory=dict)        # eps -> Estimate: bias-corrected targeted / random
-    random_at_floor: dict = field(default_factory=dict)     # eps -> bool: random control CI reaches the noise floor
+    day_over_day: dict = field(default_factory=dict)        # paired change vs the first closed-loop day
     pvm_extra: dict = field(default_factory=dict)           # spearman, pearson through the site's rate nonlinearity
     sim_info: dict = field(default_factory=dict)            # simulation: model_alignment etc., printed with results
 
@@ -93,16 +114,16 @@ class DayResults:
             "predicted_vs_measured_spearman": _f(self.pvm_extra.get("spearman", np.nan)),
             "predicted_vs_measured_r_through_rate_nonlinearity": _f(self.pvm_extra.get("pearson_nonlinear", np.nan)),
             "simulation": self.sim_info,
-            "model_cv_r_median": _f(np.nanmedian(self.model_scores.get("cv_r", [np.nan]))),
-            "model_noise_ceiled_median": _f(np.nanmedian(self.model_scores.get("noise_ceiled", [np.nan]))),
+            "predictivity": predictivity_numbers(self.model_scores),
         }
+        out.update(headline_numbers(self.headline, eps))
+        if self.day_over_day:
+            out["day_over_day"] = self.day_over_day
         if self.random is not None:
             out["random_abs"] = curve(self.random)
-            out["targeted_over_random"] = aligned(self.ratio)
-            out["targeted_over_random_bias_corrected"] = aligned(self.ratio_signed)
-            out["random_indistinguishable_from_noise_floor"] = aligned(self.random_at_floor, bool)
         if self.model_units is not None:
             out["model_units_abs"] = curve(self.model_units)
+        out["figure_data"] = self.figure_data()
         if self.truth:
             t = self.truth
             out["truth"] = {
@@ -117,6 +138,20 @@ class DayResults:
                                     "history": t["history"]},
             }
         return out
+
+
+    def figure_data(self) -> dict:
+        """What the report's figures draw (curves without bootstrap replicates), JSON-ready."""
+        fd = {"targeted": curve_json(self.targeted), "signed": curve_json(self.signed), "random": curve_json(self.random),
+              "model_units": curve_json(self.model_units), "pairs": site_level_json(self.pairs),
+              "noise": site_level_json(self.noise), "pvm": pvm_json(self.pvm), "sigma": self.sigma.tolist(),
+              "model_scores": {k: [_f(x) for x in np.ravel(v)] for k, v in self.model_scores.items()},
+              "image_scaling": str(self.data.attrs.get("image_scaling", "smooth")) if self.data is not None else "smooth"}
+        if self.truth:
+            fd["whitebox_site_normalised"] = [[_f(x) for x in row] for row in self.truth["whitebox_site_normalised"]]
+            fd["fraction_true"] = [[e, est_json(v)] for e, v in self.truth["fraction_true"].items()]
+            fd["saturation"] = [[float(e), _f(v)] for e, v in self.truth.get("saturation", {}).items()]
+        return fd
 
 
 def _f(x) -> float | None:
@@ -154,27 +189,17 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     resp0 = _responses(d0)
     sigma = clean_sigma(resp0, d0.stimuli, sites)
     seed = recorded.day_seed(day)
-    kw: dict[str, Any] = dict(sites=sites, n_boot=n_boot, seed=seed)
+    kw: dict[str, Any] = {"sites": sites, "n_boot": n_boot, "seed": seed}
     targeted = sensitivity_curve(resp, prov, estimator="abs", sigma=sigma, **kw)
     signed = sensitivity_curve(resp, prov, estimator="signed", sigma=sigma, **kw)
     has_random = bool(np.any(prov.kind == "random"))
     random = random_direction_control(resp, prov, sigma=sigma, **kw) if has_random else None
-    ratio = compare_curves(targeted, random, "ratio") if random is not None else {}
-    signed_random, ratio_signed, at_floor = None, {}, {}
     pairs = random_pair_baseline(resp0, d0.stimuli, sigma=sigma, **kw)
     noise = split_half_noise_floor(d.responses_by_repeat(), sites=sites, sigma=sigma, n_boot=n_boot, seed=seed)
     pvm = predicted_vs_measured(resp, prov, **kw)
-    if random is not None:
-        from analysis.stats import indistinguishable_from_floor
-
-        try:  # bias-corrected random control: the designing model's predicted sign (unchanged images dropped)
-            signed_random = sensitivity_curve(resp, _without_zero_prediction(prov), estimator="signed", kind="random",
-                                              sigma=sigma, **kw)
-            ratio_signed = compare_curves(signed, signed_random, "ratio")
-        except ValueError:
-            signed_random = None
-        at_floor = {float(e): indistinguishable_from_floor(random.population_estimate(e), noise.population)
-                    for e in random.epsilons}
+    headline = day_headline(d.responses_by_repeat(), perturbation_pairs(prov, "targeted", sites),
+                            perturbation_pairs(prov, "random", sites) if has_random else None, sites, sigma,
+                            n_resamples=n_boot, seed=seed)
 
     model_units, scores, random_init = None, {}, bool(d.model.get("random_init", False))
     pvm_extra: dict = {}
@@ -188,16 +213,56 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     from analysis.stats import spearman
 
     pvm_extra["spearman"] = spearman(pvm.predicted, pvm.measured)
-    res = DayResults(day, sites, sigma, targeted, signed, random, ratio, pairs, noise, model_units, pvm, scores,
-                     random_init, data=d, signed_random=signed_random, ratio_signed=ratio_signed,
-                     random_at_floor=at_floor, pvm_extra=pvm_extra)
+    res = DayResults(day, sites, sigma, targeted, signed, random, headline, pairs, noise, model_units, pvm, scores,
+                     random_init, data=d, pvm_extra=pvm_extra)
     is_sim = d.origin.simulated   # sim, presenter+sim, or a replay of either
     if is_sim:
         res.sim_info = {k: getattr(recorded.sim, k) for k in ("model_alignment", "linear_fraction", "input_px", "smoothing_px",
                                                           "drive_gain", "seed")}
     if truth or (truth is None and is_sim):
         res.truth = _truth(recorded, folder, d, resp, sites, sigma, n_boot, seed, progress)
+        res.truth.update(_truth_fractions(res, n_boot, seed))
+    if day > 1:
+        res.day_over_day = day_over_day(folder, res, days, seed=seed, n_boot=n_boot)
     return res
+
+
+def _cells(values: np.ndarray, site: np.ndarray, parent: np.ndarray, eps_col: np.ndarray, sites: np.ndarray,
+           images: np.ndarray, n_eps: int) -> np.ndarray:
+    """(n_sites, len(images), n_eps) table of ``values`` averaged per (site, clean parent, epsilon column)."""
+    table, ids = site_image_table(values, site, parent, eps_col, sites, n_eps)
+    full = np.full((len(sites), len(images), n_eps), np.nan)
+    keep = np.isin(ids, images)
+    full[:, np.searchsorted(images, ids[keep])] = table[:, keep]
+    return full
+
+
+def _truth_fractions(res: DayResults, n_boot: int, seed: int) -> dict:
+    """Fraction of the white-box truth reached, noise-free and measured (bias-corrected), per epsilon:
+    population mean of the achieved change over that of the white-box change, both / sigma, with
+    two-level (sites x images) BCa intervals. Keys: "fraction_true", "fraction_measured" ({eps: Estimate})."""
+    from analysis.sensitivity import pair_values
+
+    t, d = res.truth, res.data
+    order = np.argsort(res.sites, kind="stable")   # the tables index sites by searchsorted
+    sites, sigma = res.sites[order], res.sigma[order]
+    pairs = perturbation_pairs(d.stimuli, "targeted", sites)
+    used = np.unique(pairs.epsilon_index)
+    col = np.searchsorted(used, pairs.epsilon_index)
+    images = np.unique(pairs.parent)
+    sig = sigma[np.searchsorted(sites, pairs.site)]
+    n_eps = len(used)
+    wb = np.asarray(t["whitebox_problem"], float).mean(axis=2)            # (problems, eps)
+    prob_site = np.array([s for _, s in t["problems_list"]], dtype=np.int64)
+    wb_sig = wb / sigma[np.searchsorted(sites, prob_site)][:, None]
+    truth = _cells(wb_sig.ravel(), np.repeat(prob_site, n_eps), np.repeat(t["problem_parent_rows"], n_eps),
+                   np.tile(np.arange(n_eps), len(prob_site)), sites, images, n_eps)
+    out = {}
+    for key, responses in (("fraction_true", t["expected"]), ("fraction_measured", _responses(d))):
+        signed = _cells(pair_values(responses, pairs, "signed") / sig, pairs.site, pairs.parent, col, sites, images, n_eps)
+        est = fraction_of_truth(signed, truth, n_resamples=n_boot, seed=seed)
+        out[key] = {float(e): v for e, v in zip(pairs.epsilons[used], est)}
+    return out
 
 
 def _without_zero_prediction(prov):
@@ -317,6 +382,7 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
             "relative_change_on_doubling": wb.relative_change_on_doubling, "history": wb.history,
             "problems_converged": wb.n_converged, "problems": len(problems), "saturation": saturation,
             "whitebox_problem": wb.best, "problems_list": problems,
+            "problem_parent_rows": np.array([parents[p] for p, _ in problems], dtype=np.int64), "expected": expected,
             "whitebox_site_normalised": true_site / sigma[:, None]}
 
 
@@ -330,29 +396,19 @@ def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True
     """Compute :func:`day_results` and write ``day_DDD.analysis.json``."""
     res = day_results(cfg, folder, day, progress=progress, days=days)
     out = Path(folder) / f"day_{day:03d}.analysis.json"
-    write_atomic(out, json.dumps(res.numbers(), indent=1))
+    numbers = res.numbers()
+    numbers["identity"] = analysis_identity(folder, day, N_BOOT)
+    write_atomic(out, json.dumps(numbers, indent=1))
     return res, out
 
 
 def describe(res: DayResults) -> str:
-    """A few lines for the terminal."""
+    """A few lines for the terminal (the same wording as the report, from the same numbers)."""
+    from rig.loop.headline import describe_day
+
     lines = [f"day {res.day}: {len(res.sites)} targeted sites" + (" (model backbone had RANDOM weights)" if res.random_init_model else "")
              + (f"; simulated monkey: model_alignment {res.sim_info['model_alignment']:g}" if res.sim_info else "")]
-    for e in res.targeted.epsilons:
-        a, s = res.targeted.population_estimate(e), res.signed.population_estimate(e)
-        line = f"  eps {e:g}: |dr|/sigma {a.value:.2f} [{a.lo:.2f}, {a.hi:.2f}]  bias-corrected {s.value:.2f} [{s.lo:.2f}, {s.hi:.2f}]"
-        if res.random is not None:
-            r, q = res.random.population_estimate(e), res.ratio[float(e)]
-            line += f"  random {r.value:.2f}  targeted/random {q.value:.1f}x [{q.lo:.1f}, {q.hi:.1f}]"
-            if float(e) in res.ratio_signed:
-                b = res.ratio_signed[float(e)]
-                line += f" (bias-corrected {b.value:.1f}x [{b.lo:.1f}, {b.hi:.1f}])"
-            if res.random_at_floor.get(float(e)):
-                line += " [random control at the noise floor: ratio unstable]"
-        if res.truth:
-            f = res.truth["fraction_true"][float(e)]
-            line += f"  fraction of true {f.value:.2f} [{f.lo:.2f}, {f.hi:.2f}]"
-        lines.append(line)
+    lines += ["  " + x for x in describe_day(res.numbers())]
     lines.append(f"  random-pair baseline {res.pairs.population.value:.2f}, noise floor {res.noise.population.value:.2f} (x sigma); "
                  f"predicted vs measured r = {res.pvm.r.value:.2f} [{res.pvm.r.lo:.2f}, {res.pvm.r.hi:.2f}]")
     return "\n".join(lines)

@@ -23,7 +23,6 @@ import numpy as np
 
 from rig.config import Config
 
-
 FIG1A_MAX_RESTARTS = 4
 FIG1A_MAX_STEPS = 16
 
@@ -95,10 +94,10 @@ def unit_curve(label: str, backbone, screening_pixels: np.ndarray, clean: np.nda
 def figure1a_curves(cfg: Config, screening_pixels: np.ndarray, clean: np.ndarray, epsilons: list[float],
                     seed: int = 0) -> list[UnitCurve]:
     """One :class:`UnitCurve` per backbone of :func:`_backbones` (the loop's step rules and budget, no pruning)."""
+    from dataclasses import asdict
+
     from modelfit.backbone import build_backbone
     from stimuli.perturb import PerturbParams
-
-    from dataclasses import asdict
 
     loop = PerturbParams.from_config_section(asdict(cfg.perturb))
     # the loop's step rules; the budget is capped (network units are cheap to move, and on CPU
@@ -119,25 +118,27 @@ def plot_figure1a(path: Path, it_curve: tuple[np.ndarray, np.ndarray, np.ndarray
     """IT (eps, mean, lo, hi) beside each backbone's units; dotted lines: random-pair baselines."""
     from matplotlib.figure import Figure
 
-    from analysis.plots import save
+    from analysis.plots import legend_outside, plain_log_ticks, save
 
-    fig = Figure(figsize=(8, 5.4))
+    fig = Figure(figsize=(11.5, 5.4))
     ax = fig.add_subplot()
     eps, mid, lo, hi = it_curve
     ax.plot(eps, mid, color="k", marker="o", lw=2.4, label=it_label)
     ax.fill_between(eps, lo, hi, color="k", alpha=0.15)
-    ax.axhline(it_pairs, color="k", ls=":", lw=1.2, label="IT: random image pairs")
+    it_name = "simulated IT" if it_label.startswith("simulated") else "IT"
+    ax.axhline(it_pairs, color="k", ls=":", lw=1.2, label=f"{it_name}: random image pairs ({it_pairs:.2f})")
     colors = ["#d1495b", "#2a9d8f", "#e9c46a", "#7b2cbf", "#264653"]
     for c, u in zip(colors * 3, units):
         ax.plot(u.epsilons, u.mean, color=c, marker="s", lw=1.8, label=f"{u.label}: {u.n_units} units x {u.n_images} images")
         ax.fill_between(u.epsilons, u.lo, u.hi, color=c, alpha=0.15)
-        ax.axhline(u.pairs, color=c, ls=":", lw=1.0)
+        ax.axhline(u.pairs, color=c, ls=":", lw=1.0, label=f"{u.label.split(' (')[0]}: random image pairs ({u.pairs:.2f})")
     ax.set_yscale("log")
+    plain_log_ticks(ax)
     ax.set_xlabel(f"perturbation size eps (L2, pixels in [0,1], {size_px} px; x {224 / size_px:.2f} = eps at 224 px by per-pixel RMS)")
     ax.set_ylabel("sensitivity: |change| / unit's clean-image s.d. (log)")
-    ax.set_title("Figure 1A: white-box sensitivity, IT vs network units (same engine, same clean images)\n"
+    ax.set_title(f"Figure 1A: white-box sensitivity, {it_name} vs network units (same engine, same clean images)\n"
                  "dotted: random image pairs; bands: 95% bootstrap CI over images", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    legend_outside(ax)
     fig.tight_layout()
     return save(fig, path)

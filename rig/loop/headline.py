@@ -17,6 +17,8 @@ def _cell(v: dict | None, fmt: str, ci: bool, suffix: str = "") -> str:
     if not v or v.get("value") is None:
         return "n/a"
     s = format(v["value"], fmt) + suffix
+    if ci and v.get("lo") is not None and v.get("hi") is not None and not v["lo"] <= v["value"] <= v["hi"]:
+        return s + " (no interval: its bootstrap interval excludes the estimate)"
     if ci and v.get("lo") is not None and v.get("hi") is not None:
         s += f" [{format(v['lo'], fmt)}, {format(v['hi'], fmt)}]"
     return s
@@ -32,10 +34,22 @@ def _row(a: dict, key: str, sub: str | None, fmt: str, eps: list[float], ci: boo
 
 
 ROWS = [  # (label, analysis.json key, sub-key, number format, suffix)
+    ("targeted - random, floor-corrected RMS change / sigma (95% BCa CI)", "targeted_minus_random",
+     None, ".2f", ""),
+    ("floor-corrected targeted sensitivity, RMS change / sigma", "floor_corrected_targeted", None, ".2f", ""),
     ("bias-corrected sensitivity / sigma", "targeted_signed", None, ".2f", ""),
-    ("targeted / random-direction abs(dr)", "targeted_over_random", None, ".1f", "x"),
     ("fraction of the true (white-box) sensitivity reached, noise-free", "truth", "fraction_true_achieved", ".2f", ""),
 ]
+
+
+RATIO_ROW = "targeted / random (floor-corrected; only where random is significantly above the noise floor)"
+EXTRA_ROWS = (RATIO_ROW, "model-predicted vs measured change, Pearson r", "designing model, median r",
+              "designing model, median r / sqrt(ceiling)", "designing model, median r^2 / ceiling")
+
+
+def _ratio_row(a: dict, eps: list[float]) -> str:
+    texts = dict(zip(a["epsilons"], a.get("targeted_over_random_text", [])))
+    return " / ".join(texts.get(e) or "n/a" for e in eps)
 
 
 def headline_table(folder: str | Path, ci: bool = True) -> str:
@@ -54,9 +68,52 @@ def headline_table(folder: str | Path, ci: bool = True) -> str:
             continue
         cells = [_row(a, key, sub, fmt, eps, ci, suffix) for a in chosen]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if any("targeted_over_random_text" in a for a in chosen):
+        lines.append(f"| {RATIO_ROW} | " + " | ".join(_ratio_row(a, eps) for a in chosen) + " |")
     r = [_cell(a.get("predicted_vs_measured_r"), ".2f", ci) for a in chosen]
     lines.append("| model-predicted vs measured change, Pearson r | " + " | ".join(r) + " |")
+    for name in ("r", "r / sqrt(ceiling)", "r^2 / ceiling"):
+        vals = [a.get("predictivity", {}).get(name) for a in chosen]
+        if any(v is not None for v in vals):
+            lines.append(f"| designing model, median {name} | "
+                         + " | ".join("n/a" if v is None else f"{v:.2f}" for v in vals) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _e(v: dict | None, fmt: str = ".2f") -> str:
+    return _cell(v, fmt, True)
+
+
+def _no_change(v: dict | None) -> str:
+    """' - no significant difference (minimum detectable effect m sigma)' when the 95% CI holds 0.
+
+    The MDE at 80% power is 2.80 standard errors, the SE read off the CI as its width / 3.92."""
+    if not v or v.get("lo") is None or v.get("hi") is None or not v["lo"] <= 0 <= v["hi"]:
+        return ""
+    return f" - no significant difference (minimum detectable effect {2.80 * (v['hi'] - v['lo']) / 3.92:.2f} sigma)"
+
+
+def describe_day(a: dict) -> list[str]:
+    """Terminal / report lines of one day's analysis.json: per epsilon targeted - random with its CI,
+    the floor-corrected magnitudes, the noise-floor test and the ratio only where estimable."""
+    lines = []
+    for k, e in enumerate(a["epsilons"]):
+        def at(key, k=k):
+            v = a.get(key)
+            return v[k] if isinstance(v, list) and k < len(v) else None
+        diff = at("targeted_minus_random")
+        line = (f"eps {e:g}: targeted - random {_e(diff)} sigma{_no_change(diff)} (floor-corrected RMS: "
+                f"targeted {_e(at('floor_corrected_targeted'))}, random {_e(at('floor_corrected_random'))}")
+        p = at("random_above_floor_p_holm")
+        line += (f"; random above the noise floor: Holm p = {p:.2g}" if p is not None else "") + ")"
+        if at("targeted_over_random_text"):
+            line += f"; targeted/random {at('targeted_over_random_text')}"
+        line += f"; raw |dr| {_e(at('targeted_abs'))}; bias-corrected {_e(at('targeted_signed'))}"
+        truth = a.get("truth", {}).get("fraction_true_achieved")
+        if truth and k < len(truth) and truth[k]:
+            line += f"; fraction of the true sensitivity {_e(truth[k])}"
+        lines.append(line)
+    return lines
 
 
 def replace_block(text: str, table: str) -> str:

@@ -1,18 +1,30 @@
 """``itloop report DIR``: figures and a summary page for a whole experiment folder."""
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from rig.loop.analyze import DayResults, day_results
-from rig.loop.headline import headline_table
-from rig.config import Config
-from rig.store.reader import DayCache, day_status
-from rig.errors import UserError
-from rig.paths import day_path
 from analysis import plots
 from analysis.summary import write_summary
+from rig.config import Config
+from rig.errors import UserError
+from rig.loop.analysis_file import (
+    analysis_path,
+    curve_from_json,
+    est_from_json,
+    pvm_from_json,
+    read_current,
+    site_level_from_json,
+)
+from rig.loop.analyze import N_BOOT, analyze_day
+from rig.loop.headline import describe_day, headline_table
+from rig.paths import day_path
+from rig.store.reader import DayCache, day_status
+
+log = logging.getLogger(__name__)
 
 
 def recorded_days(folder: Path) -> list[int]:
@@ -24,18 +36,18 @@ def recorded_days(folder: Path) -> list[int]:
             try:
                 if day_status(p) == "complete":
                     days.append(int(stem))
-            except Exception:  # a damaged file is reported by `day check`, not here
-                continue
+            except (OSError, KeyError, ValueError) as exc:  # a damaged file is reported by `day check`, not here
+                log.info("skipping %s: %s", p, exc)
     return days
 
 
-def _examples(res: DayResults, n: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _examples(data, sites, n: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Clean / perturbed pairs at the largest epsilon for a few sites (largest predicted change)."""
-    ss = res.data.stimuli
+    ss = data.stimuli
     t = ss.kind == "targeted"
     g = int(ss.epsilon_index[t][np.argmax(ss.epsilon_requested[t])])  # the planned-grid row of the largest epsilon
     clean, pert, labels = [], [], []
-    for s in res.sites[:n]:
+    for s in sites[:n]:
         idx = np.flatnonzero(t & (ss.site == s) & (ss.epsilon_index == g))
         if not len(idx):
             continue
@@ -46,48 +58,47 @@ def _examples(res: DayResults, n: int = 4) -> tuple[np.ndarray, np.ndarray, list
     return np.stack(clean), np.stack(pert), labels
 
 
-def signed_changes_by_image(res: DayResults) -> dict[float, dict[tuple, float]]:
-    """{eps: {(site, clean parent id, direction): bias-corrected change / sigma}} of one day's
-    targeted stimuli; the key identifies the same problem on another day (parents by stimulus id)."""
-    d = res.data
-    ss = d.stimuli
-    resp = d.mean_responses().astype(float)
-    sig = {int(s): float(v) for s, v in zip(res.sites, res.sigma)}
-    out: dict[float, dict[tuple, float]] = {}
-    for k in np.flatnonzero(ss.kind == "targeted"):
-        s = int(ss.site[k])
-        if s not in sig or not np.isfinite(ss.predicted_change[k]) or ss.predicted_change[k] == 0:
-            continue
-        e = float(ss.epsilons[ss.epsilon_index[k]])  # the stored grid value labels it on every day
-        v = np.sign(ss.predicted_change[k]) * (resp[k, s] - resp[ss.parent[k], s]) / sig[s]
-        out.setdefault(e, {})[(s, str(d.stim_ids[ss.parent[k]]), int(ss.direction[k]))] = float(v)
-    return out
-
-
-def paired_day_change(first: DayResults, last: DayResults, seed: int = 0) -> dict:
-    """{eps: PairedDifference of last - first} over the problems (site, clean image, direction)
-    both days perturbed, units of sigma (bias-corrected); images averaged over directions."""
-    from analysis.stats import paired_difference
-
-    a_all, b_all = signed_changes_by_image(first), signed_changes_by_image(last)
+def day_analyses(cfg: Config, folder: Path, days: list[int], progress: bool, cache: DayCache) -> dict[int, dict]:
+    """Each day's analysis.json: read when current (:func:`read_current`), else analysed now and written."""
     out = {}
-    for e in sorted(set(a_all) & set(b_all)):
-        a, b = a_all[e], b_all[e]
-        units: dict[tuple, list] = {}
-        for key in set(a) & set(b):
-            units.setdefault(key[:2], []).append((a[key], b[key]))
-        if not units:
-            continue
-        va = np.array([np.mean([x for x, _ in v]) for v in units.values()])
-        vb = np.array([np.mean([y for _, y in v]) for v in units.values()])
-        out[e] = paired_difference(va, vb, seed=seed)
+    for d in days:
+        a = read_current(folder, d, N_BOOT)
+        if a is None:
+            analyze_day(cfg, folder, d, progress=progress, days=cache)
+            a = json.loads(analysis_path(folder, d).read_text())
+        out[d] = a
     return out
+
+
+class _Figures:
+    """One day's figure data (from its analysis.json) as the plotting functions' objects."""
+
+    def __init__(self, a: dict) -> None:
+        fd = a["figure_data"]
+        self.day = int(a["day"])
+        self.sites = np.asarray(a["sites"], np.int64)
+        self.targeted, self.signed = curve_from_json(fd["targeted"]), curve_from_json(fd["signed"])
+        self.random, self.model_units = curve_from_json(fd.get("random")), curve_from_json(fd.get("model_units"))
+        self.pairs, self.noise = site_level_from_json(fd["pairs"]), site_level_from_json(fd["noise"])
+        self.pvm = pvm_from_json(fd["pvm"])
+        self.scores = {k: np.asarray([np.nan if x is None else x for x in v], float)
+                       for k, v in fd.get("model_scores", {}).items()}
+        wb = fd.get("whitebox_site_normalised")
+        self.whitebox = None if wb is None else np.asarray([[np.nan if x is None else x for x in r] for r in wb], float)
+        self.fraction_true = {float(e): est_from_json(v) for e, v in fd.get("fraction_true", [])}
+        self.simulated = bool(a.get("simulation"))
+        self.sigma = np.asarray(fd.get("sigma", []), float)
+
+    def sigma_by_site(self) -> dict[int, float]:
+        """{site channel: sigma (spikes)}."""
+        return {int(s): float(v) for s, v in zip(self.sites, self.sigma)}
 
 
 def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None, progress: bool = True,
                  cache: DayCache | None = None) -> Path:
-    """Analyse every complete closed-loop day of ``folder`` and write ``out`` (default
-    ``<folder>/report``): PNG figures and ``summary.md``. Returns the summary's path.
+    """Write ``out`` (default ``<folder>/report``) for every complete closed-loop day of ``folder``:
+    PNG figures and ``summary.md``, drawn from each day's ``day_DDD.analysis.json`` (analysed
+    first where the file is missing or not current). Returns the summary's path.
     ``cache``: the process's day cache (each day file is read once)."""
     folder = Path(folder)
     if not day_path(folder, 0).exists():
@@ -98,102 +109,135 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     out = Path(out) if out else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else DayCache()
-    results = {d: day_results(cfg, folder, d, progress=progress, days=cache) for d in days}
-    last = results[days[-1]]
-    truth = bool(last.truth)
-    gt = last.truth["whitebox_site_normalised"] if truth else None
-    random_init = any(r.random_init_model for r in results.values())
-    figs = [
-        plots.plot_sensitivity_vs_epsilon(
-            out / "sensitivity_vs_epsilon.png", last.targeted, bias_corrected=last.signed, model_curve=last.model_units,
-            random_control=last.random, random_pairs=last.pairs, noise_floor=last.noise,
-            ground_truth=np.nanmean(gt, axis=0) if gt is not None else None,
-            title=f"Day {last.day}: IT sensitivity to model-designed perturbations"),
-        plots.plot_sensitivity_by_day(
-            out / "sensitivity_by_day.png", {d: r.signed for d, r in results.items()},
-            fraction_of_true_by_day={d: r.truth["fraction_true"] for d, r in results.items()} if truth else None,
-            title="Bias-corrected sensitivity per closed-loop day"),
-        plots.plot_predicted_vs_measured(out / "predicted_vs_measured.png", last.pvm,
-                                         title=f"Day {last.day}: model-predicted vs measured change per stimulus"),
-        plots.plot_site_panels(out / "site_panels.png", last.targeted, bias_corrected=last.signed,
-                               random_control=last.random, noise_floor=last.noise, random_pairs=last.pairs,
-                               ground_truth_sites=gt,
-                               title=f"Day {last.day}: sensitivity per site"),
-        plots.plot_example_stimuli(out / "example_stimuli.png", *_examples(last)),
-    ]
-    fig1a, fig1a_notes = _figure1a(cfg, folder, out, last, cache)
+    analyses = day_analyses(cfg, folder, days, progress, cache)
+    figs_by_day = {d: _Figures(a) for d, a in analyses.items()}
+    last = figs_by_day[days[-1]]
+    last_data = cache.read(day_path(folder, days[-1]))
+    figs = _draw(out, figs_by_day, last, last_data)
+    fig1a, fig1a_notes = _figure1a(cfg, folder, out, last, last_data, analyses[days[-1]], cache)
     if fig1a is not None:
         figs.insert(0, fig1a)
-    scored = {d: r for d, r in results.items() if "cv_r" in r.model_scores}
-    if scored:
-        figs.append(plots.plot_predictivity_vs_ceiling(
-            out / "predictivity_vs_ceiling.png", {d: r.model_scores["cv_r"] for d, r in scored.items()},
-            {d: r.model_scores["ceiling"] for d, r in scored.items()},
-            title="Predictivity of the model that designed each day's stimuli"))
-    numbers, checks = _numbers(results, days)
-    sources = _spike_sources(folder, days, cache)
-    notes = [
-        f"Spikes: {sources}",
-        f"Experiment folder `{folder}`; closed-loop days {days[0]}..{days[-1]}; {len(last.sites)} targeted sites; "
-        "sensitivities are in units of each site's s.d. over the screening day's clean images (sigma).",
-    ]
-    if last.sim_info:
-        si = last.sim_info
-        notes.append(f"Simulated monkey: **model_alignment = {si['model_alignment']:g}** (the share of the sites' linear "
-                     f"drive that lives in the designing model's feature space; 0 = the truth is hidden from the "
-                     f"controller), linear_fraction {si['linear_fraction']:g}, input_px {si['input_px']}, "
-                     f"smoothing_px {si['smoothing_px']:g}, drive_gain {si['drive_gain']:g}, seed {si['seed']}.")
-    if random_init:
-        notes.append("**The model backbone had RANDOM weights** (no weights file was configured): the model is a "
-                     "random-feature readout, not an ImageNet-trained network.")
-    scalings = {d: str(r.data.attrs.get("image_scaling", "smooth")) for d, r in results.items()}
-    notes.append("On-screen image scaling: " + ", ".join(f"day {d}: {v}" for d, v in scalings.items())
-                 + " (smooth: bilinear to the configured size in degrees, so the perturbation that reaches the eye is "
-                 "not exactly epsilon_shown; integer: nearest neighbour by a whole factor, pixels shown exactly).")
-    notes += checks
-    notes += fig1a_notes
-    if truth:
-        notes += _truth_notes(last.truth)
+    numbers, checks = _numbers(analyses, days)
+    notes = _notes(folder, days, analyses, last, cache) + checks + fig1a_notes
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary
 
 
-def _truth_notes(h: dict) -> list[str]:
-    """The report's notes on the white-box ground truth ``h`` (DayResults.truth)."""
-    notes = [f"Ground truth: a white-box attack on the simulated sites' expected counts (the loop's step "
-             f"rules, no pruning), final budget {h['restarts']} restarts x {h['steps']} steps after doubling "
-             f"both; the last doubling changed the mean answer by {100 * h['relative_change_on_doubling']:.2g}%, "
-             f"and {h.get('problems_converged', 0)} of {h.get('problems', 0)} problems moved by < 2% "
-             f"(converged; the rest are lower bounds)."]
-    sat = h.get("saturation", {})
-    if sat:
-        notes.append("Saturation (true rates of the targeted stimuli within 5% of the site's floor or the "
-                     "ceiling): " + ", ".join(("clean images" if e == 0 else f"eps {e:g}") + f" {100 * v:.0f}%"
-                                          for e, v in sorted(sat.items())) + ".")
+def _draw(out: Path, by_day: dict[int, _Figures], last: _Figures, last_data) -> list[Path]:
+    """The per-experiment figures from the days' figure data (no recomputation)."""
+    it = "simulated IT" if last.simulated else "IT"
+    gt = last.whitebox
+    figs = [
+        plots.plot_sensitivity_vs_epsilon(
+            out / "sensitivity_vs_epsilon.png", last.targeted, bias_corrected=last.signed, model_curve=last.model_units,
+            random_control=last.random, random_pairs=last.pairs, noise_floor=last.noise,
+            ground_truth=np.nanmean(gt, axis=0) if gt is not None else None, it_label=it,
+            title=f"Day {last.day}: {it} sensitivity to model-designed perturbations"),
+        plots.plot_sensitivity_by_day(
+            out / "sensitivity_by_day.png", {d: r.signed for d, r in by_day.items()},
+            fraction_of_true_by_day={d: r.fraction_true for d, r in by_day.items()} if gt is not None else None,
+            title=f"{it}: bias-corrected sensitivity per closed-loop day"),
+        plots.plot_predicted_vs_measured(out / "predicted_vs_measured.png", last.pvm, sigma=last.sigma_by_site(),
+                                         title=f"Day {last.day}: model-predicted vs measured change per stimulus ({it})"),
+        plots.plot_site_panels(out / "site_panels.png", last.targeted, bias_corrected=last.signed,
+                               random_control=last.random, noise_floor=last.noise, random_pairs=last.pairs,
+                               ground_truth_sites=gt, title=f"Day {last.day}: {it} sensitivity per site"),
+        plots.plot_example_stimuli(out / "example_stimuli.png", *_examples(last_data, last.sites)),
+    ]
+    scored = {d: r for d, r in by_day.items() if "cv_r" in r.scores and "ceiling" in r.scores}
+    if scored:
+        figs.append(plots.plot_predictivity_vs_ceiling(
+            out / "predictivity_vs_ceiling.png", {d: r.scores["cv_r"] for d, r in scored.items()},
+            {d: r.scores["ceiling"] for d, r in scored.items()},
+            title=f"Predictivity of the model that designed each day's stimuli ({it})"))
+    return figs
+
+
+def _notes(folder: Path, days: list[int], analyses: dict[int, dict], last: _Figures, cache: DayCache) -> list[str]:
+    a = analyses[days[-1]]
+    notes = [
+        f"Spikes: {_spike_sources(folder, days, cache)}",
+        (f"Experiment folder `{folder}`; closed-loop days {days[0]}..{days[-1]}; {len(last.sites)} targeted sites; "
+         "sensitivities are in units of each site's s.d. over the screening day's clean images (sigma)."),
+        ("Estimators: raw |dr| carries the measurement-noise floor; the floor-corrected magnitude is the signed square "
+        "root of the mean split-half cross-product d_A d_B (an unbiased estimate of the mean squared true change, "
+        "so an RMS change in sigma). Headline: targeted - random of the floor-corrected magnitudes, with a 95% BCa "
+        "interval that resamples sites and images independently (scipy.stats.bootstrap). 'Random above the noise "
+        "floor' is a one-sided sign-flip permutation test of the split-half cross-products over images "
+        "(scipy.stats.permutation_test), Holm-corrected across epsilons; a targeted/random ratio is printed only "
+        "where that test rejects at 0.05 and random's interval is above 0, otherwise 'not estimable'."),
+    ]
+    si = a.get("simulation") or {}
+    if si:
+        notes.append(f"Simulated monkey: **model_alignment = {si['model_alignment']:g}** (the share of the sites' linear "
+                     f"drive that lives in the designing model's feature space; 0 = the truth is hidden from the "
+                     f"controller), linear_fraction {si['linear_fraction']:g}, input_px {si['input_px']}, "
+                     f"smoothing_px {si['smoothing_px']:g}, drive_gain {si['drive_gain']:g}, seed {si['seed']}.")
+    if any(x.get("random_init_model") for x in analyses.values()):
+        notes.append("**The model backbone had RANDOM weights** (no weights file was configured): the model is a "
+                     "random-feature readout, not an ImageNet-trained network.")
+    notes.append("On-screen image scaling: " + ", ".join(f"day {d}: {x['figure_data'].get('image_scaling', 'smooth')}"
+                                                       for d, x in analyses.items())
+                 + " (smooth: bilinear to the configured size in degrees, so the perturbation that reaches the eye is "
+                 "not exactly epsilon_shown; integer: nearest neighbour by a whole factor, pixels shown exactly).")
+    pred = a.get("predictivity") or {}
+    if pred:
+        notes.append("Predictivity of the designing model (median over sites): " + "; ".join(
+            f"**{k}** = {pred[k]:.3f} ({pred['definitions'][k]})" for k in ("r", "r / sqrt(ceiling)", "r^2 / ceiling")
+            if pred.get(k) is not None) + ".")
+    t = a.get("truth")
+    if t:
+        h = t["whitebox_budget"]
+        notes.append(f"Ground truth: a white-box attack on the simulated sites' expected counts (the loop's step "
+                     f"rules, no pruning), final budget {h['restarts']} restarts x {h['steps']} steps after doubling "
+                     f"both; the last doubling changed the mean answer by {100 * (h['relative_change_on_doubling'] or 0):.2g}%, "
+                     f"and {h.get('problems_converged', 0)} of {h.get('problems', 0)} problems moved by < 2% "
+                     f"(converged; the rest are lower bounds).")
+        sat = {float(e): v for e, v in a["figure_data"].get("saturation", []) if v is not None}
+        if sat:
+            notes.append("Saturation (true rates of the targeted stimuli within 5% of the site's floor or the "
+                         "ceiling): " + ", ".join(("clean images" if e == 0 else f"eps {e:g}") + f" {100 * v:.0f}%"
+                                                  for e, v in sorted(sat.items())) + ".")
     return notes
 
 
-def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults, cache: DayCache) -> tuple[Path | None, list[str]]:
-    """Figure 1A: IT (white-box truth in simulation, else measured bias-corrected) beside the
-    white-box sensitivity of every configured backbone's units on the same clean images."""
-    from rig.loop.figure1a import figure1a_curves, plot_figure1a
+def _figure1a_key(cfg: Config, a: dict) -> dict:
+    keys = ("backbone", "weights", "layer")
+    ident = {k: v for k, v in (a.get("identity") or {}).items() if k not in ("analysis_version", "n_boot")}
+    return {"identity": ident, "model": {k: str(getattr(cfg.model, k, "")) for k in keys},
+            "report": json.dumps(cfg.to_dict().get("report", {}), sort_keys=True),
+            "perturb": json.dumps(cfg.to_dict().get("perturb", {}), sort_keys=True), "seed": cfg.experiment.seed}
 
-    ss = last.data.stimuli
+
+def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dict,
+              cache: DayCache) -> tuple[Path | None, list[str]]:
+    """Figure 1A: IT (white-box truth in simulation, else measured bias-corrected) beside the
+    white-box sensitivity of every configured backbone's units on the same clean images. The
+    backbone curves are cached in ``out/figure1a.json`` for the last day's current analysis."""
+    from rig.loop.figure1a import UnitCurve, plot_figure1a
+
+    ss = data.stimuli
     t = np.flatnonzero(ss.kind == "targeted")
     parents = list(dict.fromkeys(int(p) for p in ss.parent[t]))[:cfg.report.figure1a_images]
     if not parents:
         return None, []
-    d0 = cache.read(day_path(folder, 0))
-    screening = d0.stimuli.pixels[d0.stimuli.kind == "clean"]
     eps = [float(e) for e in last.targeted.epsilons]
-    units = figure1a_curves(cfg, screening, ss.pixels[parents], eps, seed=cfg.experiment.seed)
-    if last.truth:
-        site_curves = np.asarray(last.truth["whitebox_site_normalised"], float)     # (sites, eps)
-        rng = np.random.default_rng(0)
-        ok = np.all(np.isfinite(site_curves), axis=1)
-        sc = site_curves[ok]
-        boot = sc[rng.integers(0, len(sc), size=(1000, len(sc)))].mean(axis=1)
+    key = _figure1a_key(cfg, a)
+    cached = out / "figure1a.json"
+    stored = json.loads(cached.read_text()) if cached.exists() else {}
+    if stored.get("key") == key:
+        units = [UnitCurve(u["label"], *(np.asarray(u[k], float) for k in ("epsilons", "mean", "lo", "hi")),
+                           u["pairs"], u["n_units"], u["n_images"]) for u in stored["units"]]
+        loss_note = stored.get("loss_note", "")
+    else:
+        units, loss_note = _figure1a_compute(cfg, folder, last, data, parents, eps, cache)
+        cached.write_text(json.dumps({"key": key, "loss_note": loss_note, "units": [
+            {"label": u.label, "epsilons": u.epsilons.tolist(), "mean": u.mean.tolist(), "lo": u.lo.tolist(),
+             "hi": u.hi.tolist(), "pairs": u.pairs, "n_units": u.n_units, "n_images": u.n_images} for u in units]}))
+    if last.whitebox is not None:
+        sc = last.whitebox[np.all(np.isfinite(last.whitebox), axis=1)]
+        boot = sc[np.random.default_rng(0).integers(0, len(sc), size=(1000, len(sc)))].mean(axis=1)
         it = (np.asarray(eps), sc.mean(0), np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0))
         label = f"simulated IT: white-box truth ({len(sc)} sites, CI over sites)"
     else:
@@ -205,22 +249,8 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults, cache: Day
     notes = ["Figure 1A (white-box, same engine and clean images; x sigma of each unit/site over clean images): "
              + label + ": " + ", ".join(f"eps {e:g} {m:.2f} [{lo:.2f}, {hi:.2f}]" for e, m, lo, hi in zip(*it))
              + f"; random image pairs {last.pairs.population.value:.2f}."]
-    try:
-        from modelfit.store import load_fitted
-        from rig.loop.quantloss import quantisation_loss
-
-        mfile = folder / str(last.data.model.get("model_file", ""))
-        if last.data.model.get("model_file") and mfile.exists():
-            fitted = load_fitted(mfile)
-            module = fitted.module(weights=cfg.model.weights or None).eval()
-            cols = [int(np.flatnonzero(np.asarray(fitted.site_channels) == s)[0]) for s in last.sites[:3]
-                    if s in set(np.asarray(fitted.site_channels).tolist())]
-            loss = quantisation_loss(module, ss.pixels[parents], cols, eps)
-            notes.append(f"uint8 quantisation loss of a linear objective at {size} px (designing model, "
-                         f"{len(parents)} images x {len(cols)} sites): "
-                         + ", ".join(f"eps {e:g} {100 * v:.1f}%" for e, v in loss.items()) + ".")
-    except Exception as exc:  # a report must not fail on this extra number
-        notes.append(f"uint8 quantisation loss: not computed ({type(exc).__name__}: {exc}).")
+    if loss_note:
+        notes.append(loss_note)
     for u in units:
         notes.append(f"Figure 1A, {u.label}: " + ", ".join(f"eps {e:g} {m:.2f} [{lo:.2f}, {hi:.2f}]"
                                                          for e, m, lo, hi in zip(u.epsilons, u.mean, u.lo, u.hi))
@@ -228,67 +258,101 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: DayResults, cache: Day
     return path, notes
 
 
-def _numbers(results: dict[int, DayResults], days: list[int]) -> tuple[dict, list[str]]:
-    first, last = results[days[0]], results[days[-1]]
+def _figure1a_compute(cfg: Config, folder: Path, last: _Figures, data, parents: list[int], eps: list[float],
+                      cache: DayCache) -> tuple[list, str]:
+    """The backbones' unit curves and the quantisation-loss note (forward and backward passes)."""
+    from rig.loop.figure1a import figure1a_curves
+
+    ss = data.stimuli
+    d0 = cache.read(day_path(folder, 0))
+    screening = d0.stimuli.pixels[d0.stimuli.kind == "clean"]
+    units = figure1a_curves(cfg, screening, ss.pixels[parents], eps, seed=cfg.experiment.seed)
+    size = int(ss.pixels.shape[1])
+    try:
+        from modelfit.store import load_fitted
+        from rig.loop.quantloss import quantisation_loss
+
+        mfile = folder / str(data.model.get("model_file", ""))
+        if not (data.model.get("model_file") and mfile.exists()):
+            return units, ""
+        fitted = load_fitted(mfile)
+        module = fitted.module(weights=cfg.model.weights or None).eval()
+        cols = [int(np.flatnonzero(np.asarray(fitted.site_channels) == s)[0]) for s in last.sites[:3]
+                if s in set(np.asarray(fitted.site_channels).tolist())]
+        loss = quantisation_loss(module, ss.pixels[parents], cols, eps)
+        return units, (f"uint8 quantisation loss of a linear objective at {size} px (designing model, "
+                       f"{len(parents)} images x {len(cols)} sites): "
+                       + ", ".join(f"eps {e:g} {100 * v:.1f}%" for e, v in loss.items()) + ".")
+    except (RuntimeError, ValueError, OSError, KeyError, IndexError) as exc:  # a report must not fail on this extra number
+        return units, f"uint8 quantisation loss: not computed ({type(exc).__name__}: {exc})."
+
+
+def _numbers(analyses: dict[int, dict], days: list[int]) -> tuple[dict, list[str]]:
+    """The summary's tables (one section per day) and the checks printed under the title."""
     numbers: dict = {}
-    checks = []
-    for d, r in results.items():
-        sec: dict = {}
-        for e in r.targeted.epsilons:
-            row = {"targeted abs(dr) / sigma": r.targeted.population_estimate(e),
-                   "bias-corrected / sigma": r.signed.population_estimate(e)}
-            if r.random is not None:
-                row["random-direction abs(dr) / sigma"] = r.random.population_estimate(e)
-                row["targeted / random (ratio)"] = r.ratio[float(e)]
-                if float(e) in r.ratio_signed:
-                    row["targeted / random, bias-corrected (ratio)"] = r.ratio_signed[float(e)]
-                row["random control indistinguishable from noise floor"] = bool(r.random_at_floor.get(float(e), False))
-            if r.model_units is not None:
-                row["model units abs(df) / sigma_model"] = r.model_units.population_estimate(e)
-            if r.truth:
-                row["fraction of true sensitivity reached (noise-free)"] = r.truth["fraction_true"][float(e)]
-                row["fraction of true sensitivity, measured bias-corrected"] = r.truth["fraction_measured"][float(e)]
-            sec[f"epsilon {e:g} (L2, pixels in [0,1])"] = row
-        sec["random-pair baseline / sigma"] = r.pairs.population
-        sec["split-half noise floor / sigma"] = r.noise.population
-        sec["predicted vs measured change, Pearson r"] = r.pvm.r
-        sec["predicted vs measured change, Spearman rho"] = r.pvm_extra.get("spearman", float("nan"))
-        sec["predicted vs measured change, Pearson r through the site's rate nonlinearity"] = r.pvm_extra.get(
-            "pearson_nonlinear", float("nan"))
-        if "cv_r" in r.model_scores:
-            sec["designing model: median cross-validated r (folds grouped by clean parent, scored on the "
-                "screening day's clean images)"] = float(np.nanmedian(r.model_scores["cv_r"]))
-            if "cv_r_ungrouped" in r.model_scores:
-                sec["designing model: median r of ungrouped shuffle splits (parents and children split: leaky, "
-                    "for reference)"] = float(np.nanmedian(r.model_scores["cv_r_ungrouped"]))
-            sec["designing model: median noise-ceiled predictivity"] = float(np.nanmedian(r.model_scores["noise_ceiled"]))
-        numbers[f"Day {d}"] = sec
-    if last.random is not None:
-        ratios = {float(e): last.ratio[float(e)] for e in last.targeted.epsilons}
-        ok = [e for e, q in ratios.items() if q.value >= 10]
-        floor = [e for e in ratios if last.random_at_floor.get(e)]
-        checks.append(f"Targeted vs model-free random perturbations on day {last.day}: "
-                      + ", ".join(f"eps {e:g}: {q.value:.1f}x [{q.lo:.1f}, {q.hi:.1f}]" for e, q in ratios.items())
-                      + f" — at least 10x at {len(ok)} of {len(ratios)} epsilons; bias-corrected: "
-                      + (", ".join(f"eps {e:g}: {q.value:.1f}x [{q.lo:.1f}, {q.hi:.1f}]" for e, q in last.ratio_signed.items())
-                         or "n/a")
-                      + (f". The random control is indistinguishable from the noise floor at eps "
-                         f"{', '.join(f'{e:g}' for e in floor)}: the ratio there is unstable." if floor else "."))
-    if len(days) > 1:
-        paired = paired_day_change(first, last)
-        parts = [f"eps {e:g}: {p.estimate.value:+.2f} [{p.estimate.lo:+.2f}, {p.estimate.hi:+.2f}] "
-                 f"(n = {p.n} images, sign-flip p = {p.p_value:.2g})" for e, p in paired.items()]
-        checks.append(f"Day-over-day change of the bias-corrected sensitivity (x sigma), day {days[-1]} minus day "
-                      f"{days[0]}, paired over the same (site, clean image) problems, 95% paired-bootstrap CI: "
-                      + ("; ".join(parts) if parts else "no problem was perturbed on both days") + ".")
-        for e, p in paired.items():
-            numbers.setdefault("Day-over-day (paired)", {})[f"epsilon {e:g}: day {days[-1]} - day {days[0]} (x sigma)"] = p.estimate
-            numbers["Day-over-day (paired)"][f"epsilon {e:g}: sign-flip p"] = p.p_value
-    if last.truth:
-        checks.append(f"Fraction of the true (white-box) sensitivity reached on day {last.day} (noise-free): "
-                      + ", ".join(f"eps {e:g}: {v.value:.2f} [{v.lo:.2f}, {v.hi:.2f}]"
-                                  for e, v in last.truth["fraction_true"].items()) + ".")
+    for d, a in analyses.items():
+        numbers[f"Day {d}"] = _day_section(a)
+    last = analyses[days[-1]]
+    units = last.get("headline_units", {})
+    checks = [f"Day {last['day']}, per epsilon (x sigma; {units.get('interval', '95% CI')}): "
+              + "; ".join(describe_day(last)) + "."]
+    dod = last.get("day_over_day") or {}
+    if dod.get("epsilons"):
+        parts = []
+        for e, v in dod["epsilons"].items():
+            x = v["difference"]
+            verdict = ("significant" if v["significant"] else
+                       f"no significant change (minimum detectable effect {v['mde']:.2f} sigma at 80% power)"
+                       if v.get("mde") is not None else "no significant change")
+            parts.append(f"eps {e}: {_fmt(x)} (n = {x['n']} images, Holm p = {v['p_holm']:.2g}; {verdict}; {v['images']})")
+        checks.append(f"Day-over-day change of the bias-corrected sensitivity (x sigma), day {dod['last_day']} minus day "
+                      f"{dod['first_day']}, paired over the same (site, clean image) problems, 95% BCa CI: "
+                      + "; ".join(parts) + ".")
+        numbers["Day-over-day (paired)"] = {f"epsilon {e}: day {dod['last_day']} - day {dod['first_day']} (x sigma)":
+                                            est_from_json(v["difference"]) for e, v in dod["epsilons"].items()}
     return numbers, checks
+
+
+def _fmt(v: dict | None) -> str:
+    if not v or v.get("value") is None:
+        return "n/a"
+    lo = "n/a" if v.get("lo") is None else f"{v['lo']:+.2f}"
+    hi = "n/a" if v.get("hi") is None else f"{v['hi']:+.2f}"
+    return f"{v['value']:+.2f} [{lo}, {hi}]"
+
+
+def _day_section(a: dict) -> dict:
+    sec: dict = {}
+    for k, e in enumerate(a["epsilons"]):
+        def at(key, sub=None, k=k):
+            src = a.get(key, {}).get(sub) if sub else a.get(key)
+            return src[k] if isinstance(src, list) and k < len(src) else None
+        row = {"targeted - random, floor-corrected RMS / sigma": est_from_json(at("targeted_minus_random")),
+               "floor-corrected targeted sensitivity, RMS / sigma": est_from_json(at("floor_corrected_targeted")),
+               "targeted raw abs(dr) / sigma (noise-biased)": est_from_json(at("targeted_abs")),
+               "bias-corrected / sigma": est_from_json(at("targeted_signed"))}
+        if at("floor_corrected_random") is not None:
+            row["floor-corrected random-direction, RMS / sigma"] = est_from_json(at("floor_corrected_random"))
+            row["random-direction raw abs(dr) / sigma"] = est_from_json(at("random_abs"))
+            row["random above the noise floor: permutation p (Holm across epsilons)"] = at("random_above_floor_p_holm")
+            row["targeted / random (floor-corrected)"] = at("targeted_over_random_text")
+        if at("model_units_abs") is not None:
+            row["model units abs(df) / sigma_model"] = est_from_json(at("model_units_abs"))
+        if a.get("truth"):
+            row["fraction of true sensitivity reached (noise-free)"] = est_from_json(at("truth", "fraction_true_achieved"))
+            row["fraction of true sensitivity, measured bias-corrected"] = est_from_json(at("truth", "fraction_measured"))
+        sec[f"epsilon {e:g} (L2, pixels in [0,1])"] = row
+    sec["random-pair baseline / sigma"] = est_from_json(a["random_pairs"])
+    sec["split-half noise floor of raw abs(dr) / sigma"] = est_from_json(a["noise_floor"])
+    sec["predicted vs measured change, Pearson r"] = est_from_json(a["predicted_vs_measured_r"])
+    sec["predicted vs measured change, Spearman rho"] = a.get("predicted_vs_measured_spearman")
+    sec["predicted vs measured change, Pearson r through the site's rate nonlinearity"] = a.get(
+        "predicted_vs_measured_r_through_rate_nonlinearity")
+    pred = a.get("predictivity") or {}
+    for name in ("r", "r / sqrt(ceiling)", "r^2 / ceiling"):
+        if pred.get(name) is not None:
+            sec[f"designing model, median {name}: {pred['definitions'][name]}"] = pred[name]
+    return sec
 
 
 def _spike_sources(folder: Path, days: list[int], cache: DayCache) -> str:

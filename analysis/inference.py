@@ -1,0 +1,431 @@
+"""Population inference a reviewer accepts: floor-corrected magnitudes, two-level BCa intervals,
+permutation tests, Holm correction, minimum detectable effects.
+
+Floor-corrected magnitude. A measured change ``d = mean(r(x')) - mean(r(x))`` over m' and m
+repeats has ``E[d^2] = D^2 + var(r(x'))/m' + var(r(x))/m``: |d| and d^2 carry the noise
+floor. Two independent halves A and B of the repeats give ``E[d_A d_B] = D^2`` (the noise of
+A and B is independent); averaged over every split of the repeats this cross-product
+becomes, in closed form, ``d^2 - s'^2/m' - s^2/m`` (s^2: the unbiased variance of the
+repeats), an unbiased estimate of D^2 for any noise distribution with independent repeats.
+Its mean over images and sites estimates the mean squared true change; the reported
+magnitude is its signed square root (an RMS change, in multiples of sigma), beside the raw
+mean |d|.
+
+Population claims resample both levels: sites and images are two independent samples of
+indices handed to ``scipy.stats.bootstrap`` (BCa), which resamples them independently
+(the "pigeonhole" bootstrap of a sites x images table, Owen 2007). Tables are
+(n_sites, n_images, n_eps), NaN where a site has no value for an image; a statistic is
+the mean over sites of each site's mean over images. When every image belongs to one site
+(the loop's design), the image axis holds each site's own images in slots
+(:func:`site_slots`), so a resample draws sites, then the same slots of each drawn site.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from analysis.bootstrap import DEFAULT_LEVEL, Estimate
+
+DEFAULT_RESAMPLES = 1999
+ALPHA = 0.05
+POWER = 0.8
+BATCH_ELEMENTS = 4_000_000  # resampled table cells held in memory at once
+
+
+def signed_sqrt(x):
+    """``sign(x) * sqrt(|x|)``: maps a mean square (sigma^2) to an RMS magnitude (sigma), monotone."""
+    x = np.asarray(x, dtype=float)
+    return np.sign(x) * np.sqrt(np.abs(x))
+
+
+def floor_corrected_square(pert: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Unbiased estimate of the squared true change, per column, from per-repeat responses.
+
+    pert, clean: (n_repeats, n) spike counts of the perturbed stimulus and its clean parent,
+    NaN for a missing repeat. Returns (n,) spikes^2: ``d^2 - s'^2/m' - s^2/m`` (the mean over
+    all splits of the split-half cross-product ``d_A d_B``); NaN where either has < 2 repeats.
+    """
+    moments = []
+    for r in (np.asarray(pert, float), np.asarray(clean, float)):
+        m = np.isfinite(r).sum(axis=0)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(r, axis=0)
+            var = np.nanvar(r, axis=0, ddof=1)
+        moments.append((np.where(m >= 2, mean, np.nan), np.where(m >= 2, var / np.maximum(m, 1), np.nan)))
+    (mp, vp), (mc, vc) = moments
+    return (mp - mc) ** 2 - vp - vc
+
+
+def split_half_products(pert: np.ndarray, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random split-half cross-product ``d_A * d_B`` per column, spikes^2 (NaN with < 2 repeats).
+
+    Each stimulus's valid repeats are split at random into halves A and B (sizes differing by
+    at most one). Under "no effect" (x' and x evoke the same rate, repeats independent),
+    swapping x' and x within half A flips the sign of d_A, so the product is symmetric about
+    zero: the basis of :func:`above_floor_test`.
+    """
+    halves = []
+    for r in (np.asarray(pert, float), np.asarray(clean, float)):
+        valid = np.isfinite(r)
+        keys = np.where(valid, rng.random(r.shape), np.inf)
+        rank = np.argsort(np.argsort(keys, axis=0), axis=0)
+        m = valid.sum(axis=0)
+        n1 = m // 2
+        in_a = valid & (rank < n1[None])
+        in_b = valid & ~in_a
+        x = np.where(valid, r, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a = np.where(m >= 2, (x * in_a).sum(0) / n1, np.nan)
+            b = np.where(m >= 2, (x * in_b).sum(0) / (m - n1), np.nan)
+        halves.append((a, b))
+    (pa, pb), (ca, cb) = halves
+    return (pa - ca) * (pb - cb)
+
+
+def site_image_table(values: np.ndarray, site: np.ndarray, image: np.ndarray, eps_index: np.ndarray,
+                     sites: np.ndarray, n_eps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``values`` (n,) into a (n_sites, n_images, n_eps) table, NaN where empty.
+
+    ``image``: any id per value (e.g. the clean parent's row); images are the union over sites,
+    so the image axis is shared by every site (crossed design). Returns (table, image ids).
+    """
+    sites = np.asarray(sites, dtype=np.int64)
+    if np.any(np.diff(sites) <= 0):
+        raise ValueError(f"sites must be strictly ascending (rows follow them); got {sites.tolist()}")
+    ok = np.isfinite(values) & np.isin(site, sites)
+    images = np.unique(np.asarray(image)[ok])
+    si = np.searchsorted(sites, np.asarray(site)[ok])
+    ii = np.searchsorted(images, np.asarray(image)[ok])
+    ei = np.asarray(eps_index)[ok]
+    sums = np.zeros((len(sites), len(images), n_eps))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, (si, ii, ei), np.asarray(values)[ok])
+    np.add.at(counts, (si, ii, ei), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), images
+
+
+def site_slots(tables: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Tables of a nested design (each image used by one site only) as (n_sites, slots, n_eps):
+    slot j of a site is its j-th image, so resampling slots resamples every site's own images.
+
+    tables: (n_sites, n_images, n_eps) sharing axes; an image is used by a site if any table
+    has a finite value there. Crossed designs (an image shared by sites) are returned as is.
+    """
+    used = np.zeros(tables[0].shape[:2], bool)
+    for t in tables:
+        used |= np.isfinite(t).any(axis=2)
+    if np.any(used.sum(axis=0) > 1) or not used.any():
+        return list(tables)
+    n_slots = int(used.sum(axis=1).max())
+    out = []
+    for t in tables:
+        slotted = np.full((t.shape[0], n_slots, t.shape[2]), np.nan)
+        for k in range(t.shape[0]):
+            cols = np.flatnonzero(used[k])
+            slotted[k, :len(cols)] = t[k, cols]
+        out.append(slotted)
+    return out
+
+
+def population_mean(table: np.ndarray, s_idx=None, i_idx=None) -> np.ndarray:
+    """Mean over sites of each site's mean over images, (..., n_eps); optional index resamples.
+
+    s_idx: (..., n_sites') site rows, i_idx: (..., n_images') image columns (same leading shape).
+    """
+    t = table
+    if s_idx is not None:
+        s = np.asarray(s_idx, dtype=np.int64)
+        i = np.asarray(i_idx, dtype=np.int64)
+        t = table[s[..., :, None], i[..., None, :]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.nanmean(t, axis=-2), axis=-2)
+
+
+@dataclass(frozen=True)
+class PopulationEstimate:
+    """A population statistic per epsilon with two-level BCa intervals.
+
+    ``estimates``: one :class:`Estimate` per column (epsilon); ``n`` of each = sites x images.
+    ``n_sites``, ``n_images``: the resampled units.
+    """
+
+    estimates: list[Estimate]
+    n_sites: int
+    n_images: int
+
+
+MIN_UNITS = 3   # fewer sites (or images) than this: that level is held fixed, not resampled
+
+
+def _bca(statistic: Callable, n_sites: int, n_images: int, n_resamples: int, level: float, seed: int,
+         cells: int) -> tuple[float, float]:
+    """BCa interval of ``statistic(site_idx, image_idx)`` resampling sites and images independently.
+
+    A level with fewer than :data:`MIN_UNITS` units is held fixed (all of its units in every
+    resample); with both below, there is no interval (NaN)."""
+    sites, images = np.arange(n_sites, dtype=float), np.arange(n_images, dtype=float)
+    free_s, free_i = n_sites >= MIN_UNITS, n_images >= MIN_UNITS
+    if not (free_s or free_i):
+        return float("nan"), float("nan")
+    if free_s and free_i:
+        data, stat = (sites, images), statistic
+    else:
+        fixed = images if free_s else sites
+
+        def stat(x, axis=-1):
+            x = np.asarray(x)
+            held = np.broadcast_to(fixed, x.shape[:-1] + fixed.shape)
+            return statistic(x, held) if free_s else statistic(held, x)
+        data = (sites if free_s else images,)
+    batch = max(1, BATCH_ELEMENTS // max(cells, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples -> NaN interval, reported as such
+        res = stats.bootstrap(data, stat, paired=False, vectorized=True, n_resamples=n_resamples, batch=batch,
+                              confidence_level=level, method="BCa", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.ndarray], *,
+                       n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
+                       seed: int = 0) -> PopulationEstimate:
+    """``combine(*population means)`` per epsilon with a two-level (sites, images) BCa interval.
+
+    tables: (n_sites, n_images, n_eps) arrays on the same sites and images (paired: every
+    resample draws the same sites and images from each table). ``combine`` maps the
+    population means (..., n_eps) of each table to the statistic (..., n_eps), e.g.
+    ``lambda t, r: signed_sqrt(t) - signed_sqrt(r)``.
+    """
+    shape = tables[0].shape
+    if any(t.shape != shape for t in tables):
+        raise ValueError(f"tables must share (sites, images, eps); got {[t.shape for t in tables]}")
+    n_sites, n_images, n_eps = shape
+    value = np.asarray(combine(*(population_mean(t) for t in tables)), dtype=float)
+    out = []
+    for k in range(n_eps):
+        cols = [t[:, :, k:k + 1] for t in tables]
+
+        def statistic(s, i, axis=-1, cols=cols):
+            return np.asarray(combine(*(population_mean(c, s, i) for c in cols)))[..., 0]
+
+        lo, hi = (_bca(statistic, n_sites, n_images, n_resamples, level, seed + k, n_sites * n_images * len(cols))
+                  if np.isfinite(value[k]) else (np.nan, np.nan))
+        out.append(Estimate(float(value[k]), lo, hi, level, int(np.isfinite(tables[0][:, :, k]).sum())))
+    return PopulationEstimate(out, n_sites, n_images)
+
+
+def above_floor_test(products: np.ndarray, *, seed: int = 0, n_resamples: int = 9999) -> np.ndarray:
+    """One-sided p-value per epsilon that the true change is nonzero ("above the noise floor").
+
+    products: (n_sites, n_images, n_eps) split-half cross-products d_A d_B / sigma^2. Under
+    "no effect" each image's product (mean over sites) is symmetric about 0, so the test is
+    a sign-flip permutation test over images (``scipy.stats.permutation_test``,
+    permutation_type "samples", exact up to 2^13 images) of the mean product > 0.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_image = np.nanmean(products, axis=0)  # (n_images, n_eps)
+    p = np.full(products.shape[2], np.nan)
+    for k in range(products.shape[2]):
+        x = per_image[:, k][np.isfinite(per_image[:, k])]
+        if len(x) < 2:
+            continue
+        res = stats.permutation_test((x,), lambda a, axis=-1: np.mean(a, axis=axis), permutation_type="samples",
+                                     alternative="greater", vectorized=True,
+                                     n_resamples=np.inf if len(x) <= 13 else n_resamples,
+                                     random_state=np.random.default_rng(seed + k))
+        p[k] = float(res.pvalue)
+    return p
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (family: the given tests; NaN stays NaN)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok])]
+    m = len(order)
+    running = 0.0
+    for rank, j in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[j]))
+        out[j] = running
+    return out
+
+
+def minimum_detectable_effect(standard_error: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Smallest true effect a two-sided level-``alpha`` test detects with probability ``power``:
+    ``(z_{1-alpha/2} + z_power) * SE`` (normal approximation; units of the SE)."""
+    return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * standard_error)
+
+
+@dataclass(frozen=True)
+class RatioReport:
+    """A ratio printed only when its denominator is significantly above zero.
+
+    ``estimate`` is None and ``reason`` says why when it is not estimable.
+    """
+
+    estimate: Estimate | None
+    reason: str = ""
+
+    def text(self, fmt: str = ".2f") -> str:
+        if self.estimate is None:
+            return f"not estimable: {self.reason}"
+        e = self.estimate
+        return f"{format(e.value, fmt)}x [{format(e.lo, fmt)}, {format(e.hi, fmt)}]"
+
+
+FLOOR_REASON = "random at the noise floor"
+
+
+def ratio_if_estimable(num: np.ndarray, den: np.ndarray, den_interval: Estimate, den_p_adjusted: float,
+                       eps_column: int, *, n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
+                       seed: int = 0, alpha: float = ALPHA) -> RatioReport:
+    """Ratio of two floor-corrected RMS magnitudes at one epsilon, only when the denominator is
+    significantly above 0 (Holm-adjusted permutation p < alpha and its BCa interval above 0).
+
+    num, den: (n_sites, n_images, n_eps) floor-corrected squares / sigma^2. The interval is the
+    two-level BCa interval of the ratio; it is withheld (not estimable) if it is not finite or
+    does not contain its own estimate.
+    """
+    if not (np.isfinite(den_p_adjusted) and den_p_adjusted < alpha and den_interval.lo > 0):
+        return RatioReport(None, FLOOR_REASON)
+
+    def ratio(t, r):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(r > 0, signed_sqrt(t) / signed_sqrt(np.maximum(r, 0)), np.nan)
+
+    k = eps_column
+    est = two_level_estimate([num[:, :, k:k + 1], den[:, :, k:k + 1]], ratio, n_resamples=n_resamples,
+                             level=level, seed=seed).estimates[0]
+    if not (np.isfinite(est.lo) and np.isfinite(est.hi) and est.lo <= est.value <= est.hi):
+        return RatioReport(None, "the ratio's interval is unstable (random close to the noise floor)")
+    return RatioReport(est)
+
+
+@dataclass(frozen=True)
+class DayHeadline:
+    """One day's headline quantities per epsilon (``epsilons``), every one with a two-level BCa CI.
+
+    Units: multiples of sigma (the site's clean-image s.d.) for magnitudes and differences.
+    ``targeted_rms`` / ``random_rms``: floor-corrected RMS change (signed sqrt of the mean
+    floor-corrected square); ``targeted_abs`` / ``random_abs``: raw mean |d| (noise-biased);
+    ``difference``: targeted_rms - random_rms; ``random_p`` / ``random_p_holm``: sign-flip
+    permutation p of "random above the noise floor" and its Holm adjustment across epsilons;
+    ``ratio``: targeted_rms / random_rms where estimable. ``targeted_sq`` / ``random_sq``:
+    (n_sites, n_images, n_eps) floor-corrected squares / sigma^2, on shared site/image axes
+    (image slots per site when each image belongs to one site: :func:`site_slots`).
+    """
+
+    epsilons: np.ndarray
+    sites: np.ndarray
+    targeted_rms: list[Estimate]
+    random_rms: list[Estimate]
+    targeted_abs: list[Estimate]
+    random_abs: list[Estimate]
+    difference: list[Estimate]
+    random_p: np.ndarray
+    random_p_holm: np.ndarray
+    ratio: list[RatioReport]
+    targeted_sq: np.ndarray
+    random_sq: np.ndarray
+    n_sites: int
+    n_images: int
+
+
+def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray, images: np.ndarray,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-(site, image, eps) tables of one kind of pairs, divided by sigma (squares by sigma^2).
+
+    Keys: "sq" floor-corrected squares, "product" one split-half cross-product, "abs" |d|,
+    "signed" sign(predicted) * d. ``images``: the shared image axis (clean parent rows).
+    """
+    sites = np.asarray(sites, dtype=np.int64)
+    if np.any(np.diff(sites) <= 0):
+        raise ValueError(f"sites must be strictly ascending (sigma in the same order); got {sites.tolist()}")
+    k = np.searchsorted(sites, pairs.site)
+    s = np.asarray(sigma, float)[np.clip(k, 0, len(sites) - 1)]
+    pert = repeats[:, pairs.stimulus, pairs.site]
+    clean = repeats[:, pairs.parent, pairs.site]
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        d = np.nanmean(pert, axis=0) - np.nanmean(clean, axis=0)
+    sign = np.sign(pairs.predicted_change)
+    values = {"sq": floor_corrected_square(pert, clean) / s ** 2,
+              "product": split_half_products(pert, clean, rng) / s ** 2,
+              "abs": np.abs(d) / s, "signed": np.where(sign != 0, sign * d / s, np.nan)}
+    n_eps = len(pairs.epsilons)
+    out = {}
+    for name, v in values.items():
+        v = np.where(np.isin(pairs.parent, images), v, np.nan)
+        table, ids = site_image_table(v, pairs.site, pairs.parent, pairs.epsilon_index, sites, n_eps)
+        full = np.full((len(sites), len(images), n_eps), np.nan)
+        full[:, np.searchsorted(images, ids)] = table
+        out[name] = full
+    return out
+
+
+def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma: np.ndarray, *,
+                 n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0) -> DayHeadline:
+    """Headline statistics of one day from per-repeat responses and the targeted / random pairs.
+
+    repeats: (n_repeats, n_stimuli, n_channels) spikes, NaN = missing; targeted, random:
+    :class:`analysis.provenance.Pairs` (random may be None); sigma: (n_sites,) spikes.
+    Only the grid epsilons present among the targeted pairs are reported (``epsilons``).
+    """
+    order = np.argsort(np.asarray(sites, dtype=np.int64), kind="stable")   # tables index sites by searchsorted
+    sites, sigma = np.asarray(sites, dtype=np.int64)[order], np.asarray(sigma, float)[order]
+    used = np.unique(targeted.epsilon_index)
+    rng = np.random.default_rng(seed)
+    parents = targeted.parent if random is None else np.concatenate([targeted.parent, random.parent])
+    images = np.unique(parents)
+    t = {k: v[:, :, used] for k, v in pair_tables(repeats, targeted, sites, sigma, images, rng).items()}
+    r = ({k: v[:, :, used] for k, v in pair_tables(repeats, random, sites, sigma, images, rng).items()}
+         if random is not None and len(random) else None)
+    names = list(t)
+    slotted = site_slots([t[k] for k in names] + ([r[k] for k in names] if r is not None else []))
+    t = dict(zip(names, slotted[:len(names)]))
+    r = dict(zip(names, slotted[len(names):])) if r is not None else None
+    kw = {"n_resamples": n_resamples, "level": level, "seed": seed}
+    mean = np.asarray
+    t_rms = two_level_estimate([t["sq"]], signed_sqrt, **kw).estimates
+    t_abs = two_level_estimate([t["abs"]], mean, **kw).estimates
+    nan_list = [Estimate(np.nan, np.nan, np.nan, level, 0)] * len(used)
+    if r is None:
+        r_rms = r_abs = diff = nan_list
+        p = p_holm = np.full(len(used), np.nan)
+        ratios = [RatioReport(None, "no random controls were shown")] * len(used)
+    else:
+        r_rms = two_level_estimate([r["sq"]], signed_sqrt, **kw).estimates
+        r_abs = two_level_estimate([r["abs"]], mean, **kw).estimates
+        diff = two_level_estimate([t["sq"], r["sq"]], lambda a, b: signed_sqrt(a) - signed_sqrt(b), **kw).estimates
+        p = above_floor_test(r["product"], seed=seed)
+        p_holm = holm(p)
+        ratios = [ratio_if_estimable(t["sq"], r["sq"], r_rms[k], p_holm[k], k, **kw) for k in range(len(used))]
+    return DayHeadline(targeted.epsilons[used], sites, t_rms, r_rms, t_abs, r_abs, diff, p, p_holm, ratios,
+                       t["sq"], r["sq"] if r is not None else np.full_like(t["sq"], np.nan),
+                       len(sites), len(images))
+
+
+def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES,
+                      level: float = DEFAULT_LEVEL, seed: int = 0) -> list[Estimate]:
+    """Population mean of ``measured`` over population mean of ``truth`` per epsilon, two-level BCa.
+
+    measured, truth: (n_sites, n_images, n_eps) on the same axes (e.g. bias-corrected change
+    and the white-box sensitivity of the same problem, both / sigma); cells missing in either
+    are dropped from both.
+    """
+    both = np.isfinite(measured) & np.isfinite(truth)
+    m, t = site_slots([np.where(both, measured, np.nan), np.where(both, truth, np.nan)])
+
+    def ratio(a, b):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return a / b
+
+    return two_level_estimate([m, t], ratio, n_resamples=n_resamples, level=level, seed=seed).estimates

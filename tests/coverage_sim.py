@@ -1,0 +1,129 @@
+"""A small simulated day at the measurement level, where every headline quantity's truth is known.
+
+Sites and images are random draws from a superpopulation; the truth of a population
+quantity is its superpopulation value (the expectation over sites and images), computed by
+Monte Carlo on 10^6 noise-free (site, image) draws of the same generator. Spike counts use
+the simulator's noise model (``sim/spikes.py``): per presentation a Gamma gain G (mean 1,
+cv ``gain_cv``) per site, then ``N ~ Poisson(G * mu)``, so ``Var N = mu + mu^2 cv^2``;
+presentations are independent (the rig's RSVP trials share one gain across a trial's images;
+not modelled here).
+
+Per site s: baseline expected count b_s ~ U(10, 30) per window; clean image i evokes
+``mu = b_s * exp(0.5 z)`` (z ~ N(0,1)), so sigma_s = b_s sqrt((e^0.25 - 1) e^0.25) is known.
+At epsilon e, the targeted true change is ``dir * xi * e * a_s * u_si * sigma_s`` for both
+directions dir (xi = -1 with probability 0.15: the model's sign is wrong), a_s ~ Gamma(4,
+mean 0.25), u_si ~ Gamma(3, mean 1); a random direction (one per image and epsilon, counted
+for every site) moves site s by ``e * a_s * 0.3 * v_si * sigma_s * (+-1)``, v ~ Gamma(3, mean 1);
+the white-box truth is ``e * a_s * w_si * sigma_s``, w = 2.5 u. Null days: no change at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.inference import signed_sqrt
+from analysis.provenance import perturbation_pairs
+
+LOG_SD = 0.5
+SIGMA_FACTOR = float(np.sqrt((np.exp(LOG_SD ** 2) - 1) * np.exp(LOG_SD ** 2)))
+EPSILONS = (1.0, 2.0, 4.0)
+WRONG_SIGN = 0.15
+
+
+@dataclass
+class TrueDay:
+    mu: np.ndarray          # (S, I) clean expected counts
+    sigma: np.ndarray       # (S,)
+    targeted: np.ndarray    # (S, I, E, 2) true signed change (direction +1, -1), counts
+    random: np.ndarray      # (S, I, E) true change, counts
+    whitebox: np.ndarray    # (S, I, E) white-box magnitude, counts
+    model_sign: np.ndarray  # (S, I, E, 2) the sign the designing model predicts
+
+
+def draw_truth(rng: np.random.Generator, n_sites: int, n_images: int, null: bool = False,
+               epsilons=EPSILONS) -> TrueDay:
+    e = np.asarray(epsilons, float)
+    b = rng.uniform(10, 30, size=n_sites)
+    mu = b[:, None] * np.exp(LOG_SD * rng.standard_normal((n_sites, n_images)))
+    sigma = b * SIGMA_FACTOR
+    a = rng.gamma(4.0, 0.25 / 4.0, size=n_sites)
+    u = rng.gamma(3.0, 1 / 3.0, size=(n_sites, n_images))
+    v = rng.gamma(3.0, 1 / 3.0, size=(n_sites, n_images))
+    scale = (a * sigma)[:, None, None] * e[None, None, :]
+    mag = scale * u[:, :, None]
+    xi = np.where(rng.random((n_sites, n_images, len(e), 2)) < WRONG_SIGN, -1.0, 1.0)
+    direction = np.array([1.0, -1.0])
+    targeted = mag[..., None] * direction * xi
+    rand = scale * 0.3 * v[:, :, None] * rng.choice((-1.0, 1.0), size=(n_sites, n_images, len(e)))
+    whitebox = 2.5 * mag
+    if null:
+        targeted, rand = np.zeros_like(targeted), np.zeros_like(rand)
+    # keep every expected count positive (clip is the rare extreme draw; the truth uses the same clip)
+    targeted = np.maximum(mu[:, :, None, None] + targeted, 0.05) - mu[:, :, None, None]
+    rand = np.maximum(mu[:, :, None] + rand, 0.05) - mu[:, :, None]
+    return TrueDay(mu, sigma, targeted, rand, whitebox, direction * np.ones_like(xi))
+
+
+def superpopulation_truth(null: bool = False, n_sites: int = 20000, n_images: int = 50, seed: int = 12345) -> dict:
+    """Population truths per epsilon: floor-corrected RMS (targeted, random) / sigma, their difference,
+    and the fraction of the white-box truth reached by the bias-corrected change."""
+    t = draw_truth(np.random.default_rng(seed), n_sites, n_images, null)
+    s = t.sigma[:, None, None]
+    t_sq = ((t.targeted / s[..., None]) ** 2).mean(axis=(0, 1, 3))
+    r_sq = ((t.random / s) ** 2).mean(axis=(0, 1))
+    signed = (t.model_sign * t.targeted / s[..., None]).mean(axis=(0, 1, 3))
+    wb = (t.whitebox / s).mean(axis=(0, 1))
+    return {"targeted_rms": signed_sqrt(t_sq), "random_rms": signed_sqrt(r_sq),
+            "difference": signed_sqrt(t_sq) - signed_sqrt(r_sq), "targeted_sq": t_sq,
+            "fraction": signed / wb if not null else np.full(len(wb), np.nan)}
+
+
+def simulate_day(rng: np.random.Generator, n_sites: int = 8, n_images: int = 16, n_repeats: int = 8,
+                 gain_cv: float = 0.2, null: bool = False, epsilons=EPSILONS):
+    """One measured day. Returns (repeats (R, n_stim, S), prov dict, sigma (S,), truth TrueDay,
+    whitebox table (S, I, E) / sigma)."""
+    t = draw_truth(rng, n_sites, n_images, null, epsilons)
+    n_eps = len(epsilons)
+    S, Ii = n_sites, n_images
+    rows_mu = [t.mu.T]                                  # clean: (I, S)
+    kind, parent, site, eidx, direction, pred = (["clean"] * Ii, list(range(Ii)), [-1] * Ii, [0] * Ii,
+                                                 [0] * Ii, [np.nan] * Ii)
+    for s in range(S):
+        for i in range(Ii):
+            for k in range(n_eps):
+                for j, dr in enumerate((1, -1)):
+                    m = t.mu[:, i].copy()
+                    m[s] += t.targeted[s, i, k, j]
+                    rows_mu.append(m[None])
+                    kind.append("targeted")
+                    parent.append(i)
+                    site.append(s)
+                    eidx.append(k)
+                    direction.append(dr)
+                    pred.append(float(dr))
+    for i in range(Ii):
+        for k in range(n_eps):
+            rows_mu.append((t.mu[:, i] + t.random[:, i, k])[None])
+            kind += ["random"]
+            parent.append(i)
+            site.append(-1)
+            eidx.append(k)
+            direction.append(0)
+            pred.append(np.nan)
+    mu = np.concatenate(rows_mu)                        # (n_stim, S)
+    shape = 1.0 / gain_cv ** 2
+    gain = rng.gamma(shape, 1.0 / shape, size=(n_repeats, *mu.shape)) if gain_cv > 0 else 1.0
+    repeats = rng.poisson(gain * mu[None]).astype(float)
+    eps = np.asarray(epsilons, float)
+    ei = np.asarray(eidx)
+    prov = {"kind": np.asarray(kind), "parent": np.asarray(parent), "site": np.asarray(site),
+            "epsilon_index": ei, "epsilon_requested": np.where(np.asarray(kind) == "clean", 0.0, eps[ei]),
+            "epsilon_shown": np.where(np.asarray(kind) == "clean", 0.0, eps[ei]), "direction": np.asarray(direction),
+            "predicted_change": np.asarray(pred), "epsilons": eps}
+    return repeats, prov, t.sigma, t, t.whitebox / t.sigma[:, None, None]
+
+
+def day_pairs(prov, n_sites: int):
+    sites = np.arange(n_sites)
+    return perturbation_pairs(prov, "targeted", sites), perturbation_pairs(prov, "random", sites)

@@ -1,0 +1,132 @@
+"""Floor-corrected magnitudes, two-level BCa intervals, permutation test, Holm, MDE, ratio rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.bootstrap import Estimate
+from analysis.inference import (
+    FLOOR_REASON,
+    day_headline,
+    floor_corrected_square,
+    holm,
+    minimum_detectable_effect,
+    population_mean,
+    ratio_if_estimable,
+    signed_sqrt,
+    site_slots,
+    split_half_products,
+    two_level_estimate,
+)
+from benchmarks.coverage_bench import run
+from tests.coverage_sim import day_pairs, simulate_day
+
+
+def test_floor_corrected_square_is_unbiased_where_abs_is_not():
+    rng = np.random.default_rng(0)
+    n, m, true = 200_000, 6, 0.5
+    pert = rng.normal(10 + true, 2.0, size=(m, n))
+    clean = rng.normal(10, 2.0, size=(m, n))
+    pert[0, :1000] = np.nan  # a missing repeat changes m for some columns, not the expectation
+    sq = floor_corrected_square(pert, clean)
+    se = sq.std() / np.sqrt(n)
+    assert abs(sq.mean() - true ** 2) < 4 * se
+    raw = (np.nanmean(pert, 0) - clean.mean(0)) ** 2
+    assert raw.mean() - true ** 2 > 1.0   # the noise floor: 2 * 4 / 6 = 1.33 spikes^2
+
+
+def test_split_half_products_are_centred_on_the_square_and_symmetric_under_no_effect():
+    rng = np.random.default_rng(1)
+    n = 100_000
+    null = split_half_products(rng.poisson(8.0, (8, n)).astype(float), rng.poisson(8.0, (8, n)).astype(float), rng)
+    assert abs(null.mean()) < 4 * null.std() / np.sqrt(n)
+    assert abs(np.mean(null > 0) - np.mean(null < 0)) < 0.01
+    eff = split_half_products(rng.poisson(10.0, (8, n)).astype(float), rng.poisson(8.0, (8, n)).astype(float), rng)
+    assert abs(eff.mean() - 4.0) < 4 * eff.std() / np.sqrt(n)
+
+
+def test_holm_matches_hand_computed_values():
+    adj = holm([0.01, 0.04, 0.03, np.nan])
+    np.testing.assert_allclose(adj[:3], [0.03, 0.06, 0.06])
+    assert np.isnan(adj[3])
+
+
+def test_minimum_detectable_effect_is_2_80_standard_errors():
+    assert minimum_detectable_effect(1.0) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
+
+
+def test_two_level_estimate_brackets_the_population_mean_of_site_means():
+    rng = np.random.default_rng(2)
+    table = rng.normal(1.0, 0.3, size=(6, 10, 2)) + rng.normal(0, 0.2, size=(6, 1, 1))
+    table[0, :5] = np.nan  # a site with fewer images: the mean of site means, not of cells
+    est = two_level_estimate([table], np.asarray, n_resamples=499).estimates
+    want = np.nanmean(np.nanmean(table, axis=1), axis=0)
+    for e, w in zip(est, want):
+        assert e.value == pytest.approx(w)
+        assert e.lo < e.value < e.hi
+    np.testing.assert_allclose(population_mean(table), want)
+
+
+def test_ratio_is_withheld_when_random_is_at_the_noise_floor():
+    rng = np.random.default_rng(3)
+    num = rng.normal(1.0, 0.2, size=(5, 8, 1))
+    den = rng.normal(0.0, 0.2, size=(5, 8, 1))
+    den_est = two_level_estimate([den], signed_sqrt, n_resamples=499).estimates[0]
+    out = ratio_if_estimable(num, den, den_est, 0.4, 0, n_resamples=499)
+    assert out.estimate is None and out.text() == f"not estimable: {FLOOR_REASON}"
+    den2 = rng.normal(0.25, 0.05, size=(5, 8, 1))
+    est2 = two_level_estimate([den2], signed_sqrt, n_resamples=499).estimates[0]
+    ok = ratio_if_estimable(num, den2, est2, 0.001, 0, n_resamples=499)
+    assert ok.estimate is not None and ok.estimate.lo <= ok.estimate.value <= ok.estimate.hi
+    assert ok.estimate.value == pytest.approx(np.sqrt(num.mean() / den2.mean()), rel=0.05)
+    assert ratio_if_estimable(num, den2, Estimate(0.5, -0.1, 0.9), 0.001, 0).estimate is None
+
+
+def test_day_headline_on_a_simulated_day_reports_every_epsilon():
+    rng = np.random.default_rng(4)
+    repeats, prov, sigma, _, _ = simulate_day(rng, 5, 8)
+    tp, rp = day_pairs(prov, 5)
+    h = day_headline(repeats, tp, rp, np.arange(5), sigma, n_resamples=299)
+    assert h.targeted_sq.shape == (5, 8, 3) and h.n_images == 8
+    for d, t, r in zip(h.difference, h.targeted_rms, h.random_rms):
+        assert d.value == pytest.approx(t.value - r.value)
+        assert d.lo <= d.value <= d.hi
+    assert np.all((h.random_p_holm >= h.random_p) | np.isnan(h.random_p))
+
+
+def test_small_coverage_study_covers_and_is_unbiased_on_null_days():
+    """40 days (the 200-day study is benchmarks/coverage_bench.py): coverage near 95 %, null error ~0."""
+    out = run(40, 6, 10, 499)
+    for k, v in out["coverage_all"].items():
+        assert v >= 0.85, (k, v)
+    assert abs(out["null_mean_square_error"]) < 4 * out["null_mean_square_se"] + 1e-3
+    assert abs(out["null_rms_error"]) < 0.03
+    assert out["null_rejection"] <= 0.15
+
+
+def test_nested_images_are_resampled_within_their_site():
+    """The loop's design: each site has its own 3 images. On a sites x union-of-images table a
+    resample can draw sites none of whose images were drawn (an undefined replicate, so no BCa
+    interval); in site slots every drawn site keeps 3 of its own images."""
+    rng = np.random.default_rng(5)
+    n_sites, per_site = 4, 3
+    union = np.full((n_sites, n_sites * per_site, 1), np.nan)
+    for k in range(n_sites):
+        union[k, k * per_site:(k + 1) * per_site, 0] = rng.normal(0.5 + 0.1 * k, 0.2, per_site)
+    (slots,) = site_slots([union])
+    assert slots.shape == (n_sites, per_site, 1) and np.isfinite(slots).all()
+    est = two_level_estimate([slots], np.asarray, n_resamples=999).estimates[0]
+    assert est.value == pytest.approx(np.nanmean(union))
+    assert est.lo < est.value < est.hi
+    crossed = rng.normal(size=(3, 5, 1))
+    assert site_slots([crossed])[0] is crossed   # images shared by sites: left as is
+
+
+def test_day_headline_does_not_depend_on_the_order_of_the_sites():
+    rng = np.random.default_rng(6)
+    repeats, prov, sigma, _, _ = simulate_day(rng, 4, 6)
+    tp, rp = day_pairs(prov, 4)
+    a = day_headline(repeats, tp, rp, np.arange(4), sigma, n_resamples=199, seed=1)
+    b = day_headline(repeats, tp, rp, np.arange(4)[::-1], sigma[::-1], n_resamples=199, seed=1)
+    assert [e.value for e in a.difference] == pytest.approx([e.value for e in b.difference])
+    assert [e.value for e in a.targeted_rms] == pytest.approx([e.value for e in b.targeted_rms])
