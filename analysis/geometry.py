@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from analysis.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, check_level, percentile_interval
+from analysis.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_N_BOOT,
+    Estimate,
+    check_level,
+    percentile_interval,
+)
 
 
 def _design(t: np.ndarray) -> np.ndarray:

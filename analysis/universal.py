@@ -21,7 +21,13 @@ import math
 import numpy as np
 from scipy import stats
 
-from analysis.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, bootstrap_mean, check_level
+from analysis.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_N_BOOT,
+    Estimate,
+    bootstrap_mean,
+    check_level,
+)
 
 
 def signed_change(perturbed: np.ndarray, clean: np.ndarray, sign: np.ndarray | float,
@@ -60,10 +66,10 @@ def presentations_for_mean_change(noise_sd: float, image_sd: float, n_images: in
     room = n_images * (halfwidth / z) ** 2 - image_sd ** 2
     if room <= 0:
         return None
-    return max(1, int(math.ceil(2 * noise_sd ** 2 / room)))
+    return max(1, math.ceil(2 * noise_sd ** 2 / room))
 
 
 def images_for_mean_change(image_sd: float, halfwidth: float, level: float = DEFAULT_LEVEL) -> int:
     """The fewest images for which the image-to-image spread alone fits the half-width."""
     z = stats.norm.ppf(0.5 + level / 2)
-    return max(1, int(math.ceil((z * image_sd / halfwidth) ** 2)))
+    return max(1, math.ceil((z * image_sd / halfwidth) ** 2))

@@ -125,12 +125,12 @@ class _State:
     delta: torch.Tensor
 
     @classmethod
-    def start(cls, start: torch.Tensor, radius: float, step: float, box) -> "_State":
+    def start(cls, start: torch.Tensor, radius: float, step: float, box) -> _State:
         d = _project(start, radius, box)
         n = d.shape[0]
         return cls(d.clone(), torch.full((n,), -math.inf), torch.zeros_like(d), torch.full((n,), float(step)), d)
 
-    def take(self, idx: torch.Tensor) -> "_State":
+    def take(self, idx: torch.Tensor) -> _State:
         return _State(self.anchor[idx], self.value[idx], self.grad[idx], self.step[idx], self.delta[idx])
 
 

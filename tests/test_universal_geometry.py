@@ -6,14 +6,35 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.geometry import fit_line, grid_means, noise_free_fit, presentations_for_halfwidth
-from analysis.universal import (images_for_mean_change, participation_ratio, presentations_for_mean_change,
-                                signed_change)
-from stimuli.geometry import (designed_directions, line_coordinates, orthogonal_direction, plane_coordinates,
-                              plane_stimuli, principal_directions, subspace_fractions)
+from analysis.geometry import (
+    fit_line,
+    grid_means,
+    noise_free_fit,
+    presentations_for_halfwidth,
+)
+from analysis.universal import (
+    images_for_mean_change,
+    participation_ratio,
+    presentations_for_mean_change,
+    signed_change,
+)
+from stimuli.geometry import (
+    designed_directions,
+    line_coordinates,
+    orthogonal_direction,
+    plane_coordinates,
+    plane_stimuli,
+    principal_directions,
+    subspace_fractions,
+)
 from stimuli.objective import SiteObjective
 from stimuli.params import PerturbParams
-from stimuli.universal import random_shared_delta, shared_delta_stimuli, solve_universal, universal_passes
+from stimuli.universal import (
+    random_shared_delta,
+    shared_delta_stimuli,
+    solve_universal,
+    universal_passes,
+)
 
 H = 6  # images 3 x 6 x 6
 
@@ -127,7 +148,7 @@ def test_subspace_of_designs_with_known_structure():
     basis = np.linalg.qr(rng.normal(size=(50, 2)))[0].T            # a 2-d subspace of R^50
     rows = rng.normal(size=(12, 2)) @ basis
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    s, vt = principal_directions(rows)
+    s, _vt = principal_directions(rows)
     assert np.sum(s > 1e-9) == 2
     assert participation_ratio(s) <= 2 + 1e-9
     frac = subspace_fractions(rows, [1, 2, 5])
@@ -176,7 +197,7 @@ def test_quadratic_response_curvature_is_recovered_on_the_plane():
     b, c = noise_free_fit(t, f[on_u])
     assert b == pytest.approx(slope_true, rel=0.01)
     assert c == pytest.approx(curv_true, rel=0.02)
-    av, bv, grid = grid_means(np.concatenate([[[0, 0]], coords]), f)
+    _av, _bv, grid = grid_means(np.concatenate([[[0, 0]], coords]), f)
     assert grid.shape == (9, 9) and np.isfinite(grid).sum() == 1 + 16 + 16
 
 
