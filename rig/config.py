@@ -598,6 +598,68 @@ class ReportConfig:
 
 
 @dataclass
+class UniversalConfig:
+    """Site-universal perturbations (issue 23): one delta per (site, epsilon, direction)."""
+
+    enabled: bool = False
+    heldout_images: int = 4
+    restarts: int = 0
+    steps: int = 0
+    random_controls: int = 1
+    subspace_images: int = 0
+    subspace_k: list[int] = field(default_factory=lambda: [1, 2, 4])
+    whitebox: bool = True
+
+    def check(self):
+        out = []
+        for k in ("heldout_images", "restarts", "steps", "random_controls", "subspace_images"):
+            if getattr(self, k) < 0:
+                out.append((k, getattr(self, k), "an integer >= 0"))
+        if self.enabled and self.heldout_images < 1:
+            out.append(("heldout_images", self.heldout_images, "an integer >= 1 when universal.enabled"))
+        if not self.subspace_k or any(k < 1 for k in self.subspace_k):
+            out.append(("subspace_k", self.subspace_k, "a non-empty list of subspace sizes >= 1"))
+        return out
+
+
+@dataclass
+class GeometryConfig:
+    """Response along a line and on a plane through clean images (issue 23)."""
+
+    enabled: bool = False
+    pairs_per_site: int = 1
+    steps_per_side: int = 3
+    plane: bool = False
+    plane_steps_per_side: int = 2
+
+    def check(self):
+        out = []
+        if self.pairs_per_site < 1:
+            out.append(("pairs_per_site", self.pairs_per_site, "an integer >= 1"))
+        if self.steps_per_side < 2:
+            out.append(("steps_per_side", self.steps_per_side, "an integer >= 2 (a curvature needs >= 3 points with t = 0)"))
+        if self.plane_steps_per_side < 1:
+            out.append(("plane_steps_per_side", self.plane_steps_per_side, "an integer >= 1"))
+        return out
+
+
+@dataclass
+class BudgetConfig:
+    """The day's presentation budget and the CI width the planner sizes analyses for (issue 23)."""
+
+    max_presentations: int = 0
+    ci_halfwidth_spikes: float = 0.5
+
+    def check(self):
+        out = []
+        if self.max_presentations < 0:
+            out.append(("max_presentations", self.max_presentations, "an integer >= 0 (0 = no limit)"))
+        if not self.ci_halfwidth_spikes > 0:
+            out.append(("ci_halfwidth_spikes", self.ci_halfwidth_spikes, "a CI half-width > 0 (spikes)"))
+        return out
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     rsvp: RsvpConfig = field(default_factory=RsvpConfig)
@@ -623,6 +685,9 @@ class Config:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    universal: UniversalConfig = field(default_factory=UniversalConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -732,6 +797,12 @@ LIMITS: dict[tuple[str, str], tuple[float, float]] = {
     ("monitor", "height_px"): (1, 65_536), ("monitor", "refresh_hz"): (1, 2000),
     ("presenter", "heartbeat_s"): (0, 3600), ("presenter", "dead_after_s"): (0, 86_400),
     ("presenter", "ack_timeout_s"): (0, 3600),
+    ("universal", "heldout_images"): (0, 100_000), ("universal", "restarts"): (0, 1_000_000),
+    ("universal", "steps"): (0, 1_000_000), ("universal", "random_controls"): (0, 1000),
+    ("universal", "subspace_images"): (0, 100_000), ("universal", "subspace_k"): (1, 100_000),
+    ("geometry", "pairs_per_site"): (1, 100_000), ("geometry", "steps_per_side"): (2, 1000),
+    ("geometry", "plane_steps_per_side"): (1, 100), ("budget", "max_presentations"): (0, 1e12),
+    ("budget", "ci_halfwidth_spikes"): (0, 1e6),
 }
 _TEXT_KEYS = {("experiment", "name"), ("images", "source"), ("model", "backbone"), ("model", "weights"),
               ("model", "device"), ("presenter", "endpoint"), ("presenter", "marker_address"), ("paths", "data_dir"),

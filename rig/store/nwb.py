@@ -443,7 +443,7 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
     misc = nwb.create_processing_module(name="misc", description=f"itloop {version}: stimulus provenance, "
                                                                  "presentations not shown, clock sync pulses")
     cols, dropped = [], []
-    for c in type(ss).COLUMNS:  # 'parent' would shadow an hdmf attribute: the column is 'parent_index'
+    for c in type(ss).COLUMNS + type(ss).GEOMETRY_COLUMNS:  # 'parent' would shadow an hdmf attribute: the column is 'parent_index'
         data = [str(x) for x in ss.kind] if c == "kind" else np.asarray(getattr(ss, c))
         if c != "kind" and data.dtype.kind == "f" and len(data) and np.isnan(data).all():
             dropped.append(c)

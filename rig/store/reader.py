@@ -139,7 +139,7 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
     n_sync = int(trials["sync_end"][-1]) if committed else 0
     pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS}
     st = h5["stimuli"]
-    cols = {c: st[c][:] for c in StimulusSet.COLUMNS if c in st}
+    cols = {c: st[c][:] for c in StimulusSet.COLUMNS + StimulusSet.GEOMETRY_COLUMNS if c in st}
     cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
     if "epsilon_index" in cols:
         grid = np.asarray(st.attrs["epsilons"], np.float64).reshape(-1)
