@@ -34,6 +34,7 @@ from rig.loop.fit import fit_days
 from rig.loop.preflight import preflight
 from modelfit.store import load_fitted
 from rig.loop.compute import FittedModelFiles, generate_stimuli
+from rig.loop.beyond import plan_beyond
 from stimuli.perturb import PerturbParams
 
 
@@ -117,6 +118,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
                                source_factory=lambda: FittedModelFiles.from_paths(mpath, cfg.model.weights or None),
                                progress=progress, report=(lambda line: print(f"day {day}: {line}", flush=True))
                                if progress else None)
+    stimset, beyond_attrs = plan_beyond(cfg, stimset, model, chosen, unique, targets, screening, pool, params, day, progress)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
@@ -134,7 +136,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     }
     write_plan(out, cfg.to_toml(), day, stimset, schedule, model_info=info,
                attrs={"planned_parent_separation_mean_min": mean_sep, "planned_parent_separation_min_min": min_sep,
-                      "random_init_model": bool(model.random_init)})
+                      "random_init_model": bool(model.random_init), **beyond_attrs})
     if min_sep < cfg.schedule.min_parent_separation_min:
         print(f"day {day}: WARNING: some perturbed images are only {min_sep:.2f} min from their parents "
               f"(asked for schedule.min_parent_separation_min = {cfg.schedule.min_parent_separation_min}); "
