@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rig.loop.beyond_report import beyond_section
 from rig.loop.analyze import DayResults, day_results
 from rig.loop.headline import headline_table
 from rig.config import Config
@@ -164,6 +165,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
             notes.append("Saturation (true rates of the targeted stimuli within 5% of the site's floor or the "
                          "ceiling): " + ", ".join(("clean images" if e == 0 else f"eps {e:g}") + f" {100 * v:.0f}%"
                                                   for e, v in sorted(sat.items())) + ".")
+    notes += beyond_section(cfg, folder, out, last.day, cache, figs, progress)   # issue 23: universal / subspace / geometry
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary
