@@ -72,9 +72,9 @@ def plot_subspace(path, subs: Sequence[Mapping]) -> Path:
         sv = np.asarray(s["singular_values"], float)
         if not len(sv):
             continue
-        a1.plot(np.arange(1, len(sv) + 1), sv ** 2 / np.sum(sv ** 2), marker="o", ms=3, label=f"site {s['site']}")
+        a1.plot(np.arange(1, len(sv) + 1), sv ** 2 / np.sum(sv ** 2), marker="o", ms=3, label=f"channel {s['site']}")
         if s["heldout_fraction"]:
-            a2.plot(s["k"], s["heldout_fraction"], marker="o", ms=3, label=f"site {s['site']}")
+            a2.plot(s["k"], s["heldout_fraction"], marker="o", ms=3, label=f"channel {s['site']}")
     if subs:
         ks = np.asarray(subs[0]["k"], float)
         a2.plot(ks, ks / max(subs[0]["dim"], 1), color=COLORS["truth"], ls=":", label="random direction (k / dim)")
@@ -82,9 +82,10 @@ def plot_subspace(path, subs: Sequence[Mapping]) -> Path:
     a1.set_ylabel("share of squared singular values")
     a1.set_title("Spectrum of a site's designed directions", fontsize=9)
     a2.set_xlabel("subspace size k")
-    a2.set_ylabel("held-out design's share in top-k")
+    a2.set_ylabel("held-out design's share in top-k (log)")
     a2.set_title("Leave-one-out: does a new image's design lie in the others' subspace?", fontsize=9)
-    a2.set_ylim(0, 1.05)
+    a2.set_yscale("log")
+    a2.set_ylim(top=1.5)
     for a in (a1, a2):
         a.legend(fontsize=7)
     fig.tight_layout()

@@ -31,12 +31,24 @@ import torch
 
 from modelfit.features import images_to_tensor
 from rig.config import Config
-from stimuli.geometry import (designed_directions, line_coordinates, orthogonal_direction, plane_coordinates,
-                              plane_stimuli, principal_directions, subspace_fractions)
+from stimuli.geometry import (
+    designed_directions,
+    line_coordinates,
+    orthogonal_direction,
+    plane_coordinates,
+    plane_stimuli,
+    principal_directions,
+    subspace_fractions,
+)
 from stimuli.objective import SiteObjective
 from stimuli.params import PerturbParams
 from stimuli.stimset import StimulusSet
-from stimuli.universal import random_shared_delta, shared_delta_stimuli, solve_universal, universal_passes
+from stimuli.universal import (
+    random_shared_delta,
+    shared_delta_stimuli,
+    solve_universal,
+    universal_passes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,11 @@ class _Parts:
         self.rows.append(cols)
 
 
+def _next_id(info: dict) -> int:
+    """One id space for shared deltas and lines (``shared_delta`` column): ids are never reused."""
+    return len(info["shared"]) + len(info["lines"])
+
+
 def _fresh_images(pool_pixels: np.ndarray, used: set[int], n: int, rng: np.random.Generator) -> list[int]:
     free = np.array(sorted(set(range(len(pool_pixels))) - used), np.int64)
     if len(free) < n:
@@ -97,7 +114,7 @@ def add_beyond_stimuli(cfg: Config, stimset: StimulusSet, module, chosen_local: 
     objective = SiteObjective(module, cfg.model.device)
     parts = _Parts(len(stimset), [], [], [], [])
     rng = np.random.default_rng([seed, 23])
-    used = set(int(p) for p in np.asarray(used_pool).ravel())
+    used = {int(p) for p in np.asarray(used_pool).ravel()}
     eps = [float(e) for e in stimset.epsilons]
     with objective.session():
         for k, site in enumerate(targets):
@@ -161,7 +178,7 @@ def _universal_for_site(cfg, stimset, parts, objective, site, images, held, eps,
         if e <= 0:
             continue
         for sign in (1, -1):
-            sid = len(info["shared"])
+            sid = _next_id(info)
             sol = solve_universal(objective, design, site, e, sign, up, seed=seed * 1000 + sid)
             d = sol.delta.permute(1, 2, 0).double().numpy()
             shown, es = shared_delta_stimuli(pool, range(len(pool)), d, e)
@@ -172,7 +189,7 @@ def _universal_for_site(cfg, stimset, parts, objective, site, images, held, eps,
             info["shared"].append({"id": sid, "kind": "universal", "site": site, "epsilon": e, "direction": sign,
                                    "objective": sol.objective, "passes": sol.passes, "design": images, "heldout": held})
         for r in range(cfg.universal.random_controls):
-            sid = len(info["shared"])
+            sid = _next_id(info)
             d = random_shared_delta(stimset.pixels.shape[1:], e, seed=seed * 1000 + sid)
             shown, es = shared_delta_stimuli(np.stack([px(i) for i in held]), range(len(held)), d, e)
             for j, parent in enumerate(held):
@@ -190,7 +207,7 @@ def _subspace_stimuli(stimset, parts, site, new, top, eps, info) -> None:
         if e <= 0:
             continue
         for sign in (1, -1):
-            sid = len(info["shared"])
+            sid = _next_id(info)
             shown, es = shared_delta_stimuli(pool, range(len(new)), sign * e * top, e)
             for j, parent in enumerate(new):
                 parts.add(shown[j], kind="subspace", parent=parent, site=site, epsilon_requested=e, epsilon_shown=es[j],
@@ -210,7 +227,7 @@ def _lines_for_site(cfg, stimset, parts, site, images, eps, seed, info) -> None:
     for j, image in enumerate(images[:min(g.pairs_per_site, len(dirs))]):
         if not np.any(dirs[j]):
             continue
-        lid = len(info["lines"])
+        lid = _next_id(info)
         u = dirs[j].reshape(stimset.pixels.shape[1:])
         v = orthogonal_direction(u, seed=seed * 1000 + lid)
         shown, got, es = plane_stimuli(stimset.pixels[image], u, v, coords)
@@ -219,7 +236,8 @@ def _lines_for_site(cfg, stimset, parts, site, images, eps, seed, info) -> None:
                       epsilon_shown=es[m], direction=0, epsilon_index=-1, shared_delta=lid, coord_u=got[m, 0],
                       coord_v=got[m, 1])
         info["lines"].append({"id": lid, "site": site, "image": image, "t_max": t_max, "plane": bool(g.plane),
-                              "points": int(len(shown))})
+                              "points": len(shown), "steps_per_side": g.steps_per_side,
+                              "plane_steps_per_side": g.plane_steps_per_side})
 
 
 def _assemble(stimset: StimulusSet, parts: _Parts) -> StimulusSet:

@@ -152,11 +152,14 @@ def line_table(d: DayData, info: dict, sources: dict[str, np.ndarray], seed: int
             for name, v in sources.items():
                 if name != "it":
                     res[f"{name}_{axis}"] = noise_free_fit(t_pts, v[pts, site])
-        plane = ~(on_u | on_v)
-        if plane.any():
-            pts = np.concatenate([[image], rows])
-            coords = np.round(np.stack([np.concatenate([[0.0], cu]), np.concatenate([[0.0], cv])], 1) / step) * step
-            res["plane"] = {name: grid_means(coords, v[pts, site]) for name, v in sources.items()}
+        if (~(on_u | on_v)).any():
+            # the plane's grid: levels every t_max / plane_steps_per_side on both axes (line points on them included)
+            pstep = line["t_max"] / max(1, int(line.get("plane_steps_per_side", 1)))
+            c = np.stack([np.concatenate([[0.0], cu]), np.concatenate([[0.0], cv])], 1)
+            level = np.round(c / pstep) * pstep
+            keep = np.all(np.abs(c - level) < 0.2 * pstep, axis=1)
+            pts = np.concatenate([[image], rows])[keep]
+            res["plane"] = {name: grid_means(level[keep], v[pts, site]) for name, v in sources.items()}
         out.append(res)
     return out
 
@@ -170,8 +173,12 @@ def beyond_results(cfg: Config, folder: Path, day: int, cache: DayCache, progres
     cfg = config_from_toml_text(d.config_text)
     plan = read_day(plan_path(folder, day)) if plan_path(folder, day).exists() else None
     info = json.loads(plan.attrs.get("beyond_json", "{}")) if plan is not None else {}
+    columns = np.asarray(d.model.get("site_channels", np.arange(d.n_channels)), np.int64)
+    for entry in info.get("subspace", []) + info.get("shared", []) + info.get("lines", []):
+        entry["site"] = int(columns[entry["site"]])       # the plan names sites by model column; report channels
     for line in info.get("lines", []):
         line.setdefault("steps_per_side", cfg.geometry.steps_per_side)
+        line.setdefault("plane_steps_per_side", cfg.geometry.plane_steps_per_side)
     sources = {"it": d.mean_responses().astype(float), "model": _predictions(cfg, folder, d)}
     simulated = "sim" in str(d.attrs.get("backend", ""))
     module = None
@@ -195,10 +202,10 @@ def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCac
     res = beyond_results(cfg, Path(folder), day, cache, progress)
     if res is None:
         return []
-    lines = [f"Beyond the paper (day {day}): site-universal perturbations, the subspace of designs, response "
+    lines = [(f"Beyond the paper (day {day}): site-universal perturbations, the subspace of designs, response "
              "geometry. Changes are signed (s · Δr, spikes per window; random shared deltas signed by the model's "
              "predicted sign); CIs: 95% bootstrap over (site, direction, image) units; slopes and curvatures: 95% "
-             "bootstrap over repeats, in spikes per unit L2 norm (per unit² for curvature)."]
+             "bootstrap over repeats, in spikes per unit L2 norm (per unit² for curvature).")]
     if res["universal"]:
         figs.append(gp.plot_universal_vs_epsilon(out / "universal_heldout.png", res["universal"],
                                                  res.get("whitebox_universal")))
@@ -220,7 +227,7 @@ def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCac
 def _universal_lines(res: dict) -> list[str]:
     out = []
     for e, row in res["universal"].items():
-        parts = [f"{k.replace('/', ' ')} {v}" for k, v in row.items() if k.startswith("it/") or k.startswith("truth/")]
+        parts = [f"{k.replace('/', ' ')} {v}" for k, v in row.items() if k.startswith(("it/", "truth/"))]
         wb = res.get("whitebox_universal", {}).get(e)
         if wb is not None:
             parts.append(f"truth white-box universal heldout {wb}")
@@ -232,9 +239,9 @@ def _subspace_lines(subs: list[dict]) -> list[str]:
     out = []
     for s in subs:
         sv = np.asarray(s["singular_values"])
-        fr = ", ".join(f"k={k}: {f:.2f} (random {min(k, s['dim']) / s['dim']:.1e})"
+        fr = ", ".join(f"k={k}: {f:.2g} (random {min(k, s['dim']) / s['dim']:.1e})"
                        for k, f in zip(s["k"], s["heldout_fraction"]))
-        out.append(f"Subspace, site {s['site']} (model column): {len(sv)} designs, participation ratio "
+        out.append(f"Subspace, channel {s['site']}: {len(sv)} designs, participation ratio "
                    f"{participation_ratio(sv):.2f}; held-out design's share in the others' top-k: {fr}.")
     return out
 

@@ -61,8 +61,8 @@ def budget_lines(cfg: Config, stimset: StimulusSet, info: dict, sigma: float) ->
     """What each analysis needs at noise s.d. ``sigma`` (spikes) for the configured CI half-width."""
     h = cfg.budget.ci_halfwidth_spikes
     rep = cfg.schedule.repeats
-    out = [f"budget: noise s.d. {sigma:.2f} spikes per presentation (day-0 clean images, target channels); "
-           f"CI half-width asked for: {h:g} spikes (95 %)"]
+    out = [(f"budget: noise s.d. {sigma:.2f} spikes per presentation (day-0 clean images, target channels); "
+           f"CI half-width asked for: {h:g} spikes (95 %)")]
     if cfg.universal.enabled and info.get("shared"):
         uni = [s for s in info["shared"] if s["kind"] == "universal"]
         m = len(uni[0]["heldout"]) if uni else 0

@@ -1,0 +1,112 @@
+"""The plan step's issue-23 stimuli: what each stimulus is, through a real plan file, and the budget."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rig.config import config_from_dict
+from rig.errors import UserError
+from rig.loop.beyond import add_beyond_stimuli
+from rig.loop.presentations import check_presentations, noise_sd
+from rig.session.schedule import Schedule
+from rig.store.dayfile import write_plan
+from rig.store.reader import read_day
+from stimuli.perturb import PerturbParams, generate_perturbations
+
+SIDE = 8
+
+
+class _Linear(nn.Module):
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.backbone = nn.Flatten()
+        self.readout_weight = w
+        self.readout_bias = torch.zeros(w.shape[0])
+
+
+@pytest.fixture(scope="module")
+def planned():
+    rng = np.random.default_rng(0)
+    pool = rng.integers(70, 186, (14, SIDE, SIDE, 3), dtype=np.uint8)   # interior pixels: little clipping
+    model = _Linear(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
+    chosen = np.array([[0, 1, 2], [3, 4, 5]])                             # 2 target sites x 3 images
+    problems = [(int(chosen[k, j]), int(site)) for k, site in enumerate((0, 2)) for j in range(3)]
+    params = PerturbParams(restarts=2, steps=12, max_batch_rows=32)
+    base = generate_perturbations(model, pool[:6], problems, [0.5, 1.0], params, seed=1, progress=False)
+    cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]},
+                            "universal": {"enabled": True, "heldout_images": 2, "subspace_images": 1, "restarts": 2,
+                                          "steps": 12, "subspace_k": [1, 2]},
+                            "geometry": {"enabled": True, "steps_per_side": 2, "plane": True, "plane_steps_per_side": 1}})
+    out, info = add_beyond_stimuli(cfg, base, model, chosen, np.array([0, 2]), pool, np.arange(6), params, seed=3)
+    return cfg, base, out, info
+
+
+def test_universal_subspace_and_line_stimuli_say_what_they_are(planned):
+    _cfg, base, out, info = planned
+    k = out.kind
+    n_eps, n_sites = 2, 2
+    assert len(out) > len(base) and np.array_equal(out.pixels[:len(base)], base.pixels)
+    # one universal delta per (site, eps, direction), on 3 design + 2 held-out images
+    assert (k == "universal").sum() == n_sites * n_eps * 2 * (3 + 2)
+    assert (k == "universal_random").sum() == n_sites * n_eps * 1 * 2
+    assert (k == "subspace").sum() == n_sites * n_eps * 2 * 1
+    assert (k == "clean").sum() == 6 + n_sites * (2 + 1)                  # held-out and subspace images appended
+    new = np.arange(len(base), len(out))
+    assert np.all(k[out.parent[new[k[new] != "clean"]]] == "clean")
+    derived = new[k[new] != "clean"]
+    assert np.all(out.epsilon_shown[derived] <= out.epsilon_requested[derived] + 1e-12)
+    for s in info["shared"]:
+        rows = np.flatnonzero(out.shared_delta == s["id"])
+        assert np.all(out.kind[rows] == s["kind"]) and np.all(out.site[rows] == s["site"])
+        if s["kind"] == "universal":
+            assert set(out.parent[rows[out.design_role[rows] == 1]]) == set(s["design"])
+            assert set(out.parent[rows[out.design_role[rows] == 2]]) == set(s["heldout"])
+            # a linear model: the mean predicted change on the design images is the solver's objective
+            # (up to uint8 rounding), and held-out images move the same way
+            d = rows[out.design_role[rows] == 1]
+            assert s["direction"] * out.predicted_change[d].mean() == pytest.approx(s["objective"], rel=0.05)
+            h = rows[out.design_role[rows] == 2]
+            assert np.all(s["direction"] * out.predicted_change[h] > 0)
+    held = {p for s in info["shared"] for p in s["heldout"]}
+    assert not held & set(range(6))                                       # never a design image
+    lines = np.flatnonzero(k == "line")
+    assert len(info["lines"]) == n_sites and len(lines) == n_sites * (4 + 4 + 4)
+    assert np.all(np.isfinite(out.coord_u[lines])) and np.all(out.epsilon_index[lines] == -1)
+    u_line = lines[np.abs(out.coord_v[lines]) < 0.05]
+    assert np.allclose(np.sort(np.unique(np.round(np.abs(out.coord_u[u_line]), 1))), [0.5, 1.0])
+    sub = info["subspace"][0]
+    assert len(sub["singular_values"]) == 3 and len(sub["heldout_fraction"]) == 2
+
+
+def test_geometry_columns_round_trip_through_a_plan_file(planned, tmp_path):
+    cfg, _, out, _ = planned
+    sched = Schedule(np.arange(len(out)), 5, 0.2)
+    path = write_plan(tmp_path / "day_001.plan.h5", cfg.to_toml(), 1, out, sched, attrs={"beyond_json": "{}"})
+    back = read_day(path).stimuli
+    for c in out.COLUMNS + out.GEOMETRY_COLUMNS:
+        a, b = getattr(out, c), getattr(back, c)
+        if a.dtype.kind == "f":
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            np.testing.assert_array_equal(a[~np.isnan(a)], b[~np.isnan(b)])
+        else:
+            assert list(a) == list(b), c
+
+
+def test_a_plan_over_the_presentation_budget_is_refused_with_the_numbers(planned):
+    _, _, out, _ = planned
+    cfg = config_from_dict({"schedule": {"repeats": 4}, "budget": {"max_presentations": 100}})
+    with pytest.raises(UserError, match=r"x schedule.repeats = 4 = [\d,]+ presentations \(clean \d+.*universal \d+") as e:
+        check_presentations(cfg, out)
+    assert "budget.max_presentations = 100" in str(e.value)
+    ok = config_from_dict({"schedule": {"repeats": 4}, "budget": {"max_presentations": 4 * len(out)}})
+    assert check_presentations(ok, out) == 4 * len(out)
+
+
+def test_noise_sd_is_the_pooled_within_stimulus_sd():
+    rng = np.random.default_rng(1)
+    stim = np.repeat(np.arange(200), 10)
+    counts = rng.normal(0, 2.0, (len(stim), 3)) + rng.normal(0, 5, (200, 3))[stim]
+    valid = np.ones(len(stim), bool)
+    assert noise_sd(counts, stim, valid, np.array([0, 2])) == pytest.approx(2.0, rel=0.05)
