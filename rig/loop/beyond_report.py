@@ -246,8 +246,31 @@ def _subspace_lines(subs: list[dict]) -> list[str]:
     return out
 
 
+def coverage(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    """How many IT 95% CIs contain the truth's value: {"slope": (inside, n), "curvature": (inside, n)}."""
+    out = {}
+    for i, what in enumerate(("slope", "curvature")):
+        hits = [getattr(r[f"it_{a}"], what).lo <= r[f"truth_{a}"][i] <= getattr(r[f"it_{a}"], what).hi
+                for r in rows for a in ("u", "v") if f"truth_{a}" in r]
+        out[what] = (int(sum(hits)), len(hits))
+    return out
+
+
+def curvature_contrast(rows: list[dict]) -> dict[str, tuple[float, float]]:
+    """Mean |curvature| along the designed and the random orthogonal direction, per source."""
+    def curv(r: dict, src: str, a: str) -> float:
+        return r[f"it_{a}"].curvature.value if src == "it" else r[f"{src}_{a}"][1]
+
+    return {src: (float(np.mean([abs(curv(r, src, "u")) for r in rows])), float(np.mean([abs(curv(r, src, "v")) for r in rows])))
+            for src in ("it", "model", "truth") if all(f"{src}_u" in r for r in rows)}
+
+
 def _line_lines(rows: list[dict]) -> list[str]:
-    out = []
+    cov = coverage(rows)
+    out = [f"Lines: truth inside IT's 95% CI for {cov['slope'][0]} of {cov['slope'][1]} slopes and "
+           f"{cov['curvature'][0]} of {cov['curvature'][1]} curvatures." if cov["slope"][1] else "Lines: no truth (not simulated).",
+           "Mean |curvature| (spikes / L2 unit²) along the designed vs the random orthogonal direction: "
+           + "; ".join(f"{k} {u:.3g} vs {v:.3g}" for k, (u, v) in curvature_contrast(rows).items()) + "."]
     for r in rows:
         for axis, name in (("u", "designed"), ("v", "random orthogonal")):
             it = r[f"it_{axis}"]
