@@ -110,3 +110,62 @@ def test_noise_sd_is_the_pooled_within_stimulus_sd():
     counts = rng.normal(0, 2.0, (len(stim), 3)) + rng.normal(0, 5, (200, 3))[stim]
     valid = np.ones(len(stim), bool)
     assert noise_sd(counts, stim, valid, np.array([0, 2])) == pytest.approx(2.0, rel=0.05)
+
+
+class _FakeDay:
+    """The parts of a DayData that line_table reads: stimuli and per-repeat responses."""
+
+    def __init__(self, stimuli, reps):
+        self.stimuli, self._reps = stimuli, reps
+
+    def responses_by_repeat(self):
+        return self._reps
+
+
+@pytest.mark.parametrize("shape", ["linear", "saturating"])
+def test_line_fits_cover_the_truth_of_a_linear_and_a_saturating_site(shape):
+    """Responses r(t) = g(t) + Poisson noise on lines through 12 images; the IT fits' 95% CIs must
+    contain the noise-free fit of g on the same points (the truth) about 95% of the time (12 lines)."""
+    from rig.loop.beyond_report import coverage, line_table
+    from stimuli.stimset import StimulusSet
+
+    rng = np.random.default_rng(7 if shape == "linear" else 8)
+    t_line = np.array([-2, -4 / 3, -2 / 3, 2 / 3, 4 / 3, 2.0])
+    n_lines, reps = 12, 16
+    kinds, parents, coords, sd = [], [], [], []
+    for k in range(n_lines):
+        kinds.append("clean")
+        parents.append(-1)
+        coords.append((np.nan, np.nan))
+        sd.append(-1)
+    for k in range(n_lines):
+        for axis in (0, 1):
+            for t in t_line:
+                kinds.append("line")
+                parents.append(k)
+                coords.append((t, 0.0) if axis == 0 else (0.0, t))
+                sd.append(k)
+    coords = np.array(coords)
+    n = len(kinds)
+    st = StimulusSet(np.zeros((n, 2, 2, 3), np.uint8), kind=np.array(kinds, dtype=object), parent=parents,
+                     site=np.where(np.array(parents) >= 0, 0, -1), shared_delta=sd, coord_u=coords[:, 0],
+                     coord_v=coords[:, 1])
+    tu = np.nan_to_num(coords[:, 0])
+    tv = np.nan_to_num(coords[:, 1])
+    image = np.where(np.array(parents) >= 0, parents, np.arange(n))
+    base = 8 + 0.1 * image                     # each image its own clean response
+    if shape == "linear":                      # built to be linear: zero curvature along both directions
+        truth = base + 1.5 * tu + 0.2 * tv
+    else:                                      # built to saturate: a sigmoid of the drive along u
+        truth = 2 + 30 / (1 + np.exp(-(1.6 * tu - 0.5))) + 0.3 * tv
+    counts = rng.poisson(np.broadcast_to(truth, (reps, n))).astype(np.float32)[..., None]
+    info = {"lines": [{"id": k, "t_max": 2.0, "steps_per_side": 3, "plane_steps_per_side": 1} for k in range(n_lines)]}
+    rows = line_table(_FakeDay(st, counts), info, {"it": counts.mean(0), "truth": truth[:, None]}, seed=0)
+    cov = coverage(rows)
+    for what in ("slope", "curvature"):
+        inside, total = cov[what]
+        assert total == 2 * n_lines and inside >= total - 4, (what, cov)   # 95 % nominal: ~1 miss in 24
+    if shape == "linear":
+        assert all(abs(r["truth_u"][1]) < 1e-9 and abs(r["truth_v"][1]) < 1e-9 for r in rows)
+    else:
+        assert all(abs(r["truth_u"][1]) > 1.0 for r in rows)                 # the sigmoid bends the designed line
