@@ -95,9 +95,9 @@ def plot_subspace(path, subs: Sequence[Mapping]) -> Path:
 def plot_curvature(path, rows: Sequence[Mapping]) -> Path:
     """Slope and curvature along the designed (u) and a random orthogonal (v) direction per line:
     IT with 95% CIs, the model and (simulator) the truth."""
-    fig = Figure(figsize=(9.4, 4.0))
+    labels = [f"line {r['id']}, {ax_name}" for r in rows for ax_name in ("designed", "random ⊥")]
+    fig = Figure(figsize=(max(9.4, 0.7 * len(labels)), 4.6))
     axes = fig.subplots(1, 2)
-    labels = [f"line {r['id']}\n{ax_name}" for r in rows for ax_name in ("designed", "random ⊥")]
     x = np.arange(len(labels))
     for panel, (what, unit) in enumerate((("slope", "spikes / L2 unit"), ("curvature", "spikes / L2 unit²"))):
         ax = axes[panel]
@@ -110,7 +110,7 @@ def plot_curvature(path, rows: Sequence[Mapping]) -> Path:
                 ax.plot(x + dx, vals, marker, color=COLORS["model" if src == "model" else "truth"], label=src)
         ax.axhline(0, color="#999999", lw=0.8)
         ax.set_xticks(x)
-        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xticklabels(labels, fontsize=7, rotation=60, ha="right")
         ax.set_ylabel(f"{what} ({unit})")
         ax.set_title(f"{what.capitalize()} at the clean image", fontsize=9)
         ax.legend(fontsize=7)

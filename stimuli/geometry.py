@@ -88,14 +88,18 @@ def line_coordinates(t_max: float, steps_per_side: int) -> np.ndarray:
     return np.concatenate([-pos[::-1], pos])
 
 
-def plane_coordinates(t_max: float, steps_per_side: int) -> np.ndarray:
+def plane_coordinates(t_max: float, steps_per_side: int, skip: np.ndarray | None = None) -> np.ndarray:
     """(m, 2) grid points ``(a, b)`` in ``[-t_max, t_max]^2`` with ``2 steps_per_side + 1``
-    levels per axis, the centre (the clean image) and the axes (the lines) left out."""
+    levels per axis, without the centre (the clean image) and without any point of ``skip``
+    ((k, 2), e.g. the lines' points already planned; matched to 1e-9)."""
     lv = np.concatenate([-line_coordinates(t_max, steps_per_side)[steps_per_side:][::-1], [0.0],
                          line_coordinates(t_max, steps_per_side)[steps_per_side:]])
     a, b = np.meshgrid(lv, lv, indexing="ij")
     pts = np.stack([a.ravel(), b.ravel()], 1)
-    return pts[(pts[:, 0] != 0) & (pts[:, 1] != 0)]
+    keep = (pts[:, 0] != 0) | (pts[:, 1] != 0)
+    if skip is not None and len(skip):
+        keep &= ~np.any(np.all(np.abs(pts[:, None, :] - np.asarray(skip)[None]) < 1e-9, axis=2), axis=1)
+    return pts[keep]
 
 
 def plane_stimuli(clean: np.ndarray, u: np.ndarray, v: np.ndarray,

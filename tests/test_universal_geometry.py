@@ -179,8 +179,9 @@ def test_quadratic_response_curvature_is_recovered_on_the_plane():
     u = np.transpose((u_chw / np.linalg.norm(u_chw)).reshape(3, side, side), (1, 2, 0))
     v = orthogonal_direction(u, seed=1)
     assert abs(float(np.sum(u * v))) < 1e-12
-    coords = np.concatenate([np.stack([line_coordinates(2.0, 4), np.zeros(8)], 1),
-                             np.stack([np.zeros(8), line_coordinates(2.0, 4)], 1), plane_coordinates(2.0, 2)])
+    lines = np.concatenate([np.stack([line_coordinates(2.0, 4), np.zeros(8)], 1),
+                            np.stack([np.zeros(8), line_coordinates(2.0, 4)], 1)])
+    coords = np.concatenate([lines, plane_coordinates(2.0, 2, skip=lines)])   # the lines already hold the axis points
     shown, got, eps = plane_stimuli(clean, u, v, coords)
     assert np.all(eps <= np.hypot(coords[:, 0], coords[:, 1]) + 1e-12)
     assert np.max(np.abs(got - coords)) < 0.1    # uint8 rounding (and the box at the corners) moves points a little
@@ -199,6 +200,8 @@ def test_quadratic_response_curvature_is_recovered_on_the_plane():
     assert c == pytest.approx(curv_true, rel=0.02)
     _av, _bv, grid = grid_means(np.concatenate([[[0, 0]], coords]), f)
     assert grid.shape == (9, 9) and np.isfinite(grid).sum() == 1 + 16 + 16
+    full = plane_coordinates(2.0, 2)
+    assert len(full) == 24 and not np.any(np.all(full == 0, axis=1))           # 5 x 5 grid without the centre
 
 
 def test_fit_line_cis_cover_a_known_quadratic():

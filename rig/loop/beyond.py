@@ -222,7 +222,7 @@ def _lines_for_site(cfg, stimset, parts, site, images, eps, seed, info) -> None:
     line = line_coordinates(t_max, g.steps_per_side)
     coords = np.concatenate([np.stack([line, 0 * line], 1), np.stack([0 * line, line], 1)])
     if g.plane:
-        coords = np.concatenate([coords, plane_coordinates(t_max, g.plane_steps_per_side)])
+        coords = np.concatenate([coords, plane_coordinates(t_max, g.plane_steps_per_side, skip=coords)])
     dirs, _ = _site_directions(stimset, site, images[:g.pairs_per_site])
     for j, image in enumerate(images[:min(g.pairs_per_site, len(dirs))]):
         if not np.any(dirs[j]):
