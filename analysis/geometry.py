@@ -5,7 +5,9 @@ pixels in [0,1]) is fitted by least squares with ``r(t) = a + b t + (c / 2) t^2`
 ``b`` is the slope (spikes per unit L2 norm) and ``c`` the curvature (the second derivative,
 spikes per unit^2), both at the clean image ``t = 0``. Confidence intervals come from the
 percentile bootstrap over repeats: at every ``t`` level the presentations are resampled
-with replacement (stratified, so the design stays fixed) and the line refitted.
+with replacement (stratified, so the design stays fixed) and the line refitted; or, when
+presentations share noise (a trial's gain in the simulator and in a monkey), over whole
+trials (``clusters``).
 
 The same fit on noise-free values (a model's predictions, the simulator's expected counts)
 gives the model's and the truth's slope and curvature on exactly the same points.
@@ -55,10 +57,25 @@ class LineFit:
     intercept: float
 
 
+def _cluster_boot(t: np.ndarray, y: np.ndarray, clusters: np.ndarray, n_boot: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, 3) refits on resamples of whole clusters (e.g. trials): noise shared inside a
+    cluster (a trial's gain) stays together. A resample with < 3 distinct t is NaN."""
+    ids, inv = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(inv == k) for k in range(len(ids))]
+    out = np.full((n_boot, 3), np.nan)
+    for i in range(n_boot):
+        rows = np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
+        if len(np.unique(t[rows])) >= 3:
+            out[i] = fit_quadratic(t[rows], y[rows])
+    return out
+
+
 def fit_line(t: np.ndarray, y: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
-             seed: int = 0) -> LineFit:
+             seed: int = 0, clusters: np.ndarray | None = None) -> LineFit:
     """Fit ``y`` (one value per presentation) at steps ``t`` (one per presentation) and bootstrap
-    the repeats within each distinct ``t`` (``n_boot`` resamples, percentile CI at ``level``)."""
+    (``n_boot`` resamples, percentile CI at ``level``): the repeats within each distinct ``t``, or,
+    with ``clusters`` (one label per presentation, e.g. its trial), whole clusters."""
     check_level(level)
     t = np.asarray(t, np.float64).reshape(-1)
     y = np.asarray(y, np.float64).reshape(-1)
@@ -67,9 +84,12 @@ def fit_line(t: np.ndarray, y: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: 
     a, b, c = fit_quadratic(t, y)
     rng = np.random.default_rng(seed)
     levels = np.unique(t)
-    groups = [np.flatnonzero(t == v) for v in levels]
-    idx = np.concatenate([g[rng.integers(0, len(g), size=(n_boot, len(g)))] for g in groups], axis=1)
-    boot = fit_quadratic(t[idx[0]], y[idx].T)            # every resample keeps the design: same t order
+    if clusters is not None:
+        boot = _cluster_boot(t, y, np.asarray(clusters).reshape(-1), n_boot, rng).T
+    else:
+        groups = [np.flatnonzero(t == v) for v in levels]
+        idx = np.concatenate([g[rng.integers(0, len(g), size=(n_boot, len(g)))] for g in groups], axis=1)
+        boot = fit_quadratic(t[idx[0]], y[idx].T)        # every resample keeps the design: same t order
     lo, hi = percentile_interval(boot[1:].T, level)
     n = len(levels)
     return LineFit(Estimate(float(b), float(lo[0]), float(hi[0]), level, n),

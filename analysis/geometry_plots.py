@@ -103,7 +103,7 @@ def plot_curvature(path, rows: Sequence[Mapping]) -> Path:
         ax = axes[panel]
         it = [getattr(r[f"it_{a}"], what) for r in rows for a in ("u", "v")]
         ax.errorbar(x - 0.15, [e.value for e in it], yerr=[[e.value - e.lo for e in it], [e.hi - e.value for e in it]],
-                    fmt="o", color=COLORS["it"], capsize=3, label="IT (95% CI over repeats)")
+                    fmt="o", color=COLORS["it"], capsize=3, label="IT (95% CI, bootstrap over trials)")
         for dx, src, marker in ((0.0, "model", "x"), (0.15, "truth", "s")):
             if all(f"{src}_u" in r for r in rows):
                 vals = [r[f"{src}_{a}"][panel] for r in rows for a in ("u", "v")]

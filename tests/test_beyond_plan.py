@@ -113,13 +113,15 @@ def test_noise_sd_is_the_pooled_within_stimulus_sd():
 
 
 class _FakeDay:
-    """The parts of a DayData that line_table reads: stimuli and per-repeat responses."""
+    """The parts of a DayData that line_table reads: stimuli, presentations and counts
+    (``reps`` (repeats, stimuli, channels): every presentation its own trial)."""
 
     def __init__(self, stimuli, reps):
-        self.stimuli, self._reps = stimuli, reps
-
-    def responses_by_repeat(self):
-        return self._reps
+        r, n, c = reps.shape
+        self.stimuli = stimuli
+        self.presentations = {"stim_index": np.tile(np.arange(n), r), "trial_index": np.arange(r * n),
+                              "valid": np.ones(r * n, bool)}
+        self.counts = reps.reshape(r * n, c)
 
 
 @pytest.mark.parametrize("shape", ["linear", "saturating"])

@@ -226,3 +226,22 @@ def test_budget_formulas():
     assert images_for_mean_change(3.0, 0.5) == int(np.ceil((1.959963984540054 * 3 / 0.5) ** 2))
     est = signed_change(np.array([3.0, 5.0, 4.0]), np.array([1.0, 1.0, 1.0]), -1, n_boot=200)
     assert est.value == pytest.approx(-3.0) and est.lo <= -3.0 <= est.hi
+
+
+def test_trial_clusters_keep_shared_gain_noise_in_the_ci():
+    """Each trial shows every point of the line under one gain g ~ 1 + N(0, 0.3): the gain moves
+    all points together, so only resampling whole trials gives CIs that cover the slope."""
+    rng = np.random.default_rng(6)
+    t_lv = np.concatenate([[0.0], line_coordinates(2.0, 3)])
+    hit_cluster = hit_iid = 0
+    for rep in range(40):
+        trials = 16
+        t = np.tile(t_lv, trials)
+        trial = np.repeat(np.arange(trials), len(t_lv))
+        g = 1 + rng.normal(0, 0.3, trials)[trial]
+        y = g * (5 + 3.0 * t) + rng.normal(0, 0.3, len(t))
+        fc = fit_line(t, y, n_boot=300, seed=rep, clusters=trial)
+        fi = fit_line(t, y, n_boot=300, seed=rep)
+        hit_cluster += fc.slope.lo <= 3.0 <= fc.slope.hi
+        hit_iid += fi.slope.lo <= 3.0 <= fi.slope.hi
+    assert hit_cluster >= 34 and hit_iid < hit_cluster

@@ -131,7 +131,9 @@ def whitebox_universal(cfg: Config, d: DayData, module, seed: int) -> dict[float
 def line_table(d: DayData, info: dict, sources: dict[str, np.ndarray], seed: int) -> list[dict]:
     """Per line: slope and curvature along u and v (IT with CIs; model and truth noise-free) and the plane grids."""
     st = d.stimuli
-    reps = d.responses_by_repeat()
+    pres = d.presentations
+    ok = np.asarray(pres["valid"], bool)
+    p_stim, p_trial, p_counts = np.asarray(pres["stim_index"])[ok], np.asarray(pres["trial_index"])[ok], d.counts[ok]
     out = []
     for line in info.get("lines", []):
         rows = np.flatnonzero((st.kind == "line") & (st.shared_delta == line["id"]))
@@ -145,10 +147,11 @@ def line_table(d: DayData, info: dict, sources: dict[str, np.ndarray], seed: int
         for axis, mask, coord in (("u", on_u, cu), ("v", on_v, cv)):
             pts = np.concatenate([[image], rows[mask]])
             t_pts = np.concatenate([[0.0], coord[mask]])
-            r = reps[:, pts, site]                        # (repeats, points)
-            ok = np.isfinite(r)
-            t_all = np.broadcast_to(t_pts, r.shape)[ok]
-            res[f"it_{axis}"] = fit_line(t_all, r[ok], n_boot=N_BOOT, seed=seed)
+            sel = np.flatnonzero(np.isin(p_stim, pts) & np.isfinite(p_counts[:, site]))
+            t_of = dict(zip(pts.tolist(), t_pts.tolist()))
+            t_all = np.array([t_of[int(s)] for s in p_stim[sel]])
+            # whole trials are resampled: a trial's gain is shared by its presentations
+            res[f"it_{axis}"] = fit_line(t_all, p_counts[sel, site], n_boot=N_BOOT, seed=seed, clusters=p_trial[sel])
             for name, v in sources.items():
                 if name != "it":
                     res[f"{name}_{axis}"] = noise_free_fit(t_pts, v[pts, site])
@@ -205,7 +208,7 @@ def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCac
     lines = [(f"Beyond the paper (day {day}): site-universal perturbations, the subspace of designs, response "
              "geometry. Changes are signed (s · Δr, spikes per window; random shared deltas signed by the model's "
              "predicted sign); CIs: 95% bootstrap over (site, direction, image) units; slopes and curvatures: 95% "
-             "bootstrap over repeats, in spikes per unit L2 norm (per unit² for curvature).")]
+             "bootstrap over trials, in spikes per unit L2 norm (per unit² for curvature).")]
     if res["universal"]:
         figs.append(gp.plot_universal_vs_epsilon(out / "universal_heldout.png", res["universal"],
                                                  res.get("whitebox_universal")))
