@@ -171,3 +171,21 @@ def test_line_fits_cover_the_truth_of_a_linear_and_a_saturating_site(shape):
         assert all(abs(r["truth_u"][1]) < 1e-9 and abs(r["truth_v"][1]) < 1e-9 for r in rows)
     else:
         assert all(abs(r["truth_u"][1]) > 1.0 for r in rows)                 # the sigmoid bends the designed line
+
+
+def test_universal_problems_that_cannot_end_in_time_are_refused(planned):
+    from rig.loop.beyond import _check_universal_deadline
+
+    _, base, _, _ = planned
+    rng = np.random.default_rng(0)
+    model = _Linear(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
+    params = PerturbParams(restarts=2, steps=12, max_batch_rows=32)
+    said = []
+    cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]}, "universal": {"enabled": True},
+                            "compute": {"max_hours": 1e-9}})
+    with pytest.raises(UserError, match=r"refusing to generate: [\d,]+ passes"):
+        _check_universal_deadline(cfg, model, base, np.array([0, 2]), params, 3, said.append)
+    assert any("universal cost: 8 problems" in s for s in said)
+    cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]}, "universal": {"enabled": True},
+                            "compute": {"max_hours": 100.0}})
+    _check_universal_deadline(cfg, model, base, np.array([0, 2]), params, 3, said.append)

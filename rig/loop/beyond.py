@@ -303,6 +303,7 @@ def plan_beyond(cfg: Config, stimset: StimulusSet, model, chosen: np.ndarray, un
             say(f"cost: universal: {universal_cost(cfg, params, len(targets), chosen.shape[1]):,} forward+backward passes "
                 f"({len(targets)} sites x {sum(1 for e in cfg.experiment.epsilons if e > 0)} epsilons x 2 directions)")
         module = model.module(weights=cfg.model.weights or None, device=cfg.model.device)
+        _check_universal_deadline(cfg, module, stimset, targets, params, len(chosen[0]), say)
         stimset, info = add_beyond_stimuli(cfg, stimset, module, chosen_local, targets, screening.stimuli.pixels[pool],
                                            unique, params, cfg.day_seed(day))
         attrs["beyond_json"] = json.dumps(info)
@@ -314,3 +315,23 @@ def plan_beyond(cfg: Config, stimset: StimulusSet, model, chosen: np.ndarray, un
     if cfg.budget.max_presentations:
         say(f"budget: {total:,} presentations planned of budget.max_presentations = {cfg.budget.max_presentations:,}")
     return stimset, attrs
+
+
+def _check_universal_deadline(cfg: Config, module, stimset: StimulusSet, targets: np.ndarray, params: PerturbParams,
+                              n_design: int, say) -> None:
+    """With ``compute.max_hours`` or ``compute.deadline`` set: time the model's passes (as the
+    engine's cost model does) and refuse universal problems that cannot end in time."""
+    if not cfg.universal.enabled or not (cfg.compute.max_hours > 0 or cfg.compute.deadline):
+        return
+    from rig.loop.budget import Estimate, check_deadline
+    from stimuli.cost import RunSize, measure_pass_rate
+
+    clean = stimset.pixels[stimset.kind == "clean"]
+    rate = measure_pass_rate(module, clean, targets, params, cfg.model.device, cfg.compute.probe_batches)
+    live = sum(1 for e in cfg.experiment.epsilons if e > 0)
+    size = RunSize(problems=len(targets) * live * 2, passes=universal_cost(cfg, params, len(targets), n_design),
+                   forward_rows=0, stimuli=0)
+    est = Estimate(size, rate, 1, rate.peak_bytes)
+    for line in est.lines():
+        say(f"universal {line}")
+    check_deadline(est, cfg.compute)
