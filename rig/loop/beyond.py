@@ -111,7 +111,7 @@ def add_beyond_stimuli(cfg: Config, stimset: StimulusSet, module, chosen_local: 
     info: dict = {"shared": [], "subspace": [], "lines": []}
     if not enabled(cfg):
         return stimset, info
-    objective = SiteObjective(module, cfg.model.device)
+    objective = SiteObjective(module, cfg.model.device, channels_last=params.channels_last, bf16=params.bf16)
     parts = _Parts(len(stimset), [], [], [], [])
     rng = np.random.default_rng([seed, 23])
     used = {int(p) for p in np.asarray(used_pool).ravel()}
