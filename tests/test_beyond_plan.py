@@ -25,6 +25,9 @@ class _Linear(nn.Module):
         self.readout_weight = w
         self.readout_bias = torch.zeros(w.shape[0])
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x) @ self.readout_weight.T + self.readout_bias
+
 
 @pytest.fixture(scope="module")
 def planned():
@@ -189,3 +192,17 @@ def test_universal_problems_that_cannot_end_in_time_are_refused(planned):
     cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]}, "universal": {"enabled": True},
                             "compute": {"max_hours": 100.0}})
     _check_universal_deadline(cfg, model, base, np.array([0, 2]), params, 3, said.append)
+
+
+def test_whitebox_universal_doubles_its_budget_and_reports_convergence():
+    from rig.loop.beyond_report import _best_universal
+    from stimuli.objective import SiteObjective
+
+    rng = np.random.default_rng(2)
+    w = torch.from_numpy(rng.normal(0, 0.1, (2, 3 * SIDE * SIDE))).float()
+    x = torch.from_numpy(rng.uniform(0.3, 0.7, (3, 3, SIDE, SIDE))).float()
+    obj = SiteObjective(_Linear(w), use_split=False)          # the generic path, as on the true counts
+    with obj.session():
+        sol, change = _best_universal(obj, x, 1, 0.5, -1, PerturbParams(restarts=2, steps=10, prune=False), seed=0)
+    assert sol.objective == pytest.approx(0.5 * float(w[1].norm()), rel=1e-3)   # a linear site's optimum
+    assert 0 <= change < 0.02                                                    # converged on doubling
