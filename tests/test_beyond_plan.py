@@ -206,3 +206,18 @@ def test_whitebox_universal_doubles_its_budget_and_reports_convergence():
         sol, change = _best_universal(obj, x, 1, 0.5, -1, PerturbParams(restarts=2, steps=10, prune=False), seed=0)
     assert sol.objective == pytest.approx(0.5 * float(w[1].norm()), rel=1e-3)   # a linear site's optimum
     assert 0 <= change < 0.02                                                    # converged on doubling
+
+
+def test_expected_stimuli_match_the_plan_and_refuse_before_any_compute(planned):
+    from rig.loop.presentations import check_expected_presentations, expected_stimuli
+
+    cfg, _, out, _ = planned
+    cfg = config_from_dict({**{k: v for k, v in cfg.to_dict().items() if k in ("experiment", "universal", "geometry")},
+                            "experiment": {"epsilons": [0.5, 1.0], "images_per_site": 3}})
+    want = expected_stimuli(cfg, n_clean=6, n_sites=2)
+    kinds, counts = np.unique(np.asarray(out.kind, str), return_counts=True)
+    assert want == dict(zip(kinds.tolist(), counts.tolist()))
+    small = config_from_dict({**{k: v for k, v in cfg.to_dict().items() if k in ("experiment", "universal", "geometry")},
+                              "budget": {"max_presentations": 10 * len(out) - 1}, "schedule": {"repeats": 10}})
+    with pytest.raises(UserError, match=rf"{len(out)} stimuli x schedule.repeats = 10 = {10 * len(out):,} presentations"):
+        check_expected_presentations(small, 6, 2)

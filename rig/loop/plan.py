@@ -35,6 +35,7 @@ from rig.loop.preflight import preflight
 from modelfit.store import load_fitted
 from rig.loop.compute import FittedModelFiles, generate_stimuli
 from rig.loop.beyond import plan_beyond
+from rig.loop.presentations import check_expected_presentations
 from stimuli.perturb import PerturbParams
 
 
@@ -105,6 +106,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     clean = screening.stimuli.pixels[pool[unique]]
     local = {int(g): i for i, g in enumerate(unique)}
     problems = [(local[int(chosen[k, j])], int(targets[k])) for k in range(len(targets)) for j in range(chosen.shape[1])]
+    check_expected_presentations(cfg, len(unique), len(targets))   # budget.max_presentations, before any compute
     params = PerturbParams.from_config_section({**asdict(cfg.perturb), "channels_last": cfg.model.channels_last,
                                                 "bf16": cfg.model.bf16})
     if progress:

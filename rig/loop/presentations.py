@@ -15,7 +15,7 @@ from analysis.geometry import presentations_for_halfwidth
 from analysis.universal import images_for_mean_change, presentations_for_mean_change
 from rig.config import Config
 from rig.errors import UserError
-from stimuli.geometry import line_coordinates
+from stimuli.geometry import line_coordinates, plane_coordinates
 from stimuli.stimset import StimulusSet
 
 
@@ -36,6 +36,46 @@ def check_presentations(cfg: Config, stimset: StimulusSet) -> int:
                         "schedule.repeats, experiment.images_per_site / sites_per_day / epsilons, universal.heldout_images, "
                         "universal.random_controls, geometry.pairs_per_site / steps_per_side / plane, or raise the budget")
     return total
+
+
+def expected_stimuli(cfg: Config, n_clean: int, n_sites: int) -> dict[str, int]:
+    """Stimuli per kind a plan will hold, from the config alone (before anything is generated):
+    ``n_clean`` distinct clean images, ``n_sites`` targets with ``experiment.images_per_site`` each."""
+    eps = list(cfg.experiment.epsilons)
+    live = sum(1 for e in eps if e > 0)
+    per = cfg.experiment.images_per_site
+    pairs = n_sites * per
+    out = {"clean": n_clean, "targeted": pairs * len(eps) * 2, "random": pairs * len(eps) * cfg.perturb.random_controls_per_image}
+    u, g = cfg.universal, cfg.geometry
+    if u.enabled:
+        out["clean"] += n_sites * (u.heldout_images + u.subspace_images)
+        out["universal"] = n_sites * live * 2 * (per + u.heldout_images)
+        out["universal_random"] = n_sites * live * u.random_controls * u.heldout_images
+        out["subspace"] = n_sites * live * 2 * u.subspace_images
+    if g.enabled and eps and max(eps) > 0:
+        line = line_coordinates(max(eps), g.steps_per_side)
+        points = 2 * len(line)
+        if g.plane:
+            axes = np.concatenate([np.stack([line, 0 * line], 1), np.stack([0 * line, line], 1)])
+            points += len(plane_coordinates(max(eps), g.plane_steps_per_side, skip=axes))
+        out["line"] = n_sites * min(g.pairs_per_site, per) * points
+    return {k: v for k, v in out.items() if v}
+
+
+def check_expected_presentations(cfg: Config, n_clean: int, n_sites: int) -> None:
+    """:func:`check_presentations` before generation, on :func:`expected_stimuli`'s counts (no
+    compute is spent on a plan that cannot be shown)."""
+    if not cfg.budget.max_presentations:
+        return
+    by = {k: v * cfg.schedule.repeats for k, v in expected_stimuli(cfg, n_clean, n_sites).items()}
+    total = sum(by.values())
+    if total > cfg.budget.max_presentations:
+        parts = ", ".join(f"{k} {v:,}" for k, v in by.items())
+        raise UserError(f"refusing to plan: {total // cfg.schedule.repeats:,} stimuli x schedule.repeats = "
+                        f"{cfg.schedule.repeats} = {total:,} presentations ({parts}) exceed budget.max_presentations = "
+                        f"{cfg.budget.max_presentations:,}; lower schedule.repeats, experiment.images_per_site / "
+                        "sites_per_day / epsilons, universal.heldout_images, universal.random_controls, "
+                        "geometry.pairs_per_site / steps_per_side / plane, or raise the budget")
 
 
 def noise_sd(counts: np.ndarray, stim_index: np.ndarray, valid: np.ndarray, channels: np.ndarray) -> float:
