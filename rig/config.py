@@ -356,6 +356,46 @@ class ReportConfig:
 
 
 @dataclass
+class UniversalConfig:
+    """Site-universal perturbations (issue 23): one delta per (site, epsilon, direction)."""
+
+    enabled: bool = False
+    heldout_images: int = key(4, low=0, high=100_000, expected="an integer >= 0 (held-out clean images per site)")
+    restarts: int = key(0, low=0, high=1_000_000, expected="an integer >= 0 (0: perturb.restarts)")
+    steps: int = key(0, low=0, high=1_000_000, expected="an integer >= 0 (0: perturb.steps)")
+    random_controls: int = key(1, low=0, high=1000, expected="an integer >= 0")
+    subspace_images: int = key(0, low=0, high=100_000, expected="an integer >= 0")
+    subspace_k: list[int] = key(factory=lambda: [1, 2, 4], low=1, high=100_000, nonempty=True,
+                                expected="a non-empty list of subspace sizes >= 1")
+    whitebox: bool = True
+
+    def check(self) -> Problems:
+        if self.enabled and self.heldout_images < 1:
+            return [("heldout_images", self.heldout_images, "an integer >= 1 when universal.enabled")]
+        return []
+
+
+@dataclass
+class GeometryConfig:
+    """Response along a line and on a plane through clean images (issue 23)."""
+
+    enabled: bool = False
+    pairs_per_site: int = key(1, low=1, high=100_000, expected="an integer >= 1")
+    steps_per_side: int = key(3, low=2, high=1000, expected="an integer >= 2 (a curvature needs >= 3 points with t = 0)")
+    plane: bool = False
+    plane_steps_per_side: int = key(2, low=1, high=100, expected="an integer >= 1")
+
+
+@dataclass
+class BudgetConfig:
+    """The day's presentation budget and the CI width the planner sizes analyses for (issue 23)."""
+
+    max_presentations: int = key(0, low=0, high=10**12, expected="an integer >= 0 (0 = no limit)")
+    ci_halfwidth_spikes: float = key(0.5, low=0, low_open=True, high=1e6, unit="spikes",
+                                     expected="a CI half-width > 0 (spikes)")
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     rsvp: RsvpConfig = field(default_factory=RsvpConfig)
@@ -381,6 +421,9 @@ class Config:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    universal: UniversalConfig = field(default_factory=UniversalConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

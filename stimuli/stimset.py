@@ -17,6 +17,17 @@ Provenance columns (one entry per stimulus):
   the analysis groups by this index and labels with the stored grid value.
 
 ``epsilons`` (not a per-stimulus column): the planned L2 norms, in the order the plan gave them.
+
+Beyond the paper (issue 23), the kinds ``"universal"`` (one model-designed delta shared by
+many images), ``"universal_random"`` (a model-free shared delta of the same norm),
+``"subspace"`` (along a site's top singular direction of its designs) and ``"line"`` (a
+point ``x + a u + b v`` on a line or plane through a clean image), with
+:attr:`StimulusSet.GEOMETRY_COLUMNS` (defaults for every other stimulus):
+
+- ``shared_delta``: id of the shared perturbation or line/plane it belongs to; -1 for none
+- ``design_role``: 1 the shared delta was designed on this image's parent, 2 held out, 0 none
+- ``coord_u`` / ``coord_v``: the shown perturbation's coordinates (L2 norm, pixels in [0,1])
+  along the designed direction ``u`` and a random direction ``v`` orthogonal to it; NaN for none
 """
 from __future__ import annotations
 
@@ -26,7 +37,7 @@ import numpy as np
 
 from modelfit.imageid import sha1_of  # the one image sha1 (re-exported: stimuli.stimset.sha1_of)
 
-KINDS = ("clean", "targeted", "random")
+KINDS = ("clean", "targeted", "random", "universal", "universal_random", "subspace", "line")
 
 
 def check_epsilon_index(index: np.ndarray, requested: np.ndarray, epsilons: np.ndarray) -> None:
@@ -53,10 +64,16 @@ class StimulusSet:
     budget_passes: np.ndarray = field(default=None)  # type: ignore[arg-type]
     epsilon_index: np.ndarray = field(default=None)  # type: ignore[arg-type]
     epsilons: np.ndarray = field(default=None)  # type: ignore[arg-type]  # the planned grid, (n_eps,)
+    shared_delta: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    design_role: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    coord_u: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    coord_v: np.ndarray = field(default=None)  # type: ignore[arg-type]
 
     COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction",
                "predicted_change", "budget_passes", "epsilon_index")
-    _DTYPES = {"parent": np.int64, "site": np.int64, "epsilon_requested": np.float64,
+    GEOMETRY_COLUMNS = ("shared_delta", "design_role", "coord_u", "coord_v")
+    _DTYPES = {"shared_delta": np.int64, "design_role": np.int8, "coord_u": np.float64, "coord_v": np.float64,
+               "parent": np.int64, "site": np.int64, "epsilon_requested": np.float64,
                "epsilon_shown": np.float64, "direction": np.int8, "predicted_change": np.float64,
                "budget_passes": np.int64, "epsilon_index": np.int64}
 
@@ -69,8 +86,9 @@ class StimulusSet:
         defaults = {"kind": np.array(["clean"] * n, dtype=object), "parent": np.full(n, -1),
                     "site": np.full(n, -1), "epsilon_requested": np.zeros(n), "epsilon_shown": np.zeros(n),
                     "direction": np.zeros(n), "predicted_change": np.full(n, np.nan),
-                    "budget_passes": np.zeros(n), "epsilon_index": np.full(n, -1)}
-        for col in self.COLUMNS:
+                    "budget_passes": np.zeros(n), "epsilon_index": np.full(n, -1), "shared_delta": np.full(n, -1),
+                    "design_role": np.zeros(n), "coord_u": np.full(n, np.nan), "coord_v": np.full(n, np.nan)}
+        for col in self.COLUMNS + self.GEOMETRY_COLUMNS:
             v = getattr(self, col)
             v = defaults[col] if v is None else np.asarray(v)
             v = v.astype(object) if col == "kind" else v.astype(self._DTYPES[col])

@@ -35,6 +35,8 @@ from rig.loop.fit import fit_days
 from rig.loop.preflight import preflight
 from modelfit.store import load_fitted
 from rig.loop.compute import FittedModelFiles, generate_stimuli
+from rig.loop.beyond import plan_beyond
+from rig.loop.presentations import check_expected_presentations
 from stimuli.perturb import PerturbParams
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     clean = screening.stimuli.pixels[pool[unique]]
     local = {int(g): i for i, g in enumerate(unique)}
     problems = [(local[int(chosen[k, j])], int(targets[k])) for k in range(len(targets)) for j in range(chosen.shape[1])]
+    check_expected_presentations(cfg, len(unique), len(targets))   # budget.max_presentations, before any compute
     params = PerturbParams.from_config_section({**asdict(cfg.perturb), "channels_last": cfg.model.channels_last,
                                                 "bf16": cfg.model.bf16})
     log.info(f"day {day}: perturbing {len(unique)} clean images for {len(targets)} sites at "
@@ -118,6 +121,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
                                                                    device=cfg.model.device),
                                source_factory=lambda: FittedModelFiles.from_paths(mpath, cfg.model.weights or None),
                                progress=progress, report=lambda line: log.info("day %d: %s", day, line))
+    stimset, beyond_attrs = plan_beyond(cfg, stimset, model, chosen, unique, targets, screening, pool, params, day, progress)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
@@ -135,7 +139,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     }
     write_plan(out, cfg, day, stimset, schedule, model_info=info,
                attrs={"planned_parent_separation_mean_min": mean_sep, "planned_parent_separation_min_min": min_sep,
-                      "random_init_model": bool(model.random_init)})
+                      "random_init_model": bool(model.random_init), **beyond_attrs})
     if min_sep < cfg.schedule.min_parent_separation_min:
         log.warning(f"day {day}: WARNING: some perturbed images are only {min_sep:.2f} min from their parents "
                     f"(asked for schedule.min_parent_separation_min = {cfg.schedule.min_parent_separation_min}); "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rig.loop.beyond_report import beyond_section
 from analysis import plots
 from analysis.summary import write_summary
 from rig.config import Config
@@ -119,6 +120,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
         figs.insert(0, fig1a)
     numbers, checks = _numbers(analyses, days)
     notes = _notes(folder, days, analyses, last, cache) + checks + fig1a_notes
+    notes += beyond_section(cfg, folder, out, last.day, cache, figs, progress)   # issue 23: universal / subspace / geometry
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary

@@ -122,7 +122,7 @@ REWARD_COLUMNS = [
 ]
 # (unit, description) of each stimulus provenance column (/stimuli/<column>)
 STIMULUS_COLUMNS = {
-    "kind": ("1", "clean | targeted | random"),
+    "kind": ("1", "clean | targeted | random | universal | universal_random | subspace | line"),
     "parent": ("1", "row of the clean parent; -1 for clean images"),
     "site": ("1", "channel the perturbation targets; -1 for none"),
     "epsilon_requested": ("L2 norm, pixels in [0,1]", "perturbation size asked for"),
@@ -131,6 +131,11 @@ STIMULUS_COLUMNS = {
     "predicted_change": ("spikes", "designing model's f_site(shown) - f_site(parent); NaN if none"),
     "budget_passes": ("passes", "forward+backward passes spent designing it"),
     "epsilon_index": ("1", "row of the planned grid (/stimuli attribute 'epsilons') it was made at; -1 for none"),
+    # issue 23 (universal / subspace / line stimuli); files without them read as the defaults
+    "shared_delta": ("1", "id of the shared perturbation or line/plane the stimulus belongs to; -1 for none"),
+    "design_role": ("1", "1: the shared perturbation was designed on this parent, 2: held out, 0: none"),
+    "coord_u": ("L2 norm, pixels in [0,1]", "shown perturbation along the designed direction u; NaN for none"),
+    "coord_v": ("L2 norm, pixels in [0,1]", "shown perturbation along a random direction v orthogonal to u; NaN for none"),
 }
 PRESENTATION_COLUMNS = [
     ("planned_index", "i8", "1", "slot in /schedule/stim_index this presentation fulfils"),
@@ -515,7 +520,7 @@ def _write_stimuli(st: h5py.Group, stimuli: StimulusSet) -> None:
     _describe(st.create_dataset("pixels", data=stimuli.pixels, chunks=(1, hh, ww, 3) if n else None),
               "uint8 RGB", "images exactly as displayed, (n_stim, H, W, 3); model input = pixels / 255")
     _describe(st.create_dataset("sha1", data=np.array(stimuli.ids, dtype="S40")), "hex", "sha1 of each image's uint8 bytes")
-    for col in StimulusSet.COLUMNS:
+    for col in StimulusSet.COLUMNS + StimulusSet.GEOMETRY_COLUMNS:
         v = getattr(stimuli, col)
         data = np.array([str(x) for x in v], dtype=h5py.string_dtype()) if col == "kind" else v
         _describe(st.create_dataset(col, data=data), *STIMULUS_COLUMNS[col])

@@ -472,7 +472,7 @@ def _add_misc(nwb, d: DayData, rows: np.ndarray) -> None:
     misc = nwb.create_processing_module(name="misc", description=f"itloop {version}: stimulus provenance, "
                                                                  "presentations not shown, clock sync pulses")
     cols, dropped = [], []
-    for c in type(ss).COLUMNS:  # 'parent' would shadow an hdmf attribute: the column is 'parent_index'
+    for c in type(ss).COLUMNS + type(ss).GEOMETRY_COLUMNS:  # 'parent' would shadow an hdmf attribute: the column is 'parent_index'
         values = np.asarray(getattr(ss, c))
         if c != "kind" and values.dtype.kind == "f" and len(values) and np.isnan(values).all():
             dropped.append(c)

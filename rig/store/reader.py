@@ -200,7 +200,7 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         if name in h5:     # a version-1 file may lack eye and rewards: upgrade() adds them
             tables.update({f"{name}/{k}": v[:] for k, v in h5[name].items()})
     st = h5["stimuli"]
-    cols = {c: st[c][:] for c in StimulusSet.COLUMNS if c in st}
+    cols = {c: st[c][:] for c in StimulusSet.COLUMNS + StimulusSet.GEOMETRY_COLUMNS if c in st}
     cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
     grid = st.attrs["epsilons"] if "epsilons" in st.attrs else None
     cfg = h5["config_toml"][()]
