@@ -194,7 +194,10 @@ class PerturbConfig:
     early_stop_patience: int = 5
     early_stop_tolerance: float = 1e-4
     random_controls_per_image: int = 1
-    max_batch_rows: int = 64
+    max_batch_rows: int = 0      # 0 = as large as fits the device (measured once per process)
+    precision: Literal["fp32", "tf32", "bf16", "auto"] = "auto"
+    memory_format: Literal["contiguous", "channels_last", "auto"] = "auto"
+    compile: Literal["off", "on", "auto"] = "auto"
 
     def check(self):
         # one set of rules for the config and the engine (stimuli.params.PerturbParams)
@@ -723,7 +726,7 @@ LIMITS: dict[tuple[str, str], tuple[float, float]] = {
     ("readout", "score_splits"): (1, 100_000),
     ("perturb", "restarts"): (1, 1_000_000), ("perturb", "steps"): (1, 1_000_000), ("perturb", "prune_rounds"): (1, 1000),
     ("perturb", "early_stop_patience"): (1, 1_000_000), ("perturb", "random_controls_per_image"): (0, 1000),
-    ("perturb", "max_batch_rows"): (1, 10_000_000), ("perturb", "early_stop_tolerance"): (0, 1e6),
+    ("perturb", "max_batch_rows"): (0, 10_000_000), ("perturb", "early_stop_tolerance"): (0, 1e6),
     ("sim", "n_channels"): (1, 100_000), ("sim", "hidden_width"): (1, 100_000), ("sim", "baseline_hz"): (0, 10_000),
     ("sim", "peak_hz"): (0, 10_000), ("sim", "drive_gain"): (-1e6, 1e6), ("sim", "latency_ms"): (0, 10_000),
     ("sim", "gain_noise_cv"): (0, 100), ("sim", "smoothing_px"): (0, 4096), ("sim", "clock_offset_s"): (-1e9, 1e9),

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from stimuli.controls import random_stimuli
+from stimuli.modes import EngineMode, fitting_batch_rows, resolve_mode
 from stimuli.objective import SiteObjective
 from stimuli.params import PerturbParams  # noqa: F401  (public here too: stimuli.perturb.PerturbParams)
 from stimuli.projection import L2BoxSet
@@ -300,7 +301,8 @@ class _Search:
         return _Rows.cat([batch] + add) if add else batch
 
     def _evaluate(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward+backward pass for every row: ``s * (f(x + delta) - f(x))`` and its gradient."""
+        """One forward+backward pass for every row: ``s * (f(x + delta) - f(x))`` and its gradient
+        (the one place where a transform of the input gradient would go, before the step)."""
         val, grad = self.objective.value_and_grad(rows.x0 + rows.delta, rows.site, rows.sign)
         val = val - self.problems.f0[rows.problem]
         self.row_passes += len(rows)
@@ -379,6 +381,9 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
     ``clean_values``: optional (N, S) model predictions on the clean images.
     """
     params.check()
+    if params.max_batch_rows < 1:
+        raise ValueError("max_batch_rows = 0 must be resolved to a batch first (stimuli.perturb.prepare_engine)")
+    clean = clean.contiguous(memory_format=objective.mode.torch_format)   # the step's one layout
     dev = clean.device
     image_t = torch.as_tensor(np.asarray(image, dtype=np.int64), device=dev)
     site_t = torch.as_tensor(np.asarray(site, dtype=np.int64), device=dev)
@@ -453,16 +458,140 @@ def _to_float(clean: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(clean).to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
+@dataclass
+class Expanded:
+    """Problems expanded to every epsilon in both directions: one entry per output row,
+    problem-major, then epsilon, then direction (+1, -1)."""
+
+    pair: np.ndarray       # index into the (image, site) pairs
+    image: np.ndarray      # clean image index
+    site: np.ndarray
+    epsilon: np.ndarray    # L2 radius (pixels in [0,1]), float64
+    epsilon_index: np.ndarray
+    sign: np.ndarray       # +1 or -1
+
+    def __len__(self) -> int:
+        return len(self.pair)
+
+
+def expand_problems(images: Sequence[int], sites: Sequence[int], epsilons: Sequence[float]) -> Expanded:
+    """Every (image, site) pair at every epsilon, direction +1 then -1 (the engine's output order)."""
+    img, sites = np.asarray(images, dtype=np.int64), np.asarray(sites, dtype=np.int64)
+    pi = np.repeat(np.arange(len(img)), len(epsilons) * 2)
+    ei = np.tile(np.repeat(np.arange(len(epsilons)), 2), len(img))
+    sg = np.tile([1, -1], len(img) * len(epsilons))
+    return Expanded(pi, img[pi], sites[pi], np.asarray(epsilons, dtype=np.float64)[ei], ei, sg)
+
+
+# ----------------------------------------------------------------------------- one block of problems
+def prepare_engine(model, x: torch.Tensor, params: PerturbParams, device: str = "cpu",
+                   uncompiled_seconds: float | None = None) -> tuple[SiteObjective, PerturbParams]:
+    """The objective to solve with and ``params`` resolved for ``device``: ``auto`` modes chosen
+    (:func:`stimuli.modes.resolve_mode`) and ``max_batch_rows = 0`` measured
+    (:func:`stimuli.modes.fitting_batch_rows`, once per process). ``x``: (N, 3, H, W) clean
+    images in [0,1]."""
+    params = resolve_mode(params.check(), device, uncompiled_seconds)
+    mode = EngineMode.of(params)
+    if params.max_batch_rows == 0:
+        probe = SiteObjective(model, device, dataclasses.replace(mode, compile=False))
+        with probe.session():
+            rows = fitting_batch_rows(probe, x.contiguous(memory_format=mode.torch_format))
+        params = dataclasses.replace(params, max_batch_rows=rows)
+    return SiteObjective(model, device, mode, batch_rows=params.max_batch_rows), params
+
+
+@dataclass
+class Block:
+    """What :func:`solve_block` made: the targeted stimuli and the random controls (None when
+    there are none; parents index the full clean set) and the passes spent."""
+
+    targeted: StimulusSet | None
+    controls: StimulusSet | None
+    passes: int
+
+
+def solve_block(objective: SiteObjective, clean: np.ndarray, clean_values: torch.Tensor,
+                problems: Sequence[tuple[int, int]], epsilons: list[float], params: PerturbParams, seed: int,
+                progress: bool = False) -> Block:
+    """The stimuli of ``problems`` (any block of a day's (image, site) pairs: all of them in a
+    single run, one shard on Dask): every pair at every epsilon in both directions, solved,
+    quantised to uint8 and re-predicted, then its random controls.
+
+    ``clean``: the day's full uint8 clean set (image indices are part of every seed);
+    ``clean_values``: the (N, S) float32 predictions on it (:meth:`SiteObjective.predict_all_batched`
+    in batches of ``max_batch_rows``); ``params`` resolved (:func:`prepare_engine`). Call inside
+    ``objective.session()``. A pure function of its arguments: a block's stimuli are exactly
+    those of the same problems in a larger block (row-separable models, bit for bit).
+    """
+    img, sites = validate_problems(list(problems), len(clean), clean_values.shape[1])
+    ex = expand_problems(img, sites, epsilons)
+    n_u, dev, b = len(ex), objective.device, params.max_batch_rows
+    if n_u:  # one probe pass: a model with no gradient fails here, with its message
+        objective.plain().value_and_grad(_to_float(clean[:1], dev), torch.tensor([int(ex.site[0])]), torch.ones(1))
+    x = _to_float(clean, dev).contiguous(memory_format=objective.mode.torch_format)
+    shown = np.empty((n_u,) + clean.shape[1:], dtype=np.uint8)
+    eps_shown = np.zeros(n_u)
+    budget = np.zeros(n_u, dtype=np.int64)
+    for sol in iter_solutions(objective, x, ex.image, ex.site, ex.epsilon, ex.sign, params, seed, progress,
+                              clean_values):
+        k = sol.problem
+        shown[k], eps_shown[k] = quantize_perturbation(clean[ex.image[k]], sol.delta.permute(1, 2, 0).numpy(),
+                                                       ex.epsilon[k])
+        budget[k] = sol.passes
+    targeted = None
+    if n_u:
+        targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=np.full(n_u, -1),
+                               site=ex.site, epsilon_requested=ex.epsilon, epsilon_shown=eps_shown,
+                               direction=ex.sign, budget_passes=budget, epsilon_index=ex.epsilon_index,
+                               predicted_change=_predicted_change(objective, clean, shown, ex.image, ex.site,
+                                                                  clean_values, b),
+                               epsilons=epsilons)
+        targeted.parent = ex.image.copy()   # parents index the full clean set, which may be longer than this set
+    controls = None
+    if params.random_controls_per_image > 0 and len(img):
+        controls = _controls(objective, clean, img, sites, epsilons, params.random_controls_per_image, seed,
+                             clean_values, b)
+    return Block(targeted, controls, int(budget.sum()))
+
+
+def _controls(objective: SiteObjective | None, clean: np.ndarray, parents: np.ndarray, sites: np.ndarray | None,
+              epsilons: list[float], n_per_image: int, seed: int, clean_values: torch.Tensor | None,
+              batch: int) -> StimulusSet:
+    """The model-free controls (:func:`stimuli.controls.random_stimuli`), with their predicted
+    change where there is a model and sites; parents index ``clean``."""
+    ctrl = random_stimuli(clean, parents, sites, epsilons, n_per_image, seed)
+    if objective is not None and sites is not None and clean_values is not None and len(ctrl):
+        ctrl.predicted_change = _predicted_change(objective, clean, ctrl.pixels, ctrl.parent, ctrl.site,
+                                                  clean_values, batch)
+    return ctrl
+
+
+def _predicted_change(objective: SiteObjective, clean: np.ndarray, shown: np.ndarray, parents: np.ndarray,
+                      sites: np.ndarray, clean_values: torch.Tensor, batch: int) -> np.ndarray:
+    """``f_site(shown) - f_site(parent)`` (spikes, float32 model) in batches of ``batch``;
+    exactly 0 where the shown image is its parent (not float noise)."""
+    out = np.zeros(len(shown))
+    base = clean_values[parents, sites]
+    for i in range(0, len(shown), batch):
+        xb = _to_float(shown[i:i + batch], objective.device)
+        f = objective.predict(xb, torch.as_tensor(np.asarray(sites[i:i + batch]), device=xb.device))
+        out[i:i + batch] = (f - base[i:i + batch].to(f.device)).double().cpu().numpy()
+    same = np.array([np.array_equal(shown[k], clean[parents[k]]) for k in range(len(shown))], dtype=bool)
+    return np.where(same, 0.0, out)
+
+
 # ----------------------------------------------------------------------------- entry points
 def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
                            params: PerturbParams | None = None, seed: int = 0, device: str = "cpu",
                            progress: bool = True) -> StimulusSet:
-    """Targeted perturbations of every problem at every epsilon in both directions.
+    """Targeted perturbations of every problem at every epsilon in both directions: one block
+    (:func:`solve_block`) holding every problem.
 
     ``model``: images (B,3,H,W) in [0,1] -> (B, S) predictions (spikes); a module exposing
     ``backbone``/``readout_weight``/``readout_bias`` takes the fast path
     (:mod:`stimuli.objective`). ``clean``: uint8 (N, H, W, 3). ``problems``: (clean image
-    index, site index) pairs. ``epsilons``: L2 norms (pixels in [0,1]).
+    index, site index) pairs. ``epsilons``: L2 norms (pixels in [0,1]). ``params``' ``auto``
+    settings and ``max_batch_rows = 0`` are resolved for ``device`` (:func:`prepare_engine`).
 
     Returns a :class:`StimulusSet`: the N clean images (kind "clean"), then per problem,
     per epsilon, direction +1 then -1, one "targeted" stimulus, then (if
@@ -470,69 +599,26 @@ def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, i
     and epsilon. ``epsilon_shown <= epsilon_requested`` always; ``predicted_change`` is
     ``f_site(shown) - f_site(clean)`` recomputed on the shown uint8 image.
     """
-    params = (params or PerturbParams()).check()
     clean = validate_images(clean)
     eps_list = validate_epsilons(epsilons)
-    objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
     x = _to_float(clean, device)
+    objective, params = prepare_engine(model, x, params or PerturbParams(), device)
     with objective.session():
         clean_values = objective.predict_all_batched(x, params.max_batch_rows)
-        img, sites = validate_problems(problems, len(clean), clean_values.shape[1])
-        # rows of the output: problem-major, then epsilon, then direction (+1, -1)
-        pi = np.repeat(np.arange(len(img)), len(eps_list) * 2)
-        ei = np.tile(np.repeat(np.arange(len(eps_list)), 2), len(img))
-        sg = np.tile([1, -1], len(img) * len(eps_list))
-        u_img, u_site, u_eps = img[pi], sites[pi], np.asarray(eps_list)[ei]
-        if len(pi):  # one probe pass: a model with no gradient fails here, with its message
-            objective.value_and_grad(x[:1], torch.tensor([int(u_site[0])]), torch.ones(1))
-        n_u = len(pi)
-        shown = np.empty((n_u,) + clean.shape[1:], dtype=np.uint8)
-        eps_shown = np.zeros(n_u)
-        budget = np.zeros(n_u, dtype=np.int64)
-        for sol in iter_solutions(objective, x, u_img, u_site, u_eps, sg, params, seed, progress, clean_values):
-            k = sol.problem
-            d = sol.delta.permute(1, 2, 0).numpy()
-            shown[k], eps_shown[k] = quantize_perturbation(clean[u_img[k]], d, u_eps[k])
-            budget[k] = sol.passes
-        change = _predicted_change(objective, shown, u_site, clean_values[u_img, u_site], params.max_batch_rows, device)
-        change = _zero_where_unchanged(change, shown, clean, u_img)
-        targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=np.full(n_u, -1),
-                               site=u_site, epsilon_requested=u_eps, epsilon_shown=eps_shown, direction=sg,
-                               predicted_change=change, budget_passes=budget, epsilon_index=ei, epsilons=eps_list)
-        # parents index the clean set this is joined to, which may be longer than this set
-        targeted.parent = np.asarray(u_img, dtype=np.int64)
-        parts = [StimulusSet(clean), targeted]
-        if params.random_controls_per_image > 0 and len(img):
-            ctrl = random_stimuli(clean, img, sites, eps_list, params.random_controls_per_image, seed)
-            ctrl.predicted_change = _predicted_change(objective, ctrl.pixels, ctrl.site,
-                                                      clean_values[ctrl.parent, ctrl.site], params.max_batch_rows, device)
-            ctrl.predicted_change = _zero_where_unchanged(ctrl.predicted_change, ctrl.pixels, clean, ctrl.parent)
-            parts.append(ctrl)
-    return _join_with_clean(parts)
+        block = solve_block(objective, clean, clean_values, problems, eps_list, params, seed, progress)
+    return join_with_clean(clean, [block.targeted, block.controls], eps_list)
 
 
-def _join_with_clean(parts: list[StimulusSet]) -> StimulusSet:
-    """Concatenate [clean, derived...] where derived parents index the clean prefix."""
-    clean, derived = parts[0], parts[1:]
-    cols = {c: np.concatenate([getattr(p, c) for p in parts]) for c in StimulusSet.COLUMNS}
-    grid = derived[0].epsilons if derived else clean.epsilons  # every derived part was made on one grid
-    return StimulusSet(np.concatenate([p.pixels for p in parts]), **cols, epsilons=grid) if derived else clean
+def join_with_clean(clean: np.ndarray, parts: Sequence[StimulusSet | dict | None], epsilons: list[float]) -> StimulusSet:
+    """The clean images (kind "clean") followed by ``parts`` (StimulusSets, or dicts of their
+    ``pixels`` and columns; None skipped), whose parents index the clean prefix, on the
+    epsilon grid ``epsilons``."""
+    def col(p, c):
+        return p[c] if isinstance(p, dict) else getattr(p, c)
 
-
-def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.ndarray, clean_site_values: torch.Tensor,
-                      batch: int, device) -> np.ndarray:
-    out = np.zeros(len(pixels))
-    for i in range(0, len(pixels), batch):
-        xb = _to_float(pixels[i:i + batch], device)
-        f = objective.predict(xb, torch.as_tensor(np.asarray(sites[i:i + batch]), device=xb.device))
-        out[i:i + batch] = (f - clean_site_values[i:i + batch].to(f.device)).double().cpu().numpy()
-    return out
-
-
-def _zero_where_unchanged(change: np.ndarray, shown: np.ndarray, clean: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """A shown image identical to its parent changes nothing: exactly 0, not float noise."""
-    same = np.array([np.array_equal(shown[k], clean[parents[k]]) for k in range(len(shown))], dtype=bool)
-    return np.where(same, 0.0, change)
+    parts = [StimulusSet(clean)] + [p for p in parts if p is not None]
+    cols = {c: np.concatenate([col(p, c) for p in parts]) for c in ("pixels",) + StimulusSet.COLUMNS}
+    return StimulusSet(cols.pop("pixels"), **cols, epsilons=epsilons)
 
 
 def random_controls(clean: np.ndarray, parents: Sequence[int], epsilons: list[float], n_per_image: int,
@@ -555,13 +641,12 @@ def random_controls(clean: np.ndarray, parents: Sequence[int], epsilons: list[fl
         sites = np.asarray(sites, dtype=np.int64).reshape(-1)
         if len(sites) != len(parents):
             raise ValueError(f"sites must give one site per parent; got {len(sites)} sites for {len(parents)} parents")
-    ctrl = random_stimuli(clean, parents, sites, eps_list, int(n_per_image), seed)
-    if model is not None and sites is not None and len(ctrl):
-        objective = SiteObjective(model, device)
-        with objective.session():
-            x = _to_float(clean, device)
-            cv = objective.predict_all_batched(x, 64)
-            validate_problems(list(zip(parents.tolist(), sites.tolist())), len(clean), cv.shape[1])
-            ctrl.predicted_change = _predicted_change(objective, ctrl.pixels, ctrl.site, cv[ctrl.parent, ctrl.site], 64, device)
-            ctrl.predicted_change = _zero_where_unchanged(ctrl.predicted_change, ctrl.pixels, clean, ctrl.parent)
-    return _join_with_clean([StimulusSet(clean), ctrl])
+    if model is None or sites is None or not len(parents) * len(eps_list) * n_per_image:
+        return join_with_clean(clean, [_controls(None, clean, parents, sites, eps_list, int(n_per_image), seed,
+                                                 None, 64)], eps_list)
+    objective = SiteObjective(model, device)
+    with objective.session():
+        cv = objective.predict_all_batched(_to_float(clean, device), 64)
+        validate_problems(list(zip(parents.tolist(), sites.tolist())), len(clean), cv.shape[1])
+        ctrl = _controls(objective, clean, parents, sites, eps_list, int(n_per_image), seed, cv, 64)
+    return join_with_clean(clean, [ctrl], eps_list)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from modelfit.backbone import file_sha256
 from rig import __version__
 from rig.config import Config
 from rig.loop.record import slot_seconds
@@ -32,7 +31,6 @@ from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
 from rig.loop.fit import fit_days
 from rig.loop.preflight import preflight
-from modelfit.store import load_fitted
 from rig.loop.compute import FittedModelFiles, generate_stimuli
 from stimuli.perturb import PerturbParams
 
@@ -95,7 +93,8 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
         if not days.read(p).complete:  # read once: the refit below pools these same days
             raise UserError(f"{p} is not complete; finish it with `itloop day run --day {d} --out {folder} --resume`")
     mpath = ensure_model(cfg, folder, day - 1, progress, days)
-    model = load_fitted(mpath)
+    source = FittedModelFiles.from_paths(mpath, cfg.model.weights or None)   # each file read once
+    model = source.fitted()
     targets = target_sites(model, cfg.experiment.sites_per_day)
     screening = days.read(day_path(folder, 0))
     pool = np.flatnonzero(screening.stimuli.kind == "clean")
@@ -104,19 +103,16 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     clean = screening.stimuli.pixels[pool[unique]]
     local = {int(g): i for i, g in enumerate(unique)}
     problems = [(local[int(chosen[k, j])], int(targets[k])) for k in range(len(targets)) for j in range(chosen.shape[1])]
-    params = PerturbParams.from_config_section({**asdict(cfg.perturb), "channels_last": cfg.model.channels_last,
-                                                "bf16": cfg.model.bf16})
+    params = PerturbParams.from_config_section(cfg.perturb)
     if progress:
         print(f"day {day}: perturbing {len(unique)} clean images for {len(targets)} sites at "
               f"{len(cfg.experiment.epsilons)} epsilons, both directions ({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)",
               flush=True)
-    stimset = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
-                               seed=cfg.day_seed(day), device=cfg.model.device,
-                               module_factory=lambda: model.module(weights=cfg.model.weights or None,
-                                                                   device=cfg.model.device),
-                               source_factory=lambda: FittedModelFiles.from_paths(mpath, cfg.model.weights or None),
-                               progress=progress, report=(lambda line: print(f"day {day}: {line}", flush=True))
-                               if progress else None)
+    stimset, params = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
+                                       seed=cfg.day_seed(day), device=cfg.model.device, source=source,
+                                       progress=progress,
+                                       report=(lambda line: print(f"day {day}: {line}", flush=True))
+                                       if progress else None)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
@@ -124,7 +120,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
                               cfg.day_seed(day), slot_seconds(cfg), cfg.schedule.min_parent_separation_min)
     mean_sep, min_sep = schedule.parent_separation_min(stimset.parent)
     info = {
-        "model_file": mpath.name, "model_sha256": file_sha256(mpath), "backbone": model.backbone_name,
+        "model_file": mpath.name, "model_sha256": source.fitted_sha256, "backbone": model.backbone_name,
         "layer": model.layer, "weights_sha256": model.weights_sha256, "random_init": bool(model.random_init),
         "site_channels": site_channels, "target_channels": site_channels[targets],
         "coef": np.asarray(model.coef), "intercept": np.asarray(model.intercept),
