@@ -12,7 +12,7 @@ for one device, so a plan records what actually ran.
   forward+input-backward rate on the 2-core development VM), fp32 + contiguous elsewhere;
   compile only when the run is long enough to repay it (:data:`COMPILE_PAYS_AFTER_S`).
 
-One policy for the whole step (:class:`EngineMode`): the network runs in the mode's dtype and
+One policy for the whole step (:class:`EngineMode`): the network runs in the mode's precision and
 layout (a prepared copy of the user's module: weights converted once, not per step), the
 engine's per-row state (iterates, gradients, box bounds) lives in the same layout in float32,
 and the projection works in that layout's memory order, so no tensor changes layout inside a
@@ -76,11 +76,6 @@ class EngineMode:
     def torch_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The network's dtype (weights and input)."""
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
-
     def describe(self) -> str:
         return f"{self.precision}, {self.memory_format}, compile {'on' if self.compile else 'off'}"
 
@@ -120,8 +115,10 @@ _PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDiction
 def engine_network(module, mode: EngineMode, device: torch.device):
     """The network the gradient passes run: ``module`` itself in the plain mode, otherwise a
     copy in eval mode without parameter gradients, on ``device``, with its weights in the mode's
-    dtype and layout, compiled if asked (``dynamic=False``: the objective pads every batch to
-    one size). Prepared once per process for each (module, mode, device)."""
+    layout (converted once here, not inside every convolution of every step), compiled if asked
+    (``dynamic=False``: the objective pads every batch to one size). Prepared once per process
+    for each (module, mode, device). bf16 runs it under autocast (:func:`precision_context`):
+    weights stay float32, so any module works (also ones holding plain float32 tensors)."""
     if mode.plain or not isinstance(module, nn.Module):
         return module
     cache = _PREPARED.setdefault(module, {})
@@ -132,8 +129,6 @@ def engine_network(module, mode: EngineMode, device: torch.device):
             p.requires_grad_(False)
         if mode.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        if mode.precision == "bf16":
-            net = net.to(torch.bfloat16)
         if mode.compile:
             net = torch.compile(net, dynamic=False)
         cache[key] = net
@@ -141,9 +136,16 @@ def engine_network(module, mode: EngineMode, device: torch.device):
 
 
 @contextlib.contextmanager
-def precision_context(mode: EngineMode, device: torch.device):
-    """On CUDA: TF32 tensor cores allowed for convolutions and matmuls only in ``tf32`` (fp32
-    means IEEE fp32 there; cuDNN's own default would be TF32). Elsewhere nothing changes."""
+def precision_context(mode: EngineMode, device: torch.device, forward: bool = True):
+    """The forward and input-backward's precision: bf16 = bfloat16 autocast (matmuls and
+    convolutions in bf16, reductions and the engine's state in float32). On CUDA, TF32 tensor
+    cores are allowed for fp32 convolutions and matmuls only in ``tf32`` (fp32 means IEEE fp32
+    there; cuDNN's own default would be TF32). On CPU fp32 and tf32 are the same. ``forward``
+    False: for the backward (no autocast; the forward's dtypes carry over)."""
+    if mode.precision == "bf16" and forward:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+        return
     if device.type != "cuda":
         yield
         return

@@ -114,10 +114,9 @@ class SiteObjective:
         """Float32 on the device, in NCHW (the model as given)."""
         return x.to(self.device, torch.float32).contiguous()
 
-    def _padded(self, xin: torch.Tensor) -> torch.Tensor:
-        """``xin`` in the network's dtype, padded with zero images to :attr:`batch_rows` rows
-        when compiled (one static shape), else as is."""
-        x = xin.to(self.mode.dtype)
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded with zero images to :attr:`batch_rows` rows when compiled (one static
+        shape), else as is."""
         short = self.batch_rows - len(x) if self.mode.compile else 0
         if short > 0:
             x = torch.cat([x, torch.zeros((short,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -178,10 +177,11 @@ class SiteObjective:
                 col = pred[:n].gather(1, site[:, None]).squeeze(1)
                 value = sign * col.detach().float()
                 out, gout = col, sign.to(col.dtype)
-            if not out.requires_grad:
-                raise ValueError("the model's output does not depend differentiably on the input image "
-                                 "(no gradient: torch.no_grad, .detach() or non-torch code inside the model?); "
-                                 "pass a model whose predictions are differentiable with respect to the pixels")
+        if not out.requires_grad:
+            raise ValueError("the model's output does not depend differentiably on the input image "
+                             "(no gradient: torch.no_grad, .detach() or non-torch code inside the model?); "
+                             "pass a model whose predictions are differentiable with respect to the pixels")
+        with precision_context(self.mode, self.device, forward=False):
             (grad,) = torch.autograd.grad(out, xin, grad_outputs=gout, allow_unused=True)
         if grad is None:
             raise ValueError("the model's output does not depend on the input image (its gradient is None); "
