@@ -57,7 +57,7 @@ from stimuli.controls import random_stimuli
 from stimuli.modes import EngineMode, fitting_batch_rows, resolve_mode
 from stimuli.objective import SiteObjective
 from stimuli.params import PerturbParams  # noqa: F401  (public here too: stimuli.perturb.PerturbParams)
-from stimuli.projection import L2BoxSet
+from stimuli.projection import L2BoxSet, host_syncs_are_free
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
 
@@ -171,8 +171,14 @@ def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.T
 
 def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> None:
     """Rows that made progress take the iterate just evaluated (``rows.delta``, ``grad``) as
-    their anchor. Copies only the smaller side: when most rows progressed, the few that did
-    not write their old anchor into the fresh tensors, which then become the anchors."""
+    their anchor. On CPU copies only the smaller side: when most rows progressed, the few that
+    did not write their old anchor into the fresh tensors, which then become the anchors. On an
+    accelerator one select (no host synchronisation to count the rows; the same values)."""
+    if not host_syncs_are_free(progress):
+        keep = progress.reshape((-1,) + (1,) * (rows.delta.dim() - 1))
+        rows.anchor = torch.where(keep, rows.delta, rows.anchor)
+        rows.anchor_grad = torch.where(keep, grad, rows.anchor_grad)
+        return
     n_prog = int(progress.sum())
     if n_prog == 0:
         return
@@ -239,7 +245,7 @@ class _Search:
         self.best_val = torch.full((n_prob,), -math.inf)
         self.best_restart = torch.full((n_prob,), params.restarts, dtype=torch.long)
         self.best_delta: dict[int, torch.Tensor] = {}
-        self.passes = torch.zeros(n_prob, dtype=torch.long)
+        self.passes = torch.zeros(n_prob, dtype=torch.long, device=clean.device)   # read when a problem ends
         self.outstanding = torch.full((n_prob,), params.restarts, dtype=torch.long)
         self.parked: dict[int, list[_Rows]] = {}
         self.resumed: deque[_Rows] = deque()
@@ -306,7 +312,7 @@ class _Search:
         val, grad = self.objective.value_and_grad(rows.x0 + rows.delta, rows.site, rows.sign)
         val = val - self.problems.f0[rows.problem]
         self.row_passes += len(rows)
-        self.passes.index_add_(0, rows.problem.cpu(), torch.ones(len(rows), dtype=torch.long))
+        self.passes.index_add_(0, rows.problem, torch.ones(len(rows), dtype=torch.long, device=rows.problem.device))
         rows.it += 1
         return val, grad
 

@@ -25,6 +25,13 @@ import torch
 BISECTION_STEPS = 30  # on the clipped coordinates only, then an exact finish
 
 
+def host_syncs_are_free(t: torch.Tensor) -> bool:
+    """True on CPU: reading a tensor's value on the host costs nothing there. On an accelerator
+    every read (``bool(t.any())``, ``int(...)``) waits for the device's queue, so the engine
+    avoids the reads it can do without (with the same results)."""
+    return t.device.type == "cpu"
+
+
 def _nhwc(t: torch.Tensor) -> bool:
     """True for a 4-d tensor stored channels_last (and not also plainly contiguous)."""
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
@@ -112,13 +119,14 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     # bracket: at t_lo = r/||v|| the unclipped norm is r, so the clipped one is <= r
     t_lo = (r2 / vnorm2.clamp_min(1e-30)).sqrt().clamp(max=1.0)
     t_hi = torch.ones_like(t_lo)
+    check_fixed_point = host_syncs_are_free(v)           # elsewhere all steps run (same result, no read)
     for _ in range(BISECTION_STEPS if k else 0):
         t = (t_lo + t_hi).mul_(0.5)
         t2 = t * t                                       # norm^2 at t: t^2 * free + clipped terms
         n2 = torch.where(tau <= t[:, None], cb2, t2[:, None] * cv2).sum(1).add_(t2 * free2)
         inside = n2 <= r2
         new_lo, new_hi = torch.where(inside, t, t_lo), torch.where(inside, t_hi, t)
-        if torch.equal(new_lo, t_lo) and torch.equal(new_hi, t_hi):
+        if check_fixed_point and torch.equal(new_lo, t_lo) and torch.equal(new_hi, t_hi):
             break                                        # a fixed point in float: later steps change nothing
         t_lo, t_hi = new_lo, new_hi
     # exact finish: with the clipped set of t_hi fixed, t^2 * A + C = r^2 on the bracket

@@ -178,3 +178,24 @@ def test_compiled_engine_gives_the_fp32_answer():
     _, _, got = _solve(model, clean, dict(compile="on"))
     want, have = _rescored(model, x, prob, ref), _rescored(model, x, prob, got)
     assert abs(have.mean() - want.mean()) <= 0.01 * abs(want.mean())
+
+
+def test_the_accelerator_branches_without_host_reads_give_the_same_bits(monkeypatch):
+    """On an accelerator the engine skips host reads it can do without (the projection's
+    fixed-point test, counting progressed rows): forced here on CPU, every bit is the same."""
+    import stimuli.perturb as perturb
+    import stimuli.projection as projection
+
+    model = ConvLinear()
+    clean = _clean(3, seed=8)
+    params = dict(PARAMS, restarts=4, steps=16, prune=True, prune_keep_fraction=0.5, early_stop=True,
+                  early_stop_patience=2, early_stop_tolerance=1e-2)
+    want = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**params), seed=3,
+                                  progress=False)
+    monkeypatch.setattr(projection, "host_syncs_are_free", lambda t: False)
+    monkeypatch.setattr(perturb, "host_syncs_are_free", lambda t: False)
+    got = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**params), seed=3,
+                                 progress=False)
+    assert np.array_equal(want.pixels, got.pixels)
+    for c in want.COLUMNS:
+        assert np.array_equal(getattr(want, c), getattr(got, c), equal_nan=c == "predicted_change"), c
