@@ -39,13 +39,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository, when run as a script
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from perturb_bench import images as float_images, problems, site_model  # noqa: E402
+from perturb_bench import images as float_images
+from perturb_bench import problems, site_model
 
-MODES = [("fp32", dict(precision="fp32", memory_format="contiguous", compile="off")),
-         ("tf32", dict(precision="tf32", memory_format="contiguous", compile="off")),
-         ("bf16", dict(precision="bf16", memory_format="contiguous", compile="off")),
-         ("bf16+channels_last", dict(precision="bf16", memory_format="channels_last", compile="off")),
-         ("auto", dict(precision="auto", memory_format="auto", compile="auto"))]
+MODES = [("fp32", {"precision": "fp32", "memory_format": "contiguous", "compile": "off"}),
+         ("tf32", {"precision": "tf32", "memory_format": "contiguous", "compile": "off"}),
+         ("bf16", {"precision": "bf16", "memory_format": "contiguous", "compile": "off"}),
+         ("bf16+channels_last", {"precision": "bf16", "memory_format": "channels_last", "compile": "off"}),
+         ("auto", {"precision": "auto", "memory_format": "auto", "compile": "auto"})]
 
 
 def sync(device: str) -> None:
@@ -192,7 +193,7 @@ def main() -> int:
     for label, mode in MODES:
         try:
             rate, sols, warm, p = engine_run(model, x, prob, mode, restarts, steps, dev)
-        except Exception as exc:  # report, do not hide (compile needs a working toolchain)
+        except RuntimeError as exc:  # report, do not hide (compile needs a working toolchain; OOM)
             print(f"    {label:<20} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
             continue
         obj = rescored(model, x, prob, sols, dev).mean()
@@ -211,7 +212,7 @@ def main() -> int:
         print(f"(3) ceiling at batch {best_p.max_batch_rows}: bare bf16 weights + input, channels_last, compiled "
               f"{ceil:.1f} rows/s (compile {t_comp:.1f} s); the engine's own compiled autocast network run bare "
               f"{eng_bare:.1f} rows/s", flush=True)
-    except Exception as exc:
+    except RuntimeError as exc:
         ceil = float("nan")
         print(f"(3) ceiling failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
 

@@ -269,11 +269,11 @@ def part_modes(q: bool, ratios: dict) -> None:
     print(f"{'mode':36s} {'rows/s':>8s} {'vs fp32':>8s} {'first call s':>13s} {'objective':>11s} {'vs fp32':>9s}")
     model = site_model(name, 4, size)
     x = images(8, size)
-    modes = [("fp32, contiguous", {}), ("bf16, channels_last", dict(precision="bf16", memory_format="channels_last")),
-             ("fp32, contiguous, compiled", dict(compile="on"))]
+    modes = [("fp32, contiguous", {}), ("bf16, channels_last", {"precision": "bf16", "memory_format": "channels_last"}),
+             ("fp32, contiguous, compiled", {"compile": "on"})]
     if not q:
-        modes.append(("bf16, channels_last, compiled", dict(precision="bf16", memory_format="channels_last",
-                                                            compile="on")))
+        modes.append(("bf16, channels_last, compiled", {"precision": "bf16", "memory_format": "channels_last",
+                                                         "compile": "on"}))
     ref_rate = ref_obj = None
     for label, mode in modes:
         rate, sols, warm = engine_run(model, x, batch, n_img, R, T, reps=reps, **mode)

@@ -56,7 +56,7 @@ class EngineMode:
     compile: bool = False
 
     @classmethod
-    def of(cls, params: PerturbParams) -> "EngineMode":
+    def of(cls, params: PerturbParams) -> EngineMode:
         """The mode of resolved ``params`` (no ``auto`` left; see :func:`resolve_mode`)."""
         if "auto" in (params.precision, params.memory_format, params.compile):
             raise ValueError("PerturbParams still has an 'auto' setting; resolve it for a device first "
@@ -109,7 +109,7 @@ def resolve_mode(params: PerturbParams, device: str | torch.device,
 
 
 # ----------------------------------------------------------------------------- the network of a mode
-_PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_PREPARED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def engine_network(module, mode: EngineMode, device: torch.device):

@@ -68,8 +68,8 @@ def _problems(n_img: int):
     return img, site, e, s
 
 
-PARAMS = dict(restarts=3, steps=40, prune=False, early_stop=False, max_batch_rows=16, step_growth=1.25,
-              random_controls_per_image=0)
+PARAMS = {"restarts": 3, "steps": 40, "prune": False, "early_stop": False, "max_batch_rows": 16,
+          "step_growth": 1.25, "random_controls_per_image": 0}
 
 
 def _solve(model, clean, mode: dict):
@@ -84,15 +84,15 @@ def _solve(model, clean, mode: dict):
 def _rescored(model: ConvLinear, x, prob, sols) -> np.ndarray:
     """s * (f(x + delta) - f(x)) in float64 from the exact linear map."""
     w = model.w_eff()
-    img, site, _, sign = prob
+    _, site, _, sign = prob
     d = np.stack([so.delta.double().reshape(-1).numpy() for so in sols])
     return np.asarray(sign) * np.einsum("kp,kp->k", w[np.asarray(site)], d)
 
 
-MODES = [dict(precision="fp32", memory_format="channels_last"),
-         dict(precision="tf32", memory_format="contiguous"),
-         dict(precision="bf16", memory_format="contiguous"),
-         dict(precision="bf16", memory_format="channels_last")]
+MODES = [{"precision": "fp32", "memory_format": "channels_last"},
+         {"precision": "tf32", "memory_format": "contiguous"},
+         {"precision": "bf16", "memory_format": "contiguous"},
+         {"precision": "bf16", "memory_format": "channels_last"}]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: f"{m['precision']}-{m['memory_format']}")
@@ -103,7 +103,7 @@ def test_every_mode_reaches_the_fp32_answer_and_stays_feasible(mode):
     _, _, got = _solve(model, clean, mode)
     want = _rescored(model, x, prob, ref)
     have = _rescored(model, x, prob, got)
-    img, site, eps, _ = prob
+    img, _, eps, _ = prob
     w = model.w_eff()
     optimum = np.array([linear_optimum(sg * w[j], x[i].numpy(), e) for i, j, e, sg in zip(*prob)])
     assert want.mean() == pytest.approx(optimum.mean(), rel=1e-3)            # the fp32 engine finds the optimum
@@ -175,7 +175,7 @@ def test_compiled_engine_gives_the_fp32_answer():
     model = ConvLinear()
     clean = _clean(2, seed=7)
     x, prob, ref = _solve(model, clean, {})
-    _, _, got = _solve(model, clean, dict(compile="on"))
+    _, _, got = _solve(model, clean, {"compile": "on"})
     want, have = _rescored(model, x, prob, ref), _rescored(model, x, prob, got)
     assert abs(have.mean() - want.mean()) <= 0.01 * abs(want.mean())
 
@@ -183,13 +183,12 @@ def test_compiled_engine_gives_the_fp32_answer():
 def test_the_accelerator_branches_without_host_reads_give_the_same_bits(monkeypatch):
     """On an accelerator the engine skips host reads it can do without (the projection's
     fixed-point test, counting progressed rows): forced here on CPU, every bit is the same."""
-    import stimuli.perturb as perturb
-    import stimuli.projection as projection
+    from stimuli import perturb, projection
 
     model = ConvLinear()
     clean = _clean(3, seed=8)
-    params = dict(PARAMS, restarts=4, steps=16, prune=True, prune_keep_fraction=0.5, early_stop=True,
-                  early_stop_patience=2, early_stop_tolerance=1e-2)
+    params = {**PARAMS, "restarts": 4, "steps": 16, "prune": True, "prune_keep_fraction": 0.5, "early_stop": True,
+              "early_stop_patience": 2, "early_stop_tolerance": 1e-2}
     want = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**params), seed=3,
                                   progress=False)
     monkeypatch.setattr(projection, "host_syncs_are_free", lambda t: False)

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from modelfit.backbone import file_sha256
 from rig.config import ComputeConfig
 from rig.errors import UserError
 from stimuli.cost import PassRate, RunSize, measure_pass_rate
