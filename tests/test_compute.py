@@ -212,6 +212,9 @@ def test_stimuli_generate_prints_the_cost_and_refuses_a_plan_past_the_deadline(t
     captured = capsys.readouterr()
     assert rc == 2 and not (tmp_path / "late.npz").exists()
     assert "passes/s on cpu" in captured.out and "expected time" in captured.out
+    # the cost line names the engine's mode and the batch that max_batch_rows = 0 chose
+    assert "max_batch_rows = 0 -> " in captured.out and "compile = auto -> off" in captured.out
+    assert any(m in captured.out for m in ("rows, bf16, channels_last, compile off", "rows, fp32, contiguous"))
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "refusing to generate" in err[0] and "compute.max_hours = 1e-06" in err[0]
     assert "perturb.restarts" in err[0] and f"{2 * 2 * 2 * 2 * 50 * 10 + 2 * 2 * 2 * 2 * 13 * 30:,} passes" in err[0]

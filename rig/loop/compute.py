@@ -566,6 +566,9 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
         if report is not None:
             for line in est.lines():
                 report(line)
+            if params.max_batch_rows == 0:
+                report(f"cost: max_batch_rows = 0 -> {run.max_batch_rows} rows (as large as fits on {rate.device}, "
+                       "measured once per process)")
             if auto_compile:
                 report(f"cost: compile = auto -> {run.compile} (the run takes {est.seconds:.0f} s uncompiled; "
                        f"compiling pays from {COMPILE_PAYS_AFTER_S:.0f} s on CPU, always on CUDA)")
