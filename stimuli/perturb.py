@@ -117,6 +117,7 @@ class _Rows:
     x0: torch.Tensor           # (B, 3, H, W) the clean image, pixels in [0,1]
     lower: torch.Tensor        # (B, 3, H, W) -x0
     upper: torch.Tensor        # (B, 3, H, W) 1 - x0
+    frozen: torch.Tensor       # (B,) bool: done or parked, waiting for the next host read (state kept)
 
     def __len__(self) -> int:
         return int(self.problem.shape[0])
@@ -166,7 +167,8 @@ def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.T
                  phase=phase, it=torch.zeros(b, dtype=torch.long, device=dev),
                  stall=torch.zeros(b, dtype=torch.long, device=dev), step=e.clone(),
                  anchor_val=z - math.inf, rank_val=z - math.inf, delta=delta, anchor=delta.clone(),
-                 anchor_grad=torch.zeros_like(delta), x0=x0, lower=box.lower, upper=box.upper)
+                 anchor_grad=torch.zeros_like(delta), x0=x0, lower=box.lower, upper=box.upper,
+                 frozen=torch.zeros(b, dtype=torch.bool, device=dev))
 
 
 def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> None:
@@ -194,18 +196,26 @@ def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> N
         rows.anchor_grad.index_copy_(0, fwd, grad.index_select(0, fwd))
 
 
-def _keep_best(rows: _Rows, val: torch.Tensor, grad: torch.Tensor, params: PerturbParams) -> None:
+def _keep_best(rows: _Rows, val: torch.Tensor, grad: torch.Tensor, params: PerturbParams,
+               active: torch.Tensor | None = None) -> None:
     """After a pass with values ``val`` at ``rows.delta``: keep the phase's best iterate, adapt
-    the step (decay without progress, optional growth with it) and count stalled passes."""
+    the step (decay without progress, optional growth with it) and count stalled passes.
+    ``active``: rows whose state may change (None: all; frozen rows keep theirs)."""
     progress = val > rows.anchor_val
+    if active is not None:
+        progress = progress & active
     gain = torch.where(progress & torch.isfinite(rows.anchor_val), val - rows.anchor_val,
                        torch.where(progress, torch.full_like(val, math.inf), torch.zeros_like(val)))
     _keep_progress(rows, progress, grad)
     rows.anchor_val = torch.where(progress, val, rows.anchor_val)
     grown = torch.minimum(rows.step * params.step_growth, 2 * rows.eps * params.first_phase_radius_factor)
-    rows.step = torch.where(progress, grown if params.step_growth != 1 else rows.step, rows.step * params.step_decay)
+    step = torch.where(progress, grown if params.step_growth != 1 else rows.step, rows.step * params.step_decay)
     small = gain <= params.early_stop_tolerance * rows.anchor_val.abs().clamp_min(1e-12)
-    rows.stall = torch.where(small, rows.stall + 1, torch.zeros_like(rows.stall))
+    stall = torch.where(small, rows.stall + 1, torch.zeros_like(rows.stall))
+    if active is None:
+        rows.step, rows.stall = step, stall
+    else:
+        rows.step, rows.stall = torch.where(active, step, rows.step), torch.where(active, stall, rows.stall)
     rows.rank_val = rows.anchor_val.clone()
 
 
@@ -227,6 +237,17 @@ def _next_iterates(rows: _Rows, switch: torch.Tensor, params: PerturbParams) -> 
 
 
 # ----------------------------------------------------------------------------- the search
+# On an accelerator the batch's done and parked rows are read by the host every READ_EVERY
+# passes, not after every pass; in between they are frozen (evaluated, but their state and pass
+# counts stay), so every row's trajectory, and so the answer, is the same as reading every pass.
+READ_EVERY = 4
+
+
+def _read_every(clean: torch.Tensor) -> int:
+    """Passes between host reads of the batch's bookkeeping: 1 on CPU (reads are free there)."""
+    return 1 if host_syncs_are_free(clean) else READ_EVERY
+
+
 class _Search:
     """All problems of one :func:`iter_solutions` call: the batch loop and its bookkeeping.
 
@@ -247,6 +268,7 @@ class _Search:
         self.best_delta: dict[int, torch.Tensor] = {}
         self.passes = torch.zeros(n_prob, dtype=torch.long, device=clean.device)   # read when a problem ends
         self.outstanding = torch.full((n_prob,), params.restarts, dtype=torch.long)
+        self.read_every = _read_every(clean)
         self.parked: dict[int, list[_Rows]] = {}
         self.resumed: deque[_Rows] = deque()
         self.fresh: deque[tuple[int, int]] = deque()
@@ -260,14 +282,24 @@ class _Search:
         """Solve every problem; yield each :class:`Solution` as soon as its problem is done."""
         yield from self._queue_restarts()
         batch: _Rows | None = None
+        n_pass = 0
         while True:
             batch = self._fill(batch)
             if batch is None or len(batch) == 0:
                 break
-            val, grad = self._evaluate(batch)
-            _keep_best(batch, val, grad, self.params)
+            active = None if self.read_every == 1 else ~batch.frozen
+            val, grad = self._evaluate(batch, active)
+            _keep_best(batch, val, grad, self.params, active)
             switch, done, park = self._transitions(batch)
-            batch.delta = _next_iterates(batch, switch, self.params)
+            if active is None:
+                batch.delta = _next_iterates(batch, switch, self.params)
+            else:
+                nxt = _next_iterates(batch, switch & active, self.params)
+                batch.delta = torch.where(active.reshape((-1,) + (1,) * (nxt.dim() - 1)), nxt, batch.delta)
+                batch.frozen = batch.frozen | done | park
+                n_pass += 1
+                if n_pass % self.read_every:
+                    continue
             if bool(done.any()):
                 yield from self._retire(batch.where(done))
             if bool(park.any()):
@@ -306,14 +338,15 @@ class _Search:
             add.append(_start_rows(self.problems, jobs, self.clean, self.params, self.seed))
         return _Rows.cat([batch] + add) if add else batch
 
-    def _evaluate(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    def _evaluate(self, rows: _Rows, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward+backward pass for every row: ``s * (f(x + delta) - f(x))`` and its gradient
         (the one place where a transform of the input gradient would go, before the step)."""
         val, grad = self.objective.value_and_grad(rows.x0 + rows.delta, rows.site, rows.sign)
         val = val - self.problems.f0[rows.problem]
         self.row_passes += len(rows)
-        self.passes.index_add_(0, rows.problem, torch.ones(len(rows), dtype=torch.long, device=rows.problem.device))
-        rows.it += 1
+        counted = torch.ones_like(rows.it) if active is None else active.long()   # frozen rows: not counted
+        self.passes.index_add_(0, rows.problem, counted)
+        rows.it += counted
         return val, grad
 
     def _transitions(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -324,7 +357,7 @@ class _Search:
         stalled = (rows.stall >= p.early_stop_patience) if p.early_stop else torch.zeros_like(switch)
         done = (rows.phase == 2) & ((rows.it >= p.steps) | stalled)
         park = (~done & self.at_checkpoint[rows.it.clamp_max(p.steps)]
-                & (self.outstanding[rows.problem.cpu()] > 1).to(rows.problem.device))
+                & (self.outstanding.to(rows.problem.device)[rows.problem] > 1))
         return switch, done, park
 
     def _offer(self, rows: _Rows) -> None:
@@ -367,7 +400,9 @@ class _Search:
             if len(gone):
                 self._offer(grp.take(gone))
                 self.outstanding[p] -= len(gone)
-            self.resumed.append(grp.take(kept))   # keep >= 1: the problem goes on
+            survivors = grp.take(kept)
+            survivors.frozen = torch.zeros_like(survivors.frozen)
+            self.resumed.append(survivors)   # keep >= 1: the problem goes on
 
     def _finish(self, p: int) -> Solution:
         if self.bar is not None:

@@ -198,3 +198,27 @@ def test_the_accelerator_branches_without_host_reads_give_the_same_bits(monkeypa
     assert np.array_equal(want.pixels, got.pixels)
     for c in want.COLUMNS:
         assert np.array_equal(getattr(want, c), getattr(got, c), equal_nan=c == "predicted_change"), c
+
+
+@pytest.mark.parametrize("every", [2, 5])
+def test_reading_the_bookkeeping_every_k_passes_gives_the_same_bits(monkeypatch, every):
+    """On an accelerator the host reads the batch's done and parked rows every k passes (they
+    are frozen in between); with a row-separable model (no float op mixes rows, so batch
+    composition cannot matter) every stimulus and pass count is the same as reading every pass,
+    with pruning (3 rounds) and early stopping on."""
+    from stimuli import perturb
+    from tests.separable import SeparableModel
+
+    model = SeparableModel(3, 3 * H * H, seed=1)
+    clean = _clean(4, seed=9)
+    params = PerturbParams(restarts=8, steps=20, prune=True, prune_rounds=3, prune_keep_fraction=0.5,
+                           prune_after_fraction=0.1, early_stop=True, early_stop_patience=2,
+                           early_stop_tolerance=1e-3, max_batch_rows=12, random_controls_per_image=0)
+    problems = [(0, 0), (1, 2), (3, 1), (2, 0)]
+    want = generate_perturbations(model, clean, problems, [0.3, 1.5], params, seed=5, progress=False)
+    monkeypatch.setattr(perturb, "_read_every", lambda clean: every)
+    got = generate_perturbations(model, clean, problems, [0.3, 1.5], params, seed=5, progress=False)
+    assert np.array_equal(want.pixels, got.pixels)
+    for c in want.COLUMNS:
+        assert np.array_equal(getattr(want, c), getattr(got, c), equal_nan=c == "predicted_change"), c
+    assert want.budget_passes.sum() < len(problems) * 2 * 2 * 8 * 20   # pruning and early stopping really acted
