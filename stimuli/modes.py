@@ -5,12 +5,16 @@ and ``compile`` (off, on) may each be ``auto``, and ``max_batch_rows`` may be 0 
 fits"); :func:`resolve_mode` and :func:`fitting_batch_rows` turn them into concrete choices
 for one device, so a plan records what actually ran.
 
-``auto`` per device (measured, README "Engine modes"):
+``auto`` per device:
 
-- CUDA: bf16 + channels_last + compile (the combination that reached the ceiling on an H200);
-- CPU: bf16 + channels_last where the CPU has native bf16 (AVX-512 bf16 / AMX: 2.4-3x the fp32
-  forward+input-backward rate on the 2-core development VM), fp32 + contiguous elsewhere;
-  compile only when the run is long enough to repay it (:data:`COMPILE_PAYS_AFTER_S`).
+- CUDA: bf16 + channels_last + compile (the combination that reached 10.8k rows/s, the ceiling,
+  for ResNet50 at 224 px on an H200; DESIGN section 7);
+- CPU: bf16 + channels_last where the CPU has native bf16 (AVX-512 bf16 / AMX), fp32 +
+  contiguous elsewhere. Measured on the 2-core development VM (AVX-512 + AMX, torch 2.14.1):
+  bare forward+input-backward 2.2-3.2x the fp32 rate (tiny 64 px: 916 -> 2,891 rows/s;
+  ResNet50 64 px: 31.6 -> 76.5), the engine 1.7-3.0x at the demo's size
+  (``benchmarks/perturb_bench.py --parts m``); compile only when the run is long enough to
+  repay it (:data:`COMPILE_PAYS_AFTER_S`; CPU compilation took 65-106 s for the tiny network).
 
 One policy for the whole step (:class:`EngineMode`): the network runs in the mode's precision and
 layout (a prepared copy of the user's module: weights converted once, not per step), the
