@@ -8,13 +8,15 @@ for one device, so a plan records what actually ran.
 ``auto`` per device:
 
 - CUDA: bf16 + channels_last + compile (the combination that reached 10.8k rows/s, the ceiling,
-  for ResNet50 at 224 px on an H200; DESIGN section 7);
+  for ResNet50 at 224 px on an H200; DESIGN section 7), compile only where the run is long enough
+  to repay the compilation (:data:`COMPILE_PAYS_AFTER_S`, when the run's length is known);
 - CPU: bf16 + channels_last where the CPU has native bf16 (AVX-512 bf16 / AMX), fp32 +
   contiguous elsewhere. Measured on the 2-core development VM (AVX-512 + AMX, torch 2.14.1):
   bare forward+input-backward 2.2-3.2x the fp32 rate (tiny 64 px: 916 -> 2,891 rows/s;
   ResNet50 64 px: 31.6 -> 76.5), the engine 1.7-3.0x at the demo's size
-  (``benchmarks/perturb_bench.py --parts m``); compile only when the run is long enough to
-  repay it (:data:`COMPILE_PAYS_AFTER_S`; CPU compilation took 65-106 s for the tiny network).
+  (``benchmarks/perturb_bench.py --parts m``). No compile on CPU: compiled, the engine ran
+  0.85x (fp32) and 0.55x (bf16 + channels_last) of the uncompiled rate there, after 50-107 s
+  of compilation (same benchmark, alternating runs).
 
 One policy for the whole step (:class:`EngineMode`): the network runs in the mode's precision and
 layout (a prepared copy of the user's module: weights converted once, not per step), the
@@ -39,8 +41,8 @@ from stimuli.params import PerturbParams
 
 log = logging.getLogger(__name__)
 
-# a CPU compile of the tiny backbone took 88 s on 2 cores (ResNet50 longer): compile where the
-# uncompiled run would take at least this long (s), so compilation costs at most ~1/5 of it
+# CUDA: compile where the uncompiled run would take at least this long (s): a ResNet50 compile
+# takes on the order of a minute or two, so compilation then costs at most ~1/5 of the run
 COMPILE_PAYS_AFTER_S = 600.0
 # max_batch_rows = 0: the share of free memory a batch may use, and the largest batch chosen
 BATCH_MEMORY_FRACTION = {"cuda": 0.7, "cpu": 0.25}
@@ -96,8 +98,9 @@ def resolve_mode(params: PerturbParams, device: str | torch.device,
                  uncompiled_seconds: float | None = None) -> PerturbParams:
     """``params`` with precision, memory_format and compile chosen for ``device`` where ``auto``.
 
-    ``uncompiled_seconds``: the run's expected time without compilation; on CPU ``compile =
-    "auto"`` compiles only when it is known and at least :data:`COMPILE_PAYS_AFTER_S`.
+    ``uncompiled_seconds``: the run's expected time without compilation, if known; ``compile =
+    "auto"`` compiles on CUDA unless it is known to be below :data:`COMPILE_PAYS_AFTER_S`, never
+    on CPU (measured no faster there).
     """
     cuda = torch.device(device).type == "cuda"
     fast_cpu = not cuda and cpu_has_bf16()
@@ -107,8 +110,8 @@ def resolve_mode(params: PerturbParams, device: str | torch.device,
         fmt = "channels_last" if cuda or fast_cpu else "contiguous"
     comp = params.compile
     if comp == "auto":
-        pays = uncompiled_seconds is not None and uncompiled_seconds >= COMPILE_PAYS_AFTER_S
-        comp = "on" if cuda or pays else "off"
+        short = uncompiled_seconds is not None and uncompiled_seconds < COMPILE_PAYS_AFTER_S
+        comp = "on" if cuda and not short else "off"
     return dataclasses.replace(params, precision=prec, memory_format=fmt, compile=comp)
 
 

@@ -541,7 +541,7 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
     ``source``: the model (:class:`FittedModelFiles` or :class:`InMemoryModel`), built once in
     this process (``"local"``) or once per Dask worker. ``params``' ``auto`` modes and
     ``max_batch_rows = 0`` are resolved on the device that runs the engine (compile ``auto``
-    from the measured uncompiled rate: on where the run is long enough to repay it). ``report``:
+    from the measured uncompiled rate: on CUDA where the run is long enough to repay it). ``report``:
     where the cost lines go (None = nowhere). Returns the stimuli and the resolved params (what
     the plan records). Raises :class:`rig.errors.UserError` when the run could not end before
     the deadline.
@@ -571,7 +571,7 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
                        "measured once per process)")
             if auto_compile:
                 report(f"cost: compile = auto -> {run.compile} (the run takes {est.seconds:.0f} s uncompiled; "
-                       f"compiling pays from {COMPILE_PAYS_AFTER_S:.0f} s on CPU, always on CUDA)")
+                       f"compiling pays from {COMPILE_PAYS_AFTER_S:.0f} s on CUDA, never on CPU)")
         check_deadline(est, cc)
         return size, run
 
