@@ -9,8 +9,9 @@ twice; not yet timed on a GPU) it prints:
 (1) the engine's batch: ``max_batch_rows = 0`` resolved per mode (the forward+input-backward
     peak measured once, 70 % of the free memory);
 (2) every engine mode on the same problems (no pruning, no early stop: every row runs every
-    step): fp32 (IEEE), tf32, bf16 + channels_last, and ``auto`` (bf16 + channels_last +
-    torch.compile), with ``--full`` also bf16 alone: rows/s, the first call's seconds (compilation), the mean objective
+    step; the restarts fill one batch of the fastest mode): fp32 (IEEE), tf32, bf16 +
+    channels_last, and ``auto`` (bf16 + channels_last + torch.compile), with ``--full`` also
+    bf16 alone: rows/s, the first call's seconds (compilation), the mean objective
     s*(f_i(x+delta) - f_i(x)) with every mode's deltas re-scored by the fp32 model (target:
     within 1 % of fp32's), and feasibility (||delta|| <= eps and pixels in [0,1] before, and
     the uint8 image inside the eps ball after quantisation);
@@ -186,13 +187,13 @@ def main() -> int:
     x = float_images(n_img, args.size).to(dev)
     prob = problems(n_img, [0, 1], [1.0, 3.0])
 
-    # (1) the batch of the fastest mode sets the problem set: two full batches of rows
+    # (1) the batch of the fastest mode sets the problem set: one full batch of rows
     from stimuli.perturb import prepare_engine
 
     _, auto = prepare_engine(model, x, PerturbParams(max_batch_rows=0, precision="auto", memory_format="auto",
                                                      compile="off"), dev)
     batch = auto.max_batch_rows
-    restarts = max(2, -(-2 * batch // len(prob[0])))
+    restarts = max(2, -(-batch // len(prob[0])))   # one full batch of rows in the fastest mode
     print(f"(1) engine batch (max_batch_rows = 0, measured): {batch} rows in {auto.precision}/{auto.memory_format}; "
           f"problems: {len(prob[0])} x {restarts} restarts x {steps} steps = "
           f"{len(prob[0]) * restarts * steps:,} passes per mode", flush=True)
