@@ -15,8 +15,8 @@ for one device, so a plan records what actually ran.
   bare forward+input-backward 2.2-3.2x the fp32 rate (tiny 64 px: 916 -> 2,891 rows/s;
   ResNet50 64 px: 31.6 -> 76.5), the engine 1.7-3.0x at the demo's size
   (``benchmarks/perturb_bench.py --parts m``). No compile on CPU: compiled, the engine ran
-  0.85x (fp32) and 0.55x (bf16 + channels_last) of the uncompiled rate there, after 50-107 s
-  of compilation (same benchmark, alternating runs).
+  0.85-1.18x (fp32) and 0.55-0.90x (bf16 + channels_last) of the uncompiled rate there, after
+  41-107 s of compilation (same benchmark, alternating runs, two runs on a loaded machine).
 
 One policy for the whole step (:class:`EngineMode`): the network runs in the mode's precision and
 layout (a prepared copy of the user's module: weights converted once, not per step), the
