@@ -39,7 +39,14 @@ Code layout (after MadryLab ``robustness``' ``attack_steps``): the feasible set 
 one pass are plain functions (:func:`_start_rows`, :func:`_keep_best`,
 :func:`_next_iterates`); :class:`_Search` runs the batch loop (``run``: fill the batch,
 evaluate, keep the best, decide transitions, step, then retire, park and prune rows) and
-keeps each problem's bookkeeping.
+keeps each problem's bookkeeping. A transform of the input gradient (before the step) belongs
+in :meth:`_Search._evaluate`.
+
+Entry points: :func:`solve_block` is the one solve-a-block function (a block's pairs expanded to
+every epsilon and direction, solved, quantised to uint8, re-predicted, plus its random
+controls): :func:`generate_perturbations` runs it on all problems, ``stimuli.shards.solve_shard``
+on one shard. :func:`prepare_engine` resolves the device-dependent settings first
+(:mod:`stimuli.modes`: precision, memory format, compilation, ``max_batch_rows = 0``).
 """
 from __future__ import annotations
 
