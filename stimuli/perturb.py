@@ -96,6 +96,12 @@ class _Problems:
     sign: torch.Tensor       # (P,) long, +1 or -1
     f0: torch.Tensor         # (P,) float32, s * f_site(x) on the clean image (spikes)
     epsilon: Sequence[float]  # the radii as given (float64), for the per-row seeds
+    keys: list[tuple[int, int, float, int]] | None = None   # host copy of (image, site, epsilon, sign) per problem
+
+    def __post_init__(self) -> None:
+        if self.keys is None:   # read once here, not once per row from the device
+            self.keys = list(zip(self.image.tolist(), self.site.tolist(), [float(e) for e in self.epsilon],
+                                 self.sign.tolist()))
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -155,7 +161,8 @@ _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(_Rows))
 def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.Tensor, params: PerturbParams,
                 seed: int) -> _Rows:
     """Fresh rows for ``jobs`` = (problem, restart): a uniform start in the first phase's ball
-    (each row from its own seeded generator), projected onto ball ∩ box."""
+    (each row from its own seeded generator, on the device where host reads are not free: a
+    row's start is then drawn there, not on the host), projected onto ball ∩ box."""
     dev = clean.device
     pi = torch.tensor([j[0] for j in jobs], device=dev)
     ri = torch.tensor([j[1] for j in jobs], device=dev)
@@ -163,9 +170,8 @@ def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.T
     e = problems.eps[pi]
     phase = torch.full((b,), 1 if params.first_phase_passes > 0 else 2, device=dev)
     radius = torch.where(phase == 1, e * params.first_phase_radius_factor, e)
-    gens = [torch.Generator().manual_seed(_row_seed(seed, int(problems.image[p]), int(problems.site[p]),
-                                                    float(problems.epsilon[p]), int(problems.sign[p]), r))
-            for p, r in jobs]
+    gen_dev = torch.device("cpu") if host_syncs_are_free(clean) else dev
+    gens = [torch.Generator(device=gen_dev).manual_seed(_row_seed(seed, *problems.keys[p], r)) for p, r in jobs]
     x0 = clean[problems.image[pi]]
     box = L2BoxSet(x0, radius)
     delta = box.random_perturb(gens)
@@ -323,7 +329,7 @@ class _Search:
         (the clean image, no passes)."""
         shape = self.clean.shape[1:]
         for p in range(len(self.problems)):
-            if float(self.problems.eps[p]) == 0.0:
+            if np.float32(self.problems.keys[p][2]) == 0:   # the float32 radius, read on the host
                 self.best_val[p], self.best_delta[p], self.outstanding[p] = 0.0, torch.zeros(shape), 0
                 yield self._finish(p)
             else:

@@ -197,9 +197,9 @@ class L2BoxSet:
         like = self.lower
         b, n = like.shape[0], like[0].numel()
         dirs, us = [], []
-        for g in generators:
-            dirs.append(torch.randn(like.shape[1:], generator=g, dtype=torch.float32))
-            us.append(torch.rand((), generator=g, dtype=torch.float64))
+        for g in generators:   # each on its generator's device
+            dirs.append(torch.randn(like.shape[1:], generator=g, dtype=torch.float32, device=g.device))
+            us.append(torch.rand((), generator=g, dtype=torch.float64, device=g.device))
         d = same_layout(torch.stack(dirs).to(like.device, like.dtype), like)
         u = torch.stack(us).to(like.device)
         rad = (self.radius.double() * u.pow(1.0 / n)).to(like.dtype)
