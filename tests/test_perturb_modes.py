@@ -183,7 +183,9 @@ def test_compiled_engine_gives_the_fp32_answer():
 
 def test_the_accelerator_branches_without_host_reads_give_the_same_bits(monkeypatch):
     """On an accelerator the engine skips host reads it can do without (the projection's
-    fixed-point test, counting progressed rows): forced here on CPU, every bit is the same."""
+    fixed-point test, counting progressed rows), reads the bookkeeping every 4 passes and
+    quantises in threads beside the search: forced here on CPU, every bit is the same (this
+    model's rows do not depend on the batch they are in)."""
     from stimuli import perturb, projection
 
     model = ConvLinear()
