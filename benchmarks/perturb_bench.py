@@ -1,9 +1,12 @@
 """Perturbation engine benchmark, all measured side by side in one run on this machine.
 
-    .venv/bin/python benchmarks/perturb_bench.py [--quick] [--parts abc]
+    .venv/bin/python benchmarks/perturb_bench.py [--quick] [--parts ambc]
 
 (a) throughput: engine rows/s ÷ bare backbone forward+input-backward rows/s at the same
     batch size (target >= 0.9), for the "tiny" backbone and ResNet50 (random init, small images);
+(m) engine modes at the demo's size (tiny, 64 px), the same passes each: fp32 vs bf16 +
+    channels_last, uncompiled vs ``torch.compile`` (compile time printed apart, with the
+    number of passes after which it pays back), every mode's deltas re-scored in fp32;
 (b) objective: mean s*(f_i(x+delta) - f_i(x)) of the engine ÷ that of torchattacks.PGDL2
     with the same number of forward+backward passes per problem (PGDL2 driven through a
     two-logit wrapper [s*f_i, 0] with label 1, whose cross-entropy grows with s*f_i; its
@@ -22,6 +25,7 @@ SiteModel); (c) the daily loop's kind of model: the "tiny" backbone with a ridge
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -30,7 +34,7 @@ import torch
 from modelfit.backbone import build_backbone
 from modelfit.readout import SiteModel
 from stimuli.objective import SiteObjective
-from stimuli.perturb import PerturbParams, solve
+from stimuli.perturb import PerturbParams, expand_problems, prepare_engine, solve
 
 
 def site_model(name: str, n_sites: int, size: int, seed: int = 0) -> SiteModel:
@@ -72,13 +76,10 @@ def images(n: int, size: int, seed: int = 1) -> torch.Tensor:
 
 
 def problems(n_img: int, sites: list[int], eps: list[float]):
-    img, site, e, s = [], [], [], []
-    for i in range(n_img):
-        for j in sites:
-            for ee in eps:
-                for sg in (1, -1):
-                    img.append(i); site.append(j); e.append(ee); s.append(sg)
-    return img, site, e, s
+    """(image, site, epsilon, sign) lists of every image x site at every epsilon, both directions
+    (the engine's own order, :func:`stimuli.perturb.expand_problems`)."""
+    ex = expand_problems([i for i in range(n_img) for _ in sites], [j for _ in range(n_img) for j in sites], eps)
+    return ex.image.tolist(), ex.site.tolist(), ex.epsilon.tolist(), ex.sign.tolist()
 
 
 # ----------------------------------------------------------------------------- (a)
@@ -95,16 +96,51 @@ def bare_rows_per_s(model: SiteModel, x: torch.Tensor, batch: int, reps: int) ->
     return batch * reps / (time.perf_counter() - t)
 
 
-def engine_rows_per_s(model: SiteModel, x: torch.Tensor, batch: int, n_img: int, restarts: int, steps: int) -> float:
-    obj = SiteObjective(model)
+def engine_rows_per_s(model: SiteModel, x: torch.Tensor, batch: int, n_img: int, restarts: int, steps: int,
+                      **mode) -> float:
+    return engine_run(model, x, batch, n_img, restarts, steps, **mode)[0]
+
+
+def engine_run(model: SiteModel, x: torch.Tensor, batch: int, n_img: int, restarts: int, steps: int,
+               reps: int = 1, **mode) -> tuple[float, list, float]:
+    """(best engine rows/s of ``reps`` runs, the solutions, seconds of the first (warm-up) call:
+    compilation where ``mode`` compiles). No pruning, no early stop: every row runs all steps."""
+    run, warm = engine_prepare(model, x, batch, n_img, restarts, steps, **mode)
+    best, sols = 0.0, []
+    for _ in range(reps):
+        rate, sols = run()
+        best = max(best, rate)
+    return best, sols, warm
+
+
+def engine_prepare(model: SiteModel, x: torch.Tensor, batch: int, n_img: int, restarts: int, steps: int, **mode):
+    """(a function timing one engine run -> (rows/s, solutions), seconds of the warm-up call)."""
     img, site, e, s = problems(n_img, [0], [1.0])
-    p = PerturbParams(restarts=restarts, steps=steps, prune=False, early_stop=False, max_batch_rows=batch)
+    p = PerturbParams(restarts=restarts, steps=steps, prune=False, early_stop=False, max_batch_rows=batch, **mode)
+    obj, p = prepare_engine(model, x, p)
     with obj.session():
-        solve(obj, x, img[:1], site[:1], e[:1], s[:1], PerturbParams(restarts=2, steps=2, max_batch_rows=batch))
         t = time.perf_counter()
-        sols = solve(obj, x, img, site, e, s, p)
-        el = time.perf_counter() - t
-    return sum(so.passes for so in sols) / el
+        solve(obj, x, img[:1], site[:1], e[:1], s[:1], dataclasses.replace(p, restarts=2, steps=2))
+        warm = time.perf_counter() - t
+
+    def run() -> tuple[float, list]:
+        with obj.session():
+            t = time.perf_counter()
+            sols = solve(obj, x, img, site, e, s, p)
+            return sum(so.passes for so in sols) / (time.perf_counter() - t), sols
+
+    return run, warm
+
+
+def fp32_objective(model, x: torch.Tensor, n_img: int, sols) -> float:
+    """Mean s * (f(x + delta) - f(x)) of ``sols`` re-scored by the float32 model (spikes)."""
+    img, site, _, s = problems(n_img, [0], [1.0])
+    obj = SiteObjective(model)
+    with obj.session():
+        d = torch.stack([so.delta for so in sols])
+        x0, st = x[torch.as_tensor(img)], torch.as_tensor(site)
+        val = torch.as_tensor(s).float() * (obj.predict(x0 + d, st) - obj.predict(x0, st))
+    return float(val.mean())
 
 
 # ----------------------------------------------------------------------------- (b)
@@ -197,7 +233,8 @@ def pruning_fraction(model, x, n_img, sites, eps, restarts, steps, configs) -> t
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts")
-    ap.add_argument("--parts", default="abc", help="which parts to run, e.g. 'a' for throughput only (default abc)")
+    ap.add_argument("--parts", default="ambc",
+                    help="which parts to run, e.g. 'a' for throughput only, 'm' for the engine modes (default ambc)")
     args = ap.parse_args()
     q = args.quick
     torch.manual_seed(0)
@@ -206,6 +243,8 @@ def main() -> None:
 
     if "a" in args.parts:
         part_a(q, ratios)
+    if "m" in args.parts:
+        part_modes(q, ratios)
     if "b" in args.parts:
         part_b(q, ratios)
     if "c" in args.parts:
@@ -229,6 +268,45 @@ def part_a(q: bool, ratios: dict) -> None:
         bare, eng = max(bares), max(engs)
         ratios[f"a_{name}"] = eng / bare
         print(f"{name:10s} {size:4d} {batch:5d} {bare:12.1f} {eng:14.1f} {eng / bare:6.2f}")
+
+
+def part_modes(q: bool, ratios: dict) -> None:
+    """The engine's modes at the demo's size (tiny, 64 px), same passes each: uncompiled against
+    compiled (compile time apart), fp32 against bf16 + channels_last (auto on this CPU)."""
+    import os
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="perturb-bench-inductor-")   # cold compiles
+    name, size, batch, n_img, R, T = "tiny", 64, 32, 4, 32, 24
+    reps = 2 if q else 3
+    print(f"\n(m) engine modes at the demo's size: {name} {size} px, batch {batch}, {n_img} problems x {R} restarts x "
+          f"{T} steps = {n_img * R * T} passes per run (no pruning, no early stop), best of {reps} alternating runs; "
+          "objective = the deltas re-scored by the fp32 model; compiled cold (an empty inductor cache)")
+    print(f"{'mode':36s} {'rows/s':>8s} {'vs fp32':>8s} {'first call s':>13s} {'objective':>11s} {'vs fp32':>9s}")
+    model = site_model(name, 4, size)
+    x = images(8, size)
+    modes = [("fp32, contiguous", {}), ("bf16, channels_last", {"precision": "bf16", "memory_format": "channels_last"}),
+             ("fp32, contiguous, compiled", {"compile": "on"})]
+    if not q:
+        modes.append(("bf16, channels_last, compiled", {"precision": "bf16", "memory_format": "channels_last",
+                                                         "compile": "on"}))
+    runs = [engine_prepare(model, x, batch, n_img, R, T, **mode) for _, mode in modes]   # compiles here
+    best = [(0.0, None)] * len(modes)
+    for _ in range(reps):   # alternate the modes: a shared machine's load only ever slows a run down
+        for k, (run, _) in enumerate(runs):
+            rate, sols = run()
+            best[k] = max(best[k], (rate, sols), key=lambda b: b[0])
+    ref_rate, ref_obj = best[0][0], fp32_objective(model, x, n_img, best[0][1])
+    for (label, mode), (rate, sols), (_, warm) in zip(modes, best, runs):
+        obj = fp32_objective(model, x, n_img, sols)
+        print(f"{label:36s} {rate:8.1f} {rate / ref_rate:7.2f}x {warm:13.1f} {obj:11.4f} "
+              f"{100 * (obj - ref_obj) / abs(ref_obj):+8.3f}%")
+        if mode.get("compile") == "on":
+            saved = 1 / ref_rate - 1 / rate       # seconds saved per pass
+            pays = warm / saved if saved > 0 else float("inf")
+            print(f"{'':36s} compile + first call {warm:.1f} s pays back after {pays:,.0f} passes "
+                  f"({pays / ref_rate:,.0f} s of uncompiled running)")
+            ratios[f"m_compiled_{label.split(',')[0]}"] = rate / ref_rate
 
 
 def part_b(q: bool, ratios: dict) -> None:

@@ -127,7 +127,10 @@ class PerturbConfig:
     early_stop_patience: int = 5
     early_stop_tolerance: float = 1e-4
     random_controls_per_image: int = 1
-    max_batch_rows: int = 64
+    max_batch_rows: int = 0      # 0 = as large as fits the device (measured once per process)
+    precision: Literal["fp32", "tf32", "bf16", "auto"] = "auto"
+    memory_format: Literal["contiguous", "channels_last", "auto"] = "auto"
+    compile: Literal["off", "on", "auto"] = "auto"
 
     def check(self) -> Problems:
         # one set of rules for the config and the engine (stimuli.params.PerturbParams)

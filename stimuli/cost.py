@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import time
@@ -20,8 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stimuli.objective import SiteObjective
-from stimuli.perturb import PerturbParams
+from stimuli.perturb import PerturbParams, prepare_engine
 
 # forward-only rows cost about half a forward+input-backward pass (DESIGN section 7: fwd+bwd ~ 2x fwd)
 FORWARD_PASS_FRACTION = 0.5
@@ -77,6 +77,14 @@ class PassRate:
     passes_per_s: float
     peak_bytes: int          # CUDA: peak allocated during the probe; CPU: peak resident set of the process
     seconds: float           # time the timed batches took
+    params: PerturbParams | None = None   # the settings measured, resolved for the device (modes, batch)
+
+    def describe(self) -> str:
+        """The measured engine mode and batch, for the cost line."""
+        p = self.params
+        if p is None:
+            return f"batch {self.batch_rows}"
+        return f"batch {self.batch_rows} rows, {p.precision}, {p.memory_format}, compile {p.compile}"
 
 
 def _peak_rss_bytes() -> int:
@@ -87,18 +95,23 @@ def _peak_rss_bytes() -> int:
 def measure_pass_rate(model, clean: np.ndarray, sites: Sequence[int], params: PerturbParams, device: str = "cpu",
                       batches: int = 3) -> PassRate:
     """Time ``batches`` forward+input-backward batches of ``params.max_batch_rows`` rows (after one
-    untimed warm-up batch) on ``device``, with ``params.channels_last`` / ``params.bf16``.
+    untimed warm-up batch, which also compiles where ``compile`` is on) on ``device``, in the
+    engine's mode. ``auto`` settings and ``max_batch_rows = 0`` are resolved first
+    (:func:`stimuli.perturb.prepare_engine`; compile ``auto`` counts as off here); the result
+    carries the resolved params.
 
     ``clean``: uint8 (N, H, W, 3) images of the run (rows cycle through them);
     ``sites``: the model columns the run targets (rows cycle through them).
     """
     if batches < 1:
         raise ValueError(f"batches = {batches} is impossible; expected an integer >= 1")
-    b = params.max_batch_rows
-    obj = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
+    if params.compile == "auto":
+        params = dataclasses.replace(params, compile="off")
     dev = torch.device(device)
-    idx = np.arange(b) % len(clean)
-    x = torch.from_numpy(np.ascontiguousarray(clean[idx])).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
+    x_all = torch.from_numpy(np.ascontiguousarray(clean)).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
+    obj, params = prepare_engine(model, x_all.contiguous(), params, device)
+    b = params.max_batch_rows
+    x = x_all[torch.as_tensor(np.arange(b) % len(clean), device=dev)].contiguous(memory_format=obj.mode.torch_format)
     site = torch.as_tensor(np.asarray(sites, dtype=np.int64)[np.arange(b) % len(sites)], device=dev)
     sign = torch.where(torch.arange(b, device=dev) % 2 == 0, 1.0, -1.0)
     cuda = dev.type == "cuda"
@@ -118,7 +131,7 @@ def measure_pass_rate(model, clean: np.ndarray, sites: Sequence[int], params: Pe
         sync()
         el = time.perf_counter() - t
     peak = int(torch.cuda.max_memory_allocated(dev)) if cuda else _peak_rss_bytes()
-    return PassRate(str(dev), b, b * batches / el if el > 0 else float("inf"), peak, el)
+    return PassRate(str(dev), b, b * batches / el if el > 0 else float("inf"), peak, el, params)
 
 
 def engine_state_bytes(params: PerturbParams, image_shape: tuple[int, ...], n_clean: int, n_stimuli: int) -> int:

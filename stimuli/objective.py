@@ -25,6 +25,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from stimuli.modes import EngineMode, engine_network, precision_context
+
 SPLIT_ATTRIBUTES = ("backbone", "readout_weight", "readout_bias")
 
 
@@ -52,18 +54,21 @@ class SiteObjective:
     """Evaluate a model row by row: values, input gradients and plain predictions.
 
     ``model``: ``nn.Module`` (or callable) images ``(B,3,H,W)`` in [0,1] -> ``(B, S)``.
-    ``channels_last`` feeds the network NHWC tensors; ``bf16`` runs the gradient passes
-    under bfloat16 autocast (predictions stay float32).
+    ``mode`` (:class:`stimuli.modes.EngineMode`, default fp32 / contiguous / not compiled):
+    how the gradient passes run; the network is prepared once for it
+    (:func:`stimuli.modes.engine_network`). Predictions (:meth:`predict_all`, :meth:`predict`)
+    always run the model as given, in float32. ``batch_rows``: with ``mode.compile``, every
+    gradient batch is padded to this many rows (one compiled shape).
     """
 
-    def __init__(self, model, device: str | torch.device = "cpu", channels_last: bool = False,
-                 bf16: bool = False, use_split: bool | None = None) -> None:
+    def __init__(self, model, device: str | torch.device = "cpu", mode: EngineMode | None = None,
+                 use_split: bool | None = None, batch_rows: int = 0) -> None:
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module mapping images (B,3,H,W) in [0,1] to (B, S) site predictions; got {type(model).__name__}")
         self.model = model
         self.device = torch.device(device)
-        self.channels_last = channels_last
-        self.bf16 = bf16
+        self.mode = mode or EngineMode()
+        self.batch_rows = int(batch_rows)
         self.split = has_split_readout(model) if use_split is None else use_split
         if self.split:
             w, b = effective_readout(model)
@@ -71,6 +76,18 @@ class SiteObjective:
             if self.weight.dim() != 2 or self.bias.shape[0] != self.weight.shape[0]:
                 raise ValueError(f"model.readout_weight must be (S, D) and model.readout_bias (S,); got {tuple(self.weight.shape)} and {tuple(self.bias.shape)}")
         self._n_sites: int | None = int(self.weight.shape[0]) if self.split else None
+        self._net = None
+
+    def plain(self) -> SiteObjective:
+        """The same model in the plain mode (fp32, contiguous, not compiled)."""
+        return self if self.mode.plain else SiteObjective(self.model, self.device, None, self.split)
+
+    @property
+    def network(self):
+        """What the gradient passes run: the backbone (split) or the whole model, in :attr:`mode`."""
+        if self._net is None:
+            self._net = engine_network(self.model.backbone if self.split else self.model, self.mode, self.device)
+        return self._net
 
     # ------------------------------------------------------------------ state
     @contextlib.contextmanager
@@ -94,13 +111,17 @@ class SiteObjective:
                 m.train(mode)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """Float32 on the device, in NCHW (the model as given)."""
+        return x.to(self.device, torch.float32).contiguous()
 
-    def _autocast(self):
-        if self.bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded with zero images to :attr:`batch_rows` rows when compiled (one static
+        shape), else as is."""
+        short = self.batch_rows - len(x) if self.mode.compile else 0
+        if short > 0:
+            x = torch.cat([x, torch.zeros((short,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+                           .contiguous(memory_format=self.mode.torch_format)])
+        return x
 
     # ------------------------------------------------------------------ verbs
     @torch.no_grad()
@@ -136,29 +157,33 @@ class SiteObjective:
         return self._n_sites
 
     def value_and_grad(self, x: torch.Tensor, site: torch.Tensor, sign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s_k * f_{site_k}(x_k), d/dx of it)``: values ``(B,)`` float32 and gradients shaped like ``x``."""
-        xin = self._input(x).detach().requires_grad_(True)
+        """``(s_k * f_{site_k}(x_k), d/dx of it)``: values ``(B,)`` float32 and float32 gradients
+        shaped like ``x``, in the mode's memory format (``x`` is expected in it already)."""
+        n = x.shape[0]
+        xin = x.to(self.device, torch.float32).contiguous(memory_format=self.mode.torch_format)
+        xin = xin.detach().requires_grad_(True)
         site = site.to(self.device)
         sign = sign.to(self.device, torch.float32)
-        with torch.enable_grad(), self._autocast():
+        with torch.enable_grad(), precision_context(self.mode, self.device):
             if self.split:
-                feats = self.model.backbone(xin)
+                feats = self.network(self._padded(xin))[:n]
                 w = self.weight[site]
                 value = sign * ((feats.detach().float() * w).sum(1) + self.bias[site])
                 out, gout = feats, (sign[:, None] * w).to(feats.dtype)
             else:
-                pred = self.model(xin)
-                if pred.dim() != 2 or pred.shape[0] != x.shape[0]:
-                    raise ValueError(f"model must return (B, S) site predictions for B images; got shape {tuple(pred.shape)} for B={x.shape[0]}")
-                col = pred.gather(1, site[:, None]).squeeze(1)
+                pred = self.network(self._padded(xin))
+                if pred.dim() != 2 or pred.shape[0] < n:
+                    raise ValueError(f"model must return (B, S) site predictions for B images; got shape {tuple(pred.shape)} for B={n}")
+                col = pred[:n].gather(1, site[:, None]).squeeze(1)
                 value = sign * col.detach().float()
                 out, gout = col, sign.to(col.dtype)
         if not out.requires_grad:
             raise ValueError("the model's output does not depend differentiably on the input image "
                              "(no gradient: torch.no_grad, .detach() or non-torch code inside the model?); "
                              "pass a model whose predictions are differentiable with respect to the pixels")
-        (grad,) = torch.autograd.grad(out, xin, grad_outputs=gout, allow_unused=True)
+        with precision_context(self.mode, self.device, forward=False):
+            (grad,) = torch.autograd.grad(out, xin, grad_outputs=gout, allow_unused=True)
         if grad is None:
             raise ValueError("the model's output does not depend on the input image (its gradient is None); "
                              "pass a model whose predictions are computed from the pixels")
-        return value, grad.float().contiguous()
+        return value, grad.float().contiguous(memory_format=self.mode.torch_format)

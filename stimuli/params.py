@@ -6,6 +6,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+PRECISIONS = ("fp32", "tf32", "bf16", "auto")
+MEMORY_FORMATS = ("contiguous", "channels_last", "auto")
+COMPILE_MODES = ("off", "on", "auto")
+
 
 @dataclass
 class PerturbParams:
@@ -25,9 +29,10 @@ class PerturbParams:
     early_stop_patience: int = 5          # passes
     early_stop_tolerance: float = 1e-4    # relative improvement counted as progress
     random_controls_per_image: int = 1    # model-free controls per problem and epsilon
-    max_batch_rows: int = 64              # rows per forward/backward batch (memory budget)
-    channels_last: bool = False
-    bf16: bool = False
+    max_batch_rows: int = 64              # rows per forward/backward batch; 0 = as large as fits (measured)
+    precision: str = "fp32"               # the gradient passes: fp32, tf32 (CUDA), bf16 or auto (per device)
+    memory_format: str = "contiguous"     # the whole step's layout: contiguous (NCHW), channels_last or auto
+    compile: str = "off"                  # torch.compile the network: off, on or auto (where it pays)
 
     @classmethod
     def from_config_section(cls, section) -> "PerturbParams":
@@ -40,10 +45,15 @@ class PerturbParams:
         """Every impossible field as (name, value, what is expected); [] if all are fine.
         ``rig.config``'s ``[perturb]`` section is validated with this too."""
         out = []
-        for k in ("restarts", "steps", "max_batch_rows", "early_stop_patience", "prune_rounds"):
+        for k in ("restarts", "steps", "early_stop_patience", "prune_rounds"):
             v = getattr(self, k)
             if int(v) != v or v < 1:
                 out.append((k, v, "an integer >= 1"))
+        if int(self.max_batch_rows) != self.max_batch_rows or self.max_batch_rows < 0:
+            out.append(("max_batch_rows", self.max_batch_rows, "an integer >= 1, or 0 (as large as fits the device)"))
+        for k, allowed in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS), ("compile", COMPILE_MODES)):
+            if getattr(self, k) not in allowed:
+                out.append((k, getattr(self, k), "one of " + ", ".join(repr(a) for a in allowed)))
         if self.random_controls_per_image < 0:
             out.append(("random_controls_per_image", self.random_controls_per_image, "an integer >= 0"))
         for k in ("first_phase_fraction", "prune_after_fraction"):
@@ -66,6 +76,11 @@ class PerturbParams:
             if getattr(self, k) > high:
                 out.append((k, getattr(self, k), f"a value <= {high:g}"))
         return out
+
+    @property
+    def resolved(self) -> bool:
+        """True when no setting is left to the device (no ``auto``, a batch size > 0)."""
+        return (self.max_batch_rows > 0 and "auto" not in (self.precision, self.memory_format, self.compile))
 
     def check(self) -> "PerturbParams":
         """Raise ValueError naming the first impossible field; return self."""

@@ -39,14 +39,24 @@ Code layout (after MadryLab ``robustness``' ``attack_steps``): the feasible set 
 one pass are plain functions (:func:`_start_rows`, :func:`_keep_best`,
 :func:`_next_iterates`); :class:`_Search` runs the batch loop (``run``: fill the batch,
 evaluate, keep the best, decide transitions, step, then retire, park and prune rows) and
-keeps each problem's bookkeeping.
+keeps each problem's bookkeeping. A transform of the input gradient (before the step) belongs
+in :meth:`_Search._evaluate`.
+
+Entry points: :func:`solve_block` is the one solve-a-block function (a block's pairs expanded to
+every epsilon and direction, solved, quantised to uint8, re-predicted, plus its random
+controls): :func:`generate_perturbations` runs it on all problems, ``stimuli.shards.solve_shard``
+on one shard. :func:`prepare_engine` resolves the device-dependent settings first
+(:mod:`stimuli.modes`: precision, memory format, compilation, ``max_batch_rows = 0``).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import typing
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -55,9 +65,10 @@ import torch
 
 from modelfit.features import images_to_tensor
 from stimuli.controls import random_stimuli
+from stimuli.modes import EngineMode, fitting_batch_rows, resolve_mode
 from stimuli.objective import SiteObjective
 from stimuli.params import PerturbParams  # noqa: F401  (public here too: stimuli.perturb.PerturbParams)
-from stimuli.projection import L2BoxSet
+from stimuli.projection import L2BoxSet, host_syncs_are_free
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
 
@@ -89,6 +100,12 @@ class _Problems:
     sign: torch.Tensor       # (P,) long, +1 or -1
     f0: torch.Tensor         # (P,) float32, s * f_site(x) on the clean image (spikes)
     epsilon: Sequence[float]  # the radii as given (float64), for the per-row seeds
+    keys: list[tuple[int, int, float, int]] | None = None   # host copy of (image, site, epsilon, sign) per problem
+
+    def __post_init__(self) -> None:
+        if self.keys is None:   # read once here, not once per row from the device
+            self.keys = list(zip(self.image.tolist(), self.site.tolist(), [float(e) for e in self.epsilon],
+                                 self.sign.tolist()))
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -117,6 +134,7 @@ class _Rows:
     x0: torch.Tensor           # (B, 3, H, W) the clean image, pixels in [0,1]
     lower: torch.Tensor        # (B, 3, H, W) -x0
     upper: torch.Tensor        # (B, 3, H, W) 1 - x0
+    frozen: torch.Tensor       # (B,) bool: done or parked, waiting for the next host read (state kept)
 
     def __len__(self) -> int:
         return int(self.problem.shape[0])
@@ -147,7 +165,8 @@ _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(_Rows))
 def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.Tensor, params: PerturbParams,
                 seed: int) -> _Rows:
     """Fresh rows for ``jobs`` = (problem, restart): a uniform start in the first phase's ball
-    (each row from its own seeded generator), projected onto ball ∩ box."""
+    (each row from its own seeded generator, on the device where host reads are not free: a
+    row's start is then drawn there, not on the host), projected onto ball ∩ box."""
     dev = clean.device
     pi = torch.tensor([j[0] for j in jobs], device=dev)
     ri = torch.tensor([j[1] for j in jobs], device=dev)
@@ -155,9 +174,8 @@ def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.T
     e = problems.eps[pi]
     phase = torch.full((b,), 1 if params.first_phase_passes > 0 else 2, device=dev)
     radius = torch.where(phase == 1, e * params.first_phase_radius_factor, e)
-    gens = [torch.Generator().manual_seed(_row_seed(seed, int(problems.image[p]), int(problems.site[p]),
-                                                    float(problems.epsilon[p]), int(problems.sign[p]), r))
-            for p, r in jobs]
+    gen_dev = torch.device("cpu") if host_syncs_are_free(clean) else dev
+    gens = [torch.Generator(device=gen_dev).manual_seed(_row_seed(seed, *problems.keys[p], r)) for p, r in jobs]
     x0 = clean[problems.image[pi]]
     box = L2BoxSet(x0, radius)
     delta = box.random_perturb(gens)
@@ -166,13 +184,20 @@ def _start_rows(problems: _Problems, jobs: list[tuple[int, int]], clean: torch.T
                  phase=phase, it=torch.zeros(b, dtype=torch.long, device=dev),
                  stall=torch.zeros(b, dtype=torch.long, device=dev), step=e.clone(),
                  anchor_val=z - math.inf, rank_val=z - math.inf, delta=delta, anchor=delta.clone(),
-                 anchor_grad=torch.zeros_like(delta), x0=x0, lower=box.lower, upper=box.upper)
+                 anchor_grad=torch.zeros_like(delta), x0=x0, lower=box.lower, upper=box.upper,
+                 frozen=torch.zeros(b, dtype=torch.bool, device=dev))
 
 
 def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> None:
     """Rows that made progress take the iterate just evaluated (``rows.delta``, ``grad``) as
-    their anchor. Copies only the smaller side: when most rows progressed, the few that did
-    not write their old anchor into the fresh tensors, which then become the anchors."""
+    their anchor. On CPU copies only the smaller side: when most rows progressed, the few that
+    did not write their old anchor into the fresh tensors, which then become the anchors. On an
+    accelerator one select (no host synchronisation to count the rows; the same values)."""
+    if not host_syncs_are_free(progress):
+        keep = progress.reshape((-1,) + (1,) * (rows.delta.dim() - 1))
+        rows.anchor = torch.where(keep, rows.delta, rows.anchor)
+        rows.anchor_grad = torch.where(keep, grad, rows.anchor_grad)
+        return
     n_prog = int(progress.sum())
     if n_prog == 0:
         return
@@ -188,18 +213,26 @@ def _keep_progress(rows: _Rows, progress: torch.Tensor, grad: torch.Tensor) -> N
         rows.anchor_grad.index_copy_(0, fwd, grad.index_select(0, fwd))
 
 
-def _keep_best(rows: _Rows, val: torch.Tensor, grad: torch.Tensor, params: PerturbParams) -> None:
+def _keep_best(rows: _Rows, val: torch.Tensor, grad: torch.Tensor, params: PerturbParams,
+               active: torch.Tensor | None = None) -> None:
     """After a pass with values ``val`` at ``rows.delta``: keep the phase's best iterate, adapt
-    the step (decay without progress, optional growth with it) and count stalled passes."""
+    the step (decay without progress, optional growth with it) and count stalled passes.
+    ``active``: rows whose state may change (None: all; frozen rows keep theirs)."""
     progress = val > rows.anchor_val
+    if active is not None:
+        progress = progress & active
     gain = torch.where(progress & torch.isfinite(rows.anchor_val), val - rows.anchor_val,
                        torch.where(progress, torch.full_like(val, math.inf), torch.zeros_like(val)))
     _keep_progress(rows, progress, grad)
     rows.anchor_val = torch.where(progress, val, rows.anchor_val)
     grown = torch.minimum(rows.step * params.step_growth, 2 * rows.eps * params.first_phase_radius_factor)
-    rows.step = torch.where(progress, grown if params.step_growth != 1 else rows.step, rows.step * params.step_decay)
+    step = torch.where(progress, grown if params.step_growth != 1 else rows.step, rows.step * params.step_decay)
     small = gain <= params.early_stop_tolerance * rows.anchor_val.abs().clamp_min(1e-12)
-    rows.stall = torch.where(small, rows.stall + 1, torch.zeros_like(rows.stall))
+    stall = torch.where(small, rows.stall + 1, torch.zeros_like(rows.stall))
+    if active is None:
+        rows.step, rows.stall = step, stall
+    else:
+        rows.step, rows.stall = torch.where(active, step, rows.step), torch.where(active, stall, rows.stall)
     rows.rank_val = rows.anchor_val.clone()
 
 
@@ -221,6 +254,17 @@ def _next_iterates(rows: _Rows, switch: torch.Tensor, params: PerturbParams) -> 
 
 
 # ----------------------------------------------------------------------------- the search
+# On an accelerator the batch's done and parked rows are read by the host every READ_EVERY
+# passes, not after every pass; in between they are frozen (evaluated, but their state and pass
+# counts stay), so every row's trajectory, and so the answer, is the same as reading every pass.
+READ_EVERY = 4
+
+
+def _read_every(clean: torch.Tensor) -> int:
+    """Passes between host reads of the batch's bookkeeping: 1 on CPU (reads are free there)."""
+    return 1 if host_syncs_are_free(clean) else READ_EVERY
+
+
 class _Search:
     """All problems of one :func:`iter_solutions` call: the batch loop and its bookkeeping.
 
@@ -239,8 +283,9 @@ class _Search:
         self.best_val = torch.full((n_prob,), -math.inf)
         self.best_restart = torch.full((n_prob,), params.restarts, dtype=torch.long)
         self.best_delta: dict[int, torch.Tensor] = {}
-        self.passes = torch.zeros(n_prob, dtype=torch.long)
+        self.passes = torch.zeros(n_prob, dtype=torch.long, device=clean.device)   # read when a problem ends
         self.outstanding = torch.full((n_prob,), params.restarts, dtype=torch.long)
+        self.read_every = _read_every(clean)
         self.parked: dict[int, list[_Rows]] = {}
         self.resumed: deque[_Rows] = deque()
         self.fresh: deque[tuple[int, int]] = deque()
@@ -254,14 +299,24 @@ class _Search:
         """Solve every problem; yield each :class:`Solution` as soon as its problem is done."""
         yield from self._queue_restarts()
         batch: _Rows | None = None
+        n_pass = 0
         while True:
             batch = self._fill(batch)
             if batch is None or len(batch) == 0:
                 break
-            val, grad = self._evaluate(batch)
-            _keep_best(batch, val, grad, self.params)
+            active = None if self.read_every == 1 else ~batch.frozen
+            val, grad = self._evaluate(batch, active)
+            _keep_best(batch, val, grad, self.params, active)
             switch, done, park = self._transitions(batch)
-            batch.delta = _next_iterates(batch, switch, self.params)
+            if active is None:
+                batch.delta = _next_iterates(batch, switch, self.params)
+            else:
+                nxt = _next_iterates(batch, switch & active, self.params)
+                batch.delta = torch.where(active.reshape((-1,) + (1,) * (nxt.dim() - 1)), nxt, batch.delta)
+                batch.frozen = batch.frozen | done | park
+                n_pass += 1
+                if n_pass % self.read_every:
+                    continue
             if bool(done.any()):
                 yield from self._retire(batch.where(done))
             if bool(park.any()):
@@ -278,7 +333,7 @@ class _Search:
         (the clean image, no passes)."""
         shape = self.clean.shape[1:]
         for p in range(len(self.problems)):
-            if float(self.problems.eps[p]) == 0.0:
+            if np.float32(self.problems.keys[p][2]) == 0:   # the float32 radius, read on the host
                 self.best_val[p], self.best_delta[p], self.outstanding[p] = 0.0, torch.zeros(shape), 0
                 yield self._finish(p)
             else:
@@ -300,13 +355,15 @@ class _Search:
             add.append(_start_rows(self.problems, jobs, self.clean, self.params, self.seed))
         return _Rows.cat([batch] + add) if add else batch
 
-    def _evaluate(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward+backward pass for every row: ``s * (f(x + delta) - f(x))`` and its gradient."""
+    def _evaluate(self, rows: _Rows, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward+backward pass for every row: ``s * (f(x + delta) - f(x))`` and its gradient
+        (the one place where a transform of the input gradient would go, before the step)."""
         val, grad = self.objective.value_and_grad(rows.x0 + rows.delta, rows.site, rows.sign)
         val = val - self.problems.f0[rows.problem]
         self.row_passes += len(rows)
-        self.passes.index_add_(0, rows.problem.cpu(), torch.ones(len(rows), dtype=torch.long))
-        rows.it += 1
+        counted = torch.ones_like(rows.it) if active is None else active.long()   # frozen rows: not counted
+        self.passes.index_add_(0, rows.problem, counted)
+        rows.it += counted
         return val, grad
 
     def _transitions(self, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -317,7 +374,7 @@ class _Search:
         stalled = (rows.stall >= p.early_stop_patience) if p.early_stop else torch.zeros_like(switch)
         done = (rows.phase == 2) & ((rows.it >= p.steps) | stalled)
         park = (~done & self.at_checkpoint[rows.it.clamp_max(p.steps)]
-                & (self.outstanding[rows.problem.cpu()] > 1).to(rows.problem.device))
+                & (self.outstanding.to(rows.problem.device)[rows.problem] > 1))
         return switch, done, park
 
     def _offer(self, rows: _Rows) -> None:
@@ -360,7 +417,9 @@ class _Search:
             if len(gone):
                 self._offer(grp.take(gone))
                 self.outstanding[p] -= len(gone)
-            self.resumed.append(grp.take(kept))   # keep >= 1: the problem goes on
+            survivors = grp.take(kept)
+            survivors.frozen = torch.zeros_like(survivors.frozen)
+            self.resumed.append(survivors)   # keep >= 1: the problem goes on
 
     def _finish(self, p: int) -> Solution:
         if self.bar is not None:
@@ -380,6 +439,9 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
     ``clean_values``: optional (N, S) model predictions on the clean images.
     """
     params.check()
+    if params.max_batch_rows < 1:
+        raise ValueError("max_batch_rows = 0 must be resolved to a batch first (stimuli.perturb.prepare_engine)")
+    clean = clean.contiguous(memory_format=objective.mode.torch_format)   # the step's one layout
     dev = clean.device
     image_t = torch.as_tensor(np.asarray(image, dtype=np.int64), device=dev)
     site_t = torch.as_tensor(np.asarray(site, dtype=np.int64), device=dev)
@@ -455,16 +517,170 @@ def _to_float(clean: np.ndarray, device) -> torch.Tensor:
     return images_to_tensor(clean).to(device).contiguous()
 
 
+@dataclass
+class Expanded:
+    """Problems expanded to every epsilon in both directions: one entry per output row,
+    problem-major, then epsilon, then direction (+1, -1)."""
+
+    pair: np.ndarray       # index into the (image, site) pairs
+    image: np.ndarray      # clean image index
+    site: np.ndarray
+    epsilon: np.ndarray    # L2 radius (pixels in [0,1]), float64
+    epsilon_index: np.ndarray
+    sign: np.ndarray       # +1 or -1
+
+    def __len__(self) -> int:
+        return len(self.pair)
+
+
+def expand_problems(images: Sequence[int], sites: Sequence[int], epsilons: Sequence[float]) -> Expanded:
+    """Every (image, site) pair at every epsilon, direction +1 then -1 (the engine's output order)."""
+    img, sites = np.asarray(images, dtype=np.int64), np.asarray(sites, dtype=np.int64)
+    pi = np.repeat(np.arange(len(img)), len(epsilons) * 2)
+    ei = np.tile(np.repeat(np.arange(len(epsilons)), 2), len(img))
+    sg = np.tile([1, -1], len(img) * len(epsilons))
+    return Expanded(pi, img[pi], sites[pi], np.asarray(epsilons, dtype=np.float64)[ei], ei, sg)
+
+
+# ----------------------------------------------------------------------------- one block of problems
+def prepare_engine(model, x: torch.Tensor, params: PerturbParams, device: str = "cpu",
+                   uncompiled_seconds: float | None = None) -> tuple[SiteObjective, PerturbParams]:
+    """The objective to solve with and ``params`` resolved for ``device``: ``auto`` modes chosen
+    (:func:`stimuli.modes.resolve_mode`) and ``max_batch_rows = 0`` measured
+    (:func:`stimuli.modes.fitting_batch_rows`, once per process). ``x``: (N, 3, H, W) clean
+    images in [0,1]."""
+    params = resolve_mode(params.check(), device, uncompiled_seconds)
+    mode = EngineMode.of(params)
+    if params.max_batch_rows == 0:
+        probe = SiteObjective(model, device, dataclasses.replace(mode, compile=False))
+        with probe.session():
+            rows = fitting_batch_rows(probe, x.contiguous(memory_format=mode.torch_format))
+        params = dataclasses.replace(params, max_batch_rows=rows)
+    return SiteObjective(model, device, mode, batch_rows=params.max_batch_rows), params
+
+
+@dataclass
+class Block:
+    """What :func:`solve_block` made: the targeted stimuli and the random controls (None when
+    there are none; parents index the full clean set) and the passes spent."""
+
+    targeted: StimulusSet | None
+    controls: StimulusSet | None
+    passes: int
+
+
+def solve_block(objective: SiteObjective, clean: np.ndarray, clean_values: torch.Tensor,
+                problems: Sequence[tuple[int, int]], epsilons: list[float], params: PerturbParams, seed: int,
+                progress: bool = False) -> Block:
+    """The stimuli of ``problems`` (any block of a day's (image, site) pairs: all of them in a
+    single run, one shard on Dask): every pair at every epsilon in both directions, solved,
+    quantised to uint8 and re-predicted, then its random controls.
+
+    ``clean``: the day's full uint8 clean set (image indices are part of every seed);
+    ``clean_values``: the (N, S) float32 predictions on it (:meth:`SiteObjective.predict_all_batched`
+    in batches of ``max_batch_rows``); ``params`` resolved (:func:`prepare_engine`). Call inside
+    ``objective.session()``. A pure function of its arguments: a block's stimuli are exactly
+    those of the same problems in a larger block (row-separable models, bit for bit).
+    """
+    img, sites = validate_problems(list(problems), len(clean), clean_values.shape[1])
+    ex = expand_problems(img, sites, epsilons)
+    n_u, dev, b = len(ex), objective.device, params.max_batch_rows
+    if n_u:  # one probe pass: a model with no gradient fails here, with its message
+        objective.plain().value_and_grad(_to_float(clean[:1], dev), torch.tensor([int(ex.site[0])]), torch.ones(1))
+    x = _to_float(clean, dev).contiguous(memory_format=objective.mode.torch_format)
+    shown = np.empty((n_u,) + clean.shape[1:], dtype=np.uint8)
+    eps_shown = np.zeros(n_u)
+    budget = np.zeros(n_u, dtype=np.int64)
+    with _HostWork(not host_syncs_are_free(x)) as host:
+        n_ctrl = params.random_controls_per_image if len(img) else 0
+        ctrl = host.submit(random_stimuli, clean, img, sites, epsilons, n_ctrl, seed) if n_ctrl else None
+        quantised = {}
+        for sol in iter_solutions(objective, x, ex.image, ex.site, ex.epsilon, ex.sign, params, seed, progress,
+                                  clean_values):
+            k = sol.problem
+            quantised[k] = host.submit(quantize_perturbation, clean[ex.image[k]], sol.delta.permute(1, 2, 0).numpy(),
+                                       ex.epsilon[k])
+            budget[k] = sol.passes
+        for k, done in quantised.items():
+            shown[k], eps_shown[k] = done.result()
+        ctrl = ctrl.result() if ctrl is not None else None
+    targeted = None
+    if n_u:
+        targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=np.full(n_u, -1),
+                               site=ex.site, epsilon_requested=ex.epsilon, epsilon_shown=eps_shown,
+                               direction=ex.sign, budget_passes=budget, epsilon_index=ex.epsilon_index,
+                               predicted_change=_predicted_change(objective, clean, shown, ex.image, ex.site,
+                                                                  clean_values, b),
+                               epsilons=epsilons)
+        targeted.parent = ex.image.copy()   # parents index the full clean set, which may be longer than this set
+    controls = None
+    if ctrl is not None:
+        controls = _controls(objective, clean, img, sites, epsilons, params.random_controls_per_image, seed,
+                             clean_values, b, ctrl)
+    return Block(targeted, controls, int(budget.sum()))
+
+
+class _HostWork:
+    """Host-side work of a block (uint8 quantisation, the random controls: ~50-110 ms per 224 px
+    stimulus): done at once on CPU, in a few threads beside the search on an accelerator, so the
+    device does not wait for it. Pure functions: the results do not depend on which."""
+
+    def __init__(self, threaded: bool) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) if threaded else None
+
+    def __enter__(self) -> typing.Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn, *args) -> Future:
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
+
+
+def _controls(objective: SiteObjective | None, clean: np.ndarray, parents: np.ndarray, sites: np.ndarray | None,
+              epsilons: list[float], n_per_image: int, seed: int, clean_values: torch.Tensor | None,
+              batch: int, ctrl: StimulusSet | None = None) -> StimulusSet:
+    """The model-free controls (:func:`stimuli.controls.random_stimuli`, or ``ctrl`` when already
+    drawn), with their predicted change where there is a model and sites; parents index ``clean``."""
+    ctrl = ctrl if ctrl is not None else random_stimuli(clean, parents, sites, epsilons, n_per_image, seed)
+    if objective is not None and sites is not None and clean_values is not None and len(ctrl):
+        ctrl.predicted_change = _predicted_change(objective, clean, ctrl.pixels, ctrl.parent, ctrl.site,
+                                                  clean_values, batch)
+    return ctrl
+
+
+def _predicted_change(objective: SiteObjective, clean: np.ndarray, shown: np.ndarray, parents: np.ndarray,
+                      sites: np.ndarray, clean_values: torch.Tensor, batch: int) -> np.ndarray:
+    """``f_site(shown) - f_site(parent)`` (spikes, float32 model) in batches of ``batch``;
+    exactly 0 where the shown image is its parent (not float noise)."""
+    out = np.zeros(len(shown))
+    base = clean_values[parents, sites]
+    for i in range(0, len(shown), batch):
+        xb = _to_float(shown[i:i + batch], objective.device)
+        f = objective.predict(xb, torch.as_tensor(np.asarray(sites[i:i + batch]), device=xb.device))
+        out[i:i + batch] = (f - base[i:i + batch].to(f.device)).double().cpu().numpy()
+    same = np.array([np.array_equal(shown[k], clean[parents[k]]) for k in range(len(shown))], dtype=bool)
+    return np.where(same, 0.0, out)
+
+
 # ----------------------------------------------------------------------------- entry points
 def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
                            params: PerturbParams | None = None, seed: int = 0, device: str = "cpu",
                            progress: bool = True) -> StimulusSet:
-    """Targeted perturbations of every problem at every epsilon in both directions.
+    """Targeted perturbations of every problem at every epsilon in both directions: one block
+    (:func:`solve_block`) holding every problem.
 
     ``model``: images (B,3,H,W) in [0,1] -> (B, S) predictions (spikes); a module exposing
     ``backbone``/``readout_weight``/``readout_bias`` takes the fast path
     (:mod:`stimuli.objective`). ``clean``: uint8 (N, H, W, 3). ``problems``: (clean image
-    index, site index) pairs. ``epsilons``: L2 norms (pixels in [0,1]).
+    index, site index) pairs. ``epsilons``: L2 norms (pixels in [0,1]). ``params``' ``auto``
+    settings and ``max_batch_rows = 0`` are resolved for ``device`` (:func:`prepare_engine`).
 
     Returns a :class:`StimulusSet`: the N clean images (kind "clean"), then per problem,
     per epsilon, direction +1 then -1, one "targeted" stimulus, then (if
@@ -472,69 +688,26 @@ def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, i
     and epsilon. ``epsilon_shown <= epsilon_requested`` always; ``predicted_change`` is
     ``f_site(shown) - f_site(clean)`` recomputed on the shown uint8 image.
     """
-    params = (params or PerturbParams()).check()
     clean = validate_images(clean)
     eps_list = validate_epsilons(epsilons)
-    objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
     x = _to_float(clean, device)
+    objective, params = prepare_engine(model, x, params or PerturbParams(), device)
     with objective.session():
         clean_values = objective.predict_all_batched(x, params.max_batch_rows)
-        img, sites = validate_problems(problems, len(clean), clean_values.shape[1])
-        # rows of the output: problem-major, then epsilon, then direction (+1, -1)
-        pi = np.repeat(np.arange(len(img)), len(eps_list) * 2)
-        ei = np.tile(np.repeat(np.arange(len(eps_list)), 2), len(img))
-        sg = np.tile([1, -1], len(img) * len(eps_list))
-        u_img, u_site, u_eps = img[pi], sites[pi], np.asarray(eps_list)[ei]
-        if len(pi):  # one probe pass: a model with no gradient fails here, with its message
-            objective.value_and_grad(x[:1], torch.tensor([int(u_site[0])]), torch.ones(1))
-        n_u = len(pi)
-        shown = np.empty((n_u,) + clean.shape[1:], dtype=np.uint8)
-        eps_shown = np.zeros(n_u)
-        budget = np.zeros(n_u, dtype=np.int64)
-        for sol in iter_solutions(objective, x, u_img, u_site, u_eps, sg, params, seed, progress, clean_values):
-            k = sol.problem
-            d = sol.delta.permute(1, 2, 0).numpy()
-            shown[k], eps_shown[k] = quantize_perturbation(clean[u_img[k]], d, u_eps[k])
-            budget[k] = sol.passes
-        change = _predicted_change(objective, shown, u_site, clean_values[u_img, u_site], params.max_batch_rows, device)
-        change = _zero_where_unchanged(change, shown, clean, u_img)
-        targeted = StimulusSet(shown, kind=np.array(["targeted"] * n_u, dtype=object), parent=np.full(n_u, -1),
-                               site=u_site, epsilon_requested=u_eps, epsilon_shown=eps_shown, direction=sg,
-                               predicted_change=change, budget_passes=budget, epsilon_index=ei, epsilons=eps_list)
-        # parents index the clean set this is joined to, which may be longer than this set
-        targeted.parent = np.asarray(u_img, dtype=np.int64)
-        parts = [StimulusSet(clean), targeted]
-        if params.random_controls_per_image > 0 and len(img):
-            ctrl = random_stimuli(clean, img, sites, eps_list, params.random_controls_per_image, seed)
-            ctrl.predicted_change = _predicted_change(objective, ctrl.pixels, ctrl.site,
-                                                      clean_values[ctrl.parent, ctrl.site], params.max_batch_rows, device)
-            ctrl.predicted_change = _zero_where_unchanged(ctrl.predicted_change, ctrl.pixels, clean, ctrl.parent)
-            parts.append(ctrl)
-    return _join_with_clean(parts)
+        block = solve_block(objective, clean, clean_values, problems, eps_list, params, seed, progress)
+    return join_with_clean(clean, [block.targeted, block.controls], eps_list)
 
 
-def _join_with_clean(parts: list[StimulusSet]) -> StimulusSet:
-    """Concatenate [clean, derived...] where derived parents index the clean prefix."""
-    clean, derived = parts[0], parts[1:]
-    cols = {c: np.concatenate([getattr(p, c) for p in parts]) for c in StimulusSet.COLUMNS}
-    grid = derived[0].epsilons if derived else clean.epsilons  # every derived part was made on one grid
-    return StimulusSet(np.concatenate([p.pixels for p in parts]), **cols, epsilons=grid) if derived else clean
+def join_with_clean(clean: np.ndarray, parts: Sequence[StimulusSet | dict | None], epsilons: list[float]) -> StimulusSet:
+    """The clean images (kind "clean") followed by ``parts`` (StimulusSets, or dicts of their
+    ``pixels`` and columns; None skipped), whose parents index the clean prefix, on the
+    epsilon grid ``epsilons``."""
+    def col(p, c):
+        return p[c] if isinstance(p, dict) else getattr(p, c)
 
-
-def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.ndarray, clean_site_values: torch.Tensor,
-                      batch: int, device) -> np.ndarray:
-    out = np.zeros(len(pixels))
-    for i in range(0, len(pixels), batch):
-        xb = _to_float(pixels[i:i + batch], device)
-        f = objective.predict(xb, torch.as_tensor(np.asarray(sites[i:i + batch]), device=xb.device))
-        out[i:i + batch] = (f - clean_site_values[i:i + batch].to(f.device)).double().cpu().numpy()
-    return out
-
-
-def _zero_where_unchanged(change: np.ndarray, shown: np.ndarray, clean: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """A shown image identical to its parent changes nothing: exactly 0, not float noise."""
-    same = np.array([np.array_equal(shown[k], clean[parents[k]]) for k in range(len(shown))], dtype=bool)
-    return np.where(same, 0.0, change)
+    parts = [StimulusSet(clean)] + [p for p in parts if p is not None]
+    cols = {c: np.concatenate([col(p, c) for p in parts]) for c in ("pixels",) + StimulusSet.COLUMNS}
+    return StimulusSet(cols.pop("pixels"), **cols, epsilons=epsilons)
 
 
 def random_controls(clean: np.ndarray, parents: Sequence[int], epsilons: list[float], n_per_image: int,
@@ -557,13 +730,12 @@ def random_controls(clean: np.ndarray, parents: Sequence[int], epsilons: list[fl
         sites = np.asarray(sites, dtype=np.int64).reshape(-1)
         if len(sites) != len(parents):
             raise ValueError(f"sites must give one site per parent; got {len(sites)} sites for {len(parents)} parents")
-    ctrl = random_stimuli(clean, parents, sites, eps_list, int(n_per_image), seed)
-    if model is not None and sites is not None and len(ctrl):
-        objective = SiteObjective(model, device)
-        with objective.session():
-            x = _to_float(clean, device)
-            cv = objective.predict_all_batched(x, 64)
-            validate_problems(list(zip(parents.tolist(), sites.tolist())), len(clean), cv.shape[1])
-            ctrl.predicted_change = _predicted_change(objective, ctrl.pixels, ctrl.site, cv[ctrl.parent, ctrl.site], 64, device)
-            ctrl.predicted_change = _zero_where_unchanged(ctrl.predicted_change, ctrl.pixels, clean, ctrl.parent)
-    return _join_with_clean([StimulusSet(clean), ctrl])
+    if model is None or sites is None or not len(parents) * len(eps_list) * n_per_image:
+        return join_with_clean(clean, [_controls(None, clean, parents, sites, eps_list, int(n_per_image), seed,
+                                                 None, 64)], eps_list)
+    objective = SiteObjective(model, device)
+    with objective.session():
+        cv = objective.predict_all_batched(_to_float(clean, device), 64)
+        validate_problems(list(zip(parents.tolist(), sites.tolist())), len(clean), cv.shape[1])
+        ctrl = _controls(objective, clean, parents, sites, eps_list, int(n_per_image), seed, cv, 64)
+    return join_with_clean(clean, [ctrl], eps_list)

@@ -25,8 +25,37 @@ import torch
 BISECTION_STEPS = 30  # on the clipped coordinates only, then an exact finish
 
 
+def host_syncs_are_free(t: torch.Tensor) -> bool:
+    """True on CPU: reading a tensor's value on the host costs nothing there. On an accelerator
+    every read (``bool(t.any())``, ``int(...)``) waits for the device's queue, so the engine
+    avoids the reads it can do without (with the same results)."""
+    return t.device.type == "cpu"
+
+
+def _nhwc(t: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored channels_last (and not also plainly contiguous)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, n) view of ``t`` in its memory order (channels_last: NHWC order), never a copy of a
+    dense tensor: the projection then runs in the layout the step runs in."""
+    if _nhwc(t):
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
     return t.reshape(t.shape[0], -1)
+
+
+def _unflat(f: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_flat` for a tensor shaped and laid out like ``like``."""
+    if _nhwc(like):
+        b, c, h, w = like.shape
+        return f.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return f.reshape(like.shape)
+
+
+def same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``like``'s memory format (channels_last or contiguous); no copy when it already is."""
+    return t.contiguous(memory_format=torch.channels_last if _nhwc(like) else torch.contiguous_format)
 
 
 def _row(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -67,13 +96,14 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     ``BISECTION_STEPS`` passes over ``(B, K)``, cheap when the box binds in few pixels.
     """
     b = v.shape[0]
-    vf, lo, hi = _flat(v), _flat(lower), _flat(upper)
+    v = same_layout(v, lower)                            # one memory order for the three flats
+    vf, lo, hi = _flat(v), _flat(lower), _flat(same_layout(upper, lower))
     r2 = radius.to(vf.dtype).reshape(b).pow(2)
     clipped = torch.clamp(vf, lo, hi)
     n2_clip = torch.linalg.vector_norm(clipped, dim=1).pow(2)
     need = n2_clip > r2
     if not bool(need.any()):
-        return clipped.reshape(v.shape)
+        return _unflat(clipped, v)
     vnorm2 = torch.linalg.vector_norm(vf, dim=1).pow(2)
     ri, ci = _changed_coordinates(vf, clipped)           # clipped at t = 1
     cnt = torch.bincount(ri, minlength=b)
@@ -89,13 +119,14 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     # bracket: at t_lo = r/||v|| the unclipped norm is r, so the clipped one is <= r
     t_lo = (r2 / vnorm2.clamp_min(1e-30)).sqrt().clamp(max=1.0)
     t_hi = torch.ones_like(t_lo)
+    check_fixed_point = host_syncs_are_free(v)           # elsewhere all steps run (same result, no read)
     for _ in range(BISECTION_STEPS if k else 0):
         t = (t_lo + t_hi).mul_(0.5)
         t2 = t * t                                       # norm^2 at t: t^2 * free + clipped terms
         n2 = torch.where(tau <= t[:, None], cb2, t2[:, None] * cv2).sum(1).add_(t2 * free2)
         inside = n2 <= r2
         new_lo, new_hi = torch.where(inside, t, t_lo), torch.where(inside, t_hi, t)
-        if torch.equal(new_lo, t_lo) and torch.equal(new_hi, t_hi):
+        if check_fixed_point and torch.equal(new_lo, t_lo) and torch.equal(new_hi, t_hi):
             break                                        # a fixed point in float: later steps change nothing
         t_lo, t_hi = new_lo, new_hi
     # exact finish: with the clipped set of t_hi fixed, t^2 * A + C = r^2 on the bracket
@@ -111,7 +142,7 @@ def project_ball_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     over = dn2 > r2
     if bool(over.any()):
         d = d * torch.where(over, (r2 / dn2.clamp_min(1e-30)).sqrt(), torch.ones_like(dn2))[:, None]
-    return d.reshape(v.shape)
+    return _unflat(d, v)
 
 
 def l2_step(delta: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor) -> torch.Tensor:
@@ -166,10 +197,10 @@ class L2BoxSet:
         like = self.lower
         b, n = like.shape[0], like[0].numel()
         dirs, us = [], []
-        for g in generators:
-            dirs.append(torch.randn(like.shape[1:], generator=g, dtype=torch.float32))
-            us.append(torch.rand((), generator=g, dtype=torch.float64))
-        d = torch.stack(dirs).to(like.device, like.dtype)
+        for g in generators:   # each on its generator's device
+            dirs.append(torch.randn(like.shape[1:], generator=g, dtype=torch.float32, device=g.device))
+            us.append(torch.rand((), generator=g, dtype=torch.float64, device=g.device))
+        d = same_layout(torch.stack(dirs).to(like.device, like.dtype), like)
         u = torch.stack(us).to(like.device)
         rad = (self.radius.double() * u.pow(1.0 / n)).to(like.dtype)
         dn = _flat(d).norm(dim=1).clamp_min(1e-30)

@@ -30,12 +30,8 @@ import numpy as np
 
 import torch
 
-from stimuli.controls import random_stimuli
-from stimuli.objective import SiteObjective
-from stimuli.perturb import (PerturbParams, _predicted_change as _engine_predicted_change, _to_float,
-                             _zero_where_unchanged, iter_solutions, validate_epsilons, validate_images,
-                             validate_problems)
-from stimuli.quantize import quantize_perturbation
+from stimuli.perturb import (PerturbParams, _to_float, join_with_clean, prepare_engine, solve_block,
+                             validate_epsilons, validate_images)
 from stimuli.stimset import StimulusSet
 
 
@@ -116,23 +112,18 @@ class ShardResult:
     model_loads: int = 0    # times the process that ran it had built the model (set by the distributed runner)
 
 
-def _predicted_change(objective: SiteObjective, pixels: np.ndarray, sites: np.ndarray, clean_site_values: torch.Tensor,
-                      batch: int, device, clean: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """``f_site(shown) - f_site(clean)`` (spikes) in batches of ``batch``; exactly 0 where shown == clean
-    (the engine's own two steps, so a shard's numbers are the single run's)."""
-    change = _engine_predicted_change(objective, pixels, sites, clean_site_values, batch, device)
-    return _zero_where_unchanged(change, pixels, clean, parents)
+def _columns(ss: StimulusSet | None) -> dict[str, np.ndarray] | None:
+    return None if ss is None else {"pixels": ss.pixels, **{c: getattr(ss, c) for c in StimulusSet.COLUMNS}}
 
 
 def clean_predictions(model, clean: np.ndarray, params: PerturbParams, device: str = "cpu") -> torch.Tensor:
     """(N, S) float32 predictions (spikes) on the day's full uint8 clean set, computed exactly as
     :func:`stimuli.perturb.generate_perturbations` computes them (batches of ``max_batch_rows``
-    over the full set, with ``channels_last`` / ``bf16`` as set), so a worker can compute them
-    once per day and hand them to every shard it runs (:func:`solve_shard`'s ``clean_values``)."""
-    params = params.check()
+    over the full set), so a worker can compute them once per day and hand them to every shard
+    it runs (:func:`solve_shard`'s ``clean_values``)."""
     clean = validate_images(clean)
-    objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
     x = _to_float(clean, device)
+    objective, params = prepare_engine(model, x, params, device)
     with objective.session():
         return objective.predict_all_batched(x, params.max_batch_rows)
 
@@ -140,62 +131,28 @@ def clean_predictions(model, clean: np.ndarray, params: PerturbParams, device: s
 def solve_shard(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], epsilons: Sequence[float],
                 params: PerturbParams, seed: int, device: str = "cpu", index: int = 0,
                 clean_values: torch.Tensor | None = None) -> ShardResult:
-    """The stimuli of ``problems`` (a block of the day's list) as the single run makes them.
+    """The stimuli of ``problems`` (a block of the day's list) as the single run makes them: the
+    engine's own :func:`stimuli.perturb.solve_block` on this block.
 
     ``clean``: the day's full uint8 clean set (N, H, W, 3), never a subset (image indices
     are part of every seed). ``epsilons``: L2 norms (pixels in [0,1]). Pure: the result is a
-    function of (model, clean, problems, epsilons, params, seed) only.
-
-    Mirrors :func:`stimuli.perturb.generate_perturbations` step by step (clean predictions in
-    batches of ``max_batch_rows`` over the full set, :func:`iter_solutions`, uint8
-    quantisation, recomputed predictions, random controls) through the engine's public
-    functions. ``clean_values``: the (N, S) output of :func:`clean_predictions` for this
-    model, clean set and params (computed here when None; a worker passes its cached copy).
-    (``generate_perturbations`` itself refuses a problem list whose largest image index is
-    not below its number of output stimuli (its StimulusSet's parent check), which a
-    shard's short list often is.)
+    function of (model, clean, problems, epsilons, params, seed) only. ``clean_values``: the
+    (N, S) output of :func:`clean_predictions` for this model, clean set and params (computed
+    here when None; a worker passes its cached copy).
     """
     t = time.perf_counter()
-    params = params.check()
     clean = validate_images(clean)
     eps_list = validate_epsilons(epsilons)
-    objective = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
     x = _to_float(clean, device)
-    b = params.max_batch_rows
+    objective, params = prepare_engine(model, x, params, device)
     with objective.session():
         if clean_values is None:
-            clean_values = objective.predict_all_batched(x, b)
+            clean_values = objective.predict_all_batched(x, params.max_batch_rows)
         elif tuple(clean_values.shape[:1]) != (len(clean),):
             raise ValueError(f"clean_values has {clean_values.shape[0]} rows for {len(clean)} clean images")
-        img, sites = validate_problems(list(problems), len(clean), clean_values.shape[1])
-        pi = np.repeat(np.arange(len(img)), len(eps_list) * 2)
-        ei = np.tile(np.repeat(np.arange(len(eps_list)), 2), len(img))
-        sg = np.tile([1, -1], len(img) * len(eps_list))
-        u_img, u_site, u_eps = img[pi], sites[pi], np.asarray(eps_list)[ei]
-        n_u = len(pi)
-        shown = np.empty((n_u,) + clean.shape[1:], dtype=np.uint8)
-        eps_shown = np.zeros(n_u)
-        budget = np.zeros(n_u, dtype=np.int64)
-        for sol in iter_solutions(objective, x, u_img, u_site, u_eps, sg, params, seed, False, clean_values):
-            k = sol.problem
-            shown[k], eps_shown[k] = quantize_perturbation(clean[u_img[k]], sol.delta.permute(1, 2, 0).numpy(), u_eps[k])
-            budget[k] = sol.passes
-        targeted = controls = None
-        if n_u:
-            targeted = {"pixels": shown, "kind": np.array(["targeted"] * n_u, dtype=object),
-                        "parent": u_img.astype(np.int64), "site": u_site.astype(np.int64),
-                        "epsilon_requested": u_eps.astype(np.float64), "epsilon_shown": eps_shown,
-                        "direction": sg.astype(np.int8), "budget_passes": budget, "epsilon_index": ei.astype(np.int64),
-                        "predicted_change": _predicted_change(objective, shown, u_site, clean_values[u_img, u_site], b,
-                                                              device, clean, u_img)}
-        if params.random_controls_per_image > 0 and len(img):
-            ctrl = random_stimuli(clean, img, sites, eps_list, params.random_controls_per_image, seed)
-            controls = {"pixels": ctrl.pixels, **{c: getattr(ctrl, c) for c in StimulusSet.COLUMNS}}
-            controls["predicted_change"] = _predicted_change(objective, ctrl.pixels, ctrl.site,
-                                                             clean_values[ctrl.parent, ctrl.site], b, device, clean,
-                                                             ctrl.parent)
-    return ShardResult(index, targeted, controls, int(budget.sum()), time.perf_counter() - t,
-                       f"{socket.gethostname()}:{os.getpid()}", time.time())
+        block = solve_block(objective, clean, clean_values, problems, eps_list, params, seed)
+    return ShardResult(index, _columns(block.targeted), _columns(block.controls), block.passes,
+                       time.perf_counter() - t, f"{socket.gethostname()}:{os.getpid()}", time.time())
 
 
 def merge_shards(clean: np.ndarray, results: Sequence[ShardResult], n_shards: int,
@@ -213,14 +170,8 @@ def merge_shards(clean: np.ndarray, results: Sequence[ShardResult], n_shards: in
         raise ValueError(f"cannot merge shards: missing {missing}, duplicated {dup}, unknown {extra} "
                          f"(expected each of 0..{n_shards - 1} exactly once)")
     ordered = sorted(results, key=lambda r: r.index)
-    first = StimulusSet(clean)
-    parts = [{"pixels": first.pixels, **{c: getattr(first, c) for c in StimulusSet.COLUMNS}}]
-    parts += [r.targeted for r in ordered if r.targeted is not None]
-    parts += [r.controls for r in ordered if r.controls is not None]
-    if len(parts) == 1:
-        return first
-    cols = {c: np.concatenate([p[c] for p in parts]) for c in ("pixels",) + StimulusSet.COLUMNS}
-    return StimulusSet(cols.pop("pixels"), **cols, epsilons=validate_epsilons(epsilons))
+    return join_with_clean(clean, [r.targeted for r in ordered] + [r.controls for r in ordered],
+                           validate_epsilons(epsilons))
 
 
 def solve_in_shards(model, clean: np.ndarray, problems: Sequence[tuple[int, int]], epsilons: Sequence[float],

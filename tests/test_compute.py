@@ -212,6 +212,9 @@ def test_stimuli_generate_prints_the_cost_and_refuses_a_plan_past_the_deadline(t
     captured = capsys.readouterr()
     assert rc == 2 and not (tmp_path / "late.npz").exists()
     assert "passes/s on cpu" in captured.out and "expected time" in captured.out
+    # the cost line names the engine's mode and the batch that max_batch_rows = 0 chose
+    assert "max_batch_rows = 0 -> " in captured.out and "compile = auto -> off" in captured.out
+    assert any(m in captured.out for m in ("rows, bf16, channels_last, compile off", "rows, fp32, contiguous"))
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "refusing to generate" in err[0] and "compute.max_hours = 1e-06" in err[0]
     assert "perturb.restarts" in err[0] and f"{2 * 2 * 2 * 2 * 50 * 10 + 2 * 2 * 2 * 2 * 13 * 30:,} passes" in err[0]
@@ -228,3 +231,33 @@ def test_random_controls_of_a_late_parent_alone():
     ss = random_controls(clean, [5], [0.5, 1.0], 1, seed=3)
     assert list(ss.kind) == ["clean"] * 6 + ["random"] * 2 and list(ss.parent[6:]) == [5, 5]
     assert np.all(ss.epsilon_shown[6:] <= ss.epsilon_requested[6:]) and np.all(ss.epsilon_shown[6:] > 0)
+
+
+def test_the_model_source_reads_its_file_once_and_travels_as_bytes(tmp_path, monkeypatch):
+    """FittedModelFiles: the fitted-model file is read once (its bytes); the parsed model and
+    the built module come from those bytes, once per process; a pickled copy (what a Dask
+    worker receives) builds the same predictions."""
+    import pickle
+    from pathlib import Path
+
+    import h5py
+    import torch
+
+    from rig.loop.compute import FittedModelFiles, InMemoryModel
+    from tests.test_perturb_cli import _fitted_model_file
+
+    path = _fitted_model_file(tmp_path)
+    reads, opened = [], []
+    real_read, real_h5 = Path.read_bytes, h5py.File
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real_read(self))
+    monkeypatch.setattr(h5py, "File", lambda name, *a, **k: opened.append(str(name)) or real_h5(name, *a, **k))
+    source = FittedModelFiles.from_paths(path)
+    module = source.build("cpu")
+    assert source.build("cpu") is module and source.fitted().n_sites == 4
+    assert reads == [path.name] and not any(str(path) in o for o in opened)
+    x = torch.rand(2, 3, 32, 32)
+    clone = pickle.loads(pickle.dumps(source))
+    with torch.no_grad():
+        torch.testing.assert_close(clone.build("cpu")(x), module(x))
+    assert clone.sha256 == source.sha256 and InMemoryModel(module).build("cpu") is module
+    assert InMemoryModel(module).sha256 == InMemoryModel(clone.build("cpu")).sha256

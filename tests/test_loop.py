@@ -71,6 +71,11 @@ def test_two_day_simulation_end_to_end(experiment):
     # the targets are recording channels, and the audit trail names model and code
     assert set(d1.stimuli.site[kinds == "targeted"]) <= set(d1.model["target_channels"].tolist())
     assert d1.model["model_file"] == "model_through_000.h5" and d1.model["code_version"].startswith("0.1.0")
+    # the plan records the engine as it ran: max_batch_rows = 0 and the auto modes resolved for this device
+    ran = json.loads(d1.model["perturb_params"])
+    assert cfg.perturb.max_batch_rows == 0 and ran["max_batch_rows"] >= 1
+    assert ran["precision"] in ("fp32", "bf16") and ran["memory_format"] in ("contiguous", "channels_last")
+    assert ran["compile"] == "off"   # auto never compiles on CPU (measured no faster there)
     a1, a2 = _analysis(folder, 1), _analysis(folder, 2)
     for a in (a1, a2):
         # the loop moves the sites more than random directions of the same size (at the largest

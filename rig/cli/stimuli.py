@@ -96,7 +96,6 @@ def load_stimulus_set(path: str | Path):
 
 
 def cmd_generate(args) -> int:
-    from modelfit.store import load_fitted
     from stimuli.images import clean_images
     from rig.loop.compute import FittedModelFiles, generate_stimuli
     from stimuli.perturb import PerturbParams
@@ -112,11 +111,10 @@ def cmd_generate(args) -> int:
         except (OSError, KeyError, ValueError) as exc:
             raise UserError(f"--model {args.model}: cannot be used: {exc}") from None
 
-    fitted = build(lambda: load_fitted(args.model))
+    source = build(lambda: FittedModelFiles.from_paths(args.model, args.weights))   # each file read once
+    fitted = source.fitted()
     if cfg.compute.scheduler == "local":  # fail early, before images and the cost probe, on an unusable model
-        module = build(lambda: fitted.module(args.weights, device=device))
-    else:
-        module = None
+        build(lambda: source.build(device))
     n_sites = fitted.n_sites
     sites = args.sites if args.sites is not None else list(range(min(cfg.experiment.sites_per_day, n_sites)))
     bad = [s for s in sites if not 0 <= s < n_sites]
@@ -126,18 +124,16 @@ def cmd_generate(args) -> int:
     epsilons = args.epsilons or cfg.experiment.epsilons
     seed = cfg.experiment.seed if args.seed is None else args.seed
     overrides = {k: v for k, v in (("restarts", args.restarts), ("steps", args.steps)) if v is not None}
-    params = PerturbParams(**{**dataclasses.asdict(PerturbParams.from_config_section(cfg.perturb)), **overrides,
-                              "channels_last": cfg.model.channels_last, "bf16": cfg.model.bf16})
+    params = PerturbParams(**{**dataclasses.asdict(PerturbParams.from_config_section(cfg.perturb)), **overrides})
     clean, _ = clean_images(cfg.images.source, cfg.images.size_px, cfg.images.n_clean, seed)
     if per_site > len(clean):
         raise UserError(f"--images-per-site {per_site}: only {len(clean)} clean images; lower it or raise images.n_clean")
     rng = np.random.default_rng(seed)
     problems = [(int(i), int(s)) for s in sites for i in np.sort(rng.choice(len(clean), per_site, replace=False))]
     try:
-        ss = generate_stimuli(cfg.compute, clean, problems, epsilons, params, seed=seed, device=device,
-                              module_factory=lambda: module,
-                              source_factory=lambda: FittedModelFiles.from_paths(args.model, args.weights),
-                              progress=not args.no_progress, report=lambda line: print(line, flush=True))
+        ss, _ = generate_stimuli(cfg.compute, clean, problems, epsilons, params, seed=seed, device=device,
+                                 source=source, progress=not args.no_progress,
+                                 report=lambda line: print(line, flush=True))
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     out = save_stimulus_set(args.out, ss)

@@ -41,6 +41,7 @@ from stimuli.geometry import (
     subspace_fractions,
 )
 from stimuli.objective import SiteObjective
+from stimuli.modes import EngineMode
 from stimuli.params import PerturbParams
 from stimuli.stimset import StimulusSet
 from stimuli.universal import (
@@ -111,7 +112,7 @@ def add_beyond_stimuli(cfg: Config, stimset: StimulusSet, module, chosen_local: 
     info: dict = {"shared": [], "subspace": [], "lines": []}
     if not enabled(cfg):
         return stimset, info
-    objective = SiteObjective(module, cfg.model.device, channels_last=params.channels_last, bf16=params.bf16)
+    objective = SiteObjective(module, cfg.model.device, EngineMode.of(params))   # params: resolved by the engine's plan step
     parts = _Parts(len(stimset), [], [], [], [])
     rng = np.random.default_rng([seed, 23])
     used = {int(p) for p in np.asarray(used_pool).ravel()}

@@ -37,7 +37,7 @@ class Estimate:
         return [f"cost: {s.problems} problems, {s.passes:,} forward+backward passes at most "
                 f"(+{s.forward_rows:,} forward-only rows), {s.stimuli:,} stimuli",
                 f"cost: measured {self.rate.passes_per_s:.1f} passes/s on {self.rate.device} "
-                f"(batch {self.rate.batch_rows}, {self.rate.seconds:.1f} s of timed batches) x {self.workers} worker(s)",
+                f"({self.rate.describe()}; {self.rate.seconds:.1f} s of timed batches) x {self.workers} worker(s)",
                 f"cost: expected time {_hms(self.seconds)}, peak memory about {self.peak_bytes / GIB:.2f} GiB per worker"]
 
 

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from modelfit.backbone import file_sha256
 from rig.config import ComputeConfig
 from rig.errors import UserError
-from stimuli.cost import PassRate, measure_pass_rate
+from stimuli.cost import PassRate, RunSize, measure_pass_rate
+from stimuli.modes import COMPILE_PAYS_AFTER_S
 from stimuli.perturb import PerturbParams
 from stimuli.shards import Shard, ShardResult, auto_shards, merge_shards, solve_shard, split_problems
 from stimuli.stimset import StimulusSet
@@ -49,22 +49,50 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _read_fitted(data: bytes, name: str = "model"):
+    """A :class:`modelfit.store.FittedModel` parsed from a fitted-model file's bytes (no file read)."""
+    import io
+
+    import h5py
+
+    from modelfit.store import read_fitted_group
+
+    try:
+        f = h5py.File(io.BytesIO(data), "r")
+    except OSError as e:
+        raise ValueError(f"{name!r} is not an HDF5 fitted-model file ({e})") from None
+    with f:
+        return read_fitted_group(f)
+
+
 @dataclass
 class FittedModelFiles:
-    """A fitted model (``itloop model fit`` output) and its backbone weights file, as bytes.
+    """A model source as files: a fitted model (``itloop model fit`` output) and its backbone
+    weights file, as bytes, read once (:meth:`from_paths`) and shipped as they are to Dask workers.
 
     ``weights`` is None for a randomly initialised backbone (built from its seed). The
-    sha256 of each file is checked again where the model is built.
+    sha256 of each file is checked again where the model is built. :meth:`fitted` (the
+    parsed file) and :meth:`build` (the torch module, per device) are made once per process.
     """
 
-    fitted: bytes
+    fitted_bytes: bytes
     weights: bytes | None
     fitted_sha256: str = ""
     weights_sha256: str = ""
 
     def __post_init__(self) -> None:
-        self.fitted_sha256 = _sha256(self.fitted)
+        self.fitted_sha256 = _sha256(self.fitted_bytes)
         self.weights_sha256 = _sha256(self.weights) if self.weights is not None else "random-init"
+        self._parsed = None
+        self._built: dict[str, object] = {}
+
+    def __getstate__(self) -> dict:
+        # what travels: the bytes and their digests, never a parsed or built model
+        return {k: getattr(self, k) for k in ("fitted_bytes", "weights", "fitted_sha256", "weights_sha256")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._parsed, self._built = None, {}
 
     @property
     def sha256(self) -> str:
@@ -72,37 +100,70 @@ class FittedModelFiles:
         return _sha256(f"{self.fitted_sha256}:{self.weights_sha256}".encode())
 
     @classmethod
-    def from_paths(cls, model_path: str | os.PathLike, weights: str | os.PathLike | None = None) -> "FittedModelFiles":
-        """Read ``model_path`` and the weights file it was fitted with (``weights`` if it moved)."""
-        from modelfit.store import load_fitted
-
-        fitted = load_fitted(model_path)
+    def from_paths(cls, model_path: str | os.PathLike, weights: str | os.PathLike | None = None) -> FittedModelFiles:
+        """Read ``model_path`` and the weights file it was fitted with (``weights`` if it moved), each once."""
+        data = Path(model_path).read_bytes()
+        fitted = _read_fitted(data, str(model_path))
         if fitted.random_init:
-            return cls(Path(model_path).read_bytes(), None)
-        wpath = str(weights) if weights else fitted.weights_path
-        if not wpath or not Path(wpath).is_file():
-            raise UserError(f"model {model_path}: its weights file {wpath!r} does not exist; pass the weights file "
-                            "(model.weights / --weights)")
-        if file_sha256(wpath) != fitted.weights_sha256:
-            raise UserError(f"weights file {wpath} is not the one {model_path} was fitted with (sha256 differs); "
-                            "pass the original weights file")
-        return cls(Path(model_path).read_bytes(), Path(wpath).read_bytes())
+            out = cls(data, None)
+        else:
+            wpath = str(weights) if weights else fitted.weights_path
+            if not wpath or not Path(wpath).is_file():
+                raise UserError(f"model {model_path}: its weights file {wpath!r} does not exist; pass the weights "
+                                "file (model.weights / --weights)")
+            wbytes = Path(wpath).read_bytes()
+            if _sha256(wbytes) != fitted.weights_sha256:
+                raise UserError(f"weights file {wpath} is not the one {model_path} was fitted with (sha256 differs); "
+                                "pass the original weights file")
+            out = cls(data, wbytes)
+        out._parsed = fitted
+        return out
+
+    def fitted(self):
+        """The fitted model (:class:`modelfit.store.FittedModel`: readout, sites, scores), parsed once."""
+        if self._parsed is None:
+            self._parsed = _read_fitted(self.fitted_bytes)
+        return self._parsed
 
     def build(self, device: str = "cpu"):
-        """The images -> (B, S) torch module, built from the bytes (checked against their sha256)."""
-        from modelfit.store import load_fitted
-
-        if _sha256(self.fitted) != self.fitted_sha256 or (
+        """The images -> (B, S) torch module on ``device``, built once per process from the bytes
+        (checked against their sha256)."""
+        if device in self._built:
+            return self._built[device]
+        if _sha256(self.fitted_bytes) != self.fitted_sha256 or (
                 self.weights is not None and _sha256(self.weights) != self.weights_sha256):
             raise ValueError("model bytes do not match their sha256; the payload was corrupted in transit")
         with tempfile.TemporaryDirectory(prefix="itloop-model-") as tmp:
-            mpath = Path(tmp) / "model.h5"
-            mpath.write_bytes(self.fitted)
             wpath = None
-            if self.weights is not None:
+            if self.weights is not None:   # the backbone loads its weights from a file
                 wpath = Path(tmp) / "weights.pt"
                 wpath.write_bytes(self.weights)
-            return load_fitted(mpath).module(weights=wpath, device=device)
+            self._built[device] = self.fitted().module(weights=wpath, device=device)
+        return self._built[device]
+
+
+@dataclass
+class InMemoryModel:
+    """A model source that is already a torch module in this process (tests, benchmarks,
+    notebooks). It travels to Dask workers pickled; ``sha256`` names its weights."""
+
+    module: object
+
+    @property
+    def sha256(self) -> str:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, buf)
+        return _sha256(type(self.module).__qualname__.encode() + buf.getvalue())
+
+    def build(self, device: str = "cpu"):
+        return self.module.to(device)
+
+
+ModelSource = FittedModelFiles | InMemoryModel
 
 
 def images_sha256(clean: np.ndarray) -> str:
@@ -195,7 +256,7 @@ def restore_worker(undo: list[tuple]) -> None:
 class DayPayload(_WorkerPlugin):
     """What every worker of a run needs once: the model source and the clean images.
 
-    ``source``: anything with ``sha256`` and ``build(device)`` (:class:`FittedModelFiles`).
+    ``source``: a :data:`ModelSource` (anything with ``sha256`` and ``build(device)``).
     The built model is cached per device for the worker's life (``loads`` counts builds),
     and so are the model's predictions on the clean set (:func:`stimuli.shards.clean_predictions`,
     per device and batch settings), which every shard needs: they are computed once per
@@ -246,7 +307,7 @@ class DayPayload(_WorkerPlugin):
         """(N, S) predictions on the clean set for ``device`` and ``params``' batch settings (cached)."""
         from stimuli.shards import clean_predictions
 
-        key = (device, params.max_batch_rows, params.channels_last, params.bf16)
+        key = (device, params.max_batch_rows)   # predictions run the model as given, in float32
         if key not in self._clean_values:
             self._clean_values[key] = clean_predictions(self.model(device), self.clean, params, device)
         return self._clean_values[key]
@@ -474,49 +535,67 @@ class _Progress:
 # ----------------------------------------------------------------------------- one entry point
 def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tuple[int, int]],
                      epsilons: Sequence[float], params: PerturbParams, seed: int, device: str, *,
-                     module_factory, source_factory, progress: bool = True, report=print) -> StimulusSet:
+                     source: ModelSource, progress: bool = True, report=print) -> tuple[StimulusSet, PerturbParams]:
     """Measure, estimate, check the deadline, then generate (in-process or on Dask, per ``cc.scheduler``).
 
-    ``module_factory()`` builds the model in this process (used only by ``"local"``);
-    ``source_factory()`` gives the model as a shippable source (:class:`FittedModelFiles`,
-    used only on Dask). ``report``: where the cost lines go (None = nowhere).
-    Raises :class:`rig.errors.UserError` when the run could not end before the deadline.
+    ``source``: the model (:class:`FittedModelFiles` or :class:`InMemoryModel`), built once in
+    this process (``"local"``) or once per Dask worker. ``params``' ``auto`` modes and
+    ``max_batch_rows = 0`` are resolved on the device that runs the engine (compile ``auto``
+    from the measured uncompiled rate: on CUDA where the run is long enough to repay it). ``report``:
+    where the cost lines go (None = nowhere). Returns the stimuli and the resolved params (what
+    the plan records). Raises :class:`rig.errors.UserError` when the run could not end before
+    the deadline.
     """
     from rig.loop.budget import Estimate, check_deadline
     from stimuli.cost import engine_state_bytes, run_passes
+    from stimuli.modes import resolve_mode
     from stimuli.perturb import generate_perturbations
 
     problems = [(int(i), int(s)) for i, s in problems]
     sites = sorted({s for _, s in problems}) or [0]
+    auto_compile = params.compile == "auto"
+    probe_params = dataclasses.replace(params, compile="off") if auto_compile else params
 
-    def estimate(rate: PassRate, workers: int, clean_evaluations: int):
-        size = run_passes(len(problems), len(clean), epsilons, params, clean_evaluations)
-        est = Estimate(size, rate, workers, rate.peak_bytes + engine_state_bytes(params, clean.shape[1:], len(clean),
-                                                                                 size.stimuli))
+    def estimate(rate: PassRate, workers: int, clean_evaluations: int) -> tuple[RunSize, PerturbParams]:
+        run = rate.params
+        size = run_passes(len(problems), len(clean), epsilons, run, clean_evaluations)
+        est = Estimate(size, rate, workers, rate.peak_bytes + engine_state_bytes(run, clean.shape[1:], len(clean),
+                                                                              size.stimuli))
+        if auto_compile:
+            run = resolve_mode(dataclasses.replace(run, compile="auto"), device, est.seconds)
         if report is not None:
             for line in est.lines():
                 report(line)
+            if params.max_batch_rows == 0:
+                report(f"cost: max_batch_rows = 0 -> {run.max_batch_rows} rows (as large as fits on {rate.device}, "
+                       "measured once per process)")
+            if auto_compile:
+                report(f"cost: compile = auto -> {run.compile} (the run takes {est.seconds:.0f} s uncompiled; "
+                       f"compiling pays from {COMPILE_PAYS_AFTER_S:.0f} s on CUDA, never on CPU)")
         check_deadline(est, cc)
-        return size
+        return size, run
 
     if cc.scheduler == "local":
-        model = module_factory()
+        model = source.build(device)
+        run = probe_params
         if problems:
-            estimate(measure_pass_rate(model, clean, sites, params, device, cc.probe_batches), 1, 1)
-        return generate_perturbations(model, clean, problems, list(epsilons), params, seed=seed, device=device,
-                                      progress=progress)
-    with dask_client(cc) as client, DistributedRun.open(client, source_factory(), clean, cc) as run:
-        workers = run.slots()
-        shards = run.shards(len(problems), epsilons, params)
+            _, run = estimate(measure_pass_rate(model, clean, sites, probe_params, device, cc.probe_batches), 1, 1)
+        return generate_perturbations(model, clean, problems, list(epsilons), run, seed=seed, device=device,
+                                      progress=progress), run
+    with dask_client(cc) as client, DistributedRun.open(client, source, clean, cc) as dist:
+        workers = dist.slots()
+        expected, run = None, probe_params
+        if problems:
+            # each worker predicts the clean set once (cached for all the shards it runs)
+            size, run = estimate(dist.probe(sites, probe_params, device), workers, workers)
+            expected = size.passes
+        run = resolve_mode(run, device) if not run.resolved else run
+        shards = dist.shards(len(problems), epsilons, run)
         if report is not None:
             sizes = "/".join(str(n) for n in sorted({len(s) for s in shards}))
             how = "auto" if cc.problems_per_shard == 0 else "compute.problems_per_shard"
             report(f"compute: {len(problems)} (image, site) pairs in {len(shards)} shards on {cc.scheduler} "
                    f"({sizes} pairs each, {how}; {workers} worker slot(s) now)")
-        expected = None
-        if problems:
-            # each worker predicts the clean set once (cached for all the shards it runs)
-            expected = estimate(run.probe(sites, params, device), workers, min(len(shards), workers)).passes
-        ss, _ = run.generate(problems, epsilons, params, seed, device, progress=progress,
-                             expected_passes=expected, shards=shards)
-        return ss
+        ss, _ = dist.generate(problems, epsilons, run, seed, device, progress=progress,
+                              expected_passes=expected, shards=shards)
+        return ss, run

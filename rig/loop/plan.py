@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from modelfit.backbone import file_sha256
 from rig import __version__
 from rig.config import Config
 from rig.loop.record import slot_seconds
@@ -33,7 +32,6 @@ from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
 from rig.loop.fit import fit_days
 from rig.loop.preflight import preflight
-from modelfit.store import load_fitted
 from rig.loop.compute import FittedModelFiles, generate_stimuli
 from rig.loop.beyond import plan_beyond
 from rig.loop.presentations import check_expected_presentations
@@ -100,7 +98,8 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
         if not days.read(p).complete:  # read once: the refit below pools these same days
             raise UserError(f"{p} is not complete; finish it with `itloop day run --day {d} --out {folder} --resume`")
     mpath = ensure_model(cfg, folder, day - 1, progress, days)
-    model = load_fitted(mpath)
+    source = FittedModelFiles.from_paths(mpath, cfg.model.weights or None)   # each file read once
+    model = source.fitted()
     targets = target_sites(model, cfg.experiment.sites_per_day)
     screening = days.read(day_path(folder, 0))
     pool = np.flatnonzero(screening.stimuli.kind == "clean")
@@ -110,17 +109,13 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     local = {int(g): i for i, g in enumerate(unique)}
     problems = [(local[int(chosen[k, j])], int(targets[k])) for k in range(len(targets)) for j in range(chosen.shape[1])]
     check_expected_presentations(cfg, len(unique), len(targets))   # budget.max_presentations, before any compute
-    params = PerturbParams.from_config_section({**asdict(cfg.perturb), "channels_last": cfg.model.channels_last,
-                                                "bf16": cfg.model.bf16})
+    params = PerturbParams.from_config_section(cfg.perturb)
     log.info(f"day {day}: perturbing {len(unique)} clean images for {len(targets)} sites at "
              f"{len(cfg.experiment.epsilons)} epsilons, both directions "
              f"({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)")
-    stimset = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
-                               seed=cfg.day_seed(day), device=cfg.model.device,
-                               module_factory=lambda: model.module(weights=cfg.model.weights or None,
-                                                                   device=cfg.model.device),
-                               source_factory=lambda: FittedModelFiles.from_paths(mpath, cfg.model.weights or None),
-                               progress=progress, report=lambda line: log.info("day %d: %s", day, line))
+    stimset, params = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
+                                       seed=cfg.day_seed(day), device=cfg.model.device, source=source,
+                                       progress=progress, report=lambda line: log.info("day %d: %s", day, line))
     stimset, beyond_attrs = plan_beyond(cfg, stimset, model, chosen, unique, targets, screening, pool, params, day, progress)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
@@ -129,7 +124,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
                               cfg.day_seed(day), slot_seconds(cfg), cfg.schedule.min_parent_separation_min)
     mean_sep, min_sep = schedule.parent_separation_min(stimset.parent)
     info = {
-        "model_file": mpath.name, "model_sha256": file_sha256(mpath), "backbone": model.backbone_name,
+        "model_file": mpath.name, "model_sha256": source.fitted_sha256, "backbone": model.backbone_name,
         "layer": model.layer, "weights_sha256": model.weights_sha256, "random_init": bool(model.random_init),
         "site_channels": site_channels, "target_channels": site_channels[targets],
         "coef": np.asarray(model.coef), "intercept": np.asarray(model.intercept),
