@@ -12,8 +12,10 @@ Every problem (malformed TOML, unknown key, wrong type, impossible value) raises
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import logging
 import math
 import tomllib
 import typing
@@ -25,6 +27,9 @@ from modelfit.names import LAYERS
 from stimuli.params import PerturbParams
 
 import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
+
+
+_log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -529,6 +534,40 @@ class ArrayConfig:
         return out
 
 
+# ---- connection and job-script settings (issue 25): strict forms, nothing a shell or a
+# job script could read as more than one word
+_SCHEDULER_RE = r"tcp://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]):(\d{1,5})"
+_SLURM_WORD_RE = r"[A-Za-z0-9_.,:=/@%+-]*"          # a queue, an account, "32GB", "08:00:00", "ib0"
+_SLURM_DIRECTIVE_RE = r"-{1,2}[A-Za-z][A-Za-z0-9_.,:=/@%+-]*"   # one #SBATCH option: "--constraint=a100"
+SLURM_TEXT_KEYS = ("slurm_queue", "slurm_account", "slurm_memory", "slurm_walltime", "slurm_interface")
+
+
+def scheduler_address_ok(address: str) -> bool:
+    """A Dask scheduler address ``tcp://host:port`` (port 1..65535), nothing else."""
+    import re
+
+    m = re.fullmatch(_SCHEDULER_RE, address)
+    return bool(m) and 1 <= int(m.group(1)) <= 65535
+
+
+def slurm_field_problems(cc) -> list[tuple[str, Any, str]]:
+    """``compute.slurm_*`` values that would be more than one word of a job script (control
+    characters, spaces, quotes, shell metacharacters): each is refused."""
+    import re
+
+    out = []
+    for k in SLURM_TEXT_KEYS:
+        if not re.fullmatch(_SLURM_WORD_RE, getattr(cc, k)):
+            out.append((k, getattr(cc, k), ("letters, digits and _ . , : = / @ % + - only (no spaces, quotes, "
+                                             "newlines or shell characters)")))
+    for line in cc.slurm_job_extra:
+        if not re.fullmatch(_SLURM_DIRECTIVE_RE, line):
+            out.append(("slurm_job_extra", cc.slurm_job_extra, ("sbatch options written '--name=value' (letters, "
+                                                                 f"digits and _ . , : = / @ % + - only); got {line!r}")))
+            break
+    return out
+
+
 @dataclass
 class ComputeConfig:
     scheduler: str = "local"
@@ -550,8 +589,10 @@ class ComputeConfig:
 
     def check(self):
         out = []
-        if not (self.scheduler in ("local", "slurm") or self.scheduler.startswith("tcp://")):
-            out.append(("scheduler", self.scheduler, '"local", "slurm" or a Dask scheduler address "tcp://host:8786"'))
+        if not (self.scheduler in ("local", "slurm") or scheduler_address_ok(self.scheduler)):
+            out.append(("scheduler", self.scheduler, ('"local", "slurm" or a Dask scheduler address "tcp://host:8786" '
+                                                      "(host: letters, digits, '.', '-'; port 1..65535)")))
+        out += slurm_field_problems(self)
         for k in ("probe_batches", "slurm_jobs", "slurm_cores"):
             if getattr(self, k) < 1:
                 out.append((k, getattr(self, k), "an integer >= 1"))
@@ -775,6 +816,9 @@ def parse_toml(text: str, origin: str = "<string>") -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    except RecursionError:
+        raise ConfigError(f"{origin} nests tables or arrays too deeply to read; an itloop config has "
+                          "[section] tables of keys and flat lists") from None
 
 
 def config_from_dict(data: dict) -> Config:
@@ -802,6 +846,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} cannot be read: {exc}") from None
         data = parse_toml(text, str(p))
+        if not data:
+            _log.warning("config file %s sets nothing: every setting is config.toml's default", p)
     if overrides:
         data = _merge(data, overrides)
     return config_from_dict(data)
@@ -810,6 +856,41 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 def config_from_toml_text(text: str) -> Config:
     """Rebuild a config from the TOML text stored in a day file."""
     return config_from_dict(parse_toml(text, "stored config"))
+
+
+# ---- settings a data file never chooses (issue 25) ----------------------------------------
+# What connects (addresses, ports, keys), executes (the Dask scheduler, SLURM job scripts) or
+# chooses where to write comes only from the user's own --config (or the defaults), never from
+# the configuration stored in a day, plan or experiment file: a file is data, not a command.
+# section: its keys, or () for the whole section
+LOCAL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "compute": (), "paths": (), "live_monitor": (),
+    "presenter": ("endpoint", "marker", "marker_address", "curve_public_key", "curve_secret_key",
+                  "curve_server_key", "curve_authorized_keys"),
+    "acquisition": ("host", "event_port", "http_port", "http_control"),
+    "eye": ("eyelink_address",), "reward": ("port",),
+}
+
+
+def local_setting_names(cfg: Config) -> list[str]:
+    """``section.key`` of every setting in :data:`LOCAL_SETTINGS`."""
+    return [f"{sec}.{k}" for sec, keys in LOCAL_SETTINGS.items()
+            for k in (keys or [f.name for f in dataclasses.fields(getattr(cfg, sec))])]
+
+
+def with_local_settings(stored: Config, user: Config) -> tuple[Config, list[str]]:
+    """``stored`` (read from a data file) with every :data:`LOCAL_SETTINGS` key taken from
+    ``user`` (the user's config or the defaults); also the ``section.key`` names whose stored
+    value was set aside."""
+    out = copy.deepcopy(stored)
+    dropped = []
+    for name in local_setting_names(stored):
+        sec, key = name.split(".")
+        mine = getattr(getattr(user, sec), key)
+        if getattr(getattr(stored, sec), key) != mine:
+            dropped.append(name)
+        setattr(getattr(out, sec), key, copy.deepcopy(mine))
+    return out, dropped
 
 
 # --------------------------------------------------------------------------- writing

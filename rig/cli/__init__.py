@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import sys
 
 from rig import __version__
@@ -72,7 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoteHandler(logging.Handler):
+    """The library's warnings and notes (``rig.*`` loggers) as ``note: ...`` lines on the
+    current stdout (looked up at each line, so a redirected stdout gets them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"note: {record.getMessage()}", file=sys.stdout, flush=True)
+
+
+def _show_notes() -> None:
+    log = logging.getLogger("rig")
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        log.addHandler(_NoteHandler(logging.INFO))
+        log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_notes()
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

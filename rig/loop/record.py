@@ -11,7 +11,7 @@ import numpy as np
 
 from rig.backend import SessionInfo
 from rig.backends.factory import describe_source, make_backend
-from rig.config import Config, config_from_toml_text
+from rig.config import Config, config_from_toml_text, with_local_settings
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
 from rig.store.reader import read_day
 from rig.errors import UserError
@@ -74,8 +74,9 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                                 f"Plan day {day} with `itloop day plan --day {day} --out {folder}`")
             # the plan is authoritative for the experiment (its stimuli were made for its settings);
             # who records, which subject and which array are today's: [subject]/[session]/[array] come from cfg
-            planned_cfg = dataclasses.replace(config_from_toml_text(plan.config_text),
-                                              **{k: getattr(cfg, k) for k in METADATA_SECTIONS})
+            # and what connects, executes or writes (rig.config.LOCAL_SETTINGS) is never the file's
+            planned_cfg, _ = with_local_settings(dataclasses.replace(config_from_toml_text(plan.config_text),
+                                                 **{k: getattr(cfg, k) for k in METADATA_SECTIONS}), cfg)
             if planned_cfg != cfg:
                 print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
                       "(it differs from the one given)", flush=True)

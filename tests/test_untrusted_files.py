@@ -1,0 +1,96 @@
+"""Nothing read from a data file is trusted more than the command line (issue 25): a stored
+config never chooses a scheduler, a job script, a port or where to write."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from rig.cli import main
+from rig.config import ConfigError, config_from_dict, load_config, with_local_settings
+from rig.loop.compute import slurm_cluster_kwargs
+from rig.store.reader import read_day
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+
+
+def _listener() -> socket.socket:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    return srv
+
+
+def _accepted(srv: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            conn, _ = srv.accept()
+        except BlockingIOError:
+            return n
+        conn.close()
+        n += 1
+
+
+def test_a_stored_tcp_scheduler_is_never_contacted_when_planning(tmp_path, capsys):
+    srv = _listener()
+    try:
+        port = srv.getsockname()[1]
+        cfg, out = tmp_path / "c.toml", tmp_path / "exp"
+        cfg.write_text(TINY.read_text() + f'\n[compute]\nscheduler = "tcp://127.0.0.1:{port}"\nconnect_timeout_s = 2.0\n')
+        assert main(["day", "run", "--day", "0", "--out", str(out), "--config", str(cfg), "--no-progress"]) == 0
+        assert f"tcp://127.0.0.1:{port}" in read_day(out / "day_000.h5").config_text   # stored in the day file
+        capsys.readouterr()
+        assert main(["day", "plan", "--day", "1", "--out", str(out), "--no-progress"]) == 0   # no --config
+        printed = capsys.readouterr().out
+        assert "compute.scheduler" in printed and "never taken from a data file" in printed
+        assert (out / "day_001.plan.h5").exists()
+        assert _accepted(srv) == 0                  # the listening socket saw no connection at all
+    finally:
+        srv.close()
+
+
+def test_stored_local_settings_are_replaced_by_the_users():
+    stored = config_from_dict({"compute": {"scheduler": "tcp://10.0.0.1:8786", "slurm_queue": "gpu"},
+                               "live_monitor": {"port": 1234}, "presenter": {"endpoint": "tcp://10.0.0.2:5555"},
+                               "rsvp": {"stim_on_ms": 50.0}})
+    mine = config_from_dict({"compute": {"scheduler": "slurm"}})
+    cfg, dropped = with_local_settings(stored, mine)
+    assert cfg.compute.scheduler == "slurm" and cfg.compute.slurm_queue == ""
+    assert cfg.live_monitor.port == mine.live_monitor.port and cfg.presenter.endpoint == mine.presenter.endpoint
+    assert cfg.rsvp.stim_on_ms == 50.0                       # the experiment's own settings stay the file's
+    assert {"compute.scheduler", "compute.slurm_queue", "live_monitor.port", "presenter.endpoint"} <= set(dropped)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("slurm_queue", "gpu\n#SBATCH --wrap=touch /tmp/x"), ("slurm_account", "lab; rm -rf ~"),
+    ("slurm_memory", "32GB\n"), ("slurm_walltime", "$(id)"), ("slurm_interface", "ib0 `id`"),
+    ("slurm_job_extra", ["--constraint=a100\necho pwned"]), ("slurm_job_extra", ["--x='a b'"]),
+    ("scheduler", "tcp://host:8786\n"), ("scheduler", "tcp://host"), ("scheduler", "tcp://a b:1"),
+    ("scheduler", "tcp://host:99999"), ("scheduler", "inproc://x"),
+])
+def test_compute_fields_that_could_be_more_than_one_word_are_refused(key, value):
+    with pytest.raises(ConfigError, match=f"config key 'compute.{key}'") as err:
+        config_from_dict({"compute": {key: value}})
+    assert "\n" not in str(err.value).replace("\\n", "")
+
+
+def test_slurm_newline_is_one_line_exit_2(tmp_path, capsys):
+    cfg, out = tmp_path / "c.toml", tmp_path / "exp"
+    cfg.write_text(TINY.read_text() + '\n[compute]\nslurm_queue = "gpu\\n#SBATCH --wrap=id"\n')
+    assert main(["day", "run", "--day", "0", "--out", str(out), "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("itloop: error: config key 'compute.slurm_queue'") and "\n" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_good_slurm_fields_still_reach_the_job_script():
+    cfg = config_from_dict({"compute": {"scheduler": "slurm", "slurm_queue": "gpu-a100", "slurm_account": "lab_01",
+                                        "slurm_job_extra": ["--constraint=a100", "--exclusive"]}})
+    kw = slurm_cluster_kwargs(cfg.compute)
+    assert kw["queue"] == "gpu-a100" and kw["account"] == "lab_01"
+    assert kw["job_extra_directives"] == ["--constraint=a100", "--exclusive"]
+    assert load_config(None).compute.scheduler == "local"
