@@ -139,9 +139,7 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                 to_acq = (lambda t_p: seg.to_acq(t_p) if len(t_p) and seg.n_pairs else np.full(len(t_p), np.nan))
                 rows = TrialRows(trial, rec, onset_acq, counts, valid,
                                  eye_acq_s=to_acq(rec.eye_presenter_s), reward_acq_s=to_acq(rec.reward_presenter_s))
-                writer.append_trial(rows)
-                writer.set_clock(seg.offset_s, seg.drift, seg.residual_sd_s, seg.n_pairs)
-                writer.set_clock_segments(clock.summaries())
+                writer.append_trial(rows)        # the clock fits are stored inside its commit
                 queue.complete(valid)
                 n_trials += 1
                 n_valid += int(valid.sum())

@@ -71,6 +71,26 @@ def _is_disk_full(exc: BaseException) -> bool:
         or "Disk quota" in str(exc)
 
 
+def close_quietly(h5: h5py.File) -> None:
+    """Close an HDF5 file whose writes may have failed, each failure ignored (a file left open
+    would be closed again at interpreter exit, where a failure can crash it); what is safe is
+    the journal and the committed trials."""
+    errors = (OSError, RuntimeError, ValueError, KeyError)
+    try:
+        if not h5.id.valid:
+            return
+        h5.close()              # its open objects, then the file (flushing: fails on a full disk)
+    except errors:
+        pass
+    for _ in range(3):          # a close that failed leaves the id open: close it without flushing
+        try:
+            if not h5.id.valid:
+                return
+            h5.id.close()
+        except errors:
+            pass
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -238,19 +258,25 @@ class DayWriter:
             except OSError as exc:
                 raise DayFileError(f"day file {path} cannot be opened for writing ({exc}); if it is damaged, run "
                                    f"`itloop day recover {path}`") from None
-            if h5.attrs.get("status") == "complete":
-                h5.close()
-                raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
             try:
+                _drop_torn_attrs(h5, path)
+                if h5.attrs.get("status") == "complete":
+                    raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
                 _truncate_to_committed(h5)
+                seg = _sync_segments(h5)
+                _write_clock_state(h5, str(seg[-1]) if len(seg) else "")   # derived state, rebuilt
                 h5.attrs["status"] = "recording"
                 h5.flush()
                 journal = Journal(journal_path(path))
-            except OSError as exc:
-                h5.close()
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                close_quietly(h5)
                 if _is_disk_full(exc):
                     raise DiskFullError(f"disk full: cannot reopen {path} for writing; free space and --resume") from None
-                raise DayFileError(f"cannot reopen {path} for writing ({exc})") from None
+                raise DayFileError(f"cannot reopen {path} for writing ({exc}); if it is damaged, "
+                                   f"`itloop day recover {path}` rebuilds it from its journal") from None
+            except BaseException:
+                close_quietly(h5)
+                raise
         except BaseException:
             lock.release()
             raise
@@ -285,8 +311,8 @@ class DayWriter:
         return [(lab, (p[seg == lab], a[seg == lab])) for lab in labels] or [("", (p, a))]
 
     def set_clock_segments(self, segments: list[dict]) -> None:
-        """Store every clock segment's fit and residuals (JSON, file attr ``clock_segments``)."""
-        self._h5.attrs["clock_segments"] = json.dumps(segments, allow_nan=True)
+        """Kept for older callers; the clock state is now written by every commit (from the
+        stored sync pairs, before the trial counts), so there is nothing to do here."""
 
     # -- writing -----------------------------------------------------------------------
     def append_trial(self, rows: TrialRows) -> None:
@@ -340,6 +366,7 @@ class DayWriter:
         if tables_digest(stored_tables(h5, row)) != tables_digest(tables):
             raise DayFileError(f"trial {rows.trial.trial_index} read back from {self.path} differs from what was "
                                "written (disk or file system error)")
+        _write_clock_state(h5, rows.record.clock_segment)   # derived state: inside the commit, before the count
         h5.attrs["committed_trials"] = row + 1
         h5.flush()
         _fsync_path(self.path)
@@ -352,13 +379,9 @@ class DayWriter:
                                f"`itloop day recover {self.path}` rebuilds the file from the journal")
 
     def set_clock(self, offset_s: float, drift: float, residual_sd_s: float, n_pairs: int) -> None:
-        """Store the presenter->acquisition clock fit: acq = offset + (1 + drift) * presenter."""
+        """Kept for older callers: each commit stores the clock fit of the stored sync pairs
+        (``acq = offset + (1 + drift) * presenter``) itself; nothing is written here."""
         self._check_usable()
-        g = self._h5["sync"]
-        try:
-            g.attrs.update({"fit_offset_s": offset_s, "fit_drift": drift, "fit_residual_sd_s": residual_sd_s, "fit_n_pairs": n_pairs})
-        except OSError as exc:
-            self._fail(exc, safe=self.committed_trials)
 
     def set_attrs(self, attrs: dict) -> None:
         """Store session facts as root attributes (e.g. the presenter's CURVE key); flushed."""
@@ -396,10 +419,7 @@ class DayWriter:
                         self._h5.flush()
                     except OSError as exc:
                         self._failed = exc
-                try:
-                    self._h5.close()
-                except (OSError, RuntimeError):
-                    pass
+                close_quietly(self._h5)
             self._journal.close()
         finally:
             if self._lock is not None:
@@ -531,9 +551,11 @@ def _write_new(tmp: Path, path: Path, header: dict) -> None:
         if tmp.exists():
             tmp.unlink()  # a header that never finished: it holds no recording
         try:
-            with h5py.File(tmp, "w") as h5:  # default libver: no SWMR status flags to trip over after a crash
-                _write_header(h5, **header)
-            _fsync_path(tmp)
+            image = _header_image(header)
+            with open(tmp, "xb") as fh:      # plain writes: a full disk is an OSError, no HDF5 state left open
+                fh.write(image)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
         finally:
             if tmp.exists():
@@ -545,6 +567,18 @@ def _write_new(tmp: Path, path: Path, header: dict) -> None:
             raise DiskFullError(f"disk full: cannot write {path}; free space and run again") from None
         raise DayFileError(f"cannot write {path} ({getattr(exc, 'strerror', None) or exc}); check the folder's "
                            "permissions and free space") from None
+
+
+def _header_image(header: dict) -> bytes:
+    """The bytes of a new day (or plan) file holding ``header``, built in memory (HDF5's core
+    driver, nothing on disk), so that no HDF5 write to a disk can fail half-way through it."""
+    h5 = h5py.File(f"itloop-header-{uuid.uuid4().hex}", "w", driver="core", backing_store=False)
+    try:       # default libver: no SWMR status flags to trip over after a crash
+        _write_header(h5, **header)
+        h5.flush()
+        return h5.id.get_file_image()
+    finally:
+        h5.close()
 
 
 def _write_model(g: h5py.Group, info: dict) -> None:
@@ -572,7 +606,7 @@ def mismatched_trials(h5: h5py.File, journal: list[TrialRows]) -> list[int]:
 
 def _truncate_to_committed(h5: h5py.File) -> None:
     """Cut every growing table back to the end of the last committed trial."""
-    committed = int(h5.attrs["committed_trials"])
+    committed = _truncate_check(h5, Path(h5.filename))
     tr = h5["trials"]
     ends = {"presentations": 0, "spikes": 0, "sync": 0, "eye": 0, "reward": 0}
     if committed:
@@ -598,6 +632,47 @@ def _truncate_to_committed(h5: h5py.File) -> None:
     for name in ("presenter_s", "acq_s", "segment"):
         if name in h5["sync"]:
             h5["sync"][name].resize(ends["sync"], axis=0)
+
+
+def _drop_torn_attrs(h5: h5py.File, path: Path) -> None:
+    """Delete root attributes that cannot be read (torn by a write that failed): the derived
+    ones are written again by the next commit; an essential one refuses (recover the file)."""
+    from rig.store.reader import read_root_attrs
+
+    _, torn = read_root_attrs(h5, path)
+    for name in torn:
+        del h5.attrs[name]
+
+
+def _truncate_check(h5: h5py.File, path: Path) -> int:
+    """``committed_trials`` if the file holds that many trial rows; else a DayFileError."""
+    committed = int(h5.attrs["committed_trials"])
+    rows = min(h5["trials"][name].shape[0] for name, *_ in TRIAL_COLUMNS if name in h5["trials"])
+    if not 0 <= committed <= rows:
+        raise DayFileError(f"day file {path}: committed_trials = {committed} but it holds {rows} trial rows (altered "
+                           f"or damaged); `itloop day recover {path}` rebuilds it from its journal")
+    return committed
+
+
+def _write_clock_state(h5: h5py.File, label: str) -> None:
+    """Store the clock fits of every sync pair in the file: ``/sync`` attrs ``fit_*`` (the
+    segment ``label`` of the trial being committed) and root attr ``clock_segments`` (JSON,
+    every segment). Part of each commit, so a resumed or rebuilt day holds what an
+    uninterrupted one would; a fit that fails (non-finite pairs) leaves the previous state."""
+    from rig.session.clock import ClockFitError, SegmentedClock, SegmentFit
+
+    p, a, seg = h5["sync/presenter_s"][:], h5["sync/acq_s"][:], _sync_segments(h5)
+    clock = SegmentedClock()
+    try:
+        for lab in dict.fromkeys(seg.tolist()):
+            clock.add(lab, p[seg == lab], a[seg == lab])
+        clock.add(label, [], [])
+    except (ClockFitError, ValueError):
+        return
+    cur = clock.segments.get(label) or SegmentFit(label)
+    h5["sync"].attrs.update({"fit_offset_s": cur.offset_s, "fit_drift": cur.drift,
+                             "fit_residual_sd_s": cur.residual_sd_s, "fit_n_pairs": cur.n_pairs})
+    h5.attrs["clock_segments"] = json.dumps(clock.summaries(), allow_nan=True)
 
 
 def _sync_segments(h5: h5py.File) -> np.ndarray:

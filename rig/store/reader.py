@@ -36,6 +36,7 @@ class DayData:
     presentations_per_trial: int = 1       # K of the planned schedule
     seconds_per_presentation: float = 0.0  # planned wall time per slot, s
     clock: dict = field(default_factory=dict)  # presenter->acquisition clock fit (/sync attrs: fit_offset_s, fit_drift, ...)
+    unreadable_attrs: list = field(default_factory=list)  # root attributes torn by a failed write (left out of attrs)
 
     def schedule(self):
         """The planned schedule as a :class:`rig.session.schedule.Schedule`."""
@@ -101,9 +102,14 @@ def read_config_text(path: str | Path) -> str:
     return cfg.decode() if isinstance(cfg, bytes) else cfg
 
 
-def read_day(path: str | Path) -> DayData:
-    """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong."""
+def read_day(path: str | Path, header_only: bool = False) -> DayData:
+    """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong.
+
+    ``header_only``: config, stimuli, schedule, channels and model, no trials (for rebuilding
+    a file whose trial tables are damaged from its journal)."""
     path = Path(path)
+    if path.is_dir():
+        raise DayFileError(f"{path} is a folder, not a day file; move it away or choose another --out")
     if not path.exists():
         raise DayFileError(f"day file {path} does not exist")
     try:
@@ -118,21 +124,63 @@ def read_day(path: str | Path) -> DayData:
         raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged.{hint}") from None
     try:
         with h5:
-            return _read_open(path, h5)
+            return _read_open(path, h5, header_only)
     except KeyError as exc:
         raise DayFileError(f"day file {path} lacks {exc.args[0] if exc.args else 'a required entry'}; it is not an itloop day file or is damaged") from None
-    except OSError as exc:
-        raise DayFileError(f"day file {path} is damaged: {exc}") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
+        raise DayFileError(f"day file {path} is damaged: {exc}.{hint}") from None
 
 
-def _read_open(path: Path, h5: h5py.File) -> DayData:
-    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
+# root attributes without which a file cannot be read; any other one that cannot be read
+# (torn by a write that failed, e.g. on a full disk) is left out and named in ``DayData.unreadable_attrs``
+ESSENTIAL_ATTRS = ("software", "schema_version", "day", "committed_trials", "status")
+
+
+def read_root_attrs(h5: h5py.File, path: Path) -> tuple[dict, list[str]]:
+    """(readable root attributes, names of the unreadable ones); an unreadable essential one
+    (:data:`ESSENTIAL_ATTRS`) is a :class:`DayFileError`."""
+    attrs, bad = {}, []
+    try:
+        names = list(h5.attrs.keys())
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise DayFileError(f"day file {path}: its root attributes cannot be read ({exc}); it is damaged. "
+                           f"`itloop day recover {path}` rebuilds it from its journal") from None
+    for k in names:
+        try:
+            v = h5.attrs[k]
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            bad.append(k)
+            continue
+        attrs[k] = v.item() if isinstance(v, np.generic) else v
+    torn = [k for k in bad if k in ESSENTIAL_ATTRS]
+    if torn:
+        raise DayFileError(f"day file {path}: root attribute {torn[0]!r} cannot be read (torn by a failed write); "
+                           f"`itloop day recover {path}` rebuilds it from its journal")
+    return attrs, bad
+
+
+def _committed(path: Path, attrs: dict, tr: h5py.Group) -> int:
+    """``committed_trials``, checked against the trial rows the file holds."""
+    try:
+        committed = int(attrs["committed_trials"])
+    except (TypeError, ValueError):
+        committed = -1
+    rows = min(tr[name].shape[0] for name, *_ in TRIAL_COLUMNS if name in tr)
+    if not 0 <= committed <= rows:
+        raise DayFileError(f"day file {path}: committed_trials = {attrs['committed_trials']!r} but it holds {rows} "
+                           f"trial rows (altered or damaged); `itloop day recover {path}` rebuilds it from its journal")
+    return committed
+
+
+def _read_open(path: Path, h5: h5py.File, header_only: bool = False) -> DayData:
+    attrs, unreadable = read_root_attrs(h5, path)
     if attrs.get("software") != "itloop":
         raise DayFileError(f"{path} is an HDF5 file but not an itloop day file (no software='itloop' attribute)")
     if int(attrs.get("schema_version", -1)) > SCHEMA_VERSION:
         raise DayFileError(f"{path} has schema version {attrs['schema_version']}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
-    committed = int(attrs["committed_trials"])
     tr = h5["trials"]
+    committed = 0 if header_only else _committed(path, attrs, tr)
     trials = {name: tr[name][:committed] for name, *_ in TRIAL_COLUMNS if name in tr}   # older files lack eye_end, reward_end
     n_pres = int(trials["presentations_end"][-1]) if committed else 0
     n_spk = int(trials["spikes_end"][-1]) if committed else 0
@@ -162,7 +210,19 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         sync_presenter_s=h5["sync/presenter_s"][:n_sync], sync_acq_s=h5["sync/acq_s"][:n_sync], model=model,
         presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
         seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]),
-        clock={k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5["sync"].attrs.items()})
+        clock=_sync_attrs(h5), unreadable_attrs=unreadable)
+
+
+def _sync_attrs(h5: h5py.File) -> dict:
+    """The /sync clock-fit attributes that can be read (a torn one is left out)."""
+    out = {}
+    for k in h5["sync"].attrs.keys():
+        try:
+            v = h5["sync"].attrs[k]
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            continue
+        out[k] = v.item() if isinstance(v, np.generic) else v
+    return out
 
 
 def legacy_epsilon_index(kind: np.ndarray, requested: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,6 +57,9 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     done[vp] = True
     if d.complete and not done.all():
         problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
+    for name in d.unreadable_attrs:
+        problems.append(f"root attribute {name!r} cannot be read (torn by a write that failed, e.g. on a full disk); "
+                        f"`itloop day recover {path}` or --resume writes it again")
     segments, limit_ms = _clock_segments(d)
     for seg in segments:
         worst = seg.get("max_abs_residual_s")
@@ -128,9 +131,11 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
         raise DayFileError(f"{path} has no journal ({jp.name}), so there is nothing to rebuild it from. Nothing was changed.")
     journal = read_journal(jp)
     source, from_plan = None, False
-    for candidate, is_plan in ([(path, False)] + ([(Path(plan_path), True)] if plan_path else [])):
+    # the damaged file itself (whole, else its header alone), else the plan
+    for candidate, is_plan, header_only in ([(path, False, False), (path, False, True)]
+                                            + ([(Path(plan_path), True, False)] if plan_path else [])):
         try:
-            source, from_plan = read_day(candidate), is_plan
+            source, from_plan = read_day(candidate, header_only=header_only), is_plan
             break
         except DayFileError:
             continue
