@@ -216,7 +216,7 @@ def _read_open(path: Path, h5: h5py.File, header_only: bool = False) -> DayData:
 def _sync_attrs(h5: h5py.File) -> dict:
     """The /sync clock-fit attributes that can be read (a torn one is left out)."""
     out = {}
-    for k in h5["sync"].attrs.keys():
+    for k in h5["sync"].attrs:
         try:
             v = h5["sync"].attrs[k]
         except (OSError, RuntimeError, KeyError, ValueError, TypeError):
