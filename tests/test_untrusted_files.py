@@ -94,3 +94,62 @@ def test_good_slurm_fields_still_reach_the_job_script():
     assert kw["queue"] == "gpu-a100" and kw["account"] == "lab_01"
     assert kw["job_extra_directives"] == ["--constraint=a100", "--exclusive"]
     assert load_config(None).compute.scheduler == "local"
+
+
+# --------------------------------------------------------------------------- experiment identity
+def _two_experiments(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        assert main(["day", "run", "--day", "0", "--out", str(folder), "--config", str(TINY), "--no-progress"]) == 0
+    return a, b
+
+
+def test_experiment_uuid_is_written_on_day_0_and_a_foreign_day_is_refused(tmp_path, capsys):
+    import shutil
+
+    from rig.store.experiment import EXPERIMENT_ATTR
+
+    a, b = _two_experiments(tmp_path)
+    ua, ub = (read_day(f / "day_000.h5").attrs[EXPERIMENT_ATTR] for f in (a, b))
+    assert ua != ub and read_day(a / "day_000.plan.h5").attrs[EXPERIMENT_ATTR] == ua
+    shutil.copy(b / "day_000.h5", a / "day_001.h5")          # another experiment's day, renamed
+    capsys.readouterr()
+    assert main(["model", "fit", "--days", str(a), "--through", "1", "--config", str(TINY), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and ua in err and ub in err and "day_001.h5" in err, err
+    assert not (a / "model_through_001.h5").exists()
+    (a / "day_001.h5").unlink()
+    shutil.copy(b / "day_000.h5", a / "day_000.h5")          # a foreign day 0 under the plan of a
+    (a / "day_000.h5.journal").unlink()
+    shutil.copy(b / "day_000.h5.journal", a / "day_000.h5.journal")
+    assert main(["day", "plan", "--day", "1", "--out", str(a), "--config", str(TINY), "--no-progress"]) == 0
+    assert read_day(a / "day_001.plan.h5").attrs[EXPERIMENT_ATTR] == ub    # the days' experiment is carried
+
+
+def test_a_plan_of_another_experiment_is_refused_when_recording(tmp_path, capsys):
+    import shutil
+
+    a, b = _two_experiments(tmp_path)
+    assert main(["day", "plan", "--day", "1", "--out", str(b), "--config", str(TINY), "--no-progress"]) == 0
+    shutil.copy(b / "day_001.plan.h5", a / "day_001.plan.h5")
+    capsys.readouterr()
+    assert main(["day", "run", "--day", "1", "--out", str(a), "--config", str(TINY), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "belongs to experiment" in err and "day_001.plan.h5" in err, err
+    assert not (a / "day_001.h5").exists()
+
+
+def test_a_legacy_day_without_experiment_uuid_is_accepted_with_a_note(tmp_path, capsys):
+    import h5py
+
+    from rig.store.experiment import EXPERIMENT_ATTR
+
+    a = tmp_path / "a"
+    assert main(["day", "run", "--day", "0", "--out", str(a), "--config", str(TINY), "--no-progress"]) == 0
+    for name in ("day_000.h5", "day_000.plan.h5"):
+        with h5py.File(a / name, "r+") as h5:
+            del h5.attrs[EXPERIMENT_ATTR]
+    capsys.readouterr()
+    assert main(["day", "plan", "--day", "1", "--out", str(a), "--config", str(TINY), "--no-progress"]) == 0
+    assert "no experiment_uuid" in capsys.readouterr().out
+    assert EXPERIMENT_ATTR not in read_day(a / "day_001.plan.h5").attrs

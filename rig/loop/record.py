@@ -13,6 +13,7 @@ from rig.backend import SessionInfo
 from rig.backends.factory import describe_source, make_backend
 from rig.config import Config, config_from_toml_text, with_local_settings
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
+from rig.store.experiment import EXPERIMENT_ATTR, file_experiment, new_experiment_uuid, same_experiment
 from rig.store.reader import read_day
 from rig.errors import UserError
 from rig.paths import day_path, plan_path
@@ -42,7 +43,8 @@ def ensure_screening_plan(cfg: Config, folder: Path) -> Path:
     path = plan_path(folder, 0)
     if not path.exists():
         stimuli, schedule = screening_plan(cfg)
-        write_plan(path, cfg.to_toml(), 0, stimuli, schedule, {"made_by": "screening_plan"})
+        write_plan(path, cfg.to_toml(), 0, stimuli, schedule, {"made_by": "screening_plan"},
+                   attrs={EXPERIMENT_ATTR: new_experiment_uuid()})   # day 0 names the experiment
     return path
 
 
@@ -55,6 +57,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         writer = DayWriter.resume(path)
         try:
             stored = read_day(path)
+            _experiment(folder, day, path, stored.attrs)          # never continue another experiment's file
             stimuli, schedule = stored.stimuli, stored.schedule()
             session_id = str(stored.attrs["session_id"])
             start_s = _resume_presenter_time(stored)
@@ -90,6 +93,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             ppath = ensure_screening_plan(cfg, folder)
             plan = read_day(ppath)
         stimuli, schedule = plan.stimuli, plan.schedule()
+        experiment = _experiment(folder, day, ppath, plan.attrs) or (new_experiment_uuid() if day == 0 else None)
     if not resume:
         writer = DayWriter.create(
             path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,
@@ -98,7 +102,8 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
             model_info=plan.model or None, attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
                                                   **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
-                                                  **_separation_attrs(schedule, stimuli)})
+                                                  **_separation_attrs(schedule, stimuli),
+                                                  **({EXPERIMENT_ATTR: experiment} if experiment else {})})
     elif len(channel_names) != writer.n_channels:
         writer.close()
         raise UserError(f"the backend records {len(channel_names)} channels but {path} has {writer.n_channels}; resume with the same rig")
@@ -124,6 +129,16 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     finally:
         if monitor is not None:
             monitor.close()
+
+
+def _experiment(folder: Path, day: int, path: Path, attrs: dict) -> str | None:
+    """The experiment ``path`` (a plan or day file of ``day``) belongs to, checked against day 0's
+    day file (when ``day`` > 0); a foreign file is a one-line error naming both experiments."""
+    files = [(path, attrs)]
+    day0 = day_path(folder, 0)
+    if day > 0 and day0.exists():
+        files.insert(0, file_experiment(day0))
+    return same_experiment(files, f"recording day {day}")
 
 
 def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], writer):
