@@ -13,7 +13,7 @@ from rig.store.reader import day_status, read_config_text
 from rig.store.repair import check_day, recover_day
 from rig.errors import UserError
 from rig.paths import EXPERIMENT_TOML, day_path
-from rig.cli.common import add_progress_flag
+from rig.cli.common import add_progress_flag, check_out_folder
 
 
 def register(sub) -> None:
@@ -70,7 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_trials is not None and args.max_trials < 1:
         raise UserError(f"--max-trials {args.max_trials}: expected a number of trials >= 1")
     out = Path(args.out)
+    check_out_folder(out)
     path = day_path(out, args.day)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a day file; move it out of {out}")
     if args.resume:
         if not path.exists():
             raise UserError(f"--resume: {path} does not exist; run without --resume to start day {args.day}")
@@ -120,6 +123,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rig.loop.plan import plan_day
 
     folder = Path(args.out)
+    check_out_folder(folder)
     plan_day(folder_config(folder, args.config), folder, args.day, progress=not args.no_progress)
     return 0
 

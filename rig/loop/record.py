@@ -89,35 +89,42 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         preflight(cfg, backend_name)          # every check that can fail does so before any file is written
         session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
         backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
-        if plan is None:
-            ppath = ensure_screening_plan(cfg, folder)
-            plan = read_day(ppath)
-        stimuli, schedule = plan.stimuli, plan.schedule()
-        experiment = _experiment(folder, day, ppath, plan.attrs) or (new_experiment_uuid() if day == 0 else None)
-    if not resume:
-        writer = DayWriter.create(
-            path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,
-            schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
-            seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
-            backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
-            model_info=plan.model or None, attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
-                                                  **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
-                                                  **_separation_attrs(schedule, stimuli),
-                                                  **({EXPERIMENT_ATTR: experiment} if experiment else {})})
-    elif len(channel_names) != writer.n_channels:
-        writer.close()
-        raise UserError(f"the backend records {len(channel_names)} channels but {path} has {writer.n_channels}; resume with the same rig")
+    calibration = _load_calibration(cfg)            # every input checked before a file is made
     r = cfg.rsvp
     info = SessionInfo(session_id=session_id, day=day, stim_on_ms=r.stim_on_ms, mask_ms=r.mask_ms,
                        fixation_acquire_ms=r.fixation_acquire_ms, inter_trial_ms=r.inter_trial_ms,
                        image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.experiment.seed + 7919 * day)
-    monitor = _start_live_monitor(cfg, info, backend_name, channel_names, writer)
+    monitor, made_plan = None, None
+    try:
+        if resume and len(channel_names) != writer.n_channels:
+            raise UserError(f"the backend records {len(channel_names)} channels but {path} has {writer.n_channels}; "
+                            "resume with the same rig")
+        monitor = _start_live_monitor(cfg, info, backend_name, channel_names)   # a busy port: before any file
+        if not resume:
+            if plan is None:
+                ppath = made_plan = ensure_screening_plan(cfg, folder)
+                plan = read_day(ppath)
+            stimuli, schedule = plan.stimuli, plan.schedule()
+            experiment = _experiment(folder, day, ppath, plan.attrs) or (new_experiment_uuid() if day == 0 else None)
+            writer = DayWriter.create(
+                path, config_text=cfg.to_toml(), day=day, session_id=session_id, stimuli=stimuli,
+                schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
+                seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
+                backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms), model_info=plan.model or None,
+                calibration=calibration, attrs=_new_day_attrs(backend, backend_attrs, ppath, plan, schedule, stimuli,
+                                                              experiment))
+        elif calibration is not None and not writer.has_calibration:
+            writer.set_calibration(calibration)
+    except BaseException:
+        if monitor is not None:
+            monitor.close()
+        if resume:
+            writer.close()
+        elif made_plan is not None and not path.exists():
+            made_plan.unlink(missing_ok=True)       # a failed start leaves nothing behind
+        raise
     try:
         with writer:
-            if cfg.eye.calibration_file:
-                from rig.sources.calibration import CalibrationMap
-
-                writer.set_calibration(CalibrationMap.load(cfg.eye.calibration_file).to_dict())
             result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
                                  progress=progress, max_trials=max_trials,
                                  observer=monitor.observe if monitor is not None else None)
@@ -131,6 +138,26 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             monitor.close()
 
 
+def _new_day_attrs(backend, backend_attrs: dict, ppath: Path, plan, schedule: Schedule, stimuli: StimulusSet,
+                   experiment: str | None) -> dict:
+    """Root attributes of a new day file (besides the header's own)."""
+    return {**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
+            **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
+            **_separation_attrs(schedule, stimuli), **({EXPERIMENT_ATTR: experiment} if experiment else {})}
+
+
+def _load_calibration(cfg: Config) -> dict | None:
+    """The eye calibration map of ``eye.calibration_file`` (None when not set); one line if unusable."""
+    if not cfg.eye.calibration_file:
+        return None
+    from rig.sources.calibration import CalibrationMap
+
+    try:
+        return CalibrationMap.load(cfg.eye.calibration_file).to_dict()
+    except ValueError as exc:
+        raise UserError(f"config key 'eye.calibration_file': {exc}") from None
+
+
 def _experiment(folder: Path, day: int, path: Path, attrs: dict) -> str | None:
     """The experiment ``path`` (a plan or day file of ``day``) belongs to, checked against day 0's
     day file (when ``day`` > 0); a foreign file is a one-line error naming both experiments."""
@@ -141,7 +168,7 @@ def _experiment(folder: Path, day: int, path: Path, attrs: dict) -> str | None:
     return same_experiment(files, f"recording day {day}")
 
 
-def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], writer):
+def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str]):
     """The read-only live page (``[live_monitor]``) on 127.0.0.1, or None when disabled."""
     lm = cfg.live_monitor
     if not lm.enabled:
@@ -156,7 +183,6 @@ def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, chann
     try:
         monitor = LiveMonitor(state, "127.0.0.1", lm.port)
     except ValueError as exc:
-        writer.close()
         raise UserError(str(exc)) from None
     print(f"live monitor: {monitor.url} (read-only; from another computer: "
           f"ssh -N -L {monitor.port}:127.0.0.1:{monitor.port} <user>@<this computer>)", flush=True)

@@ -91,6 +91,23 @@ def close_quietly(h5: h5py.File) -> None:
             pass
 
 
+def close_files_named(path: str | Path) -> None:
+    """Close every HDF5 file this process still holds open at ``path`` (left open by a write
+    that failed, e.g. inside a library), so that nothing is closed again at interpreter exit."""
+    target = os.path.realpath(path)
+    try:
+        ids = h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
+    except (OSError, RuntimeError, ValueError):
+        return
+    for fid in ids:
+        try:
+            name = fid.name.decode() if isinstance(fid.name, bytes) else str(fid.name)
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if os.path.realpath(name) == target:
+            close_quietly(h5py.File(fid))
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -202,7 +219,7 @@ class DayWriter:
                schedule_stim_index: np.ndarray, presentations_per_trial: int, seconds_per_presentation: float,
                channel_names: list[str], backend: str, window_ms: tuple[float, float],
                model_info: dict | None = None, attrs: dict | None = None,
-               identifier: str | None = None) -> "DayWriter":
+               identifier: str | None = None, calibration: dict | None = None) -> "DayWriter":
         """Write the day's header (config, stimuli, plan) and open it for trials.
 
         Refuses if ``path`` (or its journal) exists: resume it or choose another path.
@@ -218,7 +235,7 @@ class DayWriter:
                       schedule_stim_index=schedule_stim_index, presentations_per_trial=presentations_per_trial,
                       seconds_per_presentation=seconds_per_presentation, channel_names=channel_names,
                       backend=backend, window_ms=window_ms, model_info=model_info, attrs=attrs or {},
-                      identifier=identifier)
+                      identifier=identifier, calibration=calibration)
         _write_new(tmp, path, header)
         return cls._open(path)
 
@@ -392,12 +409,19 @@ class DayWriter:
         except OSError as exc:
             self._fail(exc, safe=self.committed_trials)
 
+    @property
+    def has_calibration(self) -> bool:
+        return "calibration" in self._h5
+
     def set_calibration(self, cmap: dict) -> None:
-        """Store the eye calibration map used this day (``CalibrationMap.to_dict()``), replacing none."""
-        g = self._h5.require_group("calibration")
-        g.attrs["map_json"] = json.dumps(cmap)
-        g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
-        self._h5.flush()
+        """Store the eye calibration map used this day (``CalibrationMap.to_dict()``), replacing none
+        (a new day stores it with its header: ``DayWriter.create(calibration=...)``)."""
+        self._check_usable()
+        try:
+            _write_calibration(self._h5, cmap)
+            self._h5.flush()
+        except OSError as exc:
+            self._fail(exc, safe=self.committed_trials)
 
     def mark_complete(self) -> None:
         self._check_usable()
@@ -434,7 +458,7 @@ class DayWriter:
 
 def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: StimulusSet, schedule_stim_index,
                   presentations_per_trial, seconds_per_presentation, channel_names, backend, window_ms,
-                  model_info, attrs, identifier: str | None = None) -> None:
+                  model_info, attrs, identifier: str | None = None, calibration: dict | None = None) -> None:
     h5.attrs.update({"schema_version": SCHEMA_VERSION, "software": "itloop", "software_version": __version__,
                      "created_utc": _utcnow(), "day": int(day), "session_id": session_id, "backend": backend,
                      "status": "recording", "committed_trials": 0,
@@ -478,6 +502,14 @@ def _write_header(h5: h5py.File, *, config_text, day, session_id, stimuli: Stimu
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
     _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
     _ensure_eye_groups(h5)
+    if calibration is not None:
+        _write_calibration(h5, calibration)
+
+
+def _write_calibration(h5: h5py.File, cmap: dict) -> None:
+    g = h5.require_group("calibration")
+    g.attrs["map_json"] = json.dumps(cmap)
+    g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
 
 
 def _ensure_eye_groups(h5: h5py.File) -> None:
@@ -634,11 +666,37 @@ def _truncate_to_committed(h5: h5py.File) -> None:
             h5["sync"][name].resize(ends["sync"], axis=0)
 
 
+# root attributes without which a file cannot be read; any other one that cannot be read
+# (torn by a write that failed, e.g. on a full disk) is left out and named in ``rig.store.reader.DayData.unreadable_attrs``
+ESSENTIAL_ATTRS = ("software", "schema_version", "day", "committed_trials", "status")
+
+
+def read_root_attrs(h5: h5py.File, path: Path) -> tuple[dict, list[str]]:
+    """(readable root attributes, names of the unreadable ones); an unreadable essential one
+    (:data:`ESSENTIAL_ATTRS`) is a :class:`DayFileError`."""
+    attrs, bad = {}, []
+    try:
+        names = list(h5.attrs.keys())
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise DayFileError(f"day file {path}: its root attributes cannot be read ({exc}); it is damaged. "
+                           f"`itloop day recover {path}` rebuilds it from its journal") from None
+    for k in names:
+        try:
+            v = h5.attrs[k]
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            bad.append(k)
+            continue
+        attrs[k] = v.item() if isinstance(v, np.generic) else v
+    torn = [k for k in bad if k in ESSENTIAL_ATTRS]
+    if torn:
+        raise DayFileError(f"day file {path}: root attribute {torn[0]!r} cannot be read (torn by a failed write); "
+                           f"`itloop day recover {path}` rebuilds it from its journal")
+    return attrs, bad
+
+
 def _drop_torn_attrs(h5: h5py.File, path: Path) -> None:
     """Delete root attributes that cannot be read (torn by a write that failed): the derived
     ones are written again by the next commit; an essential one refuses (recover the file)."""
-    from rig.store.reader import read_root_attrs
-
     _, torn = read_root_attrs(h5, path)
     for name in torn:
         del h5.attrs[name]

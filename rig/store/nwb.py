@@ -50,7 +50,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS
+from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS, close_files_named
 from rig.store.reader import DayData, read_day
 from rig.config import RsvpConfig
 
@@ -633,6 +633,8 @@ def write_export(job: ExportJob, overwrite: bool = False) -> Path:
     out = job.out_path
     if out.exists() and not overwrite:
         raise ExportRefused(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or choose another output path")
+    if out.exists() or out.is_symlink():
+        _check_replaceable(out)
     nwb = build_nwbfile(job.day, job.meta, job.origin, clock_fit=job.clock_fit, behavior=job.behavior)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".partial.nwb")  # pynwb wants the .nwb suffix
@@ -650,9 +652,25 @@ def write_export(job: ExportJob, overwrite: bool = False) -> Path:
         tmp.unlink(missing_ok=True)
         raise ExportRefused(f"{out} appeared while exporting; pass overwrite=True (CLI: --overwrite) to replace it") from None
     except BaseException:
+        close_files_named(tmp)      # a write that failed (full disk) can leave the file open: close it now
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces an earlier NWB export only: never a day file, plan, journal or model."""
+    if out.is_symlink() or not out.is_file() or out.suffix != ".nwb":
+        raise ExportRefused(f"{out} is not an NWB export (a .nwb file); --overwrite replaces only those, never a "
+                            "day file, plan, journal or model: choose another output path")
+    try:
+        with h5py.File(out, "r") as h5:
+            software = h5.attrs.get("software")
+    except OSError:
+        return          # not HDF5 at all: an unfinished export
+    if software in ("itloop", b"itloop"):
+        raise ExportRefused(f"{out} is an itloop day or plan file, not an NWB export; --overwrite never replaces it: "
+                            "choose another output path")
 
 
 def export_nwb(day_path: str | Path, out_path: str | Path, *, overrides: dict | None = None,

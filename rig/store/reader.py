@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from rig.session.schedule import Schedule
-from rig.store.dayfile import PRESENTATION_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS, DayFileError
+from rig.store.dayfile import PRESENTATION_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS, DayFileError, read_root_attrs
 from rig.store.journal import journal_path
 from stimuli.stimset import StimulusSet
 
@@ -89,11 +89,22 @@ def _open_h5(path: Path) -> h5py.File:
     return h5py.File(path, "r")
 
 
+def _refuse_if_recording(path: Path) -> None:
+    """A file another process is recording (its lock is held) is named as such, not as damaged."""
+    from rig.store.lock import locked_by
+
+    pid = locked_by(path)
+    if pid is not None:
+        raise DayFileError(f"day file {path} is being recorded by PID {pid}; wait for that session to end "
+                           "(or stop it) before using it")
+
+
 def read_config_text(path: str | Path) -> str:
     """The configuration (TOML text) stored in a day or plan file, without reading its arrays."""
     path = Path(path)
     if not path.exists():
         raise DayFileError(f"day file {path} does not exist")
+    _refuse_if_recording(path)
     try:
         with _open_h5(path) as h5:
             cfg = h5["config_toml"][()]
@@ -130,34 +141,6 @@ def read_day(path: str | Path, header_only: bool = False) -> DayData:
     except (OSError, RuntimeError, ValueError) as exc:
         hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
         raise DayFileError(f"day file {path} is damaged: {exc}.{hint}") from None
-
-
-# root attributes without which a file cannot be read; any other one that cannot be read
-# (torn by a write that failed, e.g. on a full disk) is left out and named in ``DayData.unreadable_attrs``
-ESSENTIAL_ATTRS = ("software", "schema_version", "day", "committed_trials", "status")
-
-
-def read_root_attrs(h5: h5py.File, path: Path) -> tuple[dict, list[str]]:
-    """(readable root attributes, names of the unreadable ones); an unreadable essential one
-    (:data:`ESSENTIAL_ATTRS`) is a :class:`DayFileError`."""
-    attrs, bad = {}, []
-    try:
-        names = list(h5.attrs.keys())
-    except (OSError, RuntimeError, KeyError) as exc:
-        raise DayFileError(f"day file {path}: its root attributes cannot be read ({exc}); it is damaged. "
-                           f"`itloop day recover {path}` rebuilds it from its journal") from None
-    for k in names:
-        try:
-            v = h5.attrs[k]
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
-            bad.append(k)
-            continue
-        attrs[k] = v.item() if isinstance(v, np.generic) else v
-    torn = [k for k in bad if k in ESSENTIAL_ATTRS]
-    if torn:
-        raise DayFileError(f"day file {path}: root attribute {torn[0]!r} cannot be read (torn by a failed write); "
-                           f"`itloop day recover {path}` rebuilds it from its journal")
-    return attrs, bad
 
 
 def _committed(path: Path, attrs: dict, tr: h5py.Group) -> int:
@@ -245,10 +228,13 @@ def day_status(path: str | Path) -> str | None:
     path = Path(path)
     if not path.exists():
         return None
+    if path.is_dir():
+        raise DayFileError(f"{path} is a folder, not a day file; move it away")
+    _refuse_if_recording(path)
     try:
         with _open_h5(path) as h5:
             status = h5.attrs.get("status")
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged") from None
     return status.decode() if isinstance(status, bytes) else status
 
