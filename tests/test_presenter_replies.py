@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import zmq
 
-from rig.link.client import PresenterClient, PresenterError, _trial_result, reply_problem
+from rig.link.client import (
+    PresenterClient,
+    PresenterError,
+    _trial_result,
+    reply_problem,
+)
 from rig.link.protocol import HEARTBEAT, Message, encode
 from tests.test_curve_auth import FakePresenter, _pump_until
 

@@ -153,3 +153,26 @@ def test_a_legacy_day_without_experiment_uuid_is_accepted_with_a_note(tmp_path, 
     assert main(["day", "plan", "--day", "1", "--out", str(a), "--config", str(TINY), "--no-progress"]) == 0
     assert "no experiment_uuid" in capsys.readouterr().out
     assert EXPERIMENT_ATTR not in read_day(a / "day_001.plan.h5").attrs
+
+
+# --------------------------------------------------------------------------- live monitor
+def test_the_live_monitor_refuses_a_foreign_host_header():
+    import http.client
+
+    from rig.monitor.server import LiveMonitor, host_allowed
+    from rig.monitor.state import MonitorState
+
+    with LiveMonitor(MonitorState(session_id="s"), "127.0.0.1", 0) as mon:
+        for host, code in [(f"127.0.0.1:{mon.port}", 200), (f"localhost:{mon.port}", 200),
+                           ("evil.example:80", 421), (f"evil.example:{mon.port}", 421), ("127.0.0.1:1", 421)]:
+            conn = http.client.HTTPConnection("127.0.0.1", mon.port, timeout=5)
+            conn.putrequest("GET", "/state.json", skip_host=True)
+            conn.putheader("Host", host)
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            assert resp.status == code, (host, resp.status)
+            assert (b"session_id" in body) == (code == 200)
+    assert host_allowed("[::1]:8765", 8765) and host_allowed("127.0.0.1", 8765)
+    assert not host_allowed(None, 8765) and not host_allowed("127.0.0.1.evil.example", 8765)

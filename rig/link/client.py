@@ -266,7 +266,7 @@ class PresenterClient:
     def hello(self) -> dict:
         """Introduce this controller; returns the presenter's state (what is configured and loaded)."""
         self.presenter_info = self.request("hello", {"controller": self.controller_id})
-        if not isinstance(self.presenter_info, dict) or not isinstance(self.presenter_info.get("frames", {}), dict):
+        if not isinstance(self.presenter_info, dict) or not isinstance(self.presenter_info.get("frames") or {}, dict):
             raise PresenterError("presenter answered hello with a malformed state (frames is not a table)")
         if self.presenter_info.get("frames") and self.presenter_info.get("session") == self.session:
             self.frames = dict(self.presenter_info["frames"])       # resuming: same session, same frames
