@@ -340,3 +340,31 @@ def test_a_failed_replay_leaves_nothing(tmp_path, capsys, monkeypatch):
     _run_fails(["day", "replay", str(out / "day_000.h5"), "--out", str(target), "--no-progress"], capsys,
                "simulated failure")
     assert _leftovers(target.parent) == []
+
+
+def test_tiny_source_images_are_said_to_be_upscaled(tmp_path, caplog):
+    from PIL import Image
+
+    from stimuli.images import load_folder
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(imgs / "dot.png")
+    Image.new("RGB", (64, 64), (10, 10, 200)).save(imgs / "big.png")
+    with caplog.at_level("WARNING", logger="stimuli.images"):
+        px, names = load_folder(imgs, 32)
+    assert px.shape == (2, 32, 32, 3)
+    assert "1 of 2 images" in caplog.text and "dot.png" in caplog.text and "shorter side 1 px" in caplog.text
+
+
+def test_the_presenter_refuses_images_with_no_pixels():
+    import numpy as np
+
+    from rig.link.protocol import Message
+    from rig.presenter.server import Refused, PresenterServer
+
+    server = PresenterServer.__new__(PresenterServer)       # the handler alone: no window, no socket
+    msg = Message("load_images", seq=1, body={"start": 0, "n_total": 1, "sha1": ["x"]},
+                  arrays={"pixels": np.zeros((1, 0, 0, 3), np.uint8)})
+    with pytest.raises(Refused, match="H, W >= 1"):
+        server.cmd_load_images(msg)

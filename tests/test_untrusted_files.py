@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rig.cli import main
@@ -176,3 +177,50 @@ def test_the_live_monitor_refuses_a_foreign_host_header():
             assert (b"session_id" in body) == (code == 200)
     assert host_allowed("[::1]:8765", 8765) and host_allowed("127.0.0.1", 8765)
     assert not host_allowed(None, 8765) and not host_allowed("127.0.0.1.evil.example", 8765)
+
+
+# --------------------------------------------------------------------------- presenter restart (item 8)
+class _Shown:
+    """The parts of a presenter's TrialResult the simulated spike source reads."""
+
+    def __init__(self, t0: float, k: int = 3):
+        self.shown = k
+        self.onset_s = t0 + 0.3 + 0.2 * np.arange(k)
+        self.frame_time_s = np.r_[t0, self.onset_s, self.onset_s[-1] + 0.1]
+
+    def image_off_s(self):
+        return self.onset_s + 0.1
+
+
+def test_a_restarted_presenter_does_not_send_the_simulated_acquisition_clock_back():
+    from rig.backend import SessionInfo, Trial
+    from rig.backends.factory import build_sim_monkey
+    from rig.backends.presenter import SimSpikeSource
+
+    cfg = load_config(TINY)
+    src = SimSpikeSource(build_sim_monkey(cfg))
+    src.open(SessionInfo("s", 0, n_channels=cfg.sim.n_channels), np.zeros((4, 48, 48, 3), np.uint8))
+    ends = []
+    for i, t0 in enumerate([100.0, 101.5, 103.0, 0.5, 2.0]):      # the presenter restarts before trial 3
+        rec = src.record(Trial(i, (0, 1, 2), (0, 1, 2)), _Shown(t0), t0 + 1.2)
+        assert rec["start_acq_s"] < rec["end_acq_s"] and np.all(np.diff(rec["sync_acq_s"]) > 0)
+        ends.append((rec["start_acq_s"], rec["end_acq_s"]))
+    flat = np.ravel(ends)
+    assert np.all(np.diff(flat) > 0), flat                      # the acquisition clock only runs forward
+
+
+def test_day_check_reports_acquisition_times_that_go_back(tmp_path):
+    import h5py
+
+    from rig.store.repair import check_day
+
+    out = tmp_path / "out"
+    assert main(["day", "run", "--day", "0", "--out", str(out), "--config", str(TINY), "--no-progress",
+                 "--max-trials", "3"]) == 0
+    path = out / "day_000.h5"
+    assert check_day(path)[1] == []
+    with h5py.File(path, "r+") as h5:
+        h5["trials/start_acq_s"][2] -= 100.0
+        h5["trials/end_acq_s"][2] -= 100.0
+    problems = check_day(path)[1]
+    assert any("acquisition-clock times go backwards at trial row 2" in p for p in problems), problems

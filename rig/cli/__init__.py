@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _NoteHandler(logging.Handler):
-    """The library's warnings and notes (``rig.*`` loggers) as ``note: ...`` lines on the
+    """The library's warnings and notes (``rig.*`` and ``stimuli.*`` loggers) as ``note: ...`` lines on the
     current stdout (looked up at each line, so a redirected stdout gets them)."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -82,10 +82,11 @@ class _NoteHandler(logging.Handler):
 
 
 def _show_notes() -> None:
-    log = logging.getLogger("rig")
-    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
-        log.addHandler(_NoteHandler(logging.INFO))
-        log.setLevel(logging.INFO)
+    for name in ("rig", "stimuli"):
+        log = logging.getLogger(name)
+        if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+            log.addHandler(_NoteHandler(logging.INFO))
+            log.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ def register(sub) -> None:
     run.add_argument("--out", required=True, help="experiment folder holding the day files")
     run.add_argument("--backend", default="sim", choices=["sim", "presenter", "rig"],
                      help="who shows and records: sim, presenter (real screen, SIMULATED spikes), rig (real screen + [acquisition] spikes)")
-    run.add_argument("--config", help="TOML file overriding config.toml's defaults (ignored with --resume: the day's stored config is used)")
+    run.add_argument("--config", help="TOML file overriding config.toml's defaults (with --resume the day's stored config is used, "
+                          "except connection, compute and output settings, which come from --config or the defaults)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted day without repeating or losing a trial")
     run.add_argument("--max-trials", type=int, default=None, help="stop after this many trials (the day stays resumable)")
     add_progress_flag(run)

@@ -57,6 +57,9 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     done[vp] = True
     if d.complete and not done.all():
         problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
+    back = _acquisition_time_goes_back(d)
+    if back:
+        problems.append(back)
     for name in d.unreadable_attrs:
         problems.append(f"root attribute {name!r} cannot be read (torn by a write that failed, e.g. on a full disk); "
                         f"`itloop day recover {path}` or --resume writes it again")
@@ -211,6 +214,23 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
                 leftover.unlink()
         lock.release()
     return path
+
+
+def _acquisition_time_goes_back(d) -> str:
+    """A problem line when the committed trials' acquisition-clock times are not in order (the
+    clock jumped back, e.g. a simulated acquisition clock restarted with a presenter): every
+    time in the file and its NWB export is on that clock, which must only run forward."""
+    starts = np.asarray(d.trials.get("start_acq_s", []), float)
+    ends = np.asarray(d.trials.get("end_acq_s", []), float)
+    ok = np.isfinite(starts) & np.isfinite(ends)
+    t = np.column_stack([starts[ok], ends[ok]]).ravel()
+    rows = np.flatnonzero(ok)
+    drops = np.flatnonzero(np.diff(t) < 0)
+    if not len(drops):
+        return ""
+    i = int(drops[0])
+    return (f"acquisition-clock times go backwards at trial row {int(rows[(i + 1) // 2])} ({t[i]:.3f} s -> "
+            f"{t[i + 1]:.3f} s): the acquisition clock jumped back, so its times (and an NWB export's) are not in order")
 
 
 def _clock_segments(d) -> tuple[list[dict], float]:
