@@ -352,7 +352,7 @@ def test_tiny_source_images_are_said_to_be_upscaled(tmp_path, caplog):
     Image.new("RGB", (1, 1), (200, 10, 10)).save(imgs / "dot.png")
     Image.new("RGB", (64, 64), (10, 10, 200)).save(imgs / "big.png")
     with caplog.at_level("WARNING", logger="stimuli.images"):
-        px, names = load_folder(imgs, 32)
+        px, _ = load_folder(imgs, 32)
     assert px.shape == (2, 32, 32, 3)
     assert "1 of 2 images" in caplog.text and "dot.png" in caplog.text and "shorter side 1 px" in caplog.text
 
@@ -361,7 +361,7 @@ def test_the_presenter_refuses_images_with_no_pixels():
     import numpy as np
 
     from rig.link.protocol import Message
-    from rig.presenter.server import Refused, PresenterServer
+    from rig.presenter.server import PresenterServer, Refused
 
     server = PresenterServer.__new__(PresenterServer)       # the handler alone: no window, no socket
     msg = Message("load_images", seq=1, body={"start": 0, "n_total": 1, "sha1": ["x"]},
