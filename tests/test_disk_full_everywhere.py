@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from rig.cli import main
 from tests.test_data_safety import _unshare_works
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny.toml"
 SEEDS = 30
 
 SCRIPT = textwrap.dedent("""
@@ -52,7 +54,7 @@ SCRIPT = textwrap.dedent("""
             left = free() - room
             while left > 0:
                 try:
-                    left -= fh.write(b"\\0" * min(left, 1 << 20))
+                    left -= fh.write(bytes(min(left, 1 << 20)))
                 except OSError:
                     break
         try:
@@ -80,6 +82,31 @@ SCRIPT = textwrap.dedent("""
         print(f"seed {seed} room {room} {first} {how} ok", flush=True)
         shutil.rmtree(folder)
     print("ALL", seeds)
+    # replay and export of a real day onto the filled disk: one line, exit 2, nothing left, no crash
+    import subprocess
+    src = Path(sys.argv[3])
+    src_size = src.stat().st_size
+    for k in range(6):
+        room = int(src_size * (0.15 + 0.3 * k))
+        with open(fs / "filler", "wb") as fh:
+            left = free() - room
+            while left > 0:
+                try:
+                    left -= fh.write(bytes(min(left, 1 << 20)))
+                except OSError:
+                    break
+        for cmd in (["day", "replay", str(src), "--no-progress", "--out", str(fs / "out" / "r.h5")],
+                    ["day", "export", str(src), "--nwb", str(fs / "out" / "d.nwb")]):
+            (fs / "out").mkdir(exist_ok=True)
+            run = subprocess.run([sys.executable, "-m", "rig.cli", *cmd], capture_output=True, text=True)
+            left_behind = sorted(p.name for p in (fs / "out").iterdir())
+            err = run.stderr.strip()
+            ok = (run.returncode == 0 and len(left_behind) >= 1) or (
+                run.returncode == 2 and err.count(chr(10)) == 0 and err.startswith("itloop: error:") and not left_behind)
+            print(f"{cmd[1]} room {room} rc {run.returncode} left {left_behind} {'ok' if ok else 'BAD ' + err[-300:]}",
+                  flush=True)
+            shutil.rmtree(fs / "out")
+        (fs / "filler").unlink()
 """)
 
 
@@ -88,10 +115,13 @@ def test_a_full_disk_at_every_write_point_resumes_or_recovers(tmp_path):
     why = _unshare_works()
     if why:
         pytest.skip(why)
-    fs = tmp_path / "fs"
+    fs, src = tmp_path / "fs", tmp_path / "src"
     fs.mkdir()
+    assert main(["day", "run", "--day", "0", "--out", str(src), "--config", str(TINY), "--no-progress",
+                 "--max-trials", "6"]) == 0
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    cmd = f'mount -t tmpfs -o size=4m tmpfs "{fs}" && cd "{ROOT}" && exec "{sys.executable}" - "{fs}" {SEEDS}'
+    cmd = (f'mount -t tmpfs -o size=4m tmpfs "{fs}" && cd "{ROOT}" && '
+           f'exec "{sys.executable}" - "{fs}" {SEEDS} "{src / "day_000.h5"}"')
     run = subprocess.run(["unshare", "-m", "bash", "-c", cmd], input=SCRIPT, env=env, capture_output=True,
                          text=True, timeout=600, check=False)
     assert run.returncode == 0, (run.returncode, run.stdout[-3000:], run.stderr[-3000:])   # 139 = a segfault
@@ -100,3 +130,6 @@ def test_a_full_disk_at_every_write_point_resumes_or_recovers(tmp_path):
     assert f"ALL {SEEDS}" in run.stdout
     firsts = {ln.split()[4] for ln in lines}
     assert "full" in firsts                        # the disk did fill during sessions
+    tools = [ln for ln in run.stdout.splitlines() if ln.startswith(("replay ", "export "))]
+    assert len(tools) == 12 and all(ln.endswith(" ok") for ln in tools), "\n".join(tools)
+    assert any(" rc 2 " in ln for ln in tools)     # some ran out of space

@@ -217,20 +217,48 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
 
 
 def _acquisition_time_goes_back(d) -> str:
-    """A problem line when the committed trials' acquisition-clock times are not in order (the
-    clock jumped back, e.g. a simulated acquisition clock restarted with a presenter): every
-    time in the file and its NWB export is on that clock, which must only run forward."""
+    """A problem line when the committed trials' acquisition-clock times go back (e.g. a
+    simulated acquisition clock restarted with a presenter): every time in the file and its
+    NWB export is on that clock. Allowed only where the acquisition system itself restarted:
+    the clock segment's acquisition part (its label after the first '/', the live rig's run
+    and acquisition epoch) changes there."""
     starts = np.asarray(d.trials.get("start_acq_s", []), float)
     ends = np.asarray(d.trials.get("end_acq_s", []), float)
-    ok = np.isfinite(starts) & np.isfinite(ends)
-    t = np.column_stack([starts[ok], ends[ok]]).ravel()
-    rows = np.flatnonzero(ok)
-    drops = np.flatnonzero(np.diff(t) < 0)
-    if not len(drops):
-        return ""
-    i = int(drops[0])
-    return (f"acquisition-clock times go backwards at trial row {int(rows[(i + 1) // 2])} ({t[i]:.3f} s -> "
-            f"{t[i + 1]:.3f} s): the acquisition clock jumped back, so its times (and an NWB export's) are not in order")
+    epoch = _trial_acquisition_epochs(d)
+    last = None                        # (end time, epoch) of the previous trial with finite times
+    for row in range(len(starts)):
+        if not (np.isfinite(starts[row]) and np.isfinite(ends[row])):
+            continue
+        if ends[row] < starts[row] or (last is not None and starts[row] < last[0] and epoch[row] == last[1]):
+            before = last[0] if last is not None and starts[row] < last[0] else starts[row]
+            after = starts[row] if before != starts[row] else ends[row]
+            return (f"acquisition-clock times go backwards at trial row {row} ({before:.3f} s -> {after:.3f} s) "
+                    "although the acquisition system did not restart: its times (and an NWB export's) are not in order")
+        last = (ends[row], epoch[row])
+    return ""
+
+
+def _trial_acquisition_epochs(d) -> list[str]:
+    """Per committed trial: the acquisition part of its clock segment label (after the first
+    '/'; '' for backends whose acquisition clock is one for the whole day)."""
+    import h5py
+
+    n = len(d.trials.get("sync_end", []))
+    labels = [""] * n
+    try:
+        with h5py.File(d.path, "r") as h5:
+            if "segment" not in h5["sync"]:
+                return labels
+            seg = h5["sync/segment"].asstr()[: int(d.trials["sync_end"][-1]) if n else 0]
+    except (OSError, KeyError, RuntimeError):
+        return labels
+    ends = np.asarray(d.trials["sync_end"], np.int64)
+    current = ""
+    for row in range(n):
+        if ends[row] > 0 and ends[row] <= len(seg):
+            current = str(seg[ends[row] - 1]).partition("/")[2]
+        labels[row] = current
+    return labels
 
 
 def _clock_segments(d) -> tuple[list[dict], float]:
