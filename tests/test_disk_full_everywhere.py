@@ -88,6 +88,11 @@ SCRIPT = textwrap.dedent("""
     src_size = src.stat().st_size
     for k in range(6):
         room = int(src_size * (0.15 + 0.3 * k))
+        rec = fs / "rec"                          # a damaged day (cut to a third) with its journal, to recover
+        rec.mkdir()
+        shutil.copy(str(src) + ".journal", rec / "day_000.h5.journal")
+        (rec / "day_000.h5").write_bytes(src.read_bytes()[: src_size // 3])
+        damaged = sorted((p.name, p.read_bytes()) for p in rec.iterdir())
         with open(fs / "filler", "wb") as fh:
             left = free() - room
             while left > 0:
@@ -106,6 +111,15 @@ SCRIPT = textwrap.dedent("""
             print(f"{cmd[1]} room {room} rc {run.returncode} left {left_behind} {'ok' if ok else 'BAD ' + err[-300:]}",
                   flush=True)
             shutil.rmtree(fs / "out")
+        run = subprocess.run([sys.executable, "-m", "rig.cli", "day", "recover", str(rec / "day_000.h5")],
+                             capture_output=True, text=True)
+        err = run.stderr.strip()
+        names = sorted(p.name for p in rec.iterdir())
+        ok = (run.returncode in (0, 1) and any(n.startswith("day_000.h5.damaged-") for n in names)) or (
+            run.returncode == 2 and err.count(chr(10)) == 0 and err.startswith("itloop: error:")
+            and sorted((p.name, p.read_bytes()) for p in rec.iterdir()) == damaged)
+        print(f"recover room {room} rc {run.returncode} left {names} {'ok' if ok else 'BAD ' + err[-300:]}", flush=True)
+        shutil.rmtree(rec)
         (fs / "filler").unlink()
 """)
 
@@ -130,6 +144,6 @@ def test_a_full_disk_at_every_write_point_resumes_or_recovers(tmp_path):
     assert f"ALL {SEEDS}" in run.stdout
     firsts = {ln.split()[4] for ln in lines}
     assert "full" in firsts                        # the disk did fill during sessions
-    tools = [ln for ln in run.stdout.splitlines() if ln.startswith(("replay ", "export "))]
-    assert len(tools) == 12 and all(ln.endswith(" ok") for ln in tools), "\n".join(tools)
+    tools = [ln for ln in run.stdout.splitlines() if ln.startswith(("replay ", "export ", "recover "))]
+    assert len(tools) == 18 and all(ln.endswith(" ok") for ln in tools), "\n".join(tools)
     assert any(" rc 2 " in ln for ln in tools)     # some ran out of space

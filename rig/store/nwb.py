@@ -50,7 +50,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS, close_files_named
+from rig.store.dayfile import METADATA_SECTIONS, PRESENTATION_COLUMNS, STIMULUS_COLUMNS, TRIAL_COLUMNS
 from rig.store.reader import DayData, read_day
 from rig.config import RsvpConfig
 
@@ -641,8 +641,12 @@ def write_export(job: ExportJob, overwrite: bool = False) -> Path:
     if tmp.exists():
         tmp.unlink()  # a previous export that never finished
     try:
-        with NWBHDF5IO(str(tmp), "w") as io:
-            io.write(nwb)
+        image = _nwb_image(nwb, NWBHDF5IO)
+        with open(tmp, "xb") as fh:         # plain writes: a full disk is one OSError, no HDF5 state left open
+            fh.write(image)
+            fh.flush()
+            os.fsync(fh.fileno())
+        del image
         if overwrite:
             os.replace(tmp, out)
         else:
@@ -652,10 +656,23 @@ def write_export(job: ExportJob, overwrite: bool = False) -> Path:
         tmp.unlink(missing_ok=True)
         raise ExportRefused(f"{out} appeared while exporting; pass overwrite=True (CLI: --overwrite) to replace it") from None
     except BaseException:
-        close_files_named(tmp)      # a write that failed (full disk) can leave the file open: close it now
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _nwb_image(nwb, io_class) -> bytes:
+    """The bytes of the NWB file of ``nwb``, built in memory (HDF5's core driver), so that no
+    HDF5 write to a disk can fail half-way (a full disk then crashed h5py at exit)."""
+    f = h5py.File(f"itloop-nwb-{uuid.uuid4().hex}.nwb", "w", driver="core", backing_store=False)
+    try:
+        with io_class(file=f, mode="w") as io:
+            io.write(nwb)
+            f.flush()
+            return f.id.get_file_image()
+    finally:
+        if f.id.valid:
+            f.close()
 
 
 def _check_replaceable(out: Path) -> None:
