@@ -88,10 +88,13 @@ SCRIPT = textwrap.dedent("""
     src_size = src.stat().st_size
     for k in range(6):
         room = int(src_size * (0.15 + 0.3 * k))
-        rec = fs / "rec"                          # a damaged day (cut to a third) with its journal, to recover
+        rec = fs / "rec"                          # a damaged day (its trial count altered) with its journal
         rec.mkdir()
         shutil.copy(str(src) + ".journal", rec / "day_000.h5.journal")
-        (rec / "day_000.h5").write_bytes(src.read_bytes()[: src_size // 3])
+        shutil.copy(src, rec / "day_000.h5")
+        import h5py
+        with h5py.File(rec / "day_000.h5", "r+") as h5:
+            h5.attrs["committed_trials"] = 999
         damaged = sorted((p.name, p.read_bytes()) for p in rec.iterdir())
         with open(fs / "filler", "wb") as fh:
             left = free() - room
@@ -147,3 +150,4 @@ def test_a_full_disk_at_every_write_point_resumes_or_recovers(tmp_path):
     tools = [ln for ln in run.stdout.splitlines() if ln.startswith(("replay ", "export ", "recover "))]
     assert len(tools) == 18 and all(ln.endswith(" ok") for ln in tools), "\n".join(tools)
     assert any(" rc 2 " in ln for ln in tools)     # some ran out of space
+    assert any(ln.startswith("recover ") and " rc 0 " in ln for ln in tools)   # and recover can succeed

@@ -224,3 +224,20 @@ def test_day_check_reports_acquisition_times_that_go_back(tmp_path):
         h5["trials/end_acq_s"][2] -= 100.0
     problems = check_day(path)[1]
     assert any("acquisition-clock times go backwards at trial row 2" in p for p in problems), problems
+
+
+def test_resuming_another_experiments_day_is_refused(tmp_path, capsys):
+    import shutil
+
+    a, b = _two_experiments(tmp_path)
+    assert main(["day", "plan", "--day", "1", "--out", str(b), "--config", str(TINY), "--no-progress"]) == 0
+    assert main(["day", "run", "--day", "1", "--out", str(b), "--config", str(TINY), "--no-progress",
+                 "--max-trials", "1"]) == 0
+    for name in ("day_001.h5", "day_001.h5.journal"):
+        shutil.copy(b / name, a / name)
+    before = (a / "day_001.h5").read_bytes()
+    capsys.readouterr()
+    assert main(["day", "run", "--day", "1", "--out", str(a), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "belongs to experiment" in err and "day_001.h5" in err, err
+    assert (a / "day_001.h5").read_bytes() == before and not (a / "day_001.h5.lock").exists()

@@ -54,10 +54,10 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     folder = Path(folder)
     path = day_path(folder, day)
     if resume:
+        _experiment(folder, day, path, file_experiment(path)[1])   # never continue another experiment's file
         writer = DayWriter.resume(path)
         try:
             stored = read_day(path)
-            _experiment(folder, day, path, stored.attrs)          # never continue another experiment's file
             stimuli, schedule = stored.stimuli, stored.schedule()
             session_id = str(stored.attrs["session_id"])
             start_s = _resume_presenter_time(stored)
