@@ -368,3 +368,27 @@ def test_the_presenter_refuses_images_with_no_pixels():
                   arrays={"pixels": np.zeros((1, 0, 0, 3), np.uint8)})
     with pytest.raises(Refused, match="H, W >= 1"):
         server.cmd_load_images(msg)
+
+
+def test_a_torn_status_attribute_is_recovered_without_the_plan(tmp_path, capsys, monkeypatch):
+    import h5py
+    import h5py._hl.attrs as h5attrs
+
+    out = tmp_path / "out"
+    assert main(_day0(out, "--max-trials", "2")) == 0
+    path = out / "day_000.h5"
+    real = h5attrs.AttributeManager.__getitem__
+
+    def torn(self, name):                 # the original file's status is torn; a rebuilt file's is not
+        if name == "status" and h5py.h5f.get_name(self._id).decode().endswith("day_000.h5") \
+                and "recovered_from" not in self:
+            raise OSError("Unable to read attribute (addr overflow)")
+        return real(self, name)
+
+    monkeypatch.setattr(h5attrs.AttributeManager, "__getitem__", torn)
+    _run_fails(["day", "check", str(path)], capsys, "root attribute 'status' cannot be read")
+    assert main(["day", "recover", str(path)]) == 0          # no --plan
+    monkeypatch.undo()
+    d = read_day(path)
+    assert d.attrs["committed_trials"] == 2 and d.attrs["status"] == "recording"
+    assert main(_day0(out, "--resume", "--max-trials", "1")) == 0

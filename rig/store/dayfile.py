@@ -669,11 +669,12 @@ def _truncate_to_committed(h5: h5py.File) -> None:
 # root attributes without which a file cannot be read; any other one that cannot be read
 # (torn by a write that failed, e.g. on a full disk) is left out and named in ``rig.store.reader.DayData.unreadable_attrs``
 ESSENTIAL_ATTRS = ("software", "schema_version", "day", "committed_trials", "status")
+HEADER_ATTRS = ("software", "schema_version", "day")   # enough to rebuild a day from its journal
 
 
-def read_root_attrs(h5: h5py.File, path: Path) -> tuple[dict, list[str]]:
-    """(readable root attributes, names of the unreadable ones); an unreadable essential one
-    (:data:`ESSENTIAL_ATTRS`) is a :class:`DayFileError`."""
+def read_root_attrs(h5: h5py.File, path: Path, essential: tuple[str, ...] = ESSENTIAL_ATTRS) -> tuple[dict, list[str]]:
+    """(readable root attributes, names of the unreadable ones); an unreadable ``essential`` one
+    is a :class:`DayFileError`."""
     attrs, bad = {}, []
     try:
         names = list(h5.attrs.keys())
@@ -687,7 +688,7 @@ def read_root_attrs(h5: h5py.File, path: Path) -> tuple[dict, list[str]]:
             bad.append(k)
             continue
         attrs[k] = v.item() if isinstance(v, np.generic) else v
-    torn = [k for k in bad if k in ESSENTIAL_ATTRS]
+    torn = [k for k in bad if k in essential]
     if torn:
         raise DayFileError(f"day file {path}: root attribute {torn[0]!r} cannot be read (torn by a failed write); "
                            f"`itloop day recover {path}` rebuilds it from its journal")

@@ -10,6 +10,7 @@ import numpy as np
 
 from rig.session.schedule import Schedule
 from rig.store.dayfile import PRESENTATION_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS, DayFileError, read_root_attrs
+from rig.store.dayfile import ESSENTIAL_ATTRS, HEADER_ATTRS
 from rig.store.journal import journal_path
 from stimuli.stimset import StimulusSet
 
@@ -157,7 +158,7 @@ def _committed(path: Path, attrs: dict, tr: h5py.Group) -> int:
 
 
 def _read_open(path: Path, h5: h5py.File, header_only: bool = False) -> DayData:
-    attrs, unreadable = read_root_attrs(h5, path)
+    attrs, unreadable = read_root_attrs(h5, path, HEADER_ATTRS if header_only else ESSENTIAL_ATTRS)
     if attrs.get("software") != "itloop":
         raise DayFileError(f"{path} is an HDF5 file but not an itloop day file (no software='itloop' attribute)")
     if int(attrs.get("schema_version", -1)) > SCHEMA_VERSION:

@@ -181,8 +181,10 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
         for stale in (tmp, journal_path(tmp)):
             if stale.exists():
                 stale.unlink()          # an earlier rebuild that never finished
-        session_id = str(source.attrs["session_id"]) if not from_plan else f"recovered-day{source.day:03d}-{stamp}"
-        backend = str(source.attrs["backend"]) if not from_plan else "unknown (recovered from the journal)"
+        session_id = (str(source.attrs.get("session_id", f"recovered-day{source.day:03d}-{stamp}")) if not from_plan
+                      else f"recovered-day{source.day:03d}-{stamp}")
+        backend = (str(source.attrs.get("backend", "unknown (recovered from the journal)")) if not from_plan
+                   else "unknown (recovered from the journal)")
         w = DayWriter.create(tmp, config_text=source.config_text, day=source.day, session_id=session_id,
                              stimuli=source.stimuli, schedule_stim_index=source.schedule_stim_index,
                              presentations_per_trial=source.presentations_per_trial,
