@@ -68,24 +68,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             raise
     else:
         start_s = 10.0
-        ppath = plan_path(folder, day)
-        plan = None
-        if ppath.exists():
-            plan = read_day(ppath)
-            if plan.day != day:
-                raise UserError(f"{ppath} is the plan of day {plan.day}, not day {day}; was it copied or renamed? "
-                                f"Plan day {day} with `itloop day plan --day {day} --out {folder}`")
-            # the plan is authoritative for the experiment (its stimuli were made for its settings);
-            # who records, which subject and which array are today's: [subject]/[session]/[array] come from cfg
-            # and what connects, executes or writes (rig.config.LOCAL_SETTINGS) is never the file's
-            planned_cfg, _ = with_local_settings(dataclasses.replace(config_from_toml_text(plan.config_text),
-                                                 **{k: getattr(cfg, k) for k in METADATA_SECTIONS}), cfg)
-            if planned_cfg != cfg:
-                print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
-                      "(it differs from the one given)", flush=True)
-                cfg = planned_cfg
-        elif day != 0:
-            raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
+        cfg, plan, ppath = _read_plan(cfg, folder, day)
         preflight(cfg, backend_name)          # every check that can fail does so before any file is written
         session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
         backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
@@ -136,6 +119,29 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     finally:
         if monitor is not None:
             monitor.close()
+
+
+def _read_plan(cfg: Config, folder: Path, day: int):
+    """(config to record with, the day's plan or None for a day 0 without one, the plan's path).
+
+    The plan is authoritative for the experiment (its stimuli were made for its settings); who
+    records, which subject and which array are today's ([subject]/[session]/[array] from ``cfg``),
+    and what connects, executes or writes (rig.config.LOCAL_SETTINGS) is never the file's."""
+    ppath = plan_path(folder, day)
+    if not ppath.exists():
+        if day != 0:
+            raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
+        return cfg, None, ppath
+    plan = read_day(ppath)
+    if plan.day != day:
+        raise UserError(f"{ppath} is the plan of day {plan.day}, not day {day}; was it copied or renamed? "
+                        f"Plan day {day} with `itloop day plan --day {day} --out {folder}`")
+    planned_cfg, _ = with_local_settings(dataclasses.replace(config_from_toml_text(plan.config_text),
+                                         **{k: getattr(cfg, k) for k in METADATA_SECTIONS}), cfg)
+    if planned_cfg != cfg:
+        print(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
+              "(it differs from the one given)", flush=True)
+    return planned_cfg, plan, ppath
 
 
 def _new_day_attrs(backend, backend_attrs: dict, ppath: Path, plan, schedule: Schedule, stimuli: StimulusSet,
