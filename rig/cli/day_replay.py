@@ -52,11 +52,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _remove_replay(out: Path) -> None:
     """Delete what a failed replay made: the new day file, its journal (and torn tails) and lock."""
-    from rig.store.dayfile import close_files_named
     from rig.store.journal import journal_path
     from rig.store.lock import lock_path
 
-    close_files_named(out)
     jp = journal_path(out)
     for p in [out, jp, lock_path(out), out.with_name(out.name + ".creating"), *out.parent.glob(jp.name + ".torn-*")]:
         try:

@@ -91,23 +91,6 @@ def close_quietly(h5: h5py.File) -> None:
             pass
 
 
-def close_files_named(path: str | Path) -> None:
-    """Close every HDF5 file this process still holds open at ``path`` (left open by a write
-    that failed, e.g. inside a library), so that nothing is closed again at interpreter exit."""
-    target = os.path.realpath(path)
-    try:
-        ids = h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
-    except (OSError, RuntimeError, ValueError):
-        return
-    for fid in ids:
-        try:
-            name = fid.name.decode() if isinstance(fid.name, bytes) else str(fid.name)
-        except (OSError, RuntimeError, ValueError):
-            continue
-        if os.path.realpath(name) == target:
-            close_quietly(h5py.File(fid))
-
-
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
