@@ -16,9 +16,11 @@ runtime dataclasses (``stimuli.params.PerturbParams``, ``sim.params.SimParams``)
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import re
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ __all__ = ["ConfigError", "Config", "load_config", "config_from_dict", "config_f
            "dumps_toml", "frames_for", "section_problems"]
 _U32 = 2 ** 32 - 1
 Problems = list[tuple[str, Any, str]]
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- sections
@@ -327,10 +330,25 @@ class ArrayConfig:
         return []
 
 
+# connection and job-script settings (issue 25): strict forms, nothing a shell or a job script
+# could read as more than one word
+_SCHEDULER_RE = r"tcp://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]):(\d{1,5})"
+_SLURM_WORD_RE = r"[A-Za-z0-9_.,:=/@%+-]*"          # a queue, an account, "32GB", "08:00:00", "ib0"
+_SLURM_DIRECTIVE_RE = r"-{1,2}[A-Za-z][A-Za-z0-9_.,:=/@%+-]*"   # one #SBATCH option: "--constraint=a100"
+_SLURM_WORDS = "letters, digits and _ . , : = / @ % + - only (no spaces, quotes, newlines or shell characters)"
+
+
+def scheduler_address_ok(address: str) -> bool:
+    """A Dask scheduler address ``tcp://host:port`` (port 1..65535), nothing else."""
+    m = re.fullmatch(_SCHEDULER_RE, address)
+    return bool(m) and 1 <= int(m.group(1)) <= 65535
+
+
 @dataclass
 class ComputeConfig:
-    scheduler: str = key("local", pattern=r"local|slurm|tcp://.*",
-                         expected='"local", "slurm" or a Dask scheduler address "tcp://host:8786"')
+    scheduler: str = key("local", test=lambda v: v in ("local", "slurm") or scheduler_address_ok(v),
+                         expected=('"local", "slurm" or a Dask scheduler address "tcp://host:8786" '
+                                   "(host: letters, digits, '.', '-'; port 1..65535)"))
     problems_per_shard: int = key(0, low=0, expected="0 (auto) or an integer >= 1")
     probe_batches: int = key(3, low=1)
     max_hours: float = key(0.0, low=0, expected="hours >= 0 (0 = no limit)")
@@ -338,15 +356,17 @@ class ComputeConfig:
                         expected='"" (none), a clock time "HH:MM" or an ISO date-time "2026-12-01T07:00"')
     connect_timeout_s: float = key(30.0, low=0, low_open=True, unit="s")
     torch_threads: int = key(0, low=0)
-    slurm_queue: str = ""
-    slurm_account: str = ""
+    slurm_queue: str = key("", pattern=_SLURM_WORD_RE, expected=_SLURM_WORDS)
+    slurm_account: str = key("", pattern=_SLURM_WORD_RE, expected=_SLURM_WORDS)
     slurm_jobs: int = key(2, low=1)
     slurm_cores: int = key(8, low=1)
-    slurm_memory: str = "32GB"
-    slurm_walltime: str = "08:00:00"
+    slurm_memory: str = key("32GB", pattern=_SLURM_WORD_RE, expected=_SLURM_WORDS)
+    slurm_walltime: str = key("08:00:00", pattern=_SLURM_WORD_RE, expected=_SLURM_WORDS)
     slurm_gpus: int = key(0, low=0)
-    slurm_interface: str = ""
-    slurm_job_extra: list[str] = field(default_factory=list)
+    slurm_interface: str = key("", pattern=_SLURM_WORD_RE, expected=_SLURM_WORDS)
+    slurm_job_extra: list[str] = key(factory=list, pattern=_SLURM_DIRECTIVE_RE,
+                                     expected=("sbatch options written '--name=value' (letters, digits and "
+                                               "_ . , : = / @ % + - only)"))
 
 
 @dataclass
@@ -476,6 +496,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} cannot be read: {exc}") from None
         data = parse_toml(text, str(p))
+        if not data:
+            _log.warning("config file %s sets nothing: every setting is config.toml's default", p)
     if overrides:
         data = merge(data, overrides)
     return config_from_dict(data)
@@ -484,6 +506,41 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 def config_from_toml_text(text: str) -> Config:
     """Rebuild a config from the TOML text stored in a day file."""
     return config_from_dict(parse_toml(text, "stored config"))
+
+
+# ---- settings a data file never chooses (issue 25) ----------------------------------------
+# What connects (addresses, ports, keys), executes (the Dask scheduler, SLURM job scripts) or
+# chooses where to write comes only from the user's own --config (or the defaults), never from
+# the configuration stored in a day, plan or experiment file: a file is data, not a command.
+# section: its keys, or () for the whole section
+LOCAL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "compute": (), "paths": (), "live_monitor": (),
+    "presenter": ("endpoint", "marker", "marker_address", "curve_public_key", "curve_secret_key",
+                  "curve_server_key", "curve_authorized_keys"),
+    "acquisition": ("host", "event_port", "http_port", "http_control"),
+    "eye": ("eyelink_address",), "reward": ("port",),
+}
+
+
+def local_setting_names(cfg: Config) -> list[str]:
+    """``section.key`` of every setting in :data:`LOCAL_SETTINGS`."""
+    return [f"{sec}.{k}" for sec, keys in LOCAL_SETTINGS.items()
+            for k in (keys or [f.name for f in dataclasses.fields(getattr(cfg, sec))])]
+
+
+def with_local_settings(stored: Config, user: Config) -> tuple[Config, list[str]]:
+    """``stored`` (read from a data file) with every :data:`LOCAL_SETTINGS` key taken from
+    ``user`` (the user's config or the defaults); also the ``section.key`` names whose stored
+    value was set aside."""
+    out = copy.deepcopy(stored)
+    dropped = []
+    for name in local_setting_names(stored):
+        sec, key = name.split(".")
+        mine = getattr(getattr(user, sec), key)
+        if getattr(getattr(stored, sec), key) != mine:
+            dropped.append(name)
+        setattr(getattr(out, sec), key, copy.deepcopy(mine))
+    return out, dropped
 
 
 def frames_for(duration_ms: float, refresh_hz: float, tolerance: float = 0.1) -> int | None:

@@ -187,6 +187,9 @@ def parse_toml(text: str, origin: str = "<string>") -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    except RecursionError:
+        raise ConfigError(f"{origin} nests tables or arrays too deeply to read; an itloop config has "
+                          "[section] tables of keys and flat lists") from None
 
 
 def merge(base: dict, over: dict) -> dict:

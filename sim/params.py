@@ -64,8 +64,8 @@ class SimParams:
              "[low, high] with 0 <= low <= high <= 10000 (ms)")
         need(0 <= self.gain_noise_cv <= 100, "gain_noise_cv", "a coefficient of variation in [0, 100]")
         need(0 <= self.fixation_break_prob < 1, "fixation_break_prob", "a probability in [0, 1)")
-        need(math.isfinite(self.clock_offset_s) and abs(self.clock_offset_s) <= 1e9, "clock_offset_s",
-             "seconds in [-1e9, 1e9]")
+        need(math.isfinite(self.clock_offset_s) and abs(self.clock_offset_s) <= 1e6, "clock_offset_s",
+             "seconds in [-1e6, 1e6] (what the clock model accepts)")
         need(math.isfinite(self.clock_drift_ppm) and abs(self.clock_drift_ppm) <= 1000, "clock_drift_ppm",
              "parts per million in [-1000, 1000]")
         need(whole(self.seed, 0, _U32), "seed", f"an integer in [0, {_U32}]")

@@ -4,6 +4,7 @@ Every image comes out as RGB uint8 ``(n, size, size, 3)``: exactly what is displ
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ def load_folder(folder: str | Path, size_px: int, limit: int | None = None) -> t
     if limit is not None:
         files = files[:limit]
     out = np.empty((len(files), size_px, size_px, 3), dtype=np.uint8)
+    upscaled: list[tuple[int, str]] = []       # (shorter side, name) of images smaller than size_px
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
@@ -44,6 +46,8 @@ def load_folder(folder: str | Path, size_px: int, limit: int | None = None) -> t
                     raise ImageFolderError(f"image {path} is {w} x {h} pixels, more than {MAX_SOURCE_PIXELS:,} "
                                            "(a decompression bomb or an oversized photo); remove or shrink it")
                 im = im.convert("RGB")
+                if min(w, h) < size_px:
+                    upscaled.append((min(w, h), path.name))
                 scale = size_px / min(w, h)
                 nw, nh = max(size_px, round(w * scale)), max(size_px, round(h * scale))
                 im = im.resize((nw, nh), Image.Resampling.BICUBIC)
@@ -55,6 +59,11 @@ def load_folder(folder: str | Path, size_px: int, limit: int | None = None) -> t
             raise ImageFolderError(f"image {path} refused as a possible decompression bomb ({exc}); remove it") from None
         except (UnidentifiedImageError, OSError, ValueError, MemoryError) as exc:
             raise ImageFolderError(f"image {path} cannot be read ({exc}); remove or replace it") from None
+    if upscaled:
+        side, name = min(upscaled)
+        logging.getLogger(__name__).warning(
+            "%d of %d images in %s are smaller than images.size_px = %d and are upscaled to it (smallest: %s, "
+            "shorter side %d px)", len(upscaled), len(files), folder, size_px, name, side)
     return out, [p.name for p in files]
 
 

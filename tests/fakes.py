@@ -35,6 +35,9 @@ class CountingBackend:
 
     def run_trial(self, trial: Trial) -> TrialRecord:
         k = len(trial.stim_indices)
+        if not self.shown and trial.trial_index > 0:
+            # a resumed session: the clocks run on from where an uninterrupted one would be
+            self.t = 100.0 + trial.trial_index * (0.8 + 0.2 * k)
         completed = self.abort_at.get(trial.trial_index, k)
         onsets = self.t + 0.3 + 0.2 * np.arange(completed)
         times, chans = [], []

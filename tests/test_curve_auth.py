@@ -109,9 +109,13 @@ def test_without_curve_a_second_peer_cannot_take_over_a_live_presenter():
         assert _pump_until(client, lambda: client.peer == b"first", 5.0, lambda: first.send(HEARTBEAT))
         assert not _pump_until(client, lambda: client.peer == b"second", 1.0, lambda: second.send(HEARTBEAT))
         assert client.ignored[b"second"] > 0
-        # a restarted presenter announces itself and is adopted
-        assert _pump_until(client, lambda: client.peer == b"second", 5.0, lambda: second.send("announce"))
+        # nor by announcing itself while the session's presenter is alive (issue 25)
+        assert not _pump_until(client, lambda: client.peer == b"second", 1.5,
+                               lambda: (first.send(HEARTBEAT), second.send("announce")))
+        assert client.peer == b"first"
+        # a restarted presenter (the first one fell silent) announces itself and is adopted
         first.close()
+        assert _pump_until(client, lambda: client.peer == b"second", 10.0, lambda: second.send("announce"))
         second.close()
     finally:
         client.close()

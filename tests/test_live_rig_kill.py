@@ -30,7 +30,8 @@ pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip instal
 
 def _controller(cfg, out, tmp_path, resume: bool) -> subprocess.Popen:
     argv = [sys.executable, "-m", "rig.cli", "day", "run", "--day", "0", "--backend", "rig", "--out", str(out), "--no-progress"]
-    argv += ["--resume"] if resume else ["--config", str(cfg)]
+    # a resume takes the experiment's settings from the day file, its connections from --config (issue 25)
+    argv += ["--resume", "--config", str(cfg)] if resume else ["--config", str(cfg)]
     return subprocess.Popen(argv, stdout=open(tmp_path / "controller.log", "a"), stderr=subprocess.STDOUT)
 
 

@@ -40,6 +40,9 @@ class SpikeSource(Protocol):
         """Release resources."""
 
 
+RESTART_GAP_S = 1.0   # simulated acquisition time between the last trial before a presenter restart and the next
+
+
 class SimSpikeSource:
     """The simulated monkey (``sim.monkey.SimulatedMonkey``) watching the real presenter.
 
@@ -53,6 +56,8 @@ class SimSpikeSource:
         self.n_channels = int(monkey.n_channels)
         self.seed = int(seed)
         self._session: SessionInfo | None = None
+        self._shift_s = 0.0                 # added to the monkey's clock map after a presenter restart
+        self._last: tuple[float, float] | None = None    # (presenter, acquisition) time of the last trial's end
 
     def _rng(self, trial: Trial, stream: int) -> np.random.Generator:
         s = self._session
@@ -73,9 +78,15 @@ class SimSpikeSource:
         # each image stays up until the next flip after its last image frame (mask or abort blank)
         off = shown.image_off_s()[:n]
         clock = self.monkey.clock
-        light_acq = clock.to_acq(onsets + photodiode_jitter(rng, n))
-        start_acq = float(clock.to_acq(shown.frame_time_s[0]))
-        end_acq = float(clock.to_acq(end_presenter_s))
+        first_p = float(shown.frame_time_s[0])
+        if self._last is not None and first_p < self._last[0]:
+            # a restarted presenter's clock starts again: the acquisition clock runs on (one trial
+            # gap later), as a real acquisition system's does
+            self._shift_s = self._last[1] + RESTART_GAP_S - float(clock.to_acq(first_p))
+        light_acq = clock.to_acq(onsets + photodiode_jitter(rng, n)) + self._shift_s
+        start_acq = float(clock.to_acq(first_p)) + self._shift_s
+        end_acq = float(clock.to_acq(end_presenter_s)) + self._shift_s
+        self._last = (float(end_presenter_s), end_acq)
         times, chans = self.monkey.spikes_for(np.asarray(trial.stim_indices[:n]), light_acq,
                                               (off - onsets) * clock.slope, rng,
                                               t_start_s=start_acq, t_stop_s=end_acq)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rig.config import config_from_toml_text, load_config
+from rig.config import config_from_toml_text, load_config, with_local_settings
 from rig.store.dayfile import DayFileError
 from rig.store.reader import day_status, read_config_text
 from rig.store.repair import check_day, recover_day
 from rig.errors import UserError
 from rig.paths import EXPERIMENT_TOML, day_path
-from rig.cli.common import add_progress_flag
+from rig.cli.common import add_progress_flag, check_out_folder
 
 
 def register(sub) -> None:
@@ -26,7 +26,8 @@ def register(sub) -> None:
     run.add_argument("--out", required=True, help="experiment folder holding the day files")
     run.add_argument("--backend", default="sim", choices=["sim", "presenter", "rig"],
                      help="who shows and records: sim, presenter (real screen, SIMULATED spikes), rig (real screen + [acquisition] spikes)")
-    run.add_argument("--config", help="TOML file overriding config.toml's defaults (ignored with --resume: the day's stored config is used)")
+    run.add_argument("--config", help="TOML file overriding config.toml's defaults (with --resume the day's stored config is used, "
+                          "except connection, compute and output settings, which come from --config or the defaults)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted day without repeating or losing a trial")
     run.add_argument("--max-trials", type=int, default=None, help="stop after this many trials (the day stays resumable)")
     add_progress_flag(run)
@@ -72,15 +73,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_trials is not None and args.max_trials < 1:
         raise UserError(f"--max-trials {args.max_trials}: expected a number of trials >= 1")
     out = Path(args.out)
+    check_out_folder(out)
     path = day_path(out, args.day)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a day file; move it out of {out}")
     if args.resume:
         if not path.exists():
             raise UserError(f"--resume: {path} does not exist; run without --resume to start day {args.day}")
         if day_status(path) == "complete":
             raise UserError(f"{path} is already complete; nothing to resume")
-        cfg = config_from_toml_text(read_config_text(path))
+        cfg = stored_config(config_from_toml_text(read_config_text(path)), path, args.config)
         if args.config:
-            print(f"note: --config ignored; resuming with the configuration stored in {path}")
+            print(f"note: resuming with the configuration stored in {path}; from --config only its connection, "
+                  "compute and output settings are used")
     else:
         if path.exists():
             raise UserError(f"{path} already exists; use --resume to continue it, or choose another --out. Nothing was overwritten.")
@@ -95,21 +100,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def folder_config(folder: Path, config: str | None):
-    """The config for a step in ``folder``: --config if given, else the experiment's stored one."""
+    """The config for a step in ``folder``: --config if given, else the experiment's stored one
+    (whose connection, compute and output settings are the defaults: see :func:`stored_config`)."""
     if config:
         return load_config(config)
     stored = folder / EXPERIMENT_TOML
     if stored.exists():
-        return config_from_toml_text(stored.read_text())
+        return stored_config(config_from_toml_text(stored.read_text()), stored, None)
     if day_path(folder, 0).exists():
-        return config_from_toml_text(read_config_text(day_path(folder, 0)))
+        return stored_config(config_from_toml_text(read_config_text(day_path(folder, 0))), day_path(folder, 0), None)
     return load_config(None)
+
+
+def stored_config(cfg, source: Path, config: str | None):
+    """``cfg`` (stored in ``source``) with the settings that connect, execute or choose where
+    to write (rig.config.LOCAL_SETTINGS) taken from ``--config`` or the defaults, never from a file."""
+    cfg, dropped = with_local_settings(cfg, load_config(config) if config else load_config(None))
+    if dropped:
+        print(f"note: {source.name} stores {', '.join(dropped)}; such settings are never taken from a data file "
+              f"({'--config' if config else 'the defaults'} used: pass --config to choose them)", flush=True)
+    return cfg
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from rig.loop.plan import plan_day
 
     folder = Path(args.out)
+    check_out_folder(folder)
     plan_day(folder_config(folder, args.config), folder, args.day, progress=not args.no_progress)
     return 0
 

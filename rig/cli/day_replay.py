@@ -30,8 +30,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UserError(f"{src} does not exist; give the recorded day file to replay")
     if out.exists():
         raise UserError(f"--out {out} already exists; choose a new file name. Nothing was overwritten.")
+    if out.is_dir() or (out.is_symlink() and not out.exists()):
+        raise UserError(f"--out {out} is a folder or a dangling link; give the new day file's name")
     try:
         replay_day(src, out, window_ms=tuple(args.window) if args.window else None, progress=not args.no_progress)
+    except BaseException as exc:
+        _remove_replay(out)                  # a failed replay leaves nothing behind (the source is untouched)
+        if isinstance(exc, (DayFileError, ValueError)):
+            raise UserError(str(exc)) from None
+        raise
+    try:
         summary, problems = check_day(out)
     except (DayFileError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -40,3 +48,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"  PROBLEM: {p}")
     return 0 if not problems else 1
+
+
+def _remove_replay(out: Path) -> None:
+    """Delete what a failed replay made: the new day file, its journal (and torn tails) and lock."""
+    from rig.store.journal import journal_path
+    from rig.store.lock import lock_path
+
+    jp = journal_path(out)
+    for p in [out, jp, lock_path(out), out.with_name(out.name + ".creating"), *out.parent.glob(jp.name + ".torn-*")]:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -62,7 +62,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         p = day_path(args.days, args.through)
         if not p.exists():
             raise UserError(f"{p} does not exist; fitting through day {args.through} needs it (or pass --config)")
-        cfg = config_from_toml_text(read_config_text(p))
+        from rig.cli.day import stored_config
+
+        cfg = stored_config(config_from_toml_text(read_config_text(p)), p, None)
     res = fit_days(cfg, args.days, args.through, out=args.out, all_sites=args.all_sites,
                    progress=not args.no_progress, overwrite=args.overwrite)
     if res.random_init:

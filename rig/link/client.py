@@ -192,6 +192,10 @@ class PresenterClient:
         if peer != self.peer and not self._adopt(peer, key, msg):
             self.ignored[peer] = self.ignored.get(peer, 0) + 1
             return
+        problem = reply_problem(msg)
+        if problem:          # the bound presenter sent a reply no presenter sends: stop, the day stays resumable
+            raise PresenterError(f"presenter {peer.decode(errors='replace')} sent a malformed {msg.type!r} message "
+                                 f"({problem}); is it an itloop presenter of this version?")
         self.last_heard = time.monotonic()
         if msg.type in ("announce", HEARTBEAT):
             self.presenter_info.update(msg.body)
@@ -210,8 +214,14 @@ class PresenterClient:
         the bound one has fallen silent, and, with CURVE, only with the same public key.
         """
         if self.peer is not None:
-            silent = time.monotonic() - self.last_heard > self.dead_after_s
-            if msg.type != "announce" and not silent:   # the bound presenter is alive: ignore others
+            quiet_s = time.monotonic() - self.last_heard
+            if msg.type != "announce" and quiet_s <= self.dead_after_s:   # the bound presenter is alive: ignore others
+                return False
+            if msg.type == "announce" and not self.presenter_key and quiet_s <= 2 * self.heartbeat_s:
+                # without CURVE nothing proves who announces: a live presenter (heard within two
+                # heartbeats) is never replaced; a restarted one is adopted once the old one fell silent
+                self._log(f"refused a second announce from {peer.decode(errors='replace')}: the session's presenter "
+                          f"{self.peer.decode(errors='replace')} is alive")
                 return False
             if self.presenter_key and key != self.presenter_key:
                 self._log(f"refused {peer.decode(errors='replace')}: CURVE key {key} is not the session's "
@@ -256,6 +266,8 @@ class PresenterClient:
     def hello(self) -> dict:
         """Introduce this controller; returns the presenter's state (what is configured and loaded)."""
         self.presenter_info = self.request("hello", {"controller": self.controller_id})
+        if not isinstance(self.presenter_info, dict) or not isinstance(self.presenter_info.get("frames") or {}, dict):
+            raise PresenterError("presenter answered hello with a malformed state (frames is not a table)")
         if self.presenter_info.get("frames") and self.presenter_info.get("session") == self.session:
             self.frames = dict(self.presenter_info["frames"])       # resuming: same session, same frames
         return self.presenter_info
@@ -405,8 +417,41 @@ class PresenterClient:
         self.request("shutdown")
 
 
+REPLY_TYPES = ("ack", "done", "error", "announce", HEARTBEAT)
+_TRIAL_ARRAYS = ("onset_s", "mask_s", "frames_on", "frames_mask", "dropped", "frame_time_s", "frame_kind",
+                 "frame_pres", "event_time_s")
+_TRIAL_FIELDS = {"completed": int, "aborted": bool, "events": list, "n_on": int, "n_mask": int,
+                 "refresh_hz": (int, float)}
+
+
+def reply_problem(msg: Message) -> str:
+    """What is wrong with a presenter's message ("" if nothing): the schema replies follow,
+    checked like requests are on the presenter's side."""
+    if msg.type not in REPLY_TYPES:
+        return f"type {msg.type!r} is not one of {', '.join(REPLY_TYPES)}"
+    body = msg.body
+    if not isinstance(body, dict):
+        return "its body is not a table"
+    if msg.type in ("announce", HEARTBEAT):
+        return ""
+    of = body.get("of", -1)
+    if isinstance(of, bool) or not isinstance(of, int) or of < -1:
+        return f"'of' = {of!r} is not a command number"
+    for key, kind in (("ok", bool), ("result", dict), ("error", str)):
+        if key in body and not isinstance(body[key], kind):
+            return f"{key!r} = {body[key]!r} is not a {kind.__name__}"
+    return ""
+
+
 def _trial_result(msg: Message) -> TrialResult:
-    r, a = msg.body["result"], msg.arrays
+    r, a = msg.body.get("result"), msg.arrays
+    if not isinstance(r, dict):
+        raise PresenterError("presenter's run_trial result is not a table")
+    bad = [k for k, kind in _TRIAL_FIELDS.items() if isinstance(r.get(k), bool) != (kind is bool)
+           or not isinstance(r.get(k), kind)] + [k for k in _TRIAL_ARRAYS if k not in a]
+    if bad:
+        raise PresenterError(f"presenter's run_trial result lacks or mistypes {', '.join(bad)}; is it an itloop "
+                             "presenter of this version?")
     return TrialResult(trial_index=r.get("trial_index"), completed=int(r["completed"]), aborted=bool(r["aborted"]),
                        reason=r.get("reason", ""), onset_s=np.array(a["onset_s"]), mask_s=np.array(a["mask_s"]),
                        frames_on=np.array(a["frames_on"]), frames_mask=np.array(a["frames_mask"]),

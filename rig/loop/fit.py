@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rig.config import Config
+from rig.store.experiment import same_experiment
 from rig.store.reader import DayCache
 from rig.errors import UserError
 from rig.paths import day_path, model_path
@@ -85,11 +86,13 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
     days = days if days is not None else DayCache()
     if through < 0:
         raise UserError(f"--through {through}: day numbers start at 0 (screening)")
-    paths = [day_path(folder, d) for d in range(through + 1)]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise UserError(f"fitting through day {through} needs day files 0..{through} in {folder}; missing: "
-                        f"{', '.join(missing[:5])}")
+    paths = []
+    for d in range(through + 1):        # stops at the first missing day (a huge --through returns at once)
+        p = day_path(folder, d)
+        if not p.exists():
+            raise UserError(f"fitting through day {through} needs day files 0..{through} in {folder}; missing: {p}")
+        paths.append(p)
+    same_experiment([(p, days.read(p).attrs) for p in paths], "fitting")   # never pools another experiment's day
     ids: dict[str, int] = {}
     groups: list[str] = []
     clean_flags: list[bool] = []

@@ -26,6 +26,7 @@ from rig import __version__
 from rig.config import Config
 from rig.loop.record import slot_seconds
 from rig.store.dayfile import write_plan
+from rig.store.experiment import EXPERIMENT_ATTR, same_experiment
 from rig.store.reader import DayCache
 from rig.errors import UserError
 from rig.paths import day_path, model_path, plan_path
@@ -97,6 +98,8 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
             raise UserError(f"day {day} is planned from days 0..{day - 1}, but {p} does not exist; record day {d} first")
         if not days.read(p).complete:  # read once: the refit below pools these same days
             raise UserError(f"{p} is not complete; finish it with `itloop day run --day {d} --out {folder} --resume`")
+    experiment = same_experiment([(day_path(folder, d), days.read(day_path(folder, d)).attrs) for d in range(day)],
+                                 f"planning day {day}")
     mpath = ensure_model(cfg, folder, day - 1, progress, days)
     source = FittedModelFiles.from_paths(mpath, cfg.model.weights or None)   # each file read once
     model = source.fitted()
@@ -134,7 +137,8 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     }
     write_plan(out, cfg, day, stimset, schedule, model_info=info,
                attrs={"planned_parent_separation_mean_min": mean_sep, "planned_parent_separation_min_min": min_sep,
-                      "random_init_model": bool(model.random_init), **beyond_attrs})
+                      "random_init_model": bool(model.random_init), **beyond_attrs,
+                      **({EXPERIMENT_ATTR: experiment} if experiment else {})})
     if min_sep < cfg.schedule.min_parent_separation_min:
         log.warning(f"day {day}: WARNING: some perturbed images are only {min_sep:.2f} min from their parents "
                     f"(asked for schedule.min_parent_separation_min = {cfg.schedule.min_parent_separation_min}); "

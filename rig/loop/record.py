@@ -12,8 +12,9 @@ import numpy as np
 
 from rig.backend import SessionInfo
 from rig.backends.factory import describe_source, make_backend
-from rig.config import Config
+from rig.config import Config, with_local_settings
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
+from rig.store.experiment import EXPERIMENT_ATTR, file_experiment, new_experiment_uuid, same_experiment
 from rig.store.origin import Origin, backend_origin
 from rig.store.reader import read_day
 from rig.errors import UserError
@@ -46,7 +47,8 @@ def ensure_screening_plan(cfg: Config, folder: Path) -> Path:
     path = plan_path(folder, 0)
     if not path.exists():
         stimuli, schedule = screening_plan(cfg)
-        write_plan(path, cfg, 0, stimuli, schedule, {"made_by": "screening_plan"})
+        write_plan(path, cfg, 0, stimuli, schedule, {"made_by": "screening_plan"},
+                   attrs={EXPERIMENT_ATTR: new_experiment_uuid()})   # day 0 names the experiment
     return path
 
 
@@ -56,6 +58,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     folder = Path(folder)
     path = day_path(folder, day)
     if resume:
+        _experiment(folder, day, path, file_experiment(path)[1])   # never continue another experiment's file
         writer = DayWriter.resume(path)
         try:
             stored = read_day(path)
@@ -69,55 +72,47 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             raise
     else:
         start_s = 10.0
-        ppath = plan_path(folder, day)
-        plan = None
-        if ppath.exists():
-            plan = read_day(ppath)
-            if plan.day != day:
-                raise UserError(f"{ppath} is the plan of day {plan.day}, not day {day}; was it copied or renamed? "
-                                f"Plan day {day} with `itloop day plan --day {day} --out {folder}`")
-            # the plan is authoritative for the experiment (its stimuli were made for its settings);
-            # who records, which subject and which array are today's: [subject]/[session]/[array] come from cfg
-            planned_cfg = dataclasses.replace(plan.config,
-                                              **{k: getattr(cfg, k) for k in METADATA_SECTIONS})
-            if planned_cfg != cfg:
-                log.info(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
-                         "(it differs from the one given)")
-                cfg = planned_cfg
-        elif day != 0:
-            raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
+        cfg, plan, ppath = _read_plan(cfg, folder, day)
         preflight(cfg, backend_name)          # every check that can fail does so before any file is written
         session_id = f"{cfg.experiment.name}-day{day:03d}-{uuid.uuid4().hex[:8]}"
         backend, channel_names, backend_attrs = make_backend(backend_name, cfg, start_s=start_s)
-        if plan is None:
-            ppath = ensure_screening_plan(cfg, folder)
-            plan = read_day(ppath)
-        stimuli, schedule = plan.stimuli, plan.schedule()
-    if not resume:
-        assert plan is not None   # a new day always has its plan (read or written above)
-        writer = DayWriter.create(
-            path, config_text=cfg.to_toml(), config=cfg, day=day, session_id=session_id, stimuli=stimuli,
-            schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
-            seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
-            backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms),
-            origin=Origin(backend_origin(backend_name)), model_info=plan.model,
-            attrs={**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
-                                                  **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
-                                                  **_separation_attrs(schedule, stimuli)})
-    elif len(channel_names) != writer.n_channels:
-        writer.close()
-        raise UserError(f"the backend records {len(channel_names)} channels but {path} has {writer.n_channels}; resume with the same rig")
+    calibration = _load_calibration(cfg)            # every input checked before a file is made
     r = cfg.rsvp
     info = SessionInfo(session_id=session_id, day=day, stim_on_ms=r.stim_on_ms, mask_ms=r.mask_ms,
                        fixation_acquire_ms=r.fixation_acquire_ms, inter_trial_ms=r.inter_trial_ms,
                        image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.day_seed(day))
-    monitor = _start_live_monitor(cfg, info, backend_name, channel_names, writer)
+    monitor, made_plan = None, None
+    try:
+        if resume and len(channel_names) != writer.n_channels:
+            raise UserError(f"the backend records {len(channel_names)} channels but {path} has {writer.n_channels}; "
+                            "resume with the same rig")
+        monitor = _start_live_monitor(cfg, info, backend_name, channel_names)   # a busy port: before any file
+        if not resume:
+            if plan is None:
+                ppath = made_plan = ensure_screening_plan(cfg, folder)
+                plan = read_day(ppath)
+            stimuli, schedule = plan.stimuli, plan.schedule()
+            experiment = _experiment(folder, day, ppath, plan.attrs) or (new_experiment_uuid() if day == 0 else None)
+            writer = DayWriter.create(
+                path, config_text=cfg.to_toml(), config=cfg, day=day, session_id=session_id, stimuli=stimuli,
+                schedule_stim_index=schedule.stim_index, presentations_per_trial=schedule.presentations_per_trial,
+                seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
+                backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms), model_info=plan.model,
+                origin=Origin(backend_origin(backend_name)),
+                calibration=calibration, attrs=_new_day_attrs(backend, backend_attrs, ppath, plan, schedule, stimuli,
+                                                              experiment))
+        elif calibration is not None and not writer.has_calibration:
+            writer.set_calibration(calibration)
+    except BaseException:
+        if monitor is not None:
+            monitor.close()
+        if resume:
+            writer.close()
+        elif made_plan is not None and not path.exists():
+            made_plan.unlink(missing_ok=True)       # a failed start leaves nothing behind
+        raise
     try:
         with writer:
-            if cfg.eye.calibration_file:
-                from rig.sources.calibration import CalibrationMap
-
-                writer.set_calibration(CalibrationMap.load(cfg.eye.calibration_file).to_dict())
             result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
                                  progress=progress, max_trials=max_trials,
                                  observer=monitor.observe if monitor is not None else None)
@@ -131,7 +126,60 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
             monitor.close()
 
 
-def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], writer):
+def _read_plan(cfg: Config, folder: Path, day: int):
+    """(config to record with, the day's plan or None for a day 0 without one, the plan's path).
+
+    The plan is authoritative for the experiment (its stimuli were made for its settings); who
+    records, which subject and which array are today's ([subject]/[session]/[array] from ``cfg``),
+    and what connects, executes or writes (rig.config.LOCAL_SETTINGS) is never the file's."""
+    ppath = plan_path(folder, day)
+    if not ppath.exists():
+        if day != 0:
+            raise UserError(f"day {day} has no plan ({ppath}); run `itloop day plan --day {day} --out {folder}` first")
+        return cfg, None, ppath
+    plan = read_day(ppath)
+    if plan.day != day:
+        raise UserError(f"{ppath} is the plan of day {plan.day}, not day {day}; was it copied or renamed? "
+                        f"Plan day {day} with `itloop day plan --day {day} --out {folder}`")
+    planned_cfg, _ = with_local_settings(dataclasses.replace(plan.config,
+                                                             **{k: getattr(cfg, k) for k in METADATA_SECTIONS}), cfg)
+    if planned_cfg != cfg:
+        log.info(f"note: recording day {day} with the configuration stored in its plan {ppath.name} "
+                 "(it differs from the one given)")
+    return planned_cfg, plan, ppath
+
+
+def _new_day_attrs(backend, backend_attrs: dict, ppath: Path, plan, schedule: Schedule, stimuli: StimulusSet,
+                   experiment: str | None) -> dict:
+    """Root attributes of a new day file (besides the header's own)."""
+    return {**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
+            **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
+            **_separation_attrs(schedule, stimuli), **({EXPERIMENT_ATTR: experiment} if experiment else {})}
+
+
+def _load_calibration(cfg: Config) -> dict | None:
+    """The eye calibration map of ``eye.calibration_file`` (None when not set); one line if unusable."""
+    if not cfg.eye.calibration_file:
+        return None
+    from rig.sources.calibration import CalibrationMap
+
+    try:
+        return CalibrationMap.load(cfg.eye.calibration_file).to_dict()
+    except ValueError as exc:
+        raise UserError(f"config key 'eye.calibration_file': {exc}") from None
+
+
+def _experiment(folder: Path, day: int, path: Path, attrs: dict) -> str | None:
+    """The experiment ``path`` (a plan or day file of ``day``) belongs to, checked against day 0's
+    day file (when ``day`` > 0); a foreign file is a one-line error naming both experiments."""
+    files = [(path, attrs)]
+    day0 = day_path(folder, 0)
+    if day > 0 and day0.exists():
+        files.insert(0, file_experiment(day0))
+    return same_experiment(files, f"recording day {day}")
+
+
+def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str]):
     """The read-only live page (``[live_monitor]``) on 127.0.0.1, or None when disabled."""
     lm = cfg.live_monitor
     if not lm.enabled:
@@ -146,7 +194,6 @@ def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, chann
     try:
         monitor = LiveMonitor(state, "127.0.0.1", lm.port)
     except ValueError as exc:
-        writer.close()
         raise UserError(str(exc)) from None
     log.info(f"live monitor: {monitor.url} (read-only; from another computer: "
              f"ssh -N -L {monitor.port}:127.0.0.1:{monitor.port} <user>@<this computer>)")

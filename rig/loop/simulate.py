@@ -13,7 +13,7 @@ from pathlib import Path
 
 from modelfit.files import write_atomic
 from rig.loop.analyze import analyze_day, describe
-from rig.config import Config, config_from_toml_text
+from rig.config import Config, config_from_toml_text, with_local_settings
 from rig.loop.record import record_day
 from rig.store.reader import DayCache, day_status
 from rig.errors import UserError
@@ -29,7 +29,8 @@ def experiment_config(folder: Path, cfg: Config | None) -> Config:
     """The folder's stored config; stores ``cfg`` on first use, refuses a different one later."""
     stored = folder / EXPERIMENT_TOML
     if stored.exists():
-        have = config_from_toml_text(stored.read_text())
+        # what connects, executes or writes is the user's (or the default), never the file's
+        have, _ = with_local_settings(config_from_toml_text(stored.read_text()), cfg if cfg is not None else Config())
         if cfg is not None and have != cfg:
             raise UserError(f"{folder} holds an experiment with another configuration ({stored}); "
                             "re-run without --config/--demo to continue it, or choose a new --out")

@@ -34,6 +34,10 @@ def _handler(state: MonitorState, page: bytes):
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if not host_allowed(self.headers.get("Host"), self.server.server_address[1]):
+                # DNS rebinding: a web page whose name now points at 127.0.0.1 would send its own Host
+                self._send(421, b"misdirected: the live monitor answers http://127.0.0.1:PORT/ only\n", "text/plain")
+                return
             path = self.path.split("?", 1)[0]
             if path in ("/", "/index.html"):
                 self._send(200, page, "text/html; charset=utf-8")
@@ -48,6 +52,23 @@ def _handler(state: MonitorState, page: bytes):
         do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
 
     return Handler
+
+
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def host_allowed(host: str | None, port: int) -> bool:
+    """Whether a request's ``Host`` header names this loopback server (127.0.0.1, localhost or
+    [::1], with this port or none); anything else is refused (DNS rebinding)."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    name, sep, tail = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not sep:
+        name, tail = host, ""
+    if tail and tail != str(port):
+        return False
+    return name in _LOOPBACK_NAMES
 
 
 class LiveMonitor:

@@ -416,8 +416,8 @@ class PresenterServer:
     def cmd_load_images(self, msg):
         """A chunk of the stimulus set: body {start, n_total, sha1: [...]}, array ``pixels``."""
         b, px = msg.body, msg.arrays.get("pixels")
-        if px is None or px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3:
-            raise Refused("load_images needs a uint8 array 'pixels' of shape (k, H, W, 3)")
+        if px is None or px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3 or min(px.shape[1:3]) < 1:
+            raise Refused("load_images needs a uint8 array 'pixels' of shape (k, H, W, 3) with H, W >= 1")
         start, sha1s = int(b.get("start", -1)), list(b.get("sha1", []))
         if start == 0:
             self.expected, self.sha1s, self.pixels, self.preloaded_digest = int(b.get("n_total", 0)), [], [], ""
@@ -457,7 +457,7 @@ class PresenterServer:
                 if name not in f:
                     raise Refused(f"load_file: {path} has no dataset {name!r}")
                 px = f[name][()]
-        if px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3 or len(px) != len(sha1s):
+        if px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3 or len(px) != len(sha1s) or min(px.shape[1:3]) < 1:
             raise Refused(f"load_file: {path} holds {px.dtype} {px.shape}; expected uint8 ({len(sha1s)}, H, W, 3)")
         self._verify(px, sha1s, 0)
         self.expected, self.sha1s, self.pixels, self.preloaded_digest = len(px), sha1s, list(px), ""

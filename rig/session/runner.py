@@ -138,9 +138,7 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                 valid = shown & ~dropped & pulse & rec.acquisition_ok & np.isfinite(onset_acq)
                 rows = TrialRows(trial, rec, onset_acq, counts, valid, eye_acq_s=_to_acq(seg, rec.eye_presenter_s),
                                  reward_acq_s=_to_acq(seg, rec.reward_presenter_s))
-                writer.append_trial(rows)
-                writer.set_clock(seg.offset_s, seg.drift, seg.residual_sd_s, seg.n_pairs)
-                writer.set_clock_segments(clock.summaries())
+                writer.append_trial(rows)        # the clock fits are stored inside its commit
                 queue.complete(valid)
                 n_trials += 1
                 n_valid += int(valid.sum())

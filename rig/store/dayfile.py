@@ -53,7 +53,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from modelfit.files import atomic_path
 from rig import __version__
 from rig.backend import TrialRows
 from rig.store.journal import Journal, journal_path, read_journal
@@ -79,6 +78,26 @@ class DiskFullError(DayFileError):
 def _is_disk_full(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc) \
         or "Disk quota" in str(exc)
+
+
+def close_quietly(h5: h5py.File) -> None:
+    """Close an HDF5 file whose writes may have failed, each failure ignored (a file left open
+    would be closed again at interpreter exit, where a failure can crash it); what is safe is
+    the journal and the committed trials."""
+    errors = (OSError, RuntimeError, ValueError, KeyError)
+    try:
+        if not h5.id.valid:
+            return
+        h5.close()              # its open objects, then the file (flushing: fails on a full disk)
+    except errors:
+        pass
+    for _ in range(3):          # a close that failed leaves the id open: close it without flushing
+        try:
+            if not h5.id.valid:
+                return
+            h5.id.close()
+        except errors:
+            pass
 
 
 def _fsync_path(path: Path) -> None:
@@ -194,12 +213,15 @@ class DayHeader:
     identifier: str = ""
     status: str = "recording"
     config: Any = None                     # the rig.config.Config of config_text, when the writer holds it
+    calibration: dict | None = None        # the eye calibration map (CalibrationMap.to_dict()), stored with the header
 
     def __post_init__(self) -> None:
         if self.origin is None and self.status != "planned":   # the recording backends' own origin
             self.origin = Origin(backend_origin(self.backend) if self.backend in RECORDING_BACKENDS else UNKNOWN)
         self.model_info = dict(self.model_info or {})
         self.attrs = dict(self.attrs or {})
+        if not self.experiment_uuid:   # a writer may hand the experiment's UUID over with the session facts
+            self.experiment_uuid = str(self.attrs.pop("experiment_uuid", ""))
 
     def root_attrs(self) -> dict:
         """The root attributes written when the file is created."""
@@ -208,8 +230,9 @@ class DayHeader:
                     "created_utc": _utcnow(), "day": int(self.day), "session_id": self.session_id,
                     "backend": self.backend, "status": self.status, "committed_trials": 0,
                     "window_start_ms": float(self.window_ms[0]), "window_end_ms": float(self.window_ms[1]),
-                    "experiment_uuid": str(self.experiment_uuid),
                     "identifier": str(uuid.UUID(self.identifier)) if self.identifier else str(uuid.uuid4())})
+        if self.experiment_uuid:   # none: a day of an experiment begun before experiment UUIDs (legacy)
+            out["experiment_uuid"] = str(self.experiment_uuid)
         for key in ORIGIN_ATTRS:
             out.pop(key, None)
         if self.origin is not None:
@@ -316,9 +339,6 @@ class DayWriter:
             except OSError as exc:
                 raise DayFileError(f"day file {path} cannot be opened for writing ({exc}); if it is damaged, run "
                                    f"`itloop day recover {path}`") from None
-            if h5.attrs.get("status") == "complete":
-                h5.close()
-                raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
             if int(h5.attrs.get("schema_version", 0)) != SCHEMA_VERSION:
                 version = h5.attrs.get("schema_version")
                 h5.close()
@@ -326,15 +346,24 @@ class DayWriter:
                                    f"{SCHEMA_VERSION}: run `itloop day recover {path}` (rebuilds it from its journal in "
                                    "the current layout), then --resume")
             try:
+                _drop_torn_attrs(h5, path)
+                if h5.attrs.get("status") == "complete":
+                    raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
                 _truncate_to_committed(h5)
+                seg = _sync_segments(h5)
+                _write_clock_state(h5, str(seg[-1]) if len(seg) else "")   # derived state, rebuilt
                 h5.attrs["status"] = "recording"
                 h5.flush()
                 journal = Journal(journal_path(path))
-            except OSError as exc:
-                h5.close()
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                close_quietly(h5)
                 if _is_disk_full(exc):
                     raise DiskFullError(f"disk full: cannot reopen {path} for writing; free space and --resume") from None
-                raise DayFileError(f"cannot reopen {path} for writing ({exc})") from None
+                raise DayFileError(f"cannot reopen {path} for writing ({exc}); if it is damaged, "
+                                   f"`itloop day recover {path}` rebuilds it from its journal") from None
+            except BaseException:
+                close_quietly(h5)
+                raise
         except BaseException:
             lock.release()
             raise
@@ -369,8 +398,8 @@ class DayWriter:
         return [(lab, (p[seg == lab], a[seg == lab])) for lab in labels] or [("", (p, a))]
 
     def set_clock_segments(self, segments: list[dict]) -> None:
-        """Store every clock segment's fit and residuals (JSON, file attr ``clock_segments``)."""
-        self._h5.attrs["clock_segments"] = json.dumps(segments, allow_nan=True)
+        """Kept for older callers; the clock state is now written by every commit (from the
+        stored sync pairs, before the trial counts), so there is nothing to do here."""
 
     # -- writing -----------------------------------------------------------------------
     def append_trial(self, rows: TrialRows) -> None:
@@ -423,6 +452,7 @@ class DayWriter:
         if tables_digest(stored_tables(h5, row)) != tables_digest(tables):
             raise DayFileError(f"trial {rows.trial.trial_index} read back from {self.path} differs from what was "
                                "written (disk or file system error)")
+        _write_clock_state(h5, rows.record.clock_segment)   # derived state: inside the commit, before the count
         h5.attrs["committed_trials"] = row + 1
         h5.flush()
         _fsync_path(self.path)
@@ -435,13 +465,9 @@ class DayWriter:
                                f"`itloop day recover {self.path}` rebuilds the file from the journal")
 
     def set_clock(self, offset_s: float, drift: float, residual_sd_s: float, n_pairs: int) -> None:
-        """Store the presenter->acquisition clock fit: acq = offset + (1 + drift) * presenter."""
+        """Kept for older callers: each commit stores the clock fit of the stored sync pairs
+        (``acq = offset + (1 + drift) * presenter``) itself; nothing is written here."""
         self._check_usable()
-        g = self._h5["sync"]
-        try:
-            g.attrs.update({"fit_offset_s": offset_s, "fit_drift": drift, "fit_residual_sd_s": residual_sd_s, "fit_n_pairs": n_pairs})
-        except OSError as exc:
-            self._fail(exc, safe=self.committed_trials)
 
     def set_attrs(self, attrs: dict) -> None:
         """Store session facts as root attributes (e.g. the presenter's CURVE key); flushed."""
@@ -452,12 +478,19 @@ class DayWriter:
         except OSError as exc:
             self._fail(exc, safe=self.committed_trials)
 
+    @property
+    def has_calibration(self) -> bool:
+        return "calibration" in self._h5
+
     def set_calibration(self, cmap: dict) -> None:
-        """Store the eye calibration map used this day (``CalibrationMap.to_dict()``), replacing none."""
-        g = self._h5.require_group("calibration")
-        g.attrs["map_json"] = json.dumps(cmap)
-        g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
-        self._h5.flush()
+        """Store the eye calibration map used this day (``CalibrationMap.to_dict()``), replacing none
+        (a new day stores it with its header: ``DayWriter.create(calibration=...)``)."""
+        self._check_usable()
+        try:
+            _write_calibration(self._h5, cmap)
+            self._h5.flush()
+        except OSError as exc:
+            self._fail(exc, safe=self.committed_trials)
 
     def mark_complete(self) -> None:
         self._check_usable()
@@ -479,10 +512,7 @@ class DayWriter:
                         self._h5.flush()
                     except OSError as exc:
                         self._failed = exc
-                try:
-                    self._h5.close()
-                except (OSError, RuntimeError):
-                    pass
+                close_quietly(self._h5)
             self._journal.close()
         finally:
             if self._lock is not None:
@@ -513,6 +543,8 @@ def _write_header(h5: h5py.File, header: DayHeader) -> None:
     if header.model_info:
         _write_model(h5.create_group("model"), header.model_info)
     _create_tables(h5, header.window_ms, len(header.channel_names))
+    if header.calibration is not None:
+        _write_calibration(h5, header.calibration)
 
 
 def _write_stimuli(st: h5py.Group, stimuli: StimulusSet) -> None:
@@ -544,6 +576,12 @@ def _create_tables(h5: h5py.File, window_ms: tuple[float, float], n_channels: in
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
     _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
+
+
+def _write_calibration(h5: h5py.File, cmap: dict) -> None:
+    g = h5.require_group("calibration")
+    g.attrs["map_json"] = json.dumps(cmap)
+    g.attrs["description"] = "raw tracker coordinates -> degrees (rig.sources.calibration.CalibrationMap)"
 
 
 def _write_metadata(h5: h5py.File, config_text: str, cfg=None) -> None:
@@ -591,11 +629,19 @@ def _write_new(tmp: Path, path: Path, header: DayHeader) -> None:
     naming the path; nothing is left that blocks a retry.
     """
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
-            tmp.unlink()  # a header that an older itloop never finished: it holds no recording
-        # atomic, and fails rather than replace a file that appeared meanwhile
-        with atomic_path(path, overwrite=False) as part, h5py.File(part, "w") as h5:  # default libver: no SWMR flags
-            _write_header(h5, header)
+            tmp.unlink()  # a header that never finished: it holds no recording
+        try:
+            image = _header_image(header)
+            with open(tmp, "xb") as fh:      # plain writes: a full disk is an OSError, no HDF5 state left open
+                fh.write(image)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)  # atomic, and fails rather than replace a file that appeared meanwhile
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     except FileExistsError:
         raise DayFileError(f"{path} already exists; nothing was overwritten") from None
     except OSError as exc:
@@ -603,6 +649,18 @@ def _write_new(tmp: Path, path: Path, header: DayHeader) -> None:
             raise DiskFullError(f"disk full: cannot write {path}; free space and run again") from None
         raise DayFileError(f"cannot write {path} ({getattr(exc, 'strerror', None) or exc}); check the folder's "
                            "permissions and free space") from None
+
+
+def _header_image(header: DayHeader) -> bytes:
+    """The bytes of a new day (or plan) file holding ``header``, built in memory (HDF5's core
+    driver, nothing on disk), so that no HDF5 write to a disk can fail half-way through it."""
+    h5 = h5py.File(f"itloop-header-{uuid.uuid4().hex}", "w", driver="core", backing_store=False)
+    try:       # default libver: no SWMR status flags to trip over after a crash
+        _write_header(h5, header)
+        h5.flush()
+        return h5.id.get_file_image()
+    finally:
+        h5.close()
 
 
 def _write_model(g: h5py.Group, info: dict) -> None:
@@ -632,13 +690,81 @@ def mismatched_trials(tables, committed: int, journal: list[TrialRows]) -> list[
 
 def _truncate_to_committed(h5: h5py.File) -> None:
     """Cut every growing table back to the end of the last committed trial."""
-    committed = int(h5.attrs["committed_trials"])
+    committed = _truncate_check(h5, Path(h5.filename))
     tr = h5["trials"]
     ends = {c: (int(tr[f"{c}_end"][committed - 1]) if committed else 0) for c in ROW_COUNTERS}
     for name, *_ in TRIAL_COLUMNS:
         tr[name].resize(committed, axis=0)
     for table, counter in TABLES.items():
         h5[table].resize(ends[counter], axis=0)
+
+
+# root attributes without which a file cannot be read; any other one that cannot be read
+# (torn by a write that failed, e.g. on a full disk) is left out and named in ``rig.store.reader.DayData.unreadable_attrs``
+ESSENTIAL_ATTRS = ("software", "schema_version", "day", "committed_trials", "status")
+HEADER_ATTRS = ("software", "schema_version", "day")   # enough to rebuild a day from its journal
+
+
+def read_root_attrs(h5: h5py.File, path: Path, essential: tuple[str, ...] = ESSENTIAL_ATTRS) -> tuple[dict, list[str]]:
+    """(readable root attributes, names of the unreadable ones); an unreadable ``essential`` one
+    is a :class:`DayFileError`."""
+    attrs, bad = {}, []
+    try:
+        names = list(h5.attrs.keys())
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise DayFileError(f"day file {path}: its root attributes cannot be read ({exc}); it is damaged. "
+                           f"`itloop day recover {path}` rebuilds it from its journal") from None
+    for k in names:
+        try:
+            v = h5.attrs[k]
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            bad.append(k)
+            continue
+        attrs[k] = v.item() if isinstance(v, np.generic) else v
+    torn = [k for k in bad if k in essential]
+    if torn:
+        raise DayFileError(f"day file {path}: root attribute {torn[0]!r} cannot be read (torn by a failed write); "
+                           f"`itloop day recover {path}` rebuilds it from its journal")
+    return attrs, bad
+
+
+def _drop_torn_attrs(h5: h5py.File, path: Path) -> None:
+    """Delete root attributes that cannot be read (torn by a write that failed): the derived
+    ones are written again by the next commit; an essential one refuses (recover the file)."""
+    _, torn = read_root_attrs(h5, path)
+    for name in torn:
+        del h5.attrs[name]
+
+
+def _truncate_check(h5: h5py.File, path: Path) -> int:
+    """``committed_trials`` if the file holds that many trial rows; else a DayFileError."""
+    committed = int(h5.attrs["committed_trials"])
+    rows = min(h5["trials"][name].shape[0] for name, *_ in TRIAL_COLUMNS if name in h5["trials"])
+    if not 0 <= committed <= rows:
+        raise DayFileError(f"day file {path}: committed_trials = {committed} but it holds {rows} trial rows (altered "
+                           f"or damaged); `itloop day recover {path}` rebuilds it from its journal")
+    return committed
+
+
+def _write_clock_state(h5: h5py.File, label: str) -> None:
+    """Store the clock fits of every sync pair in the file: ``/sync`` attrs ``fit_*`` (the
+    segment ``label`` of the trial being committed) and root attr ``clock_segments`` (JSON,
+    every segment). Part of each commit, so a resumed or rebuilt day holds what an
+    uninterrupted one would; a fit that fails (non-finite pairs) leaves the previous state."""
+    from rig.session.clock import ClockFitError, SegmentedClock, SegmentFit
+
+    p, a, seg = h5["sync/presenter_s"][:], h5["sync/acq_s"][:], _sync_segments(h5)
+    clock = SegmentedClock()
+    try:
+        for lab in dict.fromkeys(seg.tolist()):
+            clock.add(lab, p[seg == lab], a[seg == lab])
+        clock.add(label, [], [])
+    except (ClockFitError, ValueError):
+        return
+    cur = clock.segments.get(label) or SegmentFit(label)
+    h5["sync"].attrs.update({"fit_offset_s": cur.offset_s, "fit_drift": cur.drift,
+                             "fit_residual_sd_s": cur.residual_sd_s, "fit_n_pairs": cur.n_pairs})
+    h5.attrs["clock_segments"] = json.dumps(clock.summaries(), allow_nan=True)
 
 
 def _sync_segments(h5: h5py.File) -> np.ndarray:

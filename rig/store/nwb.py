@@ -45,6 +45,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from modelfit.files import atomic_path
@@ -633,19 +634,52 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
 
 def write_export(job: ExportJob, overwrite: bool = False) -> Path:
     """Write a prepared export beside ``out`` first, then rename it (``modelfit.files.atomic_path``),
-    so the output is never half-written. Refuses an existing output unless ``overwrite``."""
+    so the output is never half-written. Refuses an existing output unless ``overwrite``, and
+    ``overwrite`` replaces only an earlier NWB export (never a day file, plan, journal or model)."""
     from pynwb import NWBHDF5IO
 
     out = job.out_path
     if out.exists() and not overwrite:
         raise ExportRefused(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or choose another output path")
+    if out.exists() or out.is_symlink():
+        _check_replaceable(out)
     nwb = build_nwbfile(job.day, job.meta, job.origin)
-    try:   # pynwb wants the .nwb suffix; without overwrite, a file that appeared meanwhile is not replaced
-        with atomic_path(out, suffix=".nwb", overwrite=overwrite) as tmp, NWBHDF5IO(str(tmp), "w") as io:
-            io.write(nwb)
+    image = _nwb_image(nwb, NWBHDF5IO)   # built in memory: a full disk is then one OSError of a plain write
+    try:   # without overwrite, a file that appeared meanwhile is not replaced
+        with atomic_path(out, suffix=".nwb", overwrite=overwrite) as tmp:
+            tmp.write_bytes(image)
     except FileExistsError:
         raise ExportRefused(f"{out} appeared while exporting; pass overwrite=True (CLI: --overwrite) to replace it") from None
     return out
+
+
+def _nwb_image(nwb, io_class) -> bytes:
+    """The bytes of the NWB file of ``nwb``, built in memory (HDF5's core driver), so that no
+    HDF5 write to a disk can fail half-way (a full disk then crashed h5py at exit)."""
+    f = h5py.File(f"itloop-nwb-{uuid.uuid4().hex}.nwb", "w", driver="core", backing_store=False)
+    try:
+        with io_class(file=f, mode="w") as io:
+            io.write(nwb)
+            f.flush()
+            return f.id.get_file_image()
+    finally:
+        if f.id.valid:
+            f.close()
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces an earlier NWB export only: never a day file, plan, journal or model."""
+    if out.is_symlink() or not out.is_file() or out.suffix != ".nwb":
+        raise ExportRefused(f"{out} is not an NWB export (a .nwb file); --overwrite replaces only those, never a "
+                            "day file, plan, journal or model: choose another output path")
+    try:
+        with h5py.File(out, "r") as h5:
+            software = h5.attrs.get("software")
+    except OSError:
+        return          # not HDF5 at all: an unfinished export
+    if software in ("itloop", b"itloop"):
+        raise ExportRefused(f"{out} is an itloop day or plan file, not an NWB export; --overwrite never replaces it: "
+                            "choose another output path")
 
 
 def export_nwb(day_path: str | Path, out_path: str | Path, *, overrides: dict | None = None,

@@ -12,7 +12,17 @@ import h5py
 import numpy as np
 
 from rig.session.schedule import Schedule
-from rig.store.dayfile import METADATA_SECTIONS, OWN_ATTRS, SCHEMA_VERSION, DayFileError, DayHeader
+from rig.store.dayfile import (
+    ESSENTIAL_ATTRS,
+    HEADER_ATTRS,
+    METADATA_SECTIONS,
+    OWN_ATTRS,
+    SCHEMA_VERSION,
+    TRIAL_COLUMNS,
+    DayFileError,
+    DayHeader,
+    read_root_attrs,
+)
 from rig.store.journal import journal_path
 from rig.store.origin import Origin, read_origin
 from rig.store.trialdata import ROW_COUNTERS, TABLES
@@ -50,6 +60,7 @@ class DayData:
     calibration: dict | None = None    # the eye calibration map used (/calibration), if any
     metadata: dict[str, dict] = field(default_factory=dict)   # /metadata: config sections subject, session, array
     sync_segment: np.ndarray = field(default_factory=lambda: np.zeros(0, object))  # clock segment of each sync pair
+    unreadable_attrs: list = field(default_factory=list)  # root attributes torn by a failed write (left out of attrs)
 
     @property
     def origin(self) -> Origin:
@@ -79,7 +90,8 @@ class DayData:
             channel_names=list(self.channel_names), backend=str(self.attrs.get("backend", "")), window_ms=self.window_ms,
             origin=self.origin, experiment_uuid=self.experiment_uuid, model_info=dict(self.model),
             attrs={k: v for k, v in self.attrs.items() if k not in OWN_ATTRS and k != "schema_version_read"},
-            identifier=str(self.attrs.get("identifier", "")), status=str(self.attrs.get("status", "recording")))
+            identifier=str(self.attrs.get("identifier", "")), status=str(self.attrs.get("status", "recording")),
+            calibration=self.calibration)
         fields.update(changes)
         return DayHeader(**fields)
 
@@ -146,11 +158,22 @@ def _open_h5(path: Path) -> h5py.File:
     return h5py.File(path, "r")
 
 
+def _refuse_if_recording(path: Path) -> None:
+    """A file another process is recording (its lock is held) is named as such, not as damaged."""
+    from rig.store.lock import locked_by
+
+    pid = locked_by(path)
+    if pid is not None:
+        raise DayFileError(f"day file {path} is being recorded by PID {pid}; wait for that session to end "
+                           "(or stop it) before using it")
+
+
 def read_config_text(path: str | Path) -> str:
     """The configuration (TOML text) stored in a day or plan file, without reading its arrays."""
     path = Path(path)
     if not path.exists():
         raise DayFileError(f"day file {path} does not exist")
+    _refuse_if_recording(path)
     try:
         with _open_h5(path) as h5:
             cfg = h5["config_toml"][()]
@@ -159,9 +182,14 @@ def read_config_text(path: str | Path) -> str:
     return cfg.decode() if isinstance(cfg, bytes) else cfg
 
 
-def read_day(path: str | Path) -> DayData:
-    """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong."""
+def read_day(path: str | Path, header_only: bool = False) -> DayData:
+    """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong.
+
+    ``header_only``: config, stimuli, schedule, channels and model, no trials (for rebuilding
+    a file whose trial tables are damaged from its journal)."""
     path = Path(path)
+    if path.is_dir():
+        raise DayFileError(f"{path} is a folder, not a day file; move it away or choose another --out")
     if not path.exists():
         raise DayFileError(f"day file {path} does not exist")
     try:
@@ -176,25 +204,39 @@ def read_day(path: str | Path) -> DayData:
         raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged.{hint}") from None
     try:
         with h5:
-            return _read_open(path, h5)
+            return _read_open(path, h5, header_only)
     except KeyError as exc:
         raise DayFileError(f"day file {path} lacks {exc.args[0] if exc.args else 'a required entry'}; it is not an itloop day file or is damaged") from None
-    except OSError as exc:
-        raise DayFileError(f"day file {path} is damaged: {exc}") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        hint = f" A journal exists: `itloop day recover {path}` rebuilds it." if journal_path(path).exists() else ""
+        raise DayFileError(f"day file {path} is damaged: {exc}.{hint}") from None
+
+
+def _committed(path: Path, attrs: dict, tr: h5py.Group) -> int:
+    """``committed_trials``, checked against the trial rows the file holds."""
+    try:
+        committed = int(attrs["committed_trials"])
+    except (TypeError, ValueError):
+        committed = -1
+    rows = min(tr[name].shape[0] for name, *_ in TRIAL_COLUMNS if name in tr)
+    if not 0 <= committed <= rows:
+        raise DayFileError(f"day file {path}: committed_trials = {attrs['committed_trials']!r} but it holds {rows} "
+                           f"trial rows (altered or damaged); `itloop day recover {path}` rebuilds it from its journal")
+    return committed
 
 
 def _scalar(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _read_open(path: Path, h5: h5py.File) -> DayData:
-    attrs = {k: _scalar(v) for k, v in h5.attrs.items()}
+def _read_open(path: Path, h5: h5py.File, header_only: bool = False) -> DayData:
+    attrs, unreadable = read_root_attrs(h5, path, HEADER_ATTRS if header_only else ESSENTIAL_ATTRS)
     if attrs.get("software") != "itloop":
         raise DayFileError(f"{path} is an HDF5 file but not an itloop day file (no software='itloop' attribute)")
     version = int(attrs.get("schema_version", 1))
     if version > SCHEMA_VERSION:
         raise DayFileError(f"{path} has schema version {version}, newer than this itloop reads ({SCHEMA_VERSION}); upgrade itloop")
-    committed = int(attrs["committed_trials"])
+    committed = 0 if header_only else _committed(path, attrs, h5["trials"])
     tables = {f"trials/{k}": v[:committed] for k, v in h5["trials"].items()}
     for name in ("presentations", "spikes", "sync", "eye", "rewards"):
         if name in h5:     # a version-1 file may lack eye and rewards: upgrade() adds them
@@ -230,9 +272,21 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         sync_presenter_s=tables["sync/presenter_s"], sync_acq_s=tables["sync/acq_s"], model=model,
         presentations_per_trial=int(h5["schedule"].attrs["presentations_per_trial"]),
         seconds_per_presentation=float(h5["schedule"].attrs["seconds_per_presentation"]),
-        clock={k: _scalar(v) for k, v in h5["sync"].attrs.items()},
+        clock=_sync_attrs(h5), unreadable_attrs=unreadable,
         eye=group("eye"), rewards=group("rewards"), sync_segment=segment,
         calibration=json.loads(h5["calibration"].attrs["map_json"]) if "calibration" in h5 else None)
+
+
+def _sync_attrs(h5: h5py.File) -> dict:
+    """The /sync clock-fit attributes that can be read (a torn one is left out)."""
+    out = {}
+    for k in h5["sync"].attrs:
+        try:
+            v = h5["sync"].attrs[k]
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            continue
+        out[k] = v.item() if isinstance(v, np.generic) else v
+    return out
 
 
 def _committed_rows(tables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -249,10 +303,13 @@ def day_status(path: str | Path) -> str | None:
     path = Path(path)
     if not path.exists():
         return None
+    if path.is_dir():
+        raise DayFileError(f"{path} is a folder, not a day file; move it away")
+    _refuse_if_recording(path)
     try:
         with _open_h5(path) as h5:
             status = h5.attrs.get("status")
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         raise DayFileError(f"day file {path} cannot be opened as HDF5 ({exc}); it is truncated or damaged") from None
     return status.decode() if isinstance(status, bytes) else status
 

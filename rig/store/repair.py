@@ -56,6 +56,12 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     done[vp] = True
     if d.complete and not done.all():
         problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
+    back = _acquisition_time_goes_back(d)
+    if back:
+        problems.append(back)
+    for name in d.unreadable_attrs:
+        problems.append(f"root attribute {name!r} cannot be read (torn by a write that failed, e.g. on a full disk); "
+                        f"`itloop day recover {path}` or --resume writes it again")
     segments, limit_ms = _clock_segments(d)
     for seg in segments:
         worst = seg.get("max_abs_residual_s")
@@ -156,9 +162,11 @@ def _recovery_header(path: Path, plan_path: str | Path | None, journal: list) ->
     """The rebuilt file's header (from the damaged file, else from its plan) and whether the
     source was complete; raises DayFileError (nothing changed) if neither can be read."""
     source, from_plan = None, False
-    for candidate, is_plan in ([(path, False)] + ([(Path(plan_path), True)] if plan_path else [])):
+    # the damaged file itself (whole, else its header alone), else the plan
+    for candidate, is_plan, header_only in ([(path, False, False), (path, False, True)]
+                                            + ([(Path(plan_path), True, False)] if plan_path else [])):
         try:
-            source, from_plan = read_day(candidate), is_plan
+            source, from_plan = read_day(candidate, header_only=header_only), is_plan
             break
         except DayFileError:
             continue
@@ -209,6 +217,51 @@ def _rebuild(tmp: Path, header: DayHeader, journal: list, complete: bool, path: 
         problems.append(f"rebuilt {len(rebuilt.trials['trial_index'])} trials of the journal's {len(journal)}")
     if problems:
         raise DayFileError(f"the rebuilt file failed its check ({'; '.join(problems)}); {path} was left as it was")
+
+
+def _acquisition_time_goes_back(d) -> str:
+    """A problem line when the committed trials' acquisition-clock times go back (e.g. a
+    simulated acquisition clock restarted with a presenter): every time in the file and its
+    NWB export is on that clock. Allowed only where the acquisition system itself restarted:
+    the clock segment's acquisition part (its label after the first '/', the live rig's run
+    and acquisition epoch) changes there."""
+    starts = np.asarray(d.trials.get("start_acq_s", []), float)
+    ends = np.asarray(d.trials.get("end_acq_s", []), float)
+    epoch = _trial_acquisition_epochs(d)
+    last = None                        # (end time, epoch) of the previous trial with finite times
+    for row in range(len(starts)):
+        if not (np.isfinite(starts[row]) and np.isfinite(ends[row])):
+            continue
+        if ends[row] < starts[row] or (last is not None and starts[row] < last[0] and epoch[row] == last[1]):
+            before = last[0] if last is not None and starts[row] < last[0] else starts[row]
+            after = starts[row] if before != starts[row] else ends[row]
+            return (f"acquisition-clock times go backwards at trial row {row} ({before:.3f} s -> {after:.3f} s) "
+                    "although the acquisition system did not restart: its times (and an NWB export's) are not in order")
+        last = (ends[row], epoch[row])
+    return ""
+
+
+def _trial_acquisition_epochs(d) -> list[str]:
+    """Per committed trial: the acquisition part of its clock segment label (after the first
+    '/'; '' for backends whose acquisition clock is one for the whole day)."""
+    import h5py
+
+    n = len(d.trials.get("sync_end", []))
+    labels = [""] * n
+    try:
+        with h5py.File(d.path, "r") as h5:
+            if "segment" not in h5["sync"]:
+                return labels
+            seg = h5["sync/segment"].asstr()[: int(d.trials["sync_end"][-1]) if n else 0]
+    except (OSError, KeyError, RuntimeError):
+        return labels
+    ends = np.asarray(d.trials["sync_end"], np.int64)
+    current = ""
+    for row in range(n):
+        if ends[row] > 0 and ends[row] <= len(seg):
+            current = str(seg[ends[row] - 1]).partition("/")[2]
+        labels[row] = current
+    return labels
 
 
 def _clock_segments(d) -> tuple[list[dict], float]:
