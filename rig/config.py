@@ -125,11 +125,14 @@ class ScreeningConfig:
 class ScheduleConfig:
     repeats: int = 10
     min_parent_separation_min: float = 10.0
+    max_attempts: int = 10          # attempts per planned presentation before it is given up (0: unbounded)
 
     def check(self):
         out = []
         if self.repeats < 1:
             out.append(("repeats", self.repeats, "an integer >= 1"))
+        if self.max_attempts < 0:
+            out.append(("max_attempts", self.max_attempts, "an integer >= 0 (0: unbounded)"))
         if self.min_parent_separation_min < 0:
             out.append(("min_parent_separation_min", self.min_parent_separation_min, "minutes >= 0"))
         return out
@@ -400,10 +403,20 @@ class AcquisitionConfig:
     wait_ms: float = 1000.0
     max_residual_ms: float = 0.5
     max_drift_ppm: float = 1000.0
+    clock_min_drift_span_s: float = 5.0         # sync pulses must span this long before a drift is fitted
+    max_presentations_without_pulse: int = 0    # in a row, then the session stops (0: five trials' worth)
+    min_valid_fraction: float = 0.5             # `day check` fails a day with fewer valid presentations
+    spike_stream: str = ""                      # Open Ephys stream of the spikes ("": the first one seen)
+    ttl_stream: str = ""                        # Open Ephys stream of the sync TTL ("": spike_stream)
     sim_sample_rate_hz: float = 30000.0
     sim_drop_fraction: float = 0.01
     sim_extra_fraction: float = 0.0
     sim_jitter_ms: float = 1.0
+    sim_ttl: Literal["photodiode", "free", "periodic"] = "photodiode"   # sim-rig scenarios (see sim.acquisition)
+    sim_pulse_jitter_ms: float = 0.25
+    sim_started_early_s: float = 0.0
+    sim_two_streams: bool = False
+    sim_refuse_record: bool = False
 
     def check(self):
         out = []
@@ -422,8 +435,16 @@ class AcquisitionConfig:
             v = getattr(self, k)
             if not (math.isfinite(v) and 0 <= v < 0.5):
                 out.append((k, v, "a fraction in [0, 0.5)"))
-        if not (math.isfinite(self.sim_jitter_ms) and self.sim_jitter_ms >= 0):
-            out.append(("sim_jitter_ms", self.sim_jitter_ms, "milliseconds >= 0"))
+        for k in ("sim_jitter_ms", "sim_pulse_jitter_ms", "sim_started_early_s"):
+            if not (math.isfinite(getattr(self, k)) and getattr(self, k) >= 0):
+                out.append((k, getattr(self, k), "a number >= 0"))
+        if not (math.isfinite(self.clock_min_drift_span_s) and self.clock_min_drift_span_s >= 0):
+            out.append(("clock_min_drift_span_s", self.clock_min_drift_span_s, "seconds >= 0"))
+        if self.max_presentations_without_pulse < 0:
+            out.append(("max_presentations_without_pulse", self.max_presentations_without_pulse,
+                        "an integer >= 0 (0: five trials' worth)"))
+        if not (math.isfinite(self.min_valid_fraction) and 0 <= self.min_valid_fraction <= 1):
+            out.append(("min_valid_fraction", self.min_valid_fraction, "a fraction in [0, 1]"))
         return out
 
 

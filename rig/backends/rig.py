@@ -27,7 +27,8 @@ from rig.backends.presenter import eye_and_reward_fields, open_presenter, presen
 from rig.backend import FIXATION_WINDOW_DEG, AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
 from rig.errors import UserError
 from rig.link.client import PresenterClient
-from rig.session.clock import ClockFitError, SegmentedClock, match_pulses, vote_offset
+from rig.session.align import PulseAligner
+from rig.session.clock import MIN_DRIFT_SPAN_S
 
 
 class RigBackend:
@@ -38,7 +39,7 @@ class RigBackend:
     def __init__(self, client: PresenterClient, source: SpikeSource, *, eye=None, markers=None,
                  wait_for_presenter_s: float = 60.0, fixation_window_deg: float = FIXATION_WINDOW_DEG,
                  pulse_tolerance_s: float = 0.003, wait_s: float = 1.0, max_drift_ppm: float = 1000.0,
-                 configure_extra: dict | None = None):
+                 configure_extra: dict | None = None, min_drift_span_s: float = MIN_DRIFT_SPAN_S):
         self.client = client
         self.source = source
         self.eye = eye                    # optional controller-side break decider; None: the presenter's eye (if any)
@@ -48,16 +49,13 @@ class RigBackend:
         self.fixation_window_deg = fixation_window_deg
         self.tol = float(pulse_tolerance_s)
         self.acq_wait_s = float(wait_s)
-        self.clock = SegmentedClock(max_drift_ppm=max_drift_ppm)
+        self.aligner = PulseAligner(self.tol, max_drift_ppm, min_drift_span_s)
+        self.clock = self.aligner.clock
         self._session: SessionInfo | None = None
         self.setup: dict = {}
         self._spk_t: list[np.ndarray] = []
         self._spk_c: list[np.ndarray] = []
-        self._pulses = np.zeros(0)
-        self._boot: dict[str, list[float]] = {}     # unaligned onsets per segment (bootstrap pool)
-        self._epoch = 0                              # acquisition restarts seen
         self._run = f"run{uuid.uuid4().hex[:6]}"     # this controller run
-        self._lost_streak = 0                        # trials in a row whose pulses all missed the fit
         self.stats = {"pulses_matched": 0, "pulses_missing": 0, "pulses_extra": 0, "trials_unaligned": 0}
 
     # ------------------------------------------------------------------ session
@@ -81,8 +79,7 @@ class RigBackend:
             self._spk_t.append(ev.spike_times_s)
             self._spk_c.append(ev.spike_channels)
         rising = ev.ttl_times_s[ev.ttl_states] if len(ev.ttl_times_s) else ev.ttl_times_s
-        if len(rising):
-            self._pulses = np.sort(np.r_[self._pulses, rising])
+        self.aligner.add_pulses(rising)
 
     def _segment(self) -> str:
         """Clock segment: the presenter process, this controller run (a resumed day aligns
@@ -90,7 +87,7 @@ class RigBackend:
         epoch (a restarted acquisition system starts its sample counter again)."""
         peer = self.client.peer
         name = peer.decode(errors="replace") if peer else ""
-        return f"{name}/{self._run}" + (f"/acq{self._epoch}" if self._epoch else "")
+        return self.aligner.label(f"{name}/{self._run}")
 
     def _wait_for_acquisition(self, label: str, last_flip_p: float, n_onsets: int) -> bool:
         """Pump events until the stream has passed the trial's last flip (or, before the
@@ -105,7 +102,7 @@ class RigBackend:
             latest = ev.latest_s
             if seg is not None and np.isfinite(latest) and latest >= seg.to_acq(last_flip_p) + 0.05:
                 return True
-            if seg is None and heard and len(self._pulses) >= n_onsets and time.monotonic() > deadline - self.acq_wait_s / 2:
+            if seg is None and heard and len(self.aligner.pulses) >= n_onsets and time.monotonic() > deadline - self.acq_wait_s / 2:
                 return True
             if time.monotonic() >= deadline:
                 return heard
@@ -137,52 +134,17 @@ class RigBackend:
         n_shown = res.shown
         onsets = res.onset_s[:n_shown]
         heard = self._wait_for_acquisition(label, float(res.frame_time_s[-1]), n_shown)
-        seg = self.clock.fitted(label)
-        if seg is not None:
-            pred = seg.to_acq(onsets)
-        else:
-            pool = self._boot.setdefault(label, [])
-            pool.extend(onsets.tolist())
-            del pool[:-60]
-            offset, votes, runner = vote_offset(np.asarray(pool), self._pulses, self.tol)
-            if offset is not None and votes < min(3, len(pool)):
-                offset = None                     # too few pairs to trust a first alignment
-            pred = onsets + offset if offset is not None else np.full(n_shown, np.nan)
-            if offset is None:
-                note.append(f"clock of presenter {label} not aligned yet ({votes} vs {runner} pulse matches)")
-                self.stats["trials_unaligned"] += 1
-        idx = match_pulses(pred, self._pulses, self.tol) if n_shown else np.zeros(0, int)
-        got = idx >= 0
-        if seg is not None and n_shown >= 2 and not got.any() and len(self._pulses) >= n_shown:
-            self._lost_streak += 1
-            if self._lost_streak >= 2:          # pulses keep coming but none where the fit says: the
-                self._epoch += 1                # acquisition clock restarted; align afresh from the next trial
-                self._lost_streak = 0
-                self._pulses = self._pulses[-4 * n_shown:]
-                note.append(f"acquisition clock jumped: new clock segment {self._segment()}")
-        elif got.any():
-            self._lost_streak = 0
-        sync_p, sync_a = onsets[got], self._pulses[idx[got]]
-        if got.any():
-            try:
-                seg = self.clock.add(label, sync_p, sync_a)
-                self._boot.pop(label, None)
-            except ClockFitError as exc:      # these pairs cannot be right: keep them out, align afresh
-                note.append(f"pulses refused ({exc})")
-                got[:] = False
-                idx[:] = -1
-                sync_p, sync_a = onsets[:0], self._pulses[:0]
-                seg = self.clock.fitted(label)
+        peer = self.client.peer
+        al = self.aligner.align(f"{peer.decode(errors='replace') if peer else ''}/{self._run}", onsets, end_p)
+        label, seg, got = al.label, al.segment, al.got
+        note.extend(al.notes)
+        self.stats["trials_unaligned"] += int(not al.aligned)
         self.stats["pulses_matched"] += int(got.sum())
         self.stats["pulses_missing"] += int((~got).sum())
+        self.stats["pulses_extra"] += al.n_extra
+        sync_p, sync_a = onsets[got], al.pulse_acq_s[got]
         end_acq = float(seg.to_acq(end_p)) if seg is not None else float("inf")
         start_acq = float(seg.to_acq(res.frame_time_s[0])) if seg is not None else float("nan")
-        used = np.zeros(len(self._pulses), bool)
-        used[idx[got]] = True
-        stale = self._pulses < (end_acq if np.isfinite(end_acq) else -np.inf)
-        self.stats["pulses_extra"] += int((stale & ~used).sum()) if seg is not None else 0
-        keep = ~used & ~(stale if seg is not None else np.zeros(len(used), bool))
-        self._pulses = self._pulses[keep][-1000:]      # bounded while unaligned
         times, chans = self._spikes_before(end_acq)
         n = res.completed
         pulse_ok = got[:n]
@@ -200,7 +162,8 @@ class RigBackend:
                            sync_presenter_s=sync_p, sync_acq_s=sync_a, spike_times_s=times, spike_channels=chans,
                            start_acq_s=start_acq, end_acq_s=end_acq if np.isfinite(end_acq) else float("nan"),
                            acquisition_ok=heard, note="; ".join(note), end_presenter_s=end_p,
-                           clock_segment=label, pulse_ok=pulse_ok, **eye_and_reward_fields(res))
+                           clock_segment=label, pulse_ok=pulse_ok, clock_aligned=al.aligned,
+                           **eye_and_reward_fields(res))
 
     def _spikes_before(self, end_acq: float) -> tuple[np.ndarray, np.ndarray]:
         """Buffered spikes before ``end_acq`` (all of them if the clock is not aligned)."""

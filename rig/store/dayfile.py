@@ -49,7 +49,7 @@ import h5py
 import numpy as np
 
 from rig import __version__
-from rig.backend import TrialRows
+from rig.backend import TrialRows, invalid_reason_legend
 from rig.store.journal import Journal, journal_path, read_journal
 from rig.store.lock import DayLock
 from rig.store.trialdata import stored_tables, tables_digest, trial_tables
@@ -133,8 +133,11 @@ PRESENTATION_COLUMNS = [
     ("frames_on", "i4", "frames", "frames the image was on screen"),
     ("frames_mask", "i4", "frames", "frames the grey mask was on screen"),
     ("dropped_frame", "?", "bool", "a frame was dropped during this presentation"),
-    ("fixation_ok", "?", "bool", "fixation held through this presentation"),
+    ("fixation_ok", "?", "bool", "fixation monitored by an eye tracker and held through this presentation "
+     "(False also when not monitored: see fixation)"),
     ("valid", "?", "bool", "shown, fixation held, no dropped frame, acquisition intact"),
+    ("invalid_reason", "u1", "1", "why the presentation is not valid: " + invalid_reason_legend()),
+    ("fixation", "u1", "1", "0 not monitored (no eye tracker: unknown), 1 held, 2 broken"),
 ]
 
 
@@ -591,7 +594,8 @@ def _truncate_to_committed(h5: h5py.File) -> None:
             for name, *_ in columns:
                 h5[group][name].resize(ends[key], axis=0)
     for name, *_ in PRESENTATION_COLUMNS:
-        h5["presentations"][name].resize(ends["presentations"], axis=0)
+        if name in h5["presentations"]:          # older day files lack invalid_reason and fixation
+            h5["presentations"][name].resize(ends["presentations"], axis=0)
     h5["spikes/counts"].resize(ends["presentations"], axis=0)
     for name in ("times_s", "channel"):
         h5["spikes"][name].resize(ends["spikes"], axis=0)

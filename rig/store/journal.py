@@ -34,9 +34,11 @@ def rows_to_json(rows: TrialRows) -> str:
         "spike_times_s": r.spike_times_s.tolist(), "spike_channels": r.spike_channels.tolist(),
         "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
         "end_presenter_s": r.end_presenter_s, "clock_segment": r.clock_segment,
-        "pulse_ok": r.pulse_ok.tolist(),
+        "pulse_ok": r.pulse_ok.tolist(), "clock_aligned": r.clock_aligned, "fixation_monitored": r.fixation_monitored,
         "onset_acq_s": rows.onset_acq_s.tolist(), "counts": rows.counts.tolist(), "valid": rows.valid.tolist(),
     }
+    if rows.invalid_reason is not None:
+        d["invalid_reason"] = np.asarray(rows.invalid_reason).tolist()
     if len(r.eye_presenter_s) or len(r.reward_presenter_s):
         d.update({"eye_presenter_s": r.eye_presenter_s.tolist(), "eye_x_deg": r.eye_x_deg.tolist(),
                   "eye_y_deg": r.eye_y_deg.tolist(), "eye_pupil": r.eye_pupil.tolist(),
@@ -55,12 +57,15 @@ def rows_from_json(text: str) -> TrialRows:
                       d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
                       d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")),
                       clock_segment=str(d.get("clock_segment", "")), pulse_ok=d.get("pulse_ok"),
+                      clock_aligned=bool(d.get("clock_aligned", True)),
+                      fixation_monitored=bool(d.get("fixation_monitored", True)),
                       **{k: d[k] for k in ("eye_presenter_s", "eye_x_deg", "eye_y_deg", "eye_pupil",
                                            "reward_presenter_s", "reward_ms", "reward_kind") if k in d})
     opt = lambda k: None if d.get(k) is None else np.asarray(d[k], float)  # noqa: E731
     return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
                      np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool),
-                     eye_acq_s=opt("eye_acq_s"), reward_acq_s=opt("reward_acq_s"))
+                     eye_acq_s=opt("eye_acq_s"), reward_acq_s=opt("reward_acq_s"),
+                     invalid_reason=None if d.get("invalid_reason") is None else np.asarray(d["invalid_reason"], np.uint8))
 
 
 class JournalError(UserError):

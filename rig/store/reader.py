@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from rig.backend import Fixation, InvalidReason
 from rig.session.schedule import Schedule
 from rig.store.dayfile import PRESENTATION_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS, DayFileError
 from rig.store.journal import journal_path
@@ -101,6 +102,15 @@ def read_config_text(path: str | Path) -> str:
     return cfg.decode() if isinstance(cfg, bytes) else cfg
 
 
+def _older_presentation_columns(pres: dict) -> None:
+    """Day files written before invalid_reason and the fixation tri-state: derive them
+    (reason 7 "no onset time" for every invalid row: the cause was not stored)."""
+    if "invalid_reason" not in pres:
+        pres["invalid_reason"] = np.where(pres["valid"], 0, int(InvalidReason.NO_ONSET_TIME)).astype(np.uint8)
+    if "fixation" not in pres:
+        pres["fixation"] = np.where(pres["fixation_ok"], int(Fixation.HELD), int(Fixation.BROKEN)).astype(np.uint8)
+
+
 def read_day(path: str | Path) -> DayData:
     """Read a day file into arrays; raises :class:`DayFileError` saying what is wrong."""
     path = Path(path)
@@ -137,7 +147,8 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
     n_pres = int(trials["presentations_end"][-1]) if committed else 0
     n_spk = int(trials["spikes_end"][-1]) if committed else 0
     n_sync = int(trials["sync_end"][-1]) if committed else 0
-    pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS}
+    pres = {name: h5["presentations"][name][:n_pres] for name, *_ in PRESENTATION_COLUMNS if name in h5["presentations"]}
+    _older_presentation_columns(pres)
     st = h5["stimuli"]
     cols = {c: st[c][:] for c in StimulusSet.COLUMNS if c in st}
     cols["kind"] = np.array([k.decode() if isinstance(k, bytes) else k for k in cols["kind"]], dtype=object)
