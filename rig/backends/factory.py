@@ -75,7 +75,7 @@ def make_spike_source(cfg: Config):
         from rig.sources.openephys import OpenEphysSource
 
         return OpenEphysSource(a.host, a.event_port, a.http_port, a.http_control, a.n_channels,
-                               a.electrode_prefix, a.ttl_line)
+                               a.electrode_prefix, a.ttl_line, spike_stream=a.spike_stream, ttl_stream=a.ttl_stream)
     if a.system == "lsl":
         from rig.sources.lsl import LslSource
 
@@ -117,7 +117,7 @@ def _rig_backend(cfg: Config):
           f"computer); spikes from {a.system} at {a.host}", flush=True)
     backend = RigBackend(client, source, markers=markers, fixation_window_deg=cfg.rsvp.fixation_window_deg,
                          pulse_tolerance_s=a.pulse_tolerance_ms / 1000.0, wait_s=a.wait_ms / 1000.0,
-                         max_drift_ppm=a.max_drift_ppm,
+                         max_drift_ppm=a.max_drift_ppm, min_drift_span_s=a.clock_min_drift_span_s,
                          configure_extra={"reward_ms": cfg.reward.duration_ms, "image_scaling": cfg.display.image_scaling,
                                           **({"calibration": cal} if (cal := _calibration(cfg)) else {})})
     desc = source.describe()

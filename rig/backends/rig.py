@@ -29,12 +29,15 @@ from rig.errors import UserError
 from rig.link.client import PresenterClient
 from rig.session.align import PulseAligner
 from rig.session.clock import MIN_DRIFT_SPAN_S
+from rig.sources.clockzero import ClockZero
 
 
 class RigBackend:
     """Drives a connected presenter and a live spike source (Open Ephys, LSL)."""
 
     name = "rig"
+    reads_clock_zero = True       # the acquisition clock's zero is read from the stream (session_attrs)
+    ZERO_PROBE_S = 1.0            # how long the stream is read at connection and at the end for it
 
     def __init__(self, client: PresenterClient, source: SpikeSource, *, eye=None, markers=None,
                  wait_for_presenter_s: float = 60.0, fixation_window_deg: float = FIXATION_WINDOW_DEG,
@@ -56,12 +59,28 @@ class RigBackend:
         self._spk_t: list[np.ndarray] = []
         self._spk_c: list[np.ndarray] = []
         self._run = f"run{uuid.uuid4().hex[:6]}"     # this controller run
+        self.zero = ClockZero()
         self.stats = {"pulses_matched": 0, "pulses_missing": 0, "pulses_extra": 0, "trials_unaligned": 0}
 
     # ------------------------------------------------------------------ session
     def session_attrs(self) -> dict:
-        """Day-file attributes naming the presenter that connected (after ``open``)."""
-        return presenter_attrs(self.client)
+        """Day-file attributes naming the presenter that connected and the acquisition
+        clock's zero as read from the stream (after ``open``)."""
+        return {**presenter_attrs(self.client), **self.zero.start_attrs(self._source_name())}
+
+    def clock_zero_end_attrs(self) -> dict:
+        """The acquisition clock's zero read again at the end (after ``close``), and the change."""
+        return self.zero.end_attrs(self._source_name())
+
+    def _source_name(self) -> str:
+        return str(self.source.describe().get("system", getattr(self.source, "name", "the acquisition system")))
+
+    def _probe_zero(self) -> None:
+        """Read the stream for up to ``ZERO_PROBE_S`` (less once 200 events were timed)."""
+        deadline = time.monotonic() + self.ZERO_PROBE_S
+        n0 = self.zero.n_start + self.zero.n_end
+        while time.monotonic() < deadline and self.zero.n_start + self.zero.n_end - n0 < 200:
+            self._take(self.source.events_since(0.01))
 
     def open(self, session: SessionInfo, stimuli) -> None:
         if session.n_channels not in (0, self.source.n_channels):
@@ -72,9 +91,12 @@ class RigBackend:
                                     fixation_window_deg=self.fixation_window_deg, configure_extra=self.configure_extra)
         self.source.start_recording(session.session_id)
         self._session = session
-        self._take(self.source.events_since(0.0))
+        self.zero.begin(_exact_zero(self.source))
+        self._probe_zero()
+        self.zero.running()
 
     def _take(self, ev: AcqEvents) -> None:
+        self.zero.observe(ev.latest_s, bool(len(ev.spike_times_s) or len(ev.ttl_times_s)))
         if len(ev.spike_times_s):
             self._spk_t.append(ev.spike_times_s)
             self._spk_c.append(ev.spike_channels)
@@ -179,6 +201,11 @@ class RigBackend:
     def close(self) -> None:
         """Stop the acquisition recording; the presenter stays up, blank, for the next session."""
         if self._session is not None:
+            self.zero.ending(_exact_zero(self.source))
+            try:
+                self._probe_zero()
+            except (UserError, OSError, RuntimeError, ValueError) as exc:   # closing must not fail on a last read
+                self.stats["zero_probe_failed"] = repr(exc)
             self.source.close()
             if self.eye is not None:
                 self.eye.close()
@@ -190,3 +217,9 @@ class RigBackend:
                            extra={"presenter": p.get("presenter"), "refresh_hz": p.get("refresh_hz"),
                                   "spike_source": self.source.describe(), "clock_segments": self.clock.summaries(),
                                   "stats": dict(self.stats), "eye_source": self.eye.describe() if self.eye else "none"})
+
+
+def _exact_zero(source) -> float | None:
+    """The source's own exact clock zero (unix s), if it knows it (LSL), else None."""
+    read = getattr(source, "clock_zero_unix_s", None)
+    return float(read()) if callable(read) else None

@@ -18,7 +18,7 @@ from rig.errors import UserError
 from rig.paths import day_path, plan_path
 from rig.loop.preflight import preflight
 from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
-from rig.session.runner import SessionResult, run_session
+from rig.session.runner import SessionLimits, SessionResult, run_session
 from stimuli.images import clean_images
 from stimuli.stimset import StimulusSet
 
@@ -112,17 +112,27 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                 from rig.sources.calibration import CalibrationMap
 
                 writer.set_calibration(CalibrationMap.load(cfg.eye.calibration_file).to_dict())
-            result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
-                                 progress=progress, max_trials=max_trials,
-                                 observer=monitor.observe if monitor is not None else None)
-            if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream
-                desc = backend.source.describe()
-                writer.set_attrs({"spike_source": describe_source(desc),
-                                  "spike_source_json": json.dumps(desc, default=str)})
+            try:
+                result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
+                                     progress=progress, max_trials=max_trials,
+                                     observer=monitor.observe if monitor is not None else None, limits=session_limits(cfg))
+            finally:
+                if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream
+                    desc = backend.source.describe()
+                    writer.set_attrs({"spike_source": describe_source(desc),
+                                      "spike_source_json": json.dumps(desc, default=str),
+                                      **getattr(backend, "clock_zero_end_attrs", dict)()})
             return result
     finally:
         if monitor is not None:
             monitor.close()
+
+
+def session_limits(cfg: Config) -> SessionLimits:
+    """The session's stopping bounds from ``[acquisition]`` and ``[schedule]``."""
+    n = cfg.acquisition.max_presentations_without_pulse or 5 * cfg.rsvp.presentations_per_trial
+    return SessionLimits(max_without_pulse=n, max_attempts=cfg.schedule.max_attempts,
+                         max_drift_ppm=cfg.acquisition.max_drift_ppm, min_drift_span_s=cfg.acquisition.clock_min_drift_span_s)
 
 
 def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], writer):
@@ -152,10 +162,15 @@ def _acq_clock_zero(backend) -> dict:
     which the acquisition clock read 0 s, the time base of every time in the day file (NWB's
     session_start_time), and ``acq_clock_zero_source`` saying how it was found.
 
-    A backend that can read its acquisition clock offers ``acquisition_time_s()``; for the
-    others (the simulated monkey's virtual clock) the clock is taken to read 0 s now."""
+    A backend that can read its acquisition clock offers ``acquisition_time_s()``; the live
+    rig reads it from the stream once connected (``RigBackend.session_attrs`` replaces these
+    attrs when the session opens); for the others (the simulated monkey's virtual clock) the
+    clock is taken to read 0 s now."""
     now = _dt.datetime.now(_dt.timezone.utc)
     read = getattr(backend, "acquisition_time_s", None)
+    if getattr(backend, "reads_clock_zero", False):
+        return {"acq_clock_zero_utc": now.isoformat(timespec="microseconds"),
+                "acq_clock_zero_source": "placeholder until the session opens: the live rig reads it from the stream"}
     if callable(read):
         t = float(read())
         zero = now - _dt.timedelta(seconds=t)

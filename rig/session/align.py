@@ -22,8 +22,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rig.session.clock import (MAX_DRIFT_PPM, MIN_DRIFT_SPAN_S, ClockFitError, SegmentedClock, SegmentFit,
-                               match_pulses, vote_offset)
+from rig.session.clock import (
+    MAX_DRIFT_PPM,
+    MIN_DRIFT_SPAN_S,
+    ClockFitError,
+    SegmentedClock,
+    SegmentFit,
+    match_pulses,
+    vote_offset,
+)
 
 
 def unique_offset(trials: list[np.ndarray], pulses_acq_s: np.ndarray, tolerance_s: float, min_votes: int = 3,
@@ -32,7 +39,10 @@ def unique_offset(trials: list[np.ndarray], pulses_acq_s: np.ndarray, tolerance_
     one array per trial) with ``pulses_acq_s``, or ``(None, why not)`` unless it is unique."""
     on = np.concatenate([np.asarray(t, float).ravel() for t in trials]) if trials else np.zeros(0)
     on = on[np.isfinite(on)]
-    offset, top, runner = vote_offset(on, pulses_acq_s, tolerance_s, best_on_tie=True)
+    # candidates from the first and the latest trial only: the true offset pairs most onsets of
+    # every trial (bounded work: K x pulses candidates, not pool x pulses)
+    cand = np.concatenate([np.asarray(trials[0], float).ravel(), np.asarray(trials[-1], float).ravel()]) if trials else on
+    offset, top, runner = vote_offset(on, pulses_acq_s, tolerance_s, best_on_tie=True, candidates_from=cand)
     n_trials = sum(1 for t in trials if len(t))
     if offset is None or top < min_votes:
         return None, f"{top} onsets paired with pulses, {min_votes} needed"

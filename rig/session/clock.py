@@ -206,7 +206,7 @@ def match_pulses(predicted_acq_s: np.ndarray, pulses_acq_s: np.ndarray, toleranc
 
 
 def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float,
-                best_on_tie: bool = False) -> tuple[float | None, int, int]:
+                best_on_tie: bool = False, candidates_from: np.ndarray | None = None) -> tuple[float | None, int, int]:
     """The offset ``acq - presenter`` that pairs the most onsets with pulses.
 
     Returns ``(offset_s or None, votes, runner_up_votes)``; None when no offset wins
@@ -214,12 +214,16 @@ def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: flo
     the caller then waits for more onsets, whose irregular inter-trial gaps decide).
     ``best_on_tie``: return the first of the tied offsets instead of None (for a caller
     that has no more onsets to wait for; ``votes == runner_up_votes`` tells it so).
+    ``candidates_from``: onsets whose pairings with the pulses are the candidate offsets
+    (default all; a subset such as the latest trial's bounds the work).
     """
     on, pu = np.asarray(onsets_s, float), np.sort(np.asarray(pulses_acq_s, float))
     on = on[np.isfinite(on)]
     if not len(on) or not len(pu):
         return None, 0, 0
-    cands = (pu[None, :] - on[:, None]).ravel()
+    src = on if candidates_from is None else np.asarray(candidates_from, float)
+    src = src[np.isfinite(src)]
+    cands = (pu[None, :] - src[:, None]).ravel()
     if len(cands) > 200_000:           # bounded work: subsample candidates, every offset still seen via others
         cands = cands[np.linspace(0, len(cands) - 1, 200_000).astype(int)]
     cands = np.sort(cands)

@@ -20,9 +20,21 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from rig.backend import INVALID_REASON_TEXT, Backend, InvalidReason, SessionInfo, TrialRows, invalid_reasons
+from rig.backend import (
+    INVALID_REASON_TEXT,
+    Backend,
+    InvalidReason,
+    SessionInfo,
+    TrialRows,
+    invalid_reasons,
+)
 from rig.errors import UserError
-from rig.session.clock import SegmentedClock, window_counts
+from rig.session.clock import (
+    MAX_DRIFT_PPM,
+    MIN_DRIFT_SPAN_S,
+    SegmentedClock,
+    window_counts,
+)
 from rig.session.schedule import PresentationQueue, Schedule
 from stimuli.stimset import StimulusSet
 
@@ -115,6 +127,8 @@ class SessionLimits:
     max_attempts: int = 0             # attempts per planned presentation before it is given up (0: unbounded)
     status_every_trials: int = 20     # periodic status line (logging, when output is not a terminal)
     status_every_s: float = 30.0
+    max_drift_ppm: float = MAX_DRIFT_PPM          # the clock fit's bounds, as the backend's (rig.session.clock)
+    min_drift_span_s: float = MIN_DRIFT_SPAN_S
 
 
 def derive_rows(trial, rec, seg, n_ch: int, window_ms: tuple[float, float]) -> TrialRows:
@@ -166,7 +180,7 @@ class _Watch:
         code, m = self.reasons.most_common(1)[0]
         return f"{INVALID_REASON_TEXT[InvalidReason(code)]} ({m})"
 
-    def status(self, p: "TrialProgress", force: bool = False) -> None:
+    def status(self, p: TrialProgress, force: bool = False) -> None:
         lim = self.limits
         due = (p.trials_run - self._last_n >= lim.status_every_trials
                or time.monotonic() - self._last_t >= lim.status_every_s)
@@ -196,7 +210,7 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
     t0 = time.monotonic()
     limits = limits or SessionLimits()
     queue = PresentationQueue.replay(schedule, writer.recorded_trials(), max_attempts=limits.max_attempts)
-    clock = SegmentedClock()
+    clock = SegmentedClock(max_drift_ppm=limits.max_drift_ppm, min_drift_span_s=limits.min_drift_span_s)
     for label, (p_s, a_s) in _stored_segments(writer):
         if len(p_s):
             clock.add(label, p_s, a_s)
@@ -254,7 +268,7 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
     return SessionResult(n_trials, n_valid, n_total, len(queue) + queue.n_given_up, interrupted, time.monotonic() - t0)
 
 
-def _notify(observer, rows: TrialRows, p: "TrialProgress") -> None:
+def _notify(observer, rows: TrialRows, p: TrialProgress) -> None:
     if observer is None:
         return
     try:
