@@ -314,11 +314,11 @@ class OpenEphysSource:
         if not streams <= self.streams:
             for name in streams:
                 self._saw_stream(name)
-        if self.stream is None:
+        if self.stream is None and evs[0].stream:
             self.stream = evs[0].stream
         ours = self.stream
-        if len(streams) > 1 or ours not in streams:
-            keep = np.array([e.stream == ours for e in evs], bool)
+        if ours is not None and not streams <= {ours, ""}:     # an event without a stream field is taken as ours
+            keep = np.array([e.stream in (ours, "") for e in evs], bool)
             self.counters["other_stream_spikes"] += int((~keep).sum())
             evs, t, sr = [e for e, k in zip(evs, keep) if k], t[keep], sr[keep]
             if not evs:
@@ -352,9 +352,9 @@ class OpenEphysSource:
         stream = info.get("stream", "")
         stream = stream if isinstance(stream, str) else str(stream)
         self._saw_stream(stream)
-        if self.stream is None:
+        if self.stream is None and stream:
             self.stream = stream
-        return stream == self.stream
+        return stream in (self.stream, "")      # an event without a stream field (older GUIs) is taken as ours
 
     def _one_spike(self, info: dict) -> tuple[float, int | None]:
         sr = float(info["sample_rate"])
