@@ -23,7 +23,7 @@ import uuid
 
 import numpy as np
 
-from rig.backends.presenter import eye_and_reward_fields, open_presenter, presenter_attrs
+from rig.backends.presenter import eye_and_reward_fields, fixation_monitored, open_presenter, presenter_attrs
 from rig.backend import FIXATION_WINDOW_DEG, AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
 from rig.errors import UserError
 from rig.link.client import PresenterClient
@@ -185,6 +185,7 @@ class RigBackend:
                            start_acq_s=start_acq, end_acq_s=end_acq if np.isfinite(end_acq) else float("nan"),
                            acquisition_ok=heard, note="; ".join(note), end_presenter_s=end_p,
                            clock_segment=label, pulse_ok=pulse_ok, clock_aligned=al.aligned,
+                           fixation_monitored=fixation_monitored(res, self.eye),
                            **eye_and_reward_fields(res))
 
     def _spikes_before(self, end_acq: float) -> tuple[np.ndarray, np.ndarray]:

@@ -129,6 +129,8 @@ def _print_summary(summary: dict, problems: list[str]) -> None:
     print(f"  day {summary['day']} ({summary['status']}), backend {summary['backend']}, itloop {summary['software_version']}, schema {summary['schema_version']}")
     print(f"  trials {summary['trials']} ({summary['aborted_trials']} aborted), presentations {summary['presentations']} "
           f"({summary['valid_presentations']} valid, {summary['valid_fraction']:.1%})")
+    if summary.get("invalid_reasons"):
+        print("  invalid because: " + ", ".join(f"{k} x{n}" for k, n in summary["invalid_reasons"].items()))
     print(f"  planned presentations recorded {summary['planned_done']}/{summary['planned_presentations']}")
     print(f"  sites/channels {summary['channels']}, stimuli {summary['stimuli']} ({kinds}), {summary['image_size_px']} px")
     print(f"  raw spikes {summary['raw_spikes']}, sync pulses {summary['sync_pulses']}")

@@ -75,9 +75,9 @@ UNIT_DESCRIPTIONS.update({
 _PRESENTATION = {name: _with_unit(u, d) for name, _, u, d in PRESENTATION_COLUMNS}
 PRESENTATION_DESCRIPTIONS = {k: _PRESENTATION[k] for k in (
     "stim_index", "planned_index", "trial_index", "position", "onset_presenter_s", "frames_on", "frames_mask",
-    "dropped_frame", "fixation_ok", "valid")}
+    "dropped_frame", "fixation_ok", "fixation", "valid", "invalid_reason")}
 PRESENTATION_DESCRIPTIONS["stim_index"] = "row of stimulus_provenance / image in stimulus templates shown (unit: 1)"
-NOT_SHOWN_COLUMNS = ("planned_index", "stim_index", "trial_index", "position")
+NOT_SHOWN_COLUMNS = ("planned_index", "stim_index", "trial_index", "position", "invalid_reason")
 _TRIAL = {name: _with_unit(u, d) for name, _, u, d in TRIAL_COLUMNS}
 TRIAL_DESCRIPTIONS = {k: _TRIAL[k] for k in ("trial_index", "n_planned", "completed", "fixation_ok", "acquisition_ok",
                                              "end_presenter_s")}
@@ -386,6 +386,12 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
     onset = np.asarray(p["onset_acq_s"], float)
     shown = np.isfinite(onset) & np.asarray(p["shown"], bool)
     rows = np.flatnonzero(shown)
+    if not len(rows):
+        from rig.store.repair import _reason_counts
+
+        why = ", ".join(f"{k} x{n}" for k, n in list(_reason_counts(p).items())[:3]) or "no presentation recorded"
+        raise ExportRefused(f"{d.path}: no presentation has an onset on the acquisition clock ({why}), so there is "
+                            "nothing to share; `itloop day check` says why")
     pres = TimeIntervals(name="presentations",
                          description=(f"one row per presentation shown; start_time = stimulus onset, stop_time = onset + "
                                       f"rsvp.stim_on_ms ({stim_on * 1000:g} ms); acquisition clock, s. Presentations of "
@@ -461,8 +467,10 @@ def build_nwbfile(d: DayData, meta: dict[str, dict], origin: DataOrigin, *, cloc
         trial_row = {int(t): i for i, t in enumerate(tr["trial_index"])}
         misc.add(DynamicTable(
             name="presentations_not_shown",
-            description=("presentations planned in a trial that ended (fixation broke) before they were shown: they have "
-                         "no onset; 'trial' gives the trial's interval; their planned slots went back into the queue"),
+            description=("presentations without an onset on the acquisition clock: planned in a trial that ended (fixation "
+                         "broke) before they were shown, or shown before the presenter and acquisition clocks were "
+                         "aligned (invalid_reason says which); 'trial' gives the trial's interval; their planned slots "
+                         "went back into the queue"),
             columns=[VectorData(name="attempt", data=not_shown.astype(np.int64),
                                 description="row of the day file's /presentations (unit: 1)"),
                      *[VectorData(name=k, data=np.asarray(p[k][not_shown]), description=PRESENTATION_DESCRIPTIONS[k])

@@ -57,6 +57,7 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     done[vp] = True
     if d.complete and not done.all():
         problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
+    _validity_problems(d, valid, problems)
     segments, limit_ms = _clock_segments(d)
     for seg in segments:
         worst = seg.get("max_abs_residual_s")
@@ -67,8 +68,9 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     summary = {
         "path": str(d.path), "day": d.day, "status": d.attrs.get("status"), "schema_version": d.attrs.get("schema_version"),
         "software_version": d.attrs.get("software_version"), "backend": d.attrs.get("backend"),
-        "trials": len(d.trials["trial_index"]), "aborted_trials": int(np.sum(~d.trials["fixation_ok"])),
+        "trials": len(d.trials["trial_index"]), "aborted_trials": int(np.sum(d.trials["completed"] < d.trials["n_planned"])),
         "presentations": len(valid), "valid_presentations": int(valid.sum()),
+        "invalid_reasons": _reason_counts(pres),
         "valid_fraction": float(valid.mean()) if len(valid) else float("nan"),
         "planned_presentations": n_planned, "planned_done": int(done.sum()),
         "channels": d.n_channels, "stimuli": n_stim, "stimuli_by_kind": kinds,
@@ -206,6 +208,36 @@ def recover_day(path: str | Path, plan_path: str | Path | None = None) -> Path:
                 leftover.unlink()
         lock.release()
     return path
+
+
+def _reason_counts(pres: dict) -> dict[str, int]:
+    """Invalid presentations per reason (text of rig.backend.InvalidReason), most frequent first."""
+    from rig.backend import INVALID_REASON_TEXT, InvalidReason
+
+    codes, counts = np.unique(np.asarray(pres["invalid_reason"], int), return_counts=True)
+    named = {(INVALID_REASON_TEXT[InvalidReason(c)] if c in InvalidReason._value2member_map_ else f"code {c}"): int(n)
+             for c, n in zip(codes, counts) if c != 0}
+    return dict(sorted(named.items(), key=lambda kv: -kv[1]))
+
+
+def _validity_problems(d, valid: np.ndarray, problems: list[str]) -> None:
+    """A day with presentations but none valid, or a valid fraction under
+    ``acquisition.min_valid_fraction`` of its config, fails, naming the leading reasons."""
+    from rig.config import ConfigError, config_from_toml_text
+
+    try:
+        floor = float(config_from_toml_text(d.config_text).acquisition.min_valid_fraction)
+    except (ConfigError, AttributeError):
+        floor = 0.5
+    if not len(valid):
+        return
+    why = ", ".join(f"{k} x{n}" for k, n in list(_reason_counts(d.presentations).items())[:3]) or "none stored"
+    if not valid.any():
+        problems.append(f"no valid presentation in {len(valid)} attempted (invalid because: {why}); check the sync "
+                        "line with `itloop present --timing-check --acquisition`")
+    elif valid.mean() < floor:
+        problems.append(f"only {valid.mean():.0%} of {len(valid)} presentations are valid, under "
+                        f"acquisition.min_valid_fraction = {floor:g} (invalid because: {why})")
 
 
 def _clock_segments(d) -> tuple[list[dict], float]:
