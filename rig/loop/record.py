@@ -105,7 +105,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
     info = SessionInfo(session_id=session_id, day=day, stim_on_ms=r.stim_on_ms, mask_ms=r.mask_ms,
                        fixation_acquire_ms=r.fixation_acquire_ms, inter_trial_ms=r.inter_trial_ms,
                        image_size_deg=r.image_size_deg, n_channels=len(channel_names), seed=cfg.experiment.seed + 7919 * day)
-    monitor = _start_live_monitor(cfg, info, backend_name, channel_names, writer)
+    monitor = _start_live_monitor(cfg, info, backend_name, channel_names, writer, stimuli, backend)
     try:
         with writer:
             if cfg.eye.calibration_file:
@@ -135,7 +135,8 @@ def session_limits(cfg: Config) -> SessionLimits:
                          max_drift_ppm=cfg.acquisition.max_drift_ppm, min_drift_span_s=cfg.acquisition.clock_min_drift_span_s)
 
 
-def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], writer):
+def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], writer,
+                        stimuli=None, backend=None):
     """The read-only live page (``[live_monitor]``) on 127.0.0.1, or None when disabled."""
     lm = cfg.live_monitor
     if not lm.enabled:
@@ -146,7 +147,9 @@ def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, chann
     state = MonitorState(session_id=info.session_id, day=info.day, backend=backend_name,
                          window_ms=(cfg.window.start_ms, cfg.window.end_ms),
                          fixation_window_deg=cfg.rsvp.fixation_window_deg, trace_trials=lm.trace_trials,
-                         channel_names=channel_names)
+                         channel_names=channel_names, stimuli=stimuli,
+                         reward_device=cfg.reward.driver if backend_name in ("rig", "presenter") else "simulated",
+                         adapter=_adapter_counters(backend))
     try:
         monitor = LiveMonitor(state, "127.0.0.1", lm.port)
     except ValueError as exc:
@@ -155,6 +158,15 @@ def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, chann
     print(f"live monitor: {monitor.url} (read-only; from another computer: "
           f"ssh -N -L {monitor.port}:127.0.0.1:{monitor.port} <user>@<this computer>)", flush=True)
     return monitor
+
+
+def _adapter_counters(backend):
+    """A callable giving the live adapter's counters (TTLs on other lines, unknown electrodes,
+    events of other streams, pulses matched/missing) for the monitor, or None."""
+    source = getattr(backend, "source", None)
+    if source is None or not hasattr(source, "counters"):
+        return None
+    return lambda: {**dict(source.counters), **dict(getattr(backend, "stats", {}))}
 
 
 def _acq_clock_zero(backend) -> dict:
