@@ -28,7 +28,7 @@ def _num(x) -> float | None:
 def png_data_url(rgb: np.ndarray, max_px: int = 96) -> str:
     """A uint8 (H, W, 3) image as a ``data:image/png`` URL (stdlib zlib only), at most ``max_px`` wide."""
     img = np.asarray(rgb, np.uint8)
-    step = max(1, int(math.ceil(img.shape[1] / max_px)))
+    step = max(1, math.ceil(img.shape[1] / max_px))
     img = np.ascontiguousarray(img[::step, ::step, :3])
     h, w = img.shape[:2]
     raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))

@@ -133,8 +133,8 @@ PRESENTATION_COLUMNS = [
     ("frames_on", "i4", "frames", "frames the image was on screen"),
     ("frames_mask", "i4", "frames", "frames the grey mask was on screen"),
     ("dropped_frame", "?", "bool", "a frame was dropped during this presentation"),
-    ("fixation_ok", "?", "bool", "fixation monitored by an eye tracker and held through this presentation "
-     "(False also when not monitored: see fixation)"),
+    ("fixation_ok", "?", "bool", ("fixation monitored by an eye tracker and held through this presentation "
+                                  "(False also when not monitored: see fixation)")),
     ("valid", "?", "bool", "shown, fixation held, no dropped frame, acquisition intact"),
     ("invalid_reason", "u1", "1", "why the presentation is not valid: " + invalid_reason_legend()),
     ("fixation", "u1", "1", "0 not monitored (no eye tracker: unknown), 1 held, 2 broken"),
