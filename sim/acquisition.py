@@ -236,6 +236,8 @@ class AcquisitionSim:
         self.rng = np.random.default_rng([int(params.seed) & 0xFFFFFFFF, 77])
         self.wall = params.started_early_s > 0
         self.zero_unix_s = time.time() - params.started_early_s     # the acquisition clock's zero (wall mode)
+        if self.wall:
+            self.last_acq_s = self.now_acq_s()
         self._first_seen: dict[str, tuple[float, float]] = {}       # presenter -> (first flip t, unix s received)
         self._held: list = []                                        # wall mode: (sample time s, n, frames) heap
         self._order = itertools.count()

@@ -96,7 +96,7 @@ class RigBackend:
         self.zero.running()
 
     def _take(self, ev: AcqEvents) -> None:
-        self.zero.observe(ev.latest_s, bool(len(ev.spike_times_s) or len(ev.ttl_times_s)))
+        self.zero.observe(ev.latest_s)
         if len(ev.spike_times_s):
             self._spk_t.append(ev.spike_times_s)
             self._spk_c.append(ev.spike_channels)

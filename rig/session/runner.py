@@ -162,9 +162,9 @@ class _Watch:
         r = np.asarray(rows.invalid_reason, int)
         self.reasons.update(int(x) for x in r[r != 0])
         for code in r[np.arange(len(r)) < rows.record.completed]:
-            if code in (InvalidReason.NO_SYNC_PULSE, InvalidReason.CLOCK_NOT_ALIGNED):
+            if code in (InvalidReason.NO_SYNC_PULSE, InvalidReason.CLOCK_NOT_ALIGNED, InvalidReason.ACQUISITION_GAP):
                 self.no_pulse_run += 1
-            elif code != InvalidReason.ACQUISITION_GAP:
+            else:
                 self.no_pulse_run = 0
 
     def check_pulses(self) -> None:

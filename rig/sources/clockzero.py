@@ -37,11 +37,14 @@ class ClockZero:
         self._phase = "start"
         self.exact_start = self.exact_end = math.nan
         self._recent: deque = deque(maxlen=100_000)     # (monotonic s, estimate) while running
+        self._prev = -math.inf
 
-    def observe(self, latest_s: float, got_events: bool) -> None:
-        """After each read of the stream: ``latest_s`` the newest sample time seen (s)."""
-        if not got_events or not math.isfinite(latest_s):
+    def observe(self, latest_s: float) -> None:
+        """After each read of the stream: ``latest_s`` the newest sample time seen (s, of any
+        event of the clock's stream, TTLs on other lines included); counted when it advanced."""
+        if not (math.isfinite(latest_s) and latest_s > self._prev):
             return
+        self._prev = latest_s
         est = time.time() - latest_s
         if self._phase == "start":
             self.start, self.n_start = min(self.start, est), self.n_start + 1
