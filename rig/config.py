@@ -405,7 +405,7 @@ class AcquisitionConfig:
     max_drift_ppm: float = 1000.0
     clock_min_drift_span_s: float = 5.0         # sync pulses must span this long before a drift is fitted
     max_presentations_without_pulse: int = 0    # in a row, then the session stops (0: five trials' worth)
-    min_valid_fraction: float = 0.5             # `day check` fails a day with fewer valid presentations
+    min_valid_fraction: float = 0.5             # `day check` fails a day whose presentations shown are valid less often
     spike_stream: str = ""                      # Open Ephys stream of the spikes ("": the first one seen)
     ttl_stream: str = ""                        # Open Ephys stream of the sync TTL ("": spike_stream)
     sim_sample_rate_hz: float = 30000.0

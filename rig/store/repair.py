@@ -221,8 +221,8 @@ def _reason_counts(pres: dict) -> dict[str, int]:
 
 
 def _validity_problems(d, valid: np.ndarray, problems: list[str]) -> None:
-    """A day with presentations but none valid, or a valid fraction under
-    ``acquisition.min_valid_fraction`` of its config, fails, naming the leading reasons."""
+    """A day with presentations but none valid, or whose presentations shown are valid in a
+    fraction under ``acquisition.min_valid_fraction`` of its config, fails, naming the leading reasons."""
     from rig.config import ConfigError, config_from_toml_text
 
     try:
@@ -235,8 +235,10 @@ def _validity_problems(d, valid: np.ndarray, problems: list[str]) -> None:
     if not valid.any():
         problems.append(f"no valid presentation in {len(valid)} attempted (invalid because: {why}); check the sync "
                         "line with `itloop present --timing-check --acquisition`")
-    elif valid.mean() < floor:
-        problems.append(f"only {valid.mean():.0%} of {len(valid)} presentations are valid, under "
+    shown = np.asarray(d.presentations["shown"], bool)
+    frac = valid.sum() / max(int(shown.sum()), 1)        # of those shown: fixation breaks are the animal's, not the rig's
+    if valid.any() and frac < floor:
+        problems.append(f"only {frac:.0%} of the {int(shown.sum())} presentations shown are valid, under "
                         f"acquisition.min_valid_fraction = {floor:g} (invalid because: {why})")
 
 
