@@ -41,7 +41,7 @@ def _calibration(cfg: Config) -> dict | None:
 def _presenter_backend(cfg: Config):
     """The real PsychoPy presenter (a separate ``itloop present`` process connecting to
     ``presenter.endpoint``) with spikes, sync and fixation from the simulated monkey:
-    no live acquisition bridge exists yet (Open Ephys / Blackrock are on the roadmap)."""
+    for real spikes use ``--backend rig`` (the presenter + the ``[acquisition]`` spike source)."""
     p = cfg.presenter
     try:
         from rig.link.zap import load_allowed_keys
@@ -53,7 +53,7 @@ def _presenter_backend(cfg: Config):
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(f"waiting for the presenter at {p.endpoint}: start `itloop present --endpoint {p.endpoint}` on the stimulus computer "
-          "(spikes come from the simulated monkey: no acquisition bridge yet)", flush=True)
+          "(spikes come from the simulated monkey; --backend rig records real ones from [acquisition])", flush=True)
     monkey = build_sim_monkey(cfg)
     calibration = _calibration(cfg)
     backend = PresenterBackend(client, SimSpikeSource(monkey), frame_tolerance=cfg.monitor.frame_tolerance,
