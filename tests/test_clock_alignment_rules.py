@@ -128,7 +128,7 @@ def test_no_drift_before_the_pulses_span_enough_time_and_never_beyond_the_bound(
     p = np.linspace(0, 20, 60)
     with pytest.raises(ClockFitError, match="outside"):
         fit_line(p, 2.0 + (1 + 1500e-6) * p, max_drift_ppm=1000.0)
-    off, drift, _, _ = fit_line(p, 2.0 + (1 + 300e-6) * p, max_drift_ppm=1000.0)
+    _, drift, _, _ = fit_line(p, 2.0 + (1 + 300e-6) * p, max_drift_ppm=1000.0)
     assert abs(drift - 300e-6) < 1e-9
 
 

@@ -40,10 +40,11 @@ pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip instal
 def _sim_rig(cfg, out, tmp_path, *flags):
     """sim-rig with scenario flags; waits (bounded) until it serves, returns (process, its log path)."""
     log = tmp_path / "simrig.log"
-    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "sim-rig", "--out", str(out), "--day", "0", "--config", str(cfg),
-                             "--truth", str(tmp_path / "truth.jsonl"), "--http-log", str(tmp_path / "http.jsonl"),
-                             "--max-s", "300", "--idle-exit-s", "120", *flags],
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    with open(log, "a") as fh:                      # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "sim-rig", "--out", str(out), "--day", "0", "--config",
+                                 str(cfg), "--truth", str(tmp_path / "truth.jsonl"), "--http-log",
+                                 str(tmp_path / "http.jsonl"), "--max-s", "300", "--idle-exit-s", "120", *flags],
+                                stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while "sim-rig: serving" not in (log.read_text() if log.exists() else ""):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -108,7 +109,7 @@ def test_time_base_jitter_and_two_streams_give_a_true_day_and_an_honest_nwb(tmp_
 
 def test_a_ttl_not_locked_to_the_flips_stops_the_day_and_check_and_export_say_why(tmp_path, capsys):
     cfg, ports = rig_config(tmp_path, extra="max_presentations_without_pulse = 12\n")
-    rc, text, err, path, log = _run_day(tmp_path, capsys, cfg, ports, "--ttl", "free")
+    rc, text, err, path, _ = _run_day(tmp_path, capsys, cfg, ports, "--ttl", "free")
     assert rc == 2, text + err
     line = [x for x in err.splitlines() if x.startswith("itloop: error:")]
     assert len(line) == 1 and "12 presentations in a row without a sync pulse" in line[0]
@@ -127,6 +128,6 @@ def test_a_ttl_not_locked_to_the_flips_stops_the_day_and_check_and_export_say_wh
 
 def test_a_gui_that_refuses_record_stops_the_session_before_the_first_trial(tmp_path, capsys):
     cfg, ports = rig_config(tmp_path)
-    rc, text, err, path, log = _run_day(tmp_path, capsys, cfg, ports, "--refuse-record")
+    rc, text, err, path, _ = _run_day(tmp_path, capsys, cfg, ports, "--refuse-record")
     assert rc == 2 and "answered mode 'ACQUIRE' to RECORD" in err and "Record Node" in err, text + err
     assert len(read_day(path).trials["trial_index"]) == 0

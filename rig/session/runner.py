@@ -184,7 +184,7 @@ class _Watch:
         lim = self.limits
         due = (p.trials_run - self._last_n >= lim.status_every_trials
                or time.monotonic() - self._last_t >= lim.status_every_s)
-        if self.tty or not (due or force):
+        if self.tty or not (due or (force and p.trials_run != self._last_n)):
             return
         self._last_t, self._last_n = time.monotonic(), p.trials_run
         resid = f"{p.clock_residual_sd_s * 1e3:.3f} ms" if p.clock_n_pairs > 2 else "-"
