@@ -102,6 +102,7 @@ def test_time_base_jitter_and_two_streams_give_a_true_day_and_an_honest_nwb(tmp_
         nwb = io.read()
         pres = nwb.intervals["presentations"]
         assert not np.any(pres["fixation_ok"][:]) and not np.any(nwb.trials["fixation_ok"][:])
+        assert "not monitored" in nwb.trials["fixation_ok"].description
         assert "not monitored" in pres["fixation"].description and "not monitored" in pres["fixation_ok"].description
         assert "behavior" not in nwb.processing
         assert abs(nwb.session_start_time.timestamp() - zero_true) < 0.005

@@ -84,7 +84,8 @@ TRIAL_COLUMNS = [
     ("trial_index", "i8", "1", "attempt number within the session"),
     ("n_planned", "i4", "presentations", "presentations the trial was to show"),
     ("completed", "i4", "presentations", "presentations shown in full with fixation held"),
-    ("fixation_ok", "?", "bool", "False if fixation broke during the trial"),
+    ("fixation_ok", "?", "bool", ("False if fixation broke during the trial, or was not monitored (no eye tracker: "
+                                  "unknown, see /presentations/fixation)")),
     ("acquisition_ok", "?", "bool", "False if the acquisition stream had a gap (all presentations invalid)"),
     ("start_acq_s", "f8", "s", "trial start, acquisition clock"),
     ("end_acq_s", "f8", "s", "trial end, acquisition clock"),
