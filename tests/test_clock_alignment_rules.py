@@ -81,8 +81,8 @@ def test_half_millisecond_jitter_never_gives_a_bogus_segment_over_100_seeds():
         notes = [n for r in res for n in r.notes]
         assert not [n for n in notes if "jumped" in n or "refused" in n], (seed, notes)
         assert {r.label for r in res} == {"presenter/run"} and al.epoch == 0
-        # every trial after the first two (the first alignment needs two trials) pairs all its onsets,
-        # each with its own pulse
+        # every trial after the first two (a first alignment may need two trials) pairs all its
+        # onsets, each with its own pulse
         got = np.concatenate([r.pulse_acq_s for r in res[2:]])
         true = light[2 * K:]
         assert np.all(np.isfinite(got)), seed
@@ -136,6 +136,11 @@ def test_unique_offset_needs_two_trials_and_a_clear_lead():
     rng = np.random.default_rng(1)
     onsets, _ = trials(rng, 3)
     pulses = np.concatenate(onsets) + 9.0
-    assert unique_offset(onsets[:1], pulses, 0.003)[0] is None            # one trial: ambiguous by a period
+    first = onsets[0] + 9.0
+    assert unique_offset(onsets[:1], first[1:], 0.003)[0] is None         # one trial, a pulse missing: ambiguous
+    assert unique_offset(onsets[:1], first, 0.003)[0] == pytest.approx(9.0, abs=1e-6)    # all K, shift loses one
+    assert unique_offset(onsets[:1], pulses, 0.003)[0] is None            # another trial's train fits as well
+    period = np.arange(-5, 60) * 0.2 + onsets[0][0] + 9.0                 # a periodic line: pulses around it too
+    assert unique_offset(onsets[:1], period, 0.003)[0] is None
     off, why = unique_offset(onsets, pulses, 0.003)
     assert off == pytest.approx(9.0, abs=1e-6), why

@@ -100,9 +100,7 @@ def test_sigkill_each_process_at_random_moments(tmp_path):
     # every valid presentation was seen by the (running) simulator: none recorded during its absence
     assert res["unmatched"] == 0 and res["dropped_rows_valid"] == 0
     assert np.abs(res["errors_s"]).max() < 0.5e-3 and res["bad_counts"] == 0
-    # a restarted presenter is a new clock segment (one killed within its first two trials never
-    # aligned: a first alignment needs two trials to be unique, issue 20, so it may have no pairs)
-    labels = {s["label"].split("/")[0] for s in summary["clock_segments"]}
+    # a restarted presenter is a new clock segment
+    labels = {s["label"].split("/")[0] for s in summary["clock_segments"] if s["n_pairs"]}
     assert len(labels) >= 1 + kills["presenter"], summary["clock_segments"]
-    assert sum(1 for s in summary["clock_segments"] if s["n_pairs"]) >= 1
     print(kills, {k: v for k, v in res.items() if k != "errors_s"}, "max onset error ms", 1e3 * np.abs(res["errors_s"]).max())

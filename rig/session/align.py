@@ -46,11 +46,13 @@ def unique_offset(trials: list[np.ndarray], pulses_acq_s: np.ndarray, tolerance_
     n_trials = sum(1 for t in trials if len(t))
     if offset is None or top < min_votes:
         return None, f"{top} onsets paired with pulses, {min_votes} needed"
-    if n_trials < 2:
-        return None, "waiting for a second trial (one trial's regular train is ambiguous by one period)"
+    if n_trials < 2 and not (top == len(on) and top - runner >= 1):
+        # one trial: only when every onset has its pulse and the train shifted by one period loses
+        # one (a periodic line, with pulses before and after the trial, loses none)
+        return None, f"waiting for a second trial ({top} vs {runner} pairs at another offset)"
     if top < min_coverage * len(on):
         return None, f"the best offset pairs only {top} of {len(on)} onsets with pulses (a line not locked to the flips?)"
-    lead = max(2, n_trials // 2)
+    lead = max(2, n_trials // 2) if n_trials >= 2 else 1
     if top - runner < lead:
         return None, (f"not unique: {top} pairs vs {runner} at another offset (a periodic line, not a photodiode?)")
     return offset, ""
