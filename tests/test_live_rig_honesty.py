@@ -7,7 +7,7 @@ simulated acquisition process (``itloop sim-rig`` with scenario flags, a separat
   (within 5 ms), the day is complete and matches the simulator's truth (streams not mixed,
   one clock segment), and its NWB (no eye tracker, no reward device) has no fixation_ok =
   True and no reward rows;
-- a free-running TTL not locked to the flips: the day stops within the configured bound with
+- a free-running TTL not locked to the flips, or a periodic line at the RSVP period: the day stops within the configured bound with
   one message naming the causes and the check; `day check` fails and says why; `day export`
   is one line;
 - a GUI that refuses RECORD: the session stops before its first trial.
@@ -107,9 +107,10 @@ def test_time_base_jitter_and_two_streams_give_a_true_day_and_an_honest_nwb(tmp_
         assert abs(nwb.session_start_time.timestamp() - zero_true) < 0.005
 
 
-def test_a_ttl_not_locked_to_the_flips_stops_the_day_and_check_and_export_say_why(tmp_path, capsys):
+@pytest.mark.parametrize("ttl", ["free", "periodic"])
+def test_a_ttl_not_locked_to_the_flips_stops_the_day_and_check_and_export_say_why(tmp_path, capsys, ttl):
     cfg, ports = rig_config(tmp_path, extra="max_presentations_without_pulse = 12\n")
-    rc, text, err, path, _ = _run_day(tmp_path, capsys, cfg, ports, "--ttl", "free")
+    rc, text, err, path, _ = _run_day(tmp_path, capsys, cfg, ports, "--ttl", ttl)
     assert rc == 2, text + err
     line = [x for x in err.splitlines() if x.startswith("itloop: error:")]
     assert len(line) == 1 and "12 presentations in a row without a sync pulse" in line[0]
