@@ -16,6 +16,7 @@ pulses are recorded on.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -31,6 +32,41 @@ INTER_TRIAL_MS = 500.0       # blank between trials, ms
 IMAGE_SIZE_DEG = 8.0         # image width on screen, degrees of visual angle
 COUNT_WINDOW_MS = (70.0, 170.0)   # spikes are counted in [onset + 70 ms, onset + 170 ms) (config [window])
 FIXATION_WINDOW_DEG = 2.0    # fixation window radius, degrees
+
+
+class InvalidReason(enum.IntEnum):
+    """Why a presentation is not valid: ``/presentations/invalid_reason`` (uint8), the NWB
+    presentations table and the live monitor. The first that applies is stored."""
+
+    VALID = 0
+    NOT_SHOWN = 1            # the trial ended before it (presenter abort, not a fixation break)
+    FIXATION_BREAK = 2       # fixation broke before or during it
+    ACQUISITION_GAP = 3      # the acquisition stream was silent: nothing to count
+    CLOCK_NOT_ALIGNED = 4    # no unique presenter -> acquisition clock alignment yet
+    NO_SYNC_PULSE = 5        # shown, clock aligned, but its sync pulse never arrived
+    DROPPED_FRAME = 6        # a frame was dropped while it was up
+    NO_ONSET_TIME = 7        # no onset time on the acquisition clock for another reason
+
+
+INVALID_REASON_TEXT = {
+    InvalidReason.VALID: "valid", InvalidReason.NOT_SHOWN: "not shown (trial ended before it)",
+    InvalidReason.FIXATION_BREAK: "fixation break", InvalidReason.ACQUISITION_GAP: "acquisition gap (stream silent)",
+    InvalidReason.CLOCK_NOT_ALIGNED: "clock not aligned", InvalidReason.NO_SYNC_PULSE: "no sync pulse",
+    InvalidReason.DROPPED_FRAME: "dropped frame", InvalidReason.NO_ONSET_TIME: "no onset time",
+}
+
+
+def invalid_reason_legend() -> str:
+    """``"0 valid, 1 not shown ..., 7 no onset time"``: the enum as one line (dataset and NWB descriptions)."""
+    return ", ".join(f"{int(k)} {v}" for k, v in INVALID_REASON_TEXT.items())
+
+
+class Fixation(enum.IntEnum):
+    """``/presentations/fixation`` (uint8): was fixation monitored, and did it hold."""
+
+    NOT_MONITORED = 0        # no eye tracker: unknown, never stored as held
+    HELD = 1
+    BROKEN = 2
 
 
 @dataclass(frozen=True)
@@ -91,6 +127,8 @@ class TrialRecord:
     reward_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # 0 trial, 1 manual, 2 calibration
     clock_segment: str = ""                 # presenter session (process) whose clock stamped the flips
     pulse_ok: np.ndarray | None = None      # (completed,) bool: its sync pulse arrived (None: all did)
+    clock_aligned: bool = True              # False: no presenter -> acquisition alignment for this trial yet
+    fixation_monitored: bool = True         # False: no eye tracker; fixation_ok then only means "not aborted"
 
     def __post_init__(self) -> None:
         self.onset_presenter_s = np.asarray(self.onset_presenter_s, dtype=np.float64)
@@ -130,6 +168,37 @@ class TrialRows:
     valid: np.ndarray             # (K,) bool
     eye_acq_s: np.ndarray | None = None      # (n_eye,) record.eye_presenter_s on the acquisition clock, s
     reward_acq_s: np.ndarray | None = None   # (n_rew,) record.reward_presenter_s on the acquisition clock, s
+    invalid_reason: np.ndarray | None = None  # (K,) uint8 InvalidReason (None: derived from valid and the record)
+
+
+def invalid_reasons(record: TrialRecord, k: int, valid: np.ndarray) -> np.ndarray:
+    """(k,) uint8 :class:`InvalidReason` of a trial's presentations (0 where ``valid``);
+    the first cause that applies, in the order of the enum."""
+    R = InvalidReason
+    valid = np.asarray(valid, bool)
+    c = record.completed
+    out = np.zeros(k, np.uint8)
+    shown = np.arange(k) < c
+    out[~shown] = R.NOT_SHOWN if record.fixation_ok else R.FIXATION_BREAK
+    pulse, dropped = np.zeros(k, bool), np.zeros(k, bool)
+    pulse[:c], dropped[:c] = record.pulse_ok, record.dropped_frame
+    rest = shown & ~valid
+    for mask, code in ((np.full(k, not record.acquisition_ok), R.ACQUISITION_GAP),
+                       (~pulse & (not record.clock_aligned), R.CLOCK_NOT_ALIGNED), (~pulse, R.NO_SYNC_PULSE),
+                       (dropped, R.DROPPED_FRAME), (np.ones(k, bool), R.NO_ONSET_TIME)):
+        m = rest & mask
+        out[m] = code
+        rest &= ~m
+    out[valid] = R.VALID
+    return out
+
+
+def fixation_states(record: TrialRecord, k: int) -> np.ndarray:
+    """(k,) uint8 :class:`Fixation` of a trial's presentations: 0 for all when not monitored;
+    else held for those shown, broken for those the trial did not reach."""
+    if not record.fixation_monitored:
+        return np.zeros(k, np.uint8)
+    return np.where(np.arange(k) < record.completed, int(Fixation.HELD), int(Fixation.BROKEN)).astype(np.uint8)
 
 
 @runtime_checkable

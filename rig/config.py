@@ -90,6 +90,7 @@ class ScreeningConfig:
 class ScheduleConfig:
     repeats: int = key(10, low=1, high=100_000)
     min_parent_separation_min: float = key(10.0, low=0, high=100_000, unit="minutes")
+    max_attempts: int = key(10, low=0, high=1_000_000, expected="an integer >= 0 (0: unbounded)")  # per planned presentation
 
 
 @dataclass
@@ -255,6 +256,16 @@ class AcquisitionConfig:
     sim_drop_fraction: float = key(0.01, low=0, high=0.5, high_open=True, expected="a fraction in [0, 0.5)")
     sim_extra_fraction: float = key(0.0, low=0, high=0.5, high_open=True, expected="a fraction in [0, 0.5)")
     sim_jitter_ms: float = key(1.0, low=0, unit="ms")
+    clock_min_drift_span_s: float = key(5.0, low=0, unit="s")     # sync pulses must span this long before a drift is fitted
+    max_presentations_without_pulse: int = key(0, low=0, expected="an integer >= 0 (0: five trials' worth)")  # in a row: stop
+    min_valid_fraction: float = key(0.5, low=0, high=1, expected="a fraction in [0, 1]")  # `day check` floor, shown presentations
+    spike_stream: str = ""                      # Open Ephys stream of the spikes ("": the first one seen)
+    ttl_stream: str = ""                        # Open Ephys stream of the sync TTL ("": spike_stream)
+    sim_ttl: Literal["photodiode", "free", "periodic"] = "photodiode"   # sim-rig scenarios (see sim.acquisition)
+    sim_pulse_jitter_ms: float = key(0.25, low=0, unit="ms")
+    sim_started_early_s: float = key(0.0, low=0, unit="s")
+    sim_two_streams: bool = False
+    sim_refuse_record: bool = False
 
 
 @dataclass

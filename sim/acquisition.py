@@ -18,10 +18,23 @@ Open Ephys GUI at once:
 - it writes the truth (true light onset on the acquisition clock, whether the pulse was
   dropped, the counts in the response window) to a JSON-lines file, for tests.
 
+Scenario flags (``AcqSimParams``; ``itloop sim-rig --ttl ...`` etc.) reproduce what goes
+wrong on real rigs: ``ttl = "free"`` a free-running TTL not locked to the flips (period
+``FREE_TTL_PERIOD_S``), ``"periodic"`` a line at the RSVP period (pulses in the gaps
+between trials too); ``pulse_jitter_s`` the half-width of the pulse latency jitter
+(0.5 ms: a parallel port); ``started_early_s`` > 0: the acquisition clock runs on wall
+time and started that long before sim-rig (events are released only once their sample
+time has passed, as a GUI does, with a heartbeat TTL on line ``ttl_line + 1`` every 5 ms);
+``two_streams``: the sync TTL is also recorded on a second stream with its own sample
+counter (another rate and start); ``refuse_record``: the GUI answers RECORD with ACQUIRE
+(no Record Node).
+
 Imports only ``numpy``, ``zmq``, the standard library and ``sim`` itself (DESIGN section 3).
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import struct
 import threading
@@ -37,6 +50,10 @@ from sim.clocks import PHOTODIODE_JITTER_S, ClockMap
 from sim.params import COUNT_WINDOW_S
 
 TTL, SPIKE = 0, 1
+FREE_TTL_PERIOD_S = 0.3137          # a free-running line's period: locked to nothing on the screen
+SECOND_STREAM = "SIMULATED itloop sim-rig NI-DAQ"
+SECOND_STREAM_RATE_HZ = 25000.0     # the second stream's own sample counter: another rate ...
+SECOND_STREAM_START_S = -7.25       # ... and another start (its counter read 0 at acquisition time 7.25 s)
 
 
 # --------------------------------------------------------------------------- wire
@@ -52,10 +69,11 @@ class BroadcasterPub:
         self.stream = stream
         self.source_node = source_node
 
-    def encode_ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input") -> list[bytes]:
-        """The two frames the plugin sends for one TTL edge."""
-        info = {"event_type": "ttl", "stream": self.stream, "source_node": self.source_node,
-                "sample_rate": self.sample_rate, "channel_name": channel_name,
+    def encode_ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input",
+                   stream: str | None = None, sample_rate: float | None = None) -> list[bytes]:
+        """The two frames the plugin sends for one TTL edge (of ``stream``, default this one's)."""
+        info = {"event_type": "ttl", "stream": stream or self.stream, "source_node": self.source_node,
+                "sample_rate": sample_rate or self.sample_rate, "channel_name": channel_name,
                 "sample_number": int(sample_number), "line": int(line), "state": bool(state)}
         return [struct.pack("<H", TTL), json.dumps(info).encode()]
 
@@ -66,8 +84,9 @@ class BroadcasterPub:
                 "sample_number": int(sample_number), "sorted_id": int(sorted_id), "amp1": float(amplitude_uv)}
         return [struct.pack("<H", SPIKE), json.dumps(info).encode()]
 
-    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input") -> None:
-        self.sock.send_multipart(self.encode_ttl(sample_number, line, state, channel_name))
+    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "TTL Input",
+            stream: str | None = None, sample_rate: float | None = None) -> None:
+        self.sock.send_multipart(self.encode_ttl(sample_number, line, state, channel_name, stream, sample_rate))
 
     def spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> None:
         self.sock.send_multipart(self.encode_spike(sample_number, electrode, amplitude_uv, sorted_id))
@@ -91,8 +110,9 @@ class LslPublisher:
         self._spk = pylsl.StreamOutlet(si, chunk_size=0, max_buffered=360)
         self._ttl = pylsl.StreamOutlet(ti, chunk_size=0, max_buffered=360)
 
-    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "") -> None:
-        if state:
+    def ttl(self, sample_number: int, line: int, state: bool, channel_name: str = "", stream: str | None = None,
+            sample_rate: float | None = None) -> None:
+        if state and stream is None:
             self._ttl.push_sample([int(line)], sample_number / self.sample_rate)
 
     def spike(self, sample_number: int, electrode: str, amplitude_uv: float = 80.0, sorted_id: int = 0) -> None:
@@ -105,8 +125,9 @@ class LslPublisher:
 class FakeGuiHttp:
     """The Open Ephys GUI's HTTP control endpoints itloop uses, on 127.0.0.1 (a thread)."""
 
-    def __init__(self, port: int, log_path: Path | None = None):
+    def __init__(self, port: int, log_path: Path | None = None, refuse_record: bool = False):
         self.mode = "ACQUIRE"
+        self.refuse_record = refuse_record
         self.recording: dict = {"base_text": "", "parent_directory": "", "prepend_text": "", "append_text": ""}
         self.messages: list[str] = []
         self.log_path = log_path
@@ -138,7 +159,8 @@ class FakeGuiHttp:
                 except ValueError:
                     return self._reply({"error": "invalid JSON"}, 400)
                 if self.path == "/api/status" and payload.get("mode") in ("IDLE", "ACQUIRE", "RECORD"):
-                    gui.mode = payload["mode"]
+                    # a GUI without a Record Node stays in ACQUIRE when asked to RECORD
+                    gui.mode = "ACQUIRE" if payload["mode"] == "RECORD" and gui.refuse_record else payload["mode"]
                     gui._log({"status": gui.mode})
                     return self._reply({"mode": gui.mode})
                 if self.path == "/api/recording":
@@ -178,6 +200,12 @@ class AcqSimParams:
     electrode_prefix: str = "Electrode "
     window_s: tuple[float, float] = COUNT_WINDOW_S
     seed: int = 0
+    ttl: str = "photodiode"             # "photodiode" | "free" | "periodic" (see module docstring)
+    ttl_period_s: float = 0.2           # the RSVP period (stim on + mask), for ttl = "periodic"
+    pulse_jitter_s: float = PHOTODIODE_JITTER_S
+    started_early_s: float = 0.0        # > 0: wall-time acquisition clock that started this long before sim-rig
+    two_streams: bool = False
+    refuse_record: bool = False
 
 
 class AcquisitionSim:
@@ -193,7 +221,8 @@ class AcquisitionSim:
         names = [f"{params.electrode_prefix}{c + 1}" for c in range(monkey.n_channels)]
         self.pub = (LslPublisher(*lsl_streams, params.sample_rate_hz, names) if lsl_streams
                     else BroadcasterPub(event_endpoint, params.sample_rate_hz))
-        self.gui = FakeGuiHttp(http_port, Path(http_log) if http_log else None) if http_port is not None else None
+        self.gui = (FakeGuiHttp(http_port, Path(http_log) if http_log else None, params.refuse_record)
+                    if http_port is not None else None)
         self.sub = zmq.Context.instance().socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -206,6 +235,16 @@ class AcquisitionSim:
         self._recent = (np.zeros(0), np.zeros(0, int))     # spikes of the last 2 s (truth counts)
         self.published = {"spikes": 0, "ttl": 0, "dropped_pulses": 0, "extra_pulses": 0}
         self.rng = np.random.default_rng([int(params.seed) & 0xFFFFFFFF, 77])
+        self.wall = params.started_early_s > 0
+        self.zero_unix_s = time.time() - params.started_early_s     # the acquisition clock's zero (wall mode)
+        if self.wall:
+            self.last_acq_s = self.now_acq_s()
+        self._first_seen: dict[str, tuple[float, float]] = {}       # presenter -> (first flip t, unix s received)
+        self._held: list = []                                        # wall mode: (sample time s, n, frames) heap
+        self._order = itertools.count()
+        self._ttl_until = -np.inf                                    # free / periodic line published up to here
+        self._ttl_phase = float(self.rng.uniform(0, 0.1))
+        self._beat_at = 0.0
 
     def clock_for(self, presenter: str, first_t: float) -> ClockMap:
         """The acquisition clock as seen from this presenter process (drift from the monkey's clock)."""
@@ -213,6 +252,10 @@ class AcquisitionSim:
         if cm is None:
             drift = self.monkey.clock.drift_ppm
             slope = 1.0 + drift * 1e-6
+            if self.wall:                            # the flip happened (about) when its marker arrived
+                t_p, unix = self._first_seen.get(presenter, (first_t, time.time()))
+                cm = self.clocks[presenter] = ClockMap(unix - self.zero_unix_s - slope * t_p, drift)
+                return cm
             start = self.last_acq_s + 1.0            # the acquisition clock runs on across presenter restarts
             cm = self.clocks[presenter] = ClockMap(start - slope * first_t, drift)
         return cm
@@ -225,6 +268,7 @@ class AcquisitionSim:
 
     def handle(self, msg: dict) -> None:
         key = str(msg.get("presenter", ""))
+        self._first_seen.setdefault(key, (float(msg["t"]), time.time()))
         self.pending.setdefault(key, []).append(msg)
         if msg.get("kind") in ("blank", "abort_blank"):
             self.publish_trial(key, self.pending.pop(key))
@@ -240,7 +284,7 @@ class AcquisitionSim:
         images = np.array([events[i]["image"] for i in on_i], int)
         onset_p = t[on_i]
         off_p = np.array([t[i + 1] if i + 1 < len(t) else t[i] for i in on_i])
-        light_acq = cm.to_acq(onset_p + rng.uniform(-PHOTODIODE_JITTER_S, PHOTODIODE_JITTER_S, len(on_i)))
+        light_acq = cm.to_acq(onset_p + rng.uniform(-p.pulse_jitter_s, p.pulse_jitter_s, len(on_i)))
         # one spike train: a trial's spikes start where the previous trial's (tail included) ended
         t0, t1 = max(float(cm.to_acq(t[0])), self.last_acq_s), float(cm.to_acq(t[-1])) + 0.3
         if len(on_i):
@@ -252,6 +296,9 @@ class AcquisitionSim:
         dropped = rng.random(len(on_i)) < p.drop_fraction
         n_extra = rng.binomial(max(len(on_i), 1), p.extra_fraction) if p.extra_fraction > 0 else 0
         extra_n = np.round(rng.uniform(t0, t1, n_extra) * fs).astype(np.int64)
+        if p.ttl != "photodiode":                    # the sync line is not the photodiode: no onset has its pulse,
+            dropped = np.ones(len(on_i), bool)       # the line's own pulses come instead
+            extra_n = np.r_[extra_n, self._line_pulses(t1)].astype(np.int64)
         # truth: counts in the response window after the true light onset, from the published (sample) times
         if self.truth_path is not None:
             rt, rc = self._recent
@@ -272,22 +319,65 @@ class AcquisitionSim:
                 fh.write("".join(x + "\n" for x in lines))
         if p.jitter_s > 0:
             time.sleep(float(rng.uniform(0, p.jitter_s)))
-        # publish in acquisition-time order, as the GUI would
-        names = [f"{p.electrode_prefix}{c + 1}" for c in range(self.monkey.n_channels)]
-        kinds = np.r_[np.zeros(len(st_n), int), np.ones(int((~dropped).sum()), int), np.full(len(extra_n), 2)]
-        when = np.r_[st_n, pulse_n[~dropped], extra_n]
-        ref = np.r_[np.asarray(sc, int), np.zeros(int((~dropped).sum()) + len(extra_n), int)]
-        for j in np.argsort(when, kind="stable"):
-            if kinds[j] == 0:
-                self.pub.spike(int(when[j]), names[ref[j]])
-            else:
-                self.pub.ttl(int(when[j]), p.ttl_line, True)
-                self.pub.ttl(int(when[j]) + int(0.01 * fs), p.ttl_line, False)
+        self._publish(st_n, np.asarray(sc, int), np.r_[pulse_n[~dropped], extra_n])
         self.published["spikes"] += len(st_n)
         self.published["ttl"] += int((~dropped).sum()) + len(extra_n)
         self.published["dropped_pulses"] += int(dropped.sum())
         self.published["extra_pulses"] += len(extra_n)
         self.last_acq_s = max(self.last_acq_s, t1)
+
+    def _line_pulses(self, t1: float) -> np.ndarray:
+        """Rising edges (samples) of a free-running or periodic sync line from where the last
+        trial's ended up to ``t1`` (acquisition s): it runs through the gaps between trials too."""
+        period = FREE_TTL_PERIOD_S if self.p.ttl == "free" else self.p.ttl_period_s
+        lo = max(self._ttl_until, t1 - 30.0)
+        k = np.arange(np.ceil((lo - self._ttl_phase) / period), np.ceil((t1 - self._ttl_phase) / period))
+        self._ttl_until = t1
+        return np.round((self._ttl_phase + k * period) * self.p.sample_rate_hz).astype(np.int64)
+
+    def _publish(self, spike_n: np.ndarray, spike_ch: np.ndarray, pulse_n: np.ndarray) -> None:
+        """Spikes and TTL pairs in acquisition-time order, as the GUI would: at once, or (wall
+        mode) held until their sample time has passed."""
+        p, fs = self.p, self.p.sample_rate_hz
+        names = [f"{p.electrode_prefix}{c + 1}" for c in range(self.monkey.n_channels)]
+        frames = [(int(n), self.pub.encode_spike(int(n), names[c]) if isinstance(self.pub, BroadcasterPub) else ("s", int(n), names[c]))
+                  for n, c in zip(spike_n, spike_ch)]
+        for n in pulse_n:
+            for edge, state in ((int(n), True), (int(n) + int(0.01 * fs), False)):
+                frames.append((edge, ("t", edge, p.ttl_line, state, None, None)))
+                if p.two_streams:            # the same line on a second stream: its own counter
+                    n2 = round((edge / fs - SECOND_STREAM_START_S) * SECOND_STREAM_RATE_HZ)
+                    frames.append((edge, ("t", n2, p.ttl_line, state, SECOND_STREAM, SECOND_STREAM_RATE_HZ)))
+        frames.sort(key=lambda f: f[0])
+        for n, fr in frames:
+            if self.wall:
+                heapq.heappush(self._held, (n / fs, next(self._order), fr))
+            else:
+                self._send(fr)
+        self.release()
+
+    def _send(self, fr) -> None:
+        if isinstance(fr, tuple) and fr[0] == "t":
+            self.pub.ttl(fr[1], fr[2], fr[3], stream=fr[4], sample_rate=fr[5])
+        elif isinstance(fr, tuple) and fr[0] == "s":
+            self.pub.spike(fr[1], fr[2])
+        else:
+            self.pub.sock.send_multipart(fr)
+
+    def now_acq_s(self) -> float:
+        return time.time() - self.zero_unix_s
+
+    def release(self) -> None:
+        """Wall mode: publish every held event whose sample time has passed, and the heartbeat."""
+        if not self.wall:
+            return
+        now = self.now_acq_s()
+        while self._held and self._held[0][0] <= now:
+            self._send(heapq.heappop(self._held)[2])
+        if now >= self._beat_at:
+            n = int(now * self.p.sample_rate_hz)
+            self.pub.ttl(n, self.p.ttl_line + 1, True)
+            self._beat_at = now + 0.005
 
     def serve(self, max_s: float = 3600.0, idle_exit_s: float | None = None) -> dict:
         """Run until ``max_s`` passed or (if set) no marker came for ``idle_exit_s``; returns counters."""
@@ -295,7 +385,8 @@ class AcquisitionSim:
         last = time.monotonic()
         try:
             while time.monotonic() < deadline:
-                if self.sub.poll(50):
+                self.release()
+                if self.sub.poll(2 if self.wall else 50):
                     while True:
                         try:
                             raw = self.sub.recv(zmq.NOBLOCK)

@@ -132,3 +132,63 @@ def test_live_page_in_headless_chromium_during_a_simulated_session(tmp_path):
 
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[1] == 1400 and (img.std(axis=(0, 1)) > 10).all()
+
+
+class _NoPulseAfter:
+    """A sim backend whose sync pulses stop after a few trials (a photodiode pulled out),
+    without an eye tracker, as a live rig reports it."""
+
+    name = "sim"
+
+    def __init__(self, inner, good_trials):
+        self.inner, self.good = inner, good_trials
+
+    def open(self, session, stimuli):
+        self.inner.open(session, stimuli)
+
+    def run_trial(self, trial):
+        rec = self.inner.run_trial(trial)
+        rec.fixation_monitored = False
+        rec.eye_presenter_s = rec.eye_x_deg = rec.eye_y_deg = rec.eye_pupil = np.zeros(0)
+        if trial.trial_index >= self.good:
+            rec.sync_presenter_s, rec.sync_acq_s = rec.sync_presenter_s[:0], rec.sync_acq_s[:0]
+            rec.pulse_ok = np.zeros(rec.completed, bool)
+            rec.note = f"no sync pulse for presentations {list(range(rec.completed))} (invalid, re-queued)"
+        return rec
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium)")
+def test_monitor_shows_invalid_reasons_adapter_counters_and_the_current_stimulus(tmp_path):
+    """The screenshot (tests/artifacts/live_monitor_invalid.png) was looked at: warnings panel
+    lists '8 x no sync pulse', the note, 'fixation not monitored', 'no reward device' and the counters."""
+    from rig.session.runner import SessionLimits, SessionStopped
+
+    ss = StimulusSet(builtin_images(8, 32, 0))
+    monkey = SimulatedMonkey(SimParams(n_channels=6, fixation_break_prob=0.0, seed=5), n_reference_images=32)
+    sch = build_schedule(ss.parent, 6, 4, 0, 0.3)
+    session = SessionInfo("monitor-invalid", 0, seed=3)
+    counters = {"ttl": 40, "other_ttl_lines": 7, "unknown_electrodes": 3, "other_stream_ttl": 2}
+    state = MonitorState(session_id=session.session_id, day=0, backend="rig", channel_names=[f"sim{c}" for c in range(6)],
+                         stimuli=ss, reward_device="none", adapter=lambda: counters)
+    writer = DayWriter.create(tmp_path / "d.h5", config_text="", day=0, session_id=session.session_id, stimuli=ss,
+                              schedule_stim_index=sch.stim_index, presentations_per_trial=4,
+                              seconds_per_presentation=0.3, channel_names=[f"sim{c}" for c in range(6)],
+                              backend="sim", window_ms=(70.0, 170.0))
+    with LiveMonitor(state, "127.0.0.1", 0) as monitor, writer:
+        with pytest.raises(SessionStopped, match="timing-check --acquisition"):
+            run_session(_NoPulseAfter(SimBackend(monkey, refresh_hz=60.0), 6), writer, ss, sch, session, (70.0, 170.0),
+                        progress=False, observer=monitor.observe, limits=SessionLimits(max_without_pulse=8))
+        SHOTS.mkdir(exist_ok=True)
+        shot = SHOTS / "live_monitor_invalid.png"
+        _chromium(monitor.url, tmp_path, f"--screenshot={shot}", "--window-size=1500,1000", "--hide-scrollbars")
+        dom = _chromium(monitor.url, tmp_path, "--dump-dom")
+    assert "8 x no sync pulse" in dom and "fixation not monitored" in dom and "no reward device" in dom
+    assert "other ttl lines 7" in dom and "unknown electrodes 3" in dom
+    assert 'id="stim-img"' in dom and "data:image/png;base64," in dom
+    assert dom.count('class="tick"') >= 20 and "time from stimulus onset, ms" in dom and "rate, spikes/s" in dom
+    assert dom.count('class="cell"') == 6 * 30                      # the PSTH heat map: sites x 10 ms bins
+    assert shot.exists() and shot.stat().st_size > 10_000

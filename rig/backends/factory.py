@@ -44,7 +44,7 @@ def _calibration(cfg: Config) -> dict | None:
 def _presenter_backend(cfg: Config):
     """The real PsychoPy presenter (a separate ``itloop present`` process connecting to
     ``presenter.endpoint``) with spikes, sync and fixation from the simulated monkey:
-    no live acquisition bridge exists yet (Open Ephys / Blackrock are on the roadmap)."""
+    for real spikes use ``--backend rig`` (the presenter + the ``[acquisition]`` spike source)."""
     p = cfg.presenter
     try:
         from rig.link.zap import load_allowed_keys
@@ -56,7 +56,7 @@ def _presenter_backend(cfg: Config):
     except ValueError as exc:
         raise UserError(str(exc)) from None
     log.info(f"waiting for the presenter at {p.endpoint}: start `itloop present --endpoint {p.endpoint}` on the "
-             "stimulus computer (spikes come from the simulated monkey: no acquisition bridge yet)")
+             "stimulus computer (spikes come from the simulated monkey; --backend rig records real ones from [acquisition])")
     monkey = build_sim_monkey(cfg)
     calibration = _calibration(cfg)
     backend = PresenterBackend(client, SimSpikeSource(monkey), frame_tolerance=cfg.monitor.frame_tolerance,
@@ -74,7 +74,7 @@ def make_spike_source(cfg: Config):
         from rig.sources.openephys import OpenEphysSource
 
         return OpenEphysSource(a.host, a.event_port, a.http_port, a.http_control, a.n_channels,
-                               a.electrode_prefix, a.ttl_line)
+                               a.electrode_prefix, a.ttl_line, spike_stream=a.spike_stream, ttl_stream=a.ttl_stream)
     if a.system == "lsl":
         from rig.sources.lsl import LslSource
 
@@ -117,7 +117,7 @@ def _rig_backend(cfg: Config):
              f"computer); spikes from {a.system} at {a.host}")
     backend = RigBackend(client, source, markers=markers, fixation_window_deg=cfg.rsvp.fixation_window_deg,
                          pulse_tolerance_s=a.pulse_tolerance_ms / 1000.0, wait_s=a.wait_ms / 1000.0,
-                         max_drift_ppm=a.max_drift_ppm,
+                         max_drift_ppm=a.max_drift_ppm, min_drift_span_s=a.clock_min_drift_span_s,
                          configure_extra={"reward_ms": cfg.reward.duration_ms, "image_scaling": cfg.display.image_scaling,
                                           **({"calibration": cal} if (cal := _calibration(cfg)) else {})})
     desc = source.describe()

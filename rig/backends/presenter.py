@@ -106,6 +106,12 @@ def eye_and_reward_fields(res: TrialResult) -> dict:
             "reward_kind": res.array("reward_kind", np.int8)}
 
 
+def fixation_monitored(res: TrialResult, controller_eye=None) -> bool:
+    """Whether anything watched the eye during this trial: an eye tracker in the presenter
+    (its reply names it) or a controller-side break decider. Without one fixation is unknown."""
+    return controller_eye is not None or str(res.raw.get("eye", "none")) != "none"
+
+
 def open_presenter(client: PresenterClient, session: SessionInfo, stimuli, *, wait_s: float,
                    fixation_window_deg: float, configure_extra: dict) -> dict:
     """Greet (or wait for) the presenter, configure the session's RSVP, send and verify every
@@ -186,6 +192,7 @@ class PresenterBackend:
                            spike_times_s=rec["spike_times_s"], spike_channels=rec["spike_channels"],
                            start_acq_s=rec["start_acq_s"], end_acq_s=rec["end_acq_s"], note="; ".join(note),
                            end_presenter_s=end_p, **eye_and_reward_fields(res),
+                           fixation_monitored=fixation_monitored(res, self.spikes if hasattr(self.spikes, "fixation_break_s") else None),
                            clock_segment=c.peer.decode(errors="replace") if c.peer else "")  # a restarted presenter: new clock
 
     def close(self) -> None:

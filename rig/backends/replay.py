@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
+from rig.backend import BackendInfo, Fixation, InvalidReason, SessionInfo, Trial, TrialRecord
+from rig.errors import UserError
 from rig.store.dayfile import DayWriter
 from rig.store.origin import Origin
 from rig.store.reader import DayData, read_day
 from rig.session.schedule import PresentationQueue
-from rig.session.runner import run_session
+from rig.session.runner import SessionLimits, run_session
 
 # what a replay says about its source (beside the root attribute replayed_from, the source's identifier)
 _REPLAY_ATTRS = ("replayed_from_backend", "replayed_from_window_ms", "replayed_from_file")
@@ -96,15 +97,27 @@ class ReplayBackend:
             end_presenter_s=float(tr["end_presenter_s"][row]),
             # issue 11: the clock segment of the trial's pulses, and which onsets had a pulse
             clock_segment=str(self._segments[y][0]) if len(self._segments[y]) else "",
-            pulse_ok=np.isin(pres["onset_presenter_s"][p][:c], d.sync_presenter_s[y]))
+            pulse_ok=np.isin(pres["onset_presenter_s"][p][:c], d.sync_presenter_s[y]),
+            clock_aligned=not np.any(pres["invalid_reason"][p] == InvalidReason.CLOCK_NOT_ALIGNED),
+            fixation_monitored=bool(np.any(pres["fixation"][p] != Fixation.NOT_MONITORED)) if len(pres["fixation"][p]) else True)
 
     def close(self) -> None:
         self._opened = False
 
 
+def _stored_max_attempts(day: DayData) -> int:
+    """``schedule.max_attempts`` of the recorded day's own configuration (its queue's bound)."""
+    from rig.config import config_from_toml_text
+
+    try:
+        return int(config_from_toml_text(day.config_text).schedule.max_attempts)
+    except (UserError, ValueError, KeyError, TypeError):   # an unreadable stored config: no bound known
+        return 0
+
+
 def _check_queue_matches(day: DayData) -> None:
     """Raise unless a fresh session's queue hands out exactly the recorded trials, in order."""
-    queue = PresentationQueue(day.schedule())
+    queue = PresentationQueue(day.schedule(), max_attempts=_stored_max_attempts(day))
     ends = np.asarray(day.trials["presentations_end"], int)
     starts = np.r_[0, ends[:-1]].astype(int)
     for row, (a, b) in enumerate(zip(starts, ends)):
@@ -150,5 +163,5 @@ def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[floa
     info = SessionInfo(session_id=header.session_id, day=day.day, n_channels=day.n_channels)
     with DayWriter.create(out_path, header) as writer:
         run_session(ReplayBackend(day), writer, day.stimuli, schedule, info, window_ms,
-                    progress=progress, max_trials=n_trials)
+                    progress=progress, max_trials=n_trials, limits=SessionLimits(max_attempts=_stored_max_attempts(day)))
     return out_path

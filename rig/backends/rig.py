@@ -23,22 +23,26 @@ import uuid
 
 import numpy as np
 
-from rig.backends.presenter import eye_and_reward_fields, open_presenter, presenter_attrs
+from rig.backends.presenter import eye_and_reward_fields, fixation_monitored, open_presenter, presenter_attrs
 from rig.backend import FIXATION_WINDOW_DEG, AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
 from rig.errors import UserError
 from rig.link.client import PresenterClient
-from rig.session.clock import ClockFitError, SegmentedClock, match_pulses, vote_offset
+from rig.session.align import PulseAligner
+from rig.session.clock import MIN_DRIFT_SPAN_S
+from rig.sources.clockzero import ClockZero
 
 
 class RigBackend:
     """Drives a connected presenter and a live spike source (Open Ephys, LSL)."""
 
     name = "rig"
+    reads_clock_zero = True       # the acquisition clock's zero is read from the stream (session_attrs)
+    ZERO_PROBE_S = 1.0            # how long the stream is read at connection and at the end for it
 
     def __init__(self, client: PresenterClient, source: SpikeSource, *, eye=None, markers=None,
                  wait_for_presenter_s: float = 60.0, fixation_window_deg: float = FIXATION_WINDOW_DEG,
                  pulse_tolerance_s: float = 0.003, wait_s: float = 1.0, max_drift_ppm: float = 1000.0,
-                 configure_extra: dict | None = None):
+                 configure_extra: dict | None = None, min_drift_span_s: float = MIN_DRIFT_SPAN_S):
         self.client = client
         self.source = source
         self.eye = eye                    # optional controller-side break decider; None: the presenter's eye (if any)
@@ -48,22 +52,35 @@ class RigBackend:
         self.fixation_window_deg = fixation_window_deg
         self.tol = float(pulse_tolerance_s)
         self.acq_wait_s = float(wait_s)
-        self.clock = SegmentedClock(max_drift_ppm=max_drift_ppm)
+        self.aligner = PulseAligner(self.tol, max_drift_ppm, min_drift_span_s)
+        self.clock = self.aligner.clock
         self._session: SessionInfo | None = None
         self.setup: dict = {}
         self._spk_t: list[np.ndarray] = []
         self._spk_c: list[np.ndarray] = []
-        self._pulses = np.zeros(0)
-        self._boot: dict[str, list[float]] = {}     # unaligned onsets per segment (bootstrap pool)
-        self._epoch = 0                              # acquisition restarts seen
         self._run = f"run{uuid.uuid4().hex[:6]}"     # this controller run
-        self._lost_streak = 0                        # trials in a row whose pulses all missed the fit
+        self.zero = ClockZero()
         self.stats = {"pulses_matched": 0, "pulses_missing": 0, "pulses_extra": 0, "trials_unaligned": 0}
 
     # ------------------------------------------------------------------ session
     def session_attrs(self) -> dict:
-        """Day-file attributes naming the presenter that connected (after ``open``)."""
-        return presenter_attrs(self.client)
+        """Day-file attributes naming the presenter that connected and the acquisition
+        clock's zero as read from the stream (after ``open``)."""
+        return {**presenter_attrs(self.client), **self.zero.start_attrs(self._source_name())}
+
+    def clock_zero_end_attrs(self) -> dict:
+        """The acquisition clock's zero read again at the end (after ``close``), and the change."""
+        return self.zero.end_attrs(self._source_name())
+
+    def _source_name(self) -> str:
+        return str(self.source.describe().get("system", getattr(self.source, "name", "the acquisition system")))
+
+    def _probe_zero(self) -> None:
+        """Read the stream for up to ``ZERO_PROBE_S`` (less once 200 events were timed)."""
+        deadline = time.monotonic() + self.ZERO_PROBE_S
+        n0 = self.zero.n_start + self.zero.n_end
+        while time.monotonic() < deadline and self.zero.n_start + self.zero.n_end - n0 < 200:
+            self._take(self.source.events_since(0.01))
 
     def open(self, session: SessionInfo, stimuli) -> None:
         if session.n_channels not in (0, self.source.n_channels):
@@ -74,15 +91,17 @@ class RigBackend:
                                     fixation_window_deg=self.fixation_window_deg, configure_extra=self.configure_extra)
         self.source.start_recording(session.session_id)
         self._session = session
-        self._take(self.source.events_since(0.0))
+        self.zero.begin(_exact_zero(self.source))
+        self._probe_zero()
+        self.zero.running()
 
     def _take(self, ev: AcqEvents) -> None:
+        self.zero.observe(ev.latest_s)
         if len(ev.spike_times_s):
             self._spk_t.append(ev.spike_times_s)
             self._spk_c.append(ev.spike_channels)
         rising = ev.ttl_times_s[ev.ttl_states] if len(ev.ttl_times_s) else ev.ttl_times_s
-        if len(rising):
-            self._pulses = np.sort(np.r_[self._pulses, rising])
+        self.aligner.add_pulses(rising)
 
     def _segment(self) -> str:
         """Clock segment: the presenter process, this controller run (a resumed day aligns
@@ -90,7 +109,7 @@ class RigBackend:
         epoch (a restarted acquisition system starts its sample counter again)."""
         peer = self.client.peer
         name = peer.decode(errors="replace") if peer else ""
-        return f"{name}/{self._run}" + (f"/acq{self._epoch}" if self._epoch else "")
+        return self.aligner.label(f"{name}/{self._run}")
 
     def _wait_for_acquisition(self, label: str, last_flip_p: float, n_onsets: int) -> bool:
         """Pump events until the stream has passed the trial's last flip (or, before the
@@ -105,7 +124,7 @@ class RigBackend:
             latest = ev.latest_s
             if seg is not None and np.isfinite(latest) and latest >= seg.to_acq(last_flip_p) + 0.05:
                 return True
-            if seg is None and heard and len(self._pulses) >= n_onsets and time.monotonic() > deadline - self.acq_wait_s / 2:
+            if seg is None and heard and len(self.aligner.pulses) >= n_onsets and time.monotonic() > deadline - self.acq_wait_s / 2:
                 return True
             if time.monotonic() >= deadline:
                 return heard
@@ -125,87 +144,32 @@ class RigBackend:
         text = (f"itloop session={s.session_id} day={s.day} trial={trial.trial_index} presenter={label} "
                 f"stim={','.join(map(str, trial.stim_indices))} planned={','.join(map(str, trial.planned_indices))} "
                 f"shown={res.shown}")
-        note = self._announce(text)
-        c.pump(s.inter_trial_ms / 1000.0)              # inter-trial interval, heartbeats flowing
-        n_shown = res.shown
-        onsets = res.onset_s[:n_shown]
-        heard = self._wait_for_acquisition(label, float(res.frame_time_s[-1]), n_shown)
-        seg = self.clock.fitted(label)
-        pred = seg.to_acq(onsets) if seg is not None else self._first_alignment(label, onsets, note)
-        idx = match_pulses(pred, self._pulses, self.tol) if n_shown else np.zeros(0, int)
-        got = idx >= 0
-        if seg is not None and n_shown >= 2 and not got.any() and len(self._pulses) >= n_shown:
-            self._lost_streak += 1
-            if self._lost_streak >= 2:          # pulses keep coming but none where the fit says: the
-                self._epoch += 1                # acquisition clock restarted; align afresh from the next trial
-                self._lost_streak = 0
-                self._pulses = self._pulses[-4 * n_shown:]
-                note.append(f"acquisition clock jumped: new clock segment {self._segment()}")
-        elif got.any():
-            self._lost_streak = 0
-        sync_p, sync_a = onsets[got], self._pulses[idx[got]]
-        if got.any():
-            try:
-                seg = self.clock.add(label, sync_p, sync_a)
-                self._boot.pop(label, None)
-            except ClockFitError as exc:      # these pairs cannot be right: keep them out, align afresh
-                note.append(f"pulses refused ({exc})")
-                got[:] = False
-                idx[:] = -1
-                sync_p, sync_a = onsets[:0], self._pulses[:0]
-                seg = self.clock.fitted(label)
-        self.stats["pulses_matched"] += int(got.sum())
-        self.stats["pulses_missing"] += int((~got).sum())
-        end_acq = float(seg.to_acq(end_p)) if seg is not None else float("inf")
-        start_acq = float(seg.to_acq(res.frame_time_s[0])) if seg is not None else float("nan")
-        used = np.zeros(len(self._pulses), bool)
-        used[idx[got]] = True
-        stale = self._pulses < (end_acq if np.isfinite(end_acq) else -np.inf)
-        self.stats["pulses_extra"] += int((stale & ~used).sum()) if seg is not None else 0
-        keep = ~used & ~(stale if seg is not None else np.zeros(len(used), bool))
-        self._pulses = self._pulses[keep][-1000:]      # bounded while unaligned
-        times, chans = self._spikes_before(end_acq)
-        n = res.completed
-        pulse_ok = got[:n]
-        note += self._trial_notes(res, heard, pulse_ok)
-        return TrialRecord(trial_index=trial.trial_index, completed=n, fixation_ok=not res.aborted,
-                           onset_presenter_s=res.onset_s[:n], frames_on=res.frames_on[:n],
-                           frames_mask=res.frames_mask[:n], dropped_frame=res.dropped[:n],
-                           sync_presenter_s=sync_p, sync_acq_s=sync_a, spike_times_s=times, spike_channels=chans,
-                           start_acq_s=start_acq, end_acq_s=end_acq if np.isfinite(end_acq) else float("nan"),
-                           acquisition_ok=heard, note="; ".join(note), end_presenter_s=end_p,
-                           clock_segment=label, pulse_ok=pulse_ok, **eye_and_reward_fields(res))
-
-    def _announce(self, text: str) -> list[str]:
-        """Send the trial's text to the acquisition system (best effort; the pulses decide
-        validity) and the marker stream; returns the notes of what failed."""
         note = []
         try:
             self.source.message(text)
-        except UserError as exc:
+        except UserError as exc:          # the control channel is best effort; the pulses decide validity
             note.append(f"acquisition message not delivered ({exc})")
             self.stats["messages_failed"] = self.stats.get("messages_failed", 0) + 1
         if self.markers is not None:
             self.markers.push(text)
-        return note
-
-    def _first_alignment(self, label: str, onsets: np.ndarray, note: list[str]) -> np.ndarray:
-        """Predicted acquisition times of ``onsets`` before presenter ``label``'s clock is fitted:
-        the pulse offset most onsets agree on (NaN while too few pairs agree)."""
-        pool = self._boot.setdefault(label, [])
-        pool.extend(onsets.tolist())
-        del pool[:-60]
-        offset, votes, runner = vote_offset(np.asarray(pool), self._pulses, self.tol)
-        if offset is not None and votes < min(3, len(pool)):
-            offset = None                     # too few pairs to trust a first alignment
-        if offset is None:
-            note.append(f"clock of presenter {label} not aligned yet ({votes} vs {runner} pulse matches)")
-            self.stats["trials_unaligned"] += 1
-            return np.full(len(onsets), np.nan)
-        return onsets + offset
-
-    def _trial_notes(self, res, heard: bool, pulse_ok: np.ndarray) -> list[str]:
-        n, note = res.completed, []
+        c.pump(s.inter_trial_ms / 1000.0)              # inter-trial interval, heartbeats flowing
+        n_shown = res.shown
+        onsets = res.onset_s[:n_shown]
+        heard = self._wait_for_acquisition(label, float(res.frame_time_s[-1]), n_shown)
+        peer = self.client.peer
+        al = self.aligner.align(f"{peer.decode(errors='replace') if peer else ''}/{self._run}", onsets, end_p)
+        label, seg, got = al.label, al.segment, al.got
+        note.extend(al.notes)
+        self.stats["trials_unaligned"] += int(not al.aligned)
+        self.stats["pulses_matched"] += int(got.sum())
+        self.stats["pulses_missing"] += int((~got).sum())
+        self.stats["pulses_extra"] += al.n_extra
+        sync_p, sync_a = onsets[got], al.pulse_acq_s[got]
+        end_acq = float(seg.to_acq(end_p)) if seg is not None else float("inf")
+        start_acq = float(seg.to_acq(res.frame_time_s[0])) if seg is not None else float("nan")
+        times, chans = self._spikes_before(end_acq)
+        n = res.completed
+        pulse_ok = got[:n]
         if not heard:
             note.append(f"acquisition stream silent for {self.acq_wait_s:g} s")
         if (~pulse_ok).any():
@@ -214,7 +178,15 @@ class RigBackend:
             note.append(f"aborted after {n} presentations: {res.reason}")
         if res.dropped[:n].any():
             note.append(f"dropped frame in presentations {np.flatnonzero(res.dropped[:n]).tolist()}")
-        return note
+        return TrialRecord(trial_index=trial.trial_index, completed=n, fixation_ok=not res.aborted,
+                           onset_presenter_s=res.onset_s[:n], frames_on=res.frames_on[:n],
+                           frames_mask=res.frames_mask[:n], dropped_frame=res.dropped[:n],
+                           sync_presenter_s=sync_p, sync_acq_s=sync_a, spike_times_s=times, spike_channels=chans,
+                           start_acq_s=start_acq, end_acq_s=end_acq if np.isfinite(end_acq) else float("nan"),
+                           acquisition_ok=heard, note="; ".join(note), end_presenter_s=end_p,
+                           clock_segment=label, pulse_ok=pulse_ok, clock_aligned=al.aligned,
+                           fixation_monitored=fixation_monitored(res, self.eye),
+                           **eye_and_reward_fields(res))
 
     def _spikes_before(self, end_acq: float) -> tuple[np.ndarray, np.ndarray]:
         """Buffered spikes before ``end_acq`` (all of them if the clock is not aligned)."""
@@ -230,6 +202,11 @@ class RigBackend:
     def close(self) -> None:
         """Stop the acquisition recording; the presenter stays up, blank, for the next session."""
         if self._session is not None:
+            self.zero.ending(_exact_zero(self.source))
+            try:
+                self._probe_zero()
+            except (UserError, OSError, RuntimeError, ValueError) as exc:   # closing must not fail on a last read
+                self.stats["zero_probe_failed"] = repr(exc)
             self.source.close()
             if self.eye is not None:
                 self.eye.close()
@@ -241,3 +218,9 @@ class RigBackend:
                            extra={"presenter": p.get("presenter"), "refresh_hz": p.get("refresh_hz"),
                                   "spike_source": self.source.describe(), "clock_segments": self.clock.summaries(),
                                   "stats": dict(self.stats), "eye_source": self.eye.describe() if self.eye else "none"})
+
+
+def _exact_zero(source) -> float | None:
+    """The source's own exact clock zero (unix s), if it knows it (LSL), else None."""
+    read = getattr(source, "clock_zero_unix_s", None)
+    return float(read()) if callable(read) else None

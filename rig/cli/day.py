@@ -65,6 +65,24 @@ def register(sub) -> None:
     rec.set_defaults(func=cmd_recover)
 
 
+def _print_session_status() -> None:
+    """The session runner's status lines (logging; every N trials or 30 s when output is not
+    a terminal) and its warnings go to stdout as plain lines."""
+    import logging
+
+    class PrintHandler(logging.Handler):
+        itloop_status = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), flush=True)      # the current sys.stdout, whatever it is now
+
+    log = logging.getLogger("rig.session.runner")
+    if not any(getattr(h, "itloop_status", False) for h in log.handlers):
+        log.addHandler(PrintHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rig.loop.record import record_day
 
@@ -90,6 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path.exists():
             raise UserError(f"{path} already exists; use --resume to continue it, or choose another --out. Nothing was overwritten.")
         cfg = folder_config(out, args.config)
+    _print_session_status()
     result = record_day(cfg, out, args.day, backend_name=args.backend, resume=args.resume,
                         progress=not args.no_progress, max_trials=args.max_trials)
     summary, problems = check_day(path)
@@ -149,6 +168,8 @@ def _print_summary(summary: dict, problems: list[str]) -> None:
     print(f"  day {summary['day']} ({summary['status']}), backend {summary['backend']}, itloop {summary['software_version']}, schema {summary['schema_version']}")
     print(f"  trials {summary['trials']} ({summary['aborted_trials']} aborted), presentations {summary['presentations']} "
           f"({summary['valid_presentations']} valid, {summary['valid_fraction']:.1%})")
+    if summary.get("invalid_reasons"):
+        print("  invalid because: " + ", ".join(f"{k} x{n}" for k, n in summary["invalid_reasons"].items()))
     print(f"  planned presentations recorded {summary['planned_done']}/{summary['planned_presentations']}")
     print(f"  sites/channels {summary['channels']}, stimuli {summary['stimuli']} ({kinds}), {summary['image_size_px']} px")
     print(f"  raw spikes {summary['raw_spikes']}, sync pulses {summary['sync_pulses']}")

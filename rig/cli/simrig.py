@@ -28,6 +28,14 @@ def register(sub) -> None:
     p.add_argument("--max-s", type=float, default=3600.0, help="stop after this many seconds (default 3600)")
     p.add_argument("--idle-exit-s", type=float, default=None, help="stop when no flip came for this long")
     p.add_argument("--plan-wait-s", type=float, default=120.0, help="how long to wait for the plan file to appear")
+    g = p.add_argument_group("scenarios (override the [acquisition] sim_* keys)")
+    g.add_argument("--ttl", choices=["photodiode", "free", "periodic"],
+                   help="sync line: onset-locked photodiode, free-running (not locked to flips), periodic at the RSVP period")
+    g.add_argument("--pulse-jitter-ms", type=float, help="half-width of the uniform pulse latency jitter, ms (0.5: a parallel port)")
+    g.add_argument("--started-early-s", type=float,
+                   help="the acquisition clock runs on wall time and started this long before sim-rig, s")
+    g.add_argument("--two-streams", action="store_true", help="the sync TTL also on a second stream with its own sample counter")
+    g.add_argument("--refuse-record", action="store_true", help="the GUI answers RECORD with ACQUIRE (no Record Node)")
     p.set_defaults(func=cmd_sim_rig)
 
 
@@ -77,7 +85,14 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
     params = AcqSimParams(sample_rate_hz=a.sim_sample_rate_hz, ttl_line=a.ttl_line, drop_fraction=a.sim_drop_fraction,
                           extra_fraction=a.sim_extra_fraction, jitter_s=a.sim_jitter_ms / 1000.0,
                           electrode_prefix=a.electrode_prefix,
-                          window_s=(cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0), seed=cfg.day_seed(day))
+                          window_s=(cfg.window.start_ms / 1000.0, cfg.window.end_ms / 1000.0), seed=cfg.day_seed(day),
+                          ttl=args.ttl or a.sim_ttl, ttl_period_s=(cfg.rsvp.stim_on_ms + cfg.rsvp.mask_ms) / 1000.0,
+                          pulse_jitter_s=(a.sim_pulse_jitter_ms if args.pulse_jitter_ms is None else args.pulse_jitter_ms) / 1000.0,
+                          started_early_s=a.sim_started_early_s if args.started_early_s is None else args.started_early_s,
+                          two_streams=args.two_streams or a.sim_two_streams,
+                          refuse_record=args.refuse_record or a.sim_refuse_record)
+    if not (params.pulse_jitter_s >= 0 and params.started_early_s >= 0):
+        raise UserError("sim-rig: --pulse-jitter-ms and --started-early-s must be >= 0")
     if a.n_channels != monkey.n_channels:
         raise UserError(f"acquisition.n_channels = {a.n_channels} but sim.n_channels = {monkey.n_channels}; make them equal")
     sim = AcquisitionSim(monkey, pixels, marker, f"tcp://127.0.0.1:{a.event_port}", params,
@@ -86,7 +101,11 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
                          lsl_streams=(a.lsl_spike_stream, a.lsl_ttl_stream) if a.system == "lsl" else None)
     where = (f"LSL streams {a.lsl_spike_stream!r} and {a.lsl_ttl_stream!r}" if a.system == "lsl" else
              f"Open Ephys broadcaster format on tcp://127.0.0.1:{a.event_port}, HTTP on {a.http_port}")
-    print(f"sim-rig: serving {where}, watching flips at {marker} (SIMULATED spikes)", flush=True)
+    scen = (f"; scenario: sync line {params.ttl}, pulse jitter ±{params.pulse_jitter_s * 1e3:g} ms"
+            + (f", acquisition clock zero at unix {sim.zero_unix_s:.6f} s ({params.started_early_s:g} s before sim-rig)"
+               if sim.wall else "") + (", second stream" if params.two_streams else "")
+            + (", refuses RECORD" if params.refuse_record else ""))
+    print(f"sim-rig: serving {where}, watching flips at {marker} (SIMULATED spikes){scen}", flush=True)
     counts = sim.serve(max_s=args.max_s, idle_exit_s=args.idle_exit_s)
     print(f"sim-rig: published {counts}", flush=True)
     return 0

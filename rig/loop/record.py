@@ -21,7 +21,7 @@ from rig.errors import UserError
 from rig.paths import day_path, plan_path
 from rig.loop.preflight import preflight
 from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
-from rig.session.runner import SessionResult, run_session
+from rig.session.runner import SessionLimits, SessionResult, run_session
 from stimuli.images import clean_images
 from stimuli.stimset import StimulusSet
 
@@ -86,7 +86,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         if resume and len(channel_names) != writer.n_channels:
             raise UserError(f"the backend records {len(channel_names)} channels but {path} has {writer.n_channels}; "
                             "resume with the same rig")
-        monitor = _start_live_monitor(cfg, info, backend_name, channel_names)   # a busy port: before any file
+        monitor = _start_live_monitor(cfg, info, backend_name, channel_names, backend)   # a busy port: before any file
         if not resume:
             if plan is None:
                 ppath = made_plan = ensure_screening_plan(cfg, folder)
@@ -103,6 +103,8 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                                                               experiment))
         elif calibration is not None and not writer.has_calibration:
             writer.set_calibration(calibration)
+        if monitor is not None:
+            monitor.state.stimuli = stimuli          # the current-stimulus panel
     except BaseException:
         if monitor is not None:
             monitor.close()
@@ -113,13 +115,16 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         raise
     try:
         with writer:
-            result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
-                                 progress=progress, max_trials=max_trials,
-                                 observer=monitor.observe if monitor is not None else None)
-            if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream
-                desc = backend.source.describe()
-                writer.set_attrs({"spike_source": describe_source(desc),
-                                  "spike_source_json": json.dumps(desc, default=str)})
+            try:
+                result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
+                                     progress=progress, max_trials=max_trials,
+                                     observer=monitor.observe if monitor is not None else None, limits=session_limits(cfg))
+            finally:
+                if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream
+                    desc = backend.source.describe()
+                    writer.set_attrs({"spike_source": describe_source(desc),
+                                      "spike_source_json": json.dumps(desc, default=str),
+                                      **getattr(backend, "clock_zero_end_attrs", dict)()})
             return result
     finally:
         if monitor is not None:
@@ -179,7 +184,14 @@ def _experiment(folder: Path, day: int, path: Path, attrs: dict) -> str | None:
     return same_experiment(files, f"recording day {day}")
 
 
-def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str]):
+def session_limits(cfg: Config) -> SessionLimits:
+    """The session's stopping bounds from ``[acquisition]`` and ``[schedule]``."""
+    n = cfg.acquisition.max_presentations_without_pulse or 5 * cfg.rsvp.presentations_per_trial
+    return SessionLimits(max_without_pulse=n, max_attempts=cfg.schedule.max_attempts,
+                         max_drift_ppm=cfg.acquisition.max_drift_ppm, min_drift_span_s=cfg.acquisition.clock_min_drift_span_s)
+
+
+def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, channel_names: list[str], backend=None):
     """The read-only live page (``[live_monitor]``) on 127.0.0.1, or None when disabled."""
     lm = cfg.live_monitor
     if not lm.enabled:
@@ -190,7 +202,9 @@ def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, chann
     state = MonitorState(session_id=info.session_id, day=info.day, backend=backend_name,
                          window_ms=(cfg.window.start_ms, cfg.window.end_ms),
                          fixation_window_deg=cfg.rsvp.fixation_window_deg, trace_trials=lm.trace_trials,
-                         channel_names=channel_names)
+                         channel_names=channel_names,
+                         reward_device=cfg.reward.driver if backend_name in ("rig", "presenter") else "simulated",
+                         adapter=_adapter_counters(backend))
     try:
         monitor = LiveMonitor(state, "127.0.0.1", lm.port)
     except ValueError as exc:
@@ -200,15 +214,29 @@ def _start_live_monitor(cfg: Config, info: SessionInfo, backend_name: str, chann
     return monitor
 
 
+def _adapter_counters(backend):
+    """A callable giving the live adapter's counters (TTLs on other lines, unknown electrodes,
+    events of other streams, pulses matched/missing) for the monitor, or None."""
+    source = getattr(backend, "source", None)
+    if source is None or not hasattr(source, "counters"):
+        return None
+    return lambda: {**dict(source.counters), **dict(getattr(backend, "stats", {}))}
+
+
 def _acq_clock_zero(backend) -> dict:
     """Day-file attrs ``acq_clock_zero_utc`` (ISO 8601, UTC, microseconds): the wall time at
     which the acquisition clock read 0 s, the time base of every time in the day file (NWB's
     session_start_time), and ``acq_clock_zero_source`` saying how it was found.
 
-    A backend that can read its acquisition clock offers ``acquisition_time_s()``; for the
-    others (the simulated monkey's virtual clock) the clock is taken to read 0 s now."""
+    A backend that can read its acquisition clock offers ``acquisition_time_s()``; the live
+    rig reads it from the stream once connected (``RigBackend.session_attrs`` replaces these
+    attrs when the session opens); for the others (the simulated monkey's virtual clock) the
+    clock is taken to read 0 s now."""
     now = _dt.datetime.now(_dt.timezone.utc)
     read = getattr(backend, "acquisition_time_s", None)
+    if getattr(backend, "reads_clock_zero", False):
+        return {"acq_clock_zero_utc": now.isoformat(timespec="microseconds"),
+                "acq_clock_zero_source": "placeholder until the session opens: the live rig reads it from the stream"}
     if callable(read):
         t = float(read())
         zero = now - _dt.timedelta(seconds=t)

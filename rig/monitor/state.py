@@ -5,13 +5,16 @@ figures) and read under a lock as one JSON-ready dict. Units: seconds, degrees, 
 """
 from __future__ import annotations
 
+import base64
 import math
+import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 
-from rig.backend import COUNT_WINDOW_MS
+from rig.backend import COUNT_WINDOW_MS, INVALID_REASON_TEXT, Fixation, InvalidReason
 
 PSTH_EDGES_S = np.arange(-0.05, 0.2501, 0.01)     # -50 .. 250 ms around each onset, 10 ms bins
 MAX_TRACE_POINTS = 400                           # per trial, after decimation
@@ -22,11 +25,28 @@ def _num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def png_data_url(rgb: np.ndarray, max_px: int = 96) -> str:
+    """A uint8 (H, W, 3) image as a ``data:image/png`` URL (stdlib zlib only), at most ``max_px`` wide."""
+    img = np.asarray(rgb, np.uint8)
+    step = max(1, math.ceil(img.shape[1] / max_px))
+    img = np.ascontiguousarray(img[::step, ::step, :3])
+    h, w = img.shape[:2]
+    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 class MonitorState:
     """The session as the page sees it; ``observe(rows, progress)`` is the runner's observer."""
 
     def __init__(self, *, session_id: str = "", day: int = 0, backend: str = "", window_ms=COUNT_WINDOW_MS,
-                 fixation_window_deg: float = 2.0, trace_trials: int = 3, channel_names: list[str] | None = None):
+                 fixation_window_deg: float = 2.0, trace_trials: int = 3, channel_names: list[str] | None = None,
+                 stimuli=None, reward_device: str = "", adapter=None):
         self._lock = threading.Lock()
         self.info = {"session_id": session_id, "day": int(day), "backend": backend,
                      "window_ms": [float(window_ms[0]), float(window_ms[1])],
@@ -46,6 +66,13 @@ class MonitorState:
         self.rewards = {"n": 0, "total_ms": 0.0}
         self.clock: dict = {}
         self.residuals_ms: list[float] = []
+        self.info["reward_device"] = reward_device
+        self.stimuli = stimuli               # a StimulusSet (pixels, kind) for the current-stimulus panel, or None
+        self.adapter = adapter               # callable -> {counter: value} of the acquisition adapter, or None
+        self.reasons: dict[int, int] = {}
+        self.fixation_monitored: bool | None = None
+        self.last_notes: list[dict] = []
+        self.current: dict = {}
 
     # ------------------------------------------------------------------ input
     def observe(self, rows, progress) -> None:
@@ -103,6 +130,25 @@ class MonitorState:
             self.per_trial.append({"trial_index": int(rows.trial.trial_index), "n": k, "valid": int(valid.sum()),
                                    "dropped": int(np.sum(r.dropped_frame)), "fixation_ok": bool(r.fixation_ok)})
             self.per_trial = self.per_trial[-300:]
+            self._warnings(rows)
+
+    def _warnings(self, rows) -> None:
+        """Invalid reasons, the trial's note, whether fixation is watched, the current stimulus."""
+        r = rows.record
+        reasons = np.asarray(rows.invalid_reason if rows.invalid_reason is not None else [], int)
+        for code in reasons[reasons != 0]:
+            self.reasons[int(code)] = self.reasons.get(int(code), 0) + 1
+        self.fixation_monitored = bool(r.fixation_monitored)
+        if r.note:
+            self.last_notes = (self.last_notes + [{"trial_index": int(rows.trial.trial_index), "note": r.note[:300]}])[-5:]
+        last = int(rows.trial.stim_indices[-1]) if len(rows.trial.stim_indices) else -1
+        cur = {"trial_index": int(rows.trial.trial_index), "stim_indices": [int(i) for i in rows.trial.stim_indices],
+               "last": last, "reasons": [INVALID_REASON_TEXT[InvalidReason(int(c))] for c in reasons]
+               if all(int(c) in InvalidReason._value2member_map_ for c in reasons) else []}
+        if self.stimuli is not None and 0 <= last < len(self.stimuli):
+            cur["png"] = png_data_url(self.stimuli.pixels[last])
+            cur["kind"] = str(self.stimuli.kind[last])
+        self.current = cur
 
     # ------------------------------------------------------------------ output
     def snapshot(self) -> dict:
@@ -121,4 +167,22 @@ class MonitorState:
                                "per_trial": [t["dropped"] for t in self.per_trial]},
                     "trials": list(self.per_trial[-100:]),
                     "clock": {**self.clock, "residuals_ms": list(self.residuals_ms)},
-                    "rewards": dict(self.rewards), "served_utc": time.strftime("%H:%M:%S", time.gmtime())}
+                    "rewards": dict(self.rewards), "served_utc": time.strftime("%H:%M:%S", time.gmtime()),
+                    "warnings": self._warning_snapshot(), "current": dict(self.current)}
+
+    def _warning_snapshot(self) -> dict:
+        """Called under the lock: the warnings panel's content."""
+        total = sum(self.reasons.values())
+        reasons = [{"code": c, "reason": INVALID_REASON_TEXT.get(InvalidReason(c), f"code {c}")
+                    if c in InvalidReason._value2member_map_ else f"code {c}", "n": n}
+                   for c, n in sorted(self.reasons.items(), key=lambda kv: -kv[1])]
+        try:
+            counters = dict(self.adapter()) if self.adapter is not None else {}
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:   # the page renders regardless
+            counters = {"adapter counters unavailable": repr(exc)[:80]}
+        fix = ("fixation not monitored (no eye tracker): stored as unknown" if self.fixation_monitored is False else "")
+        dev = self.info.get("reward_device")
+        return {"invalid_total": total, "reasons": reasons, "notes": list(self.last_notes),
+                "counters": {k: v for k, v in counters.items() if isinstance(v, (int, float, str))},
+                "fixation": fix, "reward": "no reward device" if dev == "none" else "",
+                "fixation_enum": {int(k): k.name.lower().replace("_", " ") for k in Fixation}}

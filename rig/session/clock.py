@@ -3,10 +3,12 @@
 Model per *segment* (one presenter process: its PsychoPy clock starts again when it is
 restarted): ``acq = offset + (1 + drift) * presenter``. Each segment is fitted on its own
 robust line (least squares, refitted without pairs beyond 5 robust SDs, so one missed or
-spurious pulse does not bend it); residuals are kept for checking. A fit outside physical
-bounds (``|drift| > max_drift_ppm`` or ``|offset| > max_offset_s``) raises
-:class:`ClockFitError` at once (one line; bounded time) instead of mapping every onset to
-nonsense.
+spurious pulse does not bend it); residuals are kept for checking. No drift is estimated
+until the pairs span ``min_drift_span_s`` (default 5 s: with 0.5 ms pulse jitter a shorter
+span allows any slope, and one trial's 0.8 s once gave 1,794 ppm): before that the line is
+offset only. A fit outside physical bounds (``|drift| > max_drift_ppm`` or ``|offset| >
+max_offset_s``) raises :class:`ClockFitError` at once (one line; bounded time) instead of
+mapping every onset to nonsense.
 
 Matching pulses to flips (:func:`match_pulses`): with a fitted segment each onset is
 predicted on the acquisition clock and paired with the nearest pulse within a tolerance;
@@ -26,6 +28,7 @@ from rig.errors import UserError
 
 MAX_DRIFT_PPM = 1000.0       # |drift| above this is not a crystal, it is a wrong match
 MAX_OFFSET_S = 1.0e7         # |offset| above this (~116 days) is not a clock, it is garbage
+MIN_DRIFT_SPAN_S = 5.0       # pairs must span this long before a drift is fitted (offset only before)
 
 
 class ClockFitError(UserError):
@@ -60,11 +63,14 @@ class SegmentFit:
 
 
 def fit_line(p: np.ndarray, a: np.ndarray, label: str = "", max_drift_ppm: float = MAX_DRIFT_PPM,
-             max_offset_s: float = MAX_OFFSET_S) -> tuple[float, float, np.ndarray, np.ndarray]:
+             max_offset_s: float = MAX_OFFSET_S,
+             min_drift_span_s: float = MIN_DRIFT_SPAN_S) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Robust line through sync pairs: ``(offset_s, drift, residuals_s, kept)``.
 
-    Raises :class:`ClockFitError` when the pairs are not finite or the line is outside
-    physical bounds. At most 4 least-squares passes: bounded time for any input.
+    Offset only (drift 0) while the pairs span less than ``min_drift_span_s`` presenter
+    seconds. Raises :class:`ClockFitError` when the pairs are not finite or the line is
+    outside physical bounds (``|drift| <= max_drift_ppm`` always). At most 4 least-squares
+    passes: bounded time for any input.
     """
     p, a = np.asarray(p, float), np.asarray(a, float)
     where = f"presenter session {label!r}" if label else "the sync pulses"
@@ -75,9 +81,13 @@ def fit_line(p: np.ndarray, a: np.ndarray, label: str = "", max_drift_ppm: float
     if not abs(rough) <= max_offset_s:
         raise ClockFitError(f"clock fit for {where}: offset {rough:.4g} s is outside ±{max_offset_s:g} s; "
                             "the acquisition timestamps are not a clock (check acquisition.system and its sample rate)")
-    if len(p) == 1 or np.ptp(p) == 0:
-        offset, slope = float(np.median(a - p)), 1.0
-        resid, keep = a - (offset + p), np.ones(len(p), bool)
+    if len(p) == 1 or np.ptp(p) < max(min_drift_span_s, 1e-12):
+        offset, keep = _robust_offset(a - p)
+        slope, resid = 1.0, a - (offset + p)
+        gross = float(np.polyfit(p - p.mean(), a, 1)[0]) - 1.0 if len(p) > 1 and np.ptp(p) > 0 else 0.0
+        if not (math.isfinite(gross) and abs(gross) <= 0.05):     # not a clock at all, whatever the jitter
+            raise ClockFitError(f"clock fit for {where}: drift {gross * 1e6:.4g} ppm is outside ±{max_drift_ppm:g} ppm; "
+                                "the pulses do not belong to these flips (check acquisition.ttl_line and the photodiode cable)")
     else:
         keep = np.ones(len(p), bool)
         for _ in range(4):
@@ -91,11 +101,7 @@ def fit_line(p: np.ndarray, a: np.ndarray, label: str = "", max_drift_ppm: float
             keep = new_keep
         offset = float(icpt - slope * p0)
     drift = float(slope - 1.0)
-    # a few jittered pulses over a short span allow any slope: refuse a drift only when the
-    # line it implies departs from a drift-free one by more than any pulse jitter (5 ms)
-    # over the span, so the bound catches wrong matches and broken clocks, not jitter
-    span = float(np.ptp(p)) if len(p) else 0.0
-    if not (math.isfinite(drift) and abs(drift) <= 0.05 and (abs(drift) * 1e6 <= max_drift_ppm or abs(drift) * span <= 0.005)):
+    if not (math.isfinite(drift) and abs(drift) * 1e6 <= max_drift_ppm):
         raise ClockFitError(f"clock fit for {where}: drift {drift * 1e6:.4g} ppm is outside ±{max_drift_ppm:g} ppm; "
                             "the pulses do not belong to these flips (check acquisition.ttl_line and the photodiode cable)")
     if not (math.isfinite(offset) and abs(offset) <= max_offset_s):
@@ -104,14 +110,24 @@ def fit_line(p: np.ndarray, a: np.ndarray, label: str = "", max_drift_ppm: float
     return offset, drift, resid, keep
 
 
+def _robust_offset(d: np.ndarray) -> tuple[float, np.ndarray]:
+    """Median of ``a - p`` without the differences beyond 5 robust SDs (at least 20 us)."""
+    med = float(np.median(d))
+    mad = float(np.median(np.abs(d - med))) * 1.4826
+    keep = np.abs(d - med) <= max(5 * mad, 20e-6)
+    return (float(np.median(d[keep])) if keep.any() else med), keep
+
+
 class SegmentedClock:
     """Sync pairs and fits, one segment per presenter session (label)."""
 
-    def __init__(self, max_drift_ppm: float = MAX_DRIFT_PPM, max_offset_s: float = MAX_OFFSET_S):
+    def __init__(self, max_drift_ppm: float = MAX_DRIFT_PPM, max_offset_s: float = MAX_OFFSET_S,
+                 min_drift_span_s: float = MIN_DRIFT_SPAN_S):
         self.segments: dict[str, SegmentFit] = {}
         self.order: list[str] = []
         self.max_drift_ppm = max_drift_ppm
         self.max_offset_s = max_offset_s
+        self.min_drift_span_s = min_drift_span_s
 
     def add(self, label: str, presenter_s, acq_s) -> SegmentFit:
         """Add pairs to segment ``label`` (created on first use) and refit it."""
@@ -124,7 +140,7 @@ class SegmentedClock:
             self.order.append(label)
         if len(presenter_s):
             p, a = np.r_[np.asarray(seg.p, float), presenter_s], np.r_[np.asarray(seg.a, float), acq_s]
-            offset, drift, resid, keep = fit_line(p, a, label, self.max_drift_ppm, self.max_offset_s)
+            offset, drift, resid, keep = fit_line(p, a, label, self.max_drift_ppm, self.max_offset_s, self.min_drift_span_s)
             seg.p, seg.a = p.tolist(), a.tolist()
             seg.offset_s, seg.drift, seg.n_pairs = offset, drift, len(p)
             seg.n_outliers = int((~keep).sum())
@@ -170,7 +186,7 @@ def match_pulses(predicted_acq_s: np.ndarray, pulses_acq_s: np.ndarray, toleranc
 
 
 def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: float,
-                best_on_tie: bool = False) -> tuple[float | None, int, int]:
+                best_on_tie: bool = False, candidates_from: np.ndarray | None = None) -> tuple[float | None, int, int]:
     """The offset ``acq - presenter`` that pairs the most onsets with pulses.
 
     Returns ``(offset_s or None, votes, runner_up_votes)``; None when no offset wins
@@ -178,12 +194,16 @@ def vote_offset(onsets_s: np.ndarray, pulses_acq_s: np.ndarray, tolerance_s: flo
     the caller then waits for more onsets, whose irregular inter-trial gaps decide).
     ``best_on_tie``: return the first of the tied offsets instead of None (for a caller
     that has no more onsets to wait for; ``votes == runner_up_votes`` tells it so).
+    ``candidates_from``: onsets whose pairings with the pulses are the candidate offsets
+    (default all; a subset such as the latest trial's bounds the work).
     """
     on, pu = np.asarray(onsets_s, float), np.sort(np.asarray(pulses_acq_s, float))
     on = on[np.isfinite(on)]
     if not len(on) or not len(pu):
         return None, 0, 0
-    cands = (pu[None, :] - on[:, None]).ravel()
+    src = on if candidates_from is None else np.asarray(candidates_from, float)
+    src = src[np.isfinite(src)]
+    cands = (pu[None, :] - src[:, None]).ravel()
     if len(cands) > 200_000:           # bounded work: subsample candidates, every offset still seen via others
         cands = cands[np.linspace(0, len(cands) - 1, 200_000).astype(int)]
     cands = np.sort(cands)

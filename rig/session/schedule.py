@@ -154,30 +154,41 @@ class PresentationQueue:
     """Planned presentations still owed a valid recording, consumed K at a time.
 
     ``done[i]`` marks planned slot i as validly recorded (e.g. from a resumed day file).
-    Slots that come back invalid are appended to the end of the queue.
+    Slots that come back invalid are appended to the end of the queue, at most
+    ``max_attempts`` attempts each (0: unbounded); a slot past that is given up
+    (``n_given_up``), so a cause that never goes away cannot keep a day running forever.
     """
 
-    def __init__(self, schedule: Schedule, done: np.ndarray | None = None, first_trial_index: int = 0):
+    def __init__(self, schedule: Schedule, done: np.ndarray | None = None, first_trial_index: int = 0,
+                 max_attempts: int = 0):
         self.schedule = schedule
         done = np.zeros(len(schedule), bool) if done is None else np.asarray(done, bool)
         self._pending = deque(int(i) for i in np.flatnonzero(~done))
         self._in_flight: tuple[int, ...] = ()
         self._next_trial = first_trial_index
+        self.max_attempts = int(max_attempts)
+        self._attempts: dict[int, int] = {}
+        self.given_up: list[int] = []
+
+    @property
+    def n_given_up(self) -> int:
+        return len(self.given_up)
 
     @classmethod
-    def replay(cls, schedule: Schedule, recorded: list[tuple[tuple[int, ...], np.ndarray]]) -> "PresentationQueue":
+    def replay(cls, schedule: Schedule, recorded: list[tuple[tuple[int, ...], np.ndarray]],
+               max_attempts: int = 0) -> "PresentationQueue":
         """The queue exactly as it stood after the ``recorded`` trials (planned slots and
         validity flags, in order), so a resumed session continues as an uninterrupted one
         would have. Falls back to "everything not yet valid, in planned order" if the
         record does not match what this queue would have handed out."""
-        q = cls(schedule)
+        q = cls(schedule, max_attempts=max_attempts)
         for planned, valid in recorded:
             trial = q.next_trial()
             if trial is None or trial.planned_indices != tuple(planned):
                 done = np.zeros(len(schedule), bool)
                 for p, v in recorded:
                     done[np.asarray(p)[np.asarray(v, bool)]] = True
-                return cls(schedule, done, first_trial_index=len(recorded))
+                return cls(schedule, done, first_trial_index=len(recorded), max_attempts=max_attempts)
             q.complete(valid)
         return q
 
@@ -205,6 +216,11 @@ class PresentationQueue:
         if len(valid) != len(self._in_flight):
             raise ValueError(f"complete() got {len(valid)} flags for a trial of {len(self._in_flight)} presentations")
         for planned, ok in zip(self._in_flight, valid):
-            if not ok:
+            if ok:
+                continue
+            tries = self._attempts[planned] = self._attempts.get(planned, 0) + 1
+            if self.max_attempts and tries >= self.max_attempts:
+                self.given_up.append(planned)
+            else:
                 self._pending.append(planned)
         self._in_flight = ()

@@ -92,6 +92,11 @@ class LslSource:
                         raise LslError(f"LSL stream {getattr(self, key + '_stream', key)}: no clock correction ({exc})") from None
             self._tc_at = now
 
+    def clock_zero_unix_s(self) -> float:
+        """Wall time (unix s) at which this computer's LSL clock, the acquisition clock
+        here, read zero: exact, no event needed."""
+        return time.time() - _pylsl().local_clock()
+
     def start_recording(self, name: str) -> None:
         pass                                  # LSL recorders (LabRecorder) are started by the user
 

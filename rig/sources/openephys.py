@@ -19,7 +19,17 @@ Wire format matched (read from the vendor source, not reimplemented from memory)
   recording folder), ``/api/message`` (``{"text": ...}`` broadcast as a text event that
   the Record Node stores).
 
-The acquisition clock is ``sample_number / sample_rate`` in seconds.
+The acquisition clock is ``sample_number / sample_rate`` in seconds **of one stream**:
+every data stream of the GUI (a Neuropixels probe, an NI-DAQ, ...) has its own sample
+counter, so spikes and sync TTLs are taken from one stream only (``acquisition.
+spike_stream`` / ``ttl_stream``; by default the stream of the first event seen) and the
+events of every other stream are counted (``other_stream_spikes``, ``other_stream_ttl``),
+never mixed onto that clock.
+
+Recording control: ``PUT /api/status {"mode": "RECORD"}`` answers the GUI's mode; the GUI
+records only with a Record Node in its signal chain (Open Ephys GUI docs, "Remote
+control", GUI 0.6+ / 1.0), so any answer but ``RECORD`` (after up to 1 s of ``GET
+/api/status``) stops the session before its first trial.
 
 Receiving costs about 1.5-2 us of CPU per spike (``benchmarks/acquisition_bench.py``): frames
 are read with plain ``recv`` and paired by length (:func:`_drain`), spike payloads go
@@ -153,9 +163,20 @@ class OpenEphysHttp:
     def status(self) -> str:
         return str(self.send("/api/status").get("mode", ""))
 
-    def record(self, name: str) -> str:
+    def record(self, name: str, settle_s: float = 1.0) -> str:
+        """Ask the GUI to record; raise :class:`OpenEphysError` unless it says RECORD
+        (at once, or when asked again within ``settle_s``)."""
         self.send("/api/recording", {"base_text": name})
-        return str(self.send("/api/status", {"mode": "RECORD"}).get("mode", ""))
+        mode = str(self.send("/api/status", {"mode": "RECORD"}).get("mode", ""))
+        deadline = time.monotonic() + settle_s
+        while mode != "RECORD" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            mode = self.status()
+        if mode != "RECORD":
+            raise OpenEphysError(f"the Open Ephys GUI at {self.base} answered mode {mode or 'nothing'!r} to RECORD: it "
+                                 "is not recording (add a Record Node to the signal chain, check its disk), or set "
+                                 "acquisition.http_control = false and record by hand")
+        return mode
 
     def stop_recording(self) -> str:
         return str(self.send("/api/status", {"mode": "ACQUIRE"}).get("mode", ""))
@@ -176,7 +197,7 @@ class OpenEphysSource:
 
     def __init__(self, host: str = "127.0.0.1", event_port: int = 5557, http_port: int = 37497,
                  http_control: bool = True, n_channels: int = 32, electrode_prefix: str = "Electrode ",
-                 ttl_line: int = 0, connect_s: float = 10.0):
+                 ttl_line: int = 0, connect_s: float = 10.0, spike_stream: str = "", ttl_stream: str = ""):
         self.connect_s = float(connect_s)
         self.endpoint = f"tcp://{host}:{event_port}"
         self.http = OpenEphysHttp(host, http_port) if http_control else None
@@ -184,9 +205,15 @@ class OpenEphysSource:
         self.channel_names = [f"{electrode_prefix}{i + 1}" for i in range(self.n_channels)]
         self._chan = {n: i for i, n in enumerate(self.channel_names)}
         self.ttl_line = int(ttl_line)
+        if spike_stream and ttl_stream and spike_stream != ttl_stream:
+            raise OpenEphysError(f"acquisition.spike_stream = {spike_stream!r} and ttl_stream = {ttl_stream!r}: two "
+                                 "streams have separate sample counters (separate clocks); record the sync TTL on the "
+                                 "spikes' stream and name that stream in both keys")
+        self.stream: str | None = (spike_stream or ttl_stream) or None   # None: lock onto the first event's stream
         self.sampling_rate_hz = float("nan")
         self.streams: set[str] = set()
-        self.counters = {"spikes": 0, "ttl": 0, "other_ttl_lines": 0, "unknown_electrodes": 0, "undecodable": 0}
+        self.counters = {"spikes": 0, "ttl": 0, "other_ttl_lines": 0, "unknown_electrodes": 0, "undecodable": 0,
+                         "other_stream_spikes": 0, "other_stream_ttl": 0}
         self.latest_s = float("nan")
         self._sock = None
         self._recording = False
@@ -215,8 +242,8 @@ class OpenEphysSource:
 
     def start_recording(self, name: str) -> None:
         if self.http is not None:
+            self._recording = True              # stop it again on close whatever the answer
             self.http.record(name)
-            self._recording = True
 
     def message(self, text: str) -> None:
         if self.http is not None:
@@ -283,11 +310,20 @@ class OpenEphysSource:
         except (msgspec.DecodeError, ValueError, OverflowError, RecursionError):
             return self._take_spikes_one_by_one(payloads)
         t = n / sr
-        self._saw(float(t.max()), float(sr[-1]))
         streams = {e.stream for e in evs}
         if not streams <= self.streams:
             for name in streams:
                 self._saw_stream(name)
+        if self.stream is None and evs[0].stream:
+            self.stream = evs[0].stream
+        ours = self.stream
+        if ours is not None and not streams <= {ours, ""}:     # an event without a stream field is taken as ours
+            keep = np.array([e.stream in (ours, "") for e in evs], bool)
+            self.counters["other_stream_spikes"] += int((~keep).sum())
+            evs, t, sr = [e for e, k in zip(evs, keep) if k], t[keep], sr[keep]
+            if not evs:
+                return np.zeros(0), np.zeros(0, np.int32)
+        self._saw(float(t.max()), float(sr[-1]))
         chan = self._chan
         ch = np.array([chan.get(e.electrode, -1) for e in evs], np.int32)
         mine = ch >= 0
@@ -311,11 +347,22 @@ class OpenEphysSource:
                 sc.append(ch)
         return np.asarray(st, float), np.asarray(sc, np.int32)
 
+    def _ours(self, info: dict) -> bool:
+        """Whether an event belongs to the stream whose clock is used (locks onto the first)."""
+        stream = info.get("stream", "")
+        stream = stream if isinstance(stream, str) else str(stream)
+        self._saw_stream(stream)
+        if self.stream is None and stream:
+            self.stream = stream
+        return stream in (self.stream, "")      # an event without a stream field (older GUIs) is taken as ours
+
     def _one_spike(self, info: dict) -> tuple[float, int | None]:
         sr = float(info["sample_rate"])
         t = int(info["sample_number"]) / sr
+        if not self._ours(info):
+            self.counters["other_stream_spikes"] += 1
+            return t, None
         self._saw(t, sr)
-        self._saw_stream(info.get("stream"))
         e = info.get("electrode")
         ch = self._chan.get(e) if isinstance(e, str) else None
         if ch is None:
@@ -333,8 +380,10 @@ class OpenEphysSource:
         kind, info = got                             # not SPIKE: those have the spike header
         sr = float(info["sample_rate"])
         t = int(info["sample_number"]) / sr
+        if not self._ours(info):
+            self.counters["other_stream_ttl"] += kind == TTL
+            return
         self._saw(t, sr)
-        self._saw_stream(info.get("stream"))
         if kind != TTL:
             return
         self.counters["ttl"] += 1
@@ -359,5 +408,5 @@ class OpenEphysSource:
         return {"system": "Open Ephys GUI", "interface": "Event Broadcaster (JSON) + HTTP control",
                 "endpoint": self.endpoint, "http": self.http.base if self.http else "off",
                 "streams": sorted(self.streams), "sampling_rate_hz": self.sampling_rate_hz,
-                "ttl_line": self.ttl_line, "n_channels": self.n_channels,
+                "ttl_line": self.ttl_line, "n_channels": self.n_channels, "clock_stream": self.stream,
                 "counters": dict(self.counters), "time": time.time()}

@@ -21,7 +21,7 @@ KINDS = ("trial", "manual", "calibration")
 
 
 class NoReward:
-    """No reward hardware: rewards are logged, nothing is driven."""
+    """No reward hardware: nothing is driven and (``give_and_log``) nothing is logged."""
 
     name = "none"
 
@@ -114,7 +114,10 @@ class RewardLog:
 
 
 def give_and_log(reward, log: RewardLog, duration_ms: float, kind: str, now=time.monotonic) -> None:
-    """Give a reward and log it with the time ``now()`` just before the driver was told."""
+    """Give a reward and log it with the time ``now()`` just before the driver was told.
+    Without a reward device (``NoReward``) nothing is given, so nothing is logged."""
+    if getattr(reward, "name", "") == "none":
+        return
     t = now()
     reward.give(duration_ms)
     log.add(t, duration_ms, kind)

@@ -54,7 +54,7 @@ import h5py
 import numpy as np
 
 from rig import __version__
-from rig.backend import TrialRows
+from rig.backend import TrialRows, invalid_reason_legend
 from rig.store.journal import Journal, journal_path, read_journal
 from rig.store.lock import DayLock
 from rig.store.origin import RECORDING_BACKENDS, UNKNOWN, Origin, backend_origin
@@ -113,7 +113,8 @@ TRIAL_COLUMNS = [
     ("trial_index", "i8", "1", "attempt number within the session"),
     ("n_planned", "i4", "presentations", "presentations the trial was to show"),
     ("completed", "i4", "presentations", "presentations shown in full with fixation held"),
-    ("fixation_ok", "?", "bool", "False if fixation broke during the trial"),
+    ("fixation_ok", "?", "bool", ("False if fixation broke during the trial, or was not monitored (no eye tracker: "
+                                  "unknown, see /presentations/fixation)")),
     ("acquisition_ok", "?", "bool", "False if the acquisition stream had a gap (all presentations invalid)"),
     ("start_acq_s", "f8", "s", "trial start, acquisition clock"),
     ("end_acq_s", "f8", "s", "trial end, acquisition clock"),
@@ -167,8 +168,11 @@ PRESENTATION_COLUMNS = [
     ("frames_on", "i4", "frames", "frames the image was on screen"),
     ("frames_mask", "i4", "frames", "frames the grey mask was on screen"),
     ("dropped_frame", "?", "bool", "a frame was dropped during this presentation"),
-    ("fixation_ok", "?", "bool", "fixation held through this presentation"),
+    ("fixation_ok", "?", "bool", ("fixation monitored by an eye tracker and held through this presentation "
+                                  "(False also when not monitored: see fixation)")),
     ("valid", "?", "bool", "shown, fixation held, no dropped frame, acquisition intact"),
+    ("invalid_reason", "u1", "1", "why the presentation is not valid: " + invalid_reason_legend()),
+    ("fixation", "u1", "1", "0 not monitored (no eye tracker: unknown), 1 held, 2 broken"),
 ]
 
 

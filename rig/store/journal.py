@@ -35,8 +35,11 @@ def rows_to_json(rows: TrialRows) -> str:
         "start_acq_s": r.start_acq_s, "end_acq_s": r.end_acq_s, "note": r.note,
         "end_presenter_s": r.end_presenter_s, "clock_segment": r.clock_segment,
         "pulse_ok": np.asarray(r.pulse_ok, bool).tolist(),   # None only before TrialRecord normalises it
+        "clock_aligned": r.clock_aligned, "fixation_monitored": r.fixation_monitored,
         "onset_acq_s": rows.onset_acq_s.tolist(), "counts": rows.counts.tolist(), "valid": rows.valid.tolist(),
     }
+    if rows.invalid_reason is not None:
+        d["invalid_reason"] = np.asarray(rows.invalid_reason).tolist()
     if len(r.eye_presenter_s) or len(r.reward_presenter_s):
         d.update({"eye_presenter_s": r.eye_presenter_s.tolist(), "eye_x_deg": r.eye_x_deg.tolist(),
                   "eye_y_deg": r.eye_y_deg.tolist(), "eye_pupil": r.eye_pupil.tolist(),
@@ -55,11 +58,14 @@ def rows_from_json(text: str) -> TrialRows:
                       d["spike_times_s"], d["spike_channels"], d["start_acq_s"], d["end_acq_s"],
                       d["acquisition_ok"], d["note"], d.get("end_presenter_s", float("nan")),
                       clock_segment=str(d.get("clock_segment", "")), pulse_ok=d.get("pulse_ok"),
+                      clock_aligned=bool(d.get("clock_aligned", True)),
+                      fixation_monitored=bool(d.get("fixation_monitored", True)),
                       **{k: d[k] for k in ("eye_presenter_s", "eye_x_deg", "eye_y_deg", "eye_pupil",
                                            "reward_presenter_s", "reward_ms", "reward_kind") if k in d})
     return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
                      np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool),
-                     eye_acq_s=_optional_array(d, "eye_acq_s"), reward_acq_s=_optional_array(d, "reward_acq_s"))
+                     eye_acq_s=_optional_array(d, "eye_acq_s"), reward_acq_s=_optional_array(d, "reward_acq_s"),
+                     invalid_reason=None if d.get("invalid_reason") is None else np.asarray(d["invalid_reason"], np.uint8))
 
 
 def _optional_array(d: dict, key: str) -> np.ndarray | None:

@@ -82,9 +82,9 @@ UNIT_DESCRIPTIONS.update({
 _PRESENTATION = {name: _with_unit(u, d) for name, _, u, d in PRESENTATION_COLUMNS}
 PRESENTATION_DESCRIPTIONS = {k: _PRESENTATION[k] for k in (
     "stim_index", "planned_index", "trial_index", "position", "onset_presenter_s", "frames_on", "frames_mask",
-    "dropped_frame", "fixation_ok", "valid")}
+    "dropped_frame", "fixation_ok", "fixation", "valid", "invalid_reason")}
 PRESENTATION_DESCRIPTIONS["stim_index"] = "row of stimulus_provenance / image in stimulus templates shown (unit: 1)"
-NOT_SHOWN_COLUMNS = ("planned_index", "stim_index", "trial_index", "position")
+NOT_SHOWN_COLUMNS = ("planned_index", "stim_index", "trial_index", "position", "invalid_reason")
 _TRIAL = {name: _with_unit(u, d) for name, _, u, d in TRIAL_COLUMNS}
 TRIAL_DESCRIPTIONS = {k: _TRIAL[k] for k in ("trial_index", "n_planned", "completed", "fixation_ok", "acquisition_ok",
                                              "end_presenter_s")}
@@ -492,8 +492,10 @@ def _add_misc(nwb, d: DayData, rows: np.ndarray) -> None:
         trial_row = {int(t): i for i, t in enumerate(tr["trial_index"])}
         misc.add(DynamicTable(
             name="presentations_not_shown",
-            description=("presentations planned in a trial that ended (fixation broke) before they were shown: they have "
-                         "no onset; 'trial' gives the trial's interval; their planned slots went back into the queue"),
+            description=("presentations without an onset on the acquisition clock: planned in a trial that ended (fixation "
+                         "broke) before they were shown, or shown before the presenter and acquisition clocks were "
+                         "aligned (invalid_reason says which); 'trial' gives the trial's interval; their planned slots "
+                         "went back into the queue"),
             columns=[VectorData(name="attempt", data=not_shown.astype(np.int64),
                                 description="row of the day file's /presentations (unit: 1)"),
                      *[VectorData(name=k, data=np.asarray(p[k][not_shown]), description=PRESENTATION_DESCRIPTIONS[k])
@@ -621,6 +623,12 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
         meta = _simulated_placeholders(meta, origin)
     _check_positions(meta["array"]["electrode_x_um"], d.n_channels)
     _spike_resolution_s(origin, meta, d.spike_times_s)  # refuses now, before anything is written
+    if not len(_shown_rows(d)):
+        from rig.store.repair import _reason_counts
+
+        why = ", ".join(f"{k} x{n}" for k, n in list(_reason_counts(d.presentations).items())[:3]) or "no presentation recorded"
+        raise ExportRefused(f"{d.path}: no presentation has an onset on the acquisition clock ({why}), so there is "
+                            "nothing to share; `itloop day check` says why")
     if out_dir is not None:
         out = Path(out_dir) / dandi_relpath(meta["subject"]["id"], nwb_session_id(d.attrs), day_modalities(d))
     elif out_path is not None:

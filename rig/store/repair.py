@@ -56,6 +56,7 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     done[vp] = True
     if d.complete and not done.all():
         problems.append(f"the file is marked complete but {int((~done).sum())} planned presentations have no valid recording")
+    _validity_problems(d, valid, problems)
     back = _acquisition_time_goes_back(d)
     if back:
         problems.append(back)
@@ -72,8 +73,9 @@ def check_day(path: str | Path) -> tuple[dict, list[str]]:
     summary = {
         "path": str(d.path), "day": d.day, "status": d.attrs.get("status"), "schema_version": d.attrs.get("schema_version"),
         "software_version": d.attrs.get("software_version"), "backend": d.attrs.get("backend"),
-        "trials": len(d.trials["trial_index"]), "aborted_trials": int(np.sum(~d.trials["fixation_ok"])),
+        "trials": len(d.trials["trial_index"]), "aborted_trials": int(np.sum(d.trials["completed"] < d.trials["n_planned"])),
         "presentations": len(valid), "valid_presentations": int(valid.sum()),
+        "invalid_reasons": _reason_counts(pres),
         "valid_fraction": float(valid.mean()) if len(valid) else float("nan"),
         "planned_presentations": n_planned, "planned_done": int(done.sum()),
         "channels": d.n_channels, "stimuli": n_stim, "stimuli_by_kind": kinds,
@@ -262,6 +264,38 @@ def _trial_acquisition_epochs(d) -> list[str]:
             current = str(seg[ends[row] - 1]).partition("/")[2]
         labels[row] = current
     return labels
+
+
+def _reason_counts(pres: dict) -> dict[str, int]:
+    """Invalid presentations per reason (text of rig.backend.InvalidReason), most frequent first."""
+    from rig.backend import INVALID_REASON_TEXT, InvalidReason
+
+    codes, counts = np.unique(np.asarray(pres["invalid_reason"], int), return_counts=True)
+    named = {(INVALID_REASON_TEXT[InvalidReason(c)] if c in InvalidReason._value2member_map_ else f"code {c}"): int(n)
+             for c, n in zip(codes, counts) if c != 0}
+    return dict(sorted(named.items(), key=lambda kv: -kv[1]))
+
+
+def _validity_problems(d, valid: np.ndarray, problems: list[str]) -> None:
+    """A day with presentations but none valid, or whose presentations shown are valid in a
+    fraction under ``acquisition.min_valid_fraction`` of its config, fails, naming the leading reasons."""
+    from rig.config import ConfigError, config_from_toml_text
+
+    try:
+        floor = float(config_from_toml_text(d.config_text).acquisition.min_valid_fraction)
+    except (ConfigError, AttributeError):
+        floor = 0.5
+    if not len(valid):
+        return
+    why = ", ".join(f"{k} x{n}" for k, n in list(_reason_counts(d.presentations).items())[:3]) or "none stored"
+    if not valid.any():
+        problems.append(f"no valid presentation in {len(valid)} attempted (invalid because: {why}); check the sync "
+                        "line with `itloop present --timing-check --acquisition`")
+    shown = np.asarray(d.presentations["shown"], bool)
+    frac = valid.sum() / max(int(shown.sum()), 1)        # of those shown: fixation breaks are the animal's, not the rig's
+    if valid.any() and frac < floor:
+        problems.append(f"only {frac:.0%} of the {int(shown.sum())} presentations shown are valid, under "
+                        f"acquisition.min_valid_fraction = {floor:g} (invalid because: {why})")
 
 
 def _clock_segments(d) -> tuple[list[dict], float]:

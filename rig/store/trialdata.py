@@ -10,11 +10,12 @@ import hashlib
 
 import numpy as np
 
-from rig.backend import TrialRows
+from rig.backend import TrialRows, fixation_states, invalid_reasons
 
 # table name -> (day-file dataset, dtype, which row counter slices it)
 PRESENTATION_TABLES = ("planned_index", "stim_index", "trial_index", "position", "shown", "onset_presenter_s",
-                       "onset_acq_s", "frames_on", "frames_mask", "dropped_frame", "fixation_ok", "valid")
+                       "onset_acq_s", "frames_on", "frames_mask", "dropped_frame", "fixation_ok", "valid",
+                       "invalid_reason", "fixation")
 EYE_TABLES = ("trial_index", "t_presenter_s", "t_acq_s", "x_deg", "y_deg", "pupil")
 REWARD_TABLES = ("trial_index", "t_presenter_s", "t_acq_s", "duration_ms", "kind")
 TABLES = {**{f"presentations/{c}": "presentations" for c in PRESENTATION_TABLES},
@@ -44,8 +45,11 @@ def trial_tables(rows: TrialRows) -> dict[str, np.ndarray]:
         "presentations/onset_presenter_s": pad(r.onset_presenter_s, np.nan, "f8"),
         "presentations/onset_acq_s": np.asarray(rows.onset_acq_s, "f8"),
         "presentations/frames_on": pad(r.frames_on, 0, "i4"), "presentations/frames_mask": pad(r.frames_mask, 0, "i4"),
-        "presentations/dropped_frame": pad(r.dropped_frame, False, "?"), "presentations/fixation_ok": shown,
+        "presentations/dropped_frame": pad(r.dropped_frame, False, "?"), "presentations/fixation_ok": shown & r.fixation_monitored,
         "presentations/valid": np.asarray(rows.valid, "?"),
+        "presentations/invalid_reason": np.asarray(rows.invalid_reason if rows.invalid_reason is not None
+                                                   else invalid_reasons(r, k, rows.valid), "u1"),
+        "presentations/fixation": fixation_states(r, k),
         "spikes/counts": np.asarray(rows.counts, "f4"),
         "spikes/times_s": np.asarray(r.spike_times_s, "f8"), "spikes/channel": np.asarray(r.spike_channels, "i4"),
         "sync/presenter_s": np.asarray(r.sync_presenter_s, "f8"), "sync/acq_s": np.asarray(r.sync_acq_s, "f8"),
@@ -62,7 +66,7 @@ def trial_tables(rows: TrialRows) -> dict[str, np.ndarray]:
                 "rewards/t_acq_s": np.asarray(rew_acq, "f8"), "rewards/duration_ms": np.asarray(r.reward_ms, "f4"),
                 "rewards/kind": np.asarray(r.reward_kind, "i1")})
     trow = {"trial_index": (t.trial_index, "i8"), "n_planned": (k, "i4"), "completed": (c, "i4"),
-            "fixation_ok": (r.fixation_ok, "?"), "acquisition_ok": (r.acquisition_ok, "?"),
+            "fixation_ok": (r.fixation_ok and r.fixation_monitored, "?"), "acquisition_ok": (r.acquisition_ok, "?"),
             "start_acq_s": (r.start_acq_s, "f8"), "end_acq_s": (r.end_acq_s, "f8"),
             "end_presenter_s": (r.end_presenter_s, "f8")}
     out.update({f"trials/{name}": np.asarray([v], dt) for name, (v, dt) in trow.items()})

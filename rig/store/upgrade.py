@@ -40,11 +40,26 @@ def upgrade(version: int, attrs: dict, tables: dict[str, np.ndarray], stimuli: d
                    f"{attrs.get('backend', '')}")
             attrs["identifier"] = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
         _add_missing_tables(tables)
+        _derive_presentation_columns(tables)
         _metadata_from_config(metadata, config_text)
         if "epsilon_index" not in stimuli:
             stimuli["epsilon_index"], grid = legacy_epsilon_index(stimuli["kind"], stimuli["epsilon_requested"])
     attrs["schema_version_read"] = version
     return np.asarray(grid, np.float64).reshape(-1) if grid is not None else np.zeros(0)
+
+
+def _derive_presentation_columns(tables: dict[str, np.ndarray]) -> None:
+    """Presentations recorded before the invalid reason and the fixation tri-state: reason
+    "no onset time" for every invalid row (the cause was not stored) and fixation held/broken
+    from ``fixation_ok`` (whether it was monitored was not stored)."""
+    from rig.backend import Fixation, InvalidReason
+
+    valid = np.asarray(tables["presentations/valid"], bool)
+    if "presentations/invalid_reason" not in tables:
+        tables["presentations/invalid_reason"] = np.where(valid, 0, int(InvalidReason.NO_ONSET_TIME)).astype(np.uint8)
+    if "presentations/fixation" not in tables:
+        ok = np.asarray(tables["presentations/fixation_ok"], bool)
+        tables["presentations/fixation"] = np.where(ok, int(Fixation.HELD), int(Fixation.BROKEN)).astype(np.uint8)
 
 
 def _add_missing_tables(tables: dict[str, np.ndarray]) -> None:
