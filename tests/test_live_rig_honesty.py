@@ -37,6 +37,21 @@ pytestmark = [
 pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip install psychopy)")
 
 
+# a live recording's NWB needs these (rig.store.nwb.REQUIRED_FOR_LIVE): the sim-rig stands in for a real system
+LIVE_METADATA = """
+[subject]
+id = "M1"
+sex = "M"
+age = "P5Y"
+[session]
+experimenter = ["Doe, Jane"]
+institution = "Test Lab"
+[array]
+device = "Utah array"
+location = "IT"
+"""
+
+
 def _sim_rig(cfg, out, tmp_path, *flags):
     """sim-rig with scenario flags; waits (bounded) until it serves, returns (process, its log path)."""
     log = tmp_path / "simrig.log"
@@ -68,7 +83,8 @@ def _run_day(tmp_path, capsys, cfg, ports, *flags):
 
 def test_time_base_jitter_and_two_streams_give_a_true_day_and_an_honest_nwb(tmp_path, capsys):
     # a parallel port's 0.5 ms jitter: residuals up to ~0.55 ms are expected, the limit follows
-    cfg, ports = rig_config(tmp_path, drop=0.05, extra='spike_stream = "SIMULATED itloop sim-rig"\nmax_residual_ms = 1.0\n')
+    cfg, ports = rig_config(tmp_path, drop=0.05, extra=('spike_stream = "SIMULATED itloop sim-rig"\nmax_residual_ms = 1.0\n'
+                                                             + LIVE_METADATA))
     rc, text, err, path, log = _run_day(tmp_path, capsys, cfg, ports, "--started-early-s", "40", "--pulse-jitter-ms", "0.5",
                                         "--two-streams")
     assert rc == 0, text + err + log.read_text()

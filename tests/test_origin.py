@@ -84,7 +84,8 @@ dead_after_s = 5.0
     proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "present", "--endpoint", endpoint, "--windowed", "320x240",
                              "--refresh-hz", "60", "--pace"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        rc = main(["day", "run", "--day", "1", "--backend", "presenter", "--out", str(exp), "--no-progress"])
+        rc = main(["day", "run", "--day", "1", "--backend", "presenter", "--out", str(exp), "--config", str(cfg),
+                   "--no-progress"])   # connections come from the user's config, never from a data file
     finally:
         proc.kill()
         proc.wait(timeout=20)

@@ -70,7 +70,7 @@ class DayLock:
                 pid = _read_pid(fd)
                 os.close(fd)
                 err = BlockingIOError(f"{self.path} is held by PID {pid}")
-                err.pid = pid  # type: ignore[attr-defined]
+                err.pid = pid
                 raise err from None
             try:  # the holder before us may have removed the file after we opened it: retry on the new one
                 same = _WINDOWS or os.fstat(fd).st_ino == os.stat(self.path).st_ino

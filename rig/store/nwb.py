@@ -610,6 +610,12 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
     d = read_day(day_path)
     if not len(d.trials["trial_index"]):
         raise ExportRefused(f"day file {day_path} has no recorded trials; there is nothing to export (is it a plan file?)")
+    if not len(_shown_rows(d)):
+        from rig.store.repair import _reason_counts
+
+        why = ", ".join(f"{k} x{n}" for k, n in list(_reason_counts(d.presentations).items())[:3]) or "no presentation recorded"
+        raise ExportRefused(f"{d.path}: no presentation has an onset on the acquisition clock ({why}), so there is "
+                            "nothing to share; `itloop day check` says why")
     meta = merge_metadata(stored_metadata(d), overrides)
     origin = data_origin(d)
     if not origin.simulated:
@@ -623,12 +629,6 @@ def prepare_export(day_path: str | Path, out_path: str | Path | None = None, *, 
         meta = _simulated_placeholders(meta, origin)
     _check_positions(meta["array"]["electrode_x_um"], d.n_channels)
     _spike_resolution_s(origin, meta, d.spike_times_s)  # refuses now, before anything is written
-    if not len(_shown_rows(d)):
-        from rig.store.repair import _reason_counts
-
-        why = ", ".join(f"{k} x{n}" for k, n in list(_reason_counts(d.presentations).items())[:3]) or "no presentation recorded"
-        raise ExportRefused(f"{d.path}: no presentation has an onset on the acquisition clock ({why}), so there is "
-                            "nothing to share; `itloop day check` says why")
     if out_dir is not None:
         out = Path(out_dir) / dandi_relpath(meta["subject"]["id"], nwb_session_id(d.attrs), day_modalities(d))
     elif out_path is not None:
