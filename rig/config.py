@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from modelfit.names import LAYERS
+from modelfit.names import LAYERS, pool_grid
 from stimuli.params import PerturbParams
 
 import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
@@ -144,11 +144,16 @@ class ModelConfig:
     channels_last: bool = True
     bf16: bool = False
     device: str = "cpu"
+    pool: str = "avg"      # readout features: "avg" (global average) or "grid<k>" (k x k grid of averages)
 
     def check(self):
         out = []
         if self.layer not in LAYERS:
             out.append(("layer", self.layer, f"one of {list(LAYERS)}"))
+        try:
+            pool_grid(self.pool)
+        except ValueError:
+            out.append(("pool", self.pool, "'avg' (global average) or 'grid<k>' with k = 1..8 (e.g. 'grid2')"))
         if self.batch_size < 1:
             out.append(("batch_size", self.batch_size, "an integer >= 1"))
         return out
@@ -195,6 +200,13 @@ class PerturbConfig:
     early_stop_tolerance: float = 1e-4
     random_controls_per_image: int = 1
     max_batch_rows: int = 64
+    # issue 19: transfer-oriented design (stimuli.transfer; README "Transfer"); these values = off
+    grad_smoothing_px: float = 0.0
+    lowpass_fraction: float = 0.0
+    eot_samples: int = 1
+    eot_shift_px: int = 0
+    eot_scale: float = 0.0
+    eot_noise: float = 0.0
 
     def check(self):
         # one set of rules for the config and the engine (stimuli.params.PerturbParams)
@@ -733,7 +745,7 @@ LIMITS: dict[tuple[str, str], tuple[float, float]] = {
     ("presenter", "heartbeat_s"): (0, 3600), ("presenter", "dead_after_s"): (0, 86_400),
     ("presenter", "ack_timeout_s"): (0, 3600),
 }
-_TEXT_KEYS = {("experiment", "name"), ("images", "source"), ("model", "backbone"), ("model", "weights"),
+_TEXT_KEYS = {("experiment", "name"), ("images", "source"), ("model", "backbone"), ("model", "weights"), ("model", "pool"),
               ("model", "device"), ("presenter", "endpoint"), ("presenter", "marker_address"), ("paths", "data_dir"),
               ("paths", "feature_cache"), ("presenter", "curve_public_key"), ("presenter", "curve_secret_key"),
               ("presenter", "curve_server_key"), ("presenter", "curve_authorized_keys")}

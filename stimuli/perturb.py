@@ -59,6 +59,7 @@ from stimuli.params import PerturbParams  # noqa: F401  (public here too: stimul
 from stimuli.projection import L2BoxSet
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
+from stimuli.transfer import wrap_objective
 
 
 # ----------------------------------------------------------------------------- problems
@@ -388,6 +389,8 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
         clean_values = _clean_values(objective, clean, image_t, params.max_batch_rows)
     f0 = sgn.float() * clean_values[image_t, site_t].to(dev)   # s * f_site(x), per problem
     problems = _Problems(image=image_t, site=site_t, eps=eps, sign=sgn, f0=f0, epsilon=epsilon)
+    # issue 19: transfer-oriented directions (stimuli.transfer); all options off -> the objective itself
+    objective = wrap_objective(objective, params, seed)
     yield from _Search(objective, clean, problems, params, seed, progress).run()
 
 

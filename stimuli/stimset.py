@@ -17,6 +17,11 @@ Provenance columns (one entry per stimulus):
   the analysis groups by this index and labels with the stored grid value.
 
 ``epsilons`` (not a per-stimulus column): the planned L2 norms, in the order the plan gave them.
+
+``source`` (optional, not a provenance column; None if unknown): per stimulus, where its
+pixels came from (a builtin photograph crop ``package:photo.jpg#crop<i>``, a file name, a
+texture's name). Day 0 stores it for the clean set (``/stimuli/source``); a derived
+stimulus's source is its clean parent's. Cross-validation groups crops of one photograph.
 """
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ class StimulusSet:
     budget_passes: np.ndarray = field(default=None)  # type: ignore[assignment]
     epsilon_index: np.ndarray = field(default=None)  # type: ignore[assignment]
     epsilons: np.ndarray = field(default=None)  # type: ignore[assignment]  # the planned grid, (n_eps,)
+    source: np.ndarray | None = None  # per stimulus, where its pixels came from (see the module docstring)
 
     COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction",
                "predicted_change", "budget_passes", "epsilon_index")
@@ -88,6 +94,10 @@ class StimulusSet:
             raise ValueError("StimulusSet.parent points outside the set")
         self.epsilons = np.zeros(0) if self.epsilons is None else np.asarray(self.epsilons, np.float64).reshape(-1)
         check_epsilon_index(self.epsilon_index, self.epsilon_requested, self.epsilons)
+        if self.source is not None:
+            self.source = np.array([str(s) for s in self.source], dtype=object)
+            if len(self.source) != n:
+                raise ValueError(f"StimulusSet.source has {len(self.source)} entries for {n} images")
         self._ids: list[str] | None = None
 
     def __len__(self) -> int:

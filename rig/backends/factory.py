@@ -22,7 +22,8 @@ def build_sim_monkey(cfg: Config):
 
     backbone = None
     if cfg.sim.model_alignment > 0:
-        backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
+        backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None,
+                                  pool=cfg.model.pool)
     return SimulatedMonkey(SimParams(**dataclasses.asdict(cfg.sim)), model_features=backbone)
 
 

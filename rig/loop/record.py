@@ -30,8 +30,8 @@ def slot_seconds(cfg: Config) -> float:
 
 def screening_plan(cfg: Config) -> tuple[StimulusSet, Schedule]:
     """Day 0: the clean image set, each shown ``screening.repeats`` times."""
-    pixels, _names = clean_images(cfg.images.source, cfg.images.size_px, cfg.images.n_clean, cfg.experiment.seed)
-    stimuli = StimulusSet(pixels)
+    pixels, names = clean_images(cfg.images.source, cfg.images.size_px, cfg.images.n_clean, cfg.experiment.seed)
+    stimuli = StimulusSet(pixels, source=names)   # each clean image records its source (photograph crop, file)
     schedule = build_schedule(stimuli.parent, cfg.screening.repeats, cfg.rsvp.presentations_per_trial,
                               cfg.experiment.seed, slot_seconds(cfg))
     return stimuli, schedule

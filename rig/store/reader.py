@@ -145,7 +145,8 @@ def _read_open(path: Path, h5: h5py.File) -> DayData:
         grid = np.asarray(st.attrs["epsilons"], np.float64).reshape(-1)
     else:
         cols["epsilon_index"], grid = legacy_epsilon_index(cols["kind"], cols["epsilon_requested"])
-    stimuli = StimulusSet(st["pixels"][:], **cols, epsilons=grid)
+    source = ([s.decode() if isinstance(s, bytes) else str(s) for s in st["source"][:]] if "source" in st else None)
+    stimuli = StimulusSet(st["pixels"][:], **cols, epsilons=grid, source=source)
     model = {}
     if "model" in h5:
         g = h5["model"]
