@@ -42,7 +42,13 @@ METHODS = {
     "eot8-noise": {"eot_samples": 8, "eot_noise": 0.1},
     "eot8-noise+smooth2": {"eot_samples": 8, "eot_noise": 0.1, "grad_smoothing_px": 2.0},
     "eot8-noise+smooth4": {"eot_samples": 8, "eot_noise": 0.1, "grad_smoothing_px": 4.0},
+    "eot4-noise+smooth4": {"eot_samples": 4, "eot_noise": 0.1, "grad_smoothing_px": 4.0},   # the demo's choice
     "ensemble(l3+l4.0)": {"ensemble": True},
+    "eot8-noise0.2+smooth4": {"eot_samples": 8, "eot_noise": 0.2, "grad_smoothing_px": 4.0},
+    "eot16-noise0.1+smooth4": {"eot_samples": 16, "eot_noise": 0.1, "grad_smoothing_px": 4.0},
+    "eot8-noise0.1+smooth6": {"eot_samples": 8, "eot_noise": 0.1, "grad_smoothing_px": 6.0},
+    "eot8-noise0.1+shift2+smooth4": {"eot_samples": 8, "eot_noise": 0.1, "eot_shift_px": 2, "grad_smoothing_px": 4.0},
+    "eot8-noise0.1+scale+smooth4": {"eot_samples": 8, "eot_noise": 0.1, "eot_scale": 0.15, "grad_smoothing_px": 4.0},
 }
 
 
