@@ -117,6 +117,10 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
                                source_factory=lambda: FittedModelFiles.from_paths(mpath, cfg.model.weights or None),
                                progress=progress, report=(lambda line: print(f"day {day}: {line}", flush=True))
                                if progress else None)
+    if screening.stimuli.source is not None:   # issue 19: every stimulus records its source (a derived one: its parent's)
+        clean_source = screening.stimuli.source[pool[unique]]
+        stimset.source = np.where(stimset.parent >= 0, clean_source[np.maximum(stimset.parent, 0)],
+                                  clean_source[np.minimum(np.arange(len(stimset)), len(clean_source) - 1)])
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)
