@@ -22,6 +22,7 @@ import torch
 
 from stimuli.objective import SiteObjective
 from stimuli.perturb import PerturbParams
+from stimuli.transfer import wrap_objective
 
 # forward-only rows cost about half a forward+input-backward pass (DESIGN section 7: fwd+bwd ~ 2x fwd)
 FORWARD_PASS_FRACTION = 0.5
@@ -95,7 +96,8 @@ def measure_pass_rate(model, clean: np.ndarray, sites: Sequence[int], params: Pe
     if batches < 1:
         raise ValueError(f"batches = {batches} is impossible; expected an integer >= 1")
     b = params.max_batch_rows
-    obj = SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16)
+    # with transfer options (issue 19) a pass costs what the engine's passes cost (e.g. eot_samples gradients)
+    obj = wrap_objective(SiteObjective(model, device, channels_last=params.channels_last, bf16=params.bf16), params)
     dev = torch.device(device)
     idx = np.arange(b) % len(clean)
     x = torch.from_numpy(np.ascontiguousarray(clean[idx])).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
