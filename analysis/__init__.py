@@ -9,8 +9,15 @@ from analysis.baselines import SiteLevel, random_direction_control, random_pair_
 from analysis.bootstrap import Estimate, bootstrap_mean
 from analysis.groundtruth import FractionOfTrue, fraction_of_true
 from analysis.noise import expected_abs_difference_poisson, split_half_noise_floor, split_half_reliability
-from analysis.sensitivity import (PredictedVsMeasured, SensitivityCurve, clean_sigma, compare_curves,
-                                  model_unit_curve, predicted_vs_measured, sensitivity_curve)
+from analysis.sensitivity import (
+                                  PredictedVsMeasured,
+                                  SensitivityCurve,
+                                  clean_sigma,
+                                  compare_curves,
+                                  model_unit_curve,
+                                  predicted_vs_measured,
+                                  sensitivity_curve,
+)
 
 __all__ = ["Estimate", "FractionOfTrue", "PredictedVsMeasured", "SensitivityCurve", "SiteLevel", "bootstrap_mean",
            "clean_sigma", "compare_curves", "expected_abs_difference_poisson", "fraction_of_true",

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.bootstrap import (DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, check_n_boot, estimate_from_boot,
-                                percentile_interval)
+from analysis.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, check_n_boot, estimate_from_boot, percentile_interval
 from analysis.provenance import check_responses, provenance_columns
 from analysis.sensitivity import SensitivityCurve, clean_sigma, sensitivity_curve
 

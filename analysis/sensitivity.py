@@ -23,8 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.bootstrap import (DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, check_n_boot, combine_boot,
-                                estimate_from_boot, percentile_interval, resample_rows_mean)
+from analysis.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_N_BOOT,
+    Estimate,
+    check_n_boot,
+    combine_boot,
+    estimate_from_boot,
+    percentile_interval,
+    resample_rows_mean,
+)
 from analysis.provenance import Pairs, check_responses, perturbation_pairs, provenance_columns
 
 ESTIMATORS = ("abs", "signed")

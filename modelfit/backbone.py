@@ -36,7 +36,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from modelfit.files import atomic_path
-from modelfit.names import BACKBONES, LAYERS  # torch-free names, one definition
+from modelfit.names import BACKBONES, LAYERS, pool_grid  # torch-free names, one definition
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT = "random-init"
@@ -258,10 +259,12 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str, layer: str, net: nn.Module, weights_path: str | None,
-                 weights_sha256: str, seed: int) -> None:
+                 weights_sha256: str, seed: int, pool: str = "avg") -> None:
         super().__init__()
         self.name = name
         self.layer = layer
+        self.pool = str(pool)
+        self.grid = pool_grid(pool)   # features average-pooled onto a grid x grid map (1: global)
         self.weights_path = weights_path
         self.weights_sha256 = weights_sha256
         self.random_init = weights_sha256 == RANDOM_INIT
@@ -298,14 +301,15 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone expects images of shape (B, 3, H, W) in [0, 1]; got {tuple(images.shape)}")
         x = (images - self.img_mean) / self.img_std
         x = self.blocks(self.stem(x))
-        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, self.grid), 1)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, layer={self.layer!r}, feature_dim={self.feature_dim}, weights={self.identity}"
+        return (f"name={self.name!r}, layer={self.layer!r}, pool={self.pool!r}, feature_dim={self.feature_dim}, "
+                f"weights={self.identity}")
 
 
 def build_backbone(name: str = "resnet50", layer: str = "layer4", weights: str | Path | None = None,
-                   seed: int = 0) -> Backbone:
+                   seed: int = 0, pool: str = "avg") -> Backbone:
     """Build registry network ``name`` truncated at ``layer``, weights from a local file.
 
     ``weights`` None or "" gives a deterministic random initialisation (``seed``), the same
@@ -325,8 +329,8 @@ def build_backbone(name: str = "resnet50", layer: str = "layer4", weights: str |
     if weights:
         state = load_state_dict_file(weights)
         _load_into(net, state, name, str(weights))
-        return Backbone(name, layer, net, str(weights), file_sha256(weights), seed)
-    return Backbone(name, layer, net, None, RANDOM_INIT, seed)
+        return Backbone(name, layer, net, str(weights), file_sha256(weights), seed, pool)
+    return Backbone(name, layer, net, None, RANDOM_INIT, seed, pool)
 
 
 def convert_checkpoint(src: str | Path, out: str | Path, trust: bool = False) -> dict[str, object]:

@@ -5,8 +5,8 @@ displayed) to float32 features ``(N, D)``. The cache stores one ``.npy`` per ima
 
     cache_dir / <backbone name>-<weights tag> / <layer> / <precision> / <sha1[:2]> / <sha1>.npy
 
-keyed by (stimulus sha1, backbone weights sha256 — or ``random-init-seed<k>`` —, layer,
-and precision ``fp32`` / ``bf16``, since bf16 features differ from fp32 ones). Files are
+keyed by (stimulus sha1, backbone weights sha256 — or ``random-init-seed<k>`` —, layer
+(``<layer>-grid<k>`` for features pooled on a k x k grid, ``model.pool``), and precision ``fp32`` / ``bf16``, since bf16 features differ from fp32 ones). Files are
 written atomically (temp file + rename), so concurrent processes may share a cache.
 A ``backbone.txt`` in each backbone folder records the full identity.
 
@@ -71,7 +71,8 @@ class FeatureExtractor:
             return None
         b = self.backbone
         tag = f"{RANDOM_INIT}-seed{b.seed}" if b.random_init else b.weights_sha256
-        folder = self.cache_dir / f"{b.name}-{tag}" / b.layer / self.precision
+        pool = getattr(b, "pool", "avg")   # global-average features keep their old folder
+        folder = self.cache_dir / f"{b.name}-{tag}" / (b.layer if pool == "avg" else f"{b.layer}-{pool}") / self.precision
         folder.mkdir(parents=True, exist_ok=True)
         ident = folder.parent.parent / "backbone.txt"
         if not ident.exists():

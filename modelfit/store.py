@@ -58,6 +58,7 @@ class FittedModel:
     seed: int = 0
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
+    pool: str = "avg"          # model.pool the features were pooled with (files before it: "avg")
 
     @property
     def n_sites(self) -> int:
@@ -85,11 +86,11 @@ class FittedModel:
         Raises ValueError if the weights file's sha256 is not the one the model was fitted with.
         """
         if self.random_init:
-            return build_backbone(self.backbone_name, self.layer, None, seed=self.seed)
+            return build_backbone(self.backbone_name, self.layer, None, seed=self.seed, pool=self.pool)
         path = str(weights) if weights else self.weights_path
         if not path:
             raise ValueError("this model was fitted on a weights file but none is recorded; pass weights=PATH")
-        bb = build_backbone(self.backbone_name, self.layer, path)
+        bb = build_backbone(self.backbone_name, self.layer, path, pool=self.pool)
         if bb.weights_sha256 != self.weights_sha256:
             raise ValueError(f"weights file {path!r} has sha256 {bb.weights_sha256[:16]}... but the model was "
                              f"fitted with {self.weights_sha256[:16]}...; pass the original weights file "
@@ -122,6 +123,7 @@ def write_fitted_group(group: h5py.Group, readout: Readout, backbone: Backbone, 
     group.attrs["method"] = readout.method
     group.attrs["backbone_name"] = backbone.name
     group.attrs["layer"] = backbone.layer
+    group.attrs["pool"] = getattr(backbone, "pool", "avg")
     group.attrs["weights_path"] = str(Path(backbone.weights_path).resolve()) if backbone.weights_path else ""
     group.attrs["weights_sha256"] = backbone.weights_sha256
     group.attrs["seed"] = int(backbone.seed)
@@ -160,7 +162,7 @@ def read_fitted_group(group: h5py.Group) -> FittedModel:
         feature_mean=group["feature_mean"][()], feature_scale=group["feature_scale"][()],
         n_train=group["n_train"][()], site_channels=group["site_channels"][()],
         backbone_name=s("backbone_name"), layer=s("layer"), weights_path=s("weights_path"),
-        weights_sha256=s("weights_sha256"), seed=int(a["seed"]),
+        weights_sha256=s("weights_sha256"), seed=int(a["seed"]), pool=s("pool") if "pool" in a else "avg",
         scores={k: v[()] for k, v in group["scores"].items()}, info=info)
 
 

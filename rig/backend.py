@@ -22,7 +22,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-
 # The RSVP defaults (DESIGN section 2), defined once: the config, the session, the presenter
 # and its client all take them from here.
 STIM_ON_MS = 100.0           # image on, ms

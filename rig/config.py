@@ -19,15 +19,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
-import re
 import logging
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import rig.backend as _rsvp  # the RSVP defaults (STIM_ON_MS, ...) are defined once, with the interfaces
-from modelfit.names import LAYERS
+from modelfit.names import LAYERS, pool_grid
 from rig.configschema import ConfigError, build_section, dumps_toml, key, merge, parse_toml, section_problems
 from sim.params import SimParams
 from stimuli.params import PerturbParams
@@ -93,6 +93,14 @@ class ScheduleConfig:
     max_attempts: int = key(10, low=0, high=1_000_000, expected="an integer >= 0 (0: unbounded)")  # per planned presentation
 
 
+def _pool_ok(pool: str) -> bool:
+    try:
+        pool_grid(pool)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "resnet50"
@@ -102,6 +110,8 @@ class ModelConfig:
     channels_last: bool = True
     bf16: bool = False
     device: str = "cpu"
+    pool: str = key("avg", test=lambda v: _pool_ok(v),   # readout features: global average or a k x k grid of averages
+                    expected="'avg' (global average) or 'grid<k>' with k = 1..8 (e.g. 'grid2')")
 
 
 @dataclass
@@ -135,6 +145,13 @@ class PerturbConfig:
     precision: Literal["fp32", "tf32", "bf16", "auto"] = "auto"
     memory_format: Literal["contiguous", "channels_last", "auto"] = "auto"
     compile: Literal["off", "on", "auto"] = "auto"
+    # issue 19: transfer-oriented design (stimuli.transfer; README "Transfer"); these values = off
+    grad_smoothing_px: float = 0.0
+    lowpass_fraction: float = 0.0
+    eot_samples: int = 1
+    eot_shift_px: int = 0
+    eot_scale: float = 0.0
+    eot_noise: float = 0.0
 
     def check(self) -> Problems:
         # one set of rules for the config and the engine (stimuli.params.PerturbParams)

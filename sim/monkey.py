@@ -36,7 +36,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from modelfit.features import images_to_tensor
-
 from sim import spikes as _spikes
 from sim.clocks import ClockMap
 from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP, TrainedTrunk, resample

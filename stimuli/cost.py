@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from stimuli.perturb import PerturbParams, prepare_engine
+from stimuli.transfer import wrap_objective
 
 # forward-only rows cost about half a forward+input-backward pass (DESIGN section 7: fwd+bwd ~ 2x fwd)
 FORWARD_PASS_FRACTION = 0.5
@@ -112,6 +113,7 @@ def measure_pass_rate(model, clean: np.ndarray, sites: Sequence[int], params: Pe
     obj, params = prepare_engine(model, x_all.contiguous(), params, device)
     b = params.max_batch_rows
     x = x_all[torch.as_tensor(np.arange(b) % len(clean), device=dev)].contiguous(memory_format=obj.mode.torch_format)
+    obj = wrap_objective(obj, params)   # with transfer options a pass costs what the engine's cost (e.g. eot_samples gradients)
     site = torch.as_tensor(np.asarray(sites, dtype=np.int64)[np.arange(b) % len(sites)], device=dev)
     sign = torch.where(torch.arange(b, device=dev) % 2 == 0, 1.0, -1.0)
     cuda = dev.type == "cuda"

@@ -1,6 +1,11 @@
-"""Clean image sets: from a user folder, or built in (generated, no download).
+"""Clean image sets: from a user folder, or built in (no download).
 
-Every image comes out as RGB uint8 ``(n, size, size, 3)``: exactly what is displayed.
+``images.source``: a folder path; ``"builtin"``, deterministic crops of the photographs
+that ship inside installed packages (:mod:`stimuli.photos`); or ``"pink-noise"``, the
+generated 1/f textures with shapes (:func:`builtin_images`, the builtin set before natural
+photographs). Every image comes out as RGB uint8 ``(n, size, size, 3)``: exactly what is
+displayed, with one name per image that starts with its source (photograph, file or
+texture; see :func:`stimuli.photos.photo_of`).
 """
 from __future__ import annotations
 
@@ -117,11 +122,20 @@ def builtin_images(n: int, size_px: int = 224, seed: int = 0) -> np.ndarray:
     return out
 
 
+BUILTIN_SOURCES = ("builtin", "pink-noise")
+
+
 def clean_images(source: str, size_px: int, n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """The configured clean set: ``source`` is ``"builtin"`` or a folder path.
+    """The configured clean set: ``source`` is ``"builtin"`` (photograph crops),
+    ``"pink-noise"`` (generated textures) or a folder path.
 
     Returns ``(pixels, names)``; a folder with fewer than ``n`` images gives all it has.
+    A photograph crop's name is ``package:photo.jpg#crop<i>``, grouping crops of one photograph.
     """
     if source == "builtin":
-        return builtin_images(n, size_px, seed), [f"builtin-{seed}-{i:05d}" for i in range(n)]
+        from stimuli.photos import photo_crops
+
+        return photo_crops(n, size_px, seed)
+    if source == "pink-noise":
+        return builtin_images(n, size_px, seed), [f"pink-noise-{seed}-{i:05d}" for i in range(n)]
     return load_folder(source, size_px, limit=n)

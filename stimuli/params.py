@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 PRECISIONS = ("fp32", "tf32", "bf16", "auto")
 MEMORY_FORMATS = ("contiguous", "channels_last", "auto")
@@ -33,6 +34,13 @@ class PerturbParams:
     precision: str = "fp32"               # the gradient passes: fp32, tf32 (CUDA), bf16 or auto (per device)
     memory_format: str = "contiguous"     # the whole step's layout: contiguous (NCHW), channels_last or auto
     compile: str = "off"                  # torch.compile the network: off, on or auto (where it pays)
+    # issue 19: transfer-oriented design (stimuli.transfer); these values = off
+    grad_smoothing_px: float = 0.0        # Gaussian sigma applied to the input gradient, pixels
+    lowpass_fraction: float = 0.0         # keep the lowest fraction of DCT coefficients per side
+    eot_samples: int = 1                  # gradient averaged over this many transformed inputs
+    eot_shift_px: int = 0                 # largest circular shift of an EOT sample, pixels
+    eot_scale: float = 0.0                # EOT rescaling within 1 +- this
+    eot_noise: float = 0.0                # EOT Gaussian pixel noise std (pixels in [0,1])
 
     @classmethod
     def from_config_section(cls, section) -> "PerturbParams":
@@ -75,7 +83,7 @@ class PerturbParams:
                         ("early_stop_tolerance", 1e6)):
             if getattr(self, k) > high:
                 out.append((k, getattr(self, k), f"a value <= {high:g}"))
-        return out
+        return out + transfer_problems(self)
 
     @property
     def resolved(self) -> bool:
@@ -106,3 +114,27 @@ class PerturbParams:
     def kept_of(self, live: int) -> int:
         """Restarts kept at a checkpoint out of ``live`` (at least 1)."""
         return max(1, math.ceil(self.prune_keep_fraction * live - 1e-9))
+
+
+# ----------------------------------------------------------------------------- issue 19: transfer options
+TRANSFER_KEYS = ("grad_smoothing_px", "lowpass_fraction", "eot_samples", "eot_shift_px", "eot_scale", "eot_noise")
+TRANSFER_OFF: dict[str, Any] = {"grad_smoothing_px": 0.0, "lowpass_fraction": 0.0, "eot_samples": 1, "eot_shift_px": 0,
+                "eot_scale": 0.0, "eot_noise": 0.0}
+
+
+def transfer_problems(p) -> list[tuple[str, object, str]]:
+    """Impossible transfer settings of ``p`` (anything with the :data:`TRANSFER_KEYS`) as (name, value, expected)."""
+    out = []
+    if not p.grad_smoothing_px >= 0:
+        out.append(("grad_smoothing_px", p.grad_smoothing_px, "a Gaussian sigma in pixels >= 0 (0 = off)"))
+    if not 0 <= p.lowpass_fraction <= 1:
+        out.append(("lowpass_fraction", p.lowpass_fraction, "a fraction of the DCT coefficients per side in [0, 1] (0 = off)"))
+    if int(p.eot_samples) != p.eot_samples or p.eot_samples < 1:
+        out.append(("eot_samples", p.eot_samples, "an integer >= 1 (1 = off)"))
+    if int(p.eot_shift_px) != p.eot_shift_px or p.eot_shift_px < 0:
+        out.append(("eot_shift_px", p.eot_shift_px, "an integer >= 0 (pixels)"))
+    if not 0 <= p.eot_scale < 0.5:
+        out.append(("eot_scale", p.eot_scale, "a relative scale range in [0, 0.5)"))
+    if not p.eot_noise >= 0:
+        out.append(("eot_noise", p.eot_noise, "a pixel noise std >= 0 (pixels in [0,1])"))
+    return out

@@ -53,11 +53,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import typing
 import time
+import typing
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +71,7 @@ from stimuli.params import PerturbParams  # noqa: F401  (public here too: stimul
 from stimuli.projection import L2BoxSet, host_syncs_are_free
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet
+from stimuli.transfer import wrap_objective
 
 
 # ----------------------------------------------------------------------------- problems
@@ -451,6 +452,8 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
         clean_values = _clean_values(objective, clean, image_t, params.max_batch_rows)
     f0 = sgn.float() * clean_values[image_t, site_t].to(dev)   # s * f_site(x), per problem
     problems = _Problems(image=image_t, site=site_t, eps=eps, sign=sgn, f0=f0, epsilon=epsilon)
+    # issue 19: transfer-oriented directions (stimuli.transfer); all options off -> the objective itself
+    objective = wrap_objective(objective, params, seed)
     yield from _Search(objective, clean, problems, params, seed, progress).run()
 
 

@@ -27,11 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 
-from stimuli.perturb import (PerturbParams, _to_float, join_with_clean, prepare_engine, solve_block,
-                             validate_epsilons, validate_images)
+from stimuli.perturb import (
+    PerturbParams,
+    _to_float,
+    join_with_clean,
+    prepare_engine,
+    solve_block,
+    validate_epsilons,
+    validate_images,
+)
 from stimuli.stimset import StimulusSet
 
 

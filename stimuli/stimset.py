@@ -28,10 +28,16 @@ point ``x + a u + b v`` on a line or plane through a clean image), with
 - ``design_role``: 1 the shared delta was designed on this image's parent, 2 held out, 0 none
 - ``coord_u`` / ``coord_v``: the shown perturbation's coordinates (L2 norm, pixels in [0,1])
   along the designed direction ``u`` and a random direction ``v`` orthogonal to it; NaN for none
+
+``source`` (optional, not a provenance column; None if unknown): per stimulus, where its
+pixels came from (a builtin photograph crop ``package:photo.jpg#crop<i>``, a file name, a
+texture's name). Day 0 stores it for the clean set (``/stimuli/source``); a derived
+stimulus's source is its clean parent's. Cross-validation groups crops of one photograph.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +74,7 @@ class StimulusSet:
     design_role: np.ndarray = field(default=None)  # type: ignore[arg-type]
     coord_u: np.ndarray = field(default=None)  # type: ignore[arg-type]
     coord_v: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    source: Any = None  # per stimulus (a sequence of str, stored as an object array), where its pixels came from (see the module docstring)
 
     COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction",
                "predicted_change", "budget_passes", "epsilon_index")
@@ -102,6 +109,10 @@ class StimulusSet:
             raise ValueError("StimulusSet.parent points outside the set")
         self.epsilons = np.zeros(0) if self.epsilons is None else np.asarray(self.epsilons, np.float64).reshape(-1)
         check_epsilon_index(self.epsilon_index, self.epsilon_requested, self.epsilons)
+        if self.source is not None:
+            self.source = np.array([str(s) for s in self.source], dtype=object)
+            if len(self.source) != n:
+                raise ValueError(f"StimulusSet.source has {len(self.source)} entries for {n} images")
         self._ids: list[str] | None = None
 
     def __len__(self) -> int:

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from analysis.bootstrap import Estimate
-from analysis.stats import (indistinguishable_from_floor, paired_difference, rankdata, saturation_share,
-                            spearman)
+from analysis.stats import indistinguishable_from_floor, paired_difference, rankdata, saturation_share, spearman
 
 
 def test_paired_difference_sees_a_shift_that_unpaired_noise_hides():

@@ -81,9 +81,8 @@ def example_images(k=3, size=64, seed=0):
 
 def test_synthetic_provenance_is_a_valid_stimulus_set_and_analysis_accepts_it():
     """The synthetic columns are exactly StimulusSet's, so analysis runs on a real StimulusSet."""
-    from stimuli.stimset import StimulusSet
-
     from analysis.sensitivity import sensitivity_curve
+    from stimuli.stimset import StimulusSet
 
     prov, rates, _ = closed_loop_day(n_sites=2, n_images=4, epsilons=(1.0,))
     cols = {k: v for k, v in prov.items()}

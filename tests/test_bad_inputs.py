@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from rig.cli import main
-from rig.loop.record import ensure_screening_plan
 from rig.config import load_config
+from rig.loop.record import ensure_screening_plan
 from rig.store.reader import read_day
 
 ROOT = Path(__file__).resolve().parents[1]

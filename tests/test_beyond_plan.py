@@ -138,7 +138,7 @@ def test_line_fits_cover_the_truth_of_a_linear_and_a_saturating_site(shape):
     t_line = np.array([-2, -4 / 3, -2 / 3, 2 / 3, 4 / 3, 2.0])
     n_lines, reps = 12, 16
     kinds, parents, coords, sd = [], [], [], []
-    for k in range(n_lines):
+    for _ in range(n_lines):
         kinds.append("clean")
         parents.append(-1)
         coords.append((np.nan, np.nan))

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.lsl_local import unique_stream
 from rig.backends.calibration import calibrate
 from rig.config import load_config
 from rig.link.client import PresenterClient
+from tests.lsl_local import unique_stream
 
 pytestmark = [
     pytest.mark.xvfb, pytest.mark.slow,

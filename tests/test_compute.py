@@ -15,8 +15,16 @@ from stimuli.cost import PassRate, passes_per_problem, run_passes
 from stimuli.images import builtin_images
 from stimuli.objective import SiteObjective
 from stimuli.perturb import PerturbParams, generate_perturbations, solve
-from stimuli.shards import (TAIL_FACTOR, auto_shards, clean_predictions, merge_shards, solve_in_shards, solve_shard,
-                            split_evenly, split_problems)
+from stimuli.shards import (
+    TAIL_FACTOR,
+    auto_shards,
+    clean_predictions,
+    merge_shards,
+    solve_in_shards,
+    solve_shard,
+    split_evenly,
+    split_problems,
+)
 from tests.separable import SeparableModel
 
 SIZE = 12

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.config import ConfigError, Config, config_from_toml_text, load_config, parse_toml, frames_for
+from rig.config import Config, ConfigError, config_from_toml_text, frames_for, load_config, parse_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from rig.backend import SessionInfo
+from rig.session.runner import run_session
+from rig.session.schedule import Schedule, build_schedule
 from rig.store.dayfile import DayFileError, DayWriter
-from tests.helpers import wait_for_journal_lines
 from rig.store.journal import journal_path
 from rig.store.origin import LIVE, Origin
 from rig.store.reader import read_day
 from rig.store.repair import check_day, recover_day
-from rig.session.schedule import Schedule, build_schedule
-from rig.session.runner import run_session
 from stimuli.images import builtin_images
 from stimuli.stimset import StimulusSet
 from tests.fakes import CountingBackend
+from tests.helpers import wait_for_journal_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import numpy as np
 
 from rig.backend import Trial, TrialRecord, TrialRows
 from rig.session.schedule import build_schedule
+from rig.sources.calibration import CalibrationMap
 from rig.store.dayfile import DayWriter
 from rig.store.journal import rows_from_json, rows_to_json
 from rig.store.reader import read_day
-from rig.sources.calibration import CalibrationMap
 from stimuli.images import builtin_images
 from stimuli.stimset import StimulusSet
 

@@ -20,8 +20,6 @@ import time
 import numpy as np
 import pytest
 
-from tests.fixation_checks import check_aborts_on_next_frame, check_requeued, drain_pty
-from tests.lsl_local import unique_stream
 from rig.backend import SessionInfo
 from rig.backends.presenter import PresenterBackend, SimSpikeSource
 from rig.link.client import PresenterClient
@@ -33,6 +31,8 @@ from rig.store.repair import check_day
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images
 from stimuli.stimset import StimulusSet
+from tests.fixation_checks import check_aborts_on_next_frame, check_requeued, drain_pty
+from tests.lsl_local import unique_stream
 
 pytestmark = [
     pytest.mark.xvfb, pytest.mark.slow,

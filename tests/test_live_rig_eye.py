@@ -22,13 +22,13 @@ import sys
 import numpy as np
 import pytest
 
-from tests.lsl_local import unique_stream  # sets LSLAPICFG before pylsl is used; children inherit it
-from tests.fixation_checks import check_aborts_on_next_frame, check_requeued, drain_pty
-from tests.live_rig import compare_with_truth, rig_config, start_presenter, start_sim_rig
 from rig.cli import main
 from rig.link.client import PresenterClient
 from rig.store.reader import read_day
 from rig.store.repair import check_day
+from tests.fixation_checks import check_aborts_on_next_frame, check_requeued, drain_pty
+from tests.live_rig import compare_with_truth, rig_config, start_presenter, start_sim_rig
+from tests.lsl_local import unique_stream  # sets LSLAPICFG before pylsl is used; children inherit it
 
 pytestmark = [
     pytest.mark.xvfb, pytest.mark.slow, pytest.mark.timeout(600),

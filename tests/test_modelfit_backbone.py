@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from modelfit.backbone import (RANDOM_INIT, WeightsError, build_backbone, convert_checkpoint, file_sha256)
+from modelfit.backbone import RANDOM_INIT, WeightsError, build_backbone, convert_checkpoint, file_sha256
 
 
 def _reference_features(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from rig.errors import UserError  # noqa: E402
 from rig.session.runner import run_session  # noqa: E402
 from rig.session.schedule import build_schedule  # noqa: E402
 from rig.store.dayfile import DayWriter  # noqa: E402
-from rig.store.nwb import ExportRefused, REQUIRED_FOR_LIVE, data_origin, export_nwb  # noqa: E402
+from rig.store.nwb import REQUIRED_FOR_LIVE, ExportRefused, data_origin, export_nwb  # noqa: E402
 from rig.store.origin import LIVE, Origin
 from rig.store.reader import read_day  # noqa: E402
 from tests.fakes import CountingBackend  # noqa: E402
@@ -344,7 +344,8 @@ def test_metadata_config_errors_name_the_key(section, key, value):
 def _inspect(path):
     """nwbinspector (pinned, see pyproject's test extra) with the DANDI config:
     (messages at BEST_PRACTICE_VIOLATION or worse, names of the suggestions)."""
-    from nwbinspector import Importance, inspect_nwbfile, load_config as inspector_config
+    from nwbinspector import Importance, inspect_nwbfile
+    from nwbinspector import load_config as inspector_config
 
     msgs = list(inspect_nwbfile(nwbfile_path=str(path), config=inspector_config("dandi")))
     bad = [f"{m.importance.name} {m.check_function_name}: {m.message}" for m in msgs
@@ -391,10 +392,9 @@ def test_simulated_and_replayed_days_pass_dandi_checks(sim_experiment, tmp_path)
 
 
 def test_recovered_day_keeps_its_identifier(day, tmp_path):
+    from rig.backends.replay import replay_day
     from rig.store.journal import journal_path
     from rig.store.repair import recover_day
-
-    from rig.backends.replay import replay_day
 
     replay = replay_day(day, tmp_path / "replay.h5", progress=False)
     for src in (day, replay):  # a recording and a replay: recovery keeps each one's identifier

@@ -143,7 +143,7 @@ def test_every_dataset_has_unit_and_description(tmp_path):
     missing = []
     for path in (folder / "day_000.h5", folder / "day_001.plan.h5"):
         with h5py.File(path, "r") as h5:
-            h5.visititems(lambda name, obj: missing.append(f"{path.name}:{name}") if isinstance(obj, h5py.Dataset)
+            h5.visititems(lambda name, obj, path=path: missing.append(f"{path.name}:{name}") if isinstance(obj, h5py.Dataset)
                           and not ({"unit", "description"} <= set(obj.attrs)) else None)
             if path.name.endswith("plan.h5"):
                 assert "coef" in h5["model"] and h5["model/coef"].attrs["unit"]

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rig.link.client import PresenterClient, PresenterLost, PresenterRefused
+from rig.link.protocol import FRAME_KINDS as KINDS
+from rig.link.protocol import KIND_CODE, PROTOCOL_VERSION
 from rig.presenter.geometry import deg_to_px
 from rig.presenter.stage import PHOTODIODE_PX
-from rig.link.protocol import FRAME_KINDS as KINDS, KIND_CODE
-from rig.link.client import PresenterClient, PresenterLost, PresenterRefused
-from rig.link.protocol import PROTOCOL_VERSION
 from stimuli.stimset import sha1_of
 
 pytestmark = [
@@ -309,8 +309,8 @@ def test_timing_check_prints_frame_statistics(tmp_path):
 
 
 def test_images_read_from_a_plan_file_by_path(rig, tmp_path):
-    from rig.store.dayfile import write_plan
     from rig.session.schedule import build_schedule
+    from rig.store.dayfile import write_plan
     from stimuli.stimset import StimulusSet
 
     ss = StimulusSet(IMAGES[::-1].copy())

@@ -11,13 +11,13 @@ import pytest
 
 from rig.backend import SessionInfo
 from rig.backends.presenter import PresenterBackend, SimSpikeSource
+from rig.link.client import PresenterClient
+from rig.link.protocol import KIND_CODE
+from rig.session.runner import run_session
+from rig.session.schedule import build_schedule
 from rig.store.dayfile import DayWriter
 from rig.store.reader import read_day
 from rig.store.repair import check_day
-from rig.link.protocol import KIND_CODE
-from rig.link.client import PresenterClient
-from rig.session.schedule import build_schedule
-from rig.session.runner import run_session
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images
 from stimuli.stimset import StimulusSet

@@ -8,12 +8,21 @@ import numpy as np
 import pytest
 import zmq
 
+from rig.link.protocol import (
+    KIND_CODE,
+    PROTOCOL_VERSION,
+    Message,
+    ProtocolError,
+    curve_keys,
+    decode,
+    encode,
+    is_loopback,
+    require_security,
+    set_digest,
+)
 from rig.presenter.geometry import deg_to_cm, deg_to_px
 from rig.presenter.timing import frame_counts, frames_at_least, interval_stats, long_intervals, workable_rates
-from rig.link.protocol import KIND_CODE
 from rig.presenter.trial import TrialLog, frame_sequence
-from rig.link.protocol import (PROTOCOL_VERSION, Message, ProtocolError, curve_keys, decode, encode, is_loopback,
-                          require_security, set_digest)
 
 
 # --------------------------------------------------------------------------- framing

@@ -10,11 +10,11 @@ import pytest
 from rig.backend import SessionInfo, Trial
 from rig.backends.replay import ReplayBackend, replay_day
 from rig.cli.day_replay import add_replay_command
+from rig.errors import UserError
 from rig.session.clock import window_counts
+from rig.session.runner import run_session
 from rig.store.dayfile import DayFileError
 from rig.store.reader import read_day
-from rig.errors import UserError
-from rig.session.runner import run_session
 from stimuli.stimset import StimulusSet
 from tests.fakes import CountingBackend
 from tests.test_dayfile import _new, _stimuli, strip_epsilon_index

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelfit.backbone import build_backbone, packaged_weights_path, file_sha256
+from modelfit.backbone import build_backbone, file_sha256, packaged_weights_path
 from rig.config import Config
 from rig.loop.groundtruth import TrueCountModule, converged_whitebox
 from sim.monkey import SimParams, SimulatedMonkey

@@ -1,12 +1,12 @@
 """Backend construction from the config: ``make_backend("sim", cfg)``."""
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 
+from rig.backends.presenter import PresenterBackend, SimSpikeSource
 from rig.config import Config
 from rig.errors import UserError
-from rig.backends.presenter import PresenterBackend, SimSpikeSource
 from rig.link.client import PresenterClient
 from rig.link.protocol import curve_keys
 
@@ -25,7 +25,8 @@ def build_sim_monkey(cfg: Config):
 
     backbone = None
     if cfg.sim.model_alignment > 0:
-        backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None)
+        backbone = build_backbone(cfg.model.backbone, cfg.model.layer, cfg.model.weights or None,
+                                  pool=cfg.model.pool)
     return SimulatedMonkey(SimParams(**dataclasses.asdict(cfg.sim)), model_features=backbone)
 
 

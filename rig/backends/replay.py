@@ -15,11 +15,11 @@ import numpy as np
 
 from rig.backend import BackendInfo, Fixation, InvalidReason, SessionInfo, Trial, TrialRecord
 from rig.errors import UserError
+from rig.session.runner import SessionLimits, run_session
+from rig.session.schedule import PresentationQueue
 from rig.store.dayfile import DayWriter
 from rig.store.origin import Origin
 from rig.store.reader import DayData, read_day
-from rig.session.schedule import PresentationQueue
-from rig.session.runner import SessionLimits, run_session
 
 # what a replay says about its source (beside the root attribute replayed_from, the source's identifier)
 _REPLAY_ATTRS = ("replayed_from_backend", "replayed_from_window_ms", "replayed_from_file")

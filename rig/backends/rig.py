@@ -23,8 +23,8 @@ import uuid
 
 import numpy as np
 
-from rig.backends.presenter import eye_and_reward_fields, fixation_monitored, open_presenter, presenter_attrs
 from rig.backend import FIXATION_WINDOW_DEG, AcqEvents, BackendInfo, SessionInfo, SpikeSource, Trial, TrialRecord
+from rig.backends.presenter import eye_and_reward_fields, fixation_monitored, open_presenter, presenter_attrs
 from rig.errors import UserError
 from rig.link.client import PresenterClient
 from rig.session.align import PulseAligner

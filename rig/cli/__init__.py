@@ -15,8 +15,8 @@ import sys
 
 from rig import __version__
 from rig.config import ConfigError
-from rig.store.dayfile import DayFileError
 from rig.errors import UserError
+from rig.store.dayfile import DayFileError
 from stimuli.images import ImageFolderError
 
 COMMAND_MODULES = [

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from rig.cli.common import add_progress_flag, check_out_folder
 from rig.config import config_from_toml_text, load_config, with_local_settings
+from rig.errors import UserError
+from rig.paths import EXPERIMENT_TOML, day_path
 from rig.store.dayfile import DayFileError
 from rig.store.reader import day_status, read_config_text
 from rig.store.repair import check_day, recover_day
-from rig.errors import UserError
-from rig.paths import EXPERIMENT_TOML, day_path
-from rig.cli.common import add_progress_flag, check_out_folder
 
 
 def register(sub) -> None:

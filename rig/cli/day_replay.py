@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rig.store.dayfile import DayFileError
-
-from rig.store.repair import check_day
-from rig.errors import UserError
 from rig.cli.common import add_progress_flag
+from rig.errors import UserError
+from rig.store.dayfile import DayFileError
+from rig.store.repair import check_day
 
 
 def add_replay_command(dsub) -> None:

@@ -5,8 +5,8 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from rig.config import load_config
 from rig.cli.common import add_progress_flag
+from rig.config import load_config
 
 
 def demo_config_path() -> Path:

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from modelfit.files import atomic_path
-
+from rig.cli.common import add_progress_flag
 from rig.config import load_config
 from rig.errors import UserError
-from rig.cli.common import add_progress_flag
 
 
 def _float_list(text: str) -> list[float]:
@@ -81,9 +80,8 @@ def save_stimulus_set(path: str | Path, ss) -> Path:
 
 def load_stimulus_set(path: str | Path):
     """Read a StimulusSet written by :func:`save_stimulus_set`."""
-    from stimuli.stimset import StimulusSet
-
     from rig.store.upgrade import legacy_epsilon_index
+    from stimuli.stimset import StimulusSet
 
     with np.load(path, allow_pickle=False) as z:
         cols = {c: z[c] for c in StimulusSet.COLUMNS if c in z}
@@ -96,8 +94,8 @@ def load_stimulus_set(path: str | Path):
 
 
 def cmd_generate(args) -> int:
-    from stimuli.images import clean_images
     from rig.loop.compute import FittedModelFiles, generate_stimuli
+    from stimuli.images import clean_images
     from stimuli.perturb import PerturbParams
 
     cfg = load_config(args.config)

@@ -23,8 +23,18 @@ import numpy as np
 import zmq
 
 from rig.backend import FIXATION_ACQUIRE_MS, FIXATION_WINDOW_DEG, IMAGE_SIZE_DEG
-from rig.link.protocol import (HEARTBEAT, KIND_CODE, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode, encode,
-                          require_security, set_digest)
+from rig.link.protocol import (
+    HEARTBEAT,
+    KIND_CODE,
+    LONG_COMMANDS,
+    CurveKeys,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    require_security,
+    set_digest,
+)
 
 _CHUNK_BYTES = 8 << 20          # load_images messages carry about this many pixel bytes
 

@@ -62,6 +62,7 @@ from rig.loop.dayoverday import day_over_day
 from rig.loop.groundtruth import TrueCountModule, cached_whitebox
 from rig.paths import day_path
 from rig.store.reader import DayCache, DayData
+from stimuli.params import TRANSFER_OFF
 from stimuli.perturb import PerturbParams
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
     # at least the loop's budget (restarts and steps, without pruning), then both doubled until every
     # problem's answer moves by < 2%
     base = replace(_loop_params(cfg), restarts=max(4, cfg.perturb.restarts), steps=max(16, cfg.perturb.steps), prune=False,
-                   random_controls_per_image=0)
+                   random_controls_per_image=0, **TRANSFER_OFF)   # the truth is attacked plainly (issue 19)
     # per-problem cache (clean pixels, site, eps): later days, the report and a resumed run reuse answers
     rules = {k: v for k, v in asdict(base).items() if k != "max_batch_rows"}   # batching does not change answers
     key = {"sim": json.dumps(cfg.to_dict()["sim"], sort_keys=True), "window": list(window),

@@ -40,8 +40,8 @@ from stimuli.geometry import (
     principal_directions,
     subspace_fractions,
 )
-from stimuli.objective import SiteObjective
 from stimuli.modes import EngineMode
+from stimuli.objective import SiteObjective
 from stimuli.params import PerturbParams
 from stimuli.stimset import StimulusSet
 from stimuli.universal import (

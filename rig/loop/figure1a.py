@@ -97,12 +97,15 @@ def figure1a_curves(cfg: Config, screening_pixels: np.ndarray, clean: np.ndarray
     from dataclasses import asdict
 
     from modelfit.backbone import build_backbone
+    from stimuli.params import TRANSFER_OFF
     from stimuli.perturb import PerturbParams
 
     loop = PerturbParams.from_config_section(asdict(cfg.perturb))
     # the loop's step rules; the budget is capped (network units are cheap to move, and on CPU
     # a trained network's gradient passes are the slow part): a lower bound for each network
-    params = replace(loop, prune=False, restarts=min(loop.restarts, FIG1A_MAX_RESTARTS), steps=min(loop.steps, FIG1A_MAX_STEPS))
+    # white-box on each network's own units: plain gradients, never the loop's transfer options (issue 19)
+    params = replace(loop, prune=False, restarts=min(loop.restarts, FIG1A_MAX_RESTARTS), steps=min(loop.steps, FIG1A_MAX_STEPS),
+                     **TRANSFER_OFF)
     layer = cfg.report.figure1a_layer or cfg.model.layer
     out = []
     for name, weights in _backbones(cfg):

@@ -18,18 +18,24 @@ from pathlib import Path
 
 import numpy as np
 
-from rig.config import Config
-from rig.store.experiment import same_experiment
-from rig.store.reader import DayCache
-from rig.errors import UserError
-from rig.paths import day_path, model_path
 from modelfit.backbone import build_backbone
 from modelfit.features import FeatureExtractor
 from modelfit.readout import Readout
-from modelfit.scores import (cross_validated_r, grouped_cross_validated_r, noise_ceiled_predictivity, select_sites,
-                             split_half_reliability)
+from modelfit.scores import (
+    cross_validated_r,
+    grouped_cross_validated_r,
+    noise_ceiled_predictivity,
+    select_sites,
+    split_half_reliability,
+)
 from modelfit.store import save_fitted
 from rig import __version__
+from rig.config import Config
+from rig.errors import UserError
+from rig.paths import day_path, model_path
+from rig.store.experiment import same_experiment
+from rig.store.reader import DayCache
+from stimuli.photos import photo_of
 
 
 @dataclass
@@ -50,7 +56,7 @@ class PooledDays:
     days: list[int]
     n_valid_presentations: int
     config_text: str
-    group_ids: list[str] = field(default_factory=list)   # per image: its clean parent's id (its own id if clean)
+    group_ids: list[str] = field(default_factory=list)   # per image: its source photograph where known, else its clean parent's id (its own if clean)
     is_clean: np.ndarray | None = None                   # (n_images,) bool: shown as a clean image
 
     def held_out(self) -> np.ndarray:
@@ -79,11 +85,8 @@ def _stack_repeats(stim: np.ndarray, counts: np.ndarray, n_images: int) -> np.nd
     return out
 
 
-def pool_days(folder: str | Path, through: int, days: DayCache | None = None) -> PooledDays:
-    """Read day files 0..``through`` of ``folder`` (through ``days``, the process's day cache)
-    and pool their valid presentations by image sha1."""
-    folder = Path(folder)
-    days = days if days is not None else DayCache()
+def _day_paths(folder: Path, through: int, days: DayCache) -> list[Path]:
+    """Day files 0..``through`` of ``folder``, all of one experiment; a missing or foreign one is a UserError."""
     if through < 0:
         raise UserError(f"--through {through}: day numbers start at 0 (screening)")
     paths = []
@@ -93,6 +96,15 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
             raise UserError(f"fitting through day {through} needs day files 0..{through} in {folder}; missing: {p}")
         paths.append(p)
     same_experiment([(p, days.read(p).attrs) for p in paths], "fitting")   # never pools another experiment's day
+    return paths
+
+
+def pool_days(folder: str | Path, through: int, days: DayCache | None = None) -> PooledDays:
+    """Read day files 0..``through`` of ``folder`` (through ``days``, the process's day cache)
+    and pool their valid presentations by image sha1."""
+    folder = Path(folder)
+    days = days if days is not None else DayCache()
+    paths = _day_paths(folder, through, days)
     ids: dict[str, int] = {}
     groups: list[str] = []
     clean_flags: list[bool] = []
@@ -100,6 +112,7 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
     first_day: list[int] = []
     names: list[str] = []
     rows_stim, rows_counts, day0 = [], [], None
+    photo_of_id: dict[str, str] = {}   # clean image sha1 -> its source photograph (day 0's /stimuli/source)
     config_text = ""
     window = None
     for d, path in enumerate(paths):
@@ -118,6 +131,9 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
         local = np.empty(len(day.stim_ids), np.int64)
         kind = np.asarray(day.stimuli.kind).astype(str)
         parent = np.asarray(day.stimuli.parent, np.int64)
+        if day.stimuli.source is not None:
+            photo_of_id.update({sid: "source:" + photo_of(src) for sid, src, k in
+                                zip(day.stim_ids, day.stimuli.source, kind) if k == "clean"})
         for i, sid in enumerate(day.stim_ids):
             if sid not in ids:
                 ids[sid] = len(ids)
@@ -134,6 +150,9 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
         rows_counts.append((col, counts))
         if d == 0:
             day0 = (stim, counts, col)
+    # cross-validation groups: the source photograph where known (crops of one photograph resemble each
+    # other), else the clean parent (issue 19)
+    groups = [photo_of_id.get(g, g) for g in groups]
     n_img, n_ch = len(ids), len(names)
     shapes = {p.shape for p in pixels}
     if len(shapes) > 1:
@@ -193,7 +212,7 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
 
     m = cfg.model
     try:
-        backbone = build_backbone(m.backbone, m.layer, m.weights or None)
+        backbone = build_backbone(m.backbone, m.layer, m.weights or None, pool=m.pool)
     except ValueError as e:
         raise UserError(str(e)) from None
     cache = Path(cfg.paths.feature_cache) if cfg.paths.feature_cache else None

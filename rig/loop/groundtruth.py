@@ -28,6 +28,7 @@ from torch import nn
 from modelfit.features import images_to_tensor
 from modelfit.files import atomic_path
 from modelfit.imageid import sha1_of
+from stimuli.params import TRANSFER_OFF
 from stimuli.perturb import generate_perturbations
 
 
@@ -95,7 +96,9 @@ def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int
     if not problems:
         return np.zeros((0, len(epsilons), 2))
     target = module.drive_module() if hasattr(module, "drive_module") else module
-    ss = generate_perturbations(target, clean, problems, epsilons, replace(params, random_controls_per_image=0),
+    # the white-box attack is plain gradient ascent on the truth: no transfer options (issue 19)
+    plain = replace(params, random_controls_per_image=0, **TRANSFER_OFF)
+    ss = generate_perturbations(target, clean, problems, epsilons, plain,
                                 seed=seed, progress=progress)
     t = np.flatnonzero(ss.kind == "targeted")
     values = []

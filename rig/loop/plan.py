@@ -24,18 +24,18 @@ import numpy as np
 
 from rig import __version__
 from rig.config import Config
+from rig.errors import UserError
+from rig.loop.beyond import plan_beyond
+from rig.loop.compute import FittedModelFiles, generate_stimuli
+from rig.loop.fit import fit_days
+from rig.loop.preflight import preflight
+from rig.loop.presentations import check_expected_presentations
 from rig.loop.record import slot_seconds
+from rig.paths import day_path, model_path, plan_path
+from rig.session.schedule import build_schedule
 from rig.store.dayfile import write_plan
 from rig.store.experiment import EXPERIMENT_ATTR, same_experiment
 from rig.store.reader import DayCache
-from rig.errors import UserError
-from rig.paths import day_path, model_path, plan_path
-from rig.session.schedule import build_schedule
-from rig.loop.fit import fit_days
-from rig.loop.preflight import preflight
-from rig.loop.compute import FittedModelFiles, generate_stimuli
-from rig.loop.beyond import plan_beyond
-from rig.loop.presentations import check_expected_presentations
 from stimuli.perturb import PerturbParams
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,10 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     stimset, params = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
                                        seed=cfg.day_seed(day), device=cfg.model.device, source=source,
                                        progress=progress, report=lambda line: log.info("day %d: %s", day, line))
+    if screening.stimuli.source is not None:   # issue 19: every stimulus records its source (a derived one: its parent's)
+        clean_source = screening.stimuli.source[pool[unique]]
+        stimset.source = np.where(stimset.parent >= 0, clean_source[np.maximum(stimset.parent, 0)],
+                                  clean_source[np.minimum(np.arange(len(stimset)), len(clean_source) - 1)])
     stimset, beyond_attrs = plan_beyond(cfg, stimset, model, chosen, unique, targets, screening, pool, params, day, progress)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)

@@ -1,10 +1,10 @@
 """Record one day: plan (or read the plan), open a backend, run the session, store it."""
 from __future__ import annotations
 
-import logging
 import dataclasses
-import json
 import datetime as _dt
+import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -13,15 +13,15 @@ import numpy as np
 from rig.backend import SessionInfo
 from rig.backends.factory import describe_source, make_backend
 from rig.config import Config, with_local_settings
+from rig.errors import UserError
+from rig.loop.preflight import preflight
+from rig.paths import day_path, plan_path
+from rig.session.runner import SessionLimits, SessionResult, run_session
+from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
 from rig.store.experiment import EXPERIMENT_ATTR, file_experiment, new_experiment_uuid, same_experiment
 from rig.store.origin import Origin, backend_origin
 from rig.store.reader import read_day
-from rig.errors import UserError
-from rig.paths import day_path, plan_path
-from rig.loop.preflight import preflight
-from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
-from rig.session.runner import SessionLimits, SessionResult, run_session
 from stimuli.images import clean_images
 from stimuli.stimset import StimulusSet
 
@@ -35,8 +35,8 @@ def slot_seconds(cfg: Config) -> float:
 
 def screening_plan(cfg: Config) -> tuple[StimulusSet, Schedule]:
     """Day 0: the clean image set, each shown ``screening.repeats`` times."""
-    pixels, _names = clean_images(cfg.images.source, cfg.images.size_px, cfg.images.n_clean, cfg.experiment.seed)
-    stimuli = StimulusSet(pixels)
+    pixels, names = clean_images(cfg.images.source, cfg.images.size_px, cfg.images.n_clean, cfg.experiment.seed)
+    stimuli = StimulusSet(pixels, source=names)   # each clean image records its source (photograph crop, file)
     schedule = build_schedule(stimuli.parent, cfg.screening.repeats, cfg.rsvp.presentations_per_trial,
                               cfg.experiment.seed, slot_seconds(cfg))
     return stimuli, schedule

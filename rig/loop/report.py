@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rig.loop.beyond_report import beyond_section
 from analysis import plots
 from analysis.summary import write_summary
 from rig.config import Config
@@ -21,6 +20,7 @@ from rig.loop.analysis_file import (
     site_level_from_json,
 )
 from rig.loop.analyze import N_BOOT, analyze_day
+from rig.loop.beyond_report import beyond_section
 from rig.loop.headline import describe_day, headline_table
 from rig.paths import day_path
 from rig.store.reader import DayCache, day_status

@@ -21,14 +21,26 @@ import numpy as np
 import zmq
 
 from rig.backend import FIXATION_ACQUIRE_MS, FIXATION_WINDOW_DEG, IMAGE_SIZE_DEG, GazeSamples
+from rig.link.protocol import (
+    COMMANDS,
+    HEARTBEAT,
+    LONG_COMMANDS,
+    CurveKeys,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_reply,
+    require_security,
+    set_digest,
+)
 from rig.presenter.fixation import FixationControl, FixationParams
 from rig.presenter.markers import MarkerOutput, NoMarker
-from rig.sources.reward import KINDS as REWARD_KINDS, NoReward, RewardLog, give_and_log
 from rig.presenter.stage import SCALINGS, Stage
 from rig.presenter.timing import frame_counts, frames_at_least
 from rig.presenter.trial import run_frames
-from rig.link.protocol import (COMMANDS, HEARTBEAT, LONG_COMMANDS, CurveKeys, Message, ProtocolError, decode,
-                          encode, error_reply, require_security, set_digest)
+from rig.sources.reward import KINDS as REWARD_KINDS
+from rig.sources.reward import NoReward, RewardLog, give_and_log
 from stimuli.stimset import sha1_of
 
 ALLOWED_WHILE_BUSY = ("abort", "status")   # commands served in the middle of a trial or preload

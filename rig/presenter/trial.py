@@ -25,7 +25,6 @@ from rig.presenter.markers import CODES, MarkerOutput, NoMarker
 from rig.presenter.timing import long_intervals
 
 
-
 def frame_sequence(n_images: int, n_fix: int, n_on: int, n_mask: int) -> list[tuple[str, int]]:
     """What each frame shows: (kind, presentation index or -1), ending with one blank frame."""
     frames = [("fix_on", -1)] * n_fix

@@ -560,6 +560,10 @@ def _write_stimuli(st: h5py.Group, stimuli: StimulusSet) -> None:
         v = getattr(stimuli, col)
         data = np.array([str(x) for x in v], dtype=h5py.string_dtype()) if col == "kind" else v
         _describe(st.create_dataset(col, data=data), *STIMULUS_COLUMNS[col])
+    source = getattr(stimuli, "source", None)
+    if source is not None:   # issue 19: where each stimulus's pixels came from
+        _describe(st.create_dataset("source", data=np.array([str(x) for x in source], dtype=h5py.string_dtype())),
+                  "text", "source of the pixels: builtin photograph crop 'package:photo.jpg#crop<i>', file or texture name")
     st.attrs["epsilons"] = np.asarray(stimuli.epsilons, np.float64)  # the planned grid, once
     st.attrs["epsilons_unit"] = "L2 norm, pixels in [0,1]"
 

@@ -57,8 +57,8 @@ from rig.store.dayfile import (
     STIMULUS_COLUMNS,
     TRIAL_COLUMNS,
 )
-from rig.store.origin import PRESENTER_SIM
 from rig.store.nwb_details import add_day_details
+from rig.store.origin import PRESENTER_SIM
 from rig.store.reader import DayData, read_day
 
 # config keys a LIVE recording must fill in before it can be exported ("a or b": either)

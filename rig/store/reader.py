@@ -252,6 +252,7 @@ def _read_open(path: Path, h5: h5py.File, header_only: bool = False) -> DayData:
     if version < SCHEMA_VERSION:
         grid = upgrade(version, attrs, tables, cols, grid, metadata, cfg)
     tables = _committed_rows(tables)
+    source = [x.decode() if isinstance(x, bytes) else str(x) for x in st["source"][:]] if "source" in st else None
     model = {}
     if "model" in h5:
         g = h5["model"]
@@ -264,7 +265,7 @@ def _read_open(path: Path, h5: h5py.File, header_only: bool = False) -> DayData:
 
     return DayData(
         path=path, attrs=attrs, config_text=cfg, metadata=metadata,
-        stimuli=StimulusSet(st["pixels"][:], **cols, epsilons=np.asarray(grid, np.float64).reshape(-1)),
+        stimuli=StimulusSet(st["pixels"][:], **cols, epsilons=np.asarray(grid, np.float64).reshape(-1), source=source),
         stim_ids=[s.decode() for s in st["sha1"][:]], schedule_stim_index=h5["schedule/stim_index"][:],
         channel_names=[n.decode() if isinstance(n, bytes) else n for n in h5["channels/names"][:]],
         trials=group("trials"), presentations=group("presentations"), counts=tables["spikes/counts"],
