@@ -97,6 +97,7 @@ def input_gradients(fn, x: torch.Tensor, n_sites: int, objective_params=None) ->
 
 def setting_rows(a, seed: int, smoothing: float, input_px: int) -> list[dict]:
     from modelfit.features import images_to_tensor
+    from rig.loop.groundtruth import _Drive  # the sites' pre-saturation drive, as the white-box truth attacks it
     from sim.monkey import SimParams, SimulatedMonkey
     from stimuli.images import clean_images
     from stimuli.params import PerturbParams
@@ -146,15 +147,6 @@ def setting_rows(a, seed: int, smoothing: float, input_px: int) -> list[dict]:
         print(_fmt(row, a.eps), flush=True)
     print(f"  (setting done in {time.perf_counter() - t0:.0f} s)", flush=True)
     return rows
-
-
-class _Drive(nn.Module):
-    def __init__(self, rates: nn.Module) -> None:
-        super().__init__()
-        self.rates = rates
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rates.drive(x)
 
 
 def _true_values(truth: nn.Module, ss) -> np.ndarray:
