@@ -101,7 +101,15 @@ def test_sigkill_each_process_at_random_moments(tmp_path):
     # every valid presentation was seen by the (running) simulator: none recorded during its absence
     assert res["unmatched"] == 0 and res["dropped_rows_valid"] == 0
     assert np.abs(res["errors_s"]).max() < 0.5e-3 and res["bad_counts"] == 0
-    # a restarted presenter is a new clock segment
+    # a restarted presenter is a new clock segment: along the committed sync pulses, each presenter
+    # session's pulses form one run that no later session continues, and there are no more sessions
+    # than presenters started (a restarted presenter whose trials were all unaligned adds no pulses,
+    # so the count is an upper bound, not an equality)
+    owners = [str(x).split("/")[0] for x in d.sync_segment]
+    runs = [o for i, o in enumerate(owners) if i == 0 or o != owners[i - 1]]
+    assert len(runs) == len(set(runs)), runs
+    assert 1 <= len(runs) <= 1 + kills["presenter"] and all(o.startswith("presenter-") for o in runs), runs
     labels = {s["label"].split("/")[0] for s in summary["clock_segments"] if s["n_pairs"]}
-    assert len(labels) >= 1 + kills["presenter"], summary["clock_segments"]
+    assert labels == set(runs), (labels, runs)
+    assert len(runs) >= min(2, kills["presenter"]), runs   # restarted presenters did record aligned trials
     print(kills, {k: v for k, v in res.items() if k != "errors_s"}, "max onset error ms", 1e3 * np.abs(res["errors_s"]).max())
