@@ -401,10 +401,6 @@ class DayWriter:
         labels = list(dict.fromkeys(seg.tolist()))
         return [(lab, (p[seg == lab], a[seg == lab])) for lab in labels] or [("", (p, a))]
 
-    def set_clock_segments(self, segments: list[dict]) -> None:
-        """Kept for older callers; the clock state is now written by every commit (from the
-        stored sync pairs, before the trial counts), so there is nothing to do here."""
-
     # -- writing -----------------------------------------------------------------------
     def append_trial(self, rows: TrialRows) -> None:
         """Journal the trial (fsync), then write it to HDF5, verify it and commit it.
@@ -467,11 +463,6 @@ class DayWriter:
         if bad:
             raise DayFileError(f"{self.path}: {len(bad)} committed trial(s) differ from the journal (first: row {bad[0]}); "
                                f"`itloop day recover {self.path}` rebuilds the file from the journal")
-
-    def set_clock(self, offset_s: float, drift: float, residual_sd_s: float, n_pairs: int) -> None:
-        """Kept for older callers: each commit stores the clock fit of the stored sync pairs
-        (``acq = offset + (1 + drift) * presenter``) itself; nothing is written here."""
-        self._check_usable()
 
     def set_attrs(self, attrs: dict) -> None:
         """Store session facts as root attributes (e.g. the presenter's CURVE key); flushed."""
