@@ -34,7 +34,7 @@ from rig.loop.record import slot_seconds
 from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
 from rig.store.dayfile import write_plan
-from rig.store.experiment import EXPERIMENT_ATTR, same_experiment
+from rig.store.experiment import same_experiment
 from rig.store.reader import DayCache
 from stimuli.perturb import PerturbParams
 
@@ -141,8 +141,8 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
     }
     write_plan(out, cfg, day, stimset, schedule, model_info=info,
                attrs={"planned_parent_separation_mean_min": mean_sep, "planned_parent_separation_min_min": min_sep,
-                      "random_init_model": bool(model.random_init), **beyond_attrs,
-                      **({EXPERIMENT_ATTR: experiment} if experiment else {})})
+                      "random_init_model": bool(model.random_init), **beyond_attrs},
+               experiment_uuid=experiment or "")
     if min_sep < cfg.schedule.min_parent_separation_min:
         log.warning(f"day {day}: WARNING: some perturbed images are only {min_sep:.2f} min from their parents "
                     f"(asked for schedule.min_parent_separation_min = {cfg.schedule.min_parent_separation_min}); "

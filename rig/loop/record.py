@@ -19,7 +19,7 @@ from rig.paths import day_path, plan_path
 from rig.session.runner import SessionLimits, SessionResult, run_session
 from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
-from rig.store.experiment import EXPERIMENT_ATTR, file_experiment, new_experiment_uuid, same_experiment
+from rig.store.experiment import file_experiment, new_experiment_uuid, same_experiment
 from rig.store.origin import Origin, backend_origin
 from rig.store.reader import read_day
 from stimuli.images import clean_images
@@ -48,7 +48,7 @@ def ensure_screening_plan(cfg: Config, folder: Path) -> Path:
     if not path.exists():
         stimuli, schedule = screening_plan(cfg)
         write_plan(path, cfg, 0, stimuli, schedule, {"made_by": "screening_plan"},
-                   attrs={EXPERIMENT_ATTR: new_experiment_uuid()})   # day 0 names the experiment
+                   experiment_uuid=new_experiment_uuid())   # day 0 names the experiment
     return path
 
 
@@ -99,8 +99,8 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
                 seconds_per_presentation=schedule.seconds_per_presentation, channel_names=channel_names,
                 backend=backend_name, window_ms=(cfg.window.start_ms, cfg.window.end_ms), model_info=plan.model,
                 origin=Origin(backend_origin(backend_name)),
-                calibration=calibration, attrs=_new_day_attrs(backend, backend_attrs, ppath, plan, schedule, stimuli,
-                                                              experiment))
+                calibration=calibration, experiment_uuid=experiment or "",
+                attrs=_new_day_attrs(backend, backend_attrs, ppath, plan, schedule, stimuli))
         elif calibration is not None and not writer.has_calibration:
             writer.set_calibration(calibration)
         if monitor is not None:
@@ -154,12 +154,11 @@ def _read_plan(cfg: Config, folder: Path, day: int):
     return planned_cfg, plan, ppath
 
 
-def _new_day_attrs(backend, backend_attrs: dict, ppath: Path, plan, schedule: Schedule, stimuli: StimulusSet,
-                   experiment: str | None) -> dict:
+def _new_day_attrs(backend, backend_attrs: dict, ppath: Path, plan, schedule: Schedule, stimuli: StimulusSet) -> dict:
     """Root attributes of a new day file (besides the header's own)."""
     return {**backend_attrs, **_acq_clock_zero(backend), "plan_file": ppath.name,
             **{k: v for k, v in plan.attrs.items() if k == "random_init_model"},
-            **_separation_attrs(schedule, stimuli), **({EXPERIMENT_ATTR: experiment} if experiment else {})}
+            **_separation_attrs(schedule, stimuli)}
 
 
 def _load_calibration(cfg: Config) -> dict | None:

@@ -224,8 +224,6 @@ class DayHeader:
             self.origin = Origin(backend_origin(self.backend) if self.backend in RECORDING_BACKENDS else UNKNOWN)
         self.model_info = dict(self.model_info or {})
         self.attrs = dict(self.attrs or {})
-        if not self.experiment_uuid:   # a writer may hand the experiment's UUID over with the session facts
-            self.experiment_uuid = str(self.attrs.pop("experiment_uuid", ""))
 
     def root_attrs(self) -> dict:
         """The root attributes written when the file is created."""
