@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -56,12 +57,30 @@ SECOND_STREAM_RATE_HZ = 25000.0     # the second stream's own sample counter: an
 SECOND_STREAM_START_S = -7.25       # ... and another start (its counter read 0 at acquisition time 7.25 s)
 
 
+class _TtlEdge(NamedTuple):
+    """One TTL edge to publish (any publisher)."""
+    sample: int
+    line: int
+    state: bool
+    stream: str | None
+    sample_rate: float | None
+
+
+class _Spike(NamedTuple):
+    """One spike to publish through the LSL publisher."""
+    sample: int
+    electrode: str
+
+
+_Event = list[bytes] | _TtlEdge | _Spike   # list[bytes]: the Event Broadcaster's encoded frames
+
+
 # --------------------------------------------------------------------------- wire
 class BroadcasterPub:
     """Publishes events exactly as the Event Broadcaster plugin's JSON output format does."""
 
     def __init__(self, endpoint: str, sample_rate: float, stream: str = "SIMULATED itloop sim-rig", source_node: int = 101):
-        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.bind(endpoint)
@@ -223,7 +242,7 @@ class AcquisitionSim:
                     else BroadcasterPub(event_endpoint, params.sample_rate_hz))
         self.gui = (FakeGuiHttp(http_port, Path(http_log) if http_log else None, params.refuse_record)
                     if http_port is not None else None)
-        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(marker_endpoint)
@@ -240,7 +259,7 @@ class AcquisitionSim:
         if self.wall:
             self.last_acq_s = self.now_acq_s()
         self._first_seen: dict[str, tuple[float, float]] = {}       # presenter -> (first flip t, unix s received)
-        self._held: list = []                                        # wall mode: (sample time s, n, frames) heap
+        self._held: list[tuple[float, int, _Event]] = []            # wall mode: (sample time s, n, frames) heap
         self._order = itertools.count()
         self._ttl_until = -np.inf                                    # free / periodic line published up to here
         self._ttl_phase = float(self.rng.uniform(0, 0.1))
@@ -340,14 +359,15 @@ class AcquisitionSim:
         mode) held until their sample time has passed."""
         p, fs = self.p, self.p.sample_rate_hz
         names = [f"{p.electrode_prefix}{c + 1}" for c in range(self.monkey.n_channels)]
-        frames = [(int(n), self.pub.encode_spike(int(n), names[c]) if isinstance(self.pub, BroadcasterPub) else ("s", int(n), names[c]))
-                  for n, c in zip(spike_n, spike_ch)]
+        frames: list[tuple[int, _Event]] = [
+            (int(n), self.pub.encode_spike(int(n), names[c]) if isinstance(self.pub, BroadcasterPub) else _Spike(int(n), names[c]))
+            for n, c in zip(spike_n, spike_ch)]
         for n in pulse_n:
             for edge, state in ((int(n), True), (int(n) + int(0.01 * fs), False)):
-                frames.append((edge, ("t", edge, p.ttl_line, state, None, None)))
+                frames.append((edge, _TtlEdge(edge, p.ttl_line, state, None, None)))
                 if p.two_streams:            # the same line on a second stream: its own counter
                     n2 = round((edge / fs - SECOND_STREAM_START_S) * SECOND_STREAM_RATE_HZ)
-                    frames.append((edge, ("t", n2, p.ttl_line, state, SECOND_STREAM, SECOND_STREAM_RATE_HZ)))
+                    frames.append((edge, _TtlEdge(n2, p.ttl_line, state, SECOND_STREAM, SECOND_STREAM_RATE_HZ)))
         frames.sort(key=lambda f: f[0])
         for n, fr in frames:
             if self.wall:
@@ -356,13 +376,15 @@ class AcquisitionSim:
                 self._send(fr)
         self.release()
 
-    def _send(self, fr) -> None:
-        if isinstance(fr, tuple) and fr[0] == "t":
-            self.pub.ttl(fr[1], fr[2], fr[3], stream=fr[4], sample_rate=fr[5])
-        elif isinstance(fr, tuple) and fr[0] == "s":
-            self.pub.spike(fr[1], fr[2])
-        else:
+    def _send(self, fr: _Event) -> None:
+        if isinstance(fr, _TtlEdge):
+            self.pub.ttl(fr.sample, fr.line, fr.state, stream=fr.stream, sample_rate=fr.sample_rate)
+        elif isinstance(fr, _Spike):
+            self.pub.spike(fr.sample, fr.electrode)
+        elif isinstance(self.pub, BroadcasterPub):
             self.pub.sock.send_multipart(fr)
+        else:
+            raise TypeError("encoded Event Broadcaster frames reached the LSL publisher")
 
     def now_acq_s(self) -> float:
         return time.time() - self.zero_unix_s

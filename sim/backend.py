@@ -16,11 +16,16 @@ Randomness per trial comes from (seed, session seed, day, trial_index): determin
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rig.backend import BackendInfo, SessionInfo, Trial, TrialRecord
 from sim.clocks import FrameClock, photodiode_jitter
 from sim.monkey import SimulatedMonkey
+
+if TYPE_CHECKING:
+    from sim.gaze import GazeModel
 
 
 class SimBackend:
@@ -44,7 +49,7 @@ class SimBackend:
         self._rates: np.ndarray | None = None
         self._t = self.start_s
         self.gaze_hz = float(gaze_hz)
-        self._gaze = None
+        self._gaze: GazeModel | None = None
 
     # -- Backend protocol ---------------------------------------------------------------
     def open(self, session: SessionInfo, stimuli) -> None:

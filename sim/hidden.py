@@ -9,10 +9,14 @@ same network in every process and never touches torch's global random state.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from efficientnet_lite_pytorch.model import MBConvBlock
 
 
 class GaussianBlur(nn.Module):
@@ -20,6 +24,8 @@ class GaussianBlur(nn.Module):
 
     Reflect padding keeps the image size; differentiable, so gradients see the blur too.
     """
+
+    kernel: torch.Tensor
 
     def __init__(self, sigma_px: float) -> None:
         super().__init__()
@@ -31,7 +37,7 @@ class GaussianBlur(nn.Module):
         k = torch.exp(-0.5 * (x / sigma_px) ** 2) if sigma_px > 0 else torch.ones(1)
         self.register_buffer("kernel", (k / k.sum()).view(1, 1, 1, -1), persistent=False)
         self.radius = radius
-        self._matrices: dict = {}
+        self._matrices: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     def _matrix(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         """(n, n) matrix M with blur-along-one-axis(x) = x @ M (reflect padding built in)."""
@@ -66,6 +72,8 @@ class RandomConvNet(nn.Module):
     position). Weights are He-normal from ``seed``; frozen.
     """
 
+    pixel_mean: torch.Tensor
+
     def __init__(self, width: int, seed: int) -> None:
         super().__init__()
         if width < 1:
@@ -75,7 +83,8 @@ class RandomConvNet(nn.Module):
         ksizes = [5, 3, 3, 3]
         self.convs = nn.ModuleList()
         for i, (cin, cout, k) in enumerate(zip(chans[:-1], chans[1:], ksizes)):
-            conv = nn.Conv2d(cin, cout, k, stride=4 if i == 0 else 2, padding=k // 2)
+            conv = nn.Conv2d(cin, cout, k, stride=4 if i == 0 else 2, padding=k // 2, bias=True)
+            assert conv.bias is not None   # bias=True
             conv.weight.data = _randn(gen, cout, cin, k, k, std=math.sqrt(2.0 / (cin * k * k)))
             conv.bias.data = _randn(gen, cout, std=0.1)
             self.convs.append(conv)
@@ -95,6 +104,10 @@ class RandomConvNet(nn.Module):
 
 class RandomMLP(nn.Module):
     """Random two-layer readout (D -> hidden -> n_out) with a softplus in between; frozen."""
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
 
     def __init__(self, d_in: int, n_hidden: int, n_out: int, seed: int) -> None:
         super().__init__()
@@ -116,8 +129,11 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, t
     Exact in real arithmetic: bn(y) = (y - mean) * g + beta with g = gamma / sqrt(var + eps) per
     output channel, so the conv's weights scale by g and the bias becomes beta - mean * g (plus
     g * the conv's own bias). Computed in float64, returned float32."""
-    g = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    bias = bn.bias.detach().double() - bn.running_mean.detach().double() * g
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise ValueError("fold_batchnorm needs a BatchNorm with running statistics (track_running_stats=True)")
+    g = bn.weight.detach().double() / torch.sqrt(var.detach().double() + bn.eps)
+    bias = bn.bias.detach().double() - mean.detach().double() * g
     if conv.bias is not None:
         bias = bias + conv.bias.detach().double() * g
     w = conv.weight.detach().double() * g.view(-1, 1, 1, 1)
@@ -131,6 +147,9 @@ class _FoldedConv(nn.Module):
     ``max((ceil(i/s) - 1) * s + k - i, 0)``, the odd pixel on the bottom/right): symmetric
     padding goes into the convolution itself (no padded copy of the input); only asymmetric
     padding (stride 2 on even sizes) pads explicitly."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: bool) -> None:
         super().__init__()
@@ -176,7 +195,7 @@ class _FoldedBlock(nn.Module):
     """An eval-mode MBConv block of EfficientNet-Lite (no squeeze-excitation, ReLU6) with
     its three BatchNorms folded into the convolutions."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: MBConvBlock) -> None:
         super().__init__()
         a = block._block_args
         if block.has_se or not isinstance(block._swish, nn.ReLU6):
@@ -213,6 +232,9 @@ class TrainedTrunk(nn.Module):
     the package's own modules, for :meth:`reference_forward` and inspection.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, name: str = "efficientnet-lite1", n_blocks: int = 15) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
@@ -225,13 +247,14 @@ class TrainedTrunk(nn.Module):
         net.eval()
         self.name = name
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.mbconv = nn.ModuleList(list(net._blocks)[:n_blocks])
+        blocks = list(net._blocks)[:n_blocks]
+        self.mbconv = nn.ModuleList(blocks)
         self.folded = nn.Sequential(_FoldedConv(net._conv_stem, net._bn0, act=True),
-                                    *[_FoldedBlock(b) for b in self.mbconv])
+                                    *[_FoldedBlock(b) for b in blocks])
         self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1))
         with torch.no_grad():
-            self.feature_dim = int(self.mbconv[-1]._bn2.num_features) * 4
+            self.feature_dim = int(blocks[-1]._bn2.num_features) * 4
         self.requires_grad_(False)
         self.eval()
 

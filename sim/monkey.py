@@ -60,6 +60,9 @@ class TrueRateModule(nn.Module):
     reference textures, lazily on the first call at that size.
     """
 
+    baseline_hz: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, params: SimParams, model_features: Callable | None, baseline_hz: np.ndarray,
                  bias: np.ndarray, n_reference_images: int = 128) -> None:
         super().__init__()
@@ -72,15 +75,16 @@ class TrueRateModule(nn.Module):
         self.w_hid = math.sqrt(1.0 - params.linear_fraction)
         self.w_model = math.sqrt(params.model_alignment) if self.w_lin > 0 else 0.0
         self.w_hidlin = math.sqrt(1.0 - params.model_alignment) if self.w_lin > 0 else 0.0
-        self.hidden_net = TrainedTrunk() if (self.w_hid > 0 or self.w_hidlin > 0) else None
-        self.hidden_mlp = (RandomMLP(self.hidden_net.feature_dim, max(64, 4 * self.n_channels), self.n_channels,
-                                     _seed_for(params.seed, 12)) if self.w_hid > 0 else None)
+        hidden_net = TrainedTrunk() if (self.w_hid > 0 or self.w_hidlin > 0) else None
+        self.hidden_net = hidden_net
+        self.hidden_mlp = (RandomMLP(hidden_net.feature_dim, max(64, 4 * self.n_channels), self.n_channels,
+                                     _seed_for(params.seed, 12)) if hidden_net is not None and self.w_hid > 0 else None)
         self._features_is_module = False
         if self.w_model > 0:
             if model_features is None:
                 model_features = RandomConvNet(max(8, params.hidden_width // 2), _seed_for(params.seed, 13))
-            self._features_is_module = isinstance(model_features, nn.Module)
-            if self._features_is_module:
+            if isinstance(model_features, nn.Module):
+                self._features_is_module = True
                 model_features.eval()  # its parameters are left as they are (it may be shared)
                 self.model_features = model_features
             else:
@@ -128,14 +132,17 @@ class TrueRateModule(nn.Module):
             ref = reference_images(self.n_reference_images, side, seed=_seed_for(self.params.seed, 14))
             top, left = (side - h) // 2, (side - w) // 2
             images = images_to_tensor(ref[:, top:top + h, left:left + w])
-        feats, hids = [], []
+        feats: list[torch.Tensor] = []
+        hids: list[torch.Tensor] = []
         with torch.no_grad():
             for chunk in torch.split(images, 32):
-                f, g = self._raw_parts(chunk)
-                feats.append(f)
-                hids.append(g)
+                f_part, g_part = self._raw_parts(chunk)
+                if f_part is not None:
+                    feats.append(f_part)
+                if g_part is not None:
+                    hids.append(g_part)
         st: dict[str, torch.Tensor] = {}
-        lin = 0.0
+        lin: torch.Tensor | float = 0.0
         if self.w_model > 0:
             f = torch.cat(feats)
             st["f_mean"], st["f_scale"] = self._mean_scale(f, FEATURE_SHRINK)
@@ -154,6 +161,7 @@ class TrueRateModule(nn.Module):
             if self.hidden_mlp is not None:
                 st["hid_mean"], st["hid_scale"] = self._mean_scale(self.hidden_mlp(zg))
         if self.w_lin > 0:
+            assert isinstance(lin, torch.Tensor)   # w_lin > 0: w_model or w_hidlin is > 0, so a part was added
             st["lin_mean"], st["lin_scale"] = self._mean_scale(lin)
         self._stats[(h, w)] = st
 
@@ -173,7 +181,7 @@ class TrueRateModule(nn.Module):
         if f is not None:
             lin = lin + self.w_model * (((f - st["f_mean"]) / st["f_scale"]) @ st["a"].T - st["lm_mean"]) / st["lm_scale"]
         zg = (g - st["g_mean"]) / st["g_scale"] if g is not None else None
-        if self.w_hidlin > 0:
+        if zg is not None and self.w_hidlin > 0:
             lin = lin + self.w_hidlin * (zg @ st["c"].T - st["lh_mean"]) / st["lh_scale"]
         if self.w_lin > 0:
             drive = drive + self.w_lin * (lin - st["lin_mean"]) / st["lin_scale"]
@@ -208,7 +216,8 @@ class SimulatedMonkey:
         rng = np.random.default_rng(_seed_for(params.seed, 1))
         lo, hi = params.baseline_hz
         self.baseline_hz = rng.uniform(lo, hi, size=self.n_channels)
-        self.latency_s = rng.uniform(*params.latency_ms, size=self.n_channels) / 1000.0
+        lo_ms, hi_ms = params.latency_ms
+        self.latency_s = rng.uniform(lo_ms, hi_ms, size=self.n_channels) / 1000.0
         self.bias = rng.uniform(-2.5, -1.5, size=self.n_channels)
         self.clock = ClockMap(float(params.clock_offset_s), float(params.clock_drift_ppm))
         self._module = TrueRateModule(params, model_features, self.baseline_hz, self.bias, n_reference_images)
