@@ -29,6 +29,7 @@ import hashlib
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -37,6 +38,9 @@ from torchvision.models.resnet import BasicBlock
 
 from modelfit.files import atomic_path
 from modelfit.names import BACKBONES, LAYERS, pool_grid  # torch-free names, one definition
+
+if TYPE_CHECKING:
+    from efficientnet_lite_pytorch import EfficientNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,7 +143,7 @@ class LiteTrunk(nn.Module):
     """An EfficientNet-Lite (efficientnet_lite_pytorch.EfficientNet) truncated at ``layer``:
     images already normalised -> feature map (B, C, h, w)."""
 
-    def __init__(self, net: nn.Module, layer: str) -> None:
+    def __init__(self, net: EfficientNet, layer: str) -> None:
         super().__init__()
         self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
         n = _LITE_BLOCKS.get(layer, len(net._blocks))
@@ -258,6 +262,9 @@ class Backbone(nn.Module):
     gradients flow to the input.
     """
 
+    img_mean: torch.Tensor
+    img_std: torch.Tensor
+
     def __init__(self, name: str, layer: str, net: nn.Module, weights_path: str | None,
                  weights_sha256: str, seed: int, pool: str = "avg") -> None:
         super().__init__()
@@ -272,16 +279,16 @@ class Backbone(nn.Module):
         lite = name.startswith("efficientnet-lite")
         self.register_buffer("img_mean", torch.tensor(LITE_MEAN if lite else IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("img_std", torch.tensor(LITE_STD if lite else IMAGENET_STD).view(1, 3, 1, 1))
+        self.stem: nn.Module
+        self.blocks: nn.Module
         if lite:
             self.stem = nn.Identity()
             self.blocks = LiteTrunk(net, layer)
-        else:
-            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-            blocks = [net.layer1, net.layer2, net.layer3]
-            if layer == "layer4.0":
-                blocks.append(net.layer4[0])
-            elif layer == "layer4":
-                blocks.append(net.layer4)
+        else:   # a ResNet (torchvision's, or the tiny one): its children by name
+            self.stem = nn.Sequential(*(net.get_submodule(n) for n in ("conv1", "bn1", "relu", "maxpool")))
+            blocks = [net.get_submodule(n) for n in ("layer1", "layer2", "layer3")]
+            if layer in ("layer4.0", "layer4"):
+                blocks.append(net.get_submodule(layer))   # "layer4.0": the first block of layer4
             self.blocks = nn.Sequential(*blocks)
         self.requires_grad_(False)
         super().train(False)

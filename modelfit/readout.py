@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 from torch import nn
@@ -258,14 +259,20 @@ class SiteModel(nn.Module):
     ``backbone`` is the feature network; ``weight`` (S, D) is on z-scored features.
     """
 
-    def __init__(self, backbone: nn.Module, mean, scale, weight, bias) -> None:
+    feat_mean: torch.Tensor
+    feat_scale: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, backbone: nn.Module, mean: npt.ArrayLike, scale: npt.ArrayLike, weight: npt.ArrayLike,
+                 bias: npt.ArrayLike) -> None:
         super().__init__()
         self.backbone = backbone
-        f32 = dict(dtype=torch.float32)
-        self.register_buffer("feat_mean", torch.as_tensor(np.asarray(mean), **f32))
-        self.register_buffer("feat_scale", torch.as_tensor(np.asarray(scale), **f32))
-        self.register_buffer("weight", torch.as_tensor(np.asarray(weight), **f32))
-        self.register_buffer("bias", torch.as_tensor(np.asarray(bias), **f32))
+        f32 = torch.float32
+        self.register_buffer("feat_mean", torch.as_tensor(np.asarray(mean), dtype=f32))
+        self.register_buffer("feat_scale", torch.as_tensor(np.asarray(scale), dtype=f32))
+        self.register_buffer("weight", torch.as_tensor(np.asarray(weight), dtype=f32))
+        self.register_buffer("bias", torch.as_tensor(np.asarray(bias), dtype=f32))
         self.eval()
 
     @property

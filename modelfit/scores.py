@@ -21,10 +21,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from .readout import pearson_r_columns
+
+
+class Estimator(Protocol):
+    """A scikit-learn-style regressor: ``fit`` returns the fitted estimator, ``predict`` (n, S)."""
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> Estimator: ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
 
 
 def split_half_reliability(reps: np.ndarray, n_splits: int = 50, seed: int = 0) -> np.ndarray:
@@ -71,7 +80,7 @@ def spearman_brown(r: np.ndarray) -> np.ndarray:
         return 2 * r / (1 + r)
 
 
-def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], object], n_splits: int = 10,
+def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], Estimator], n_splits: int = 10,
                       train_fraction: float = 0.9, seed: int = 0, progress: bool = False) -> np.ndarray:
     """Mean held-out Pearson r per site (n_sites,) over ``n_splits`` shuffled train/test splits.
 
@@ -126,7 +135,7 @@ def group_folds(groups, test: np.ndarray, n_folds: int, seed: int = 0) -> np.nda
 
 
 def grouped_cross_validated_r(X: np.ndarray, Y: np.ndarray, groups, test: np.ndarray,
-                              make_readout: Callable[[], object], n_folds: int = 5, seed: int = 0,
+                              make_readout: Callable[[], Estimator], n_folds: int = 5, seed: int = 0,
                               progress: bool = False) -> np.ndarray:
     """Mean held-out Pearson r per site (n_sites,) over ``n_folds`` folds grouped by ``groups``.
 
