@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -116,10 +117,11 @@ def resolve_mode(params: PerturbParams, device: str | torch.device,
 
 
 # ----------------------------------------------------------------------------- the network of a mode
-_PREPARED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+Network = Callable[..., torch.Tensor]   # images (B, 3, H, W) -> features or predictions
+_PREPARED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[EngineMode, str], Network]] = weakref.WeakKeyDictionary()
 
 
-def engine_network(module, mode: EngineMode, device: torch.device):
+def engine_network(module: Network, mode: EngineMode, device: torch.device) -> Network:
     """The network the gradient passes run: ``module`` itself in the plain mode, otherwise a
     copy in eval mode without parameter gradients, on ``device``, with its weights in the mode's
     layout (converted once here, not inside every convolution of every step), compiled if asked
@@ -136,9 +138,7 @@ def engine_network(module, mode: EngineMode, device: torch.device):
             p.requires_grad_(False)
         if mode.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        if mode.compile:
-            net = torch.compile(net, dynamic=False)
-        cache[key] = net
+        cache[key] = torch.compile(net, dynamic=False) if mode.compile else net
     return cache[key]
 
 

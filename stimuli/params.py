@@ -45,7 +45,10 @@ class PerturbParams:
     @classmethod
     def from_config_section(cls, section) -> "PerturbParams":
         """From ``cfg.perturb`` (a dataclass or mapping); unknown keys are ignored."""
-        data = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+        if dataclasses.is_dataclass(section) and not isinstance(section, type):
+            data = dataclasses.asdict(section)
+        else:
+            data = dict(section)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

@@ -100,13 +100,13 @@ class _Problems:
     eps: torch.Tensor        # (P,) float32 L2 radius (pixels in [0,1])
     sign: torch.Tensor       # (P,) long, +1 or -1
     f0: torch.Tensor         # (P,) float32, s * f_site(x) on the clean image (spikes)
-    epsilon: Sequence[float]  # the radii as given (float64), for the per-row seeds
-    keys: list[tuple[int, int, float, int]] | None = None   # host copy of (image, site, epsilon, sign) per problem
+    epsilon: Sequence[float] | np.ndarray  # the radii as given (float64), for the per-row seeds
+    keys: list[tuple[int, int, float, int]] = dataclasses.field(init=False)   # host copy of (image, site, epsilon, sign) per problem
 
     def __post_init__(self) -> None:
-        if self.keys is None:   # read once here, not once per row from the device
-            self.keys = list(zip(self.image.tolist(), self.site.tolist(), [float(e) for e in self.epsilon],
-                                 self.sign.tolist()))
+        # read once here, not once per row from the device
+        self.keys = list(zip(self.image.tolist(), self.site.tolist(), [float(e) for e in self.epsilon],
+                             self.sign.tolist()))
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -147,9 +147,9 @@ class _Rows:
         return self.take(mask.nonzero().squeeze(1))
 
     @staticmethod
-    def cat(parts: list["_Rows | None"]) -> "_Rows":
-        parts = [p for p in parts if p is not None and len(p)]
-        return _Rows(**{name: torch.cat([getattr(p, name) for p in parts]) for name in _ROW_FIELDS})
+    def cat(parts: Sequence[_Rows | None]) -> _Rows:
+        kept = [p for p in parts if p is not None and len(p)]
+        return _Rows(**{name: torch.cat([getattr(p, name) for p in kept]) for name in _ROW_FIELDS})
 
     def feasible(self, radius: torch.Tensor, idx: torch.Tensor | None = None) -> L2BoxSet:
         """Each row's (or rows ``idx``') ball of ``radius`` ∩ the pixel box; the box bounds
@@ -354,7 +354,7 @@ class _Search:
         if free > 0 and self.fresh:
             jobs = [self.fresh.popleft() for _ in range(min(free, len(self.fresh)))]
             add.append(_start_rows(self.problems, jobs, self.clean, self.params, self.seed))
-        return _Rows.cat([batch] + add) if add else batch
+        return _Rows.cat([batch, *add]) if add else batch
 
     def _evaluate(self, rows: _Rows, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward+backward pass for every row: ``s * (f(x + delta) - f(x))`` and its gradient
@@ -430,8 +430,9 @@ class _Search:
         return Solution(p, self.best_delta.pop(p), float(self.best_val[p]), int(self.passes[p]))
 
 
-def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequence[int], site: Sequence[int],
-                   epsilon: Sequence[float], sign: Sequence[int], params: PerturbParams, seed: int = 0,
+def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequence[int] | np.ndarray,
+                   site: Sequence[int] | np.ndarray, epsilon: Sequence[float] | np.ndarray,
+                   sign: Sequence[int] | np.ndarray, params: PerturbParams, seed: int = 0,
                    progress: bool = False, clean_values: torch.Tensor | None = None) -> Iterator[Solution]:
     """Solve problems ``k`` = (``image[k]``, ``site[k]``, ``epsilon[k]``, ``sign[k]``); yield each
     :class:`Solution` as soon as its problem is done (order not guaranteed).
@@ -536,13 +537,14 @@ class Expanded:
         return len(self.pair)
 
 
-def expand_problems(images: Sequence[int], sites: Sequence[int], epsilons: Sequence[float]) -> Expanded:
+def expand_problems(images: Sequence[int] | np.ndarray, sites: Sequence[int] | np.ndarray,
+                    epsilons: Sequence[float] | np.ndarray) -> Expanded:
     """Every (image, site) pair at every epsilon, direction +1 then -1 (the engine's output order)."""
-    img, sites = np.asarray(images, dtype=np.int64), np.asarray(sites, dtype=np.int64)
+    img, site = np.asarray(images, dtype=np.int64), np.asarray(sites, dtype=np.int64)
     pi = np.repeat(np.arange(len(img)), len(epsilons) * 2)
     ei = np.tile(np.repeat(np.arange(len(epsilons)), 2), len(img))
     sg = np.tile([1, -1], len(img) * len(epsilons))
-    return Expanded(pi, img[pi], sites[pi], np.asarray(epsilons, dtype=np.float64)[ei], ei, sg)
+    return Expanded(pi, img[pi], site[pi], np.asarray(epsilons, dtype=np.float64)[ei], ei, sg)
 
 
 # ----------------------------------------------------------------------------- one block of problems
@@ -726,19 +728,20 @@ def random_controls(clean: np.ndarray, parents: Sequence[int], epsilons: list[fl
     eps_list = validate_epsilons(epsilons)
     if int(n_per_image) != n_per_image or n_per_image < 0:
         raise ValueError(f"n_per_image = {n_per_image!r} is impossible; expected an integer >= 0")
-    parents = np.asarray(parents, dtype=np.int64).reshape(-1)
-    if np.any((parents < 0) | (parents >= len(clean))):
-        raise ValueError(f"parents must index the {len(clean)} clean images (0..{len(clean) - 1}); got {parents.tolist()}")
+    parent_idx = np.asarray(parents, dtype=np.int64).reshape(-1)
+    if np.any((parent_idx < 0) | (parent_idx >= len(clean))):
+        raise ValueError(f"parents must index the {len(clean)} clean images (0..{len(clean) - 1}); got {parent_idx.tolist()}")
+    site_idx = None
     if sites is not None:
-        sites = np.asarray(sites, dtype=np.int64).reshape(-1)
-        if len(sites) != len(parents):
-            raise ValueError(f"sites must give one site per parent; got {len(sites)} sites for {len(parents)} parents")
-    if model is None or sites is None or not len(parents) * len(eps_list) * n_per_image:
-        return join_with_clean(clean, [_controls(None, clean, parents, sites, eps_list, int(n_per_image), seed,
+        site_idx = np.asarray(sites, dtype=np.int64).reshape(-1)
+        if len(site_idx) != len(parent_idx):
+            raise ValueError(f"sites must give one site per parent; got {len(site_idx)} sites for {len(parent_idx)} parents")
+    if model is None or site_idx is None or not len(parent_idx) * len(eps_list) * n_per_image:
+        return join_with_clean(clean, [_controls(None, clean, parent_idx, site_idx, eps_list, int(n_per_image), seed,
                                                  None, 64)], eps_list)
     objective = SiteObjective(model, device)
     with objective.session():
         cv = objective.predict_all_batched(_to_float(clean, device), 64)
-        validate_problems(list(zip(parents.tolist(), sites.tolist())), len(clean), cv.shape[1])
-        ctrl = _controls(objective, clean, parents, sites, eps_list, int(n_per_image), seed, cv, 64)
+        validate_problems(list(zip(parent_idx.tolist(), site_idx.tolist())), len(clean), cv.shape[1])
+        ctrl = _controls(objective, clean, parent_idx, site_idx, eps_list, int(n_per_image), seed, cv, 64)
     return join_with_clean(clean, [ctrl], eps_list)

@@ -72,7 +72,8 @@ def _changed_coordinates(v: torch.Tensor, clipped: torch.Tensor, block: int = 25
     b, n = v.shape
     diff = v - clipped                                   # exactly 0 where unchanged (finite values)
     if n % block:
-        return diff.nonzero(as_tuple=True)
+        rows, cols = diff.nonzero(as_tuple=True)
+        return rows, cols
     blocks = diff.view(b * (n // block), block)
     hit = ((blocks.amax(1) != 0) | (blocks.amin(1) != 0)).nonzero().squeeze(1)
     sub = blocks[hit].nonzero()

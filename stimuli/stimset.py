@@ -36,10 +36,11 @@ stimulus's source is its clean parent's. Cross-validation groups crops of one ph
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from modelfit.imageid import sha1_of  # the one image sha1 (re-exported: stimuli.stimset.sha1_of)
 
@@ -57,47 +58,70 @@ def check_epsilon_index(index: np.ndarray, requested: np.ndarray, epsilons: np.n
                          "the index must name the planned epsilon each stimulus was made at")
 
 
-@dataclass
+_COLUMN_DTYPES: dict[str, type] = {
+    "shared_delta": np.int64, "design_role": np.int8, "coord_u": np.float64, "coord_v": np.float64,
+    "parent": np.int64, "site": np.int64, "epsilon_requested": np.float64, "epsilon_shown": np.float64,
+    "direction": np.int8, "predicted_change": np.float64, "budget_passes": np.int64, "epsilon_index": np.int64}
+
+
+def _column_defaults(n: int) -> dict[str, np.ndarray]:
+    """Each provenance column's value for ``n`` stimuli when it is not given."""
+    return {"kind": np.array(["clean"] * n, dtype=object), "parent": np.full(n, -1),
+            "site": np.full(n, -1), "epsilon_requested": np.zeros(n), "epsilon_shown": np.zeros(n),
+            "direction": np.zeros(n), "predicted_change": np.full(n, np.nan),
+            "budget_passes": np.zeros(n), "epsilon_index": np.full(n, -1), "shared_delta": np.full(n, -1),
+            "design_role": np.zeros(n), "coord_u": np.full(n, np.nan), "coord_v": np.full(n, np.nan)}
+
+
+@dataclass(init=False)
 class StimulusSet:
+    """Pixels and provenance columns (see the module docstring). Every column is optional when
+    built (array-like, one entry per stimulus; the defaults describe clean images) and is an
+    array of its column's dtype afterwards."""
+
     pixels: np.ndarray
-    kind: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    parent: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    site: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    epsilon_requested: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    epsilon_shown: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    direction: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    predicted_change: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    budget_passes: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    epsilon_index: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    epsilons: np.ndarray = field(default=None)  # type: ignore[arg-type]  # the planned grid, (n_eps,)
-    shared_delta: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    design_role: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    coord_u: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    coord_v: np.ndarray = field(default=None)  # type: ignore[arg-type]
-    source: Any = None  # per stimulus (a sequence of str, stored as an object array), where its pixels came from (see the module docstring)
+    kind: np.ndarray
+    parent: np.ndarray
+    site: np.ndarray
+    epsilon_requested: np.ndarray
+    epsilon_shown: np.ndarray
+    direction: np.ndarray
+    predicted_change: np.ndarray
+    budget_passes: np.ndarray
+    epsilon_index: np.ndarray
+    epsilons: np.ndarray   # the planned grid, (n_eps,)
+    shared_delta: np.ndarray
+    design_role: np.ndarray
+    coord_u: np.ndarray
+    coord_v: np.ndarray
+    source: np.ndarray | None  # per stimulus (str, an object array), where its pixels came from (see the module docstring)
 
     COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction",
                "predicted_change", "budget_passes", "epsilon_index")
     GEOMETRY_COLUMNS = ("shared_delta", "design_role", "coord_u", "coord_v")
-    _DTYPES = {"shared_delta": np.int64, "design_role": np.int8, "coord_u": np.float64, "coord_v": np.float64,
-               "parent": np.int64, "site": np.int64, "epsilon_requested": np.float64,
-               "epsilon_shown": np.float64, "direction": np.int8, "predicted_change": np.float64,
-               "budget_passes": np.int64, "epsilon_index": np.int64}
+    _DTYPES = _COLUMN_DTYPES
 
-    def __post_init__(self) -> None:
-        px = np.asarray(self.pixels)
+    def __init__(self, pixels: npt.ArrayLike, kind: npt.ArrayLike | None = None, parent: npt.ArrayLike | None = None,
+                 site: npt.ArrayLike | None = None, epsilon_requested: npt.ArrayLike | None = None,
+                 epsilon_shown: npt.ArrayLike | None = None, direction: npt.ArrayLike | None = None,
+                 predicted_change: npt.ArrayLike | None = None, budget_passes: npt.ArrayLike | None = None,
+                 epsilon_index: npt.ArrayLike | None = None, epsilons: npt.ArrayLike | None = None,
+                 shared_delta: npt.ArrayLike | None = None, design_role: npt.ArrayLike | None = None,
+                 coord_u: npt.ArrayLike | None = None, coord_v: npt.ArrayLike | None = None,
+                 source: Iterable[object] | None = None) -> None:
+        px = np.asarray(pixels)
         if px.dtype != np.uint8 or px.ndim != 4 or px.shape[-1] != 3:
             raise ValueError(f"StimulusSet.pixels must be uint8 of shape (n, H, W, 3); got {px.dtype} {px.shape}")
         self.pixels = px
         n = len(px)
-        defaults = {"kind": np.array(["clean"] * n, dtype=object), "parent": np.full(n, -1),
-                    "site": np.full(n, -1), "epsilon_requested": np.zeros(n), "epsilon_shown": np.zeros(n),
-                    "direction": np.zeros(n), "predicted_change": np.full(n, np.nan),
-                    "budget_passes": np.zeros(n), "epsilon_index": np.full(n, -1), "shared_delta": np.full(n, -1),
-                    "design_role": np.zeros(n), "coord_u": np.full(n, np.nan), "coord_v": np.full(n, np.nan)}
+        given = {"kind": kind, "parent": parent, "site": site, "epsilon_requested": epsilon_requested,
+                 "epsilon_shown": epsilon_shown, "direction": direction, "predicted_change": predicted_change,
+                 "budget_passes": budget_passes, "epsilon_index": epsilon_index, "shared_delta": shared_delta,
+                 "design_role": design_role, "coord_u": coord_u, "coord_v": coord_v}
+        defaults = _column_defaults(n)
         for col in self.COLUMNS + self.GEOMETRY_COLUMNS:
-            v = getattr(self, col)
-            v = defaults[col] if v is None else np.asarray(v)
+            value = given[col]
+            v = defaults[col] if value is None else np.asarray(value)
             v = v.astype(object) if col == "kind" else v.astype(self._DTYPES[col])
             if len(v) != n:
                 raise ValueError(f"StimulusSet.{col} has {len(v)} entries for {n} images")
@@ -107,10 +131,11 @@ class StimulusSet:
             raise ValueError(f"StimulusSet.kind has unknown values {bad}; expected {KINDS}")
         if np.any((self.parent >= n) | (self.parent < -1)):
             raise ValueError("StimulusSet.parent points outside the set")
-        self.epsilons = np.zeros(0) if self.epsilons is None else np.asarray(self.epsilons, np.float64).reshape(-1)
+        self.epsilons = np.zeros(0) if epsilons is None else np.asarray(epsilons, np.float64).reshape(-1)
         check_epsilon_index(self.epsilon_index, self.epsilon_requested, self.epsilons)
-        if self.source is not None:
-            self.source = np.array([str(s) for s in self.source], dtype=object)
+        self.source = None
+        if source is not None:
+            self.source = np.array([str(s) for s in source], dtype=object)
             if len(self.source) != n:
                 raise ValueError(f"StimulusSet.source has {len(self.source)} entries for {n} images")
         self._ids: list[str] | None = None
