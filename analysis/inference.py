@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 from scipy import stats
@@ -174,6 +175,7 @@ def _bca(statistic: Callable, n_sites: int, n_images: int, n_resamples: int, lev
     free_s, free_i = n_sites >= MIN_UNITS, n_images >= MIN_UNITS
     if not (free_s or free_i):
         return float("nan"), float("nan")
+    data: tuple[np.ndarray, ...]
     if free_s and free_i:
         data, stat = (sites, images), statistic
     else:
@@ -244,7 +246,7 @@ def above_floor_test(products: np.ndarray, *, seed: int = 0, n_resamples: int = 
     return p
 
 
-def holm(p_values: Sequence[float]) -> np.ndarray:
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (family: the given tests; NaN stays NaN)."""
     p = np.asarray(p_values, dtype=float)
     out = np.full_like(p, np.nan)
@@ -371,6 +373,13 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
     return out
 
 
+class _BootstrapKw(TypedDict):
+    """The bootstrap settings every estimate of one day's headline shares."""
+    n_resamples: int
+    level: float
+    seed: int
+
+
 def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma: np.ndarray, *,
                  n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0) -> DayHeadline:
     """Headline statistics of one day from per-repeat responses and the targeted / random pairs.
@@ -392,7 +401,7 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
     slotted = site_slots([t[k] for k in names] + ([r[k] for k in names] if r is not None else []))
     t = dict(zip(names, slotted[:len(names)]))
     r = dict(zip(names, slotted[len(names):])) if r is not None else None
-    kw = {"n_resamples": n_resamples, "level": level, "seed": seed}
+    kw: _BootstrapKw = {"n_resamples": n_resamples, "level": level, "seed": seed}
     mean = np.asarray
     t_rms = two_level_estimate([t["sq"]], signed_sqrt, **kw).estimates
     t_abs = two_level_estimate([t["abs"]], mean, **kw).estimates

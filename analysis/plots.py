@@ -16,6 +16,7 @@ from matplotlib.figure import (
 )
 
 from analysis.baselines import SiteLevel
+from analysis.bootstrap import Estimate
 from analysis.sensitivity import PredictedVsMeasured, SensitivityCurve
 
 DPI = 130
@@ -157,7 +158,7 @@ def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected
 
 
 def plot_sensitivity_by_day(path, curves_by_day: Mapping[int, SensitivityCurve], *,
-                            fraction_of_true_by_day: Mapping[int, Mapping[float, object]] | None = None,
+                            fraction_of_true_by_day: Mapping[int, Mapping[float, Estimate]] | None = None,
                             title: str | None = None) -> Path:
     """Population sensitivity per recording day: left vs epsilon (one line per day), right vs day
     (one line per epsilon, CI error bars). Pass bias-corrected curves to show the lower bound.

@@ -302,7 +302,7 @@ def bootstrap_pearson(x: np.ndarray, y: np.ndarray, n_boot: int, level: float, r
     boot = np.concatenate([pearson_rows(x[idx], y[idx]) for idx in
                            (rng.integers(0, len(x), size=(min(chunk, n_boot - i), len(x)))
                             for i in range(0, n_boot, chunk))])
-    return estimate_from_boot(pearson_rows(x, y), boot, level, len(x))
+    return estimate_from_boot(float(pearson_rows(x, y)), boot, level, len(x))
 
 
 def predicted_vs_measured(responses: np.ndarray, prov, *, sites: np.ndarray | None = None,
