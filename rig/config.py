@@ -369,7 +369,7 @@ _SLURM_WORDS = "letters, digits and _ . , : = / @ % + - only (no spaces, quotes,
 def scheduler_address_ok(address: str) -> bool:
     """A Dask scheduler address ``tcp://host:port`` (port 1..65535), nothing else."""
     m = re.fullmatch(_SCHEDULER_RE, address)
-    return bool(m) and 1 <= int(m.group(1)) <= 65535
+    return m is not None and 1 <= int(m.group(1)) <= 65535
 
 
 @dataclass

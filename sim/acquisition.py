@@ -39,6 +39,7 @@ import json
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -230,7 +231,7 @@ class AcqSimParams:
 class AcquisitionSim:
     """Watches presenter flips, publishes the simulated recording (see module docstring)."""
 
-    def __init__(self, monkey, pixels: np.ndarray, marker_endpoint: str, event_endpoint: str,
+    def __init__(self, monkey, pixels: np.ndarray | Callable[[], np.ndarray], marker_endpoint: str, event_endpoint: str,
                  params: AcqSimParams, http_port: int | None = None, truth_path: str | Path | None = None,
                  http_log: str | Path | None = None, lsl_streams: tuple[str, str] | None = None):
         self.monkey = monkey

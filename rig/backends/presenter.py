@@ -61,6 +61,8 @@ class SimSpikeSource:
 
     def _rng(self, trial: Trial, stream: int) -> np.random.Generator:
         s = self._session
+        if s is None:
+            raise RuntimeError("SimSpikeSource used before open()")
         return np.random.default_rng([int(self.monkey.params.seed) & 0xFFFFFFFF, int(s.seed) & 0xFFFFFFFF,
                                       int(s.day), int(trial.trial_index), stream, self.seed])
 

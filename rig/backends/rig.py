@@ -61,6 +61,7 @@ class RigBackend:
         self._run = f"run{uuid.uuid4().hex[:6]}"     # this controller run
         self.zero = ClockZero()
         self.stats = {"pulses_matched": 0, "pulses_missing": 0, "pulses_extra": 0, "trials_unaligned": 0}
+        self.zero_probe_failed = ""          # why a closing clock-zero probe failed ("" if none did)
 
     # ------------------------------------------------------------------ session
     def session_attrs(self) -> dict:
@@ -206,7 +207,7 @@ class RigBackend:
             try:
                 self._probe_zero()
             except (UserError, OSError, RuntimeError, ValueError) as exc:   # closing must not fail on a last read
-                self.stats["zero_probe_failed"] = repr(exc)
+                self.zero_probe_failed = repr(exc)
             self.source.close()
             if self.eye is not None:
                 self.eye.close()
@@ -217,7 +218,12 @@ class RigBackend:
         return BackendInfo(name=self.name, n_channels=self.source.n_channels, channel_names=list(self.source.channel_names),
                            extra={"presenter": p.get("presenter"), "refresh_hz": p.get("refresh_hz"),
                                   "spike_source": self.source.describe(), "clock_segments": self.clock.summaries(),
-                                  "stats": dict(self.stats), "eye_source": self.eye.describe() if self.eye else "none"})
+                                  "stats": self._stats_report(), "eye_source": self.eye.describe() if self.eye else "none"})
+
+    def _stats_report(self) -> dict[str, int | str]:
+        """The pulse counters, and why a closing clock-zero probe failed if one did."""
+        failed = {"zero_probe_failed": self.zero_probe_failed} if self.zero_probe_failed else {}
+        return {**self.stats, **failed}
 
 
 def _exact_zero(source) -> float | None:

@@ -48,8 +48,11 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
     if args.timing_check:
         if args.day is not None:
             raise UserError("sim-rig --timing-check shows the timing check's images: leave out --day")
+        day = 0
     elif args.out is None or args.day is None:
         raise UserError("sim-rig needs --out FOLDER and --day D (the day's plan holds the stimuli), or --timing-check")
+    else:
+        day = int(args.day)
     out = Path(args.out or ".")
     if args.out is None:
         from rig.config import load_config
@@ -64,7 +67,6 @@ def cmd_sim_rig(args: argparse.Namespace) -> int:
                         "(and presenter.marker = \"zmq\" with that presenter.marker_address)")
     if a.host not in ("127.0.0.1", "localhost"):
         raise UserError(f"acquisition.host = {a.host!r}: the simulated rig binds to 127.0.0.1 only")
-    day = 0 if args.timing_check else args.day
     ppath = plan_path(out, day)
 
     def pixels():

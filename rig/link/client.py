@@ -55,7 +55,7 @@ class PresenterLost(PresenterError):
 class TrialResult:
     """What the presenter reports for one trial (times on the presenter clock, s)."""
 
-    trial_index: int
+    trial_index: int | None      # as the presenter echoed it (None if it did not)
     completed: int
     aborted: bool
     reason: str
@@ -112,7 +112,7 @@ class PresenterClient:
         self.controller_id = uuid.uuid4().hex
         self.verbose = verbose
         self.gate = None
-        if keys is not None:   # own context: its ZAP handler answers for this socket only
+        if keys is not None and allowed_keys:   # own context: its ZAP handler answers for this socket only
             from rig.link.zap import KeyGate
 
             self.ctx = zmq.Context()
@@ -126,7 +126,7 @@ class PresenterClient:
             self.sock.curve_server = True
             self.sock.curve_publickey, self.sock.curve_secretkey = keys.public, keys.secret
         self.sock.bind(endpoint)
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.peer: bytes | None = None
         self.presenter_info: dict = {}
         self.frames: dict = {}
@@ -167,6 +167,8 @@ class PresenterClient:
 
     def send_frames(self, frames: list[bytes]) -> None:
         """Send raw frames to the presenter (diagnostics and tests of malformed input)."""
+        if self.peer is None:
+            raise PresenterError("no presenter has connected yet; call wait_for_presenter() first")
         self.sock.send_multipart([self.peer, *frames])
 
     def pump(self, timeout_s: float = 0.0) -> None:
@@ -194,7 +196,7 @@ class PresenterClient:
         peer, frames = raw[0].bytes, [f.bytes for f in raw[1:]]
         key = ""
         if self.gate is not None and len(raw) > 1:
-            key = raw[1].get("User-Id") or ""        # the Z85 public key ZAP accepted for this peer
+            key = str(raw[1].get("User-Id") or "")   # the Z85 public key ZAP accepted for this peer
         try:
             msg = decode(frames)
         except ProtocolError:
@@ -430,8 +432,8 @@ class PresenterClient:
 REPLY_TYPES = ("ack", "done", "error", "announce", HEARTBEAT)
 _TRIAL_ARRAYS = ("onset_s", "mask_s", "frames_on", "frames_mask", "dropped", "frame_time_s", "frame_kind",
                  "frame_pres", "event_time_s")
-_TRIAL_FIELDS = {"completed": int, "aborted": bool, "events": list, "n_on": int, "n_mask": int,
-                 "refresh_hz": (int, float)}
+_TRIAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "completed": int, "aborted": bool, "events": list, "n_on": int, "n_mask": int, "refresh_hz": (int, float)}
 
 
 def reply_problem(msg: Message) -> str:

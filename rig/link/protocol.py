@@ -87,7 +87,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
         if a.dtype.kind not in _ALLOWED_KINDS:
             raise TypeError(f"array {name!r} has dtype {a.dtype}; only bool/int/uint/float arrays can be sent")
         descs.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape)})
-        buffers.append(memoryview(a).cast("B") if a.size else b"")
+        buffers.append(a.data.cast("B") if a.size else b"")
     header = {"type": msg.type, "seq": int(msg.seq), "session": msg.session,
               "sent_at": msg.sent_at or time.time(), "version": msg.version,
               "body": msg.body, "arrays": descs}

@@ -33,8 +33,9 @@ def _handler(state: MonitorState, page: bytes):
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if not host_allowed(self.headers.get("Host"), self.server.server_address[1]):
+        def do_GET(self) -> None:   # (http.server's name)
+            address = self.server.server_address   # (host, port, ...): a TCP server
+            if not isinstance(address, tuple) or not host_allowed(self.headers.get("Host"), address[1]):
                 # DNS rebinding: a web page whose name now points at 127.0.0.1 would send its own Host
                 self._send(421, b"misdirected: the live monitor answers http://127.0.0.1:PORT/ only\n", "text/plain")
                 return
@@ -49,7 +50,7 @@ def _handler(state: MonitorState, page: bytes):
         def _refuse(self) -> None:
             self._send(405, b"read-only: the live monitor takes no actions\n", "text/plain")
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
     return Handler
 
@@ -89,7 +90,8 @@ class LiveMonitor:
             raise ValueError(f"live monitor: cannot listen on {host}:{port} ({exc}); set live_monitor.port "
                              "to a free port (0 = any)") from None
         self.httpd.daemon_threads = True
-        self.host, self.port = self.httpd.server_address[:2]
+        bound, self.port = self.httpd.server_address[:2]
+        self.host = bound.decode() if isinstance(bound, (bytes, bytearray)) else bound
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="itloop-live-monitor", daemon=True)
         self._thread.start()

@@ -48,6 +48,7 @@ class MonitorState:
                  fixation_window_deg: float = 2.0, trace_trials: int = 3, channel_names: list[str] | None = None,
                  stimuli=None, reward_device: str = "", adapter=None):
         self._lock = threading.Lock()
+        self._window_ms = (float(window_ms[0]), float(window_ms[1]))
         self.info = {"session_id": session_id, "day": int(day), "backend": backend,
                      "window_ms": [float(window_ms[0]), float(window_ms[1])],
                      "fixation_window_deg": float(fixation_window_deg), "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
@@ -84,7 +85,7 @@ class MonitorState:
         onsets = onsets[np.isfinite(onsets)]
         with self._lock:
             self.updates += 1
-            if self.count_sum is None:
+            if self.count_sum is None or self.psth_sum is None:   # (both are set together)
                 self.count_sum = np.zeros(n_ch)
                 self.psth_sum = np.zeros((n_ch, len(PSTH_EDGES_S) - 1))
                 if not self.channel_names:
@@ -154,7 +155,7 @@ class MonitorState:
     def snapshot(self) -> dict:
         """Everything the page draws, JSON-ready."""
         with self._lock:
-            win_s = (self.info["window_ms"][1] - self.info["window_ms"][0]) / 1000.0
+            win_s = (self._window_ms[1] - self._window_ms[0]) / 1000.0
             rates = (self.count_sum / max(self.n_valid_pres, 1) / win_s).round(2).tolist() if self.count_sum is not None else []
             psth = ((self.psth_sum / max(self.n_onsets, 1) / np.diff(PSTH_EDGES_S)).round(2).tolist()
                     if self.psth_sum is not None else [])

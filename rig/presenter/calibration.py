@@ -29,7 +29,7 @@ def run_calibration(stage, eye, targets_deg: np.ndarray, *, window_deg: float, h
 
     px_per_deg = stage.monitor.px(1.0)
     period = 1.0 / pace_hz if pace_hz else 0.0
-    out = []
+    out: list[dict] = []
     radius = window_deg * raw_per_deg
     previous = None                                          # raw resting place of the last accepted target
     hold = hold_ms / 1000.0

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from rig.backend import GazeSamples
+from rig.backend import EyeSource, GazeSamples
 
 
 @dataclass
@@ -47,7 +47,7 @@ class FrameCheck:
 class FixationControl:
     """Gaze from ``eye`` held against a window; ``now`` is the presenter clock (s)."""
 
-    eye: object
+    eye: EyeSource
     now: Callable[[], float]
     params: FixationParams = field(default_factory=FixationParams)
 

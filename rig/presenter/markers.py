@@ -93,7 +93,7 @@ class ZmqMarker:
         host = address.split("://", 1)[-1].rsplit(":", 1)[0]
         if host not in ("127.0.0.1", "localhost", "[::1]"):
             raise ValueError(f"presenter.marker_address = {address!r}: the zmq marker is for loopback only (tcp://127.0.0.1:PORT)")
-        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         try:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
@@ -42,6 +43,9 @@ from rig.presenter.trial import run_frames
 from rig.sources.reward import KINDS as REWARD_KINDS
 from rig.sources.reward import NoReward, RewardLog, give_and_log
 from stimuli.stimset import sha1_of
+
+if TYPE_CHECKING:
+    from pylsl import StreamOutlet
 
 ALLOWED_WHILE_BUSY = ("abort", "status")   # commands served in the middle of a trial or preload
 _REPLY_CACHE = 256                          # commands whose replies are kept for resends
@@ -81,7 +85,7 @@ class PresenterServer:
         if not self.refresh_hz:
             raise ValueError("could not measure a stable refresh rate; check the display driver's vsync "
                              "setting or pass --refresh-hz")
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, self.presenter_id.encode())
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -413,7 +417,7 @@ class PresenterServer:
         """An LSL marker stream ``name`` ("x y" in degrees per target shown), so recording software
         (and the simulated monkey's eye) can see which target is up; None without pylsl."""
         if not hasattr(self, "_targets"):
-            self._targets = {}
+            self._targets: dict[str, StreamOutlet] = {}
         if name not in self._targets:
             try:
                 import pylsl

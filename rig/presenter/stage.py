@@ -79,7 +79,7 @@ class Stage:
                                  units="pix", color=(0, 0, 0), colorSpace="rgb", allowGUI=not fullscreen,
                                  waitBlanking=True, checkTiming=False)
         if self.gamma:
-            self.gamma["applied"] = self._apply_gamma()
+            self.gamma["applied"] = self._apply_gamma(self.gamma["gamma_rgb"])
         self.win.mouseVisible = not fullscreen
         self.size_px = tuple(int(s) for s in self.win.size)
         self._visual = visual
@@ -126,10 +126,10 @@ class Stage:
         return float(integer_factor(self.image_size_px, width_px) * width_px) if self.scaling == "integer" \
             else self.image_size_px
 
-    def _apply_gamma(self) -> bool:
-        """Load the monitor's gamma into the display's lookup table; False where the display refuses (Xvfb)."""
+    def _apply_gamma(self, gamma_rgb: list[float]) -> bool:
+        """Load a gamma per gun into the display's lookup table; False where the display refuses (Xvfb)."""
         try:
-            self.win.gamma = self.gamma["gamma_rgb"]
+            self.win.gamma = gamma_rgb
             return True
         except Exception:  # noqa: BLE001 - a display without a gamma ramp: report, keep going
             return False

@@ -121,7 +121,9 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
     win = stage.win
     marker = marker or NoMarker()
     period = 1.0 / pace_hz if pace_hz else 0.0
-    times, kinds, press, events, captures, gaze_t, gaze_in = [], [], [], [], [], [], []
+    times: list[float] = []
+    events: list[dict] = []
+    kinds, press, captures, gaze_t, gaze_in = [], [], [], [], []
     previous = None
     next_flip = None
     reason = None

@@ -99,7 +99,8 @@ class PulseAligner:
         """Pair ``onsets_p`` (presenter clock, s) with buffered pulses; ``end_p``: the trial's
         end (presenter clock): pulses before it that paired with nothing are dropped."""
         onsets = np.asarray(onsets_p, float).ravel()
-        label, notes = self.label(base), []
+        label = self.label(base)
+        notes: list[str] = []
         seg = self.clock.fitted(label)
         if seg is not None:
             pred = seg.to_acq(onsets)

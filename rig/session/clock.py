@@ -312,7 +312,8 @@ def match_rsync(sent_s: np.ndarray, received_s: np.ndarray, tolerance_s: float =
     wb = np.lib.stride_tricks.sliding_window_view(db, chunk)
     by_first = np.argsort(wa[:, 0], kind="stable")
     first = wa[by_first, 0]
-    pi, pj = [], []
+    pi: list[int] = []
+    pj: list[int] = []
     for j in range(len(wb)):
         lo, hi = np.searchsorted(first, wb[j, 0] - tolerance_s), np.searchsorted(first, wb[j, 0] + tolerance_s, "right")
         if hi - lo > 64:              # a degenerate (regular) train: intervals do not identify anything

@@ -14,10 +14,15 @@ API as in sr-research-pylink 2.2.596.0 (``pylink/eyelink.py``, ``pylink/tracker.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rig.backend import GazeSamples
 from rig.errors import UserError
+
+if TYPE_CHECKING:
+    from pylink import EyeLink
 
 SAMPLE_TYPE = 200          # pylink.SAMPLE_TYPE: a float sample in the link queue
 
@@ -34,7 +39,7 @@ class EyeLinkEyeSource:
         self.px_per_deg = float(px_per_deg)
         self.calibration = calibration
         self.dummy = address is None
-        self._el = None
+        self._el: EyeLink | None = None
 
     def open(self) -> None:
         try:
@@ -43,15 +48,15 @@ class EyeLinkEyeSource:
             raise UserError("eye.source = 'eyelink' needs SR Research's package: pip install sr-research-pylink "
                             "(not the PyPI 'pylink')") from None
         try:
-            self._el = pylink.EyeLink(self.address)
+            el = self._el = pylink.EyeLink(self.address)
         except RuntimeError as exc:
             raise UserError(f"cannot connect to the EyeLink at {self.address} ({exc}); check the cable and "
                             "eye.eyelink_address, or use 'dummy'") from None
-        self.dummy = bool(self._el.getDummyMode())
+        self.dummy = bool(el.getDummyMode())
         w, h = self.screen_px
-        self._el.sendCommand(f"screen_pixel_coords = 0 0 {w - 1} {h - 1}")
-        self._el.sendCommand("link_sample_data = LEFT,RIGHT,GAZE,AREA,STATUS")
-        err = self._el.startRecording(0, 0, 1, 0)
+        el.sendCommand(f"screen_pixel_coords = 0 0 {w - 1} {h - 1}")
+        el.sendCommand("link_sample_data = LEFT,RIGHT,GAZE,AREA,STATUS")
+        err = el.startRecording(0, 0, 1, 0)
         if err:
             raise UserError(f"the EyeLink refused startRecording (error {err}); is it in a setup screen?")
 
@@ -59,6 +64,8 @@ class EyeLinkEyeSource:
         self.calibration = mapping
 
     def now_s(self) -> float:
+        if self._el is None:
+            raise RuntimeError("EyeLinkEyeSource.now_s before open()")
         return float(self._el.trackerTime()) / 1000.0
 
     def read(self) -> GazeSamples:

@@ -12,10 +12,15 @@ API used (pylsl 1.18.6, ``pylsl/resolve.py`` and ``pylsl/inlet.py``): ``resolve_
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rig.backend import GazeSamples
 from rig.errors import UserError
+
+if TYPE_CHECKING:
+    from pylsl import StreamInlet
 
 
 class LslEyeSource:
@@ -33,7 +38,7 @@ class LslEyeSource:
         self.resolve_timeout_s = resolve_timeout_s
         self.calibration = calibration
         self.rate_hz = float("nan")
-        self._inlet = None
+        self._inlet: StreamInlet | None = None
 
     def open(self) -> None:
         import pylsl
@@ -47,10 +52,10 @@ class LslEyeSource:
             raise UserError(f"LSL stream {self.stream_name!r} has {info.channel_count()} channel(s); a gaze stream "
                             "needs at least x and y")
         self.rate_hz = float(info.nominal_srate())
-        self._inlet = pylsl.StreamInlet(info, max_buflen=60,
-                                        processing_flags=pylsl.proc_clocksync | pylsl.proc_monotonize)
-        self._inlet.open_stream(timeout=self.resolve_timeout_s)
-        self._inlet.time_correction(timeout=self.resolve_timeout_s)     # first clock offset estimate, now
+        inlet = self._inlet = pylsl.StreamInlet(info, max_buflen=60,
+                                                processing_flags=pylsl.proc_clocksync | pylsl.proc_monotonize)
+        inlet.open_stream(timeout=self.resolve_timeout_s)
+        inlet.time_correction(timeout=self.resolve_timeout_s)     # first clock offset estimate, now
 
     def set_calibration(self, mapping) -> None:
         self.calibration = mapping

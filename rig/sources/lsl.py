@@ -16,11 +16,15 @@ controller's ``pylsl.local_clock()`` timeline, in seconds.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rig.backend import AcqEvents
 from rig.errors import UserError
+
+if TYPE_CHECKING:
+    from pylsl import StreamInlet
 
 
 class LslError(UserError):
@@ -35,7 +39,7 @@ def _pylsl():
     return pylsl
 
 
-def resolve_inlet(name: str, timeout_s: float):
+def resolve_inlet(name: str, timeout_s: float) -> StreamInlet:
     """An open inlet on the stream called ``name``; LslError if none answers within ``timeout_s``."""
     pylsl = _pylsl()
     found = pylsl.resolve_byprop("name", name, 1, timeout_s)
@@ -62,7 +66,8 @@ class LslSource:
         self.sampling_rate_hz = float("nan")
         self.latest_s = float("nan")
         self.counters = {"spikes": 0, "ttl": 0, "other_ttl_lines": 0, "unknown_channels": 0}
-        self._spk = self._ttl = None
+        self._spk: StreamInlet | None = None
+        self._ttl: StreamInlet | None = None
         self._tc = {"spikes": 0.0, "ttl": 0.0}
         self._tc_at = 0.0
         self._hosts: dict[str, str] = {}
@@ -70,18 +75,20 @@ class LslSource:
     def open(self) -> None:
         if self._spk is not None:
             return
-        self._spk = resolve_inlet(self.spike_stream, self.resolve_s)
-        self._ttl = resolve_inlet(self.ttl_stream, self.resolve_s)
-        info = self._spk.info()
+        spk = self._spk = resolve_inlet(self.spike_stream, self.resolve_s)
+        ttl = self._ttl = resolve_inlet(self.ttl_stream, self.resolve_s)
+        info = spk.info()
         rate = info.nominal_srate()
         desc = info.desc().child_value("sampling_rate")
         self.sampling_rate_hz = float(desc) if desc else (float(rate) if rate > 0 else float("nan"))
-        for key, inlet in (("spikes", self._spk), ("ttl", self._ttl)):
+        for key, inlet in (("spikes", spk), ("ttl", ttl)):
             i = inlet.info()
             self._hosts[key] = f"{i.name()} ({i.type()}, source_id {i.source_id() or '-'}, host {i.hostname()})"
         self._correct(force=True)
 
     def _correct(self, force: bool = False) -> None:
+        if self._spk is None or self._ttl is None:
+            raise RuntimeError("LslSource clock correction before open()")
         now = time.monotonic()
         if force or now - self._tc_at > 5.0:
             for key, inlet in (("spikes", self._spk), ("ttl", self._ttl)):
@@ -107,10 +114,11 @@ class LslSource:
         pass
 
     def events_since(self, timeout_s: float = 0.0) -> AcqEvents:
-        if self._spk is None:
+        if self._spk is None or self._ttl is None:
             raise RuntimeError("LslSource.events_since before open()")
         self._correct()
-        st, tt = [], []
+        st: list[tuple[np.ndarray, np.ndarray]] = []
+        tt: list[tuple[np.ndarray, np.ndarray]] = []
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
             for inlet, kind in ((self._spk, "spikes"), (self._ttl, "ttl")):

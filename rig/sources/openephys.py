@@ -215,13 +215,13 @@ class OpenEphysSource:
         self.counters = {"spikes": 0, "ttl": 0, "other_ttl_lines": 0, "unknown_electrodes": 0, "undecodable": 0,
                          "other_stream_spikes": 0, "other_stream_ttl": 0}
         self.latest_s = float("nan")
-        self._sock = None
+        self._sock: zmq.Socket[bytes] | None = None
         self._recording = False
 
     def open(self) -> None:
         if self._sock is not None:
             return
-        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 0)              # never drop on our side: the GUI publishes, we keep up
         sock.setsockopt(zmq.SUBSCRIBE, b"")

@@ -11,9 +11,10 @@ does, through the day-file layout) needs nothing POSIX-only.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-_WINDOWS = os.name == "nt"
+_WINDOWS = sys.platform == "win32"   # (sys.platform, not os.name: what type checkers read a branch's platform from)
 _LOCK_BYTE = 64          # Windows: the byte locked (the PID text is written before it)
 
 
@@ -24,7 +25,7 @@ def lock_path(day_path: str | Path) -> Path:
 
 def _try_lock(fd: int, exclusive: bool) -> bool:
     """Take the lock on ``fd`` without waiting; False if another process holds it."""
-    if _WINDOWS:
+    if sys.platform == "win32":
         import msvcrt
 
         os.lseek(fd, _LOCK_BYTE, os.SEEK_SET)
@@ -43,7 +44,7 @@ def _try_lock(fd: int, exclusive: bool) -> bool:
 
 
 def _unlock(fd: int) -> None:
-    if _WINDOWS:
+    if sys.platform == "win32":
         import msvcrt
 
         os.lseek(fd, _LOCK_BYTE, os.SEEK_SET)
@@ -54,6 +55,14 @@ def _unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+class DayLockedError(BlockingIOError):
+    """The day file's lock is held by another process, whose PID is ``pid`` (0 if unreadable)."""
+
+    def __init__(self, message: str, pid: int) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 class DayLock:
     """An exclusive lock on a day file for as long as one writer has it open."""
 
@@ -62,16 +71,14 @@ class DayLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise BlockingIOError carrying the holder's PID (``.pid``)."""
+        """Take the lock or raise :class:`DayLockedError` (a BlockingIOError) carrying the holder's PID (``.pid``)."""
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
         while True:
             fd = os.open(self.path, flags, 0o644)
             if not _try_lock(fd, exclusive=True):
                 pid = _read_pid(fd)
                 os.close(fd)
-                err = BlockingIOError(f"{self.path} is held by PID {pid}")
-                err.pid = pid
-                raise err from None
+                raise DayLockedError(f"{self.path} is held by PID {pid}", pid) from None
             try:  # the holder before us may have removed the file after we opened it: retry on the new one
                 same = _WINDOWS or os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
