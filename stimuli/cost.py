@@ -93,7 +93,7 @@ def _peak_rss_bytes() -> int:
     return int(r) if sys.platform == "darwin" else int(r) * 1024
 
 
-def measure_pass_rate(model, clean: np.ndarray, sites: Sequence[int], params: PerturbParams, device: str = "cpu",
+def measure_pass_rate(model, clean: np.ndarray, sites: Sequence[int] | np.ndarray, params: PerturbParams, device: str = "cpu",
                       batches: int = 3) -> PassRate:
     """Time ``batches`` forward+input-backward batches of ``params.max_batch_rows`` rows (after one
     untimed warm-up batch, which also compiles where ``compile`` is on) on ``device``, in the

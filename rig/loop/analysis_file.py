@@ -90,7 +90,7 @@ def predictivity_numbers(scores: dict) -> dict:
             warnings.simplefilter("ignore", RuntimeWarning)
             vals = {"r": np.nanmedian(r), "r / sqrt(ceiling)": np.nanmedian(brain_score_predictivity(r, c)),
                     "r^2 / ceiling": np.nanmedian(noise_ceiled_predictivity(r, c)), "ceiling": np.nanmedian(c)}
-    out = {k: _f(v) for k, v in vals.items()}
+    out: dict[str, object] = {k: _f(v) for k, v in vals.items()}
     out["definitions"] = dict(PREDICTIVITY_DEFINITIONS, ceiling="split-half reliability of the recorded responses, "
                               "Spearman-Brown corrected (a ceiling for r^2)")
     if "cv_r_ungrouped" in scores:
@@ -106,7 +106,7 @@ def _day_identity(path: Path) -> dict | None:
         return None
     with h5py.File(path, "r") as h5:
         a = h5.attrs
-        ident = {k: str(a[k]) for k in ("identifier", "committed_trials", "completed_utc", "status") if k in a}
+        ident: dict[str, str | int] = {k: str(a[k]) for k in ("identifier", "committed_trials", "completed_utc", "status") if k in a}
     ident["bytes"] = path.stat().st_size
     return ident
 
@@ -117,16 +117,15 @@ def analysis_identity(folder: str | Path, day: int, n_boot: int) -> dict:
 
     folder = Path(folder)
     path = day_path(folder, day)
-    model = {}
+    model: dict[str, str] = {}
     with h5py.File(path, "r") as h5:
         if "model" in h5:
             g = h5["model"].attrs
             model = {k: str(g[k]) for k in ("model_file", "model_sha256") if k in g}
-    mfile = folder / model.get("model_file", "") if model.get("model_file") else None
-    if mfile is not None:
-        model["bytes"] = mfile.stat().st_size if mfile.exists() else None
+    mfile = folder / model["model_file"] if model.get("model_file") else None
+    size = {"bytes": mfile.stat().st_size if mfile.exists() else None} if mfile is not None else {}
     return {"analysis_version": ANALYSIS_VERSION, "n_boot": int(n_boot), "day": _day_identity(path),
-            "screening_day": _day_identity(day_path(folder, 0)), "model": model}
+            "screening_day": _day_identity(day_path(folder, 0)), "model": {**model, **size}}
 
 
 def analysis_path(folder: str | Path, day: int) -> Path:
@@ -167,6 +166,14 @@ def curve_from_json(v: dict | None) -> SensitivityCurve | None:
     n_eps = len(arr["epsilons"])
     return SensitivityCurve(population_boot=np.empty((0, n_eps)), site_boot=np.empty((0, len(arr["sites"]), n_eps)),
                             normalised=v["normalised"], estimator=v["estimator"], kind=v["kind"], level=v["level"], **arr)
+
+
+def required_curve_from_json(v: dict) -> SensitivityCurve:
+    """:func:`curve_from_json` of a curve every analysis has (targeted, signed)."""
+    curve = curve_from_json(v)
+    if curve is None:
+        raise ValueError("an analysis.json without its targeted or signed curve: re-run `itloop day analyze`")
+    return curve
 
 
 def site_level_json(s: SiteLevel) -> dict:

@@ -245,6 +245,7 @@ def _truth_fractions(res: DayResults, n_boot: int, seed: int) -> dict:
     from analysis.sensitivity import pair_values
 
     t, d = res.truth, res.data
+    assert d is not None   # analyze_day sets it before asking for these
     order = np.argsort(res.sites, kind="stable")   # the tables index sites by searchsorted
     sites, sigma = res.sites[order], res.sigma[order]
     pairs = perturbation_pairs(d.stimuli, "targeted", sites)

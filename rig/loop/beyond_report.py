@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _truth_counts(cfg: Config, d: DayData):
     return expected, TrueCountModule(monkey, window, on_s).eval()
 
 
-def _est(values: np.ndarray, seed: int) -> Estimate:
+def _est(values: Sequence[float] | np.ndarray, seed: int) -> Estimate:
     return bootstrap_mean(np.asarray(values, float), N_BOOT, seed=seed)
 
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,10 @@ from stimuli.modes import COMPILE_PAYS_AFTER_S
 from stimuli.perturb import PerturbParams
 from stimuli.shards import Shard, ShardResult, auto_shards, merge_shards, solve_shard, split_problems
 from stimuli.stimset import StimulusSet
+
+if TYPE_CHECKING:
+    from distributed import Client
+    from torch import nn
 
 
 # ----------------------------------------------------------------------------- the model, as files
@@ -147,7 +152,7 @@ class InMemoryModel:
     """A model source that is already a torch module in this process (tests, benchmarks,
     notebooks). It travels to Dask workers pickled; ``sha256`` names its weights."""
 
-    module: object
+    module: nn.Module
 
     @property
     def sha256(self) -> str:
@@ -174,10 +179,13 @@ def images_sha256(clean: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------- worker side
-try:  # a base class only; the distributed path imports the rest when it is used
+if TYPE_CHECKING:
     from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
-except ImportError:  # pragma: no cover - dask is a dependency; keep "local" working without it
-    _WorkerPlugin = object
+else:
+    try:  # a base class only; the distributed path imports the rest when it is used
+        from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
+    except ImportError:  # pragma: no cover - dask is a dependency; keep "local" working without it
+        _WorkerPlugin = object
 
 
 def relax_malloc() -> bool:
@@ -318,7 +326,7 @@ def _payload(name: str, key: str, worker=None) -> DayPayload:
     from distributed import get_worker
 
     plugin = (worker or get_worker()).plugins.get(name)
-    if plugin is None or plugin.key != key:
+    if not isinstance(plugin, DayPayload) or plugin.key != key:
         raise RuntimeError(f"worker has no payload {name} with key {key[:16]}; it was not registered")
     return plugin
 
@@ -423,7 +431,7 @@ def worker_slots(client) -> int:
 class DistributedRun:
     """A registered payload on a cluster: probe it, then generate every shard through it."""
 
-    client: object
+    client: Client
     payload: DayPayload
     cc: ComputeConfig
 
@@ -558,6 +566,8 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
 
     def estimate(rate: PassRate, workers: int, clean_evaluations: int) -> tuple[RunSize, PerturbParams]:
         run = rate.params
+        if run is None:
+            raise ValueError("a cost estimate needs the PassRate's measured params (stimuli.cost.measure_pass_rate)")
         size = run_passes(len(problems), len(clean), epsilons, run, clean_evaluations)
         est = Estimate(size, rate, workers, rate.peak_bytes + engine_state_bytes(run, clean.shape[1:], len(clean),
                                                                               size.stimuli))

@@ -81,10 +81,11 @@ def day_over_day(folder: str | Path, last, days, seed: int = 0, n_boot: int = 19
         p = paired_difference(va, vb, n_boot=n_boot, seed=seed, alpha=0.05 / max(len(eps), 1))
         rows.append((e, p, out_of_sample))
         pvals.append(p.p_value)
-    adj = holm(pvals) if pvals else []
-    out = {"first_day": FIRST_DAY, "last_day": int(last.day), "units": "bias-corrected change / sigma", "epsilons": {}}
+    adj = holm(pvals)
+    by_eps: dict[str, dict] = {}
+    out = {"first_day": FIRST_DAY, "last_day": int(last.day), "units": "bias-corrected change / sigma", "epsilons": by_eps}
     for (e, p, oos), q in zip(rows, adj):
-        out["epsilons"][f"{e:g}"] = {
+        by_eps[f"{e:g}"] = {
             "difference": {"value": _f(p.estimate.value), "lo": _f(p.estimate.lo), "hi": _f(p.estimate.hi), "n": p.n},
             "p": _f(p.p_value), "p_holm": _f(q), "mde": _f(p.mde), "significant": bool(np.isfinite(q) and q < 0.05),
             "out_of_sample": oos,

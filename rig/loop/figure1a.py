@@ -38,6 +38,12 @@ class UnitCurve:
     n_units: int
     n_images: int
 
+    @classmethod
+    def from_json(cls, u: dict) -> UnitCurve:
+        """The curve as ``out/figure1a.json`` stores it."""
+        e, m, lo, hi = (np.asarray(u[k], float) for k in ("epsilons", "mean", "lo", "hi"))
+        return cls(u["label"], e, m, lo, hi, u["pairs"], u["n_units"], u["n_images"])
+
 
 class _Units:
     """A backbone's chosen feature channels as a model: images -> (B, n_units)."""

@@ -111,7 +111,8 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
     pixels: list[np.ndarray] = []
     first_day: list[int] = []
     names: list[str] = []
-    rows_stim, rows_counts, day0 = [], [], None
+    rows_stim, rows_counts = [], []
+    day0: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     photo_of_id: dict[str, str] = {}   # clean image sha1 -> its source photograph (day 0's /stimuli/source)
     config_text = ""
     window = None
@@ -169,6 +170,7 @@ def pool_days(folder: str | Path, through: int, days: DayCache | None = None) ->
     if len(stim_all) == 0:
         raise UserError(f"days 0..{through} in {folder} hold no valid presentations; nothing to fit")
     reps = _stack_repeats(stim_all, counts_all, n_img)
+    assert day0 is not None   # paths[0] is day 0: read in the loop above
     s0, c0, col0 = day0
     screening = _stack_repeats(s0, widen(col0, c0), n_img)
     return PooledDays(np.stack(pixels), list(ids), names, reps, np.asarray(first_day), screening,

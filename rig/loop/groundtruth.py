@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from modelfit.files import atomic_path
 from modelfit.imageid import sha1_of
 from stimuli.params import TRANSFER_OFF
 from stimuli.perturb import generate_perturbations
+
+if TYPE_CHECKING:
+    from sim.monkey import TrueRateModule
 
 
 class TrueCountModule(nn.Module):
@@ -55,7 +59,7 @@ class TrueCountModule(nn.Module):
 
 
 class _Drive(nn.Module):
-    def __init__(self, rates: nn.Module) -> None:
+    def __init__(self, rates: TrueRateModule) -> None:
         super().__init__()
         self.rates = rates
 
@@ -76,14 +80,14 @@ class WhiteBox:
     steps: int
     relative_change_on_doubling: float   # |sum(best) / sum(best before each problem's last doubling) - 1|
     history: list[dict]
-    converged: np.ndarray | None = None  # (n_problems,) bool: every eps and direction moved < tolerance
-    previous: np.ndarray | None = None   # (n_problems, n_eps, 2): the best before each problem's last doubling
-    doublings: np.ndarray | None = None  # (n_problems,) doublings each problem ran (budget base * 2**k each)
-    max_change: np.ndarray | None = None  # (n_problems,) largest relative change at its last doubling
+    converged: np.ndarray    # (n_problems,) bool: every eps and direction moved < tolerance
+    previous: np.ndarray     # (n_problems, n_eps, 2): the best before each problem's last doubling
+    doublings: np.ndarray    # (n_problems,) doublings each problem ran (budget base * 2**k each)
+    max_change: np.ndarray   # (n_problems,) largest relative change at its last doubling
 
     @property
     def n_converged(self) -> int:
-        return int(np.sum(self.converged)) if self.converged is not None else 0
+        return int(np.sum(self.converged))
 
 
 def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
@@ -95,7 +99,8 @@ def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int
     stimulus against its clean parent."""
     if not problems:
         return np.zeros((0, len(epsilons), 2))
-    target = module.drive_module() if hasattr(module, "drive_module") else module
+    make_drive = getattr(module, "drive_module", None)
+    target = make_drive() if callable(make_drive) else module
     # the white-box attack is plain gradient ascent on the truth: no transfer options (issue 19)
     plain = replace(params, random_controls_per_image=0, **TRANSFER_OFF)
     ss = generate_perturbations(target, clean, problems, epsilons, plain,

@@ -17,6 +17,7 @@ from rig.loop.analysis_file import (
     est_from_json,
     pvm_from_json,
     read_current,
+    required_curve_from_json,
     site_level_from_json,
 )
 from rig.loop.analyze import N_BOOT, analyze_day
@@ -78,7 +79,7 @@ class _Figures:
         fd = a["figure_data"]
         self.day = int(a["day"])
         self.sites = np.asarray(a["sites"], np.int64)
-        self.targeted, self.signed = curve_from_json(fd["targeted"]), curve_from_json(fd["signed"])
+        self.targeted, self.signed = required_curve_from_json(fd["targeted"]), required_curve_from_json(fd["signed"])
         self.random, self.model_units = curve_from_json(fd.get("random")), curve_from_json(fd.get("model_units"))
         self.pairs, self.noise = site_level_from_json(fd["pairs"]), site_level_from_json(fd["noise"])
         self.pvm = pvm_from_json(fd["pvm"])
@@ -229,8 +230,7 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dic
     cached = out / "figure1a.json"
     stored = json.loads(cached.read_text()) if cached.exists() else {}
     if stored.get("key") == key:
-        units = [UnitCurve(u["label"], *(np.asarray(u[k], float) for k in ("epsilons", "mean", "lo", "hi")),
-                           u["pairs"], u["n_units"], u["n_images"]) for u in stored["units"]]
+        units = [UnitCurve.from_json(u) for u in stored["units"]]
         loss_note = stored.get("loss_note", "")
     else:
         units, loss_note = _figure1a_compute(cfg, folder, last, data, parents, eps, cache)
