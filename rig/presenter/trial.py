@@ -117,8 +117,7 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
     from psychopy import core
     from psychopy import logging as _pl
 
-    flip_clock = _pl.defaultClock.getTime
-    win = stage.win
+    flip_clock, win = _pl.defaultClock.getTime, stage.win
     marker = marker or NoMarker()
     period = 1.0 / pace_hz if pace_hz else 0.0
     times: list[float] = []
@@ -178,6 +177,5 @@ def run_frames(stage, images: list[int], n_fix: int, n_on: int, n_mask: int, *,
             break
     return TrialLog(np.array(times, dtype=np.float64), np.array(kinds, dtype=np.int8),
                     np.array(press, dtype=np.int32), events, aborted=bool(reason), reason=reason or "",
-                    captures=captures, frame_gaze_t=np.array(gaze_t, dtype=np.float64),
-                    frame_gaze_in=np.array(gaze_in, dtype=bool),
+                    captures=captures, frame_gaze_t=np.array(gaze_t, dtype=np.float64), frame_gaze_in=np.array(gaze_in, dtype=bool),
                     break_t=fixation.break_t if fixation is not None else float("nan"))
