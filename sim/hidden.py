@@ -258,7 +258,7 @@ class TrainedTrunk(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> TrainedTrunk:  # noqa: D102 - frozen: always eval
+    def train(self, mode: bool = True) -> TrainedTrunk:  # frozen: always eval
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

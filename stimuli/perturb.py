@@ -67,7 +67,7 @@ from modelfit.features import images_to_tensor
 from stimuli.controls import random_stimuli
 from stimuli.modes import EngineMode, fitting_batch_rows, resolve_mode
 from stimuli.objective import SiteObjective
-from stimuli.params import PerturbParams  # noqa: F401  (public here too: stimuli.perturb.PerturbParams)
+from stimuli.params import PerturbParams  # (public here too: stimuli.perturb.PerturbParams)
 from stimuli.projection import L2BoxSet, host_syncs_are_free
 from stimuli.quantize import quantize_perturbation
 from stimuli.stimset import StimulusSet

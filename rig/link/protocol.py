@@ -109,7 +109,7 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError("header is nested too deeply") from None
     except MemoryError:
         raise ProtocolError("message too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - every other failure is a malformed message too
+    except Exception as exc:  # every other failure is a malformed message too
         raise ProtocolError(f"malformed message ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 

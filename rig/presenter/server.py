@@ -265,7 +265,7 @@ class PresenterServer:
                 reply = Message("ack", body={"of": msg.seq, "ok": True, "result": result}, arrays=arrays)
         except (Refused, ValueError) as exc:
             reply = error_reply(msg.seq, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug in one command must not take the screen down
+        except Exception as exc:  # a bug in one command must not take the screen down
             import traceback
 
             self.log(traceback.format_exc())

@@ -131,7 +131,7 @@ class Stage:
         try:
             self.win.gamma = gamma_rgb
             return True
-        except Exception:  # noqa: BLE001 - a display without a gamma ramp: report, keep going
+        except Exception:  # a display without a gamma ramp: report, keep going
             return False
 
     def preload(self, pixels: np.ndarray, progress: Callable[[int], None] | None = None) -> None:
@@ -195,5 +195,5 @@ class Stage:
     def close(self) -> None:
         try:
             self.win.close()
-        except Exception:  # noqa: BLE001 - closing a dead window must not hide the real error
+        except Exception:  # closing a dead window must not hide the real error
             pass

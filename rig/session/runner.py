@@ -268,7 +268,7 @@ def _notify(observer, rows: TrialRows, p: TrialProgress) -> None:
         return
     try:
         observer(rows, p)
-    except Exception as exc:  # noqa: BLE001 - a monitor must never stop a recording
+    except Exception as exc:  # a monitor must never stop a recording
         tqdm.write(f"live monitor: {exc!r} (ignored; the recording goes on)")
 
 
