@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from stimuli.modes import EngineMode, engine_network, precision_context
+from stimuli.modes import EngineMode, Network, engine_network, precision_context
 
 SPLIT_ATTRIBUTES = ("backbone", "readout_weight", "readout_bias")
 
@@ -76,7 +76,7 @@ class SiteObjective:
             if self.weight.dim() != 2 or self.bias.shape[0] != self.weight.shape[0]:
                 raise ValueError(f"model.readout_weight must be (S, D) and model.readout_bias (S,); got {tuple(self.weight.shape)} and {tuple(self.bias.shape)}")
         self._n_sites: int | None = int(self.weight.shape[0]) if self.split else None
-        self._net = None
+        self._net: Network | None = None
 
     def plain(self) -> SiteObjective:
         """The same model in the plain mode (fp32, contiguous, not compiled)."""

@@ -81,10 +81,11 @@ class PresenterServer:
         self.presenter_id = f"presenter-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         if hasattr(self.marker, "bind_presenter"):
             self.marker.bind_presenter(self.presenter_id)
-        self.refresh_hz = refresh_hz or stage.measure_refresh_hz()
-        if not self.refresh_hz:
+        refresh = refresh_hz or stage.measure_refresh_hz()
+        if not refresh:
             raise ValueError("could not measure a stable refresh rate; check the display driver's vsync "
                              "setting or pass --refresh-hz")
+        self.refresh_hz: float = refresh
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, self.presenter_id.encode())

@@ -12,7 +12,7 @@ black otherwise, so its rising edge is the stimulus onset.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -134,8 +134,9 @@ class Stage:
         except Exception:  # a display without a gamma ramp: report, keep going
             return False
 
-    def preload(self, pixels: np.ndarray, progress: Callable[[int], None] | None = None) -> None:
-        """Make one texture per image (uint8 (n, H, W, 3)); ``progress(i)`` is called as it goes."""
+    def preload(self, pixels: np.ndarray | Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> None:
+        """Make one texture per image (uint8 (n, H, W, 3), or a sequence of (H, W, 3) of several sizes);
+        ``progress(i)`` is called as it goes."""
         from PIL import Image
 
         self.images = []

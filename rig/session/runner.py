@@ -14,8 +14,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import FrameType
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -71,7 +73,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.stop = False
-        self._old = None
+        self._old: Callable[[int, FrameType | None], Any] | int | None = None   # the SIGINT handler before ours
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
