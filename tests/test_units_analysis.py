@@ -21,6 +21,7 @@ from rig.cli import main
 from rig.store.reader import read_day
 
 si = pytest.importorskip("spikeinterface", reason="needs SpikeInterface: pip install 'itloop[sorting]'")
+pytestmark = pytest.mark.filterwarnings("ignore:The extractor is not serializable")   # a NumpySorting saved
 
 FS = 30000.0
 CONFIG = """
@@ -69,7 +70,6 @@ def _sorting(d) -> tuple[si.core.NumpySorting, int]:
 
 
 @pytest.fixture(scope="module")
-@pytest.mark.filterwarnings("ignore:The extractor is not serializable")
 def folders(tmp_path_factory):
     """(channel experiment, units experiment, reference experiment), each with days 0 and 1."""
     base = tmp_path_factory.mktemp("units_analysis")
@@ -100,6 +100,7 @@ def _without(numbers: dict, *keys: str) -> dict:
     return {k: v for k, v in numbers.items() if k not in keys}
 
 
+@pytest.mark.slow
 def test_units_analysis_is_the_analysis_of_the_same_counts(folders):
     exp, units, ref = folders
     standing = np.array([ORDER.index(200 + c) for c in range(3)])
