@@ -160,17 +160,25 @@ def test_fresh_presenter_venv_has_no_torch_and_serves_a_controller(tmp_path):
     itloop comes from the venv, runs its `itloop present --help` and then, from that venv (with
     POSIX-only modules refused to itloop's code), a short presenter session against a controller
     in this (full) environment."""
+    import shutil
     import venv
 
     wheels = _presenter_wheelhouse()
     src = _copy_of_checkout(tmp_path / "src")
     venv.create(tmp_path / "v", with_pip=True)
+    try:
+        _install_and_present(tmp_path, src, wheels)
+    finally:
+        shutil.rmtree(tmp_path / "v", ignore_errors=True)     # 1.5 GB: pytest keeps its last temp folders
+
+
+def _install_and_present(tmp_path: Path, src: Path, wheels: Path) -> None:
     bin_dir = tmp_path / "v" / ("Scripts" if os.name == "nt" else "bin")
     py = bin_dir / "python"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull                  # this machine's pip settings (extra indexes) left out
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-compile", "--no-index", "--find-links", str(wheels),
-                    f"{src}[presenter]"], check=True, env=env, cwd=tmp_path, timeout=600)
+                    f"{src}[presenter]"], check=True, env=env, cwd=tmp_path, timeout=240)
     probe = ("import importlib.util as u, rig, psychopy; "
              "print(u.find_spec('torch'), u.find_spec('torchvision'), u.find_spec('sklearn')); print(rig.__file__)")
     out = subprocess.run([str(py), "-c", probe], check=True, capture_output=True, text=True, env=env, cwd=tmp_path,
