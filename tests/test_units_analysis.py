@@ -130,3 +130,16 @@ def test_report_on_a_units_experiment(folders):
     assert "sites are offline-sorted units" in summary and "Ground truth" not in summary
     raw = analysis["targeted_abs"][0]
     assert f"raw |dr| {raw['value']:.2f} [{raw['lo']:.2f}, {raw['hi']:.2f}]" in summary
+
+
+def test_units_against_a_screening_day_of_other_sites_is_refused(folders, tmp_path, capsys):
+    exp, units, _ = folders
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(exp / "day_000.h5", mixed / "day_000.h5")          # channels on day 0, units on day 1
+    shutil.copy(units / "day_001.h5", mixed / "day_001.h5")
+    capsys.readouterr()
+    assert main(["day", "analyze", "--day", "1", "--out", str(mixed), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "different sites" in err and "itloop day units" in err and err.count("\n") == 1, err
+    assert not (mixed / "day_001.analysis.json").exists()

@@ -183,6 +183,9 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     if not d.complete:
         raise UserError(f"{path} is not complete; finish it with `itloop day run --day {day} --out {folder} --resume`")
     d0 = days.read(day_path(folder, 0))
+    if "units" in (d.attrs.get("sites_are"), d0.attrs.get("sites_are")) and list(d.channel_names) != list(d0.channel_names):
+        raise UserError(f"day {day} and day 0 of {folder} have different sites (sorted units are matched by row): "
+                        "import both with `itloop day units` from one sorting of the same units")
     recorded = replace(d.config, model=replace(d.config.model, device=cfg.model.device))
     resp = _responses(d)
     prov = d.stimuli
