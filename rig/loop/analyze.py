@@ -183,10 +183,16 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     if not d.complete:
         raise UserError(f"{path} is not complete; finish it with `itloop day run --day {day} --out {folder} --resume`")
     d0 = days.read(day_path(folder, 0))
+    if "units" in (d.attrs.get("sites_are"), d0.attrs.get("sites_are")) and list(d.channel_names) != list(d0.channel_names):
+        raise UserError(f"day {day} and day 0 of {folder} have different sites (sorted units are matched by row): "
+                        "import both with `itloop day units` from one sorting of the same units")
     recorded = replace(d.config, model=replace(d.config.model, device=cfg.model.device))
     resp = _responses(d)
     prov = d.stimuli
     sites = np.asarray(d.model.get("target_channels", np.unique(prov.site[prov.site >= 0])), np.int64)
+    # ascending (the estimators' tables and sigma follow that order); on a units day (`itloop day units`)
+    # the units standing for the targeted channels need not be, and -1 is a targeted channel with no unit
+    sites = np.unique(sites[sites >= 0])
     resp0 = _responses(d0)
     sigma = clean_sigma(resp0, d0.stimuli, sites)
     seed = recorded.day_seed(day)
@@ -208,7 +214,8 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     if d.model.get("model_file") and mfile.exists():
         fitted = load_fitted(mfile)
         scores = {k: np.asarray(v) for k, v in fitted.scores.items()}
-        pred = _model_predictions(fitted, prov.pixels, d.n_channels, recorded)
+        pred = _model_predictions(fitted, prov.pixels, np.asarray(d.model.get("site_channels", fitted.site_channels)),
+                                  d.n_channels, recorded)
         model_units = model_unit_curve(pred, prov, **kw)
         pvm_extra["pearson_nonlinear"] = _pearson_through_rate_nonlinearity(pred, resp, prov, sites)
     from analysis.stats import spearman
@@ -220,7 +227,8 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     if is_sim:
         res.sim_info = {k: getattr(recorded.sim, k) for k in ("model_alignment", "linear_fraction", "input_px", "smoothing_px",
                                                           "drive_gain", "seed")}
-    if truth or (truth is None and is_sim):
+    units_day = d.attrs.get("sites_are") == "units"   # sorted units: the simulated monkey's truth is per channel
+    if truth or (truth is None and is_sim and not units_day):
         res.truth = _truth(recorded, folder, d, resp, sites, sigma, n_boot, seed, progress)
         res.truth.update(_truth_fractions(res, n_boot, seed))
     if day > 1:
@@ -309,16 +317,20 @@ def _pearson_through_rate_nonlinearity(pred: np.ndarray, resp: np.ndarray, prov,
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
-def _model_predictions(fitted, pixels: np.ndarray, n_channels: int, cfg: Config) -> np.ndarray:
-    """The designing model's f(x) for every stimulus, in channel columns (NaN elsewhere)."""
+def _model_predictions(fitted, pixels: np.ndarray, columns: np.ndarray, n_channels: int, cfg: Config) -> np.ndarray:
+    """The designing model's f(x) for every stimulus, its readout column k in the day's site column
+    ``columns[k]`` (the day's /model/site_channels: a channel, or on a units day the unit standing
+    for it; -1 = none), NaN elsewhere."""
     import torch
 
     module = fitted.module(weights=cfg.model.weights or None, device=cfg.model.device).eval()
     out = np.full((len(pixels), n_channels), np.nan)
+    columns = np.asarray(columns, np.int64)
+    keep = columns >= 0
     with torch.no_grad():
         for i in range(0, len(pixels), 64):
             x = images_to_tensor(pixels[i:i + 64]).to(cfg.model.device)
-            out[i:i + 64][:, fitted.site_channels] = module(x).double().cpu().numpy()
+            out[i:i + 64][:, columns[keep]] = module(x).double().cpu().numpy()[:, keep]
     return out
 
 

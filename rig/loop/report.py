@@ -363,7 +363,10 @@ def _spike_sources(folder: Path, days: list[int], cache: DayCache) -> str:
              "live": "RECORDED by a live acquisition system", "unknown": "unknown (not stored in the day file)"}
     seen: dict[str, list[int]] = {}
     for d in [0, *days]:
-        origin = cache.read(day_path(folder, d)).origin
+        data = cache.read(day_path(folder, d))
+        origin = data.origin
         text = words[origin.kind] + (f", replayed from day file {origin.replayed_from}" if origin.replayed else "")
+        if data.attrs.get("sites_are") == "units":
+            text += "; sites are offline-sorted units (`itloop day units`), no white-box truth"
         seen.setdefault(text, []).append(d)
     return "; ".join(f"days {', '.join(map(str, ds))}: {src}" for src, ds in seen.items())

@@ -7,6 +7,9 @@ the lock is released by the operating system when the writer's process ends in a
 ``locked_by`` asks the operating system, not the file's text. The platform module is
 imported when a lock is first taken or tested, so importing this module (the presenter
 does, through the day-file layout) needs nothing POSIX-only.
+
+The Windows branch has never been executed (no Windows machine runs the tests): the
+controller, the only writer, is supported on Linux and macOS only (README, "Installing").
 """
 from __future__ import annotations
 

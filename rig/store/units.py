@@ -18,6 +18,9 @@ read it as any day. What changes::
     /stimuli/site       the unit standing for the targeted channel (its unit with the most spikes;
                         -1 if the sorting has none there); the recorded channel is kept in
                         /stimuli/site_channel
+    /model/site_channels, /model/target_channels   the same for the designing model's readout
+                        columns and targets (so ``day analyze`` reads units); the channels are
+                        kept in /model/site_channels_recorded, /model/target_channels_recorded
     /units/...          unit_id, channel, channel_name, n_spikes, rate_hz, presence_ratio,
                         rate_drift, stable, and every property of the sorting (quality
                         metrics, phy labels) under /units/properties/
@@ -183,15 +186,34 @@ def _write_units(h5: h5py.File, d: DayData, sorting: Sorting, names: list[str], 
         props.create_dataset(k, data=data)
 
 
+def _unit_of(site_unit: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """The unit standing for each recording channel (-1 where the channel is -1, unknown, or has no unit)."""
+    channel = np.asarray(channel, np.int64)
+    known = (channel >= 0) & (channel < len(site_unit))
+    return np.where(known, site_unit[np.clip(channel, 0, max(len(site_unit) - 1, 0))] if len(site_unit) else -1, -1)
+
+
 def _remap_sites(h5: h5py.File, site_unit: np.ndarray) -> None:
+    """Sites named by recording channel (the stimuli's targets, the designing model's readout
+    columns and targets) become the units standing for those channels; the channels are kept."""
     st = h5["stimuli"]
     site = st["site"][:]
     _describe(st.create_dataset("site_channel", data=site), "1",
               "recording channel the perturbation targeted in the original day; -1 for none")
-    mapped = np.where(site >= 0, site_unit[np.clip(site, 0, max(len(site_unit) - 1, 0))] if len(site_unit) else -1, -1)
-    st["site"][:] = mapped
+    st["site"][:] = _unit_of(site_unit, site)
     st["site"].attrs["description"] = ("unit (row of /channels/names) standing for the targeted channel: its unit with "
                                        "the most spikes; -1 for none or no unit on that channel")
+    model = h5.get("model")
+    for name in ("site_channels", "target_channels"):
+        if model is None or name not in model:
+            continue
+        channels = model[name][:]
+        _describe(model.create_dataset(f"{name}_recorded", data=channels), "1",
+                  f"/model/{name} of the original day: recording channels")
+        del model[name]
+        _describe(model.create_dataset(name, data=_unit_of(site_unit, channels)), "1",
+                  "the unit (row of /channels/names) standing for each recording channel in "
+                  f"/model/{name}_recorded (its unit with the most spikes); -1 for none")
 
 
 def _provenance(h5: h5py.File, d: DayData, sorting: Sorting, day_path: Path, first_sample: int) -> None:
