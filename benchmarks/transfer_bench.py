@@ -97,7 +97,7 @@ def input_gradients(fn, x: torch.Tensor, n_sites: int, objective_params=None) ->
 
 def setting_rows(a, seed: int, smoothing: float, input_px: int) -> list[dict]:
     from modelfit.features import images_to_tensor
-    from rig.loop.groundtruth import _Drive  # the sites' pre-saturation drive, as the white-box truth attacks it
+    from rig.truth.whitebox import _Drive  # the sites' pre-saturation drive, as the white-box truth attacks it
     from sim.monkey import SimParams, SimulatedMonkey
     from stimuli.images import clean_images
     from stimuli.params import PerturbParams

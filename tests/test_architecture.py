@@ -23,8 +23,13 @@ RANK = {
     "rig.store": 3,
     "rig.backends": 4,
     "rig.monitor": 4,
-    "rig.loop": 5,
-    "rig.cli": 6,
+    "rig.compute": 5,
+    "rig.truth": 5,
+    "rig.results": 5,
+    "rig.steps": 6,
+    "rig.report": 7,
+    "rig.driver": 8,
+    "rig.cli": 9,
 }
 TOP_LEVEL = {"rig", "modelfit", "stimuli", "analysis", "sim"}
 # what each top-level package may import from the others (DESIGN section 3)
@@ -167,7 +172,7 @@ def test_the_live_rig_controller_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, rig.cli.day, rig.loop.record, rig.loop.preflight, rig.backends.rig, rig.sources.openephys, "
+    code = ("import sys, rig.cli.day, rig.steps.record, rig.steps.preflight, rig.backends.rig, rig.sources.openephys, "
             "rig.sources.lsl, rig.monitor.server; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr

@@ -8,9 +8,9 @@ from torch import nn
 
 from rig.config import config_from_dict
 from rig.errors import UserError
-from rig.loop.beyond import add_beyond_stimuli
-from rig.loop.presentations import check_presentations, noise_sd
 from rig.session.schedule import Schedule
+from rig.steps.beyond import add_beyond_stimuli
+from rig.steps.presentations import check_presentations, noise_sd
 from rig.store.dayfile import write_plan
 from rig.store.reader import read_day
 from stimuli.perturb import PerturbParams, generate_perturbations
@@ -131,7 +131,7 @@ class _FakeDay:
 def test_line_fits_cover_the_truth_of_a_linear_and_a_saturating_site(shape):
     """Responses r(t) = g(t) + Poisson noise on lines through 12 images; the IT fits' 95% CIs must
     contain the noise-free fit of g on the same points (the truth) about 95% of the time (12 lines)."""
-    from rig.loop.beyond_report import coverage, line_table
+    from rig.report.beyond import coverage, line_table
     from stimuli.stimset import StimulusSet
 
     rng = np.random.default_rng(7 if shape == "linear" else 8)
@@ -177,7 +177,7 @@ def test_line_fits_cover_the_truth_of_a_linear_and_a_saturating_site(shape):
 
 
 def test_universal_problems_that_cannot_end_in_time_are_refused(planned):
-    from rig.loop.beyond import _check_universal_deadline
+    from rig.steps.beyond import _check_universal_deadline
 
     _, base, _, _ = planned
     rng = np.random.default_rng(0)
@@ -195,7 +195,7 @@ def test_universal_problems_that_cannot_end_in_time_are_refused(planned):
 
 
 def test_whitebox_universal_doubles_its_budget_and_reports_convergence():
-    from rig.loop.beyond_report import _best_universal
+    from rig.report.beyond import _best_universal
     from stimuli.objective import SiteObjective
 
     rng = np.random.default_rng(2)
@@ -209,7 +209,7 @@ def test_whitebox_universal_doubles_its_budget_and_reports_convergence():
 
 
 def test_expected_stimuli_match_the_plan_and_refuse_before_any_compute(planned):
-    from rig.loop.presentations import check_expected_presentations, expected_stimuli
+    from rig.steps.presentations import check_expected_presentations, expected_stimuli
 
     cfg, _, out, _ = planned
     cfg = config_from_dict({**{k: v for k, v in cfg.to_dict().items() if k in ("experiment", "universal", "geometry")},

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from rig.compute.generate import DistributedRun
 from rig.config import ComputeConfig
-from rig.loop.compute import DistributedRun
 from stimuli.images import builtin_images
 from stimuli.perturb import PerturbParams, generate_perturbations
 from tests.separable import SeparableSource

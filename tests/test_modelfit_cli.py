@@ -13,10 +13,10 @@ from rig.backend import SessionInfo
 from rig.cli import model as cli_model
 from rig.config import load_config
 from rig.errors import UserError
-from rig.loop import fit as fitting
 from rig.paths import day_path, model_path
 from rig.session.runner import run_session
 from rig.session.schedule import build_schedule
+from rig.steps import fit as fitting
 from rig.store.dayfile import DayWriter
 from sim.backend import SimBackend
 from sim.monkey import SimParams, SimulatedMonkey

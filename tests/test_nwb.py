@@ -411,7 +411,7 @@ def test_recovered_day_keeps_its_identifier(day, tmp_path):
 
 def test_recording_takes_todays_metadata_over_the_plans(tmp_path, capsys):
     """The plan fixes the experiment; who records and which subject/array are the day's own."""
-    from rig.loop.record import ensure_screening_plan, record_day
+    from rig.steps.record import ensure_screening_plan, record_day
 
     planned = load_config(TINY)
     ensure_screening_plan(planned, tmp_path)

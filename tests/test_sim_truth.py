@@ -11,7 +11,7 @@ from torch import nn
 
 from modelfit.backbone import build_backbone, file_sha256, packaged_weights_path
 from rig.config import Config
-from rig.loop.groundtruth import TrueCountModule, converged_whitebox
+from rig.truth.whitebox import TrueCountModule, converged_whitebox
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images
 from stimuli.perturb import PerturbParams, generate_perturbations
@@ -152,7 +152,7 @@ def test_efficientnet_lite0_is_a_trained_offline_backbone():
 
 
 def test_quantisation_loss_of_a_linear_objective_shrinks_with_eps():
-    from rig.loop.quantloss import quantisation_loss
+    from rig.report.quantloss import quantisation_loss
 
     class Linear(nn.Module):
         def __init__(self, size: int) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rig.loop.groundtruth import cached_whitebox, converged_whitebox
+from rig.truth.whitebox import cached_whitebox, converged_whitebox
 from stimuli.images import builtin_images
 from stimuli.perturb import PerturbParams
 

@@ -84,7 +84,7 @@ def _print_session_status() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rig.loop.record import record_day
+    from rig.steps.record import record_day
 
     if args.day < 0:
         raise UserError(f"--day {args.day}: day numbers start at 0 (screening)")
@@ -142,7 +142,7 @@ def stored_config(cfg, source: Path, config: str | None):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rig.loop.plan import plan_day
+    from rig.steps.plan import plan_day
 
     folder = Path(args.out)
     check_out_folder(folder)
@@ -151,7 +151,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from rig.loop.analyze import analyze_day, describe
+    from rig.steps.analyze import analyze_day, describe
 
     folder = Path(args.out)
     res, out = analyze_day(folder_config(folder, None), folder, args.day, progress=not args.no_progress)

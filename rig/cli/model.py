@@ -5,7 +5,7 @@ perturbed images alike; an image shown on several days pools its repeats), selec
 sites whose day-0 split-half reliability reaches ``screening.reliability_threshold``,
 featurises each image once (feature cache), fits the readout, scores it (cross-validated
 r, split-half ceiling, r / sqrt(ceiling) and the explainable-variance fraction r^2 / ceiling) and writes ``DIR/model_through_DDD.h5``.
-The work is done by :mod:`rig.loop.fit` (shared with the daily loop).
+The work is done by :mod:`rig.steps.fit` (shared with the daily loop).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def register(sub) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from rig.loop.fit import fit_days
+    from rig.steps.fit import fit_days
 
     if args.config:
         cfg = load_config(args.config)

@@ -94,7 +94,7 @@ def load_stimulus_set(path: str | Path):
 
 
 def cmd_generate(args) -> int:
-    from rig.loop.compute import FittedModelFiles, generate_stimuli
+    from rig.compute.generate import FittedModelFiles, generate_stimuli
     from stimuli.images import clean_images
     from stimuli.perturb import PerturbParams
 

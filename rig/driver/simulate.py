@@ -14,11 +14,11 @@ from pathlib import Path
 from modelfit.files import write_atomic
 from rig.config import Config, config_from_toml_text, with_local_settings
 from rig.errors import UserError
-from rig.loop.analyze import analyze_day, describe
-from rig.loop.plan import plan_day
-from rig.loop.record import record_day
-from rig.loop.report import write_report
 from rig.paths import EXPERIMENT_TOML, day_path, plan_path
+from rig.report.write import write_report
+from rig.steps.analyze import analyze_day, describe
+from rig.steps.plan import plan_day
+from rig.steps.record import record_day
 from rig.store.reader import DayCache, day_status
 
 log = logging.getLogger(__name__)

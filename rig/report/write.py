@@ -11,7 +11,9 @@ from analysis import plots
 from analysis.summary import write_summary
 from rig.config import Config
 from rig.errors import UserError
-from rig.loop.analysis_file import (
+from rig.paths import day_path
+from rig.report.beyond import beyond_section
+from rig.results.analysis_file import (
     analysis_path,
     curve_from_json,
     est_from_json,
@@ -19,10 +21,8 @@ from rig.loop.analysis_file import (
     read_current,
     site_level_from_json,
 )
-from rig.loop.analyze import N_BOOT, analyze_day
-from rig.loop.beyond_report import beyond_section
-from rig.loop.headline import describe_day, headline_table
-from rig.paths import day_path
+from rig.results.headline import describe_day, headline_table
+from rig.steps.analyze import N_BOOT, analyze_day
 from rig.store.reader import DayCache, day_status
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dic
     """Figure 1A: IT (white-box truth in simulation, else measured bias-corrected) beside the
     white-box sensitivity of every configured backbone's units on the same clean images. The
     backbone curves are cached in ``out/figure1a.json`` for the last day's current analysis."""
-    from rig.loop.figure1a import UnitCurve, plot_figure1a
+    from rig.report.figure1a import UnitCurve, plot_figure1a
 
     ss = data.stimuli
     t = np.flatnonzero(ss.kind == "targeted")
@@ -263,7 +263,7 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dic
 def _figure1a_compute(cfg: Config, folder: Path, last: _Figures, data, parents: list[int], eps: list[float],
                       cache: DayCache) -> tuple[list, str]:
     """The backbones' unit curves and the quantisation-loss note (forward and backward passes)."""
-    from rig.loop.figure1a import figure1a_curves
+    from rig.report.figure1a import figure1a_curves
 
     ss = data.stimuli
     d0 = cache.read(day_path(folder, 0))
@@ -272,7 +272,7 @@ def _figure1a_compute(cfg: Config, folder: Path, last: _Figures, data, parents: 
     size = int(ss.pixels.shape[1])
     try:
         from modelfit.store import load_fitted
-        from rig.loop.quantloss import quantisation_loss
+        from rig.report.quantloss import quantisation_loss
 
         mfile = folder / str(data.model.get("model_file", ""))
         if not (data.model.get("model_file") and mfile.exists()):

@@ -14,10 +14,10 @@ from rig.backend import SessionInfo
 from rig.backends.factory import describe_source, make_backend
 from rig.config import Config, with_local_settings
 from rig.errors import UserError
-from rig.loop.preflight import preflight
 from rig.paths import day_path, plan_path
 from rig.session.runner import SessionLimits, SessionResult, run_session
 from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
+from rig.steps.preflight import preflight
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
 from rig.store.experiment import file_experiment, new_experiment_uuid, same_experiment
 from rig.store.origin import Origin, backend_origin

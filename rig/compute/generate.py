@@ -546,7 +546,7 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
     the plan records). Raises :class:`rig.errors.UserError` when the run could not end before
     the deadline.
     """
-    from rig.loop.budget import Estimate, check_deadline
+    from rig.compute.budget import Estimate, check_deadline
     from stimuli.cost import engine_state_bytes, run_passes
     from stimuli.modes import resolve_mode
     from stimuli.perturb import generate_perturbations

@@ -49,7 +49,8 @@ from modelfit.store import load_fitted
 from rig.backends.factory import build_sim_monkey
 from rig.config import Config
 from rig.errors import UserError
-from rig.loop.analysis_file import (
+from rig.paths import day_path
+from rig.results.analysis_file import (
     analysis_identity,
     curve_json,
     est_json,
@@ -58,10 +59,9 @@ from rig.loop.analysis_file import (
     pvm_json,
     site_level_json,
 )
-from rig.loop.dayoverday import day_over_day
-from rig.loop.groundtruth import TrueCountModule, cached_whitebox
-from rig.paths import day_path
+from rig.steps.dayoverday import day_over_day
 from rig.store.reader import DayCache, DayData
+from rig.truth.whitebox import TrueCountModule, cached_whitebox
 from stimuli.params import TRANSFER_OFF
 from stimuli.perturb import PerturbParams
 
@@ -405,7 +405,7 @@ def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True
 
 def describe(res: DayResults) -> str:
     """A few lines for the terminal (the same wording as the report, from the same numbers)."""
-    from rig.loop.headline import describe_day
+    from rig.results.headline import describe_day
 
     lines = [f"day {res.day}: {len(res.sites)} targeted sites" + (" (model backbone had RANDOM weights)" if res.random_init_model else "")
              + (f"; simulated monkey: model_alignment {res.sim_info['model_alignment']:g}" if res.sim_info else "")]

@@ -61,7 +61,7 @@ def _predictions(cfg: Config, folder: Path, d: DayData) -> np.ndarray:
 def _truth_counts(cfg: Config, d: DayData):
     """(expected counts (n_stim, C), the differentiable count module) of the simulated sites."""
     from rig.backends.factory import build_sim_monkey
-    from rig.loop.groundtruth import TrueCountModule
+    from rig.truth.whitebox import TrueCountModule
 
     monkey = build_sim_monkey(cfg)
     window = (d.window_ms[0] / 1000.0, d.window_ms[1] / 1000.0)
@@ -120,7 +120,7 @@ def whitebox_universal(cfg: Config, d: DayData, module, seed: int) -> tuple[dict
     """Simulator only: per epsilon, the true signed change on held-out images under a universal delta
     designed on the TRUE expected counts of the design images (at least the loop's budget, then
     both restarts and steps doubled, the better kept), and each problem's relative change on doubling."""
-    from rig.loop.beyond import universal_params
+    from rig.steps.beyond import universal_params
     from stimuli.objective import SiteObjective
     from stimuli.params import PerturbParams
     from stimuli.universal import shared_delta_stimuli

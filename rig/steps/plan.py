@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from rig import __version__
+from rig.compute.generate import FittedModelFiles, generate_stimuli
 from rig.config import Config
 from rig.errors import UserError
-from rig.loop.beyond import plan_beyond
-from rig.loop.compute import FittedModelFiles, generate_stimuli
-from rig.loop.fit import fit_days
-from rig.loop.preflight import preflight
-from rig.loop.presentations import check_expected_presentations
-from rig.loop.record import slot_seconds
 from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
+from rig.steps.beyond import plan_beyond
+from rig.steps.fit import fit_days
+from rig.steps.preflight import preflight
+from rig.steps.presentations import check_expected_presentations
+from rig.steps.record import slot_seconds
 from rig.store.dayfile import write_plan
 from rig.store.experiment import same_experiment
 from rig.store.reader import DayCache
