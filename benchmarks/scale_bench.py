@@ -131,10 +131,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mpath = fitted_model_file(Path(tmp), SIZE, N_SITES)
         module = load_fitted(mpath).module()
-        generate_perturbations(module, clean, problems[:1], [0.5], PerturbParams(restarts=2, steps=2),
-                               progress=False)   # warm-up
+        generate_perturbations(module, clean, problems[:1], [0.5], PerturbParams(restarts=2, steps=2))   # warm-up
         t, c = time.perf_counter(), time.process_time()
-        single = generate_perturbations(module, clean, problems, EPSILONS, params, seed=3, progress=False)
+        single = generate_perturbations(module, clean, problems, EPSILONS, params, seed=3)
         t_in, cpu_in = time.perf_counter() - t, time.process_time() - c
         passes = int(single.budget_passes.sum())
         print(f"in-process: {t_in:.2f} s, {passes} passes, {passes / t_in:.1f} passes/s, "
@@ -158,7 +157,7 @@ def main() -> None:
                 cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
                 t0_epoch = time.time()
                 t, c = time.perf_counter(), time.process_time()
-                sharded, results = run.generate(problems, EPSILONS, params, 3, "cpu", progress=False, shards=shards)
+                sharded, results = run.generate(problems, EPSILONS, params, 3, "cpu", shards=shards)
                 t_cl = time.perf_counter() - t
                 cpu_main = time.process_time() - c
                 cpu_workers = [sum(p.cpu_times()[:2]) - c0 for p, c0 in zip(procs, cpu0)]

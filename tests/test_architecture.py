@@ -195,3 +195,20 @@ def test_no_function_in_the_library_packages_is_over_80_lines():
                     if n > MAX_FUNCTION_LINES:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "functions over 80 lines (split them):\n" + "\n".join(long)
+
+
+def test_no_library_function_takes_a_progress_flag():
+    """Progress bars are one process-wide switch (:mod:`modelfit.progressbars`, set by the CLI's
+    ``--no-progress``): no function of the library packages takes a ``progress`` flag (an argument
+    of that name that is a bool or unannotated; the engine's per-row ``progress`` tensor is data)."""
+    flagged = []
+    for package in sorted(TOP_LEVEL):
+        for path in _first_party_files(package):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    a = node.args
+                    flags = [x for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg == "progress"
+                             and (x.annotation is None or ast.unparse(x.annotation) == "bool")]
+                    if flags:
+                        flagged.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not flagged, "functions that take a progress flag:\n" + "\n".join(flagged)

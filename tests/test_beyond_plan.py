@@ -37,7 +37,7 @@ def planned():
     chosen = np.array([[0, 1, 2], [3, 4, 5]])                             # 2 target sites x 3 images
     problems = [(int(chosen[k, j]), int(site)) for k, site in enumerate((0, 2)) for j in range(3)]
     params = PerturbParams(restarts=2, steps=12, max_batch_rows=32)
-    base = generate_perturbations(model, pool[:6], problems, [0.5, 1.0], params, seed=1, progress=False)
+    base = generate_perturbations(model, pool[:6], problems, [0.5, 1.0], params, seed=1)
     cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]},
                             "universal": {"enabled": True, "heldout_images": 2, "subspace_images": 1, "restarts": 2,
                                           "steps": 12, "subspace_k": [1, 2]},

@@ -58,7 +58,7 @@ def _record(tmp_path, setup, edit, repeats=4):
                               window_ms=(70.0, 170.0))
     backend = Tamper(SimBackend(monkey, refresh_hz=60.0), edit)
     with writer:
-        run_session(backend, writer, stim, sched, SessionInfo("s", 0, n_channels=3), (70.0, 170.0), progress=False)
+        run_session(backend, writer, stim, sched, SessionInfo("s", 0, n_channels=3), (70.0, 170.0))
     return path
 
 

@@ -95,7 +95,7 @@ def test_sharded_equals_single_run_bit_for_bit(per_shard):
     params = PerturbParams(restarts=4, steps=10, max_batch_rows=8, prune_keep_fraction=0.5, random_controls_per_image=2)
     with torch.random.fork_rng():
         torch.set_num_threads(1)
-        single = generate_perturbations(model, clean, PROBLEMS, EPS, params, seed=9, progress=False)
+        single = generate_perturbations(model, clean, PROBLEMS, EPS, params, seed=9)
         sharded = solve_in_shards(model, clean, PROBLEMS, EPS, params, 9, per_shard)
     _assert_same(single, sharded)
     assert (single.kind == "targeted").sum() == len(PROBLEMS) * len(EPS) * 2

@@ -59,7 +59,7 @@ def test_day_recorded_through_a_live_source_matches_the_simulators_truth(tmp_pat
     # offline replay of the recorded day redoes the per-segment clock fit and the counts identically
     from rig.backends.replay import replay_day
 
-    again = read_day(replay_day(path, tmp_path / "replay.h5", progress=False))
+    again = read_day(replay_day(path, tmp_path / "replay.h5"))
     d = read_day(path)
     assert np.array_equal(again.presentations["valid"], d.presentations["valid"])
     assert np.allclose(again.presentations["onset_acq_s"], d.presentations["onset_acq_s"], atol=1e-9, equal_nan=True)

@@ -40,7 +40,7 @@ def experiment(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reader, "_open_h5", counting_open)
-        summary = simulate(load_config(TINY), folder, days=2, progress=False)
+        summary = simulate(load_config(TINY), folder, days=2)
     return folder, summary
 
 

@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = folder_config(out, args.config)
     _print_session_status()
     result = record_day(cfg, out, args.day, backend_name=args.backend, resume=args.resume,
-                        progress=not args.no_progress, max_trials=args.max_trials)
+                        max_trials=args.max_trials)
     summary, problems = check_day(path)
     _print_summary(summary, problems)
     state = "complete" if result.complete else f"incomplete ({result.remaining} presentations to go; resume with --resume)"
@@ -146,7 +146,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     folder = Path(args.out)
     check_out_folder(folder)
-    plan_day(folder_config(folder, args.config), folder, args.day, progress=not args.no_progress)
+    plan_day(folder_config(folder, args.config), folder, args.day)
     return 0
 
 
@@ -154,7 +154,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from rig.steps.analyze import analyze_day, describe
 
     folder = Path(args.out)
-    res, out = analyze_day(folder_config(folder, None), folder, args.day, progress=not args.no_progress)
+    res, out = analyze_day(folder_config(folder, None), folder, args.day)
     print(describe(res))
     print(f"numbers written to {out}")
     return 0

@@ -62,7 +62,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(None)
     days = args.days if args.days is not None else (3 if args.demo else 2)
-    simulate(cfg, folder, days, progress=not args.no_progress, report=not args.no_report)
+    simulate(cfg, folder, days, report=not args.no_report)
     return 0
 
 
@@ -71,6 +71,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rig.report.write import write_report
 
     folder = Path(args.folder)
-    summary = write_report(folder_config(folder, None), folder, args.out, progress=not args.no_progress)
+    summary = write_report(folder_config(folder, None), folder, args.out)
     print(f"report written: {summary} (figures beside it)")
     return 0

@@ -66,7 +66,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         cfg = stored_config(config_from_toml_text(read_config_text(p)), p, None)
     res = fit_days(cfg, args.days, args.through, out=args.out, all_sites=args.all_sites,
-                   progress=not args.no_progress, overwrite=args.overwrite)
+                   overwrite=args.overwrite)
     if res.random_init:
         print(f"NOTE: backbone {res.backbone} is RANDOMLY INITIALISED (model.weights is empty); "
               "its features are not ImageNet features")

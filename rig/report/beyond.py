@@ -187,7 +187,7 @@ def line_table(d: DayData, info: dict, sources: dict[str, np.ndarray], seed: int
     return out
 
 
-def beyond_results(cfg: Config, folder: Path, day: int, cache: DayCache, progress: bool = False) -> dict | None:
+def beyond_results(cfg: Config, folder: Path, day: int, cache: DayCache) -> dict | None:
     """Everything the section needs about ``day``; None when the day has no issue-23 stimuli."""
     d = cache.read(day_path(folder, day))
     kinds = set(np.asarray(d.stimuli.kind, str))
@@ -216,12 +216,11 @@ def beyond_results(cfg: Config, folder: Path, day: int, cache: DayCache, progres
     return res
 
 
-def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCache, figs: list,
-                   progress: bool = False) -> list[str]:
+def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCache, figs: list) -> list[str]:
     """The report hook: figures (appended to ``figs``) and summary lines for the last day."""
     from analysis import geometry_plots as gp
 
-    res = beyond_results(cfg, Path(folder), day, cache, progress)
+    res = beyond_results(cfg, Path(folder), day, cache)
     if res is None:
         return []
     lines = [(f"Beyond the paper (day {day}): site-universal perturbations, the subspace of designs, response "

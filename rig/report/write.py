@@ -59,13 +59,13 @@ def _examples(data, sites, n: int = 4) -> tuple[np.ndarray, np.ndarray, list[str
     return np.stack(clean), np.stack(pert), labels
 
 
-def day_analyses(cfg: Config, folder: Path, days: list[int], progress: bool, cache: DayCache) -> dict[int, dict]:
+def day_analyses(cfg: Config, folder: Path, days: list[int], cache: DayCache) -> dict[int, dict]:
     """Each day's analysis.json: read when current (:func:`read_current`), else analysed now and written."""
     out = {}
     for d in days:
         a = read_current(folder, d, N_BOOT)
         if a is None:
-            analyze_day(cfg, folder, d, progress=progress, days=cache)
+            analyze_day(cfg, folder, d, days=cache)
             a = json.loads(analysis_path(folder, d).read_text())
         out[d] = a
     return out
@@ -95,7 +95,7 @@ class _Figures:
         return {int(s): float(v) for s, v in zip(self.sites, self.sigma)}
 
 
-def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None, progress: bool = True,
+def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
                  cache: DayCache | None = None) -> Path:
     """Write ``out`` (default ``<folder>/report``) for every complete closed-loop day of ``folder``:
     PNG figures and ``summary.md``, drawn from each day's ``day_DDD.analysis.json`` (analysed
@@ -110,7 +110,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     out = Path(out) if out else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else DayCache()
-    analyses = day_analyses(cfg, folder, days, progress, cache)
+    analyses = day_analyses(cfg, folder, days, cache)
     figs_by_day = {d: _Figures(a) for d, a in analyses.items()}
     last = figs_by_day[days[-1]]
     last_data = cache.read(day_path(folder, days[-1]))
@@ -120,7 +120,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
         figs.insert(0, fig1a)
     numbers, checks = _numbers(analyses, days)
     notes = _notes(folder, days, analyses, last, cache) + checks + fig1a_notes
-    notes += beyond_section(cfg, folder, out, last.day, cache, figs, progress)   # issue 23: universal / subspace / geometry
+    notes += beyond_section(cfg, folder, out, last.day, cache, figs)   # issue 23: universal / subspace / geometry
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary

@@ -164,7 +164,7 @@ def _responses(d: DayData) -> np.ndarray:
     return d.mean_responses().astype(float)
 
 
-def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = None, progress: bool = True,
+def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = None,
                 n_boot: int = N_BOOT, days: DayCache | None = None) -> DayResults:
     """Everything the report needs about closed-loop day ``day`` (see the module docstring);
     ``days``: the process's day cache (each day file is read once).
@@ -221,7 +221,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
         res.sim_info = {k: getattr(recorded.sim, k) for k in ("model_alignment", "linear_fraction", "input_px", "smoothing_px",
                                                           "drive_gain", "seed")}
     if truth or (truth is None and is_sim):
-        res.truth = _truth(recorded, folder, d, resp, sites, sigma, n_boot, seed, progress)
+        res.truth = _truth(recorded, folder, d, resp, sites, sigma, n_boot, seed)
         res.truth.update(_truth_fractions(res, n_boot, seed))
     if day > 1:
         res.day_over_day = day_over_day(folder, res, days, seed=seed, n_boot=n_boot)
@@ -322,7 +322,7 @@ def _model_predictions(fitted, pixels: np.ndarray, n_channels: int, cfg: Config)
 
 
 def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.ndarray, sigma: np.ndarray,
-           n_boot: int, seed: int, progress: bool) -> dict:
+           n_boot: int, seed: int) -> dict:
     """White-box ground truth and the fraction of it the loop reached (simulation only)."""
     prov = d.stimuli
     monkey = build_sim_monkey(cfg)
@@ -368,7 +368,7 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
                  f"until no problem's answer changes by 2% or more)")
 
     wb = cached_whitebox(folder / "groundtruth.npz", key, module, clean, problems, eps, base, seed=7,
-                         progress=progress, on_compute=announce)
+                         on_compute=announce)
     # (n_sites, n_eps): mean over that site's images of the mean over both directions
     true_site = np.full((len(sites), len(eps)), np.nan)
     for k, s in enumerate(sites):
@@ -392,10 +392,9 @@ def _loop_params(cfg: Config):
     return PerturbParams.from_config_section(asdict(cfg.perturb))
 
 
-def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True,
-                days: DayCache | None = None) -> tuple[DayResults, Path]:
+def analyze_day(cfg: Config, folder: str | Path, day: int, days: DayCache | None = None) -> tuple[DayResults, Path]:
     """Compute :func:`day_results` and write ``day_DDD.analysis.json``."""
-    res = day_results(cfg, folder, day, progress=progress, days=days)
+    res = day_results(cfg, folder, day, days=days)
     out = Path(folder) / f"day_{day:03d}.analysis.json"
     numbers = res.numbers()
     numbers["identity"] = analysis_identity(folder, day, N_BOOT)

@@ -287,8 +287,7 @@ def universal_cost(cfg: Config, params: PerturbParams, n_sites: int, n_design: i
 
 
 def plan_beyond(cfg: Config, stimset: StimulusSet, model, chosen: np.ndarray, unique: np.ndarray, targets: np.ndarray,
-                screening, pool: np.ndarray, params: PerturbParams, day: int,
-                progress: bool) -> tuple[StimulusSet, dict]:
+                screening, pool: np.ndarray, params: PerturbParams, day: int) -> tuple[StimulusSet, dict]:
     """The plan step's hook: the issue-23 stimuli (when enabled), the presentation budget check
     and the budget lines; returns the set and the plan's extra root attributes."""
     import json

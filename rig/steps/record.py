@@ -53,7 +53,7 @@ def ensure_screening_plan(cfg: Config, folder: Path) -> Path:
 
 
 def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "sim", resume: bool = False,
-               progress: bool = True, max_trials: int | None = None) -> SessionResult:
+               max_trials: int | None = None) -> SessionResult:
     """Record ``day`` into ``<folder>/day_DDD.h5`` from its plan (day 0's is made here)."""
     folder = Path(folder)
     path = day_path(folder, day)
@@ -117,7 +117,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         with writer:
             try:
                 result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
-                                     progress=progress, max_trials=max_trials,
+                                     max_trials=max_trials,
                                      observer=monitor.observe if monitor is not None else None, limits=session_limits(cfg))
             finally:
                 if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream
