@@ -231,7 +231,8 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                     raise RuntimeError(f"backend answered trial {rec.trial_index} for trial {trial.trial_index}")
                 seg = clock.add(rec.clock_segment, rec.sync_presenter_s, rec.sync_acq_s)
                 rows = derive_rows(trial, rec, seg, writer.n_channels, window_ms)
-                writer.append_trial(rows)        # the clock fits are stored inside its commit
+                rows.clock = clock.state(seg.label)   # the session's fits: the store writes them inside its commit
+                writer.append_trial(rows)
                 queue.complete(rows.valid)
                 watch.add(rows)
                 n_trials += 1
