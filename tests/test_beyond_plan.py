@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from rig.config import config_from_dict
 from rig.errors import UserError
@@ -14,26 +13,16 @@ from rig.steps.presentations import check_presentations, noise_sd
 from rig.store.dayfile import write_plan
 from rig.store.reader import read_day
 from stimuli.perturb import PerturbParams, generate_perturbations
+from tests.linear_model import LinearOnPixels
 
 SIDE = 8
-
-
-class _Linear(nn.Module):
-    def __init__(self, w: torch.Tensor) -> None:
-        super().__init__()
-        self.backbone = nn.Flatten()
-        self.readout_weight = w
-        self.readout_bias = torch.zeros(w.shape[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x) @ self.readout_weight.T + self.readout_bias
 
 
 @pytest.fixture(scope="module")
 def planned():
     rng = np.random.default_rng(0)
     pool = rng.integers(70, 186, (14, SIDE, SIDE, 3), dtype=np.uint8)   # interior pixels: little clipping
-    model = _Linear(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
+    model = LinearOnPixels(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
     chosen = np.array([[0, 1, 2], [3, 4, 5]])                             # 2 target sites x 3 images
     problems = [(int(chosen[k, j]), int(site)) for k, site in enumerate((0, 2)) for j in range(3)]
     params = PerturbParams(restarts=2, steps=12, max_batch_rows=32)
@@ -181,7 +170,7 @@ def test_universal_problems_that_cannot_end_in_time_are_refused(planned):
 
     _, base, _, _ = planned
     rng = np.random.default_rng(0)
-    model = _Linear(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
+    model = LinearOnPixels(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
     params = PerturbParams(restarts=2, steps=12, max_batch_rows=32)
     said = []
     cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]}, "universal": {"enabled": True},
@@ -201,7 +190,7 @@ def test_whitebox_universal_doubles_its_budget_and_reports_convergence():
     rng = np.random.default_rng(2)
     w = torch.from_numpy(rng.normal(0, 0.1, (2, 3 * SIDE * SIDE))).float()
     x = torch.from_numpy(rng.uniform(0.3, 0.7, (3, 3, SIDE, SIDE))).float()
-    obj = SiteObjective(_Linear(w), use_split=False)          # the generic path, as on the true counts
+    obj = SiteObjective(LinearOnPixels(w), use_split=False)          # the generic path, as on the true counts
     with obj.session():
         sol, change = _best_universal(obj, x, 1, 0.5, -1, PerturbParams(restarts=2, steps=10, prune=False), seed=0)
     assert sol.objective == pytest.approx(0.5 * float(w[1].norm()), rel=1e-3)   # a linear site's optimum
