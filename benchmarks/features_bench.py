@@ -38,7 +38,7 @@ def main() -> None:
     results = {}
     for label, cl, bf16 in modes:
         fx = FeatureExtractor(build_backbone(a.backbone, a.layer), batch_size=a.batch, channels_last=cl,
-                              bf16=bf16, progress=False)
+                              bf16=bf16)
         fx.transform(pixels[: a.batch])  # warm-up (oneDNN kernel selection)
         best = float("inf")
         for _ in range(a.repeats):

@@ -16,12 +16,12 @@ far MORE than with ResNet50 at 224 px: a conservative test). ``--quick``: 2 pair
 restarts.
 
 In-process: one stimuli.perturb.generate_perturbations call (compute.scheduler = "local"),
-with the workers' allocator settings (rig.loop.compute.relax_malloc) and ``--inprocess-threads`` torch threads (default 1: overhead_fraction counts core-seconds,
+with the workers' allocator settings (rig.compute.generate.relax_malloc) and ``--inprocess-threads`` torch threads (default 1: overhead_fraction counts core-seconds,
 see below; ``--inprocess-threads 2`` gives it both cores instead). Cluster:
 LocalCluster(n_workers=2 (--workers), processes=True, threads_per_worker=1) on 127.0.0.1,
-with itloop's quiet Dask housekeeping (rig.loop.compute.QUIET_DASK, what the README tells a
+with itloop's quiet Dask housekeeping (rig.compute.generate.QUIET_DASK, what the README tells a
 lab to start its scheduler and workers with and what SLURM jobs get; ``--dask-defaults``:
-Dask's stock settings, under which the payload still quiets each worker at run time), the model shipped the production way (rig.loop.compute.FittedModelFiles: file bytes +
+Dask's stock settings, under which the payload still quiets each worker at run time), the model shipped the production way (rig.compute.generate.FittedModelFiles: file bytes +
 sha256, once per worker), shards as compute.problems_per_shard = 0 (auto,
 stimuli.shards.auto_shards) unless ``--per-shard`` is given. Not timed, printed separately:
 the cluster's start-up, and per worker the payload, the model build, its clean-set
@@ -85,7 +85,7 @@ def problem_set(n_pairs: int) -> list[tuple[int, int]]:
 def _warm_worker(name: str, key: str, params: dict, problem: tuple[int, int], dask_worker=None) -> tuple[float, int]:
     """On one worker (client.run): build the model, cache the clean-set predictions, and run
     the in-process run's warm-up shard; returns the seconds it took and the worker's torch threads."""
-    from rig.loop.compute import _payload
+    from rig.compute.generate import _payload
     from stimuli.perturb import PerturbParams
     from stimuli.shards import solve_shard
 
@@ -106,13 +106,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster")
     ap.add_argument("--inprocess-threads", type=int, default=1, help="torch threads of the in-process run")
     ap.add_argument("--dask-defaults", action="store_true",
-                    help="run the LocalCluster with Dask's stock housekeeping instead of rig.loop.compute.QUIET_DASK")
+                    help="run the LocalCluster with Dask's stock housekeeping instead of rig.compute.generate.QUIET_DASK")
     args = ap.parse_args()
     from distributed import Client, LocalCluster
 
     from modelfit.store import load_fitted
+    from rig.compute.generate import QUIET_DASK, DistributedRun, FittedModelFiles, relax_malloc
     from rig.config import ComputeConfig
-    from rig.loop.compute import QUIET_DASK, DistributedRun, FittedModelFiles, relax_malloc
     from stimuli.images import builtin_images
     from stimuli.perturb import PerturbParams, generate_perturbations
 
@@ -131,10 +131,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mpath = fitted_model_file(Path(tmp), SIZE, N_SITES)
         module = load_fitted(mpath).module()
-        generate_perturbations(module, clean, problems[:1], [0.5], PerturbParams(restarts=2, steps=2),
-                               progress=False)   # warm-up
+        generate_perturbations(module, clean, problems[:1], [0.5], PerturbParams(restarts=2, steps=2))   # warm-up
         t, c = time.perf_counter(), time.process_time()
-        single = generate_perturbations(module, clean, problems, EPSILONS, params, seed=3, progress=False)
+        single = generate_perturbations(module, clean, problems, EPSILONS, params, seed=3)
         t_in, cpu_in = time.perf_counter() - t, time.process_time() - c
         passes = int(single.budget_passes.sum())
         print(f"in-process: {t_in:.2f} s, {passes} passes, {passes / t_in:.1f} passes/s, "
@@ -158,7 +157,7 @@ def main() -> None:
                 cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
                 t0_epoch = time.time()
                 t, c = time.perf_counter(), time.process_time()
-                sharded, results = run.generate(problems, EPSILONS, params, 3, "cpu", progress=False, shards=shards)
+                sharded, results = run.generate(problems, EPSILONS, params, 3, "cpu", shards=shards)
                 t_cl = time.perf_counter() - t
                 cpu_main = time.process_time() - c
                 cpu_workers = [sum(p.cpu_times()[:2]) - c0 for p, c0 in zip(procs, cpu0)]

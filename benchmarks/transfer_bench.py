@@ -72,9 +72,9 @@ def fit_model(layer: str, pool: str, pixels: np.ndarray, names: list[str], drive
     from stimuli.photos import photo_of
 
     bb = build_backbone("efficientnet-lite0", layer, pool=pool)
-    X = FeatureExtractor(bb, batch_size=50, channels_last=False, progress=False).transform(pixels)
+    X = FeatureExtractor(bb, batch_size=50, channels_last=False).transform(pixels)
     groups = [photo_of(n) for n in names]
-    r = grouped_cross_validated_r(X, drive, groups, np.ones(len(X), bool), lambda: Readout(), n_folds=5, progress=False)
+    r = grouped_cross_validated_r(X, drive, groups, np.ones(len(X), bool), lambda: Readout(), n_folds=5)
     return Readout().fit(X, drive).to_torch(bb).eval(), float(np.median(r))
 
 
@@ -97,7 +97,7 @@ def input_gradients(fn, x: torch.Tensor, n_sites: int, objective_params=None) ->
 
 def setting_rows(a, seed: int, smoothing: float, input_px: int) -> list[dict]:
     from modelfit.features import images_to_tensor
-    from rig.loop.groundtruth import _Drive  # the sites' pre-saturation drive, as the white-box truth attacks it
+    from rig.truth.whitebox import _Drive  # the sites' pre-saturation drive, as the white-box truth attacks it
     from sim.monkey import SimParams, SimulatedMonkey
     from stimuli.images import clean_images
     from stimuli.params import PerturbParams
@@ -122,7 +122,7 @@ def setting_rows(a, seed: int, smoothing: float, input_px: int) -> list[dict]:
     base = PerturbParams(restarts=a.restarts, steps=a.steps, prune=False, random_controls_per_image=2,
                          max_batch_rows=64)
     wb = generate_perturbations(truth, clean, problems, a.eps, dataclasses.replace(
-        base, restarts=2 * a.restarts, steps=2 * a.steps, random_controls_per_image=0), seed=7, progress=False)
+        base, restarts=2 * a.restarts, steps=2 * a.steps, random_controls_per_image=0), seed=7)
     true_wb = _true_signed(truth, wb)
     rows = []
     for name in a.methods:
@@ -138,7 +138,7 @@ def setting_rows(a, seed: int, smoothing: float, input_px: int) -> list[dict]:
         row = {"seed": seed, "smoothing_px": smoothing, "input_px": input_px, "method": name, "r": r,
                "cos": float(cos.median()), "cos_mean": float(cos.mean())}
         if not a.cosine_only:
-            ss = generate_perturbations(fn, clean, problems, a.eps, params, seed=11, progress=False)
+            ss = generate_perturbations(fn, clean, problems, a.eps, params, seed=11)
             tgt, rnd = _true_signed(truth, ss), _true_abs_random(truth, ss, len(problems), len(a.eps))
             for e, eps in enumerate(a.eps):
                 row[f"frac@{eps:g}"] = float(tgt[:, e].mean() / true_wb[:, e].mean())

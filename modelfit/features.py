@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from modelfit.files import atomic_path, write_atomic
 from modelfit.imageid import sha1_of
+from modelfit.progressbars import bar
 
 from .backbone import RANDOM_INIT, Backbone
 
@@ -41,13 +41,12 @@ class FeatureExtractor:
 
     Parameters: ``cache_dir`` (None: no cache), ``batch_size`` (images per forward),
     ``channels_last`` (NHWC memory format; moves the backbone's weights in place),
-    ``bf16`` (CPU/GPU autocast to bfloat16), ``device``, ``progress`` (tqdm bar).
+    ``bf16`` (CPU/GPU autocast to bfloat16), ``device``. Its bar follows :mod:`modelfit.progressbars`.
     Counters ``hits`` / ``misses`` count cached / computed images over this object's life.
     """
 
     def __init__(self, backbone: Backbone, cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
-                 channels_last: bool = True, bf16: bool = False, device: str = "cpu",
-                 progress: bool = True) -> None:
+                 channels_last: bool = True, bf16: bool = False, device: str = "cpu") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 images; got {batch_size}")
         self.device = torch.device(device)
@@ -58,7 +57,6 @@ class FeatureExtractor:
         self.batch_size = int(batch_size)
         self.channels_last = bool(channels_last)
         self.bf16 = bool(bf16)
-        self.progress = bool(progress)
         self.hits = 0
         self.misses = 0
 
@@ -83,10 +81,10 @@ class FeatureExtractor:
     def _compute(self, pixels: np.ndarray) -> np.ndarray:
         out = []
         batches = range(0, len(pixels), self.batch_size)
-        bar = tqdm(batches, desc=f"features {self.backbone.name}/{self.backbone.layer}", unit="batch",
-                   disable=None if self.progress and len(batches) >= 2 else True, leave=False)
+        batch_bar = bar(batches, desc=f"features {self.backbone.name}/{self.backbone.layer}", unit="batch",
+                        disable=True if len(batches) < 2 else None, leave=False)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            for start in bar:
+            for start in batch_bar:
                 x = images_to_tensor(pixels[start:start + self.batch_size]).to(self.device)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

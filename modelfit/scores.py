@@ -25,6 +25,8 @@ from typing import Protocol
 
 import numpy as np
 
+from modelfit.progressbars import bar
+
 from .readout import pearson_r_columns
 
 
@@ -81,7 +83,7 @@ def spearman_brown(r: np.ndarray) -> np.ndarray:
 
 
 def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], Estimator], n_splits: int = 10,
-                      train_fraction: float = 0.9, seed: int = 0, progress: bool = False) -> np.ndarray:
+                      train_fraction: float = 0.9, seed: int = 0) -> np.ndarray:
     """Mean held-out Pearson r per site (n_sites,) over ``n_splits`` shuffled train/test splits.
 
     ``make_readout()`` returns a fresh unfitted estimator with ``fit``/``predict``
@@ -98,11 +100,9 @@ def cross_validated_r(X: np.ndarray, Y: np.ndarray, make_readout: Callable[[], E
     n_train = round(train_fraction * n)
     if n_train < 2 or n - n_train < 3:
         raise ValueError(f"{n} images are too few for {train_fraction:.0%} train splits with >= 3 test images")
-    from tqdm.auto import tqdm
-
     rng = np.random.default_rng(seed)
     rs = []
-    for _ in tqdm(range(n_splits), desc="cross-validated r", disable=None if progress else True, leave=False):
+    for _ in bar(range(n_splits), desc="cross-validated r", leave=False):
         perm = rng.permutation(n)
         tr, te = perm[:n_train], perm[n_train:]
         model = make_readout().fit(X[tr], Y[tr])
@@ -135,8 +135,7 @@ def group_folds(groups, test: np.ndarray, n_folds: int, seed: int = 0) -> np.nda
 
 
 def grouped_cross_validated_r(X: np.ndarray, Y: np.ndarray, groups, test: np.ndarray,
-                              make_readout: Callable[[], Estimator], n_folds: int = 5, seed: int = 0,
-                              progress: bool = False) -> np.ndarray:
+                              make_readout: Callable[[], Estimator], n_folds: int = 5, seed: int = 0) -> np.ndarray:
     """Mean held-out Pearson r per site (n_sites,) over ``n_folds`` folds grouped by ``groups``.
 
     ``groups`` (N,): one key per row; rows sharing a key (a clean image and every stimulus made
@@ -159,10 +158,8 @@ def grouped_cross_validated_r(X: np.ndarray, Y: np.ndarray, groups, test: np.nda
                          "of >= 3 test images need 6)")
     n_folds = min(n_folds, n_test_groups // 3)   # every fold scores >= 3 held-out images
     fold = group_folds(groups, test, n_folds, seed)
-    from tqdm.auto import tqdm
-
     rs = []
-    for k in tqdm(range(n_folds), desc="grouped cross-validated r", disable=None if progress else True, leave=False):
+    for k in bar(range(n_folds), desc="grouped cross-validated r", leave=False):
         te = np.flatnonzero(test & (fold == k))
         tr = np.flatnonzero(fold != k)
         model = make_readout().fit(X[tr], Y[tr])

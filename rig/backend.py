@@ -157,6 +157,20 @@ class TrialRecord:
 
 
 @dataclass
+class ClockState:
+    """The presenter->acquisition clock fits after a trial, as the session runner computed them (with
+    the session's limits): the fit of the trial's own segment, and every segment's summary in
+    first-seen order. The day file stores them in each commit (``/sync`` attrs ``fit_*``, root
+    attr ``clock_segments``); the store never refits."""
+
+    offset_s: float                 # acq = offset_s + (1 + drift) * presenter, s
+    drift: float                    # 1 (fraction: 1e-6 = 1 ppm)
+    residual_sd_s: float            # s
+    n_pairs: int
+    segments: list[dict] = field(default_factory=list)   # per segment: label, offset_s, drift_ppm, residual_sd_s, ...
+
+
+@dataclass
 class TrialRows:
     """What the session runner derived from one TrialRecord, ready to store (journal, then day file)."""
 
@@ -168,6 +182,7 @@ class TrialRows:
     eye_acq_s: np.ndarray | None = None      # (n_eye,) record.eye_presenter_s on the acquisition clock, s
     reward_acq_s: np.ndarray | None = None   # (n_rew,) record.reward_presenter_s on the acquisition clock, s
     invalid_reason: np.ndarray | None = None  # (K,) uint8 InvalidReason (None: derived from valid and the record)
+    clock: ClockState | None = None           # the clock fits after this trial (None: the store keeps what it has)
 
 
 def invalid_reasons(record: TrialRecord, k: int, valid: np.ndarray) -> np.ndarray:

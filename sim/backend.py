@@ -34,7 +34,7 @@ class SimBackend:
     name = "sim"
 
     def __init__(self, monkey: SimulatedMonkey, refresh_hz: float = 60.0, start_s: float = 10.0,
-                 progress: bool = False, gaze_hz: float = 0.0) -> None:
+                 gaze_hz: float = 0.0) -> None:
         """``refresh_hz``: simulated display refresh (Hz); ``start_s``: presenter time of the
         first trial (s) -- pass a later time when resuming a day to keep clocks increasing;
         ``gaze_hz`` > 0: also record the simulated eye (``sim.gaze``) at that rate, with the
@@ -44,7 +44,6 @@ class SimBackend:
         self.monkey = monkey
         self.frames = FrameClock(refresh_hz)
         self.start_s = float(start_s)
-        self.progress = progress
         self._session: SessionInfo | None = None
         self._rates: np.ndarray | None = None
         self._t = self.start_s
@@ -61,7 +60,7 @@ class SimBackend:
         self.frames_on = self.frames.frames(session.stim_on_ms, "stim_on_ms")
         self.frames_mask = self.frames.frames(session.mask_ms, "mask_ms")
         pixels = getattr(stimuli, "pixels", stimuli)
-        self._rates = self.monkey.set_stimuli(np.asarray(pixels), progress=self.progress)
+        self._rates = self.monkey.set_stimuli(np.asarray(pixels))
         self._session = session
         self._t = self.start_s
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from modelfit.features import images_to_tensor
+from modelfit.progressbars import bar
 from sim import spikes as _spikes
 from sim.clocks import ClockMap
 from sim.hidden import GaussianBlur, RandomConvNet, RandomMLP, TrainedTrunk, resample
@@ -229,7 +229,7 @@ class SimulatedMonkey:
         """The differentiable true rate function: images (B,3,H,W) in [0,1] -> (B, C) Hz. Evaluation only."""
         return self._module
 
-    def true_rates(self, pixels: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def true_rates(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """True rates (N, n_channels) in Hz of uint8 images (N, H, W, 3); cached by sha1. Evaluation only."""
         import hashlib
 
@@ -239,7 +239,7 @@ class SimulatedMonkey:
         keys = [hashlib.sha1(np.ascontiguousarray(p).tobytes() + repr(p.shape).encode()).hexdigest() for p in px]
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}.values())
         starts = range(0, len(todo), batch_size)
-        for s in tqdm(starts, desc="sim true rates", unit="batch", disable=None if progress and len(todo) else True):
+        for s in bar(starts, desc="sim true rates", unit="batch", disable=True if not todo else None, leave=False):
             idx = todo[s:s + batch_size]
             x = images_to_tensor(px[idx])
             with torch.no_grad():
@@ -269,9 +269,9 @@ class SimulatedMonkey:
         return _spikes.expected_counts(rates, self.baseline_hz, self.latency_s, window_s, on_s)
 
     # -- spikes for an external presenter -------------------------------------------------
-    def set_stimuli(self, pixels: np.ndarray, progress: bool = False) -> np.ndarray:
+    def set_stimuli(self, pixels: np.ndarray) -> np.ndarray:
         """Register the session's stimuli (uint8 (N,H,W,3)) for :meth:`spikes_for`; returns their rates."""
-        self._stim_rates = self.true_rates(pixels, progress=progress)
+        self._stim_rates = self.true_rates(pixels)
         return self._stim_rates
 
     def spikes_for(self, stim_indices, onsets_acq_s, on_s, rng: np.random.Generator,

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from modelfit.features import images_to_tensor
+from modelfit.progressbars import bar
 from stimuli.controls import random_stimuli
 from stimuli.modes import EngineMode, fitting_batch_rows, resolve_mode
 from stimuli.objective import SiteObjective
@@ -276,7 +277,7 @@ class _Search:
     """
 
     def __init__(self, objective: SiteObjective, clean: torch.Tensor, problems: _Problems, params: PerturbParams,
-                 seed: int, progress: bool) -> None:
+                 seed: int) -> None:
         self.objective, self.clean, self.problems, self.params, self.seed = objective, clean, problems, params, seed
         n_prob, T = len(problems), params.steps
         self.at_checkpoint = torch.zeros(T + 1, dtype=torch.bool, device=clean.device)
@@ -290,10 +291,7 @@ class _Search:
         self.parked: dict[int, list[_Rows]] = {}
         self.resumed: deque[_Rows] = deque()
         self.fresh: deque[tuple[int, int]] = deque()
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=n_prob, unit="problem", desc="perturbations", dynamic_ncols=True, disable=None)
+        self.bar = bar(total=n_prob, unit="problem", desc="perturbations", dynamic_ncols=True)
         self.t_start, self.row_passes = time.perf_counter(), 0
 
     def run(self) -> Iterator[Solution]:
@@ -325,8 +323,7 @@ class _Search:
             self._prune()
             stay = ~(done | park)
             batch = batch.where(stay) if not bool(stay.all()) else batch
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
     # ---- the steps of one loop
     def _queue_restarts(self) -> Iterator[Solution]:
@@ -423,7 +420,7 @@ class _Search:
             self.resumed.append(survivors)   # keep >= 1: the problem goes on
 
     def _finish(self, p: int) -> Solution:
-        if self.bar is not None:
+        if not self.bar.disable:
             self.bar.update(1)
             el = time.perf_counter() - self.t_start
             self.bar.set_postfix(rows_per_s=f"{self.row_passes / el:.1f}" if el > 0 else "-", refresh=False)
@@ -433,7 +430,7 @@ class _Search:
 def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequence[int] | np.ndarray,
                    site: Sequence[int] | np.ndarray, epsilon: Sequence[float] | np.ndarray,
                    sign: Sequence[int] | np.ndarray, params: PerturbParams, seed: int = 0,
-                   progress: bool = False, clean_values: torch.Tensor | None = None) -> Iterator[Solution]:
+                   clean_values: torch.Tensor | None = None) -> Iterator[Solution]:
     """Solve problems ``k`` = (``image[k]``, ``site[k]``, ``epsilon[k]``, ``sign[k]``); yield each
     :class:`Solution` as soon as its problem is done (order not guaranteed).
 
@@ -455,7 +452,7 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
     problems = _Problems(image=image_t, site=site_t, eps=eps, sign=sgn, f0=f0, epsilon=epsilon)
     # issue 19: transfer-oriented directions (stimuli.transfer); all options off -> the objective itself
     objective = wrap_objective(objective, params, seed)
-    yield from _Search(objective, clean, problems, params, seed, progress).run()
+    yield from _Search(objective, clean, problems, params, seed).run()
 
 
 def _clean_values(objective: SiteObjective, clean: torch.Tensor, image: torch.Tensor, batch: int) -> torch.Tensor:
@@ -471,9 +468,9 @@ def _clean_values(objective: SiteObjective, clean: torch.Tensor, image: torch.Te
 
 
 def solve(objective: SiteObjective, clean: torch.Tensor, image, site, epsilon, sign, params: PerturbParams,
-          seed: int = 0, progress: bool = False) -> list[Solution]:
+          seed: int = 0) -> list[Solution]:
     """All :class:`Solution` s of :func:`iter_solutions`, in problem order."""
-    out = sorted(iter_solutions(objective, clean, image, site, epsilon, sign, params, seed, progress),
+    out = sorted(iter_solutions(objective, clean, image, site, epsilon, sign, params, seed),
                  key=lambda s: s.problem)
     return out
 
@@ -575,8 +572,7 @@ class Block:
 
 
 def solve_block(objective: SiteObjective, clean: np.ndarray, clean_values: torch.Tensor,
-                problems: Sequence[tuple[int, int]], epsilons: list[float], params: PerturbParams, seed: int,
-                progress: bool = False) -> Block:
+                problems: Sequence[tuple[int, int]], epsilons: list[float], params: PerturbParams, seed: int) -> Block:
     """The stimuli of ``problems`` (any block of a day's (image, site) pairs: all of them in a
     single run, one shard on Dask): every pair at every epsilon in both directions, solved,
     quantised to uint8 and re-predicted, then its random controls.
@@ -600,8 +596,7 @@ def solve_block(objective: SiteObjective, clean: np.ndarray, clean_values: torch
         n_ctrl = params.random_controls_per_image if len(img) else 0
         ctrl = host.submit(random_stimuli, clean, img, sites, epsilons, n_ctrl, seed) if n_ctrl else None
         quantised = {}
-        for sol in iter_solutions(objective, x, ex.image, ex.site, ex.epsilon, ex.sign, params, seed, progress,
-                                  clean_values):
+        for sol in iter_solutions(objective, x, ex.image, ex.site, ex.epsilon, ex.sign, params, seed, clean_values):
             k = sol.problem
             quantised[k] = host.submit(quantize_perturbation, clean[ex.image[k]], sol.delta.permute(1, 2, 0).numpy(),
                                        ex.epsilon[k])
@@ -676,8 +671,7 @@ def _predicted_change(objective: SiteObjective, clean: np.ndarray, shown: np.nda
 
 # ----------------------------------------------------------------------------- entry points
 def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
-                           params: PerturbParams | None = None, seed: int = 0, device: str = "cpu",
-                           progress: bool = True) -> StimulusSet:
+                           params: PerturbParams | None = None, seed: int = 0, device: str = "cpu") -> StimulusSet:
     """Targeted perturbations of every problem at every epsilon in both directions: one block
     (:func:`solve_block`) holding every problem.
 
@@ -699,7 +693,7 @@ def generate_perturbations(model, clean: np.ndarray, problems: list[tuple[int, i
     objective, params = prepare_engine(model, x, params or PerturbParams(), device)
     with objective.session():
         clean_values = objective.predict_all_batched(x, params.max_batch_rows)
-        block = solve_block(objective, clean, clean_values, problems, eps_list, params, seed, progress)
+        block = solve_block(objective, clean, clean_values, problems, eps_list, params, seed)
     return join_with_clean(clean, [block.targeted, block.controls], eps_list)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,42 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from rig.store.reader import read_day
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.configs import free_port, presenter_day_toml
 
 
 def rig_config(tmp_path: Path, drop: float = 0.1, repeats: int = 3, system: str = "openephys",
                extra: str = "") -> tuple[Path, dict]:
     """A live-rig config on free loopback ports; ``extra`` (TOML sections) is appended."""
-    ports = {"ctrl": _port(), "marker": _port(), "events": _port(), "http": _port()}
+    ports = {"ctrl": free_port(), "marker": free_port(), "events": free_port(), "http": free_port()}
     tag = f"{os.getpid()}-{ports['events']}"        # LSL names are global on the network: make them unique
     cfg = tmp_path / "rig.toml"
-    cfg.write_text(f"""
-[images]
-size_px = 32
-n_clean = 8
-[screening]
-repeats = {repeats}
-[rsvp]
-presentations_per_trial = 4
-fixation_acquire_ms = 50.0
-inter_trial_ms = 100.0
-[model]
-backbone = "tiny"
-[sim]
-n_channels = 3
-fixation_break_prob = 0.0
-clock_drift_ppm = 50.0
-clock_offset_s = 3.7
-[presenter]
-endpoint = "tcp://127.0.0.1:{ports['ctrl']}"
-heartbeat_s = 0.2
-dead_after_s = 5.0
-marker = "zmq"
+    base = presenter_day_toml(f"tcp://127.0.0.1:{ports['ctrl']}", n_clean=8, n_channels=3, repeats=repeats,
+                              sim_extra="clock_drift_ppm = 50.0\nclock_offset_s = 3.7\n")
+    cfg.write_text(base + f"""marker = "zmq"
 marker_address = "tcp://127.0.0.1:{ports['marker']}"
 [acquisition]
 system = "{system}"
@@ -70,18 +45,38 @@ def start_presenter(cfg: Path, ports: dict, log: Path) -> subprocess.Popen:
                              "--refresh-hz", "30", "--pace", "--quiet"], stdout=open(log, "a"), stderr=subprocess.STDOUT)
 
 
-def start_sim_rig(cfg: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
-    """Start the simulated acquisition process and wait (bounded) until it serves."""
+def start_sim_rig(cfg: Path, out: Path, tmp_path: Path, *flags: str) -> subprocess.Popen:
+    """Start the simulated acquisition process (``flags``: its scenario options) and wait
+    (bounded) until it serves; it logs to ``tmp_path / "simrig.log"``."""
     log = tmp_path / "simrig.log"
-    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "sim-rig", "--out", str(out), "--day", "0", "--config", str(cfg),
-                             "--truth", str(tmp_path / "truth.jsonl"), "--http-log", str(tmp_path / "http.jsonl"),
-                             "--max-s", "400", "--idle-exit-s", "120"],
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    with open(log, "a") as fh:                      # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "sim-rig", "--out", str(out), "--day", "0", "--config",
+                                 str(cfg), "--truth", str(tmp_path / "truth.jsonl"), "--http-log",
+                                 str(tmp_path / "http.jsonl"), "--max-s", "400", "--idle-exit-s", "120", *flags],
+                                stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while "sim-rig: serving" not in (log.read_text() if log.exists() else ""):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
     return proc
+
+
+def run_live_day(tmp_path: Path, capsys, cfg: Path, ports: dict, *sim_flags: str) -> tuple[int, str, str, Path]:
+    """Day 0 through ``--backend rig`` against sim-rig (``sim_flags``) and a presenter, both
+    stopped afterwards; returns (exit code, stdout, stderr, the day file's path)."""
+    from rig.cli import main
+
+    out = tmp_path / "exp"
+    sim = start_sim_rig(cfg, out, tmp_path, *sim_flags)
+    pres = start_presenter(cfg, ports, tmp_path / "presenter.log")
+    try:
+        rc = main(["day", "run", "--day", "0", "--backend", "rig", "--out", str(out), "--config", str(cfg), "--no-progress"])
+    finally:
+        for proc in (pres, sim):
+            proc.kill()
+            proc.wait(timeout=20)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err, out / "day_000.h5"
 
 
 def compare_with_truth(path: Path, truth_path: Path, window_ms=(70.0, 170.0)) -> dict:

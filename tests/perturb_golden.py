@@ -178,7 +178,7 @@ def run_case(case) -> dict[str, np.ndarray]:
     out["objective"] = np.array([so.objective for so in sols], dtype=np.float64)
     out["passes"] = np.array([so.passes for so in sols], dtype=np.int64)
     # generate_perturbations: the shown stimuli and their bookkeeping
-    ss = generate_perturbations(model, clean, problems, eps, params, seed=seed, progress=False)
+    ss = generate_perturbations(model, clean, problems, eps, params, seed=seed)
     out["pixels"] = ss.pixels
     for c in STIM_COLUMNS:
         v = getattr(ss, c)

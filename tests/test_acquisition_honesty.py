@@ -4,7 +4,6 @@ runner's status line and stop rule (through a real day file)."""
 from __future__ import annotations
 
 import logging
-import socket
 import time
 
 import numpy as np
@@ -15,12 +14,7 @@ from rig.session.schedule import PresentationQueue, Schedule
 from rig.sources.clockzero import ClockZero
 from rig.sources.openephys import OpenEphysError, OpenEphysSource
 from sim.acquisition import SECOND_STREAM, BroadcasterPub, FakeGuiHttp
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.configs import free_port
 
 
 def _connected(src, pub) -> None:
@@ -31,7 +25,7 @@ def _connected(src, pub) -> None:
 
 
 def test_events_of_another_stream_are_counted_not_mixed():
-    port = _port()
+    port = free_port()
     pub = BroadcasterPub(f"tcp://127.0.0.1:{port}", 30000.0, stream="probe")
     src = OpenEphysSource("127.0.0.1", port, http_control=False, n_channels=2, spike_stream="probe")
     try:
@@ -66,7 +60,7 @@ def test_two_different_streams_in_the_config_are_one_clear_error():
 
 
 def test_a_gui_that_does_not_record_is_refused():
-    port, http_port = _port(), _port()
+    port, http_port = free_port(), free_port()
     gui = FakeGuiHttp(http_port, refuse_record=True)
     src = OpenEphysSource("127.0.0.1", port, http_port, True, n_channels=1)
     try:
@@ -170,8 +164,8 @@ def test_status_line_and_stop_through_a_real_day(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="rig.session.runner")
     with writer, pytest.raises(SessionStopped, match=r"day 0 stopped: 12 presentations in a row without a sync pulse \(no sync pulse x12\)"):
         run_session(PulsesStop(SimBackend(monkey, refresh_hz=60.0)), writer, stim, sched, SessionInfo("s", 0, n_channels=2),
-                    (70.0, 170.0), progress=False, limits=SessionLimits(max_without_pulse=10, status_every_trials=2))
-    lines = [r.getMessage() for r in caplog.records if r.name == "rig.session.runner"]
+                    (70.0, 170.0), limits=SessionLimits(max_without_pulse=10, status_every_trials=2))
+    lines = [r.getMessage() for r in caplog.records if r.name == "rig.session.runner" and "preparing" not in r.getMessage()]
     assert any("leading invalid reason: no sync pulse" in x and "valid" in x for x in lines)   # pytest's output is no tty
     assert len(lines) == len(set(lines)) == 3                 # every 2 trials; the closing line is not repeated
     d = read_day(path)

@@ -23,8 +23,13 @@ RANK = {
     "rig.store": 3,
     "rig.backends": 4,
     "rig.monitor": 4,
-    "rig.loop": 5,
-    "rig.cli": 6,
+    "rig.compute": 5,
+    "rig.truth": 5,
+    "rig.results": 5,
+    "rig.steps": 6,
+    "rig.report": 7,
+    "rig.driver": 8,
+    "rig.cli": 9,
 }
 TOP_LEVEL = {"rig", "modelfit", "stimuli", "analysis", "sim"}
 # what each top-level package may import from the others (DESIGN section 3)
@@ -167,7 +172,7 @@ def test_the_live_rig_controller_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, rig.cli.day, rig.loop.record, rig.loop.preflight, rig.backends.rig, rig.sources.openephys, "
+    code = ("import sys, rig.cli.day, rig.steps.record, rig.steps.preflight, rig.backends.rig, rig.sources.openephys, "
             "rig.sources.lsl, rig.monitor.server; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -190,3 +195,20 @@ def test_no_function_in_the_library_packages_is_over_80_lines():
                     if n > MAX_FUNCTION_LINES:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "functions over 80 lines (split them):\n" + "\n".join(long)
+
+
+def test_no_library_function_takes_a_progress_flag():
+    """Progress bars are one process-wide switch (:mod:`modelfit.progressbars`, set by the CLI's
+    ``--no-progress``): no function of the library packages takes a ``progress`` flag (an argument
+    of that name that is a bool or unannotated; the engine's per-row ``progress`` tensor is data)."""
+    flagged = []
+    for package in sorted(TOP_LEVEL):
+        for path in _first_party_files(package):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    a = node.args
+                    flags = [x for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg == "progress"
+                             and (x.annotation is None or ast.unparse(x.annotation) == "bool")]
+                    if flags:
+                        flagged.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not flagged, "functions that take a progress flag:\n" + "\n".join(flagged)

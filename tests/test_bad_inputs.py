@@ -15,7 +15,7 @@ import pytest
 
 from rig.cli import main
 from rig.config import load_config
-from rig.loop.record import ensure_screening_plan
+from rig.steps.record import ensure_screening_plan
 from rig.store.reader import read_day
 
 ROOT = Path(__file__).resolve().parents[1]

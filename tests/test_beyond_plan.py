@@ -4,40 +4,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from rig.config import config_from_dict
 from rig.errors import UserError
-from rig.loop.beyond import add_beyond_stimuli
-from rig.loop.presentations import check_presentations, noise_sd
 from rig.session.schedule import Schedule
+from rig.steps.beyond import add_beyond_stimuli
+from rig.steps.presentations import check_presentations, noise_sd
 from rig.store.dayfile import write_plan
 from rig.store.reader import read_day
 from stimuli.perturb import PerturbParams, generate_perturbations
+from tests.linear_model import LinearOnPixels
 
 SIDE = 8
-
-
-class _Linear(nn.Module):
-    def __init__(self, w: torch.Tensor) -> None:
-        super().__init__()
-        self.backbone = nn.Flatten()
-        self.readout_weight = w
-        self.readout_bias = torch.zeros(w.shape[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x) @ self.readout_weight.T + self.readout_bias
 
 
 @pytest.fixture(scope="module")
 def planned():
     rng = np.random.default_rng(0)
     pool = rng.integers(70, 186, (14, SIDE, SIDE, 3), dtype=np.uint8)   # interior pixels: little clipping
-    model = _Linear(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
+    model = LinearOnPixels(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
     chosen = np.array([[0, 1, 2], [3, 4, 5]])                             # 2 target sites x 3 images
     problems = [(int(chosen[k, j]), int(site)) for k, site in enumerate((0, 2)) for j in range(3)]
     params = PerturbParams(restarts=2, steps=12, max_batch_rows=32)
-    base = generate_perturbations(model, pool[:6], problems, [0.5, 1.0], params, seed=1, progress=False)
+    base = generate_perturbations(model, pool[:6], problems, [0.5, 1.0], params, seed=1)
     cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]},
                             "universal": {"enabled": True, "heldout_images": 2, "subspace_images": 1, "restarts": 2,
                                           "steps": 12, "subspace_k": [1, 2]},
@@ -131,7 +120,7 @@ class _FakeDay:
 def test_line_fits_cover_the_truth_of_a_linear_and_a_saturating_site(shape):
     """Responses r(t) = g(t) + Poisson noise on lines through 12 images; the IT fits' 95% CIs must
     contain the noise-free fit of g on the same points (the truth) about 95% of the time (12 lines)."""
-    from rig.loop.beyond_report import coverage, line_table
+    from rig.report.beyond import coverage, line_table
     from stimuli.stimset import StimulusSet
 
     rng = np.random.default_rng(7 if shape == "linear" else 8)
@@ -177,11 +166,11 @@ def test_line_fits_cover_the_truth_of_a_linear_and_a_saturating_site(shape):
 
 
 def test_universal_problems_that_cannot_end_in_time_are_refused(planned):
-    from rig.loop.beyond import _check_universal_deadline
+    from rig.steps.beyond import _check_universal_deadline
 
     _, base, _, _ = planned
     rng = np.random.default_rng(0)
-    model = _Linear(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
+    model = LinearOnPixels(torch.from_numpy(rng.normal(0, 0.1, (3, 3 * SIDE * SIDE))).float())
     params = PerturbParams(restarts=2, steps=12, max_batch_rows=32)
     said = []
     cfg = config_from_dict({"experiment": {"epsilons": [0.5, 1.0]}, "universal": {"enabled": True},
@@ -195,13 +184,13 @@ def test_universal_problems_that_cannot_end_in_time_are_refused(planned):
 
 
 def test_whitebox_universal_doubles_its_budget_and_reports_convergence():
-    from rig.loop.beyond_report import _best_universal
+    from rig.report.beyond import _best_universal
     from stimuli.objective import SiteObjective
 
     rng = np.random.default_rng(2)
     w = torch.from_numpy(rng.normal(0, 0.1, (2, 3 * SIDE * SIDE))).float()
     x = torch.from_numpy(rng.uniform(0.3, 0.7, (3, 3, SIDE, SIDE))).float()
-    obj = SiteObjective(_Linear(w), use_split=False)          # the generic path, as on the true counts
+    obj = SiteObjective(LinearOnPixels(w), use_split=False)          # the generic path, as on the true counts
     with obj.session():
         sol, change = _best_universal(obj, x, 1, 0.5, -1, PerturbParams(restarts=2, steps=10, prune=False), seed=0)
     assert sol.objective == pytest.approx(0.5 * float(w[1].norm()), rel=1e-3)   # a linear site's optimum
@@ -209,7 +198,7 @@ def test_whitebox_universal_doubles_its_budget_and_reports_convergence():
 
 
 def test_expected_stimuli_match_the_plan_and_refuse_before_any_compute(planned):
-    from rig.loop.presentations import check_expected_presentations, expected_stimuli
+    from rig.steps.presentations import check_expected_presentations, expected_stimuli
 
     cfg, _, out, _ = planned
     cfg = config_from_dict({**{k: v for k, v in cfg.to_dict().items() if k in ("experiment", "universal", "geometry")},

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from rig.cli import main
 from rig.store.reader import read_day
 from rig.store.repair import check_day
+from tests.configs import run_presenter_day
 
 pytestmark = [
     pytest.mark.xvfb,
@@ -20,45 +17,9 @@ pytestmark = [
 pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip install psychopy)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_day_run_through_the_presenter_backend(tmp_path, capsys):
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f"""
-[images]
-size_px = 32
-n_clean = 6
-[screening]
-repeats = 2
-[rsvp]
-presentations_per_trial = 4
-fixation_acquire_ms = 50.0
-inter_trial_ms = 100.0
-[model]
-backbone = "tiny"
-[sim]
-n_channels = 3
-fixation_break_prob = 0.0
-[presenter]
-endpoint = "{endpoint}"
-heartbeat_s = 0.2
-dead_after_s = 5.0
-""")
-    log = open(tmp_path / "presenter.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "present", "--endpoint", endpoint, "--windowed", "320x240",
-                             "--refresh-hz", "60", "--pace"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        rc = main(["day", "run", "--day", "0", "--backend", "presenter", "--out", str(tmp_path / "exp"),
-                   "--config", str(cfg), "--no-progress"])
-    finally:
-        proc.kill()
-        proc.wait(timeout=20)
-        log.close()
+    rc, _ = run_presenter_day(tmp_path, n_clean=6, n_channels=3)
     assert rc == 0, capsys.readouterr()
     path = tmp_path / "exp" / "day_000.h5"
     summary, problems = check_day(path)

@@ -2,6 +2,7 @@
 its own clock segment, segments and residuals are stored and checked, absurd fits refused."""
 from __future__ import annotations
 
+import json
 import time
 
 import h5py
@@ -10,12 +11,13 @@ import pytest
 
 from rig.backend import SessionInfo
 from rig.config import Config
-from rig.session.clock import ClockFitError
-from rig.session.runner import run_session
+from rig.session.clock import MIN_DRIFT_SPAN_S, ClockFitError, SegmentedClock
+from rig.session.runner import SessionLimits, run_session
 from rig.session.schedule import build_schedule
 from rig.store.dayfile import DayWriter
+from rig.store.journal import journal_path, read_journal
 from rig.store.reader import read_day
-from rig.store.repair import check_day
+from rig.store.repair import check_day, recover_day
 from sim.backend import SimBackend
 from sim.monkey import SimParams, SimulatedMonkey
 from sim.refimages import reference_images
@@ -48,7 +50,7 @@ class Tamper:
         self.inner.close()
 
 
-def _record(tmp_path, setup, edit, repeats=4):
+def _record(tmp_path, setup, edit, repeats=4, limits=None):
     stim, monkey = setup
     sched = build_schedule(stim.parent, repeats, K, 0, 0.3)
     path = tmp_path / "day_000.h5"
@@ -58,7 +60,7 @@ def _record(tmp_path, setup, edit, repeats=4):
                               window_ms=(70.0, 170.0))
     backend = Tamper(SimBackend(monkey, refresh_hz=60.0), edit)
     with writer:
-        run_session(backend, writer, stim, sched, SessionInfo("s", 0, n_channels=3), (70.0, 170.0), progress=False)
+        run_session(backend, writer, stim, sched, SessionInfo("s", 0, n_channels=3), (70.0, 170.0), limits=limits)
     return path
 
 
@@ -112,3 +114,31 @@ def test_absurd_clock_fits_stop_the_session_with_one_message_quickly(tmp_path, s
     with pytest.raises(ClockFitError, match="outside ±"):
         _record(tmp_path, setup, absurd, repeats=2)
     assert time.monotonic() - t0 < 60
+
+
+def _stored_clock(path):
+    with h5py.File(path) as h5:
+        return dict(h5["sync"].attrs), json.loads(h5.attrs["clock_segments"])
+
+
+def test_the_day_file_stores_the_runners_fits_made_with_the_sessions_limits(tmp_path, setup):
+    """The store writes the fits the session runner made with the session's clock limits (it never
+    refits with defaults of its own), journals them with each trial, and a rebuild from the
+    journal stores the same."""
+    path = _record(tmp_path, setup, lambda trial, rec: rec, limits=SessionLimits(min_drift_span_s=1e6))
+    fit, segments = _stored_clock(path)
+    d = read_day(path)
+    p, a = d.sync_presenter_s, d.sync_acq_s
+    assert len(p) > 8 and np.ptp(p) > MIN_DRIFT_SPAN_S
+    # the session's limits: pairs never span 1e6 s, so its fit is offset-only (drift exactly 0) ...
+    assert fit["fit_drift"] == 0.0 and fit["fit_n_pairs"] == len(p)
+    assert [s["drift_ppm"] for s in segments] == [0.0] and segments[0]["n_pairs"] == len(p)
+    # ... where a refit with the default limits (what the store used to do) fits a drift (the sim's 30 ppm
+    # crystal, seen through the pulses' jitter over a few seconds)
+    default = SegmentedClock()
+    default.add(segments[0]["label"], p, a)
+    assert abs(default.segments[segments[0]["label"]].drift) > 5e-6
+    journal = read_journal(journal_path(path))
+    assert journal[-1].clock.drift == 0.0 and journal[-1].clock.n_pairs == len(p)
+    recover_day(path)
+    assert _stored_clock(path) == (fit, segments)

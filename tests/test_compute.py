@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from rig.compute.budget import Estimate, check_deadline, seconds_left
 from rig.config import ComputeConfig, ConfigError, load_config
 from rig.errors import UserError
-from rig.loop.budget import Estimate, check_deadline, seconds_left
 from stimuli.cost import PassRate, passes_per_problem, run_passes
 from stimuli.images import builtin_images
 from stimuli.objective import SiteObjective
@@ -95,7 +95,7 @@ def test_sharded_equals_single_run_bit_for_bit(per_shard):
     params = PerturbParams(restarts=4, steps=10, max_batch_rows=8, prune_keep_fraction=0.5, random_controls_per_image=2)
     with torch.random.fork_rng():
         torch.set_num_threads(1)
-        single = generate_perturbations(model, clean, PROBLEMS, EPS, params, seed=9, progress=False)
+        single = generate_perturbations(model, clean, PROBLEMS, EPS, params, seed=9)
         sharded = solve_in_shards(model, clean, PROBLEMS, EPS, params, 9, per_shard)
     _assert_same(single, sharded)
     assert (single.kind == "targeted").sum() == len(PROBLEMS) * len(EPS) * 2
@@ -185,7 +185,7 @@ def test_compute_config_errors_name_the_key(tmp_path, text, key):
 
 
 def test_slurm_job_script_books_what_the_config_says():
-    from rig.loop.compute import make_slurm_cluster
+    from rig.compute.generate import make_slurm_cluster
 
     cc = ComputeConfig(scheduler="slurm", slurm_queue="gpu", slurm_account="lab42", slurm_cores=6,
                        slurm_memory="24GB", slurm_walltime="07:30:00", slurm_gpus=2,
@@ -251,7 +251,7 @@ def test_the_model_source_reads_its_file_once_and_travels_as_bytes(tmp_path, mon
     import h5py
     import torch
 
-    from rig.loop.compute import FittedModelFiles, InMemoryModel
+    from rig.compute.generate import FittedModelFiles, InMemoryModel
     from tests.test_perturb_cli import _fitted_model_file
 
     path = _fitted_model_file(tmp_path)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from rig.compute.generate import DistributedRun
 from rig.config import ComputeConfig
-from rig.loop.compute import DistributedRun
 from stimuli.images import builtin_images
 from stimuli.perturb import PerturbParams, generate_perturbations
 from tests.separable import SeparableSource
@@ -84,7 +84,7 @@ def test_killed_worker_shards_rerun_and_the_plan_is_complete_and_identical(clust
         th = threading.Thread(target=killer, daemon=True)
         th.start()
         try:
-            ss, results = run.generate(problems, eps, params, seed=7, device="cpu", progress=False)
+            ss, results = run.generate(problems, eps, params, seed=7, device="cpu")
         finally:
             stop.set()
             th.join(timeout=10)
@@ -96,7 +96,7 @@ def test_killed_worker_shards_rerun_and_the_plan_is_complete_and_identical(clust
     assert all(r.model_loads == 1 for r in results), [(r.worker, r.model_loads) for r in results]   # once per worker
     with torch.random.fork_rng():
         torch.set_num_threads(1)
-        single = generate_perturbations(source.build(), clean, problems, eps, params, seed=7, progress=False)
+        single = generate_perturbations(source.build(), clean, problems, eps, params, seed=7)
     assert np.array_equal(ss.pixels, single.pixels)
     for c in single.COLUMNS:
         assert np.array_equal(getattr(ss, c), getattr(single, c), equal_nan=(c == "predicted_change")), c
@@ -124,7 +124,7 @@ def test_payload_predicts_the_clean_set_once_per_worker_and_quiets_its_housekeep
         before = client.run(_payload_state, "none")
         assert all(s["profiling"] and s["tick_ms"] == 20 for s in before.values())   # Dask's defaults
         with DistributedRun.open(client, source, clean, cc) as run:
-            ss, results = run.generate(problems, [0.5], params, seed=1, device="cpu", progress=False)
+            ss, results = run.generate(problems, [0.5], params, seed=1, device="cpu")
             during = client.run(_payload_state, run.payload.name)
         after = client.run(_payload_state, run.payload.name)
     assert sorted(r.index for r in results) == list(range(8))
@@ -135,7 +135,7 @@ def test_payload_predicts_the_clean_set_once_per_worker_and_quiets_its_housekeep
     assert all(not s["registered"] and s["profiling"] and s["tick_ms"] == 20 for s in after.values())   # restored
     with torch.random.fork_rng():
         torch.set_num_threads(1)
-        single = generate_perturbations(source.build(), clean, problems, [0.5], params, seed=1, progress=False)
+        single = generate_perturbations(source.build(), clean, problems, [0.5], params, seed=1)
     assert np.array_equal(ss.pixels, single.pixels)
 
 

@@ -144,7 +144,7 @@ def test_the_day_file_names_the_presenter_that_connected(tmp_path):
     ss = _stimuli()
     w, sch = _new(tmp_path / "d.h5", ss)
     with w:
-        run_session(Named(), w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False, max_trials=1)
+        run_session(Named(), w, ss, sch, SessionInfo("t", 1), (70, 170), max_trials=1)
     attrs = read_day(tmp_path / "d.h5").attrs
     assert attrs["presenter_curve_key"] == "K" * 40 and attrs["presenter_id"] == "presenter-1"
     assert np.isfinite(read_day(tmp_path / "d.h5").counts).all()

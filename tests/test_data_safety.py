@@ -37,7 +37,7 @@ def _record(path, ss, max_trials=None, n_ch=3):
     w, sch = (DayWriter.resume(path), None) if path.exists() else _new(path, ss, n_ch=n_ch)
     sch = sch or read_day(path).schedule()
     with w:
-        return run_session(CountingBackend(n_ch), w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False,
+        return run_session(CountingBackend(n_ch), w, ss, sch, SessionInfo("t", 1), (70, 170),
                            max_trials=max_trials)
 
 

@@ -54,7 +54,7 @@ def test_round_trip_counts_provenance_and_clock(tmp_path):
     ss = _stimuli()
     w, sch = _new(tmp_path / "d.h5", ss)
     be = CountingBackend(abort_at={1: 2}, drop_at={(3, 1)})
-    res = run_session(be, w, ss, sch, SessionInfo("test", 1), (70.0, 170.0), progress=False)
+    res = run_session(be, w, ss, sch, SessionInfo("test", 1), (70.0, 170.0))
     w.close()
     assert res.complete and be.opened == 1 and be.closed == 1
     d = read_day(tmp_path / "d.h5")
@@ -96,13 +96,13 @@ def test_never_overwritten(tmp_path):
 def test_resume_after_max_trials_has_no_duplicates(tmp_path):
     ss = _stimuli()
     w, sch = _new(tmp_path / "d.h5", ss)
-    run_session(CountingBackend(abort_at={0: 1}), w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False, max_trials=3)
+    run_session(CountingBackend(abort_at={0: 1}), w, ss, sch, SessionInfo("t", 1), (70, 170), max_trials=3)
     w.close()
     assert read_day(tmp_path / "d.h5").attrs["status"] == "recording"
     w = DayWriter.resume(tmp_path / "d.h5")
     assert w.next_trial_index == 3
     be = CountingBackend()
-    run_session(be, w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False)
+    run_session(be, w, ss, sch, SessionInfo("t", 1), (70, 170))
     w.close()
     d = read_day(tmp_path / "d.h5")
     assert d.complete
@@ -129,7 +129,7 @@ KILLER = textwrap.dedent("""
 
     ss = _stimuli(30, 8)
     w, sch = _new(sys.argv[1], ss, repeats=20, k=5, n_ch=8)
-    run_session(Stalling(8), w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False)
+    run_session(Stalling(8), w, ss, sch, SessionInfo("t", 1), (70, 170))
 """)
 
 
@@ -162,7 +162,7 @@ def test_sigkill_mid_session_loses_nothing_committed_and_resume_completes(tmp_pa
     w = DayWriter.resume(path)
     assert w.committed_trials == journal_trials  # the journal's extra trial was replayed
     sch_order = d.schedule_stim_index
-    run_session(CountingBackend(8), w, ss, Schedule(sch_order, 5, 0.3), SessionInfo("t", 1), (70, 170), progress=False)
+    run_session(CountingBackend(8), w, ss, Schedule(sch_order, 5, 0.3), SessionInfo("t", 1), (70, 170))
     w.close()
     d2 = read_day(path)
     vp = d2.presentations["planned_index"][d2.presentations["valid"]]
@@ -173,7 +173,7 @@ def test_sigkill_mid_session_loses_nothing_committed_and_resume_completes(tmp_pa
 def test_truncated_file_is_reported_and_recover_rebuilds_from_journal(tmp_path):
     ss = _stimuli()
     w, sch = _new(tmp_path / "d.h5", ss)
-    run_session(CountingBackend(), w, ss, sch, SessionInfo("t", 1), (70, 170), progress=False, max_trials=4)
+    run_session(CountingBackend(), w, ss, sch, SessionInfo("t", 1), (70, 170), max_trials=4)
     w.close()
     good = read_day(tmp_path / "d.h5")
     # keep a copy of the header as a "plan", then truncate the day file

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from rig.loop.dayoverday import day_over_day
 from rig.paths import day_path
+from rig.steps.dayoverday import day_over_day
 
 N_PARENTS, SITES = 8, np.array([0, 1])
 

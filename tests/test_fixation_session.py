@@ -88,7 +88,7 @@ def test_fixation_breaks_abort_on_the_next_frame_and_are_requeued(tmp_path):
                               stimuli=ss, schedule_stim_index=sch.stim_index, presentations_per_trial=K,
                               seconds_per_presentation=0.3, channel_names=[f"sim{i}" for i in range(N_CH)],
                               backend="presenter", window_ms=(70.0, 170.0)) as writer:
-            res = run_session(backend, writer, ss, sch, session, (70.0, 170.0), progress=False, max_trials=40)
+            res = run_session(backend, writer, ss, sch, session, (70.0, 170.0), max_trials=40)
         client.shutdown()
         assert proc.wait(timeout=30) == 0
     finally:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.loop.headline import (
+from rig.results.headline import (
     BEGIN,
     END,
     EXTRA_ROWS,

@@ -10,12 +10,13 @@ are measured by ``benchmarks/install_sizes.py`` (README, "Installing").
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.configs import run_presenter_day
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,53 +65,14 @@ def test_the_runner_would_catch_torch():
     assert out.returncode != 0 and "refused" in out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _one_day_against(presenter_cmd: list[str], tmp_path: Path, env: dict) -> str:
     """Record a short day with the controller in this (full) environment, the presenter run by
     ``presenter_cmd``; returns the presenter's log."""
-    from rig.cli import main
     from rig.store.repair import check_day
 
     tmp_path.mkdir(parents=True, exist_ok=True)
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f"""
-[images]
-size_px = 32
-n_clean = 4
-[screening]
-repeats = 2
-[rsvp]
-presentations_per_trial = 4
-fixation_acquire_ms = 50.0
-inter_trial_ms = 100.0
-[model]
-backbone = "tiny"
-[sim]
-n_channels = 2
-fixation_break_prob = 0.0
-[presenter]
-endpoint = "{endpoint}"
-heartbeat_s = 0.2
-dead_after_s = 5.0
-""")
-    log_path = tmp_path / "presenter.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([*presenter_cmd, "present", "--endpoint", endpoint, "--windowed", "320x240",
-                                 "--refresh-hz", "60", "--pace"], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=tmp_path)
-        try:
-            rc = main(["day", "run", "--day", "0", "--backend", "presenter", "--out", str(tmp_path / "exp"),
-                       "--config", str(cfg), "--no-progress"])
-        finally:
-            proc.kill()
-            proc.wait(timeout=20)
-    text = log_path.read_text()
+    rc, text = run_presenter_day(tmp_path, n_clean=4, n_channels=2, presenter_cmd=presenter_cmd, env=env, cwd=tmp_path)
     assert rc == 0, text
     summary, problems = check_day(tmp_path / "exp" / "day_000.h5")
     assert problems == [] and summary["status"] == "complete" and summary["backend"] == "presenter"

@@ -95,7 +95,7 @@ def test_live_page_in_headless_chromium_during_a_simulated_session(tmp_path):
     with LiveMonitor(state, "127.0.0.1", 0) as monitor:
         out = {}
         th = threading.Thread(target=lambda: out.update(res=run_session(
-            backend, writer, ss, sch, session, (70.0, 170.0), progress=False, observer=observer)), daemon=True)
+            backend, writer, ss, sch, session, (70.0, 170.0), observer=observer)), daemon=True)
         th.start()
         try:
             for _ in range(4):
@@ -181,7 +181,7 @@ def test_monitor_shows_invalid_reasons_adapter_counters_and_the_current_stimulus
     with LiveMonitor(state, "127.0.0.1", 0) as monitor, writer:
         with pytest.raises(SessionStopped, match="timing-check --acquisition"):
             run_session(_NoPulseAfter(SimBackend(monkey, refresh_hz=60.0), 6), writer, ss, sch, session, (70.0, 170.0),
-                        progress=False, observer=monitor.observe, limits=SessionLimits(max_without_pulse=8))
+                        observer=monitor.observe, limits=SessionLimits(max_without_pulse=8))
         SHOTS.mkdir(exist_ok=True)
         shot = SHOTS / "live_monitor_invalid.png"
         _chromium(monitor.url, tmp_path, f"--screenshot={shot}", "--window-size=1500,1000", "--hide-scrollbars")

@@ -10,10 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from rig.cli import main
 from rig.store.reader import read_day
 from rig.store.repair import check_day
-from tests.live_rig import compare_with_truth, rig_config, start_presenter, start_sim_rig
+from tests.live_rig import compare_with_truth, rig_config, run_live_day
 
 pytestmark = [
     pytest.mark.xvfb,
@@ -26,19 +25,8 @@ pytest.importorskip("psychopy", reason="the presenter needs PsychoPy (pip instal
 @pytest.mark.parametrize("system", ["openephys", "lsl"])
 def test_day_recorded_through_a_live_source_matches_the_simulators_truth(tmp_path, capsys, system):
     cfg, ports = rig_config(tmp_path, system=system)
-    out = tmp_path / "exp"
-    sim = start_sim_rig(cfg, out, tmp_path)
-    pres = start_presenter(cfg, ports, tmp_path / "presenter.log")
-    try:
-        rc = main(["day", "run", "--day", "0", "--backend", "rig", "--out", str(out), "--config", str(cfg), "--no-progress"])
-    finally:
-        for proc in (pres, sim):
-            proc.kill()
-            proc.wait(timeout=20)
-    cap = capsys.readouterr()
-    text = cap.out
-    assert rc == 0, text + cap.err + (tmp_path / "simrig.log").read_text()
-    path = out / "day_000.h5"
+    rc, text, err, path = run_live_day(tmp_path, capsys, cfg, ports)
+    assert rc == 0, text + err + (tmp_path / "simrig.log").read_text()
     summary, problems = check_day(path)
     assert problems == [] and summary["status"] == "complete" and summary["backend"] == "rig"
     name = {"openephys": "Open Ephys GUI", "lsl": "Lab Streaming Layer"}[system]
@@ -59,7 +47,7 @@ def test_day_recorded_through_a_live_source_matches_the_simulators_truth(tmp_pat
     # offline replay of the recorded day redoes the per-segment clock fit and the counts identically
     from rig.backends.replay import replay_day
 
-    again = read_day(replay_day(path, tmp_path / "replay.h5", progress=False))
+    again = read_day(replay_day(path, tmp_path / "replay.h5"))
     d = read_day(path)
     assert np.array_equal(again.presentations["valid"], d.presentations["valid"])
     assert np.allclose(again.presentations["onset_acq_s"], d.presentations["onset_acq_s"], atol=1e-9, equal_nan=True)

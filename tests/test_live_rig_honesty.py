@@ -18,9 +18,6 @@ import datetime as dt
 import json
 import os
 import re
-import subprocess
-import sys
-import time
 
 import h5py
 import numpy as np
@@ -28,7 +25,7 @@ import pytest
 
 from rig.cli import main
 from rig.store.reader import read_day
-from tests.live_rig import compare_with_truth, rig_config, start_presenter
+from tests.live_rig import compare_with_truth, rig_config, run_live_day
 
 pytestmark = [
     pytest.mark.xvfb, pytest.mark.slow,
@@ -52,33 +49,9 @@ location = "IT"
 """
 
 
-def _sim_rig(cfg, out, tmp_path, *flags):
-    """sim-rig with scenario flags; waits (bounded) until it serves, returns (process, its log path)."""
-    log = tmp_path / "simrig.log"
-    with open(log, "a") as fh:                      # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "sim-rig", "--out", str(out), "--day", "0", "--config",
-                                 str(cfg), "--truth", str(tmp_path / "truth.jsonl"), "--http-log",
-                                 str(tmp_path / "http.jsonl"), "--max-s", "300", "--idle-exit-s", "120", *flags],
-                                stdout=fh, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while "sim-rig: serving" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    return proc, log
-
-
 def _run_day(tmp_path, capsys, cfg, ports, *flags):
-    out = tmp_path / "exp"
-    sim, log = _sim_rig(cfg, out, tmp_path, *flags)
-    pres = start_presenter(cfg, ports, tmp_path / "presenter.log")
-    try:
-        rc = main(["day", "run", "--day", "0", "--backend", "rig", "--out", str(out), "--config", str(cfg), "--no-progress"])
-    finally:
-        for proc in (pres, sim):
-            proc.kill()
-            proc.wait(timeout=20)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err, out / "day_000.h5", log
+    """The day against sim-rig with scenario ``flags``; (exit code, stdout, stderr, day file, sim-rig's log)."""
+    return (*run_live_day(tmp_path, capsys, cfg, ports, *flags), tmp_path / "simrig.log")
 
 
 def test_time_base_jitter_and_two_streams_give_a_true_day_and_an_honest_nwb(tmp_path, capsys):

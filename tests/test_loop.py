@@ -13,7 +13,7 @@ from PIL import Image
 
 from rig.cli import main
 from rig.config import load_config
-from rig.loop.simulate import simulate
+from rig.driver.simulate import simulate
 from rig.paths import day_path, plan_path
 from rig.store.reader import read_day
 from rig.store.repair import check_day
@@ -40,7 +40,7 @@ def experiment(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reader, "_open_h5", counting_open)
-        summary = simulate(load_config(TINY), folder, days=2, progress=False)
+        summary = simulate(load_config(TINY), folder, days=2)
     return folder, summary
 
 
@@ -132,7 +132,7 @@ def test_report_reuses_current_analyses_without_forward_passes_or_bootstraps(exp
     import torch
 
     import analysis.bootstrap
-    from rig.loop import analyze
+    from rig.steps import analyze
 
     folder, _ = experiment
     counts = {"forward": 0, "bootstrap": 0, "resample": 0, "analyse": 0}

@@ -13,10 +13,10 @@ from rig.backend import SessionInfo
 from rig.cli import model as cli_model
 from rig.config import load_config
 from rig.errors import UserError
-from rig.loop import fit as fitting
 from rig.paths import day_path, model_path
 from rig.session.runner import run_session
 from rig.session.schedule import build_schedule
+from rig.steps import fit as fitting
 from rig.store.dayfile import DayWriter
 from sim.backend import SimBackend
 from sim.monkey import SimParams, SimulatedMonkey
@@ -33,8 +33,7 @@ def _record(folder, day, cfg, pixels, repeats, monkey, window_ms=(70.0, 170.0)):
                          schedule_stim_index=sch.stim_index, presentations_per_trial=8, seconds_per_presentation=0.3,
                          channel_names=[f"ch{i}" for i in range(N_CH)], backend="sim", window_ms=window_ms)
     with w:
-        run_session(SimBackend(monkey), w, ss, sch, SessionInfo(f"t{day}", day, seed=day), window_ms,
-                    progress=False)
+        run_session(SimBackend(monkey), w, ss, sch, SessionInfo(f"t{day}", day, seed=day), window_ms)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,7 @@ def test_pooling_refuses_days_counted_in_different_windows(experiment, tmp_path)
 
 def test_fit_on_sim_days_gives_positive_predictivity(experiment):
     folder, cfg, *_ = experiment
-    res = fitting.fit_days(cfg, folder, 1, progress=False)
+    res = fitting.fit_days(cfg, folder, 1)
     assert res.path == model_path(folder, 1) and len(res.site_channels) >= 3
     cv_r = res.scores["cv_r"]
     assert np.all(cv_r > 0.1) and np.median(cv_r) > 0.25
@@ -90,7 +89,7 @@ def test_fit_on_sim_days_gives_positive_predictivity(experiment):
     np.testing.assert_array_equal(m.site_channels, res.site_channels)
     # the stored model's torch module reproduces its predictions; features came from the cache
     px = fitting.pool_days(folder, 1).pixels[:8]
-    fx = FeatureExtractor(build_backbone("tiny"), cache_dir=folder / cfg.paths.feature_cache, progress=False)
+    fx = FeatureExtractor(build_backbone("tiny"), cache_dir=folder / cfg.paths.feature_cache)
     feats = fx.transform(px)
     assert fx.hits == 8
     with torch.no_grad():
@@ -98,7 +97,7 @@ def test_fit_on_sim_days_gives_positive_predictivity(experiment):
     pred = m.predict_features(feats)
     np.testing.assert_allclose(out, pred, rtol=1e-4, atol=1e-4 * np.abs(pred).max())
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
-        fitting.fit_days(cfg, folder, 1, progress=False)
+        fitting.fit_days(cfg, folder, 1)
 
 
 def _parse(argv):

@@ -85,7 +85,7 @@ def test_exported_module_matches_predict():
     bb = build_backbone("tiny", "layer4")
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(48, 64, 64, 3), dtype=np.uint8)
-    F = FeatureExtractor(bb, progress=False).transform(pixels)
+    F = FeatureExtractor(bb).transform(pixels)
     Y = F[:, :6] @ rng.normal(size=(6, 4)) + 10 + rng.normal(0, 0.1, (48, 4))
     r = Readout(alphas=[0.1, 1.0, 10.0], cv_folds=3).fit(F, Y)
     module = r.to_torch(build_backbone("tiny", "layer4"))

@@ -14,7 +14,7 @@ def _fitted(layer="layer4", weights=None):
     bb = build_backbone("tiny", layer, weights)
     rng = np.random.default_rng(0)
     px = rng.integers(0, 256, size=(40, 64, 64, 3), dtype=np.uint8)
-    F = FeatureExtractor(bb, progress=False).transform(px)
+    F = FeatureExtractor(bb).transform(px)
     Y = F[:, :5] @ rng.normal(size=(5, 3)) + rng.normal(0, 0.1, (40, 3)) + 4
     return bb, px, F, Readout(alphas=[0.1, 1.0], cv_folds=3).fit(F, Y)
 

@@ -56,7 +56,7 @@ def _record_counting(path, meta=None, acquisition=True):
                          channel_names=["ch0", "ch1", "ch2"], backend="counting", window_ms=(70.0, 170.0), attrs=attrs,
                          origin=Origin(LIVE))
     run_session(CountingBackend(abort_at={1: 2}, drop_at={(3, 1)}), w, ss, sch, SessionInfo("test", 1),
-                (70.0, 170.0), progress=False)
+                (70.0, 170.0))
     w.close()
     return path
 
@@ -396,7 +396,7 @@ def test_recovered_day_keeps_its_identifier(day, tmp_path):
     from rig.store.journal import journal_path
     from rig.store.repair import recover_day
 
-    replay = replay_day(day, tmp_path / "replay.h5", progress=False)
+    replay = replay_day(day, tmp_path / "replay.h5")
     for src in (day, replay):  # a recording and a replay: recovery keeps each one's identifier
         path = tmp_path / f"copy_{src.name}"
         shutil.copy(src, path)
@@ -411,12 +411,12 @@ def test_recovered_day_keeps_its_identifier(day, tmp_path):
 
 def test_recording_takes_todays_metadata_over_the_plans(tmp_path, capsys):
     """The plan fixes the experiment; who records and which subject/array are the day's own."""
-    from rig.loop.record import ensure_screening_plan, record_day
+    from rig.steps.record import ensure_screening_plan, record_day
 
     planned = load_config(TINY)
     ensure_screening_plan(planned, tmp_path)
     today = load_config(TINY, overrides=META)
-    record_day(today, tmp_path, 0, "sim", progress=False, max_trials=1)
+    record_day(today, tmp_path, 0, "sim", max_trials=1)
     assert "differs" not in capsys.readouterr().out  # only the metadata differ: no note
     with h5py.File(tmp_path / "day_000.h5", "r") as h5:
         assert json.loads(h5["metadata"].attrs["subject"])["id"] == "M17"

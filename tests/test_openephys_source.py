@@ -3,7 +3,6 @@ and its HTTP control calls against a loopback server implementing the GUI's endp
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import time
 
@@ -12,12 +11,7 @@ import pytest
 
 from rig.sources.openephys import OpenEphysError, OpenEphysHttp, OpenEphysSource, _decode_spike, decode_broadcast
 from sim.acquisition import BroadcasterPub, FakeGuiHttp
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.configs import free_port
 
 
 def _collect(src, want_spikes, want_ttl, timeout_s=10.0):
@@ -43,7 +37,7 @@ def test_decode_matches_the_plugin_frames():
 
 
 def test_spikes_and_pulses_round_trip_through_a_real_socket():
-    port, http_port = _port(), _port()
+    port, http_port = free_port(), free_port()
     pub = BroadcasterPub(f"tcp://127.0.0.1:{port}", 30000.0)
     gui = FakeGuiHttp(http_port)
     src = OpenEphysSource("127.0.0.1", port, http_port, True, n_channels=4)
@@ -86,7 +80,7 @@ def test_spikes_and_pulses_round_trip_through_a_real_socket():
 
 def test_an_absent_gui_is_one_clear_error():
     with pytest.raises(OpenEphysError, match="HTTP API"):
-        OpenEphysHttp("127.0.0.1", _port(), timeout_s=1.0).status()
+        OpenEphysHttp("127.0.0.1", free_port(), timeout_s=1.0).status()
 
 
 def test_day_run_with_no_acquisition_system_is_one_line_and_leaves_no_file(tmp_path, capsys):
@@ -96,7 +90,7 @@ def test_day_run_with_no_acquisition_system_is_one_line_and_leaves_no_file(tmp_p
 
     cfg = tmp_path / "c.toml"
     cfg.write_text((Path(__file__).parent / "data" / "tiny.toml").read_text()
-                   + f"\n[acquisition]\nn_channels = 6\nevent_port = {_port()}\nhttp_port = {_port()}\n")
+                   + f"\n[acquisition]\nn_channels = 6\nevent_port = {free_port()}\nhttp_port = {free_port()}\n")
     rc = main(["day", "run", "--day", "0", "--backend", "rig", "--out", str(tmp_path / "exp"), "--config", str(cfg),
                "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -108,7 +102,7 @@ def test_fast_path_and_stray_frames_keep_every_event_in_order():
     """The batch decoder reads the plugin's messages whatever their JSON layout (JUCE's
     ``JSON::toString`` writes multi-line, indented objects); a payload it rejects sends its
     batch message by message; frames that are not a broadcaster message are counted."""
-    port = _port()
+    port = free_port()
     pub = BroadcasterPub(f"tcp://127.0.0.1:{port}", 30000.0)
     src = OpenEphysSource("127.0.0.1", port, http_control=False, n_channels=4)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from rig.store.nwb import data_origin
 from rig.store.origin import LIVE, PRESENTER_SIM, SIM, UNKNOWN, Origin, legacy_origin, read_origin
 from rig.store.reader import read_day
 from rig.store.repair import check_day
+from tests.configs import free_port
 
 TINY = Path(__file__).resolve().parent / "data" / "tiny.toml"
 
@@ -49,11 +49,6 @@ def test_older_files_get_their_origin_from_the_old_sentence(attrs, kind):
     assert o.replayed_from == ("abc" if "replayed_from" in attrs else "")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _analysis(folder: Path, day: int) -> dict:
     return json.loads((folder / f"day_{day:03d}.analysis.json").read_text())
@@ -64,7 +59,7 @@ def _analysis(folder: Path, day: int) -> dict:
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display: run the tests under `xvfb-run -a`")
 def test_presenter_and_replayed_days_get_ground_truth(tmp_path):
     pytest.importorskip("psychopy", reason="the presenter needs PsychoPy")
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = tmp_path / "c.toml"
     cfg.write_text(TINY.read_text() + f"""
 [rsvp]

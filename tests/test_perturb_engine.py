@@ -138,7 +138,7 @@ def test_outputs_are_feasible_before_and_after_quantisation():
         xd = x[i] + sol.delta
         assert float(sol.delta.norm()) <= e * (1 + 1e-6)
         assert float(xd.min()) >= -1e-7 and float(xd.max()) <= 1 + 1e-7
-    ss = generate_perturbations(model, clean, [(0, 0), (1, 2)], eps, params, progress=False)
+    ss = generate_perturbations(model, clean, [(0, 0), (1, 2)], eps, params)
     assert list(ss.kind[:2]) == ["clean", "clean"]
     derived = np.flatnonzero(ss.kind != "clean")
     assert len(derived) == 2 * 4 * 2 + 2 * 4 * 2
@@ -168,8 +168,7 @@ def test_outputs_are_feasible_before_and_after_quantisation():
 def test_zero_epsilon_returns_the_clean_image():
     model = SmallConv()
     clean = _clean(2, seed=3)
-    ss = generate_perturbations(model, clean, [(0, 1), (1, 0)], [0.0], PerturbParams(restarts=2, steps=5),
-                                progress=False)
+    ss = generate_perturbations(model, clean, [(0, 1), (1, 0)], [0.0], PerturbParams(restarts=2, steps=5))
     for k in np.flatnonzero(ss.kind != "clean"):
         assert np.array_equal(ss.pixels[k], clean[ss.parent[k]])
         assert ss.epsilon_shown[k] == 0 and ss.predicted_change[k] == 0
@@ -249,7 +248,7 @@ def test_two_directions_of_a_symmetric_problem_mirror_each_other():
         # float32 values resolve the optimum's direction to ~sqrt(1e-7): deltas agree to ~1e-4
         torch.testing.assert_close(sols[a].delta, -sols[b].delta, atol=1e-4, rtol=0)
         assert float((sols[a].delta + sols[b].delta).norm()) < 1e-3 * float(sols[a].delta.norm())
-    ss = generate_perturbations(model, clean, [(0, 1)], [0.3], PerturbParams(**PAPER_LIKE), progress=False)
+    ss = generate_perturbations(model, clean, [(0, 1)], [0.3], PerturbParams(**PAPER_LIKE))
     up, down = ss.pixels[1].astype(int) - 128, ss.pixels[2].astype(int) - 128
     assert np.mean(up == -down) > 0.95
     assert ss.predicted_change[1] == pytest.approx(-ss.predicted_change[2], rel=1e-2)
@@ -291,9 +290,9 @@ def test_deterministic_for_a_seed_and_seed_matters():
     clean, img, site, eps, sgn = _conv_problems()
     problems = list(zip(img, site))
     p = PerturbParams(restarts=3, steps=8, max_batch_rows=8, random_controls_per_image=1)
-    a = generate_perturbations(model, clean, problems, [0.5, 2.0], p, seed=11, progress=False)
-    b = generate_perturbations(model, clean, problems, [0.5, 2.0], p, seed=11, progress=False)
-    c = generate_perturbations(model, clean, problems, [0.5, 2.0], p, seed=12, progress=False)
+    a = generate_perturbations(model, clean, problems, [0.5, 2.0], p, seed=11)
+    b = generate_perturbations(model, clean, problems, [0.5, 2.0], p, seed=11)
+    c = generate_perturbations(model, clean, problems, [0.5, 2.0], p, seed=12)
     assert np.array_equal(a.pixels, b.pixels)
     for col in a.COLUMNS:
         assert np.array_equal(getattr(a, col), getattr(b, col), equal_nan=col == "predicted_change") or col == "kind"

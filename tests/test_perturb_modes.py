@@ -120,9 +120,9 @@ def test_fast_modes_stay_feasible_after_quantisation(mode):
     model = ConvLinear()
     clean = _clean(3, seed=5)
     params = PerturbParams(**{**PARAMS, "steps": 12, "random_controls_per_image": 1}, **mode)
-    ss = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], params, seed=2, progress=False)
+    ss = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], params, seed=2)
     ref = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**{
-        **PARAMS, "steps": 12, "random_controls_per_image": 1}), seed=2, progress=False)
+        **PARAMS, "steps": 12, "random_controls_per_image": 1}), seed=2)
     for k in np.flatnonzero(~ss.is_clean):
         e = shown_epsilon(clean[ss.parent[k]], ss.pixels[k])
         assert e == pytest.approx(ss.epsilon_shown[k], abs=1e-12) and e <= ss.epsilon_requested[k]
@@ -192,12 +192,10 @@ def test_the_accelerator_branches_without_host_reads_give_the_same_bits(monkeypa
     clean = _clean(3, seed=8)
     params = {**PARAMS, "restarts": 4, "steps": 16, "prune": True, "prune_keep_fraction": 0.5, "early_stop": True,
               "early_stop_patience": 2, "early_stop_tolerance": 1e-2}
-    want = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**params), seed=3,
-                                  progress=False)
+    want = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**params), seed=3)
     monkeypatch.setattr(projection, "host_syncs_are_free", lambda t: False)
     monkeypatch.setattr(perturb, "host_syncs_are_free", lambda t: False)
-    got = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**params), seed=3,
-                                 progress=False)
+    got = generate_perturbations(model, clean, [(0, 0), (2, 1)], [0.3, 1.5], PerturbParams(**params), seed=3)
     assert np.array_equal(want.pixels, got.pixels)
     for c in want.COLUMNS:
         assert np.array_equal(getattr(want, c), getattr(got, c), equal_nan=c == "predicted_change"), c
@@ -218,9 +216,9 @@ def test_reading_the_bookkeeping_every_k_passes_gives_the_same_bits(monkeypatch,
                            prune_after_fraction=0.1, early_stop=True, early_stop_patience=2,
                            early_stop_tolerance=1e-3, max_batch_rows=12, random_controls_per_image=0)
     problems = [(0, 0), (1, 2), (3, 1), (2, 0)]
-    want = generate_perturbations(model, clean, problems, [0.3, 1.5], params, seed=5, progress=False)
+    want = generate_perturbations(model, clean, problems, [0.3, 1.5], params, seed=5)
     monkeypatch.setattr(perturb, "_read_every", lambda clean: every)
-    got = generate_perturbations(model, clean, problems, [0.3, 1.5], params, seed=5, progress=False)
+    got = generate_perturbations(model, clean, problems, [0.3, 1.5], params, seed=5)
     assert np.array_equal(want.pixels, got.pixels)
     for c in want.COLUMNS:
         assert np.array_equal(getattr(want, c), getattr(got, c), equal_nan=c == "predicted_change"), c

@@ -149,7 +149,7 @@ def test_bad_inputs_get_one_clear_message(kwargs, error, pattern):
     args = dict(model=Tiny(), clean=GOOD, problems=[(0, 1)], epsilons=[0.5])
     args.update(kwargs)
     with pytest.raises(error, match=pattern):
-        generate_perturbations(params=PerturbParams(restarts=1, steps=2), progress=False, **args)
+        generate_perturbations(params=PerturbParams(restarts=1, steps=2), **args)
 
 
 def test_a_model_without_gradient_is_refused():
@@ -159,13 +159,13 @@ def test_a_model_without_gradient_is_refused():
                 return x.mean((2, 3))
 
     with pytest.raises(ValueError, match="no gradient"):
-        generate_perturbations(Detached(), GOOD, [(0, 1)], [0.5], PerturbParams(restarts=1, steps=2), progress=False)
+        generate_perturbations(Detached(), GOOD, [(0, 1)], [0.5], PerturbParams(restarts=1, steps=2))
 
 
 def test_model_state_is_restored():
     m = Tiny()
     m.train()
-    generate_perturbations(m, GOOD, [(0, 1)], [0.5], PerturbParams(restarts=2, steps=3), progress=False)
+    generate_perturbations(m, GOOD, [(0, 1)], [0.5], PerturbParams(restarts=2, steps=3))
     assert m.training and all(p.requires_grad for p in m.parameters())
 
 

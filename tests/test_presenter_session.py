@@ -51,7 +51,7 @@ def test_session_through_real_presenter_records_presenter_flips(tmp_path):
                               stimuli=ss, schedule_stim_index=sch.stim_index, presentations_per_trial=K,
                               seconds_per_presentation=0.3, channel_names=[f"sim{i}" for i in range(N_CH)],
                               backend="presenter", window_ms=(70.0, 170.0)) as writer:
-            res = run_session(backend, writer, ss, sch, session, (70.0, 170.0), progress=False, max_trials=300)  # a bound, not a target: drops re-queue
+            res = run_session(backend, writer, ss, sch, session, (70.0, 170.0), max_trials=300)  # a bound, not a target: drops re-queue
         client.shutdown()
         assert proc.wait(timeout=20) == 0
     finally:

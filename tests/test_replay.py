@@ -25,7 +25,7 @@ def _record(path, max_trials=None):
     w, sch = _new(path, ss)
     be = CountingBackend(abort_at={1: 2}, drop_at={(3, 1)})
     with w:
-        run_session(be, w, ss, sch, SessionInfo("test", 1), (70.0, 170.0), progress=False, max_trials=max_trials)
+        run_session(be, w, ss, sch, SessionInfo("test", 1), (70.0, 170.0), max_trials=max_trials)
     return be
 
 
@@ -47,7 +47,7 @@ def recorded(tmp_path_factory):
 def test_same_window_reproduces_the_recording(recorded, tmp_path):
     src, be = recorded
     before = _sha(src)
-    out = replay_day(src, tmp_path / "replay.h5", progress=False)
+    out = replay_day(src, tmp_path / "replay.h5")
     assert _sha(src) == before  # the source is only read
     a, b = read_day(src), read_day(out)
     assert b.complete and b.attrs["backend"] == "replay" and b.attrs["replayed_from_file"] == str(src)
@@ -73,7 +73,7 @@ def test_same_window_reproduces_the_recording(recorded, tmp_path):
 
 def test_other_window_recounts_from_raw_spikes(recorded, tmp_path):
     src, _ = recorded
-    out = replay_day(src, tmp_path / "wide.h5", window_ms=(0.0, 300.0), progress=False)
+    out = replay_day(src, tmp_path / "wide.h5", window_ms=(0.0, 300.0))
     a, b = read_day(src), read_day(out)
     assert (b.attrs["window_start_ms"], b.attrs["window_end_ms"]) == (0.0, 300.0)
     assert np.array_equal(read_day(out).presentations["valid"], a.presentations["valid"])
@@ -118,10 +118,10 @@ def test_output_never_overwritten(recorded, tmp_path):
     existing = tmp_path / "taken.h5"
     existing.write_bytes(b"precious")
     with pytest.raises(DayFileError, match="already exists"):
-        replay_day(src, existing, progress=False)
+        replay_day(src, existing)
     assert existing.read_bytes() == b"precious"
     with pytest.raises(ValueError, match="is the source file"):
-        replay_day(src, src, progress=False)
+        replay_day(src, src)
     assert _sha(src) == before
 
 
@@ -130,7 +130,7 @@ def test_day_recorded_before_epsilon_index_replays(recorded, tmp_path):
     old = tmp_path / "old.h5"
     old.write_bytes(recorded[0].read_bytes())
     strip_epsilon_index(old)
-    out = replay_day(old, tmp_path / "old_replay.h5", progress=False)
+    out = replay_day(old, tmp_path / "old_replay.h5")
     a, b = read_day(old), read_day(out)
     assert b.complete and _equal(b.counts, a.counts)
     assert _equal(b.stimuli.epsilon_index, a.stimuli.epsilon_index) and _equal(b.stimuli.epsilons, np.array([0.5, 2.0]))
@@ -140,7 +140,7 @@ def test_day_recorded_before_epsilon_index_replays(recorded, tmp_path):
 
 def test_incomplete_recording_replays_incomplete(tmp_path):
     _record(tmp_path / "part.h5", max_trials=3)
-    out = replay_day(tmp_path / "part.h5", tmp_path / "part_replay.h5", progress=False)
+    out = replay_day(tmp_path / "part.h5", tmp_path / "part_replay.h5")
     a, b = read_day(tmp_path / "part.h5"), read_day(out)
     assert not a.complete and not b.complete and len(b.trials["trial_index"]) == 3
     assert _equal(b.counts, a.counts) and _equal(b.presentations["valid"], a.presentations["valid"])

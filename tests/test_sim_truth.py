@@ -11,7 +11,7 @@ from torch import nn
 
 from modelfit.backbone import build_backbone, file_sha256, packaged_weights_path
 from rig.config import Config
-from rig.loop.groundtruth import TrueCountModule, converged_whitebox
+from rig.truth.whitebox import TrueCountModule, converged_whitebox
 from sim.monkey import SimParams, SimulatedMonkey
 from stimuli.images import builtin_images
 from stimuli.perturb import PerturbParams, generate_perturbations
@@ -117,7 +117,7 @@ def test_engine_reaches_the_truth_when_it_is_in_the_models_span_and_truth_bounds
     counts = TrueCountModule(monkey, window, on).eval()
     loop = PerturbParams(restarts=4, steps=16, random_controls_per_image=0, max_batch_rows=128)
     # the loop's stimuli, designed on the model, scored on the truth (expected spikes)
-    ss = generate_perturbations(_LinearDrive(monkey.true_rate_module()), clean, problems, eps, loop, seed=1, progress=False)
+    ss = generate_perturbations(_LinearDrive(monkey.true_rate_module()), clean, problems, eps, loop, seed=1)
     t = ss.kind == "targeted"
     rates = monkey.true_rates(ss.pixels)
     expected = monkey.expected_counts(rates, window, on)
@@ -126,7 +126,7 @@ def test_engine_reaches_the_truth_when_it_is_in_the_models_span_and_truth_bounds
     achieved = achieved.reshape(len(problems), len(eps), 2)
     # the white-box: the loop's own step rules and budget without pruning, then doubled
     wb = converged_whitebox(counts, clean, problems, eps, dataclasses.replace(loop, prune=False),
-                            seed=7, max_doublings=2, progress=False)
+                            seed=7, max_doublings=2)
     # the engine works: >= 0.95 of the white-box truth, pooled over problems
     assert achieved.sum() >= 0.95 * wb.best.sum(), (achieved.sum(), wb.best.sum())
     # the truth is an upper bound per problem: never beaten by more than 1% (0.05-spike floor)
@@ -152,7 +152,7 @@ def test_efficientnet_lite0_is_a_trained_offline_backbone():
 
 
 def test_quantisation_loss_of_a_linear_objective_shrinks_with_eps():
-    from rig.loop.quantloss import quantisation_loss
+    from rig.report.quantloss import quantisation_loss
 
     class Linear(nn.Module):
         def __init__(self, size: int) -> None:

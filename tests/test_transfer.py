@@ -140,7 +140,7 @@ def test_options_off_return_the_objective_itself_and_on_keep_the_constraints():
     eps = [0.5, 1.0]
     for opts in ({"grad_smoothing_px": 1.0}, {"lowpass_fraction": 0.25}, {"eot_samples": 3, "eot_shift_px": 2}):
         params = PerturbParams(restarts=2, steps=6, random_controls_per_image=0, **opts)
-        ss = generate_perturbations(model, clean, [(0, 0), (1, 1)], eps, params, progress=False)
+        ss = generate_perturbations(model, clean, [(0, 0), (1, 1)], eps, params)
         t = np.flatnonzero(ss.kind == "targeted")
         d = ss.pixels[t].astype(float) / 255 - ss.pixels[ss.parent[t]].astype(float) / 255
         norms = np.sqrt((d.reshape(len(t), -1) ** 2).sum(1))

@@ -35,18 +35,9 @@ from stimuli.universal import (
     solve_universal,
     universal_passes,
 )
+from tests.linear_model import LinearOnPixels
 
 H = 6  # images 3 x 6 x 6
-
-
-class _Linear(nn.Module):
-    """f_s(x) = w_s . x + b_s on raw pixels: backbone = flatten, a split readout."""
-
-    def __init__(self, w: torch.Tensor) -> None:
-        super().__init__()
-        self.backbone = nn.Flatten()
-        self.readout_weight = w
-        self.readout_bias = torch.zeros(w.shape[0])
 
 
 class _Quadratic(nn.Module):
@@ -81,7 +72,7 @@ def test_linear_universal_optimum_is_the_clipped_mean_gradient():
     up = np.flatnonzero(w[0].numpy() > 0)[:10]        # w pushes these up; every image is at 1 there
     down = np.flatnonzero(w[0].numpy() < 0)[:10]      # w pushes these down; every image is at 0 there
     x = _images(rng, 5, (up, down))
-    obj = SiteObjective(_Linear(w))
+    obj = SiteObjective(LinearOnPixels(w))
     e = 0.4                                            # small: no interior pixel reaches the box
     with obj.session():
         for sign in (1, -1):
@@ -108,7 +99,7 @@ def test_universal_matches_slow_ascent_where_the_box_binds_per_image():
     d = 3 * H * H
     w = torch.from_numpy(rng.normal(0, 1, (1, d))).float()
     x = torch.from_numpy(rng.choice([0.02, 0.98], size=(4, 3, H, H))).float()   # the box binds differently per image
-    obj = SiteObjective(_Linear(w))
+    obj = SiteObjective(LinearOnPixels(w))
     e = 1.5
     with obj.session():
         sol = solve_universal(obj, x, 0, e, 1, PerturbParams(restarts=4, steps=60, prune=False, max_batch_rows=64), seed=0)

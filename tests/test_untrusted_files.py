@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rig.cli import main
+from rig.compute.generate import slurm_cluster_kwargs
 from rig.config import ConfigError, config_from_dict, load_config, with_local_settings
-from rig.loop.compute import slurm_cluster_kwargs
 from rig.store.reader import read_day
 
 ROOT = Path(__file__).resolve().parents[1]

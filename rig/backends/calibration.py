@@ -6,11 +6,16 @@ The presenter shows the targets and collects raw gaze (``calibrate`` command,
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 
 from rig.config import Config
 from rig.errors import UserError
 from rig.sources.calibration import CalibrationMap, calibration_targets, fit_calibration, format_validation, validation_errors
+
+log = logging.getLogger(__name__)
 
 
 def _pass(client, cfg: Config, targets: np.ndarray, target_stream: str, timeout_s: float) -> tuple[list, list, int]:
@@ -27,11 +32,12 @@ def _pass(client, cfg: Config, targets: np.ndarray, target_stream: str, timeout_
 
 
 def calibrate(client, cfg: Config, *, validate: bool = True, target_stream: str = "itloop-calibration-target",
-              say=print) -> CalibrationMap:
+              say: Callable[[str], None] = log.info) -> CalibrationMap:
     """Run the calibration (and a validation pass) through a connected presenter; returns the map.
 
     ``error_deg`` of the map is the validation pass's error per target (or the fit's when
-    ``validate`` is False). Raises ``UserError`` if too few targets were accepted to fit.
+    ``validate`` is False). ``say``: where the progress lines go (default: this module's logger).
+    Raises ``UserError`` if too few targets were accepted to fit.
     """
     f = cfg.fixation
     targets = calibration_targets(f.calibration_points, f.calibration_spread_deg)

@@ -131,8 +131,7 @@ def _check_queue_matches(day: DayData) -> None:
         queue.complete(day.presentations["valid"][a:b])
 
 
-def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[float, float] | None = None,
-               progress: bool = True) -> Path:
+def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[float, float] | None = None) -> Path:
     """Re-run a recorded day into the new day file ``out_path``; return ``out_path``.
 
     Counts are recomputed from the raw spikes in ``window_ms`` (ms after onset; default:
@@ -163,5 +162,5 @@ def replay_day(src_path: str | Path, out_path: str | Path, window_ms: tuple[floa
     info = SessionInfo(session_id=header.session_id, day=day.day, n_channels=day.n_channels)
     with DayWriter.create(out_path, header) as writer:
         run_session(ReplayBackend(day), writer, day.stimuli, schedule, info, window_ms,
-                    progress=progress, max_trials=n_trials, limits=SessionLimits(max_attempts=_stored_max_attempts(day)))
+                    max_trials=n_trials, limits=SessionLimits(max_attempts=_stored_max_attempts(day)))
     return out_path

@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 
+from modelfit.progressbars import progress_bars
 from rig import __version__
 from rig.config import ConfigError
 from rig.errors import UserError
@@ -75,11 +76,15 @@ LIBRARY_LOGGERS = ("rig", "modelfit", "stimuli", "analysis", "sim")
 
 class _ConsoleHandler(logging.Handler):
     """Print each library log line (one line per step) to the current stdout; warnings and
-    errors as they are, lines at INFO without a level prefix."""
+    errors as they are, lines at INFO without a level prefix. Written through ``tqdm.write``,
+    so a line that comes while a progress bar is drawn does not break the bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            print(self.format(record), file=sys.stdout, flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stdout)
+            sys.stdout.flush()
         except Exception:  # a closed stdout must not break a recording
             self.handleError(record)
 
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     install_console_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
+    progress_bars(not getattr(args, "no_progress", False))   # decided once, for every bar of this process
     func = getattr(args, "func", None)
     if func is None:
         # a command group given without its subcommand: show that group's help

@@ -84,7 +84,7 @@ def _print_session_status() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rig.loop.record import record_day
+    from rig.steps.record import record_day
 
     if args.day < 0:
         raise UserError(f"--day {args.day}: day numbers start at 0 (screening)")
@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = folder_config(out, args.config)
     _print_session_status()
     result = record_day(cfg, out, args.day, backend_name=args.backend, resume=args.resume,
-                        progress=not args.no_progress, max_trials=args.max_trials)
+                        max_trials=args.max_trials)
     summary, problems = check_day(path)
     _print_summary(summary, problems)
     state = "complete" if result.complete else f"incomplete ({result.remaining} presentations to go; resume with --resume)"
@@ -142,19 +142,19 @@ def stored_config(cfg, source: Path, config: str | None):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rig.loop.plan import plan_day
+    from rig.steps.plan import plan_day
 
     folder = Path(args.out)
     check_out_folder(folder)
-    plan_day(folder_config(folder, args.config), folder, args.day, progress=not args.no_progress)
+    plan_day(folder_config(folder, args.config), folder, args.day)
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from rig.loop.analyze import analyze_day, describe
+    from rig.steps.analyze import analyze_day, describe
 
     folder = Path(args.out)
-    res, out = analyze_day(folder_config(folder, None), folder, args.day, progress=not args.no_progress)
+    res, out = analyze_day(folder_config(folder, None), folder, args.day)
     print(describe(res))
     print(f"numbers written to {out}")
     return 0

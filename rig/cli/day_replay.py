@@ -32,7 +32,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if out.is_dir() or (out.is_symlink() and not out.exists()):
         raise UserError(f"--out {out} is a folder or a dangling link; give the new day file's name")
     try:
-        replay_day(src, out, window_ms=tuple(args.window) if args.window else None, progress=not args.no_progress)
+        replay_day(src, out, window_ms=tuple(args.window) if args.window else None)
     except BaseException as exc:
         _remove_replay(out)                  # a failed replay leaves nothing behind (the source is untouched)
         if isinstance(exc, (DayFileError, ValueError)):

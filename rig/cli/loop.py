@@ -43,14 +43,14 @@ def register(sub) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from rig.loop.calibrate import calibrate_command
+    from rig.truth.sim_calibrate import calibrate_command
 
     print(calibrate_command(args.config, args.size, args.sites, args.images, args.restarts, args.steps, args.set))
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from rig.loop.simulate import EXPERIMENT_TOML, simulate
+    from rig.driver.simulate import EXPERIMENT_TOML, simulate
 
     folder = Path(args.out)
     if args.demo:
@@ -62,15 +62,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(None)
     days = args.days if args.days is not None else (3 if args.demo else 2)
-    simulate(cfg, folder, days, progress=not args.no_progress, report=not args.no_report)
+    simulate(cfg, folder, days, report=not args.no_report)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from rig.cli.day import folder_config
-    from rig.loop.report import write_report
+    from rig.report.write import write_report
 
     folder = Path(args.folder)
-    summary = write_report(folder_config(folder, None), folder, args.out, progress=not args.no_progress)
+    summary = write_report(folder_config(folder, None), folder, args.out)
     print(f"report written: {summary} (figures beside it)")
     return 0

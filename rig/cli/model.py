@@ -5,7 +5,7 @@ perturbed images alike; an image shown on several days pools its repeats), selec
 sites whose day-0 split-half reliability reaches ``screening.reliability_threshold``,
 featurises each image once (feature cache), fits the readout, scores it (cross-validated
 r, split-half ceiling, r / sqrt(ceiling) and the explainable-variance fraction r^2 / ceiling) and writes ``DIR/model_through_DDD.h5``.
-The work is done by :mod:`rig.loop.fit` (shared with the daily loop).
+The work is done by :mod:`rig.steps.fit` (shared with the daily loop).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def register(sub) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from rig.loop.fit import fit_days
+    from rig.steps.fit import fit_days
 
     if args.config:
         cfg = load_config(args.config)
@@ -66,7 +66,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         cfg = stored_config(config_from_toml_text(read_config_text(p)), p, None)
     res = fit_days(cfg, args.days, args.through, out=args.out, all_sites=args.all_sites,
-                   progress=not args.no_progress, overwrite=args.overwrite)
+                   overwrite=args.overwrite)
     if res.random_init:
         print(f"NOTE: backbone {res.backbone} is RANDOMLY INITIALISED (model.weights is empty); "
               "its features are not ImageNet features")

@@ -94,7 +94,7 @@ def load_stimulus_set(path: str | Path):
 
 
 def cmd_generate(args) -> int:
-    from rig.loop.compute import FittedModelFiles, generate_stimuli
+    from rig.compute.generate import FittedModelFiles, generate_stimuli
     from stimuli.images import clean_images
     from stimuli.perturb import PerturbParams
 
@@ -130,8 +130,7 @@ def cmd_generate(args) -> int:
     problems = [(int(i), int(s)) for s in sites for i in np.sort(rng.choice(len(clean), per_site, replace=False))]
     try:
         ss, _ = generate_stimuli(cfg.compute, clean, problems, epsilons, params, seed=seed, device=device,
-                                 source=source, progress=not args.no_progress,
-                                 report=lambda line: print(line, flush=True))
+                                 source=source, report=lambda line: print(line, flush=True))
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     out = save_stimulus_set(args.out, ss)

@@ -23,6 +23,7 @@ import numpy as np
 import zmq
 
 from rig.backend import FIXATION_ACQUIRE_MS, FIXATION_WINDOW_DEG, IMAGE_SIZE_DEG
+from rig.link.eventlog import event_logger
 from rig.link.protocol import (
     HEARTBEAT,
     KIND_CODE,
@@ -35,6 +36,8 @@ from rig.link.protocol import (
     require_security,
     set_digest,
 )
+
+_events = event_logger(__name__, "controller")   # the verbose event lines, on stderr
 
 _CHUNK_BYTES = 8 << 20          # load_images messages carry about this many pixel bytes
 
@@ -248,9 +251,7 @@ class PresenterClient:
 
     def _log(self, text: str) -> None:
         if self.verbose:
-            import sys
-
-            print(f"[controller {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+            _events.info(text)
 
     def _take(self, seq: int, types: tuple[str, ...]) -> Message | None:
         for m in self.replies.get(seq, []):

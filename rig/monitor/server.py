@@ -100,9 +100,9 @@ class LiveMonitor:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
-    def observe(self, rows, progress) -> None:
-        """The session runner's observer: one call per stored trial."""
-        self.state.observe(rows, progress)
+    def observe(self, rows, status) -> None:
+        """The session runner's observer: one call per stored trial (``status``: its TrialProgress)."""
+        self.state.observe(rows, status)
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -42,7 +42,7 @@ def png_data_url(rgb: np.ndarray, max_px: int = 96) -> str:
 
 
 class MonitorState:
-    """The session as the page sees it; ``observe(rows, progress)`` is the runner's observer."""
+    """The session as the page sees it; ``observe(rows, status)`` is the runner's observer."""
 
     def __init__(self, *, session_id: str = "", day: int = 0, backend: str = "", window_ms=COUNT_WINDOW_MS,
                  fixation_window_deg: float = 2.0, trace_trials: int = 3, channel_names: list[str] | None = None,
@@ -76,7 +76,7 @@ class MonitorState:
         self.current: dict = {}
 
     # ------------------------------------------------------------------ input
-    def observe(self, rows, progress) -> None:
+    def observe(self, rows, status) -> None:
         r = rows.record
         k = len(rows.trial.stim_indices)
         counts = np.asarray(rows.counts, float)
@@ -115,7 +115,7 @@ class MonitorState:
                                     "x": np.round(r.eye_x_deg[::step], 3).tolist(),
                                     "y": np.round(r.eye_y_deg[::step], 3).tolist()})
                 self.traces = self.traces[-self.trace_trials:]
-            p = progress
+            p = status
             if len(r.sync_presenter_s):
                 pred = p.clock_offset_s + (1.0 + p.clock_drift) * r.sync_presenter_s
                 self.residuals_ms = (self.residuals_ms + ((r.sync_acq_s - pred) * 1000).round(4).tolist())[-200:]

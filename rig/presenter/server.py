@@ -11,7 +11,6 @@ preloaded images still in place (``hello`` reports what is loaded).
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -22,6 +21,7 @@ import numpy as np
 import zmq
 
 from rig.backend import FIXATION_ACQUIRE_MS, FIXATION_WINDOW_DEG, IMAGE_SIZE_DEG, GazeSamples
+from rig.link.eventlog import event_logger
 from rig.link.protocol import (
     COMMANDS,
     HEARTBEAT,
@@ -46,6 +46,7 @@ from stimuli.stimset import sha1_of
 
 if TYPE_CHECKING:
     from pylsl import StreamOutlet
+_events = event_logger(__name__, "presenter")   # the verbose event lines, on stderr
 
 ALLOWED_WHILE_BUSY = ("abort", "status")   # commands served in the middle of a trial or preload
 _REPLY_CACHE = 256                          # commands whose replies are kept for resends
@@ -134,7 +135,7 @@ class PresenterServer:
     # ------------------------------------------------------------------ i/o
     def log(self, text: str) -> None:
         if self.verbose:
-            print(f"[presenter {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+            _events.info(text)
 
     def send(self, msg: Message) -> None:
         """Send without blocking; a message for an absent controller is dropped."""
@@ -486,12 +487,12 @@ class PresenterServer:
                           "send every image (load_images or load_file) first")
         t0 = time.perf_counter()
 
-        def progress(i):
+        def keep_serving(i):
             if i % 16 == 0:
                 self.serve_while_busy()
 
         self.stage.preload(np.stack(self.pixels) if len({p.shape for p in self.pixels}) == 1 else self.pixels,
-                           progress)
+                           keep_serving)
         self.pixels = [np.empty((0, 0, 3), np.uint8)] * len(self.pixels)   # textures hold them now
         self.preloaded_digest = set_digest(self.sha1s)
         self.stage.show_blank()

@@ -134,9 +134,9 @@ class Stage:
         except Exception:  # a display without a gamma ramp: report, keep going
             return False
 
-    def preload(self, pixels: np.ndarray | Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> None:
+    def preload(self, pixels: np.ndarray | Sequence[np.ndarray], on_image: Callable[[int], None] | None = None) -> None:
         """Make one texture per image (uint8 (n, H, W, 3), or a sequence of (H, W, 3) of several sizes);
-        ``progress(i)`` is called as it goes."""
+        ``on_image(i)`` is called after image ``i``."""
         from PIL import Image
 
         self.images = []
@@ -146,8 +146,8 @@ class Stage:
             stim._itloop_shape = (px.shape[1], px.shape[0])
             stim.size = self._size_for(stim)
             self.images.append(stim)
-            if progress is not None:
-                progress(i)
+            if on_image is not None:
+                on_image(i)
 
     # ------------------------------------------------------------------ drawing
     def draw(self, kind: str, image: int = -1) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rig.backend import ClockState
 from rig.errors import UserError
 
 MAX_DRIFT_PPM = 1000.0       # |drift| above this is not a crystal, it is a wrong match
@@ -160,6 +161,11 @@ class SegmentedClock:
 
     def summaries(self) -> list[dict]:
         return [self.segments[k].summary() for k in self.order]
+
+    def state(self, label: str) -> ClockState:
+        """What the day file stores after a trial of segment ``label``: its fit and every segment's summary."""
+        seg = self.segments.get(label) or SegmentFit(label)
+        return ClockState(seg.offset_s, seg.drift, seg.residual_sd_s, seg.n_pairs, self.summaries())
 
 
 # --------------------------------------------------------------------------- matching

@@ -20,8 +20,8 @@ from types import FrameType
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
+from modelfit.progressbars import bar as progress_bar
 from rig.backend import (
     INVALID_REASON_TEXT,
     Backend,
@@ -84,7 +84,7 @@ class _StopFlag:
         if self.stop:  # second Ctrl-C: the user insists
             raise KeyboardInterrupt
         self.stop = True
-        tqdm.write("Ctrl-C: stopping after this trial (press again to abort at once; the day can be resumed).")
+        log.warning("Ctrl-C: stopping after this trial (press again to abort at once; the day can be resumed).")
 
     def __exit__(self, *exc) -> None:
         if self._old is not None:
@@ -194,14 +194,14 @@ class _Watch:
 
 
 def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, schedule: Schedule,
-                session: SessionInfo, window_ms: tuple[float, float], progress: bool = True,
+                session: SessionInfo, window_ms: tuple[float, float],
                 max_trials: int | None = None, observer=None, limits: SessionLimits | None = None) -> SessionResult:
     """Record trials until every planned presentation has a valid recording (or was given
     up after ``limits.max_attempts``).
 
     ``writer`` may be a fresh or a resumed day; presentations it already holds validly
     are not shown again. ``max_trials`` stops early (for tests and dry runs).
-    ``observer(rows, progress)`` is called after each stored trial (``TrialRows``,
+    ``observer(rows, status)`` is called after each stored trial (``TrialRows``,
     :class:`TrialProgress`); it must not raise (errors are reported and ignored).
     Raises :class:`SessionStopped` after storing the trial that reached
     ``limits.max_without_pulse`` presentations in a row without a sync pulse.
@@ -216,17 +216,16 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
     watch = _Watch(limits, session.day, tty=sys.stderr.isatty())
     n_trials = n_valid = n_total = 0
     interrupted = False
-    if progress:
-        tqdm.write(f"day {session.day}: preparing the {getattr(backend, 'name', 'backend')} backend "
-                   f"({len(stimuli)} stimuli, {len(queue)} presentations to record)")
+    log.info("day %d: preparing the %s backend (%d stimuli, %d presentations to record)",
+             session.day, getattr(backend, 'name', 'backend'), len(stimuli), len(queue))
     bar = p = None
     try:
         backend.open(session, stimuli)
         attrs = getattr(backend, "session_attrs", None)     # e.g. which presenter (CURVE key) connected
         if attrs is not None and hasattr(writer, "set_attrs"):
             writer.set_attrs(attrs())
-        bar = tqdm(total=len(schedule), initial=len(schedule) - len(queue), unit="pres", disable=None if progress else True,
-                   desc=f"day {session.day}", dynamic_ncols=True)
+        bar = progress_bar(total=len(schedule), initial=len(schedule) - len(queue), unit="pres",
+                           desc=f"day {session.day}", dynamic_ncols=True)
         with _StopFlag() as flag:
             while (trial := queue.next_trial()) is not None:
                 rec = backend.run_trial(trial)
@@ -234,7 +233,8 @@ def run_session(backend: Backend, writer: TrialSink, stimuli: StimulusSet, sched
                     raise RuntimeError(f"backend answered trial {rec.trial_index} for trial {trial.trial_index}")
                 seg = clock.add(rec.clock_segment, rec.sync_presenter_s, rec.sync_acq_s)
                 rows = derive_rows(trial, rec, seg, writer.n_channels, window_ms)
-                writer.append_trial(rows)        # the clock fits are stored inside its commit
+                rows.clock = clock.state(seg.label)   # the session's fits: the store writes them inside its commit
+                writer.append_trial(rows)
                 queue.complete(rows.valid)
                 watch.add(rows)
                 n_trials += 1
@@ -271,7 +271,7 @@ def _notify(observer, rows: TrialRows, p: TrialProgress) -> None:
     try:
         observer(rows, p)
     except Exception as exc:  # a monitor must never stop a recording
-        tqdm.write(f"live monitor: {exc!r} (ignored; the recording goes on)")
+        log.warning("live monitor: %r (ignored; the recording goes on)", exc)
 
 
 def _stored_segments(writer) -> list[tuple[str, tuple[np.ndarray, np.ndarray]]]:

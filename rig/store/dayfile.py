@@ -54,7 +54,7 @@ import h5py
 import numpy as np
 
 from rig import __version__
-from rig.backend import TrialRows, invalid_reason_legend
+from rig.backend import ClockState, TrialRows, invalid_reason_legend
 from rig.store.journal import Journal, journal_path, read_journal
 from rig.store.lock import DayLock
 from rig.store.origin import RECORDING_BACKENDS, UNKNOWN, Origin, backend_origin
@@ -352,8 +352,6 @@ class DayWriter:
                 if h5.attrs.get("status") == "complete":
                     raise DayFileError(f"day file {path} is complete; it is never reopened for writing")
                 _truncate_to_committed(h5)
-                seg = _sync_segments(h5)
-                _write_clock_state(h5, str(seg[-1]) if len(seg) else "")   # derived state, rebuilt
                 h5.attrs["status"] = "recording"
                 h5.flush()
                 journal = Journal(journal_path(path))
@@ -450,7 +448,7 @@ class DayWriter:
         if tables_digest(stored_tables(h5, row)) != tables_digest(tables):
             raise DayFileError(f"trial {rows.trial.trial_index} read back from {self.path} differs from what was "
                                "written (disk or file system error)")
-        _write_clock_state(h5, rows.record.clock_segment)   # derived state: inside the commit, before the count
+        _write_clock_state(h5, rows.clock)   # the runner's fits: inside the commit, before the count
         h5.attrs["committed_trials"] = row + 1
         h5.flush()
         _fsync_path(self.path)
@@ -573,6 +571,7 @@ def _create_tables(h5: h5py.File, window_ms: tuple[float, float], n_channels: in
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
     _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
+    _write_clock_state(h5, ClockState(0.0, 0.0, float("nan"), 0))   # no fit yet: each commit stores the runner's
 
 
 def _write_calibration(h5: h5py.File, cmap: dict) -> None:
@@ -743,25 +742,17 @@ def _truncate_check(h5: h5py.File, path: Path) -> int:
     return committed
 
 
-def _write_clock_state(h5: h5py.File, label: str) -> None:
-    """Store the clock fits of every sync pair in the file: ``/sync`` attrs ``fit_*`` (the
-    segment ``label`` of the trial being committed) and root attr ``clock_segments`` (JSON,
-    every segment). Part of each commit, so a resumed or rebuilt day holds what an
-    uninterrupted one would; a fit that fails (non-finite pairs) leaves the previous state."""
-    from rig.session.clock import ClockFitError, SegmentedClock, SegmentFit
-
-    p, a, seg = h5["sync/presenter_s"][:], h5["sync/acq_s"][:], _sync_segments(h5)
-    clock = SegmentedClock()
-    try:
-        for lab in dict.fromkeys(seg.tolist()):
-            clock.add(lab, p[seg == lab], a[seg == lab])
-        clock.add(label, [], [])
-    except (ClockFitError, ValueError):
+def _write_clock_state(h5: h5py.File, state: ClockState | None) -> None:
+    """Store the clock fits the session runner computed after the trial being committed:
+    ``/sync`` attrs ``fit_*`` (that trial's segment) and root attr ``clock_segments`` (JSON,
+    every segment). Part of each commit, and journalled with the trial, so a resumed or
+    rebuilt day holds what an uninterrupted one would. ``None`` (a trial journalled before
+    the fits travelled with it, or rows made without a runner) leaves the stored state as it is."""
+    if state is None:
         return
-    cur = clock.segments.get(label) or SegmentFit(label)
-    h5["sync"].attrs.update({"fit_offset_s": cur.offset_s, "fit_drift": cur.drift,
-                             "fit_residual_sd_s": cur.residual_sd_s, "fit_n_pairs": cur.n_pairs})
-    h5.attrs["clock_segments"] = json.dumps(clock.summaries(), allow_nan=True)
+    h5["sync"].attrs.update({"fit_offset_s": float(state.offset_s), "fit_drift": float(state.drift),
+                             "fit_residual_sd_s": float(state.residual_sd_s), "fit_n_pairs": int(state.n_pairs)})
+    h5.attrs["clock_segments"] = json.dumps(state.segments, allow_nan=True)
 
 
 def _sync_segments(h5: h5py.File) -> np.ndarray:

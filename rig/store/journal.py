@@ -5,6 +5,7 @@ and the plan rebuild it (:func:`rig.store.repair.recover_day`).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rig.backend import Trial, TrialRecord, TrialRows
+from rig.backend import ClockState, Trial, TrialRecord, TrialRows
 from rig.errors import UserError
 
 
@@ -40,6 +41,8 @@ def rows_to_json(rows: TrialRows) -> str:
     }
     if rows.invalid_reason is not None:
         d["invalid_reason"] = np.asarray(rows.invalid_reason).tolist()
+    if rows.clock is not None:   # the runner's clock fits after this trial (what the commit stores)
+        d["clock"] = dataclasses.asdict(rows.clock)
     if len(r.eye_presenter_s) or len(r.reward_presenter_s):
         d.update({"eye_presenter_s": r.eye_presenter_s.tolist(), "eye_x_deg": r.eye_x_deg.tolist(),
                   "eye_y_deg": r.eye_y_deg.tolist(), "eye_pupil": r.eye_pupil.tolist(),
@@ -65,7 +68,16 @@ def rows_from_json(text: str) -> TrialRows:
     return TrialRows(trial, rec, np.asarray(d["onset_acq_s"], float),
                      np.asarray(d["counts"], float).reshape(len(trial.stim_indices), -1), np.asarray(d["valid"], bool),
                      eye_acq_s=_optional_array(d, "eye_acq_s"), reward_acq_s=_optional_array(d, "reward_acq_s"),
-                     invalid_reason=None if d.get("invalid_reason") is None else np.asarray(d["invalid_reason"], np.uint8))
+                     invalid_reason=None if d.get("invalid_reason") is None else np.asarray(d["invalid_reason"], np.uint8),
+                     clock=_clock_state(d.get("clock")))
+
+
+def _clock_state(c: dict | None) -> ClockState | None:
+    """The journalled clock fits (None on lines written before they travelled with the trial)."""
+    if c is None:
+        return None
+    return ClockState(float(c["offset_s"]), float(c["drift"]), float(c["residual_sd_s"]), int(c["n_pairs"]),
+                      [dict(s) for s in c.get("segments", [])])
 
 
 def _optional_array(d: dict, key: str) -> np.ndarray | None:

@@ -62,7 +62,7 @@ def _predictions(cfg: Config, folder: Path, d: DayData) -> np.ndarray:
 def _truth_counts(cfg: Config, d: DayData):
     """(expected counts (n_stim, C), the differentiable count module) of the simulated sites."""
     from rig.backends.factory import build_sim_monkey
-    from rig.loop.groundtruth import TrueCountModule
+    from rig.truth.whitebox import TrueCountModule
 
     monkey = build_sim_monkey(cfg)
     window = (d.window_ms[0] / 1000.0, d.window_ms[1] / 1000.0)
@@ -121,7 +121,7 @@ def whitebox_universal(cfg: Config, d: DayData, module, seed: int) -> tuple[dict
     """Simulator only: per epsilon, the true signed change on held-out images under a universal delta
     designed on the TRUE expected counts of the design images (at least the loop's budget, then
     both restarts and steps doubled, the better kept), and each problem's relative change on doubling."""
-    from rig.loop.beyond import universal_params
+    from rig.steps.beyond import universal_params
     from stimuli.objective import SiteObjective
     from stimuli.params import PerturbParams
     from stimuli.universal import shared_delta_stimuli
@@ -188,7 +188,7 @@ def line_table(d: DayData, info: dict, sources: dict[str, np.ndarray], seed: int
     return out
 
 
-def beyond_results(cfg: Config, folder: Path, day: int, cache: DayCache, progress: bool = False) -> dict | None:
+def beyond_results(cfg: Config, folder: Path, day: int, cache: DayCache) -> dict | None:
     """Everything the section needs about ``day``; None when the day has no issue-23 stimuli."""
     d = cache.read(day_path(folder, day))
     kinds = set(np.asarray(d.stimuli.kind, str))
@@ -217,12 +217,11 @@ def beyond_results(cfg: Config, folder: Path, day: int, cache: DayCache, progres
     return res
 
 
-def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCache, figs: list,
-                   progress: bool = False) -> list[str]:
+def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCache, figs: list) -> list[str]:
     """The report hook: figures (appended to ``figs``) and summary lines for the last day."""
     from analysis import geometry_plots as gp
 
-    res = beyond_results(cfg, Path(folder), day, cache, progress)
+    res = beyond_results(cfg, Path(folder), day, cache)
     if res is None:
         return []
     lines = [(f"Beyond the paper (day {day}): site-universal perturbations, the subspace of designs, response "

@@ -188,7 +188,7 @@ class FitResult:
 
 
 def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | None = None,
-             all_sites: bool = False, progress: bool = True, overwrite: bool = False,
+             all_sites: bool = False, overwrite: bool = False,
              days: DayCache | None = None) -> FitResult:
     """Fit the readout on days 0..``through`` of ``folder`` and save it (default ``model_through_DDD.h5``)."""
     out = Path(out) if out else model_path(folder, through)
@@ -221,7 +221,7 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
     if cache is not None and not cache.is_absolute():
         cache = Path(folder) / cache  # relative paths live inside the experiment folder
     fx = FeatureExtractor(backbone, cache_dir=cache, batch_size=m.batch_size, channels_last=m.channels_last,
-                          bf16=m.bf16, device=m.device, progress=progress)
+                          bf16=m.bf16, device=m.device)
     X = fx.transform(pooled.pixels[rows], ids=[pooled.ids[i] for i in rows])
     r = cfg.readout
 
@@ -237,9 +237,9 @@ def fit_days(cfg: Config, folder: str | Path, through: int, out: str | Path | No
     try:
         readout = make().fit(X, Y)
         cv_r = grouped_cross_validated_r(X, Y, groups, held, make, n_folds=max(2, r.score_splits),
-                                         seed=cfg.experiment.seed, progress=progress)
+                                         seed=cfg.experiment.seed)
         cv_r_ungrouped = cross_validated_r(X, Y, make, n_splits=r.score_splits, train_fraction=r.score_train_fraction,
-                                           seed=cfg.experiment.seed, progress=progress)
+                                           seed=cfg.experiment.seed)
     except ValueError as e:
         raise UserError(f"cannot fit the readout: {e}") from None
     # the ceiling of the scored images: split-half reliability over the held-out set's repeats

@@ -91,7 +91,7 @@ class WhiteBox:
 
 
 def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
-             params, seed: int, progress: bool) -> np.ndarray:
+             params, seed: int) -> np.ndarray:
     """(n_problems, n_eps, 2) best signed true change (spikes) found with ``params``.
 
     The attack runs on ``module.drive_module()`` when the module has one (same optimum per
@@ -103,8 +103,7 @@ def whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int
     target = make_drive() if callable(make_drive) else module
     # the white-box attack is plain gradient ascent on the truth: no transfer options (issue 19)
     plain = replace(params, random_controls_per_image=0, **TRANSFER_OFF)
-    ss = generate_perturbations(target, clean, problems, epsilons, plain,
-                                seed=seed, progress=progress)
+    ss = generate_perturbations(target, clean, problems, epsilons, plain, seed=seed)
     t = np.flatnonzero(ss.kind == "targeted")
     values = []
     with torch.no_grad():
@@ -125,8 +124,7 @@ def per_problem_change(before: np.ndarray, after: np.ndarray, floor: float = ABS
 
 
 def converged_whitebox(module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int]], epsilons: list[float],
-                       params, seed: int = 0, tolerance: float = 0.02, max_doublings: int = 1,
-                       progress: bool = True) -> WhiteBox:
+                       params, seed: int = 0, tolerance: float = 0.02, max_doublings: int = 1) -> WhiteBox:
     """Double restarts AND steps until every problem's best change moves by < ``tolerance``.
 
     Every problem runs the budget ``params`` and then at least one doubling (2x restarts, 2x
@@ -139,7 +137,7 @@ def converged_whitebox(module: nn.Module, clean: np.ndarray, problems: list[tupl
     """
     n = len(problems)
     history = [{"restarts": params.restarts, "steps": params.steps, "problems": n}]
-    best = whitebox(module, clean, problems, epsilons, params, seed, progress)
+    best = whitebox(module, clean, problems, epsilons, params, seed)
     history[0]["mean"] = float(best.mean()) if n else 0.0
     previous = best.copy()
     doublings = np.zeros(n, np.int64)
@@ -151,7 +149,7 @@ def converged_whitebox(module: nn.Module, clean: np.ndarray, problems: list[tupl
         if len(active) == 0:
             break
         cur = replace(cur, steps=cur.steps * 2, restarts=cur.restarts * 2)
-        found = whitebox(module, clean, [problems[i] for i in active], epsilons, cur, seed + k + 1, progress)
+        found = whitebox(module, clean, [problems[i] for i in active], epsilons, cur, seed + k + 1)
         new_best = np.maximum(best[active], found)   # every run is a valid lower bound: keep the best per problem
         per = per_problem_change(best[active], new_best, ABS_FLOOR_SPIKES)
         previous[active], best[active] = best[active], new_best
@@ -190,7 +188,7 @@ def problem_keys(clean: np.ndarray, problems: list[tuple[int, int]], epsilons: l
 
 def cached_whitebox(path: Path, key: dict, module: nn.Module, clean: np.ndarray, problems: list[tuple[int, int]],
                     epsilons: list[float], params, seed: int = 0, tolerance: float = 0.02, max_doublings: int = 1,
-                    progress: bool = True, on_compute=None) -> WhiteBox:
+                    on_compute=None) -> WhiteBox:
     """:func:`converged_whitebox` with a per-problem cache in ``path`` (npz).
 
     ``key`` holds everything else the answers depend on (the simulated monkey's config, the
@@ -209,7 +207,7 @@ def cached_whitebox(path: Path, key: dict, module: nn.Module, clean: np.ndarray,
         if on_compute is not None:
             on_compute(len(todo))
         wb = converged_whitebox(module, clean, [problems[j] for j in todo], epsilons, params, seed, tolerance,
-                                max_doublings, progress)
+                                max_doublings)
         history = wb.history
         for m, j in enumerate(todo):
             for e, k in enumerate(keys[j]):

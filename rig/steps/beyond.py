@@ -1,7 +1,7 @@
 """The plan step's stimuli beyond the paper (issue 23): site-universal perturbations, the
 subspace of a site's designs, and lines / planes through clean images.
 
-:func:`add_beyond_stimuli` is called by :func:`rig.loop.plan.plan_day` after the day's
+:func:`add_beyond_stimuli` is called by :func:`rig.steps.plan.plan_day` after the day's
 targeted stimuli exist (sites are still model columns there). With ``[universal]`` and
 ``[geometry]`` both off (the default) it returns the set unchanged. Otherwise, per target
 site (model column ``k``, its images ``chosen[k]``):
@@ -287,13 +287,12 @@ def universal_cost(cfg: Config, params: PerturbParams, n_sites: int, n_design: i
 
 
 def plan_beyond(cfg: Config, stimset: StimulusSet, model, chosen: np.ndarray, unique: np.ndarray, targets: np.ndarray,
-                screening, pool: np.ndarray, params: PerturbParams, day: int,
-                progress: bool) -> tuple[StimulusSet, dict]:
+                screening, pool: np.ndarray, params: PerturbParams, day: int) -> tuple[StimulusSet, dict]:
     """The plan step's hook: the issue-23 stimuli (when enabled), the presentation budget check
     and the budget lines; returns the set and the plan's extra root attributes."""
     import json
 
-    from rig.loop.presentations import budget_lines, check_presentations, noise_sd
+    from rig.steps.presentations import budget_lines, check_presentations, noise_sd
 
     def say(line: str) -> None:
         log.info("day %d: %s", day, line)
@@ -325,7 +324,7 @@ def _check_universal_deadline(cfg: Config, module, stimset: StimulusSet, targets
     engine's cost model does) and refuse universal problems that cannot end in time."""
     if not cfg.universal.enabled or not (cfg.compute.max_hours > 0 or cfg.compute.deadline):
         return
-    from rig.loop.budget import Estimate, check_deadline
+    from rig.compute.budget import Estimate, check_deadline
     from stimuli.cost import RunSize, measure_pass_rate
 
     clean = stimset.pixels[stimset.kind == "clean"]

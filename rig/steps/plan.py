@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from rig import __version__
+from rig.compute.generate import FittedModelFiles, generate_stimuli
 from rig.config import Config
 from rig.errors import UserError
-from rig.loop.beyond import plan_beyond
-from rig.loop.compute import FittedModelFiles, generate_stimuli
-from rig.loop.fit import fit_days
-from rig.loop.preflight import preflight
-from rig.loop.presentations import check_expected_presentations
-from rig.loop.record import slot_seconds
 from rig.paths import day_path, model_path, plan_path
 from rig.session.schedule import build_schedule
+from rig.steps.beyond import plan_beyond
+from rig.steps.fit import fit_days
+from rig.steps.preflight import preflight
+from rig.steps.presentations import check_expected_presentations
+from rig.steps.record import slot_seconds
 from rig.store.dayfile import write_plan
 from rig.store.experiment import same_experiment
 from rig.store.reader import DayCache
@@ -53,11 +53,11 @@ def code_version() -> str:
     return f"{__version__}+{commit}{'.dirty' if dirty else ''}" if commit else __version__
 
 
-def ensure_model(cfg: Config, folder: Path, through: int, progress: bool = True, days: DayCache | None = None) -> Path:
+def ensure_model(cfg: Config, folder: Path, through: int, days: DayCache | None = None) -> Path:
     """The readout fitted on days 0..``through``; fitted (and saved) if not there yet."""
     path = model_path(folder, through)
     if not path.exists():
-        fit_days(cfg, folder, through, progress=progress, days=days)
+        fit_days(cfg, folder, through, days=days)
     return path
 
 
@@ -81,7 +81,7 @@ def choose_images(n_pool: int, n_sites: int, per_site: int, seed: int) -> np.nda
     return order.reshape(n_sites, per_site)
 
 
-def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, days: DayCache | None = None) -> Path:
+def plan_day(cfg: Config, folder: str | Path, day: int, days: DayCache | None = None) -> Path:
     """Write ``day_DDD.plan.h5`` for closed-loop day ``day`` (see the module docstring);
     ``days``: the process's day cache (each day file is read once)."""
     folder = Path(folder)
@@ -100,7 +100,7 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
             raise UserError(f"{p} is not complete; finish it with `itloop day run --day {d} --out {folder} --resume`")
     experiment = same_experiment([(day_path(folder, d), days.read(day_path(folder, d)).attrs) for d in range(day)],
                                  f"planning day {day}")
-    mpath = ensure_model(cfg, folder, day - 1, progress, days)
+    mpath = ensure_model(cfg, folder, day - 1, days)
     source = FittedModelFiles.from_paths(mpath, cfg.model.weights or None)   # each file read once
     model = source.fitted()
     targets = target_sites(model, cfg.experiment.sites_per_day)
@@ -118,12 +118,12 @@ def plan_day(cfg: Config, folder: str | Path, day: int, progress: bool = True, d
              f"({len(problems) * len(cfg.experiment.epsilons) * 2} stimuli)")
     stimset, params = generate_stimuli(cfg.compute, clean, problems, list(cfg.experiment.epsilons), params,
                                        seed=cfg.day_seed(day), device=cfg.model.device, source=source,
-                                       progress=progress, report=lambda line: log.info("day %d: %s", day, line))
+                                       report=lambda line: log.info("day %d: %s", day, line))
     if screening.stimuli.source is not None:   # issue 19: every stimulus records its source (a derived one: its parent's)
         clean_source = screening.stimuli.source[pool[unique]]
         stimset.source = np.where(stimset.parent >= 0, clean_source[np.maximum(stimset.parent, 0)],
                                   clean_source[np.minimum(np.arange(len(stimset)), len(clean_source) - 1)])
-    stimset, beyond_attrs = plan_beyond(cfg, stimset, model, chosen, unique, targets, screening, pool, params, day, progress)
+    stimset, beyond_attrs = plan_beyond(cfg, stimset, model, chosen, unique, targets, screening, pool, params, day)
     # the engine names sites by model column; the day file names them by recording channel
     site_channels = np.asarray(model.site_channels, np.int64)
     stimset.site = np.where(stimset.site >= 0, site_channels[np.maximum(stimset.site, 0)], -1)

@@ -83,8 +83,7 @@ def unit_curve(label: str, backbone, screening_pixels: np.ndarray, clean: np.nda
     sd_u = sd[units]
     model = _Units(backbone, units)
     problems = [(i, u) for i in range(len(clean)) for u in range(len(units))]
-    ss = generate_perturbations(model, clean, problems, epsilons, replace(params, random_controls_per_image=0),
-                                seed=seed, progress=False)
+    ss = generate_perturbations(model, clean, problems, epsilons, replace(params, random_controls_per_image=0), seed=seed)
     t = ss.kind == "targeted"
     change = np.abs(ss.predicted_change[t]).reshape(len(clean), len(units), len(epsilons), 2) / sd_u[None, :, None, None]
     per_image = change.mean(axis=(1, 3))                                  # (images, eps)

@@ -52,7 +52,7 @@ class Calibration:
 
 def calibration_curve(sim_params, size_px: int = PAPER_SIZE_PX, epsilons_224=PAPER_EPSILONS, n_sites: int = 6,
                       n_images: int = 6, n_pool: int = 64, restarts: int = 8, steps: int = 32,
-                      seed: int = 0, progress: bool = False) -> Calibration:
+                      seed: int = 0) -> Calibration:
     """White-box sensitivity of ``n_sites`` simulated sites on ``n_images`` clean images per site."""
     import torch
 
@@ -75,8 +75,7 @@ def calibration_curve(sim_params, size_px: int = PAPER_SIZE_PX, epsilons_224=PAP
     params = PerturbParams(restarts=restarts, steps=steps, prune=False, step_growth=1.25, early_stop=True,
                            random_controls_per_image=0, max_batch_rows=256)
     with torch.random.fork_rng(devices=[]):
-        ss = generate_perturbations(monkey.true_rate_module().eval(), pool[:n_images], problems, eps, params,
-                                    seed=seed, progress=progress)
+        ss = generate_perturbations(monkey.true_rate_module().eval(), pool[:n_images], problems, eps, params, seed=seed)
     t = ss.kind == "targeted"
     change = (ss.predicted_change[t] * ss.direction[t]).reshape(len(problems), len(eps), 2)
     shown_rates = monkey.true_rates(ss.pixels[t]).reshape(len(problems), len(eps), 2, -1)

@@ -14,11 +14,11 @@ from pathlib import Path
 from modelfit.files import write_atomic
 from rig.config import Config, config_from_toml_text, with_local_settings
 from rig.errors import UserError
-from rig.loop.analyze import analyze_day, describe
-from rig.loop.plan import plan_day
-from rig.loop.record import record_day
-from rig.loop.report import write_report
 from rig.paths import EXPERIMENT_TOML, day_path, plan_path
+from rig.report.write import write_report
+from rig.steps.analyze import analyze_day, describe
+from rig.steps.plan import plan_day
+from rig.steps.record import record_day
 from rig.store.reader import DayCache, day_status
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _step(name: str):
     log.info("[%s: %.0f s]", name, time.monotonic() - t0)
 
 
-def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool = True, report: bool = True) -> Path | None:
+def simulate(cfg: Config | None, folder: str | Path, days: int, report: bool = True) -> Path | None:
     """Run (or finish) the whole experiment; returns the report summary's path."""
     folder = Path(folder)
     if days < 1:
@@ -61,21 +61,21 @@ def simulate(cfg: Config | None, folder: str | Path, days: int, progress: bool =
         path = day_path(folder, day)
         if day >= 1 and not path.exists() and not plan_path(folder, day).exists():
             with _step(f"day {day}: refit + plan"):
-                plan_day(cfg, folder, day, progress=progress, days=days_read)
+                plan_day(cfg, folder, day, days=days_read)
         if not path.exists():
             with _step(f"day {day}: recording"):
-                record_day(cfg, folder, day, "sim", progress=progress)
+                record_day(cfg, folder, day, "sim")
         elif day_status(path) != "complete":
             log.info("day %d: resuming the interrupted recording in %s", day, path)
             with _step(f"day {day}: recording (resumed)"):
-                record_day(cfg, folder, day, "sim", resume=True, progress=progress)
+                record_day(cfg, folder, day, "sim", resume=True)
         if day >= 1 and not (folder / f"day_{day:03d}.analysis.json").exists():
             with _step(f"day {day}: analysis"):
-                res, _ = analyze_day(cfg, folder, day, progress=progress, days=days_read)
+                res, _ = analyze_day(cfg, folder, day, days=days_read)
             log.info(describe(res))
     if not report:
         return None
     with _step("report"):
-        summary = write_report(cfg, folder, progress=progress, cache=days_read)
+        summary = write_report(cfg, folder, cache=days_read)
     log.info("report: %s (figures beside it)", summary)
     return summary

@@ -11,7 +11,9 @@ from analysis import plots
 from analysis.summary import write_summary
 from rig.config import Config
 from rig.errors import UserError
-from rig.loop.analysis_file import (
+from rig.paths import day_path
+from rig.report.beyond import beyond_section
+from rig.results.analysis_file import (
     analysis_path,
     curve_from_json,
     est_from_json,
@@ -20,10 +22,8 @@ from rig.loop.analysis_file import (
     required_curve_from_json,
     site_level_from_json,
 )
-from rig.loop.analyze import N_BOOT, analyze_day
-from rig.loop.beyond_report import beyond_section
-from rig.loop.headline import describe_day, headline_table
-from rig.paths import day_path
+from rig.results.headline import describe_day, headline_table
+from rig.steps.analyze import N_BOOT, analyze_day
 from rig.store.reader import DayCache, day_status
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,13 @@ def _examples(data, sites, n: int = 4) -> tuple[np.ndarray, np.ndarray, list[str
     return np.stack(clean), np.stack(pert), labels
 
 
-def day_analyses(cfg: Config, folder: Path, days: list[int], progress: bool, cache: DayCache) -> dict[int, dict]:
+def day_analyses(cfg: Config, folder: Path, days: list[int], cache: DayCache) -> dict[int, dict]:
     """Each day's analysis.json: read when current (:func:`read_current`), else analysed now and written."""
     out = {}
     for d in days:
         a = read_current(folder, d, N_BOOT)
         if a is None:
-            analyze_day(cfg, folder, d, progress=progress, days=cache)
+            analyze_day(cfg, folder, d, days=cache)
             a = json.loads(analysis_path(folder, d).read_text())
         out[d] = a
     return out
@@ -96,7 +96,7 @@ class _Figures:
         return {int(s): float(v) for s, v in zip(self.sites, self.sigma)}
 
 
-def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None, progress: bool = True,
+def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
                  cache: DayCache | None = None) -> Path:
     """Write ``out`` (default ``<folder>/report``) for every complete closed-loop day of ``folder``:
     PNG figures and ``summary.md``, drawn from each day's ``day_DDD.analysis.json`` (analysed
@@ -111,7 +111,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
     out = Path(out) if out else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else DayCache()
-    analyses = day_analyses(cfg, folder, days, progress, cache)
+    analyses = day_analyses(cfg, folder, days, cache)
     figs_by_day = {d: _Figures(a) for d, a in analyses.items()}
     last = figs_by_day[days[-1]]
     last_data = cache.read(day_path(folder, days[-1]))
@@ -121,7 +121,7 @@ def write_report(cfg: Config, folder: str | Path, out: str | Path | None = None,
         figs.insert(0, fig1a)
     numbers, checks = _numbers(analyses, days)
     notes = _notes(folder, days, analyses, last, cache) + checks + fig1a_notes
-    notes += beyond_section(cfg, folder, out, last.day, cache, figs, progress)   # issue 23: universal / subspace / geometry
+    notes += beyond_section(cfg, folder, out, last.day, cache, figs)   # issue 23: universal / subspace / geometry
     summary = write_summary(out / "summary.md", numbers, title="itloop experiment report", notes=notes, figures=figs)
     (out / "headline.md").write_text(headline_table(folder))  # the README's demo table is pasted from this
     return summary
@@ -218,7 +218,7 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dic
     """Figure 1A: IT (white-box truth in simulation, else measured bias-corrected) beside the
     white-box sensitivity of every configured backbone's units on the same clean images. The
     backbone curves are cached in ``out/figure1a.json`` for the last day's current analysis."""
-    from rig.loop.figure1a import UnitCurve, plot_figure1a
+    from rig.report.figure1a import UnitCurve, plot_figure1a
 
     ss = data.stimuli
     t = np.flatnonzero(ss.kind == "targeted")
@@ -263,7 +263,7 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dic
 def _figure1a_compute(cfg: Config, folder: Path, last: _Figures, data, parents: list[int], eps: list[float],
                       cache: DayCache) -> tuple[list, str]:
     """The backbones' unit curves and the quantisation-loss note (forward and backward passes)."""
-    from rig.loop.figure1a import figure1a_curves
+    from rig.report.figure1a import figure1a_curves
 
     ss = data.stimuli
     d0 = cache.read(day_path(folder, 0))
@@ -272,7 +272,7 @@ def _figure1a_compute(cfg: Config, folder: Path, last: _Figures, data, parents: 
     size = int(ss.pixels.shape[1])
     try:
         from modelfit.store import load_fitted
-        from rig.loop.quantloss import quantisation_loss
+        from rig.report.quantloss import quantisation_loss
 
         mfile = folder / str(data.model.get("model_file", ""))
         if not (data.model.get("model_file") and mfile.exists()):

@@ -14,10 +14,10 @@ from rig.backend import SessionInfo
 from rig.backends.factory import describe_source, make_backend
 from rig.config import Config, with_local_settings
 from rig.errors import UserError
-from rig.loop.preflight import preflight
 from rig.paths import day_path, plan_path
 from rig.session.runner import SessionLimits, SessionResult, run_session
 from rig.session.schedule import Schedule, build_schedule, seconds_per_presentation
+from rig.steps.preflight import preflight
 from rig.store.dayfile import METADATA_SECTIONS, DayWriter, write_plan
 from rig.store.experiment import file_experiment, new_experiment_uuid, same_experiment
 from rig.store.origin import Origin, backend_origin
@@ -53,7 +53,7 @@ def ensure_screening_plan(cfg: Config, folder: Path) -> Path:
 
 
 def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "sim", resume: bool = False,
-               progress: bool = True, max_trials: int | None = None) -> SessionResult:
+               max_trials: int | None = None) -> SessionResult:
     """Record ``day`` into ``<folder>/day_DDD.h5`` from its plan (day 0's is made here)."""
     folder = Path(folder)
     path = day_path(folder, day)
@@ -117,7 +117,7 @@ def record_day(cfg: Config, folder: str | Path, day: int, backend_name: str = "s
         with writer:
             try:
                 result = run_session(backend, writer, stimuli, schedule, info, (cfg.window.start_ms, cfg.window.end_ms),
-                                     progress=progress, max_trials=max_trials,
+                                     max_trials=max_trials,
                                      observer=monitor.observe if monitor is not None else None, limits=session_limits(cfg))
             finally:
                 if hasattr(backend, "source"):          # the live rig: provenance as learnt from the stream

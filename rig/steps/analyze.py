@@ -49,7 +49,8 @@ from modelfit.store import load_fitted
 from rig.backends.factory import build_sim_monkey
 from rig.config import Config
 from rig.errors import UserError
-from rig.loop.analysis_file import (
+from rig.paths import day_path
+from rig.results.analysis_file import (
     analysis_identity,
     curve_json,
     est_json,
@@ -58,10 +59,9 @@ from rig.loop.analysis_file import (
     pvm_json,
     site_level_json,
 )
-from rig.loop.dayoverday import day_over_day
-from rig.loop.groundtruth import TrueCountModule, cached_whitebox
-from rig.paths import day_path
+from rig.steps.dayoverday import day_over_day
 from rig.store.reader import DayCache, DayData
+from rig.truth.whitebox import TrueCountModule, cached_whitebox
 from stimuli.params import TRANSFER_OFF
 from stimuli.perturb import PerturbParams
 
@@ -164,7 +164,7 @@ def _responses(d: DayData) -> np.ndarray:
     return d.mean_responses().astype(float)
 
 
-def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = None, progress: bool = True,
+def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = None,
                 n_boot: int = N_BOOT, days: DayCache | None = None) -> DayResults:
     """Everything the report needs about closed-loop day ``day`` (see the module docstring);
     ``days``: the process's day cache (each day file is read once).
@@ -229,7 +229,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
                                                           "drive_gain", "seed")}
     units_day = d.attrs.get("sites_are") == "units"   # sorted units: the simulated monkey's truth is per channel
     if truth or (truth is None and is_sim and not units_day):
-        res.truth = _truth(recorded, folder, d, resp, sites, sigma, n_boot, seed, progress)
+        res.truth = _truth(recorded, folder, d, resp, sites, sigma, n_boot, seed)
         res.truth.update(_truth_fractions(res, n_boot, seed))
     if day > 1:
         res.day_over_day = day_over_day(folder, res, days, seed=seed, n_boot=n_boot)
@@ -335,7 +335,7 @@ def _model_predictions(fitted, pixels: np.ndarray, columns: np.ndarray, n_channe
 
 
 def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.ndarray, sigma: np.ndarray,
-           n_boot: int, seed: int, progress: bool) -> dict:
+           n_boot: int, seed: int) -> dict:
     """White-box ground truth and the fraction of it the loop reached (simulation only)."""
     prov = d.stimuli
     monkey = build_sim_monkey(cfg)
@@ -381,7 +381,7 @@ def _truth(cfg: Config, folder: Path, d: DayData, resp: np.ndarray, sites: np.nd
                  f"until no problem's answer changes by 2% or more)")
 
     wb = cached_whitebox(folder / "groundtruth.npz", key, module, clean, problems, eps, base, seed=7,
-                         progress=progress, on_compute=announce)
+                         on_compute=announce)
     # (n_sites, n_eps): mean over that site's images of the mean over both directions
     true_site = np.full((len(sites), len(eps)), np.nan)
     for k, s in enumerate(sites):
@@ -405,10 +405,9 @@ def _loop_params(cfg: Config):
     return PerturbParams.from_config_section(asdict(cfg.perturb))
 
 
-def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True,
-                days: DayCache | None = None) -> tuple[DayResults, Path]:
+def analyze_day(cfg: Config, folder: str | Path, day: int, days: DayCache | None = None) -> tuple[DayResults, Path]:
     """Compute :func:`day_results` and write ``day_DDD.analysis.json``."""
-    res = day_results(cfg, folder, day, progress=progress, days=days)
+    res = day_results(cfg, folder, day, days=days)
     out = Path(folder) / f"day_{day:03d}.analysis.json"
     numbers = res.numbers()
     numbers["identity"] = analysis_identity(folder, day, N_BOOT)
@@ -418,7 +417,7 @@ def analyze_day(cfg: Config, folder: str | Path, day: int, progress: bool = True
 
 def describe(res: DayResults) -> str:
     """A few lines for the terminal (the same wording as the report, from the same numbers)."""
-    from rig.loop.headline import describe_day
+    from rig.results.headline import describe_day
 
     lines = [f"day {res.day}: {len(res.sites)} targeted sites" + (" (model backbone had RANDOM weights)" if res.random_init_model else "")
              + (f"; simulated monkey: model_alignment {res.sim_info['model_alignment']:g}" if res.sim_info else "")]

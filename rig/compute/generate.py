@@ -25,17 +25,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modelfit.progressbars import bar, progress_bars
 from rig.config import ComputeConfig
 from rig.errors import UserError
 from stimuli.cost import PassRate, RunSize, measure_pass_rate
@@ -47,6 +49,8 @@ from stimuli.stimset import StimulusSet
 if TYPE_CHECKING:
     from distributed import Client
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the model, as files
@@ -295,6 +299,7 @@ class DayPayload(_WorkerPlugin):
     def setup(self, worker=None) -> None:
         self._models, self._clean_values, self.loads = {}, {}, 0
         relax_malloc()
+        progress_bars(False)   # a worker draws no bars: the controller's shard bar tells the progress
         if worker is not None:
             self._paused = quiet_worker(worker)
 
@@ -465,7 +470,7 @@ class DistributedRun:
         return fut.result()
 
     def generate(self, problems: Sequence[tuple[int, int]], epsilons: Sequence[float], params: PerturbParams,
-                 seed: int, device: str, progress: bool = True, expected_passes: int | None = None,
+                 seed: int, device: str, expected_passes: int | None = None,
                  max_resubmits: int = 2, shards: Sequence[Shard] | None = None) -> tuple[StimulusSet, list[ShardResult]]:
         """Every shard on the cluster, merged in the single run's order; returns (stimuli, shard results).
 
@@ -487,7 +492,7 @@ class DistributedRun:
 
         futures = {submit(sh, 0): (sh, 0) for sh in shards}
         results: dict[int, ShardResult] = {}
-        bar = _Progress(len(shards), expected_passes, progress)
+        shard_bar = _Progress(len(shards), expected_passes)
         ac = as_completed(list(futures))
         for fut in ac:
             sh, attempt = futures.pop(fut)
@@ -505,26 +510,23 @@ class DistributedRun:
             if res.index in results:
                 raise RuntimeError(f"shard {res.index} came back twice")
             results[res.index] = res
-            bar.update(res)
-        bar.close()
+            shard_bar.update(res)
+        shard_bar.close()
         return merge_shards(self.payload.clean, list(results.values()), len(shards), eps), list(results.values())
 
 
 class _Progress:
     """Shards done, passes/s and ETA on one line (stderr)."""
 
-    def __init__(self, total: int, expected_passes: int | None, enabled: bool) -> None:
-        self.total, self.expected, self.enabled = total, expected_passes, enabled
+    def __init__(self, total: int, expected_passes: int | None) -> None:
+        self.total, self.expected = total, expected_passes
         self.done, self.passes, self.t0 = 0, 0, time.perf_counter()
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, unit="shard", desc="shards", dynamic_ncols=True, file=sys.stderr)
+        self.bar = bar(total=total, unit="shard", desc="shards", dynamic_ncols=True, file=sys.stderr)
 
     def update(self, res: ShardResult) -> None:
         self.done += 1
         self.passes += res.passes
-        if self.bar is None:
+        if self.bar.disable:
             return
         el = time.perf_counter() - self.t0
         rate = self.passes / el if el > 0 else 0.0
@@ -536,25 +538,24 @@ class _Progress:
         self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 # ----------------------------------------------------------------------------- one entry point
 def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tuple[int, int]],
                      epsilons: Sequence[float], params: PerturbParams, seed: int, device: str, *,
-                     source: ModelSource, progress: bool = True, report=print) -> tuple[StimulusSet, PerturbParams]:
+                     source: ModelSource, report: Callable[[str], None] | None = log.info) -> tuple[StimulusSet, PerturbParams]:
     """Measure, estimate, check the deadline, then generate (in-process or on Dask, per ``cc.scheduler``).
 
     ``source``: the model (:class:`FittedModelFiles` or :class:`InMemoryModel`), built once in
     this process (``"local"``) or once per Dask worker. ``params``' ``auto`` modes and
     ``max_batch_rows = 0`` are resolved on the device that runs the engine (compile ``auto``
     from the measured uncompiled rate: on CUDA where the run is long enough to repay it). ``report``:
-    where the cost lines go (None = nowhere). Returns the stimuli and the resolved params (what
+    where the cost lines go (default: this module's logger; None = nowhere). Returns the stimuli and the resolved params (what
     the plan records). Raises :class:`rig.errors.UserError` when the run could not end before
     the deadline.
     """
-    from rig.loop.budget import Estimate, check_deadline
+    from rig.compute.budget import Estimate, check_deadline
     from stimuli.cost import engine_state_bytes, run_passes
     from stimuli.modes import resolve_mode
     from stimuli.perturb import generate_perturbations
@@ -590,8 +591,7 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
         run = probe_params
         if problems:
             _, run = estimate(measure_pass_rate(model, clean, sites, probe_params, device, cc.probe_batches), 1, 1)
-        return generate_perturbations(model, clean, problems, list(epsilons), run, seed=seed, device=device,
-                                      progress=progress), run
+        return generate_perturbations(model, clean, problems, list(epsilons), run, seed=seed, device=device), run
     with dask_client(cc) as client, DistributedRun.open(client, source, clean, cc) as dist:
         workers = dist.slots()
         expected, run = None, probe_params
@@ -606,6 +606,5 @@ def generate_stimuli(cc: ComputeConfig, clean: np.ndarray, problems: Sequence[tu
             how = "auto" if cc.problems_per_shard == 0 else "compute.problems_per_shard"
             report(f"compute: {len(problems)} (image, site) pairs in {len(shards)} shards on {cc.scheduler} "
                    f"({sizes} pairs each, {how}; {workers} worker slot(s) now)")
-        ss, _ = dist.generate(problems, epsilons, run, seed, device, progress=progress,
-                              expected_passes=expected, shards=shards)
+        ss, _ = dist.generate(problems, epsilons, run, seed, device, expected_passes=expected, shards=shards)
         return ss, run

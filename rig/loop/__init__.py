@@ -1,1 +1,0 @@
-"""The daily closed loop: fit, plan, record, analyze, report, simulate, white-box truth."""

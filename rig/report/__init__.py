@@ -1,0 +1,1 @@
+"""``itloop report``: figures and a summary page for a whole experiment folder."""
