@@ -10,13 +10,16 @@ class CountingBackend:
     """Channel c fires exactly ``(stim % 5) + c`` spikes inside the 70-170 ms window of
     every presentation (plus spikes outside it that must not be counted). Presenter and
     acquisition clocks differ by ``offset`` and ``drift``. Trials listed in ``abort_at``
-    (trial_index -> presentations completed) break fixation."""
+    (trial_index -> presentations completed) break fixation; trials in ``no_pulse_at`` lose all
+    their sync pulses; every trial is stamped with clock segment ``segment``."""
 
     name = "counting"
 
     def __init__(self, n_channels: int = 3, offset: float = 5.0, drift: float = 30e-6,
-                 abort_at: dict[int, int] | None = None, drop_at: set[tuple[int, int]] | None = None):
+                 abort_at: dict[int, int] | None = None, drop_at: set[tuple[int, int]] | None = None,
+                 no_pulse_at: set[int] | None = None, segment: str = ""):
         self.n_channels, self.offset, self.drift = n_channels, offset, drift
+        self.no_pulse_at, self.segment = no_pulse_at or set(), segment
         self.abort_at = abort_at or {}
         self.drop_at = drop_at or set()
         self.t = 100.0
@@ -49,10 +52,12 @@ class CountingBackend:
                 times += list(inside) + list(outside)
                 chans += [c] * (int(n) + 2)
         order = np.argsort(times)
+        pulses = onsets[:0] if trial.trial_index in self.no_pulse_at else onsets
         rec = TrialRecord(trial.trial_index, completed, completed == k, onsets, np.full(completed, 6),
                           np.full(completed, 6), [(trial.trial_index, j) in self.drop_at for j in range(completed)],
-                          onsets, self.acq(onsets), np.asarray(times)[order], np.asarray(chans, int)[order],
-                          float(self.acq(self.t)), float(self.acq(self.t + 0.3 + 0.2 * k)))
+                          pulses, self.acq(pulses), np.asarray(times)[order], np.asarray(chans, int)[order],
+                          float(self.acq(self.t)), float(self.acq(self.t + 0.3 + 0.2 * k)),
+                          clock_segment=self.segment, pulse_ok=np.isin(onsets, pulses))
         self.t += 0.3 + 0.2 * k + 0.5
         return rec
 

@@ -71,6 +71,23 @@ def test_same_window_reproduces_the_recording(recorded, tmp_path):
             assert ha["sync"].attrs[k] == hb["sync"].attrs[k], k
 
 
+def test_trial_that_lost_all_its_pulses_replays_on_its_segment(tmp_path):
+    """Only pulses store the clock segment: a trial without any keeps the segment it was timed on
+    (its onsets still got acquisition times from the fit), so the replay gives the same times."""
+    ss = _stimuli()
+    src = tmp_path / "day.h5"
+    w, sch = _new(src, ss)
+    with w:
+        run_session(CountingBackend(no_pulse_at={2}, segment="presenter-1"), w, ss, sch, SessionInfo("test", 1),
+                    (70.0, 170.0))
+    a = read_day(src)
+    lost = a.presentations["trial_index"] == 2
+    assert np.all(np.isfinite(a.presentations["onset_acq_s"][lost])) and not a.presentations["valid"][lost].any()
+    b = read_day(replay_day(src, tmp_path / "replay.h5"))
+    for name in a.presentations:
+        assert _equal(b.presentations[name], a.presentations[name]), name
+
+
 def test_other_window_recounts_from_raw_spikes(recorded, tmp_path):
     src, _ = recorded
     out = replay_day(src, tmp_path / "wide.h5", window_ms=(0.0, 300.0))

@@ -39,6 +39,7 @@ class ReplayBackend:
         self._ends = ends
         self._opened = False
         self._segments = day.sync_segment
+        self._last_segment = ""     # the clock segment of the latest replayed trial that had pulses
 
     def info(self) -> BackendInfo:
         return BackendInfo(name=self.name, n_channels=self.day.n_channels, channel_names=list(self.day.channel_names),
@@ -86,6 +87,8 @@ class ReplayBackend:
         tr = d.trials
         c = int(tr["completed"][row])
         s, y = self._span("spikes", row), self._span("sync", row)
+        aligned = not np.any(pres["invalid_reason"][p] == InvalidReason.CLOCK_NOT_ALIGNED)
+        timed = bool(np.any(np.isfinite(pres["onset_acq_s"][p])))
         return TrialRecord(
             trial_index=int(trial.trial_index), completed=c, fixation_ok=bool(tr["fixation_ok"][row]),
             onset_presenter_s=pres["onset_presenter_s"][p][:c], frames_on=pres["frames_on"][p][:c],
@@ -96,10 +99,21 @@ class ReplayBackend:
             acquisition_ok=bool(tr["acquisition_ok"][row]), note="replayed",
             end_presenter_s=float(tr["end_presenter_s"][row]),
             # issue 11: the clock segment of the trial's pulses, and which onsets had a pulse
-            clock_segment=str(self._segments[y][0]) if len(self._segments[y]) else "",
+            clock_segment=self._segment_of(y, timed),
             pulse_ok=np.isin(pres["onset_presenter_s"][p][:c], d.sync_presenter_s[y]),
-            clock_aligned=not np.any(pres["invalid_reason"][p] == InvalidReason.CLOCK_NOT_ALIGNED),
+            clock_aligned=aligned,
             fixation_monitored=bool(np.any(pres["fixation"][p] != Fixation.NOT_MONITORED)) if len(pres["fixation"][p]) else True)
+
+    def _segment_of(self, sync_rows: slice, timed: bool) -> str:
+        """The clock segment a recorded trial was stamped in. Only pulses store it: a trial whose
+        pulses were all lost but whose onsets got acquisition times when recorded was on a segment
+        already fitted then, the latest one (a restarted presenter starts a new segment, and
+        segments never resume); one without any such time gets none, as it had no fit then."""
+        labels = self._segments[sync_rows]
+        if len(labels):
+            self._last_segment = str(labels[0])
+            return self._last_segment
+        return self._last_segment if timed else ""
 
     def close(self) -> None:
         self._opened = False
