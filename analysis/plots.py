@@ -74,7 +74,8 @@ def estimator_label(curve: SensitivityCurve) -> str:
 def band(ax, x, mid, lo, hi, color, label, lw=2.2, ls="-", marker="o", alpha=0.18) -> None:
     """Line with a CI band (error bars instead when there is a single point)."""
     if len(np.atleast_1d(x)) == 1:
-        ax.errorbar(x, mid, yerr=[np.subtract(mid, lo), np.subtract(hi, mid)], fmt="none", ecolor=color, capsize=4)
+        yerr = np.reshape([np.subtract(mid, lo), np.subtract(hi, mid)], (2, -1))   # (2, n): below, above
+        ax.errorbar(x, mid, yerr=yerr, fmt="none", ecolor=color, capsize=4)
     ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0)
     ax.plot(x, mid, color=color, lw=lw, ls=ls, marker=marker, ms=4, label=label)
 
