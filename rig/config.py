@@ -126,36 +126,18 @@ class ReadoutConfig:
 
 
 @dataclass
-class PerturbConfig:
-    restarts: int = 100
-    steps: int = 40
-    first_phase_fraction: float = 0.5
-    first_phase_radius_factor: float = 2.0
-    step_decay: float = 0.9
-    step_growth: float = 1.0
-    prune: bool = True
-    prune_keep_fraction: float = 0.25
-    prune_after_fraction: float = 0.25
-    prune_rounds: int = 1
-    early_stop: bool = True
-    early_stop_patience: int = 5
-    early_stop_tolerance: float = 1e-4
-    random_controls_per_image: int = 1
+class PerturbConfig(PerturbParams):
+    """``[perturb]``: the perturbation engine's settings. Fields and rules are
+    :class:`stimuli.params.PerturbParams`'s (declared once, there); only the defaults that pick
+    the fastest path on the machine at hand differ (the engine's own defaults are fixed)."""
+
     max_batch_rows: int = 0      # 0 = as large as fits the device (measured once per process)
     precision: Literal["fp32", "tf32", "bf16", "auto"] = "auto"
     memory_format: Literal["contiguous", "channels_last", "auto"] = "auto"
     compile: Literal["off", "on", "auto"] = "auto"
-    # issue 19: transfer-oriented design (stimuli.transfer; README "Transfer"); these values = off
-    grad_smoothing_px: float = 0.0
-    lowpass_fraction: float = 0.0
-    eot_samples: int = 1
-    eot_shift_px: int = 0
-    eot_scale: float = 0.0
-    eot_noise: float = 0.0
 
     def check(self) -> Problems:
-        # one set of rules for the config and the engine (stimuli.params.PerturbParams)
-        return PerturbParams.from_config_section(self).problems()
+        return self.problems()
 
 
 @dataclass

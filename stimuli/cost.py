@@ -30,7 +30,7 @@ FORWARD_PASS_FRACTION = 0.5
 
 def passes_per_problem(params: PerturbParams) -> int:
     """Passes of one problem with epsilon > 0 when no row stops early (an upper bound)."""
-    params.check()
+    params.validated()
     live, done, total = params.restarts, 0, 0
     for c in params.prune_checkpoints:
         total += live * (c - done)

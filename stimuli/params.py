@@ -14,7 +14,7 @@ COMPILE_MODES = ("off", "on", "auto")
 
 @dataclass
 class PerturbParams:
-    """Optimiser settings; field names match ``rig.config.PerturbConfig`` (``[perturb]``), whose rules are these."""
+    """Optimiser settings; ``rig.config.PerturbConfig`` (``[perturb]``) is this class with its own defaults."""
 
     restarts: int = 100
     steps: int = 40                       # passes per restart (both phases)
@@ -93,7 +93,7 @@ class PerturbParams:
         """True when no setting is left to the device (no ``auto``, a batch size > 0)."""
         return (self.max_batch_rows > 0 and "auto" not in (self.precision, self.memory_format, self.compile))
 
-    def check(self) -> "PerturbParams":
+    def validated(self) -> "PerturbParams":
         """Raise ValueError naming the first impossible field; return self."""
         for name, value, expected in self.problems():
             raise ValueError(f"PerturbParams.{name} = {value!r} is impossible; expected {expected}")

@@ -437,7 +437,7 @@ def iter_solutions(objective: SiteObjective, clean: torch.Tensor, image: Sequenc
     ``clean``: (N, 3, H, W) float pixels in [0,1] on the objective's device.
     ``clean_values``: optional (N, S) model predictions on the clean images.
     """
-    params.check()
+    params.validated()
     if params.max_batch_rows < 1:
         raise ValueError("max_batch_rows = 0 must be resolved to a batch first (stimuli.perturb.prepare_engine)")
     clean = clean.contiguous(memory_format=objective.mode.torch_format)   # the step's one layout
@@ -551,7 +551,7 @@ def prepare_engine(model, x: torch.Tensor, params: PerturbParams, device: str = 
     (:func:`stimuli.modes.resolve_mode`) and ``max_batch_rows = 0`` measured
     (:func:`stimuli.modes.fitting_batch_rows`, once per process). ``x``: (N, 3, H, W) clean
     images in [0,1]."""
-    params = resolve_mode(params.check(), device, uncompiled_seconds)
+    params = resolve_mode(params.validated(), device, uncompiled_seconds)
     mode = EngineMode.of(params)
     if params.max_batch_rows == 0:
         probe = SiteObjective(model, device, dataclasses.replace(mode, compile=False))

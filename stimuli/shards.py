@@ -92,7 +92,7 @@ def auto_shards(n_problems: int, epsilons: Sequence[float], params: PerturbParam
     """
     from stimuli.cost import passes_per_problem
 
-    params = params.check()
+    params = params.validated()
     slots = max(1, int(slots))
     live = sum(1 for e in epsilons if float(e) > 0)
     per_pair = max(1, 2 * live * passes_per_problem(params))

@@ -51,7 +51,7 @@ class UniversalSolution:
 def universal_passes(n_design: int, params: PerturbParams) -> int:
     """Passes of one (site, epsilon > 0, direction) universal problem: restarts x steps x
     design images, minus what the single pruning checkpoint removes (an exact count)."""
-    params.check()
+    params.validated()
     cut = _prune_pass(params)
     if cut is None:
         return params.restarts * params.steps * n_design
@@ -160,7 +160,7 @@ def solve_universal(objective: SiteObjective, clean: torch.Tensor, site: int, ep
     the best ``params.kept_of(restarts)`` go on, ranked by their current phase's best. Every
     phase's step starts at ``epsilon``. Values are the float32 model's, spikes.
     """
-    params.check()
+    params.validated()
     shape = tuple(clean.shape[1:])
     n_img, n_r = clean.shape[0], params.restarts
     if epsilon == 0:

@@ -147,9 +147,9 @@ def test_auto_resolves_per_device_and_the_plain_mode_is_the_default():
     assert resolve_mode(PerturbParams(compile="auto"), "cuda", uncompiled_seconds=3600).compile == "on"
     assert resolve_mode(PerturbParams(compile="auto"), "cuda", uncompiled_seconds=30).compile == "off"   # too short
     with pytest.raises(ValueError, match="precision"):
-        PerturbParams(precision="fp16").check()
+        PerturbParams(precision="fp16").validated()
     with pytest.raises(ValueError, match="max_batch_rows"):
-        PerturbParams(max_batch_rows=-1).check()
+        PerturbParams(max_batch_rows=-1).validated()
 
 
 def test_max_batch_rows_zero_picks_a_batch_that_runs():

@@ -121,7 +121,7 @@ def test_params_mirror_the_config_section():
     assert PerturbParams.from_config_section(cfg) == p
     assert {f.name for f in dataclasses.fields(cfg)} <= {f.name for f in dataclasses.fields(PerturbParams)}
     with pytest.raises(ValueError, match="step_decay"):
-        PerturbParams(step_decay=1.5).check()
+        PerturbParams(step_decay=1.5).validated()
 
 
 class Tiny(nn.Module):

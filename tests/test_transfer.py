@@ -154,4 +154,4 @@ def test_impossible_transfer_settings_are_named():
     for bad in ({"grad_smoothing_px": -1.0}, {"lowpass_fraction": 1.5}, {"eot_samples": 0}, {"eot_scale": 0.7},
                 {"eot_noise": -0.1}, {"eot_shift_px": -2}):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            PerturbParams(**bad).check()
+            PerturbParams(**bad).validated()
