@@ -11,13 +11,17 @@ Its mean over images and sites estimates the mean squared true change; the repor
 magnitude is its signed square root (an RMS change, in multiples of sigma), beside the raw
 mean |d|.
 
-Population claims resample both levels: sites and images are two independent samples of
-indices handed to ``scipy.stats.bootstrap`` (BCa), which resamples them independently
-(the "pigeonhole" bootstrap of a sites x images table, Owen 2007). Tables are
-(n_sites, n_images, n_eps), NaN where a site has no value for an image; a statistic is
-the mean over sites of each site's mean over images. When every image belongs to one site
-(the loop's design), the image axis holds each site's own images in slots
-(:func:`site_slots`), so a resample draws sites, then the same slots of each drawn site.
+Population claims treat sites and images as random. Tables are (n_sites, n_images, n_eps),
+NaN where a site has no value for an image; a statistic is a function of population means
+(the mean over sites of each site's mean over images). Its interval is a variance-corrected
+two-level bootstrap (:func:`two_level_estimate`): the SHAPE comes from a BCa interval of the
+pigeonhole bootstrap (sites and images resampled independently, ``scipy.stats.bootstrap``),
+the WIDTH from an unbiased random-effects (moment) estimate of the statistic's variance with
+a t quantile. The pigeonhole bootstrap alone counts the cell (site x image) variance three
+times (Owen 2007, "The pigeonhole bootstrap", Ann. Appl. Stat. 1:386) and uses normal
+quantiles with plug-in variances, so it is too wide where cell noise dominates and too
+narrow with few sites. When every image belongs to one site (the loop's design), the image
+axis holds each site's own images in slots (:func:`site_slots`) and the design is "nested".
 """
 from __future__ import annotations
 
@@ -192,15 +196,108 @@ def _bca(statistic: Callable, n_sites: int, n_images: int, n_resamples: int, lev
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _gradient(combine: Callable[..., np.ndarray], means: list[float]) -> np.ndarray:
+    """Central-difference gradient of a scalar ``combine(*means)`` (each mean shaped (1,))."""
+    g = np.zeros(len(means))
+    for j, m in enumerate(means):
+        h = 1e-6 * max(1.0, abs(m))
+        up = [np.array([x + (h if i == j else 0.0)]) for i, x in enumerate(means)]
+        dn = [np.array([x - (h if i == j else 0.0)]) for i, x in enumerate(means)]
+        g[j] = (float(np.asarray(combine(*up))[0]) - float(np.asarray(combine(*dn))[0])) / (2 * h)
+    return g
+
+
+def random_effects_variance(z: np.ndarray, nested: bool) -> tuple[float, float]:
+    """Unbiased moment estimate of Var(population mean of ``z``) with random sites and images,
+    and its degrees of freedom. z: (n_sites, n_images) values, NaN = missing.
+
+    Assumes z_si = mu + a_s + b_i + e_si with independent zero-mean site, image and cell
+    effects. Nested (each image seen by one site; the image axis holds slots): the site means
+    are i.i.d., Var = s^2(site means) / S on S - 1 df. Crossed (images shared by sites):
+    two-way ANOVA mean squares give Var = (MS_sites + MS_images - MS_cells) / (S I) (each cell
+    counted once), floored at max(MS_sites, MS_images) / (S I) (each unbiased for a part of
+    the variance), Satterthwaite df. A level with < :data:`MIN_UNITS` units is held fixed
+    (conditional on those sites or images): only the other level's variance counts.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        site_means = np.nanmean(z, axis=1)
+        ok = np.isfinite(site_means)
+        S = int(ok.sum())
+        n_per_site = np.isfinite(z[ok]).sum(axis=1)
+        if nested or z.shape[1] < MIN_UNITS:
+            if S >= MIN_UNITS:
+                return float(np.var(site_means[ok], ddof=1) / S), float(S - 1)
+            # sites held fixed: the images within each site are the sample (stratified mean)
+            within = np.array([np.nanvar(r, ddof=1) / n if n >= 2 else np.nan for r, n in zip(z[ok], n_per_site)])
+            return float(np.nansum(within) / max(S, 1) ** 2), float(np.sum(np.maximum(n_per_site - 1, 0)))
+        img_means = np.nanmean(z[ok], axis=0)
+        keep = np.isfinite(img_means)
+        zz = z[ok][:, keep]
+        S, I = zz.shape
+        grand = np.nanmean(zz)
+        r, c = np.nanmean(zz, axis=1), np.nanmean(zz, axis=0)
+        ms_r = I * np.sum((r - r.mean()) ** 2) / max(S - 1, 1)
+        ms_c = S * np.sum((c - c.mean()) ** 2) / max(I - 1, 1)
+        resid = zz - r[:, None] - c[None, :] + grand
+        ms_e = np.nansum(resid ** 2) / max((S - 1) * (I - 1), 1)
+    if S < MIN_UNITS:
+        return float(ms_c / (S * I)), float(I - 1)
+    parts = np.array([ms_r, ms_c, -ms_e])
+    dfs = np.array([S - 1, I - 1, (S - 1) * (I - 1)], float)
+    total = parts.sum()
+    if total < max(ms_r, ms_c):   # the subtraction went below a part that is unbiased for less
+        return (float(ms_r / (S * I)), float(S - 1)) if ms_r >= ms_c else (float(ms_c / (S * I)), float(I - 1))
+    return float(total / (S * I)), float(total ** 2 / np.sum(parts ** 2 / dfs))
+
+
+def _pigeonhole_variance(z: np.ndarray, n_resamples: int, seed: int) -> float:
+    """Variance of the population mean of ``z`` (n_sites, n_images) under the resampling
+    :func:`_bca` does (sites and images independently; a level with < MIN_UNITS units fixed)."""
+    S, I = z.shape
+    rng = np.random.default_rng(seed)
+    s_idx = rng.integers(0, S, (n_resamples, S)) if S >= MIN_UNITS else np.broadcast_to(np.arange(S), (n_resamples, S))
+    i_idx = rng.integers(0, I, (n_resamples, I)) if I >= MIN_UNITS else np.broadcast_to(np.arange(I), (n_resamples, I))
+    reps = population_mean(z[:, :, None], s_idx, i_idx)[:, 0]
+    return float(np.nanvar(reps, ddof=1))
+
+
+def corrected_interval(value: float, lo: float, hi: float, z: np.ndarray, nested: bool, level: float,
+                       seed: int) -> tuple[float, float]:
+    """Rescale a pigeonhole BCa interval ``[lo, hi]`` about ``value`` to the random-effects width.
+
+    z: the statistic's linearisation per cell (gradient-weighted tables, (n_sites, n_images)).
+    Each side's distance from the estimate is multiplied by
+    ``sqrt(V_re / V_boot) * t_{df, (1+level)/2} / z_{(1+level)/2}``: V_re and df from
+    :func:`random_effects_variance`, V_boot the variance the pigeonhole bootstrap gives the same
+    linear statistic. The BCa shape (skew, the signed square root near 0) is kept; its scale
+    becomes an unbiased variance with a small-sample t quantile. Unchanged if either variance
+    is not positive and finite.
+    """
+    v_re, df = random_effects_variance(z, nested)
+    v_boot = _pigeonhole_variance(z, 4000, seed)
+    if not (np.isfinite(v_re) and np.isfinite(v_boot) and v_re > 0 and v_boot > 0 and df > 0):
+        return lo, hi
+    q = (1 + level) / 2
+    c = np.sqrt(v_re / v_boot) * stats.t.ppf(q, df) / stats.norm.ppf(q)
+    return value - c * (value - lo), value + c * (hi - value)
+
+
 def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.ndarray], *,
                        n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
-                       seed: int = 0) -> PopulationEstimate:
-    """``combine(*population means)`` per epsilon with a two-level (sites, images) BCa interval.
+                       seed: int = 0, nested: bool = False) -> PopulationEstimate:
+    """``combine(*population means)`` per epsilon with a variance-corrected two-level interval.
 
     tables: (n_sites, n_images, n_eps) arrays on the same sites and images (paired: every
     resample draws the same sites and images from each table). ``combine`` maps the
     population means (..., n_eps) of each table to the statistic (..., n_eps), e.g.
-    ``lambda t, r: signed_sqrt(t) - signed_sqrt(r)``.
+    ``lambda t, r: signed_sqrt(t) - signed_sqrt(r)``; it must be smooth where the interval
+    is built (its gradient linearises it). ``nested``: the image axis holds each site's own
+    images (:func:`site_slots`), else images are shared by sites (crossed).
+
+    Interval: the pigeonhole BCa interval (:func:`_bca`) rescaled by :func:`corrected_interval`
+    to an unbiased random-effects variance and a t quantile. Assumes independent sites,
+    independent images (within sites when nested), and independent noise between cells.
     """
     shape = tables[0].shape
     if any(t.shape != shape for t in tables):
@@ -216,6 +313,11 @@ def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.n
 
         lo, hi = (_bca(statistic, n_sites, n_images, n_resamples, level, seed + k, n_sites * n_images * len(cols))
                   if np.isfinite(value[k]) else (np.nan, np.nan))
+        if np.isfinite(lo) and np.isfinite(hi):
+            grad = _gradient(combine, [float(population_mean(c)[0]) for c in cols])
+            if np.all(np.isfinite(grad)):
+                z = sum(g * c[:, :, 0] for g, c in zip(grad, cols))
+                lo, hi = corrected_interval(float(value[k]), lo, hi, z, nested, level, seed + k)
         out.append(Estimate(float(value[k]), lo, hi, level, int(np.isfinite(tables[0][:, :, k]).sum())))
     return PopulationEstimate(out, n_sites, n_images)
 
@@ -286,7 +388,7 @@ FLOOR_REASON = "random at the noise floor"
 
 def ratio_if_estimable(num: np.ndarray, den: np.ndarray, den_interval: Estimate, den_p_adjusted: float,
                        eps_column: int, *, n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
-                       seed: int = 0, alpha: float = ALPHA) -> RatioReport:
+                       seed: int = 0, alpha: float = ALPHA, nested: bool = False) -> RatioReport:
     """Ratio of two floor-corrected RMS magnitudes at one epsilon, only when the denominator is
     significantly above 0 (Holm-adjusted permutation p < alpha and its BCa interval above 0).
 
@@ -303,7 +405,7 @@ def ratio_if_estimable(num: np.ndarray, den: np.ndarray, den_interval: Estimate,
 
     k = eps_column
     est = two_level_estimate([num[:, :, k:k + 1], den[:, :, k:k + 1]], ratio, n_resamples=n_resamples,
-                             level=level, seed=seed).estimates[0]
+                             level=level, seed=seed, nested=nested).estimates[0]
     if not (np.isfinite(est.lo) and np.isfinite(est.hi) and est.lo <= est.value <= est.hi):
         return RatioReport(None, "the ratio's interval is unstable (random close to the noise floor)")
     return RatioReport(est)
@@ -389,10 +491,12 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
     r = ({k: v[:, :, used] for k, v in pair_tables(repeats, random, sites, sigma, images, rng).items()}
          if random is not None and len(random) else None)
     names = list(t)
-    slotted = site_slots([t[k] for k in names] + ([r[k] for k in names] if r is not None else []))
+    unslotted = [t[k] for k in names] + ([r[k] for k in names] if r is not None else [])
+    slotted = site_slots(unslotted)
+    nested = slotted[0] is not unslotted[0]
     t = dict(zip(names, slotted[:len(names)]))
     r = dict(zip(names, slotted[len(names):])) if r is not None else None
-    kw = {"n_resamples": n_resamples, "level": level, "seed": seed}
+    kw = {"n_resamples": n_resamples, "level": level, "seed": seed, "nested": nested}
     mean = np.asarray
     t_rms = two_level_estimate([t["sq"]], signed_sqrt, **kw).estimates
     t_abs = two_level_estimate([t["abs"]], mean, **kw).estimates
@@ -422,10 +526,12 @@ def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: i
     are dropped from both.
     """
     both = np.isfinite(measured) & np.isfinite(truth)
-    m, t = site_slots([np.where(both, measured, np.nan), np.where(both, truth, np.nan)])
+    unslotted = [np.where(both, measured, np.nan), np.where(both, truth, np.nan)]
+    m, t = site_slots(unslotted)
 
     def ratio(a, b):
         with np.errstate(invalid="ignore", divide="ignore"):
             return a / b
 
-    return two_level_estimate([m, t], ratio, n_resamples=n_resamples, level=level, seed=seed).estimates
+    return two_level_estimate([m, t], ratio, n_resamples=n_resamples, level=level, seed=seed,
+                              nested=m is not unslotted[0]).estimates

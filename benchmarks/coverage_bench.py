@@ -32,7 +32,7 @@ from tests.coverage_sim import day_pairs, simulate_day, superpopulation_truth
 
 def one_day(seed: int, n_sites: int, n_images: int, n_resamples: int, null: bool) -> dict:
     rng = np.random.default_rng(seed)
-    repeats, prov, sigma, _, whitebox = simulate_day(rng, n_sites, n_images, null=null)
+    repeats, prov, sigma, _, whitebox, _ = simulate_day(rng, n_sites, n_images, null=null)
     tp, rp = day_pairs(prov, n_sites)
     sites = np.arange(n_sites)
     h = day_headline(repeats, tp, rp, sites, sigma, n_resamples=n_resamples, seed=seed)

@@ -84,7 +84,7 @@ def test_ratio_is_withheld_when_random_is_at_the_noise_floor():
 
 def test_day_headline_on_a_simulated_day_reports_every_epsilon():
     rng = np.random.default_rng(4)
-    repeats, prov, sigma, _, _ = simulate_day(rng, 5, 8)
+    repeats, prov, sigma, _, _, _ = simulate_day(rng, 5, 8)
     tp, rp = day_pairs(prov, 5)
     h = day_headline(repeats, tp, rp, np.arange(5), sigma, n_resamples=299)
     assert h.targeted_sq.shape == (5, 8, 3) and h.n_images == 8
@@ -124,7 +124,7 @@ def test_nested_images_are_resampled_within_their_site():
 
 def test_day_headline_does_not_depend_on_the_order_of_the_sites():
     rng = np.random.default_rng(6)
-    repeats, prov, sigma, _, _ = simulate_day(rng, 4, 6)
+    repeats, prov, sigma, _, _, _ = simulate_day(rng, 4, 6)
     tp, rp = day_pairs(prov, 4)
     a = day_headline(repeats, tp, rp, np.arange(4), sigma, n_resamples=199, seed=1)
     b = day_headline(repeats, tp, rp, np.arange(4)[::-1], sigma[::-1], n_resamples=199, seed=1)
