@@ -46,15 +46,24 @@ def signed_sqrt(x):
     return np.sign(x) * np.sqrt(np.abs(x))
 
 
-def floor_corrected_square(pert: np.ndarray, clean: np.ndarray) -> np.ndarray:
+def floor_corrected_square(pert: np.ndarray, clean: np.ndarray, pert_trials: np.ndarray | None = None,
+                           clean_trials: np.ndarray | None = None) -> np.ndarray:
     """Unbiased estimate of the squared true change, per column, from per-repeat responses.
 
     pert, clean: (n_repeats, n) spike counts of the perturbed stimulus and its clean parent,
-    NaN for a missing repeat. Returns (n,) spikes^2: ``d^2 - s'^2/m' - s^2/m`` (the mean over
-    all splits of the split-half cross-product ``d_A d_B``); NaN where either has < 2 repeats.
+    NaN for a missing repeat. Returns (n,) spikes^2; NaN where either has < 2 repeats.
+    Without trial ids: ``d^2 - s'^2/m' - s^2/m`` (the mean over all splits of the split-half
+    cross-product ``d_A d_B``), unbiased when every presentation's noise is independent.
+    With ``pert_trials``, ``clean_trials`` ((n_repeats, n) trial ids of those repeats): the
+    U-statistic ``mean_{j!=j'} p_j p_j' - 2 mean_{trial(j)!=trial(k)} p_j c_k +
+    mean_{k!=k'} c_k c_k'``, unbiased when noise is independent between TRIALS (a trial's
+    images may share a gain: the cross term skips perturbed/parent pairs shown in one trial,
+    whose covariance would otherwise be subtracted as if it were noise). Identical to the
+    first form when no parent shares a trial with its perturbed image.
     """
+    p, c = np.asarray(pert, float), np.asarray(clean, float)
     moments = []
-    for r in (np.asarray(pert, float), np.asarray(clean, float)):
+    for r in (p, c):
         m = np.isfinite(r).sum(axis=0)
         with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -62,17 +71,44 @@ def floor_corrected_square(pert: np.ndarray, clean: np.ndarray) -> np.ndarray:
             var = np.nanvar(r, axis=0, ddof=1)
         moments.append((np.where(m >= 2, mean, np.nan), np.where(m >= 2, var / np.maximum(m, 1), np.nan)))
     (mp, vp), (mc, vc) = moments
-    return (mp - mc) ** 2 - vp - vc
+    if pert_trials is None or clean_trials is None:
+        return (mp - mc) ** 2 - vp - vc
+    ok_p, ok_c = np.isfinite(p), np.isfinite(c)
+    same = ((np.asarray(pert_trials)[:, None, :] == np.asarray(clean_trials)[None, :, :])
+            & ok_p[:, None, :] & ok_c[None, :, :])                       # (R, R', n)
+    prod = np.where(ok_p, p, 0.0)[:, None, :] * np.where(ok_c, c, 0.0)[None, :, :]
+    n_pairs = ok_p.sum(0) * ok_c.sum(0) - same.sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cross = np.where(n_pairs > 0, ((prod.sum(axis=(0, 1)) - (prod * same).sum(axis=(0, 1)))
+                                       / np.maximum(n_pairs, 1)), np.nan)
+    return mp ** 2 - vp + mc ** 2 - vc - 2 * cross
 
 
-def split_half_products(pert: np.ndarray, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def split_half_products(pert: np.ndarray, clean: np.ndarray, rng: np.random.Generator,
+                        pert_trials: np.ndarray | None = None, clean_trials: np.ndarray | None = None) -> np.ndarray:
     """One random split-half cross-product ``d_A * d_B`` per column, spikes^2 (NaN with < 2 repeats).
 
     Each stimulus's valid repeats are split at random into halves A and B (sizes differing by
     at most one). Under "no effect" (x' and x evoke the same rate, repeats independent),
     swapping x' and x within half A flips the sign of d_A, so the product is symmetric about
-    zero: the basis of :func:`above_floor_test`.
+    zero: the basis of :func:`above_floor_test`. With trial ids ((n_repeats, n), as in
+    :func:`floor_corrected_square`), whole trials go to A or B (a coin per trial), so A and B
+    stay independent when a trial's images share a gain; NaN where a half is empty.
     """
+    if pert_trials is not None and clean_trials is not None:
+        pt, ct = np.asarray(pert_trials), np.asarray(clean_trials)
+        ids = np.unique(np.concatenate([pt.ravel(), ct.ravel()]))
+        coin = rng.random(len(ids)) < 0.5
+        halves = []
+        for r, tr in ((np.asarray(pert, float), pt), (np.asarray(clean, float), ct)):
+            valid = np.isfinite(r)
+            in_a = valid & coin[np.searchsorted(ids, tr)]
+            in_b = valid & ~in_a
+            x = np.where(valid, r, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                halves.append(((x * in_a).sum(0) / in_a.sum(0), (x * in_b).sum(0) / in_b.sum(0)))
+        (pa, pb), (ca, cb) = halves
+        return (pa - ca) * (pb - cb)
     halves = []
     for r in (np.asarray(pert, float), np.asarray(clean, float)):
         valid = np.isfinite(r)
@@ -479,11 +515,13 @@ class DayHeadline:
 
 
 def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray, images: np.ndarray,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
+                rng: np.random.Generator, trials: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-(site, image, eps) tables of one kind of pairs, divided by sigma (squares by sigma^2).
 
     Keys: "sq" floor-corrected squares, "product" one split-half cross-product, "abs" |d|,
     "signed" sign(predicted) * d. ``images``: the shared image axis (clean parent rows).
+    ``trials``: (n_repeats, n_stimuli) trial id of each repeat (optional; see
+    :func:`floor_corrected_square`).
     """
     sites = np.asarray(sites, dtype=np.int64)
     if np.any(np.diff(sites) <= 0):
@@ -496,8 +534,11 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
         warnings.simplefilter("ignore", RuntimeWarning)
         d = np.nanmean(pert, axis=0) - np.nanmean(clean, axis=0)
     sign = np.sign(pairs.predicted_change)
-    values = {"sq": floor_corrected_square(pert, clean) / s ** 2,
-              "product": split_half_products(pert, clean, rng) / s ** 2,
+    tp = tc = None
+    if trials is not None:
+        tp, tc = np.asarray(trials)[:, pairs.stimulus], np.asarray(trials)[:, pairs.parent]
+    values = {"sq": floor_corrected_square(pert, clean, tp, tc) / s ** 2,
+              "product": split_half_products(pert, clean, rng, tp, tc) / s ** 2,
               "abs": np.abs(d) / s, "signed": np.where(sign != 0, sign * d / s, np.nan)}
     n_eps = len(pairs.epsilons)
     out = {}
@@ -511,11 +552,13 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
 
 
 def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma: np.ndarray, *,
-                 n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0) -> DayHeadline:
+                 n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0,
+                 trials: np.ndarray | None = None) -> DayHeadline:
     """Headline statistics of one day from per-repeat responses and the targeted / random pairs.
 
     repeats: (n_repeats, n_stimuli, n_channels) spikes, NaN = missing; targeted, random:
-    :class:`analysis.provenance.Pairs` (random may be None); sigma: (n_sites,) spikes.
+    :class:`analysis.provenance.Pairs` (random may be None); sigma: (n_sites,) spikes; trials:
+    (n_repeats, n_stimuli) trial id of each repeat (optional, same layout as ``repeats``).
     Only the grid epsilons present among the targeted pairs are reported (``epsilons``).
     """
     order = np.argsort(np.asarray(sites, dtype=np.int64), kind="stable")   # tables index sites by searchsorted
@@ -524,8 +567,8 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
     rng = np.random.default_rng(seed)
     parents = targeted.parent if random is None else np.concatenate([targeted.parent, random.parent])
     images = np.unique(parents)
-    t = {k: v[:, :, used] for k, v in pair_tables(repeats, targeted, sites, sigma, images, rng).items()}
-    r = ({k: v[:, :, used] for k, v in pair_tables(repeats, random, sites, sigma, images, rng).items()}
+    t = {k: v[:, :, used] for k, v in pair_tables(repeats, targeted, sites, sigma, images, rng, trials).items()}
+    r = ({k: v[:, :, used] for k, v in pair_tables(repeats, random, sites, sigma, images, rng, trials).items()}
          if random is not None and len(random) else None)
     names = list(t)
     unslotted = [t[k] for k in names] + ([r[k] for k in names] if r is not None else [])

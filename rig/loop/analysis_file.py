@@ -27,7 +27,8 @@ from modelfit.scores import (
 )
 from rig.paths import day_path
 
-ANALYSIS_VERSION = 4   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity; 4: site slots
+ANALYSIS_VERSION = 5   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity; 4: site slots;
+#   5: variance-corrected two-level intervals, MOVER difference, trial-aware floor correction
 
 
 def _f(x) -> float | None:

@@ -200,7 +200,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     pvm = predicted_vs_measured(resp, prov, **kw)
     headline = day_headline(d.responses_by_repeat(), perturbation_pairs(prov, "targeted", sites),
                             perturbation_pairs(prov, "random", sites) if has_random else None, sites, sigma,
-                            n_resamples=n_boot, seed=seed)
+                            n_resamples=n_boot, seed=seed, trials=d.trials_by_repeat())
 
     model_units, scores, random_init = None, {}, bool(d.model.get("random_init", False))
     pvm_extra: dict = {}
