@@ -1,4 +1,4 @@
-"""Population inference a reviewer accepts: floor-corrected magnitudes, two-level BCa intervals,
+"""Population inference a reviewer accepts: floor-corrected magnitudes, two-level intervals,
 permutation tests, Holm correction, minimum detectable effects.
 
 Floor-corrected magnitude. A measured change ``d = mean(r(x')) - mean(r(x))`` over m' and m
@@ -190,7 +190,7 @@ def population_mean(table: np.ndarray, s_idx=None, i_idx=None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PopulationEstimate:
-    """A population statistic per epsilon with two-level BCa intervals.
+    """A population statistic per epsilon with two-level intervals (:func:`two_level_estimate`).
 
     ``estimates``: one :class:`Estimate` per column (epsilon); ``n`` of each = sites x images.
     ``n_sites``, ``n_images``: the resampled units.
@@ -426,10 +426,10 @@ def ratio_if_estimable(num: np.ndarray, den: np.ndarray, den_interval: Estimate,
                        eps_column: int, *, n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
                        seed: int = 0, alpha: float = ALPHA, nested: bool = False) -> RatioReport:
     """Ratio of two floor-corrected RMS magnitudes at one epsilon, only when the denominator is
-    significantly above 0 (Holm-adjusted permutation p < alpha and its BCa interval above 0).
+    significantly above 0 (Holm-adjusted permutation p < alpha and its interval above 0).
 
     num, den: (n_sites, n_images, n_eps) floor-corrected squares / sigma^2. The interval is the
-    two-level BCa interval of the ratio; it is withheld (not estimable) if it is not finite or
+    two-level interval of the ratio (:func:`two_level_estimate`); it is withheld (not estimable) if it is not finite or
     does not contain its own estimate.
     """
     if not (np.isfinite(den_p_adjusted) and den_p_adjusted < alpha and den_interval.lo > 0):
@@ -486,13 +486,14 @@ def mover_difference(a: Estimate, b: Estimate, rho: float) -> Estimate:
 
 @dataclass(frozen=True)
 class DayHeadline:
-    """One day's headline quantities per epsilon (``epsilons``), every one with a two-level BCa CI.
+    """One day's headline quantities per epsilon (``epsilons``), every one with a two-level CI.
 
     Units: multiples of sigma (the site's clean-image s.d.) for magnitudes and differences.
     ``targeted_rms`` / ``random_rms``: floor-corrected RMS change (signed sqrt of the mean
     floor-corrected square); ``targeted_abs`` / ``random_abs``: raw mean |d| (noise-biased);
-    ``difference``: targeted_rms - random_rms; ``random_p`` / ``random_p_holm``: sign-flip
-    permutation p of "random above the noise floor" and its Holm adjustment across epsilons;
+    ``difference``: targeted_rms - random_rms (interval: :func:`mover_difference`); ``random_p`` /
+    ``random_p_holm``: sign-flip permutation p of "random above the noise floor" and its Holm
+    adjustment across epsilons;
     ``ratio``: targeted_rms / random_rms where estimable. ``targeted_sq`` / ``random_sq``:
     (n_sites, n_images, n_eps) floor-corrected squares / sigma^2, on shared site/image axes
     (image slots per site when each image belongs to one site: :func:`site_slots`).
@@ -602,7 +603,7 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
 
 def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES,
                       level: float = DEFAULT_LEVEL, seed: int = 0) -> list[Estimate]:
-    """Population mean of ``measured`` over population mean of ``truth`` per epsilon, two-level BCa.
+    """Population mean of ``measured`` over population mean of ``truth`` per epsilon, two-level CI.
 
     measured, truth: (n_sites, n_images, n_eps) on the same axes (e.g. bias-corrected change
     and the white-box sensitivity of the same problem, both / sigma); cells missing in either
