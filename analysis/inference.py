@@ -84,6 +84,28 @@ def floor_corrected_square(pert: np.ndarray, clean: np.ndarray, pert_trials: np.
     return mp ** 2 - vp + mc ** 2 - vc - 2 * cross
 
 
+def floor_corrected_square_noise_variance(pert: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Unbiased (normal-theory) estimate of the measurement-noise variance of
+    :func:`floor_corrected_square` per column, spikes^4; may be negative (sum it, then clip).
+
+    For d = mean(pert) - mean(clean) ~ N(D, V) and the variance estimates s'^2, s^2 on m' - 1,
+    m - 1 df: Var = 4 D^2 V + 2 V^2 + W, V = s'^2/m' + s^2/m, W = Var(V_hat) =
+    2 (s'^2/m')^2/(m'-1) + 2 (s^2/m)^2/(m-1). With sq the floor-corrected square,
+    E[4 sq V_hat + 2 V_hat^2] = 4 D^2 V + 2 V^2 - 2 W, hence ``4 sq V_hat + 2 V_hat^2 + 3 W_hat``.
+    The part of a population mean's variance that repeats alone create: a floor for its estimate.
+    """
+    vs, ws = [], []
+    for r in (np.asarray(pert, float), np.asarray(clean, float)):
+        m = np.isfinite(r).sum(axis=0)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            v = np.where(m >= 2, np.nanvar(r, axis=0, ddof=1) / np.maximum(m, 1), np.nan)
+        vs.append(v)
+        ws.append(2 * v ** 2 / np.maximum(m - 1, 1))
+    v, w = vs[0] + vs[1], ws[0] + ws[1]
+    return 4 * floor_corrected_square(pert, clean) * v + 2 * v ** 2 + 3 * w
+
+
 def split_half_products(pert: np.ndarray, clean: np.ndarray, rng: np.random.Generator,
                         pert_trials: np.ndarray | None = None, clean_trials: np.ndarray | None = None) -> np.ndarray:
     """One random split-half cross-product ``d_A * d_B`` per column, spikes^2 (NaN with < 2 repeats).
@@ -299,7 +321,7 @@ def _pigeonhole_variance(z: np.ndarray, n_resamples: int, seed: int) -> float:
 
 
 def corrected_interval(value: float, lo: float, hi: float, z: np.ndarray, nested: bool, level: float,
-                       seed: int) -> tuple[float, float]:
+                       seed: int, variance_floor: float = 0.0) -> tuple[float, float]:
     """Rescale a pigeonhole BCa interval ``[lo, hi]`` about ``value`` to the random-effects width.
 
     z: the statistic's linearisation per cell (gradient-weighted tables, (n_sites, n_images)).
@@ -307,10 +329,14 @@ def corrected_interval(value: float, lo: float, hi: float, z: np.ndarray, nested
     ``sqrt(V_re / V_boot) * t_{df, (1+level)/2} / z_{(1+level)/2}``: V_re and df from
     :func:`random_effects_variance`, V_boot the variance the pigeonhole bootstrap gives the same
     linear statistic. The BCa shape (skew, the signed square root near 0) is kept; its scale
-    becomes an unbiased variance with a small-sample t quantile. Unchanged if either variance
-    is not positive and finite.
+    becomes an unbiased variance with a small-sample t quantile. ``variance_floor``: a known
+    part of the variance (e.g. the measurement noise's), used where V_re falls below it (with
+    few sites V_re can by chance come out smaller than the noise alone). Unchanged if either
+    variance is not positive and finite.
     """
     v_re, df = random_effects_variance(z, nested)
+    if np.isfinite(variance_floor) and variance_floor > v_re:
+        v_re = variance_floor
     v_boot = _pigeonhole_variance(z, 4000, seed)
     if not (np.isfinite(v_re) and np.isfinite(v_boot) and v_re > 0 and v_boot > 0 and df > 0):
         return lo, hi
@@ -319,9 +345,27 @@ def corrected_interval(value: float, lo: float, hi: float, z: np.ndarray, nested
     return value - c * (value - lo), value + c * (hi - value)
 
 
+def noise_share(noise_variances: Sequence[np.ndarray], tables: Sequence[np.ndarray], grad: np.ndarray) -> float:
+    """Variance of ``sum_j grad_j * population_mean(table_j)`` from independent cell noise alone.
+
+    noise_variances, tables: (n_sites, n_images) per table; a cell's weight in the population
+    mean is 1 / (n_sites * its site's number of cells)."""
+    total = 0.0
+    for nv, t, g in zip(noise_variances, tables, grad):
+        ok = np.isfinite(t) & np.isfinite(nv)
+        n_site = ok.sum(axis=1, keepdims=True)
+        sites = int((n_site[:, 0] > 0).sum())
+        if sites == 0:
+            continue
+        w = np.where(ok, 1.0 / (sites * np.maximum(n_site, 1)), 0.0)
+        total += float(g ** 2 * np.sum(w ** 2 * np.where(ok, nv, 0.0)))
+    return max(total, 0.0)
+
+
 def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.ndarray], *,
                        n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
-                       seed: int = 0, nested: bool = False) -> PopulationEstimate:
+                       seed: int = 0, nested: bool = False,
+                       noise_variances: Sequence[np.ndarray] | None = None) -> PopulationEstimate:
     """``combine(*population means)`` per epsilon with a variance-corrected two-level interval.
 
     tables: (n_sites, n_images, n_eps) arrays on the same sites and images (paired: every
@@ -329,7 +373,9 @@ def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.n
     population means (..., n_eps) of each table to the statistic (..., n_eps), e.g.
     ``lambda t, r: signed_sqrt(t) - signed_sqrt(r)``; it must be smooth where the interval
     is built (its gradient linearises it). ``nested``: the image axis holds each site's own
-    images (:func:`site_slots`), else images are shared by sites (crossed).
+    images (:func:`site_slots`), else images are shared by sites (crossed). ``noise_variances``:
+    per table, each cell's measurement-noise variance (same shape; noise independent between
+    cells and tables), whose share of the statistic's variance floors the random-effects one.
 
     Interval: the pigeonhole BCa interval (:func:`_bca`) rescaled by :func:`corrected_interval`
     to an unbiased random-effects variance and a t quantile. Assumes independent sites,
@@ -353,7 +399,9 @@ def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.n
             grad = _gradient(combine, [float(population_mean(c)[0]) for c in cols])
             if np.all(np.isfinite(grad)):
                 z = sum(g * c[:, :, 0] for g, c in zip(grad, cols))
-                lo, hi = corrected_interval(float(value[k]), lo, hi, z, nested, level, seed + k)
+                floor = (0.0 if noise_variances is None else
+                         noise_share([nv[:, :, k] for nv in noise_variances], [c[:, :, 0] for c in cols], grad))
+                lo, hi = corrected_interval(float(value[k]), lo, hi, z, nested, level, seed + k, floor)
         out.append(Estimate(float(value[k]), lo, hi, level, int(np.isfinite(tables[0][:, :, k]).sum())))
     return PopulationEstimate(out, n_sites, n_images)
 
@@ -519,7 +567,8 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
                 rng: np.random.Generator, trials: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-(site, image, eps) tables of one kind of pairs, divided by sigma (squares by sigma^2).
 
-    Keys: "sq" floor-corrected squares, "product" one split-half cross-product, "abs" |d|,
+    Keys: "sq" floor-corrected squares, "sq_var" their noise variance (sigma^4),
+    "product" one split-half cross-product, "abs" |d|,
     "signed" sign(predicted) * d. ``images``: the shared image axis (clean parent rows).
     ``trials``: (n_repeats, n_stimuli) trial id of each repeat (optional; see
     :func:`floor_corrected_square`).
@@ -539,6 +588,7 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
     if trials is not None:
         tp, tc = np.asarray(trials)[:, pairs.stimulus], np.asarray(trials)[:, pairs.parent]
     values = {"sq": floor_corrected_square(pert, clean, tp, tc) / s ** 2,
+              "sq_var": floor_corrected_square_noise_variance(pert, clean) / s ** 4,
               "product": split_half_products(pert, clean, rng, tp, tc) / s ** 2,
               "abs": np.abs(d) / s, "signed": np.where(sign != 0, sign * d / s, np.nan)}
     n_eps = len(pairs.epsilons)
@@ -549,6 +599,13 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
         full = np.full((len(sites), len(images), n_eps), np.nan)
         full[:, np.searchsorted(images, ids)] = table
         out[name] = full
+    # a cell averages its pairs (e.g. both directions): the variance of that mean is at least
+    # the mean variance / count when the pairs' noise is not negatively correlated
+    ok = np.isfinite(values["sq"]) & np.isin(pairs.parent, images) & np.isin(pairs.site, sites)
+    count = np.zeros_like(out["sq"])
+    np.add.at(count, (np.searchsorted(sites, pairs.site[ok]), np.searchsorted(images, pairs.parent[ok]),
+                      np.asarray(pairs.epsilon_index)[ok]), 1.0)
+    out["sq_var"] = out["sq_var"] / np.where(count > 0, count, np.nan)
     return out
 
 
@@ -579,7 +636,7 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
     r = dict(zip(names, slotted[len(names):])) if r is not None else None
     kw = {"n_resamples": n_resamples, "level": level, "seed": seed, "nested": nested}
     mean = np.asarray
-    t_ms = two_level_estimate([t["sq"]], mean, **kw).estimates
+    t_ms = two_level_estimate([t["sq"]], mean, noise_variances=[t["sq_var"]], **kw).estimates
     t_rms = [rms_estimate(e) for e in t_ms]
     t_abs = two_level_estimate([t["abs"]], mean, **kw).estimates
     nan_list = [Estimate(np.nan, np.nan, np.nan, level, 0)] * len(used)
@@ -588,7 +645,7 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
         p = p_holm = np.full(len(used), np.nan)
         ratios = [RatioReport(None, "no random controls were shown")] * len(used)
     else:
-        r_ms = two_level_estimate([r["sq"]], mean, **kw).estimates
+        r_ms = two_level_estimate([r["sq"]], mean, noise_variances=[r["sq_var"]], **kw).estimates
         r_rms = [rms_estimate(e) for e in r_ms]
         r_abs = two_level_estimate([r["abs"]], mean, **kw).estimates
         rho = [site_image_correlation(t["sq"][:, :, k], r["sq"][:, :, k], nested) for k in range(len(used))]
