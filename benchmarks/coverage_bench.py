@@ -72,10 +72,11 @@ def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int =
     return {"truth": truth, "coverage": {k: np.mean(v, axis=0) for k, v in hits.items()},
             "coverage_all": {k: float(np.mean(v)) for k, v in hits.items()},
             "width": {k: np.mean(v, axis=0) for k, v in widths.items()},
+            # SEs over days (a day's values share parents and sites, so they are not independent)
             "null_mean_square_error": float(np.mean(null_sq)),
-            "null_mean_square_se": float(np.std(np.ravel(null_sq)) / np.sqrt(np.size(null_sq))),
+            "null_mean_square_se": float(np.std(np.mean(null_sq, axis=1), ddof=1) / np.sqrt(n_days)),
             "null_rms_error": float(np.mean(null_rms)),
-            "null_rms_se": float(np.std(np.ravel(null_rms)) / np.sqrt(np.size(null_rms))),
+            "null_rms_se": float(np.std(np.mean(null_rms, axis=1), ddof=1) / np.sqrt(n_days)),
             "null_rejection": float(np.mean(null_rej)), "null_coverage_targeted": float(np.mean(null_hits))}
 
 
