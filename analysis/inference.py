@@ -84,15 +84,17 @@ def floor_corrected_square(pert: np.ndarray, clean: np.ndarray, pert_trials: np.
     return mp ** 2 - vp + mc ** 2 - vc - 2 * cross
 
 
-def floor_corrected_square_noise_variance(pert: np.ndarray, clean: np.ndarray) -> np.ndarray:
-    """Unbiased (normal-theory) estimate of the measurement-noise variance of
-    :func:`floor_corrected_square` per column, spikes^4; may be negative (sum it, then clip).
+def floor_corrected_square_noise_variance(pert: np.ndarray, clean: np.ndarray,
+                                          true_square: np.ndarray | float | None = None) -> np.ndarray:
+    """Measurement-noise variance of :func:`floor_corrected_square` per column, spikes^4.
 
-    For d = mean(pert) - mean(clean) ~ N(D, V) and the variance estimates s'^2, s^2 on m' - 1,
-    m - 1 df: Var = 4 D^2 V + 2 V^2 + W, V = s'^2/m' + s^2/m, W = Var(V_hat) =
-    2 (s'^2/m')^2/(m'-1) + 2 (s^2/m)^2/(m-1). With sq the floor-corrected square,
-    E[4 sq V_hat + 2 V_hat^2] = 4 D^2 V + 2 V^2 - 2 W, hence ``4 sq V_hat + 2 V_hat^2 + 3 W_hat``.
-    The part of a population mean's variance that repeats alone create: a floor for its estimate.
+    Normal theory for d = mean(pert) - mean(clean) ~ N(D, V) and the variance estimates
+    s'^2, s^2 on m' - 1, m - 1 df: Var = 4 D^2 V + 2 V^2 + W, V = s'^2/m' + s^2/m,
+    W = Var(V_hat) = 2 (s'^2/m')^2/(m'-1) + 2 (s^2/m)^2/(m-1). Estimated as
+    ``4 D^2 V_hat + 2 V_hat^2 - W_hat`` (E[2 V_hat^2] = 2 V^2 + 2 W). ``true_square``: the D^2
+    to use (spikes^2; e.g. a population mean square, clipped at 0 — one cell's own square is
+    too noisy), default each column's floor-corrected square clipped at 0 (biased upward).
+    The part of a population mean's variance that repeats alone create: a floor for it.
     """
     vs, ws = [], []
     for r in (np.asarray(pert, float), np.asarray(clean, float)):
@@ -103,7 +105,8 @@ def floor_corrected_square_noise_variance(pert: np.ndarray, clean: np.ndarray) -
         vs.append(v)
         ws.append(2 * v ** 2 / np.maximum(m - 1, 1))
     v, w = vs[0] + vs[1], ws[0] + ws[1]
-    return 4 * floor_corrected_square(pert, clean) * v + 2 * v ** 2 + 3 * w
+    d2 = np.maximum(floor_corrected_square(pert, clean) if true_square is None else true_square, 0.0)
+    return np.maximum(4 * d2 * v + 2 * v ** 2 - w, 0.0)
 
 
 def split_half_products(pert: np.ndarray, clean: np.ndarray, rng: np.random.Generator,
@@ -359,7 +362,7 @@ def noise_share(noise_variances: Sequence[np.ndarray], tables: Sequence[np.ndarr
             continue
         w = np.where(ok, 1.0 / (sites * np.maximum(n_site, 1)), 0.0)
         total += float(g ** 2 * np.sum(w ** 2 * np.where(ok, nv, 0.0)))
-    return max(total, 0.0)
+    return total
 
 
 def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.ndarray], *,
@@ -567,7 +570,8 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
                 rng: np.random.Generator, trials: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-(site, image, eps) tables of one kind of pairs, divided by sigma (squares by sigma^2).
 
-    Keys: "sq" floor-corrected squares, "sq_var" their noise variance (sigma^4),
+    Keys: "sq" floor-corrected squares, "sq_var" their noise variance (sigma^4; with the mean
+    square of the pairs at that eps as D^2),
     "product" one split-half cross-product, "abs" |d|,
     "signed" sign(predicted) * d. ``images``: the shared image axis (clean parent rows).
     ``trials``: (n_repeats, n_stimuli) trial id of each repeat (optional; see
@@ -587,8 +591,14 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
     tp = tc = None
     if trials is not None:
         tp, tc = np.asarray(trials)[:, pairs.stimulus], np.asarray(trials)[:, pairs.parent]
-    values = {"sq": floor_corrected_square(pert, clean, tp, tc) / s ** 2,
-              "sq_var": floor_corrected_square_noise_variance(pert, clean) / s ** 4,
+    sq = floor_corrected_square(pert, clean, tp, tc)
+    eps_i = np.asarray(pairs.epsilon_index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_sq = {e: np.nanmean(sq[eps_i == e] / s[eps_i == e] ** 2) for e in np.unique(eps_i)}
+    d2 = np.array([mean_sq[e] for e in eps_i]) * s ** 2   # the population's D^2 at each pair's eps, spikes^2
+    values = {"sq": sq / s ** 2,
+              "sq_var": floor_corrected_square_noise_variance(pert, clean, np.nan_to_num(d2)) / s ** 4,
               "product": split_half_products(pert, clean, rng, tp, tc) / s ** 2,
               "abs": np.abs(d) / s, "signed": np.where(sign != 0, sign * d / s, np.nan)}
     n_eps = len(pairs.epsilons)
