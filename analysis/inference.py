@@ -409,20 +409,27 @@ def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.n
     return PopulationEstimate(out, n_sites, n_images)
 
 
-def above_floor_test(products: np.ndarray, *, seed: int = 0, n_resamples: int = 9999) -> np.ndarray:
+def above_floor_test(products: np.ndarray, *, seed: int = 0, n_resamples: int = 9999,
+                     nested: bool = False) -> np.ndarray:
     """One-sided p-value per epsilon that the true change is nonzero ("above the noise floor").
 
     products: (n_sites, n_images, n_eps) split-half cross-products d_A d_B / sigma^2. Under
-    "no effect" each image's product (mean over sites) is symmetric about 0, so the test is
-    a sign-flip permutation test over images (``scipy.stats.permutation_test``,
-    permutation_type "samples", exact up to 2^13 images) of the mean product > 0.
+    "no effect" each independent unit's product is symmetric about 0, so the test is a
+    sign-flip permutation test (``scipy.stats.permutation_test``, permutation_type "samples",
+    exact up to 2^13 units) of the mean product > 0. Units: images (each image's mean over
+    sites) in a crossed design, where sites share an image's noise; every (site, image) cell
+    when ``nested`` (each site its own images: cells are independent, and averaging the slots
+    over sites would leave so few units that p could never fall below 0.05).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        per_image = np.nanmean(products, axis=0)  # (n_images, n_eps)
     p = np.full(products.shape[2], np.nan)
     for k in range(products.shape[2]):
-        x = per_image[:, k][np.isfinite(per_image[:, k])]
+        if nested:
+            x = products[:, :, k].ravel()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                x = np.nanmean(products[:, :, k], axis=0)
+        x = x[np.isfinite(x)]
         if len(x) < 2:
             continue
         res = stats.permutation_test((x,), lambda a, axis=-1: np.mean(a, axis=axis), permutation_type="samples",
@@ -660,7 +667,7 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
         r_abs = two_level_estimate([r["abs"]], mean, **kw).estimates
         rho = [site_image_correlation(t["sq"][:, :, k], r["sq"][:, :, k], nested) for k in range(len(used))]
         diff = [mover_difference(a, b, c) for a, b, c in zip(t_rms, r_rms, rho)]
-        p = above_floor_test(r["product"], seed=seed)
+        p = above_floor_test(r["product"], seed=seed, nested=nested)
         p_holm = holm(p)
         ratios = [ratio_if_estimable(t["sq"], r["sq"], r_rms[k], p_holm[k], k, **kw) for k in range(len(used))]
     return DayHeadline(targeted.epsilons[used], sites, t_rms, r_rms, t_abs, r_abs, diff, p, p_holm, ratios,

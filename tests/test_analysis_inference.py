@@ -8,6 +8,7 @@ from analysis.bootstrap import Estimate
 from analysis.inference import (
     FLOOR_REASON,
     _pigeonhole_variance,
+    above_floor_test,
     day_headline,
     floor_corrected_square,
     floor_corrected_square_noise_variance,
@@ -211,3 +212,11 @@ def test_noise_variance_of_the_floor_corrected_square_matches_its_spread():
         sq = floor_corrected_square(pert, clean)
         var = floor_corrected_square_noise_variance(pert, clean, true ** 2)
         assert np.mean(var) == pytest.approx(np.var(sq), rel=0.1)
+
+
+def test_above_floor_test_uses_every_cell_of_a_nested_design():
+    """4 sites x 3 own images (the demo's size), every cross-product positive: with cells as units
+    the exact sign-flip p is 2^-12; averaging the 3 slots over sites would leave p >= 1/8."""
+    products = np.abs(np.random.default_rng(10).normal(0.05, 0.02, size=(4, 3, 1)))
+    assert above_floor_test(products, nested=True)[0] == pytest.approx(2.0 ** -12)
+    assert above_floor_test(products, nested=False)[0] == pytest.approx(1 / 8)
