@@ -1,4 +1,4 @@
-"""Population inference a reviewer accepts: floor-corrected magnitudes, two-level BCa intervals,
+"""Population inference a reviewer accepts: floor-corrected magnitudes, two-level intervals,
 permutation tests, Holm correction, minimum detectable effects.
 
 Floor-corrected magnitude. A measured change ``d = mean(r(x')) - mean(r(x))`` over m' and m
@@ -11,13 +11,17 @@ Its mean over images and sites estimates the mean squared true change; the repor
 magnitude is its signed square root (an RMS change, in multiples of sigma), beside the raw
 mean |d|.
 
-Population claims resample both levels: sites and images are two independent samples of
-indices handed to ``scipy.stats.bootstrap`` (BCa), which resamples them independently
-(the "pigeonhole" bootstrap of a sites x images table, Owen 2007). Tables are
-(n_sites, n_images, n_eps), NaN where a site has no value for an image; a statistic is
-the mean over sites of each site's mean over images. When every image belongs to one site
-(the loop's design), the image axis holds each site's own images in slots
-(:func:`site_slots`), so a resample draws sites, then the same slots of each drawn site.
+Population claims treat sites and images as random. Tables are (n_sites, n_images, n_eps),
+NaN where a site has no value for an image; a statistic is a function of population means
+(the mean over sites of each site's mean over images). Its interval is a variance-corrected
+two-level bootstrap (:func:`two_level_estimate`): the SHAPE comes from a BCa interval of the
+pigeonhole bootstrap (sites and images resampled independently, ``scipy.stats.bootstrap``),
+the WIDTH from an unbiased random-effects (moment) estimate of the statistic's variance with
+a t quantile. The pigeonhole bootstrap alone counts the cell (site x image) variance three
+times (Owen 2007, "The pigeonhole bootstrap", Ann. Appl. Stat. 1:386) and uses normal
+quantiles with plug-in variances, so it is too wide where cell noise dominates and too
+narrow with few sites. When every image belongs to one site (the loop's design), the image
+axis holds each site's own images in slots (:func:`site_slots`) and the design is "nested".
 """
 from __future__ import annotations
 
@@ -43,15 +47,24 @@ def signed_sqrt(x):
     return np.sign(x) * np.sqrt(np.abs(x))
 
 
-def floor_corrected_square(pert: np.ndarray, clean: np.ndarray) -> np.ndarray:
+def floor_corrected_square(pert: np.ndarray, clean: np.ndarray, pert_trials: np.ndarray | None = None,
+                           clean_trials: np.ndarray | None = None) -> np.ndarray:
     """Unbiased estimate of the squared true change, per column, from per-repeat responses.
 
     pert, clean: (n_repeats, n) spike counts of the perturbed stimulus and its clean parent,
-    NaN for a missing repeat. Returns (n,) spikes^2: ``d^2 - s'^2/m' - s^2/m`` (the mean over
-    all splits of the split-half cross-product ``d_A d_B``); NaN where either has < 2 repeats.
+    NaN for a missing repeat. Returns (n,) spikes^2; NaN where either has < 2 repeats.
+    Without trial ids: ``d^2 - s'^2/m' - s^2/m`` (the mean over all splits of the split-half
+    cross-product ``d_A d_B``), unbiased when every presentation's noise is independent.
+    With ``pert_trials``, ``clean_trials`` ((n_repeats, n) trial ids of those repeats): the
+    U-statistic ``mean_{j!=j'} p_j p_j' - 2 mean_{trial(j)!=trial(k)} p_j c_k +
+    mean_{k!=k'} c_k c_k'``, unbiased when noise is independent between TRIALS (a trial's
+    images may share a gain: the cross term skips perturbed/parent pairs shown in one trial,
+    whose covariance would otherwise be subtracted as if it were noise). Identical to the
+    first form when no parent shares a trial with its perturbed image.
     """
+    p, c = np.asarray(pert, float), np.asarray(clean, float)
     moments = []
-    for r in (np.asarray(pert, float), np.asarray(clean, float)):
+    for r in (p, c):
         m = np.isfinite(r).sum(axis=0)
         with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -59,17 +72,69 @@ def floor_corrected_square(pert: np.ndarray, clean: np.ndarray) -> np.ndarray:
             var = np.nanvar(r, axis=0, ddof=1)
         moments.append((np.where(m >= 2, mean, np.nan), np.where(m >= 2, var / np.maximum(m, 1), np.nan)))
     (mp, vp), (mc, vc) = moments
-    return (mp - mc) ** 2 - vp - vc
+    if pert_trials is None or clean_trials is None:
+        return (mp - mc) ** 2 - vp - vc
+    ok_p, ok_c = np.isfinite(p), np.isfinite(c)
+    same = ((np.asarray(pert_trials)[:, None, :] == np.asarray(clean_trials)[None, :, :])
+            & ok_p[:, None, :] & ok_c[None, :, :])                       # (R, R', n)
+    prod = np.where(ok_p, p, 0.0)[:, None, :] * np.where(ok_c, c, 0.0)[None, :, :]
+    n_pairs = ok_p.sum(0) * ok_c.sum(0) - same.sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cross = np.where(n_pairs > 0, ((prod.sum(axis=(0, 1)) - (prod * same).sum(axis=(0, 1)))
+                                       / np.maximum(n_pairs, 1)), np.nan)
+    return mp ** 2 - vp + mc ** 2 - vc - 2 * cross
 
 
-def split_half_products(pert: np.ndarray, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def floor_corrected_square_noise_variance(pert: np.ndarray, clean: np.ndarray,
+                                          true_square: np.ndarray | float | None = None) -> np.ndarray:
+    """Measurement-noise variance of :func:`floor_corrected_square` per column, spikes^4.
+
+    Normal theory for d = mean(pert) - mean(clean) ~ N(D, V) and the variance estimates
+    s'^2, s^2 on m' - 1, m - 1 df: Var = 4 D^2 V + 2 V^2 + W, V = s'^2/m' + s^2/m,
+    W = Var(V_hat) = 2 (s'^2/m')^2/(m'-1) + 2 (s^2/m)^2/(m-1). Estimated as
+    ``4 D^2 V_hat + 2 V_hat^2 - W_hat`` (E[2 V_hat^2] = 2 V^2 + 2 W). ``true_square``: the D^2
+    to use (spikes^2; e.g. a population mean square, clipped at 0 — one cell's own square is
+    too noisy), default each column's floor-corrected square clipped at 0 (biased upward).
+    The part of a population mean's variance that repeats alone create: a floor for it.
+    """
+    vs, ws = [], []
+    for r in (np.asarray(pert, float), np.asarray(clean, float)):
+        m = np.isfinite(r).sum(axis=0)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            v = np.where(m >= 2, np.nanvar(r, axis=0, ddof=1) / np.maximum(m, 1), np.nan)
+        vs.append(v)
+        ws.append(2 * v ** 2 / np.maximum(m - 1, 1))
+    v, w = vs[0] + vs[1], ws[0] + ws[1]
+    d2 = np.maximum(floor_corrected_square(pert, clean) if true_square is None else true_square, 0.0)
+    return np.maximum(4 * d2 * v + 2 * v ** 2 - w, 0.0)
+
+
+def split_half_products(pert: np.ndarray, clean: np.ndarray, rng: np.random.Generator,
+                        pert_trials: np.ndarray | None = None, clean_trials: np.ndarray | None = None) -> np.ndarray:
     """One random split-half cross-product ``d_A * d_B`` per column, spikes^2 (NaN with < 2 repeats).
 
     Each stimulus's valid repeats are split at random into halves A and B (sizes differing by
     at most one). Under "no effect" (x' and x evoke the same rate, repeats independent),
     swapping x' and x within half A flips the sign of d_A, so the product is symmetric about
-    zero: the basis of :func:`above_floor_test`.
+    zero: the basis of :func:`above_floor_test`. With trial ids ((n_repeats, n), as in
+    :func:`floor_corrected_square`), whole trials go to A or B (a coin per trial), so A and B
+    stay independent when a trial's images share a gain; NaN where a half is empty.
     """
+    if pert_trials is not None and clean_trials is not None:
+        pt, ct = np.asarray(pert_trials), np.asarray(clean_trials)
+        ids = np.unique(np.concatenate([pt.ravel(), ct.ravel()]))
+        coin = rng.random(len(ids)) < 0.5
+        halves = []
+        for r, tr in ((np.asarray(pert, float), pt), (np.asarray(clean, float), ct)):
+            valid = np.isfinite(r)
+            in_a = valid & coin[np.searchsorted(ids, tr)]
+            in_b = valid & ~in_a
+            x = np.where(valid, r, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                halves.append(((x * in_a).sum(0) / in_a.sum(0), (x * in_b).sum(0) / in_b.sum(0)))
+        (pa, pb), (ca, cb) = halves
+        return (pa - ca) * (pb - cb)
     halves = []
     for r in (np.asarray(pert, float), np.asarray(clean, float)):
         valid = np.isfinite(r)
@@ -151,7 +216,7 @@ def population_mean(table: np.ndarray, s_idx=None, i_idx=None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PopulationEstimate:
-    """A population statistic per epsilon with two-level BCa intervals.
+    """A population statistic per epsilon with two-level intervals (:func:`two_level_estimate`).
 
     ``estimates``: one :class:`Estimate` per column (epsilon); ``n`` of each = sites x images.
     ``n_sites``, ``n_images``: the resampled units.
@@ -194,15 +259,132 @@ def _bca(statistic: Callable, n_sites: int, n_images: int, n_resamples: int, lev
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _gradient(combine: Callable[..., np.ndarray], means: list[float]) -> np.ndarray:
+    """Central-difference gradient of a scalar ``combine(*means)`` (each mean shaped (1,))."""
+    g = np.zeros(len(means))
+    for j, m in enumerate(means):
+        h = 1e-6 * max(1.0, abs(m))
+        up = [np.array([x + (h if i == j else 0.0)]) for i, x in enumerate(means)]
+        dn = [np.array([x - (h if i == j else 0.0)]) for i, x in enumerate(means)]
+        g[j] = (float(np.asarray(combine(*up))[0]) - float(np.asarray(combine(*dn))[0])) / (2 * h)
+    return g
+
+
+def random_effects_variance(z: np.ndarray, nested: bool) -> tuple[float, float]:
+    """Unbiased moment estimate of Var(population mean of ``z``) with random sites and images,
+    and its degrees of freedom. z: (n_sites, n_images) values, NaN = missing.
+
+    Assumes z_si = mu + a_s + b_i + e_si with independent zero-mean site, image and cell
+    effects. Nested (each image seen by one site; the image axis holds slots): the site means
+    are i.i.d., Var = s^2(site means) / S on S - 1 df. Crossed (images shared by sites):
+    two-way ANOVA mean squares give Var = (MS_sites + MS_images - MS_cells) / (S I) (each cell
+    counted once), floored at max(MS_sites, MS_images) / (S I) (each unbiased for a part of
+    the variance), Satterthwaite df. A level with < :data:`MIN_UNITS` units is held fixed
+    (conditional on those sites or images): only the other level's variance counts.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        site_means = np.nanmean(z, axis=1)
+        ok = np.isfinite(site_means)
+        S = int(ok.sum())
+        n_per_site = np.isfinite(z[ok]).sum(axis=1)
+        if nested or z.shape[1] < MIN_UNITS:
+            if S >= MIN_UNITS:
+                return float(np.var(site_means[ok], ddof=1) / S), float(S - 1)
+            # sites held fixed: the images within each site are the sample (stratified mean)
+            within = np.array([np.nanvar(r, ddof=1) / n if n >= 2 else np.nan for r, n in zip(z[ok], n_per_site)])
+            return float(np.nansum(within) / max(S, 1) ** 2), float(np.sum(np.maximum(n_per_site - 1, 0)))
+        img_means = np.nanmean(z[ok], axis=0)
+        keep = np.isfinite(img_means)
+        zz = z[ok][:, keep]
+        S, I = zz.shape
+        grand = np.nanmean(zz)
+        r, c = np.nanmean(zz, axis=1), np.nanmean(zz, axis=0)
+        ms_r = I * np.sum((r - r.mean()) ** 2) / max(S - 1, 1)
+        ms_c = S * np.sum((c - c.mean()) ** 2) / max(I - 1, 1)
+        resid = zz - r[:, None] - c[None, :] + grand
+        ms_e = np.nansum(resid ** 2) / max((S - 1) * (I - 1), 1)
+    if S < MIN_UNITS:
+        return float(ms_c / (S * I)), float(I - 1)
+    parts = np.array([ms_r, ms_c, -ms_e])
+    dfs = np.array([S - 1, I - 1, (S - 1) * (I - 1)], float)
+    total = parts.sum()
+    if total < max(ms_r, ms_c):   # the subtraction went below a part that is unbiased for less
+        return (float(ms_r / (S * I)), float(S - 1)) if ms_r >= ms_c else (float(ms_c / (S * I)), float(I - 1))
+    return float(total / (S * I)), float(total ** 2 / np.sum(parts ** 2 / dfs))
+
+
+def _pigeonhole_variance(z: np.ndarray, n_resamples: int, seed: int) -> float:
+    """Variance of the population mean of ``z`` (n_sites, n_images) under the resampling
+    :func:`_bca` does (sites and images independently; a level with < MIN_UNITS units fixed)."""
+    S, I = z.shape
+    rng = np.random.default_rng(seed)
+    s_idx = rng.integers(0, S, (n_resamples, S)) if S >= MIN_UNITS else np.broadcast_to(np.arange(S), (n_resamples, S))
+    i_idx = rng.integers(0, I, (n_resamples, I)) if I >= MIN_UNITS else np.broadcast_to(np.arange(I), (n_resamples, I))
+    reps = population_mean(z[:, :, None], s_idx, i_idx)[:, 0]
+    return float(np.nanvar(reps, ddof=1))
+
+
+def corrected_interval(value: float, lo: float, hi: float, z: np.ndarray, nested: bool, level: float,
+                       seed: int, variance_floor: float = 0.0) -> tuple[float, float]:
+    """Rescale a pigeonhole BCa interval ``[lo, hi]`` about ``value`` to the random-effects width.
+
+    z: the statistic's linearisation per cell (gradient-weighted tables, (n_sites, n_images)).
+    Each side's distance from the estimate is multiplied by
+    ``sqrt(V_re / V_boot) * t_{df, (1+level)/2} / z_{(1+level)/2}``: V_re and df from
+    :func:`random_effects_variance`, V_boot the variance the pigeonhole bootstrap gives the same
+    linear statistic. The BCa shape (skew, the signed square root near 0) is kept; its scale
+    becomes an unbiased variance with a small-sample t quantile. ``variance_floor``: a known
+    part of the variance (e.g. the measurement noise's), used where V_re falls below it (with
+    few sites V_re can by chance come out smaller than the noise alone). Unchanged if either
+    variance is not positive and finite.
+    """
+    v_re, df = random_effects_variance(z, nested)
+    if np.isfinite(variance_floor) and variance_floor > v_re:
+        v_re = variance_floor
+    v_boot = _pigeonhole_variance(z, 4000, seed)
+    if not (np.isfinite(v_re) and np.isfinite(v_boot) and v_re > 0 and v_boot > 0 and df > 0):
+        return lo, hi
+    q = (1 + level) / 2
+    c = np.sqrt(v_re / v_boot) * stats.t.ppf(q, df) / stats.norm.ppf(q)
+    return value - c * (value - lo), value + c * (hi - value)
+
+
+def noise_share(noise_variances: Sequence[np.ndarray], tables: Sequence[np.ndarray], grad: np.ndarray) -> float:
+    """Variance of ``sum_j grad_j * population_mean(table_j)`` from independent cell noise alone.
+
+    noise_variances, tables: (n_sites, n_images) per table; a cell's weight in the population
+    mean is 1 / (n_sites * its site's number of cells)."""
+    total = 0.0
+    for nv, t, g in zip(noise_variances, tables, grad):
+        ok = np.isfinite(t) & np.isfinite(nv)
+        n_site = ok.sum(axis=1, keepdims=True)
+        sites = int((n_site[:, 0] > 0).sum())
+        if sites == 0:
+            continue
+        w = np.where(ok, 1.0 / (sites * np.maximum(n_site, 1)), 0.0)
+        total += float(g ** 2 * np.sum(w ** 2 * np.where(ok, nv, 0.0)))
+    return total
+
+
 def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.ndarray], *,
                        n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
-                       seed: int = 0) -> PopulationEstimate:
-    """``combine(*population means)`` per epsilon with a two-level (sites, images) BCa interval.
+                       seed: int = 0, nested: bool = False,
+                       noise_variances: Sequence[np.ndarray] | None = None) -> PopulationEstimate:
+    """``combine(*population means)`` per epsilon with a variance-corrected two-level interval.
 
     tables: (n_sites, n_images, n_eps) arrays on the same sites and images (paired: every
     resample draws the same sites and images from each table). ``combine`` maps the
     population means (..., n_eps) of each table to the statistic (..., n_eps), e.g.
-    ``lambda t, r: signed_sqrt(t) - signed_sqrt(r)``.
+    ``lambda t, r: signed_sqrt(t) - signed_sqrt(r)``; it must be smooth where the interval
+    is built (its gradient linearises it). ``nested``: the image axis holds each site's own
+    images (:func:`site_slots`), else images are shared by sites (crossed). ``noise_variances``:
+    per table, each cell's measurement-noise variance (same shape; noise independent between
+    cells and tables), whose share of the statistic's variance floors the random-effects one.
+
+    Interval: the pigeonhole BCa interval (:func:`_bca`) rescaled by :func:`corrected_interval`
+    to an unbiased random-effects variance and a t quantile. Assumes independent sites,
+    independent images (within sites when nested), and independent noise between cells.
     """
     shape = tables[0].shape
     if any(t.shape != shape for t in tables):
@@ -218,24 +400,38 @@ def two_level_estimate(tables: Sequence[np.ndarray], combine: Callable[..., np.n
 
         lo, hi = (_bca(statistic, n_sites, n_images, n_resamples, level, seed + k, n_sites * n_images * len(cols))
                   if np.isfinite(value[k]) else (np.nan, np.nan))
+        if np.isfinite(lo) and np.isfinite(hi):
+            grad = _gradient(combine, [float(population_mean(c)[0]) for c in cols])
+            if np.all(np.isfinite(grad)):
+                z = sum(g * c[:, :, 0] for g, c in zip(grad, cols))
+                floor = (0.0 if noise_variances is None else
+                         noise_share([nv[:, :, k] for nv in noise_variances], [c[:, :, 0] for c in cols], grad))
+                lo, hi = corrected_interval(float(value[k]), lo, hi, z, nested, level, seed + k, floor)
         out.append(Estimate(float(value[k]), lo, hi, level, int(np.isfinite(tables[0][:, :, k]).sum())))
     return PopulationEstimate(out, n_sites, n_images)
 
 
-def above_floor_test(products: np.ndarray, *, seed: int = 0, n_resamples: int = 9999) -> np.ndarray:
+def above_floor_test(products: np.ndarray, *, seed: int = 0, n_resamples: int = 9999,
+                     nested: bool = False) -> np.ndarray:
     """One-sided p-value per epsilon that the true change is nonzero ("above the noise floor").
 
     products: (n_sites, n_images, n_eps) split-half cross-products d_A d_B / sigma^2. Under
-    "no effect" each image's product (mean over sites) is symmetric about 0, so the test is
-    a sign-flip permutation test over images (``scipy.stats.permutation_test``,
-    permutation_type "samples", exact up to 2^13 images) of the mean product > 0.
+    "no effect" each independent unit's product is symmetric about 0, so the test is a
+    sign-flip permutation test (``scipy.stats.permutation_test``, permutation_type "samples",
+    exact up to 2^13 units) of the mean product > 0. Units: images (each image's mean over
+    sites) in a crossed design, where sites share an image's noise; every (site, image) cell
+    when ``nested`` (each site its own images: cells are independent, and averaging the slots
+    over sites would leave so few units that p could never fall below 0.05).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        per_image = np.nanmean(products, axis=0)  # (n_images, n_eps)
     p = np.full(products.shape[2], np.nan)
     for k in range(products.shape[2]):
-        x = per_image[:, k][np.isfinite(per_image[:, k])]
+        if nested:
+            x = products[:, :, k].ravel()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                x = np.nanmean(products[:, :, k], axis=0)
+        x = x[np.isfinite(x)]
         if len(x) < 2:
             continue
         res = stats.permutation_test((x,), lambda a, axis=-1: np.mean(a, axis=axis), permutation_type="samples",
@@ -288,12 +484,12 @@ FLOOR_REASON = "random at the noise floor"
 
 def ratio_if_estimable(num: np.ndarray, den: np.ndarray, den_interval: Estimate, den_p_adjusted: float,
                        eps_column: int, *, n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
-                       seed: int = 0, alpha: float = ALPHA) -> RatioReport:
+                       seed: int = 0, alpha: float = ALPHA, nested: bool = False) -> RatioReport:
     """Ratio of two floor-corrected RMS magnitudes at one epsilon, only when the denominator is
-    significantly above 0 (Holm-adjusted permutation p < alpha and its BCa interval above 0).
+    significantly above 0 (Holm-adjusted permutation p < alpha and its interval above 0).
 
     num, den: (n_sites, n_images, n_eps) floor-corrected squares / sigma^2. The interval is the
-    two-level BCa interval of the ratio; it is withheld (not estimable) if it is not finite or
+    two-level interval of the ratio (:func:`two_level_estimate`); it is withheld (not estimable) if it is not finite or
     does not contain its own estimate.
     """
     if not (np.isfinite(den_p_adjusted) and den_p_adjusted < alpha and den_interval.lo > 0):
@@ -305,21 +501,59 @@ def ratio_if_estimable(num: np.ndarray, den: np.ndarray, den_interval: Estimate,
 
     k = eps_column
     est = two_level_estimate([num[:, :, k:k + 1], den[:, :, k:k + 1]], ratio, n_resamples=n_resamples,
-                             level=level, seed=seed).estimates[0]
+                             level=level, seed=seed, nested=nested).estimates[0]
     if not (np.isfinite(est.lo) and np.isfinite(est.hi) and est.lo <= est.value <= est.hi):
         return RatioReport(None, "the ratio's interval is unstable (random close to the noise floor)")
     return RatioReport(est)
 
 
+def rms_estimate(mean_square: Estimate) -> Estimate:
+    """The RMS magnitude (signed square root) of a mean-square estimate, interval endpoints mapped
+    through the same monotone function (so it covers exactly when the mean square's does)."""
+    e = mean_square
+    return Estimate(float(signed_sqrt(e.value)), float(signed_sqrt(e.lo)), float(signed_sqrt(e.hi)), e.level, e.n)
+
+
+def site_image_correlation(a: np.ndarray, b: np.ndarray, nested: bool) -> float:
+    """Correlation of the population means of two (n_sites, n_images) tables over random sites and
+    images, from :func:`random_effects_variance` of a, b and a + b (clipped to [-1, 1]; 0 if undefined)."""
+    va, _ = random_effects_variance(a, nested)
+    vb, _ = random_effects_variance(b, nested)
+    vab, _ = random_effects_variance(a + b, nested)
+    if not (np.isfinite(va) and np.isfinite(vb) and np.isfinite(vab) and va > 0 and vb > 0):
+        return 0.0
+    return float(np.clip((vab - va - vb) / (2 * np.sqrt(va * vb)), -1.0, 1.0))
+
+
+def mover_difference(a: Estimate, b: Estimate, rho: float) -> Estimate:
+    """Interval of ``a - b`` from the two estimates' own (possibly asymmetric) intervals: the
+    method of variance estimates recovery (MOVER; Zou & Donner 2008, Stat. Med. 27:1693, with
+    the correlation ``rho`` of the two estimates, Zou 2008 Am. J. Epidemiol. 168:212).
+
+    Each side takes the distance to the limit of a on that side and of b on the other:
+    ``lo = d - sqrt(da_lo^2 + db_hi^2 - 2 rho da_lo db_hi)``, ``hi`` likewise. It keeps each
+    interval's shape, e.g. the steep signed square root of a mean square near 0, which a
+    linearisation of the difference does not.
+    """
+    d = a.value - b.value
+    if not all(np.isfinite(x) for x in (a.lo, a.hi, b.lo, b.hi)):
+        return Estimate(float(d), np.nan, np.nan, a.level, min(a.n, b.n))
+    a_lo, a_hi, b_lo, b_hi = a.value - a.lo, a.hi - a.value, b.value - b.lo, b.hi - b.value
+    lo = d - np.sqrt(max(a_lo ** 2 + b_hi ** 2 - 2 * rho * a_lo * b_hi, 0.0))
+    hi = d + np.sqrt(max(a_hi ** 2 + b_lo ** 2 - 2 * rho * a_hi * b_lo, 0.0))
+    return Estimate(float(d), float(lo), float(hi), a.level, min(a.n, b.n))
+
+
 @dataclass(frozen=True)
 class DayHeadline:
-    """One day's headline quantities per epsilon (``epsilons``), every one with a two-level BCa CI.
+    """One day's headline quantities per epsilon (``epsilons``), every one with a two-level CI.
 
     Units: multiples of sigma (the site's clean-image s.d.) for magnitudes and differences.
     ``targeted_rms`` / ``random_rms``: floor-corrected RMS change (signed sqrt of the mean
     floor-corrected square); ``targeted_abs`` / ``random_abs``: raw mean |d| (noise-biased);
-    ``difference``: targeted_rms - random_rms; ``random_p`` / ``random_p_holm``: sign-flip
-    permutation p of "random above the noise floor" and its Holm adjustment across epsilons;
+    ``difference``: targeted_rms - random_rms (interval: :func:`mover_difference`); ``random_p`` /
+    ``random_p_holm``: sign-flip permutation p of "random above the noise floor" and its Holm
+    adjustment across epsilons;
     ``ratio``: targeted_rms / random_rms where estimable. ``targeted_sq`` / ``random_sq``:
     (n_sites, n_images, n_eps) floor-corrected squares / sigma^2, on shared site/image axes
     (image slots per site when each image belongs to one site: :func:`site_slots`).
@@ -342,11 +576,15 @@ class DayHeadline:
 
 
 def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray, images: np.ndarray,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
+                rng: np.random.Generator, trials: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-(site, image, eps) tables of one kind of pairs, divided by sigma (squares by sigma^2).
 
-    Keys: "sq" floor-corrected squares, "product" one split-half cross-product, "abs" |d|,
+    Keys: "sq" floor-corrected squares, "sq_var" their noise variance (sigma^4; with the mean
+    square of the pairs at that eps as D^2),
+    "product" one split-half cross-product, "abs" |d|,
     "signed" sign(predicted) * d. ``images``: the shared image axis (clean parent rows).
+    ``trials``: (n_repeats, n_stimuli) trial id of each repeat (optional; see
+    :func:`floor_corrected_square`).
     """
     sites = np.asarray(sites, dtype=np.int64)
     if np.any(np.diff(sites) <= 0):
@@ -359,8 +597,18 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
         warnings.simplefilter("ignore", RuntimeWarning)
         d = np.nanmean(pert, axis=0) - np.nanmean(clean, axis=0)
     sign = np.sign(pairs.predicted_change)
-    values = {"sq": floor_corrected_square(pert, clean) / s ** 2,
-              "product": split_half_products(pert, clean, rng) / s ** 2,
+    tp = tc = None
+    if trials is not None:
+        tp, tc = np.asarray(trials)[:, pairs.stimulus], np.asarray(trials)[:, pairs.parent]
+    sq = floor_corrected_square(pert, clean, tp, tc)
+    eps_i = np.asarray(pairs.epsilon_index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_sq = {e: np.nanmean(sq[eps_i == e] / s[eps_i == e] ** 2) for e in np.unique(eps_i)}
+    d2 = np.array([mean_sq[e] for e in eps_i]) * s ** 2   # the population's D^2 at each pair's eps, spikes^2
+    values = {"sq": sq / s ** 2,
+              "sq_var": floor_corrected_square_noise_variance(pert, clean, np.nan_to_num(d2)) / s ** 4,
+              "product": split_half_products(pert, clean, rng, tp, tc) / s ** 2,
               "abs": np.abs(d) / s, "signed": np.where(sign != 0, sign * d / s, np.nan)}
     n_eps = len(pairs.epsilons)
     out = {}
@@ -370,6 +618,13 @@ def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray
         full = np.full((len(sites), len(images), n_eps), np.nan)
         full[:, np.searchsorted(images, ids)] = table
         out[name] = full
+    # a cell averages its pairs (e.g. both directions): the variance of that mean is at least
+    # the mean variance / count when the pairs' noise is not negatively correlated
+    ok = np.isfinite(values["sq"]) & np.isin(pairs.parent, images) & np.isin(pairs.site, sites)
+    count = np.zeros_like(out["sq"])
+    np.add.at(count, (np.searchsorted(sites, pairs.site[ok]), np.searchsorted(images, pairs.parent[ok]),
+                      np.asarray(pairs.epsilon_index)[ok]), 1.0)
+    out["sq_var"] = out["sq_var"] / np.where(count > 0, count, np.nan)
     return out
 
 
@@ -378,14 +633,17 @@ class _BootstrapKw(TypedDict):
     n_resamples: int
     level: float
     seed: int
+    nested: bool
 
 
 def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma: np.ndarray, *,
-                 n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0) -> DayHeadline:
+                 n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0,
+                 trials: np.ndarray | None = None) -> DayHeadline:
     """Headline statistics of one day from per-repeat responses and the targeted / random pairs.
 
     repeats: (n_repeats, n_stimuli, n_channels) spikes, NaN = missing; targeted, random:
-    :class:`analysis.provenance.Pairs` (random may be None); sigma: (n_sites,) spikes.
+    :class:`analysis.provenance.Pairs` (random may be None); sigma: (n_sites,) spikes; trials:
+    (n_repeats, n_stimuli) trial id of each repeat (optional, same layout as ``repeats``).
     Only the grid epsilons present among the targeted pairs are reported (``epsilons``).
     """
     order = np.argsort(np.asarray(sites, dtype=np.int64), kind="stable")   # tables index sites by searchsorted
@@ -394,16 +652,19 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
     rng = np.random.default_rng(seed)
     parents = targeted.parent if random is None else np.concatenate([targeted.parent, random.parent])
     images = np.unique(parents)
-    t = {k: v[:, :, used] for k, v in pair_tables(repeats, targeted, sites, sigma, images, rng).items()}
-    r = ({k: v[:, :, used] for k, v in pair_tables(repeats, random, sites, sigma, images, rng).items()}
+    t = {k: v[:, :, used] for k, v in pair_tables(repeats, targeted, sites, sigma, images, rng, trials).items()}
+    r = ({k: v[:, :, used] for k, v in pair_tables(repeats, random, sites, sigma, images, rng, trials).items()}
          if random is not None and len(random) else None)
     names = list(t)
-    slotted = site_slots([t[k] for k in names] + ([r[k] for k in names] if r is not None else []))
+    unslotted = [t[k] for k in names] + ([r[k] for k in names] if r is not None else [])
+    slotted = site_slots(unslotted)
+    nested = slotted[0] is not unslotted[0]
     t = dict(zip(names, slotted[:len(names)]))
     r = dict(zip(names, slotted[len(names):])) if r is not None else None
-    kw: _BootstrapKw = {"n_resamples": n_resamples, "level": level, "seed": seed}
+    kw: _BootstrapKw = {"n_resamples": n_resamples, "level": level, "seed": seed, "nested": nested}
     mean = np.asarray
-    t_rms = two_level_estimate([t["sq"]], signed_sqrt, **kw).estimates
+    t_ms = two_level_estimate([t["sq"]], mean, noise_variances=[t["sq_var"]], **kw).estimates
+    t_rms = [rms_estimate(e) for e in t_ms]
     t_abs = two_level_estimate([t["abs"]], mean, **kw).estimates
     nan_list = [Estimate(np.nan, np.nan, np.nan, level, 0)] * len(used)
     if r is None:
@@ -411,10 +672,12 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
         p = p_holm = np.full(len(used), np.nan)
         ratios = [RatioReport(None, "no random controls were shown")] * len(used)
     else:
-        r_rms = two_level_estimate([r["sq"]], signed_sqrt, **kw).estimates
+        r_ms = two_level_estimate([r["sq"]], mean, noise_variances=[r["sq_var"]], **kw).estimates
+        r_rms = [rms_estimate(e) for e in r_ms]
         r_abs = two_level_estimate([r["abs"]], mean, **kw).estimates
-        diff = two_level_estimate([t["sq"], r["sq"]], lambda a, b: signed_sqrt(a) - signed_sqrt(b), **kw).estimates
-        p = above_floor_test(r["product"], seed=seed)
+        rho = [site_image_correlation(t["sq"][:, :, k], r["sq"][:, :, k], nested) for k in range(len(used))]
+        diff = [mover_difference(a, b, c) for a, b, c in zip(t_rms, r_rms, rho)]
+        p = above_floor_test(r["product"], seed=seed, nested=nested)
         p_holm = holm(p)
         ratios = [ratio_if_estimable(t["sq"], r["sq"], r_rms[k], p_holm[k], k, **kw) for k in range(len(used))]
     return DayHeadline(targeted.epsilons[used], sites, t_rms, r_rms, t_abs, r_abs, diff, p, p_holm, ratios,
@@ -424,17 +687,19 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
 
 def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES,
                       level: float = DEFAULT_LEVEL, seed: int = 0) -> list[Estimate]:
-    """Population mean of ``measured`` over population mean of ``truth`` per epsilon, two-level BCa.
+    """Population mean of ``measured`` over population mean of ``truth`` per epsilon, two-level CI.
 
     measured, truth: (n_sites, n_images, n_eps) on the same axes (e.g. bias-corrected change
     and the white-box sensitivity of the same problem, both / sigma); cells missing in either
     are dropped from both.
     """
     both = np.isfinite(measured) & np.isfinite(truth)
-    m, t = site_slots([np.where(both, measured, np.nan), np.where(both, truth, np.nan)])
+    unslotted = [np.where(both, measured, np.nan), np.where(both, truth, np.nan)]
+    m, t = site_slots(unslotted)
 
     def ratio(a, b):
         with np.errstate(invalid="ignore", divide="ignore"):
             return a / b
 
-    return two_level_estimate([m, t], ratio, n_resamples=n_resamples, level=level, seed=seed).estimates
+    return two_level_estimate([m, t], ratio, n_resamples=n_resamples, level=level, seed=seed,
+                              nested=m is not unslotted[0]).estimates

@@ -68,7 +68,8 @@ def write_summary(path, numbers: Mapping, *, title: str = "itloop experiment sum
     for n in notes:
         lines += [n, ""]
     lines.append("Intervals: the headline quantities (targeted - random, floor-corrected magnitudes, fractions of the "
-                 "truth) have 95% BCa intervals resampling sites and images (scipy.stats.bootstrap); the per-curve "
+                 "truth) have 95% intervals with sites and images random (BCa shape, random-effects variance, t quantile; "
+                 "analysis/inference.py); the per-curve "
                  "bands and the raw |dr| curves are percentile-bootstrap intervals over images.")
     lines.append("")
     lines += summary_lines(numbers, 2)

@@ -3,8 +3,8 @@
 
 Each day draws new sites and images from a superpopulation and measures them with the
 simulator's noise model (``tests/coverage_sim.py``: the measurement level is simulated
-directly, not the whole loop). For every epsilon it checks whether the 95 % two-level BCa
-interval of (a) targeted - random (floor-corrected RMS, sigma), (b) the floor-corrected
+directly, not the whole loop; the loop's nested design; RSVP trials sharing one gain). For
+every epsilon it checks whether the 95 % two-level interval of (a) targeted - random (floor-corrected RMS, sigma), (b) the floor-corrected
 targeted sensitivity and (c) the fraction of the white-box truth reached contains the
 superpopulation truth, and prints the share of days that do. On null days (no change at all)
 it prints the mean error of the floor-corrected magnitude (mean square, sigma^2, and its
@@ -30,12 +30,13 @@ from analysis.inference import (
 from tests.coverage_sim import day_pairs, simulate_day, superpopulation_truth
 
 
-def one_day(seed: int, n_sites: int, n_images: int, n_resamples: int, null: bool) -> dict:
+def one_day(seed: int, n_sites: int, n_images: int, n_resamples: int, null: bool, family_trials: bool = False) -> dict:
     rng = np.random.default_rng(seed)
-    repeats, prov, sigma, _, whitebox = simulate_day(rng, n_sites, n_images, null=null)
+    repeats, prov, sigma, _, whitebox, trials = simulate_day(rng, n_sites, n_images, null=null,
+                                                             family_trials=family_trials)
     tp, rp = day_pairs(prov, n_sites)
     sites = np.arange(n_sites)
-    h = day_headline(repeats, tp, rp, sites, sigma, n_resamples=n_resamples, seed=seed)
+    h = day_headline(repeats, tp, rp, sites, sigma, n_resamples=n_resamples, seed=seed, trials=trials)
     out = {"targeted_rms": h.targeted_rms, "difference": h.difference, "random_p_holm": h.random_p_holm,
            "random_p": h.random_p, "targeted_sq": population_mean(h.targeted_sq),
            "random_sq": population_mean(h.random_sq)}
@@ -50,20 +51,20 @@ def covered(est, truth) -> float:
     return float(est.lo <= truth <= est.hi)
 
 
-def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int = 0) -> dict:
+def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int = 0, family_trials: bool = False) -> dict:
     truth = superpopulation_truth()
     null_truth = superpopulation_truth(null=True)
     keys = ("targeted_rms", "difference", "fraction")
     hits = {k: [] for k in keys}
     widths = {k: [] for k in keys}
     for d in range(n_days):
-        res = one_day(seed0 + d, n_sites, n_images, n_resamples, null=False)
+        res = one_day(seed0 + d, n_sites, n_images, n_resamples, null=False, family_trials=family_trials)
         for k in keys:
             hits[k].append([covered(e, t) for e, t in zip(res[k], truth[k])])
             widths[k].append([e.hi - e.lo for e in res[k]])
     null_sq, null_rms, null_rej, null_hits = [], [], [], []
     for d in range(n_days):
-        res = one_day(10_000 + seed0 + d, n_sites, n_images, n_resamples, null=True)
+        res = one_day(10_000 + seed0 + d, n_sites, n_images, n_resamples, null=True, family_trials=family_trials)
         null_sq.append(np.concatenate([res["targeted_sq"], res["random_sq"]]))
         null_rms.append([e.value for e in res["targeted_rms"]])
         null_rej.append(res["random_p"] < 0.05)
@@ -71,10 +72,11 @@ def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int =
     return {"truth": truth, "coverage": {k: np.mean(v, axis=0) for k, v in hits.items()},
             "coverage_all": {k: float(np.mean(v)) for k, v in hits.items()},
             "width": {k: np.mean(v, axis=0) for k, v in widths.items()},
+            # SEs over days (a day's values share parents and sites, so they are not independent)
             "null_mean_square_error": float(np.mean(null_sq)),
-            "null_mean_square_se": float(np.std(np.ravel(null_sq)) / np.sqrt(np.size(null_sq))),
+            "null_mean_square_se": float(np.std(np.mean(null_sq, axis=1), ddof=1) / np.sqrt(n_days)),
             "null_rms_error": float(np.mean(null_rms)),
-            "null_rms_se": float(np.std(np.ravel(null_rms)) / np.sqrt(np.size(null_rms))),
+            "null_rms_se": float(np.std(np.mean(null_rms, axis=1), ddof=1) / np.sqrt(n_days)),
             "null_rejection": float(np.mean(null_rej)), "null_coverage_targeted": float(np.mean(null_hits))}
 
 
@@ -84,16 +86,22 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=8)
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--resamples", type=int, default=1999)
+    ap.add_argument("--seed0", type=int, default=0, help="first day's seed (null days: 10000 + seed0 + d)")
+    ap.add_argument("--family-trials", action="store_true",
+                    help="show each clean image with its perturbed images in the same RSVP trials (shared gain)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    out = run(args.days, args.sites, args.images, args.resamples)
+    out = run(args.days, args.sites, args.images, args.resamples, args.seed0, args.family_trials)
     eps = ", ".join(f"{e:g}" for e in (1, 2, 4))
-    print(f"{args.days} simulated days x {args.sites} sites x {args.images} images, eps {eps}, "
-          f"{args.resamples} BCa resamples ({time.perf_counter() - t0:.0f} s)")
+    print(f"{args.days} simulated days x {args.sites} sites x {args.images} images each, eps {eps}, "
+          f"{args.resamples} BCa resamples, {'families in shared trials' if args.family_trials else 'shuffled trials'}"
+          f" ({time.perf_counter() - t0:.0f} s)")
     for k, v in out["coverage"].items():
         t = out["truth"][k]
+        se = np.sqrt(v * (1 - v) / args.days)
         print(f"  {k:<13} truth {np.round(t, 3).tolist()}  95% CI coverage per eps {np.round(100 * v, 1).tolist()} %"
-              f"  (all eps {100 * out['coverage_all'][k]:.1f} %), mean width {np.round(out['width'][k], 3).tolist()}")
+              f" (Monte-Carlo SE {np.round(100 * se, 1).tolist()})  (all eps {100 * out['coverage_all'][k]:.1f} %),"
+              f" mean width {np.round(out['width'][k], 3).tolist()}")
     print(f"  null days: floor-corrected mean square error {out['null_mean_square_error']:+.5f} sigma^2 "
           f"(SE {out['null_mean_square_se']:.5f}); its signed sqrt (RMS) error {out['null_rms_error']:+.4f} sigma "
           f"(SE {out['null_rms_se']:.4f}); coverage of 0 by the targeted RMS CI {100 * out['null_coverage_targeted']:.1f} %")

@@ -7,11 +7,17 @@ import pytest
 from analysis.bootstrap import Estimate
 from analysis.inference import (
     FLOOR_REASON,
+    _pigeonhole_variance,
+    above_floor_test,
     day_headline,
     floor_corrected_square,
+    floor_corrected_square_noise_variance,
     holm,
     minimum_detectable_effect,
+    mover_difference,
+    pair_tables,
     population_mean,
+    random_effects_variance,
     ratio_if_estimable,
     signed_sqrt,
     site_slots,
@@ -84,10 +90,10 @@ def test_ratio_is_withheld_when_random_is_at_the_noise_floor():
 
 def test_day_headline_on_a_simulated_day_reports_every_epsilon():
     rng = np.random.default_rng(4)
-    repeats, prov, sigma, _, _ = simulate_day(rng, 5, 8)
+    repeats, prov, sigma, _, _, _ = simulate_day(rng, 5, 8)
     tp, rp = day_pairs(prov, 5)
     h = day_headline(repeats, tp, rp, np.arange(5), sigma, n_resamples=299)
-    assert h.targeted_sq.shape == (5, 8, 3) and h.n_images == 8
+    assert h.targeted_sq.shape == (5, 8, 3) and h.n_images == 40   # each site its own 8 images, in slots
     for d, t, r in zip(h.difference, h.targeted_rms, h.random_rms):
         assert d.value == pytest.approx(t.value - r.value)
         assert d.lo <= d.value <= d.hi
@@ -124,9 +130,93 @@ def test_nested_images_are_resampled_within_their_site():
 
 def test_day_headline_does_not_depend_on_the_order_of_the_sites():
     rng = np.random.default_rng(6)
-    repeats, prov, sigma, _, _ = simulate_day(rng, 4, 6)
+    repeats, prov, sigma, _, _, _ = simulate_day(rng, 4, 6)
     tp, rp = day_pairs(prov, 4)
     a = day_headline(repeats, tp, rp, np.arange(4), sigma, n_resamples=199, seed=1)
     b = day_headline(repeats, tp, rp, np.arange(4)[::-1], sigma[::-1], n_resamples=199, seed=1)
     assert [e.value for e in a.difference] == pytest.approx([e.value for e in b.difference])
     assert [e.value for e in a.targeted_rms] == pytest.approx([e.value for e in b.targeted_rms])
+
+
+def test_floor_correction_with_trial_ids_stays_unbiased_when_a_parent_shares_trials_with_its_perturbed_images():
+    """A trial's images share one gain (the simulator's RSVP noise). When a clean image and its
+    perturbed images are shown in the same trials, their counts covary and d^2 - s'^2/m' - s^2/m
+    subtracts that covariance as noise (biased below 0 on null days); the trial-aware U-statistic
+    does not. With families in different trials (the loop's schedule) the two agree."""
+    plain, aware, apart = [], [], []
+    for d in range(20):
+        rng = np.random.default_rng(100 + d)
+        repeats, prov, sigma, _, _, trials = simulate_day(rng, 6, 10, null=True, family_trials=True)
+        tp, rp = day_pairs(prov, 6)
+        images = np.unique(tp.parent)
+        plain.append(np.nanmean(pair_tables(repeats, rp, np.arange(6), sigma, images, rng)["sq"]))
+        aware.append(np.nanmean(pair_tables(repeats, rp, np.arange(6), sigma, images, rng, trials)["sq"]))
+        repeats, prov, sigma, _, _, trials = simulate_day(rng, 6, 10, null=True)
+        tp, rp = day_pairs(prov, 6)
+        sq = [pair_tables(repeats, rp, np.arange(6), sigma, np.unique(tp.parent), rng, tr)["sq"] for tr in (None, trials)]
+        ok = np.isfinite(sq[0])
+        apart.append(np.mean(np.abs(sq[0] - sq[1])[ok] > 1e-9))
+    se = np.std(aware) / np.sqrt(len(aware))
+    assert abs(np.mean(aware)) < 4 * se
+    assert np.mean(plain) < -4 * np.std(plain) / np.sqrt(len(plain))
+    assert np.mean(apart) < 0.15   # shuffled trials: few parents ever share a trial with their child
+
+
+def test_trial_aware_floor_correction_equals_the_closed_form_when_no_pair_shares_a_trial():
+    rng = np.random.default_rng(7)
+    pert, clean = rng.poisson(9.0, (6, 50)).astype(float), rng.poisson(7.0, (6, 50)).astype(float)
+    pert[2, :5] = np.nan
+    tp = np.arange(300).reshape(6, 50)
+    np.testing.assert_allclose(floor_corrected_square(pert, clean, tp, tp + 1000), floor_corrected_square(pert, clean),
+                               rtol=1e-10, atol=1e-9)
+
+
+def test_random_effects_variance_is_unbiased_where_the_pigeonhole_bootstrap_counts_cell_noise_three_times():
+    """Crossed sites x images with site, image and cell effects (sd 0.3, 0.2, 1.0): the moment
+    estimate's mean matches Var(grand mean) = sa^2/S + sb^2/I + se^2/(S I); the pigeonhole
+    bootstrap's is about sa^2/S + sb^2/I + 3 se^2/(S I) (Owen 2007). Nested: s^2(site means)/S."""
+    rng = np.random.default_rng(8)
+    S, I, sa, sb, se = 8, 16, 0.3, 0.2, 1.0
+    v_re, v_pig, means = [], [], []
+    for _ in range(400):
+        z = sa * rng.standard_normal((S, 1)) + sb * rng.standard_normal((1, I)) + se * rng.standard_normal((S, I))
+        v_re.append(random_effects_variance(z, nested=False)[0])
+        v_pig.append(_pigeonhole_variance(z, 400, int(rng.integers(1 << 30))))
+        means.append(z.mean())
+    true = sa ** 2 / S + sb ** 2 / I + se ** 2 / (S * I)
+    assert np.mean(v_re) == pytest.approx(true, rel=0.1)
+    assert np.var(means) == pytest.approx(true, rel=0.2)
+    assert np.mean(v_pig) == pytest.approx(sa ** 2 / S + sb ** 2 / I + 3 * se ** 2 / (S * I), rel=0.15)
+    nested = [random_effects_variance(sa * rng.standard_normal((S, 1)) + se * rng.standard_normal((S, I)), True)
+              for _ in range(400)]
+    assert np.mean([v for v, _ in nested]) == pytest.approx(sa ** 2 / S + se ** 2 / (S * I), rel=0.1)
+    assert nested[0][1] == S - 1
+
+
+def test_mover_difference_reduces_to_the_wald_interval_for_symmetric_intervals():
+    a, b = Estimate(1.0, 0.8, 1.2), Estimate(0.3, 0.0, 0.6)
+    d = mover_difference(a, b, 0.5)
+    half = np.sqrt(0.2 ** 2 + 0.3 ** 2 - 2 * 0.5 * 0.2 * 0.3)
+    assert (d.value, d.lo, d.hi) == pytest.approx((0.7, 0.7 - half, 0.7 + half))
+    skew = mover_difference(a, Estimate(0.0, -0.1, 0.5), 0.0)   # b's long upper side widens the LOWER side of a - b
+    assert 1.0 - skew.lo == pytest.approx(np.hypot(0.2, 0.5)) and skew.hi - 1.0 == pytest.approx(np.hypot(0.2, 0.1))
+
+
+def test_noise_variance_of_the_floor_corrected_square_matches_its_spread():
+    """Normal repeats, true change 0 and 1 (sd 2, 8 and 10 repeats): the formula (given the true
+    square) matches the Monte-Carlo variance of the floor-corrected square within 10 %."""
+    rng = np.random.default_rng(9)
+    n = 40_000
+    for true in (0.0, 1.0):
+        pert, clean = rng.normal(5 + true, 2.0, (8, n)), rng.normal(5, 2.0, (10, n))
+        sq = floor_corrected_square(pert, clean)
+        var = floor_corrected_square_noise_variance(pert, clean, true ** 2)
+        assert np.mean(var) == pytest.approx(np.var(sq), rel=0.1)
+
+
+def test_above_floor_test_uses_every_cell_of_a_nested_design():
+    """4 sites x 3 own images (the demo's size), every cross-product positive: with cells as units
+    the exact sign-flip p is 2^-12; averaging the 3 slots over sites would leave p >= 1/8."""
+    products = np.abs(np.random.default_rng(10).normal(0.05, 0.02, size=(4, 3, 1)))
+    assert above_floor_test(products, nested=True)[0] == pytest.approx(2.0 ** -12)
+    assert above_floor_test(products, nested=False)[0] == pytest.approx(1 / 8)

@@ -38,7 +38,7 @@ def test_table_has_first_and_last_day_with_intervals(tmp_path):
     lines = table.strip().split("\n")
     assert lines[0] == "| eps 0.5 / 2 | day 1 | day 3 |"
     assert "| bias-corrected sensitivity / sigma | 1.00 [0.90, 1.10] / 2.00 [1.80, 2.20] | 2.00 [1.80, 2.20] / 4.00 [3.60, 4.40] |" in lines
-    assert "| targeted - random, floor-corrected RMS change / sigma (95% BCa CI) | 0.50 [0.25, 0.75] " \
+    assert "| targeted - random, floor-corrected RMS change / sigma (95% CI) | 0.50 [0.25, 0.75] " \
            "/ 1.50 [1.00, 2.00] |" in table
     assert "not estimable: random at the noise floor / 3.10x [2.00, 4.50]" in table   # ratio only where estimable
     for name in ("median r |", "median r / sqrt(ceiling) |", "median r^2 / ceiling |"):

@@ -165,8 +165,11 @@ def _notes(folder: Path, days: list[int], analyses: dict[int, dict], last: _Figu
          "sensitivities are in units of each site's s.d. over the screening day's clean images (sigma)."),
         ("Estimators: raw |dr| carries the measurement-noise floor; the floor-corrected magnitude is the signed square "
         "root of the mean split-half cross-product d_A d_B (an unbiased estimate of the mean squared true change, "
-        "so an RMS change in sigma). Headline: targeted - random of the floor-corrected magnitudes, with a 95% BCa "
-        "interval that resamples sites and images independently (scipy.stats.bootstrap). 'Random above the noise "
+        "so an RMS change in sigma; split halves by trial, so images sharing a trial's gain do not bias it). "
+        "Headline: targeted - random of the floor-corrected magnitudes. Intervals treat sites and images as random: "
+        "the shape of a BCa interval resampling both (scipy.stats.bootstrap), the width of an unbiased "
+        "random-effects variance with a t quantile (the plain two-level bootstrap counts the cell noise three times); "
+        "targeted - random combines the two magnitudes' intervals (MOVER). 'Random above the noise "
         "floor' is a one-sided sign-flip permutation test of the split-half cross-products over images "
         "(scipy.stats.permutation_test), Holm-corrected across epsilons; a targeted/random ratio is printed only "
         "where that test rejects at 0.05 and random's interval is above 0, otherwise 'not estimable'."),

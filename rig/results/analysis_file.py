@@ -27,7 +27,8 @@ from modelfit.scores import (
 )
 from rig.paths import day_path
 
-ANALYSIS_VERSION = 4   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity; 4: site slots
+ANALYSIS_VERSION = 5   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity; 4: site slots;
+#   5: variance-corrected two-level intervals, MOVER difference, trial-aware floor correction
 
 
 def _f(x) -> float | None:
@@ -73,8 +74,10 @@ def interval_wording(n_sites: int) -> str:
     from analysis.inference import MIN_UNITS
 
     if n_sites >= MIN_UNITS:
-        return "95% BCa (scipy.stats.bootstrap), sites and images resampled independently"
-    return f"95% BCa (scipy.stats.bootstrap) over images; the {n_sites} sites are held fixed (fewer than {MIN_UNITS})"
+        return ("95%, sites and images random: BCa shape (scipy.stats.bootstrap, sites and images resampled), "
+                "width from the random-effects variance with a t quantile; targeted - random by MOVER")
+    return (f"95% over images, BCa shape with the random-effects variance and a t quantile; the {n_sites} sites "
+            f"are held fixed (fewer than {MIN_UNITS})")
 
 
 def predictivity_numbers(scores: dict) -> dict:

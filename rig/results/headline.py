@@ -34,7 +34,7 @@ def _row(a: dict, key: str, sub: str | None, fmt: str, eps: list[float], ci: boo
 
 
 ROWS = [  # (label, analysis.json key, sub-key, number format, suffix)
-    ("targeted - random, floor-corrected RMS change / sigma (95% BCa CI)", "targeted_minus_random",
+    ("targeted - random, floor-corrected RMS change / sigma (95% CI)", "targeted_minus_random",
      None, ".2f", ""),
     ("floor-corrected targeted sensitivity, RMS change / sigma", "floor_corrected_targeted", None, ".2f", ""),
     ("bias-corrected sensitivity / sigma", "targeted_signed", None, ".2f", ""),

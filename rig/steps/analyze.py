@@ -6,7 +6,7 @@ the simulated monkey's ground truth):
 - sensitivity vs epsilon of the targeted sites: absolute and bias-corrected estimators,
   normalised by each site's s.d. over the screening day's clean images;
 - the model-free random-direction control at the same epsilons; floor-corrected magnitudes (the
-  mean split-half cross-product), targeted - random with a two-level BCa CI, a permutation test
+  mean split-half cross-product), targeted - random with a two-level (sites, images random) CI, a permutation test
   of "random above the noise floor" (Holm across epsilons) and the ratio only where estimable;
 - the random-image-pair baseline (screening day) and the split-half measurement-noise floor;
 - the same curve on the designing model's own units; predicted vs measured change;
@@ -78,7 +78,7 @@ class DayResults:
     targeted: SensitivityCurve              # |.| estimator, normalised by sigma
     signed: SensitivityCurve                # bias-corrected, normalised by sigma
     random: SensitivityCurve | None         # random-direction controls
-    headline: DayHeadline                   # floor-corrected magnitudes, targeted - random, tests (two-level BCa)
+    headline: DayHeadline                   # floor-corrected magnitudes, targeted - random, tests (two-level CIs)
     pairs: SiteLevel                        # random-pair baseline (screening day)
     noise: SiteLevel                        # split-half noise floor
     model_units: SensitivityCurve | None    # the designing model's own units
@@ -206,7 +206,7 @@ def day_results(cfg: Config, folder: str | Path, day: int, truth: bool | None = 
     pvm = predicted_vs_measured(resp, prov, **kw)
     headline = day_headline(d.responses_by_repeat(), perturbation_pairs(prov, "targeted", sites),
                             perturbation_pairs(prov, "random", sites) if has_random else None, sites, sigma,
-                            n_resamples=n_boot, seed=seed)
+                            n_resamples=n_boot, seed=seed, trials=d.trials_by_repeat())
 
     model_units, scores, random_init = None, {}, bool(d.model.get("random_init", False))
     pvm_extra: dict = {}
@@ -249,7 +249,7 @@ def _cells(values: np.ndarray, site: np.ndarray, parent: np.ndarray, eps_col: np
 def _truth_fractions(res: DayResults, n_boot: int, seed: int) -> dict:
     """Fraction of the white-box truth reached, noise-free and measured (bias-corrected), per epsilon:
     population mean of the achieved change over that of the white-box change, both / sigma, with
-    two-level (sites x images) BCa intervals. Keys: "fraction_true", "fraction_measured" ({eps: Estimate})."""
+    two-level (sites, images random) intervals. Keys: "fraction_true", "fraction_measured" ({eps: Estimate})."""
     from analysis.sensitivity import pair_values
 
     t, d = res.truth, res.data

@@ -144,6 +144,21 @@ class DayData:
             seen[s] += 1
         return out
 
+    def trials_by_repeat(self) -> np.ndarray:
+        """(n_repeats, n_stim) trial index of each entry of :meth:`responses_by_repeat` (same
+        order), -1 where there is no repeat: which presentations shared a trial (and its gain)."""
+        valid = self.presentations["valid"]
+        stim = self.presentations["stim_index"][valid]
+        trial = self.presentations["trial_index"][valid]
+        n_stim = len(self.stimuli)
+        per = np.bincount(stim, minlength=n_stim)
+        out = np.full((int(per.max()) if len(per) else 0, n_stim), -1, np.int64)
+        seen = np.zeros(n_stim, np.int64)
+        for s, t in zip(stim, trial):
+            out[seen[s], s] = t
+            seen[s] += 1
+        return out
+
     def mean_responses(self) -> np.ndarray:
         """(n_stim, n_channels) mean valid count per stimulus (spikes); NaN if none."""
         reps = self.responses_by_repeat()
