@@ -571,7 +571,6 @@ def _create_tables(h5: h5py.File, window_ms: tuple[float, float], n_channels: in
     _growing(sy, "presenter_s", "f8", "s", "sync pulse (stimulus onset) as stamped by the presenter")
     _growing(sy, "acq_s", "f8", "s", "the same sync pulse on the acquisition clock")
     _growing(sy, "segment", h5py.string_dtype(), "1", "presenter session (clock segment) that stamped the pulse; each is fitted alone")
-    _write_clock_state(h5, ClockState(0.0, 0.0, float("nan"), 0))   # no fit yet: each commit stores the runner's
 
 
 def _write_calibration(h5: h5py.File, cmap: dict) -> None:
