@@ -144,3 +144,33 @@ def test_unique_offset_needs_two_trials_and_a_clear_lead():
     assert unique_offset(onsets[:1], period, 0.003)[0] is None
     off, why = unique_offset(onsets, pulses, 0.003)
     assert off == pytest.approx(9.0, abs=1e-6), why
+
+
+def test_a_resumed_run_does_not_align_its_first_trial_on_the_killed_runs_last_trial():
+    """A controller killed mid-trial leaves that trial's pulses on the stream; its successor
+    (a new segment, no fit) got them before its own first trial started. Flips paced within
+    a millisecond give both trials the same spacing to 3 ms, so before the fix a lone first
+    trial whose own pulses were still on their way aligned on the old train (a wrong offset;
+    residual sd 0.39 ms, max 0.66 ms over 4 pulses in the live-rig kill test)."""
+    pacing = np.array([0.0, 0.4e-3, -0.5e-3, 0.6e-3])              # per-flip pacing error of the old trial, s
+    old_on = 10.0 + PERIOD * np.arange(K) + pacing
+    new_on = 12.4 + PERIOD * np.arange(K)
+    offset = 100.0
+    old_pulses, new_pulses = offset + old_on, offset + new_on
+    for drop_earlier in (False, True):
+        al = PulseAligner(0.003)
+        al.add_pulses(old_pulses)                                  # received before the new trial started
+        if drop_earlier:
+            assert al.trial_starting("presenter/run2") == K
+        early = al.align("presenter/run2", new_on, new_on[-1] + 0.3)  # its own pulses not here yet
+        if not drop_earlier:                                        # the failure this guards against
+            assert early.aligned and early.segment is not None and abs(early.segment.offset_s - offset) > 2.0
+            continue
+        assert not early.got.any() and early.segment is None
+        al.add_pulses(new_pulses)
+        assert al.trial_starting("presenter/run2") == 0            # a pooled trial's pulses are kept
+        nxt = new_on + 1.3
+        al.add_pulses(offset + nxt)
+        res = al.align("presenter/run2", nxt, nxt[-1] + 0.3)
+        assert np.all(res.got) and abs(res.segment.offset_s - offset) < 1e-6
+        assert al.trial_starting("presenter/run2") == 0            # a fitted segment keeps its pulses

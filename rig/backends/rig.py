@@ -108,9 +108,12 @@ class RigBackend:
         """Clock segment: the presenter process, this controller run (a resumed day aligns
         afresh: the acquisition system may have restarted meanwhile) and the acquisition
         epoch (a restarted acquisition system starts its sample counter again)."""
+        return self.aligner.label(self._base())
+
+    def _base(self) -> str:
+        """The presenter process and this controller run (the segment without its acquisition epoch)."""
         peer = self.client.peer
-        name = peer.decode(errors="replace") if peer else ""
-        return self.aligner.label(f"{name}/{self._run}")
+        return f"{peer.decode(errors='replace') if peer else ''}/{self._run}"
 
     def _wait_for_acquisition(self, label: str, last_flip_p: float, n_onsets: int) -> bool:
         """Pump events until the stream has passed the trial's last flip (or, before the
@@ -138,6 +141,8 @@ class RigBackend:
         k = len(trial.stim_indices)
         duration_s = (f["n_fix"] + k * (f["n_on"] + f["n_mask"])) / f["refresh_hz"]
         t_break = self.eye.fixation_break_s(trial, duration_s) if self.eye is not None else None
+        self._take(self.source.events_since(0.0))       # pulses received before this trial's flips ...
+        self.aligner.trial_starting(self._base())        # ... pair with none of its onsets (a lone first trial)
         seq = c.start_trial(trial.trial_index, trial.stim_indices)
         res = c.finish_trial(seq, k, abort_after_s=t_break)
         label = self._segment()
@@ -157,8 +162,7 @@ class RigBackend:
         n_shown = res.shown
         onsets = res.onset_s[:n_shown]
         heard = self._wait_for_acquisition(label, float(res.frame_time_s[-1]), n_shown)
-        peer = self.client.peer
-        al = self.aligner.align(f"{peer.decode(errors='replace') if peer else ''}/{self._run}", onsets, end_p)
+        al = self.aligner.align(self._base(), onsets, end_p)
         label, seg, got = al.label, al.segment, al.got
         note.extend(al.notes)
         self.stats["trials_unaligned"] += int(not al.aligned)

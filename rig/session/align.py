@@ -95,6 +95,20 @@ class PulseAligner:
     def label(self, base: str) -> str:
         return base + (f"/acq{self.epoch}" if self.epoch else "")
 
+    def trial_starting(self, base: str) -> int:
+        """Call before a trial of presenter session ``base`` is started (after taking the pulses
+        received so far). While its segment has neither a fit nor pooled onsets, every buffered
+        pulse came from flips before this trial (a killed controller's last trial, a late
+        stream) and can pair with none of the onsets to come; they are dropped, or a lone first
+        trial would align on an earlier trial's train of the same RSVP spacing (a wrong offset,
+        with the pacing difference of the two trials as residual). Returns how many."""
+        label = self.label(base)
+        if self.clock.fitted(label) is not None or self._boot.get(label):
+            return 0
+        n = len(self.pulses)
+        self.pulses = np.zeros(0)
+        return n
+
     def align(self, base: str, onsets_p: np.ndarray, end_p: float) -> TrialAlignment:
         """Pair ``onsets_p`` (presenter clock, s) with buffered pulses; ``end_p``: the trial's
         end (presenter clock): pulses before it that paired with nothing are dropped."""
