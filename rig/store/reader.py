@@ -128,35 +128,33 @@ class DayData:
     def n_channels(self) -> int:
         return len(self.channel_names)
 
+    def _repeat_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Valid presentations placed on the (repeat, stimulus) grid: ``(valid mask, stimulus
+        and repeat slot of each valid presentation, number of repeats)``; the repeat axis is
+        the order in which each stimulus's valid presentations came."""
+        valid = self.presentations["valid"]
+        stim = self.presentations["stim_index"][valid]
+        slot = np.zeros(len(stim), np.int64)
+        seen = np.zeros(len(self.stimuli), np.int64)
+        for row, s in enumerate(stim):
+            slot[row] = seen[s]
+            seen[s] += 1
+        return valid, stim, slot, int(seen.max()) if len(seen) else 0
+
     def responses_by_repeat(self) -> np.ndarray:
         """(n_repeats, n_stim, n_channels) valid counts (spikes), NaN-padded; the
         repeat axis is the order in which each stimulus's valid presentations came."""
-        valid = self.presentations["valid"]
-        stim = self.presentations["stim_index"][valid]
-        counts = self.counts[valid]
-        n_stim = len(self.stimuli)
-        per = np.bincount(stim, minlength=n_stim)
-        n_rep = int(per.max()) if len(per) else 0
-        out = np.full((n_rep, n_stim, self.n_channels), np.nan, np.float32)
-        seen = np.zeros(n_stim, np.int64)
-        for row, s in enumerate(stim):
-            out[seen[s], s] = counts[row]
-            seen[s] += 1
+        valid, stim, slot, n_rep = self._repeat_slots()
+        out = np.full((n_rep, len(self.stimuli), self.n_channels), np.nan, np.float32)
+        out[slot, stim] = self.counts[valid]
         return out
 
     def trials_by_repeat(self) -> np.ndarray:
         """(n_repeats, n_stim) trial index of each entry of :meth:`responses_by_repeat` (same
         order), -1 where there is no repeat: which presentations shared a trial (and its gain)."""
-        valid = self.presentations["valid"]
-        stim = self.presentations["stim_index"][valid]
-        trial = self.presentations["trial_index"][valid]
-        n_stim = len(self.stimuli)
-        per = np.bincount(stim, minlength=n_stim)
-        out = np.full((int(per.max()) if len(per) else 0, n_stim), -1, np.int64)
-        seen = np.zeros(n_stim, np.int64)
-        for s, t in zip(stim, trial):
-            out[seen[s], s] = t
-            seen[s] += 1
+        valid, stim, slot, n_rep = self._repeat_slots()
+        out = np.full((n_rep, len(self.stimuli)), -1, np.int64)
+        out[slot, stim] = self.presentations["trial_index"][valid]
         return out
 
     def mean_responses(self) -> np.ndarray:
