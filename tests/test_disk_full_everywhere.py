@@ -38,6 +38,15 @@ SCRIPT = textwrap.dedent("""
         st = os.statvfs(fs)
         return st.f_bavail * st.f_frsize
 
+    def leave_free(room):                           # fill the file system until `room` bytes are free
+        with open(fs / "filler", "wb") as fh:
+            left = free() - room
+            while left > 0:
+                try:
+                    left -= fh.write(bytes(min(left, 1 << 20)))
+                except OSError:
+                    break
+
     base = free()
     ref = fs / "ref"
     ref.mkdir()
@@ -50,13 +59,7 @@ SCRIPT = textwrap.dedent("""
         folder = fs / f"s{seed:02d}"
         folder.mkdir()
         path = folder / "d.h5"
-        with open(fs / "filler", "wb") as fh:     # leave `room` bytes free
-            left = free() - room
-            while left > 0:
-                try:
-                    left -= fh.write(bytes(min(left, 1 << 20)))
-                except OSError:
-                    break
+        leave_free(room)
         try:
             _record(path, ss, n_ch=n_ch)
             first = "finished"
@@ -96,13 +99,7 @@ SCRIPT = textwrap.dedent("""
         with h5py.File(rec / "day_000.h5", "r+") as h5:
             h5.attrs["committed_trials"] = 999
         damaged = sorted((p.name, p.read_bytes()) for p in rec.iterdir())
-        with open(fs / "filler", "wb") as fh:
-            left = free() - room
-            while left > 0:
-                try:
-                    left -= fh.write(bytes(min(left, 1 << 20)))
-                except OSError:
-                    break
+        leave_free(room)
         for cmd in (["day", "replay", str(src), "--no-progress", "--out", str(fs / "out" / "r.h5")],
                     ["day", "export", str(src), "--nwb", str(fs / "out" / "d.nwb")]):
             (fs / "out").mkdir(exist_ok=True)
