@@ -27,12 +27,14 @@ from analysis.inference import (
     pair_tables,
     population_mean,
 )
+from rig.config import load_config
 from tests.coverage_sim import day_pairs, simulate_day, superpopulation_truth
 
 
-def one_day(seed: int, n_sites: int, n_images: int, n_resamples: int, null: bool, family_trials: bool = False) -> dict:
+def one_day(seed: int, n_sites: int, n_images: int, n_resamples: int, null: bool, family_trials: bool = False,
+            n_repeats: int = 8) -> dict:
     rng = np.random.default_rng(seed)
-    repeats, prov, sigma, _, whitebox, trials = simulate_day(rng, n_sites, n_images, null=null,
+    repeats, prov, sigma, _, whitebox, trials = simulate_day(rng, n_sites, n_images, n_repeats, null=null,
                                                              family_trials=family_trials)
     tp, rp = day_pairs(prov, n_sites)
     sites = np.arange(n_sites)
@@ -51,20 +53,23 @@ def covered(est, truth) -> float:
     return float(est.lo <= truth <= est.hi)
 
 
-def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int = 0, family_trials: bool = False) -> dict:
+def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int = 0, family_trials: bool = False,
+        n_repeats: int = 8) -> dict:
     truth = superpopulation_truth()
     null_truth = superpopulation_truth(null=True)
     keys = ("targeted_rms", "difference", "fraction")
     hits = {k: [] for k in keys}
     widths = {k: [] for k in keys}
     for d in range(n_days):
-        res = one_day(seed0 + d, n_sites, n_images, n_resamples, null=False, family_trials=family_trials)
+        res = one_day(seed0 + d, n_sites, n_images, n_resamples, null=False, family_trials=family_trials,
+                      n_repeats=n_repeats)
         for k in keys:
             hits[k].append([covered(e, t) for e, t in zip(res[k], truth[k])])
             widths[k].append([e.hi - e.lo for e in res[k]])
     null_sq, null_rms, null_rej, null_hits = [], [], [], []
     for d in range(n_days):
-        res = one_day(10_000 + seed0 + d, n_sites, n_images, n_resamples, null=True, family_trials=family_trials)
+        res = one_day(10_000 + seed0 + d, n_sites, n_images, n_resamples, null=True, family_trials=family_trials,
+                      n_repeats=n_repeats)
         null_sq.append(np.concatenate([res["targeted_sq"], res["random_sq"]]))
         null_rms.append([e.value for e in res["targeted_rms"]])
         null_rej.append(res["random_p"] < 0.05)
@@ -83,17 +88,22 @@ def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int =
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=200)
-    ap.add_argument("--sites", type=int, default=8)
-    ap.add_argument("--images", type=int, default=16)
+    cfg = load_config()
+    ap.add_argument("--sites", type=int, default=cfg.experiment.sites_per_day,
+                    help="sites per day (default: the loop's, config.toml [experiment] sites_per_day)")
+    ap.add_argument("--images", type=int, default=cfg.experiment.images_per_site,
+                    help="clean images per site (default: [experiment] images_per_site)")
+    ap.add_argument("--repeats", type=int, default=cfg.schedule.repeats,
+                    help="presentations of each stimulus (default: [schedule] repeats)")
     ap.add_argument("--resamples", type=int, default=1999)
     ap.add_argument("--seed0", type=int, default=0, help="first day's seed (null days: 10000 + seed0 + d)")
     ap.add_argument("--family-trials", action="store_true",
                     help="show each clean image with its perturbed images in the same RSVP trials (shared gain)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    out = run(args.days, args.sites, args.images, args.resamples, args.seed0, args.family_trials)
+    out = run(args.days, args.sites, args.images, args.resamples, args.seed0, args.family_trials, args.repeats)
     eps = ", ".join(f"{e:g}" for e in (1, 2, 4))
-    print(f"{args.days} simulated days x {args.sites} sites x {args.images} images each, eps {eps}, "
+    print(f"{args.days} simulated days x {args.sites} sites x {args.images} images each x {args.repeats} repeats, eps {eps}, "
           f"{args.resamples} BCa resamples, {'families in shared trials' if args.family_trials else 'shuffled trials'}"
           f" ({time.perf_counter() - t0:.0f} s)")
     for k, v in out["coverage"].items():

@@ -2,7 +2,7 @@
 
 Sites and images are random draws from a superpopulation; the truth of a population
 quantity is its superpopulation value (the expectation over sites and images), computed by
-Monte Carlo on 10^6 noise-free (site, image) draws of the same generator. Spike counts use
+Monte Carlo on 4 x 10^6 independent noise-free (site, image) draws of the same generator. Spike counts use
 the simulator's noise model (``sim/spikes.py``): per trial a Gamma gain G (mean 1,
 cv ``gain_cv``) per site, then ``N ~ Poisson(G * mu)``, so ``Var N = mu + mu^2 cv^2``;
 the rig's RSVP trials share that gain across a trial's images (``per_trial`` presentations).
@@ -65,15 +65,24 @@ def draw_truth(rng: np.random.Generator, n_sites: int, n_images: int, null: bool
     return TrueDay(mu, sigma, targeted, rand, whitebox, direction * np.ones_like(xi))
 
 
-def superpopulation_truth(null: bool = False, n_sites: int = 20000, n_images: int = 50, seed: int = 12345) -> dict:
+def superpopulation_truth(null: bool = False, n_pairs: int = 4_000_000, seed: int = 12345) -> dict:
     """Population truths per epsilon: floor-corrected RMS (targeted, random) / sigma, their difference,
-    and the fraction of the white-box truth reached by the bias-corrected change."""
-    t = draw_truth(np.random.default_rng(seed), n_sites, n_images, null)
-    s = t.sigma[:, None, None]
-    t_sq = ((t.targeted / s[..., None]) ** 2).mean(axis=(0, 1, 3))
-    r_sq = ((t.random / s) ** 2).mean(axis=(0, 1))
-    signed = (t.model_sign * t.targeted / s[..., None]).mean(axis=(0, 1, 3))
-    wb = (t.whitebox / s).mean(axis=(0, 1))
+    and the fraction of the white-box truth reached by the bias-corrected change.
+
+    Expectations over (site, image) pairs, by Monte Carlo on ``n_pairs`` independent noise-free
+    pairs (one image per drawn site: the expectation does not depend on how pairs are grouped,
+    and independent pairs make it precise; relative Monte-Carlo SE about 0.1 %)."""
+    rng = np.random.default_rng(seed)
+    sums = np.zeros((4, len(EPSILONS)))
+    chunk = 200_000
+    for start in range(0, n_pairs, chunk):
+        t = draw_truth(rng, min(chunk, n_pairs - start), 1, null)
+        s = t.sigma[:, None, None]
+        sums += np.stack([((t.targeted / s[..., None]) ** 2).sum(axis=(0, 1)).mean(axis=-1),
+                          ((t.random / s) ** 2).sum(axis=(0, 1)),
+                          (t.model_sign * t.targeted / s[..., None]).sum(axis=(0, 1)).mean(axis=-1),
+                          (t.whitebox / s).sum(axis=(0, 1))])
+    t_sq, r_sq, signed, wb = sums / n_pairs
     return {"targeted_rms": signed_sqrt(t_sq), "random_rms": signed_sqrt(r_sq),
             "difference": signed_sqrt(t_sq) - signed_sqrt(r_sq), "targeted_sq": t_sq,
             "fraction": signed / wb if not null else np.full(len(wb), np.nan)}
