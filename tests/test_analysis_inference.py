@@ -220,3 +220,52 @@ def test_above_floor_test_uses_every_cell_of_a_nested_design():
     products = np.abs(np.random.default_rng(10).normal(0.05, 0.02, size=(4, 3, 1)))
     assert above_floor_test(products, nested=True)[0] == pytest.approx(2.0 ** -12)
     assert above_floor_test(products, nested=False)[0] == pytest.approx(1 / 8)
+
+
+def test_skew_corrected_interval_is_the_t_interval_for_symmetric_values():
+    from scipy import stats
+
+    from analysis.inference import skew_corrected_mean_interval
+    x = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 0.5, -0.5])       # third cumulant exactly 0
+    lo, hi = skew_corrected_mean_interval(x)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    assert (lo, hi) == pytest.approx((x.mean() - half, x.mean() + half))
+    # a variance floor above s^2 widens it to that floor
+    lo2, hi2 = skew_corrected_mean_interval(x, variance_floor=4 * x.var(ddof=1))
+    assert hi2 - lo2 == pytest.approx(2 * (hi - lo))
+    assert np.isnan(skew_corrected_mean_interval(np.array([1.0, 2.0]))[0])   # < 3 values: no interval
+
+
+def test_skew_corrected_interval_limits_solve_halls_transformed_statistic():
+    """At each limit mu, Hall's G((mean - mu)/s) equals -+ t_q / sqrt(n) (Hall 1992, eq. for G)."""
+    from scipy import stats
+
+    from analysis.inference import skew_corrected_mean_interval
+    x = np.random.default_rng(3).gamma(0.7, 2.0, 9)
+    n, m, s = len(x), x.mean(), x.std(ddof=1)
+    g = n * np.sum((x - m) ** 3) / ((n - 1) * (n - 2)) / s ** 3
+    q = stats.t.ppf(0.975, n - 1) / np.sqrt(n)
+
+    def big_g(t):
+        return t + g * t ** 2 / 3 + g ** 2 * t ** 3 / 27 + g / (6 * n)
+
+    lo, hi = skew_corrected_mean_interval(x)
+    assert big_g((m - lo) / s) == pytest.approx(q)
+    assert big_g((m - hi) / s) == pytest.approx(-q)
+    assert hi - m > m - lo          # right-skewed values: the upper side is the longer one
+
+
+def test_skew_corrected_interval_covers_the_mean_of_a_skewed_population_where_t_misses():
+    """4000 samples of 8 from Gamma(0.5) (skewness 2.8; mean 0.5): the t interval covers ~86 %
+    (misses mostly below), the skew-corrected one near 95 %."""
+    from scipy import stats
+
+    from analysis.inference import skew_corrected_mean_interval
+    rng = np.random.default_rng(0)
+    x, mu = rng.gamma(0.5, 1.0, (4000, 8)), 0.5
+    iv = np.array([skew_corrected_mean_interval(r) for r in x])
+    hall = np.mean((iv[:, 0] <= mu) & (mu <= iv[:, 1]))
+    half = stats.t.ppf(0.975, 7) * x.std(axis=1, ddof=1) / np.sqrt(8)
+    t_cov = np.mean(np.abs(x.mean(axis=1) - mu) <= half)
+    assert t_cov < 0.89
+    assert 0.925 <= hall <= 0.965      # Monte-Carlo SE 0.35 %
