@@ -1,8 +1,7 @@
 """Bootstrap confidence intervals (seeded), BCa via ``scipy.stats.bootstrap``: of a mean
 (:func:`bootstrap_mean`), of column means sharing their units (:func:`bca_mean_interval`, the
 per-site bands of the sensitivity curves), and of a Pearson r resampling clusters of points
-(:func:`bca_pearson_by_cluster`). :func:`percentile_interval` remains for the line fits of
-``analysis.geometry`` (stratified resampling of repeats, which scipy's BCa does not do).
+(:func:`bca_pearson_by_cluster`). No percentile-bootstrap interval is left in ``analysis``.
 
 Everything here is unit-agnostic: the CI has the unit of the values passed in (spikes per
 70-170 ms window, or multiples of a site's clean-image s.d. after normalisation).
@@ -46,17 +45,6 @@ def check_level(level: float) -> None:
 def check_n_boot(n_boot: int) -> None:
     if int(n_boot) < 10:
         raise ValueError(f"n_boot must be at least 10 bootstrap resamples (use ~2000); got {n_boot}")
-
-
-def percentile_interval(boot: np.ndarray, level: float = DEFAULT_LEVEL, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Lower/upper percentiles of bootstrap replicates ``boot`` along ``axis`` (NaNs ignored)."""
-    check_level(level)
-    alpha = (1.0 - level) / 2.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN
-        lo = np.nanpercentile(boot, 100 * alpha, axis=axis)
-        hi = np.nanpercentile(boot, 100 * (1 - alpha), axis=axis)
-    return lo, hi
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
