@@ -10,7 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, MIN_BCA_UNITS, Estimate, bca_mean_interval, check_n_boot
+from analysis.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_N_BOOT,
+    MIN_BCA_UNITS,
+    TWO_LEVEL_MAX_CELLS,
+    Estimate,
+    bca_interval,
+    bca_mean_interval,
+    check_n_boot,
+    pigeonhole_bca,
+)
 from analysis.inference import two_level_estimate
 from analysis.provenance import check_responses, provenance_columns
 from analysis.sensitivity import SensitivityCurve, clean_sigma, sensitivity_curve
@@ -42,16 +52,23 @@ def site_level_of_means(sites: np.ndarray, per_unit: np.ndarray, normalised: boo
     """Per-site means over units (images, stimuli) of ``per_unit`` (n_units, n_sites), NaN = missing.
 
     Site intervals: BCa over that site's units. Population (mean over sites of the site means):
-    :func:`analysis.inference.two_level_estimate`, crossed (every unit is shared by the sites).
+    :func:`analysis.inference.two_level_estimate`, crossed (every unit is shared by the sites);
+    above :data:`TWO_LEVEL_MAX_CELLS` cells, the batched :func:`pigeonhole_bca` (wider), since
+    the variance correction's resamples are held in memory at once.
     """
     v = np.asarray(per_unit, dtype=float)
     lo, hi = bca_mean_interval(v, 0, n_boot, level, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         value = np.nanmean(v, axis=0)
-    pop = two_level_estimate([v.T[:, :, None]], np.asarray, n_resamples=n_boot, level=level, seed=seed).estimates[0]
+        pop = float(np.nanmean(value))
     n = int(np.isfinite(v).any(axis=1).sum())
-    return SiteLevel(np.asarray(sites), value, lo, hi, Estimate(pop.value, pop.lo, pop.hi, level, n), normalised)
+    if v.size <= TWO_LEVEL_MAX_CELLS:
+        est = two_level_estimate([v.T[:, :, None]], np.asarray, n_resamples=n_boot, level=level, seed=seed).estimates[0]
+        pop_lo, pop_hi = est.lo, est.hi
+    else:
+        pop_lo, pop_hi = pigeonhole_bca(v, lambda t: np.nanmean(t, axis=-2), n_boot, level, seed)
+    return SiteLevel(np.asarray(sites), value, lo, hi, Estimate(pop, pop_lo, pop_hi, level, n), normalised)
 
 
 def mean_abs_pair_difference(a: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -64,43 +81,6 @@ def mean_abs_pair_difference(a: np.ndarray, axis: int = -1) -> np.ndarray:
     return (a * weights).sum(axis=-1) / (n * (n - 1) / 2.0)
 
 
-def _pair_bca(data: tuple[np.ndarray, ...], statistic, n_boot: int, level: float, seed: int,
-              cells: int) -> tuple[float, float]:
-    """BCa interval (``scipy.stats.bootstrap``, unpaired samples) of ``statistic(*data)``."""
-    from scipy import stats
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a degenerate sample's interval is NaN, reported as such
-        ci = stats.bootstrap(data, statistic, n_resamples=int(n_boot), confidence_level=level, method="BCa",
-                             paired=False, vectorized=True, batch=max(1, 4_000_000 // max(cells, 1)),
-                             random_state=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
-
-
-def pair_baseline_population(clean: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float]:
-    """Interval of the mean over sites of each site's random-pair baseline, sites AND images random.
-
-    clean: (n_images, n_sites) clean-image responses, all finite, shared by the sites (crossed).
-    The pigeonhole bootstrap (sites and images resampled independently; Owen 2007) with BCa: the
-    statistic is not a mean over images, so the random-effects rescaling of
-    :func:`analysis.inference.two_level_estimate` does not apply; this interval errs wide (it
-    counts the site x image variance more than once). Fewer than 3 sites: sites held fixed.
-    """
-    n_img, n_sites = clean.shape
-    images = np.arange(n_img, dtype=float)
-    if n_sites < MIN_BCA_UNITS:
-        def over_images(i, axis=-1):
-            t = clean[np.asarray(i, np.int64)]                               # (..., images, sites)
-            return mean_abs_pair_difference(t, axis=-2).mean(axis=-1)
-        return _pair_bca((images,), over_images, n_boot, level, seed, clean.size)
-
-    def both(s, i, axis=-1):
-        s, i = np.asarray(s, np.int64), np.asarray(i, np.int64)
-        t = clean[i[..., :, None], s[..., None, :]]                          # (..., images, sites)
-        return mean_abs_pair_difference(t, axis=-2).mean(axis=-1)
-    return _pair_bca((np.arange(n_sites, dtype=float), images), both, n_boot, level, seed, clean.size)
-
-
 def random_pair_baseline(responses: np.ndarray, prov, *, sites: np.ndarray | None = None,
                          normalise: bool = True, sigma: np.ndarray | None = None,
                          n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> SiteLevel:
@@ -108,7 +88,7 @@ def random_pair_baseline(responses: np.ndarray, prov, *, sites: np.ndarray | Non
 
     The mean is taken exactly over all pairs j < k of distinct clean images (the expectation
     over random pairs). CIs: per site, BCa over its clean images; population (mean over
-    sites), :func:`pair_baseline_population` on the clean images every site has. ``sites``
+    sites), :func:`pigeonhole_bca` on the clean images every site has. ``sites``
     default: all channels. responses: (n_stimuli, n_channels) spikes; only rows with
     kind == "clean" are used.
     """
@@ -128,9 +108,9 @@ def random_pair_baseline(responses: np.ndarray, prov, *, sites: np.ndarray | Non
                              "baseline needs at least 2")
         value[k] = mean_abs_pair_difference(v)
         if v.size >= MIN_BCA_UNITS and np.ptp(v) > 0:
-            lo[k], hi[k] = _pair_bca((v,), mean_abs_pair_difference, n_boot, level, seed + k, v.size)
+            lo[k], hi[k] = bca_interval((v,), mean_abs_pair_difference, n_boot, level, seed + k, v.size)
     shared = clean[np.isfinite(clean).all(axis=1)]
-    pop_lo, pop_hi = (pair_baseline_population(shared, n_boot, level, seed)
+    pop_lo, pop_hi = (pigeonhole_bca(shared, lambda t: mean_abs_pair_difference(t, axis=-2), n_boot, level, seed)
                       if len(shared) >= MIN_BCA_UNITS and len(sites) else (np.nan, np.nan))
     n = int(np.isfinite(clean).any(axis=1).sum())
     return SiteLevel(sites, value, lo, hi, Estimate(float(np.mean(value)), pop_lo, pop_hi, level, n), normalise)

@@ -9,6 +9,7 @@ Everything here is unit-agnostic: the CI has the unit of the values passed in (s
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,8 @@ def bootstrap_mean(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: floa
 
 
 MIN_BCA_UNITS = 3   # fewer independent units than this: no interval (NaN), not a made-up band
+TWO_LEVEL_MAX_CELLS = 20_000   # analysis.inference.two_level_estimate holds ~4000 resamples of every cell at
+#   once (over 600 MB above this many sites x images); larger tables use the batched pigeonhole_bca
 
 
 def all_equal(values: np.ndarray, spread: np.ndarray) -> np.ndarray:
@@ -159,3 +162,46 @@ def bca_pearson_by_cluster(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, n_
                               confidence_level=level, method="BCa", vectorized=True, batch=batch,
                               random_state=np.random.default_rng(seed)).confidence_interval
     return Estimate(value, float(res.low), float(res.high), level, n_clusters)
+
+
+def bca_interval(data: tuple[np.ndarray, ...], statistic: Callable, n_boot: int, level: float, seed: int,
+                 cells: int) -> tuple[float, float]:
+    """BCa interval (``scipy.stats.bootstrap``, unpaired samples) of a scalar ``statistic(*data, axis=-1)``
+    (vectorised), in batches of about 4e6 resampled values given ``cells`` values per resample."""
+    from scipy import stats
+
+    check_n_boot(n_boot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate sample's interval is NaN, reported as such
+        ci = stats.bootstrap(data, statistic, n_resamples=int(n_boot), confidence_level=level, method="BCa",
+                             paired=False, vectorized=True, batch=max(1, 4_000_000 // max(cells, 1)),
+                             random_state=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def pigeonhole_bca(values: np.ndarray, per_site: Callable[[np.ndarray], np.ndarray], n_boot: int, level: float,
+                   seed: int) -> tuple[float, float]:
+    """BCa interval of the mean over sites of ``per_site(values)``, sites AND images random.
+
+    values: (n_images, n_sites), the images shared by the sites (crossed); ``per_site`` maps
+    (..., n_images, n_sites) to (..., n_sites) (e.g. a NaN-mean over images). The pigeonhole
+    bootstrap (sites and images resampled independently; Owen 2007) with BCa, in batches of
+    bounded memory. It counts the site x image variance more than once, so it errs wide: the
+    random-effects rescaling of :func:`analysis.inference.two_level_estimate` needs a mean over
+    images. Fewer than 3 sites: sites held fixed."""
+    n_img, n_sites = values.shape
+    images = np.arange(n_img, dtype=float)
+
+    def pooled(t: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(per_site(t), axis=-1)
+    if n_sites < MIN_BCA_UNITS:
+        def over_images(i, axis=-1):
+            return pooled(values[np.asarray(i, np.int64)])                   # (..., images, sites)
+        return bca_interval((images,), over_images, n_boot, level, seed, values.size)
+
+    def both(s, i, axis=-1):
+        s, i = np.asarray(s, np.int64), np.asarray(i, np.int64)
+        return pooled(values[i[..., :, None], s[..., None, :]])              # (..., images, sites)
+    return bca_interval((np.arange(n_sites, dtype=float), images), both, n_boot, level, seed, values.size)
