@@ -13,13 +13,12 @@ from analysis.sensitivity import (
                                   PredictedVsMeasured,
                                   SensitivityCurve,
                                   clean_sigma,
-                                  compare_curves,
                                   model_unit_curve,
                                   predicted_vs_measured,
                                   sensitivity_curve,
 )
 
 __all__ = ["Estimate", "FractionOfTrue", "PredictedVsMeasured", "SensitivityCurve", "SiteLevel", "bootstrap_mean",
-           "clean_sigma", "compare_curves", "expected_abs_difference_poisson", "fraction_of_true",
+           "clean_sigma", "expected_abs_difference_poisson", "fraction_of_true",
            "model_unit_curve", "predicted_vs_measured", "random_direction_control", "random_pair_baseline",
            "sensitivity_curve", "split_half_noise_floor", "split_half_reliability"]

@@ -10,7 +10,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, Estimate, check_n_boot, estimate_from_boot, percentile_interval
+from analysis.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_N_BOOT,
+    MIN_BCA_UNITS,
+    TWO_LEVEL_MAX_CELLS,
+    Estimate,
+    bca_interval,
+    bca_mean_interval,
+    check_n_boot,
+    pigeonhole_bca,
+)
+from analysis.inference import two_level_estimate
 from analysis.provenance import check_responses, provenance_columns
 from analysis.sensitivity import SensitivityCurve, clean_sigma, sensitivity_curve
 
@@ -19,8 +30,8 @@ from analysis.sensitivity import SensitivityCurve, clean_sigma, sensitivity_curv
 class SiteLevel:
     """A scalar per site (no epsilon dependence) plus its population mean, with CIs.
 
-    ``sites``, ``value``, ``lo``, ``hi``: (n_sites,); ``boot``: (n_boot, n_sites);
-    ``population``: mean over sites; ``population_boot``: (n_boot,).
+    ``sites``, ``value``, ``lo``, ``hi``: (n_sites,), a site's interval is BCa over its
+    images (stimuli); ``population``: mean over sites, interval with sites and images random.
     Unit: multiples of sigma_i if ``normalised`` else spikes per window.
     """
 
@@ -28,9 +39,7 @@ class SiteLevel:
     value: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    boot: np.ndarray
     population: Estimate
-    population_boot: np.ndarray
     normalised: bool
 
     @property
@@ -38,15 +47,28 @@ class SiteLevel:
         return "multiples of the site's clean-image s.d." if self.normalised else "spikes per window"
 
 
-def site_level(sites: np.ndarray, value: np.ndarray, boot: np.ndarray, normalised: bool, level: float,
-               n: int) -> SiteLevel:
-    """Assemble a SiteLevel from per-site values (n_sites,) and replicates (n_boot, n_sites)."""
-    lo, hi = percentile_interval(boot, level)
+def site_level_of_means(sites: np.ndarray, per_unit: np.ndarray, normalised: bool, n_boot: int, level: float,
+                        seed: int) -> SiteLevel:
+    """Per-site means over units (images, stimuli) of ``per_unit`` (n_units, n_sites), NaN = missing.
+
+    Site intervals: BCa over that site's units. Population (mean over sites of the site means):
+    :func:`analysis.inference.two_level_estimate`, crossed (every unit is shared by the sites);
+    above :data:`TWO_LEVEL_MAX_CELLS` cells, the batched :func:`pigeonhole_bca` (wider), since
+    the variance correction's resamples are held in memory at once.
+    """
+    v = np.asarray(per_unit, dtype=float)
+    lo, hi = bca_mean_interval(v, 0, n_boot, level, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        pop_boot = np.nanmean(boot, axis=1)
-        pop = estimate_from_boot(np.nanmean(value), pop_boot, level, n)
-    return SiteLevel(np.asarray(sites), value, lo, hi, boot, pop, pop_boot, normalised)
+        value = np.nanmean(v, axis=0)
+        pop = float(np.nanmean(value))
+    n = int(np.isfinite(v).any(axis=1).sum())
+    if v.size <= TWO_LEVEL_MAX_CELLS:
+        est = two_level_estimate([v.T[:, :, None]], np.asarray, n_resamples=n_boot, level=level, seed=seed).estimates[0]
+        pop_lo, pop_hi = est.lo, est.hi
+    else:
+        pop_lo, pop_hi = pigeonhole_bca(v, lambda t: np.nanmean(t, axis=-2), n_boot, level, seed)
+    return SiteLevel(np.asarray(sites), value, lo, hi, Estimate(pop, pop_lo, pop_hi, level, n), normalised)
 
 
 def mean_abs_pair_difference(a: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -65,8 +87,10 @@ def random_pair_baseline(responses: np.ndarray, prov, *, sites: np.ndarray | Non
     """Random-image-pair baseline ``mean |r_i(x_j) - r_i(x_k)| / sigma_i`` over clean images.
 
     The mean is taken exactly over all pairs j < k of distinct clean images (the expectation
-    over random pairs). CI: bootstrap over clean images. ``sites`` default: all channels.
-    responses: (n_stimuli, n_channels) spikes; only rows with kind == "clean" are used.
+    over random pairs). CIs: per site, BCa over its clean images; population (mean over
+    sites), :func:`pigeonhole_bca` on the clean images every site has. ``sites``
+    default: all channels. responses: (n_stimuli, n_channels) spikes; only rows with
+    kind == "clean" are used.
     """
     check_n_boot(n_boot)
     kind = provenance_columns(prov, ("kind",))["kind"]
@@ -75,19 +99,21 @@ def random_pair_baseline(responses: np.ndarray, prov, *, sites: np.ndarray | Non
     clean = r[kind == "clean"][:, sites]
     if normalise:
         sigma = clean_sigma(r, prov, sites) if sigma is None else np.asarray(sigma, dtype=float)
-    rng = np.random.default_rng(seed)
-    value = np.full(len(sites), np.nan)
-    boot = np.full((n_boot, len(sites)), np.nan)
+        clean = clean / sigma
+    value, lo, hi = (np.full(len(sites), np.nan) for _ in range(3))
     for k in range(len(sites)):
         v = clean[:, k][np.isfinite(clean[:, k])]
         if v.size < 2:
             raise ValueError(f"site {int(sites[k])} has fewer than 2 measured clean images; the random-pair "
                              "baseline needs at least 2")
         value[k] = mean_abs_pair_difference(v)
-        boot[:, k] = mean_abs_pair_difference(v[rng.integers(0, v.size, size=(n_boot, v.size))])
-    if normalise:
-        value, boot = value / sigma, boot / sigma
-    return site_level(sites, value, boot, normalise, level, int(np.isfinite(clean).any(axis=1).sum()))
+        if v.size >= MIN_BCA_UNITS and np.ptp(v) > 0:
+            lo[k], hi[k] = bca_interval((v,), mean_abs_pair_difference, n_boot, level, seed + k, v.size)
+    shared = clean[np.isfinite(clean).all(axis=1)]
+    pop_lo, pop_hi = (pigeonhole_bca(shared, lambda t: mean_abs_pair_difference(t, axis=-2), n_boot, level, seed)
+                      if len(shared) >= MIN_BCA_UNITS and len(sites) else (np.nan, np.nan))
+    n = int(np.isfinite(clean).any(axis=1).sum())
+    return SiteLevel(sites, value, lo, hi, Estimate(float(np.mean(value)), pop_lo, pop_hi, level, n), normalise)
 
 
 def random_direction_control(responses: np.ndarray, prov, *, sites: np.ndarray | None = None,

@@ -1,5 +1,7 @@
-"""Bootstrap confidence intervals (seeded): BCa via ``scipy.stats.bootstrap`` for means; the
-resample-count helpers below serve the per-site bands of the sensitivity curves.
+"""Bootstrap confidence intervals (seeded), BCa via ``scipy.stats.bootstrap``: of a mean
+(:func:`bootstrap_mean`), of column means sharing their units (:func:`bca_mean_interval`, the
+per-site bands of the sensitivity curves), and of a Pearson r resampling clusters of points
+(:func:`bca_pearson_by_cluster`). No percentile-bootstrap interval is left in ``analysis``.
 
 Everything here is unit-agnostic: the CI has the unit of the values passed in (spikes per
 70-170 ms window, or multiples of a site's clean-image s.d. after normalisation).
@@ -7,6 +9,7 @@ Everything here is unit-agnostic: the CI has the unit of the values passed in (s
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +20,7 @@ DEFAULT_LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a percentile-bootstrap confidence interval ``[lo, hi]``.
+    """A point estimate with a confidence interval ``[lo, hi]`` (BCa or two-level; see where it is made).
 
     ``n`` is the number of independent units (images, stimuli) behind it.
     """
@@ -45,23 +48,6 @@ def check_n_boot(n_boot: int) -> None:
         raise ValueError(f"n_boot must be at least 10 bootstrap resamples (use ~2000); got {n_boot}")
 
 
-def percentile_interval(boot: np.ndarray, level: float = DEFAULT_LEVEL, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Lower/upper percentiles of bootstrap replicates ``boot`` along ``axis`` (NaNs ignored)."""
-    check_level(level)
-    alpha = (1.0 - level) / 2.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN
-        lo = np.nanpercentile(boot, 100 * alpha, axis=axis)
-        hi = np.nanpercentile(boot, 100 * (1 - alpha), axis=axis)
-    return lo, hi
-
-
-def estimate_from_boot(value: float, boot: np.ndarray, level: float = DEFAULT_LEVEL, n: int = 0) -> Estimate:
-    """Wrap a point estimate and its 1-d bootstrap replicates ``(n_boot,)`` into an Estimate."""
-    lo, hi = percentile_interval(np.asarray(boot, dtype=float), level)
-    return Estimate(float(value), float(lo), float(hi), level, int(n))
-
-
 def bootstrap_mean(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
                    seed: int = 0) -> Estimate:
     """Mean of ``values`` (n,) with a BCa CI (``scipy.stats.bootstrap``) over the n values (NaNs dropped)."""
@@ -81,59 +67,141 @@ def bootstrap_mean(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: floa
     return Estimate(float(v.mean()), float(ci.low), float(ci.high), level, v.size)
 
 
-def resample_counts(n_rows: int, n_boot: int, rng: np.random.Generator, max_elements: int = 2_000_000):
-    """Yield chunks of bootstrap count matrices, (chunk, n_rows) floats.
+MIN_BCA_UNITS = 3   # fewer independent units than this: no interval (NaN), not a made-up band
+TWO_LEVEL_MAX_CELLS = 20_000   # analysis.inference.two_level_estimate holds ~4000 resamples of every cell at
+#   once (over 600 MB above this many sites x images); larger tables use the batched pigeonhole_bca
 
-    Row b says how often each of the n_rows units was drawn in resample b (n_rows draws
-    with replacement), so a resampled sum is ``counts @ values``. Chunks bound memory.
+
+def all_equal(values: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Whether each column's ``spread`` (max - min of its finite ``values`` (n, m)) is rounding only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        size = np.nanmax(np.abs(values), axis=0) if values.size else np.zeros(values.shape[1])
+    return np.asarray(spread <= 1e-12 * np.maximum(size, 1e-300))
+
+
+def _bca_group(v: np.ndarray, n_boot: int, level: float, seed: int, max_elements: int) -> tuple[np.ndarray, np.ndarray]:
+    """BCa interval of the column means of ``v`` (n, m), all finite; the same rows for every column."""
+    from scipy import stats
+
+    batch = max(1, max_elements // max(v.size, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate column's interval is NaN, reported as such
+        ci = stats.bootstrap((v,), np.mean, n_resamples=int(n_boot), confidence_level=level, method="BCa",
+                             axis=0, vectorized=True, batch=batch,
+                             random_state=np.random.default_rng(seed)).confidence_interval
+    return np.atleast_1d(ci.low), np.atleast_1d(ci.high)
+
+
+def bca_mean_interval(values: np.ndarray, axis: int = 0, n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
+                      seed: int = 0, max_elements: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """BCa intervals (``scipy.stats.bootstrap``) of the means along ``axis`` of ``values``, NaNs dropped.
+
+    The units along ``axis`` (e.g. a site's images) are resampled, the same units for every
+    other entry (e.g. every epsilon) where they share their finite rows: columns are grouped
+    by which rows are finite and each group is one vectorised bootstrap. A column with fewer
+    than :data:`MIN_BCA_UNITS` finite values gets NaN; one whose values are all equal gets
+    ``[value, value]`` (every resample is that value). ``max_elements``: resampled values held
+    in memory at once. Returns (lo, hi), each ``values``' shape without ``axis``; unit of values.
     """
-    chunk = max(1, max_elements // max(n_rows, 1))
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n_rows, size=(b, n_rows)) + (np.arange(b) * n_rows)[:, None]
-        yield np.bincount(idx.ravel(), minlength=b * n_rows).reshape(b, n_rows).astype(float)
+    check_n_boot(n_boot)
+    check_level(level)
+    v = np.moveaxis(np.asarray(values, dtype=float), axis, 0)
+    rest = v.shape[1:]
+    flat = v.reshape(v.shape[0], int(np.prod(rest)))
+    lo, hi = np.full(flat.shape[1], np.nan), np.full(flat.shape[1], np.nan)
+    ok = np.isfinite(flat)
+    enough = ok.sum(axis=0) >= MIN_BCA_UNITS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanmax(flat, axis=0) - np.nanmin(flat, axis=0) if flat.size else np.zeros(flat.shape[1])
+    flat_cols = enough & all_equal(flat, spread)
+    lo[flat_cols] = hi[flat_cols] = np.nanmean(flat[:, flat_cols], axis=0) if flat_cols.any() else 0.0
+    todo = enough & ~flat_cols
+    patterns, group = np.unique(ok[:, todo].T, axis=0, return_inverse=True) if todo.any() else (np.empty((0, 0)), [])
+    cols = np.flatnonzero(todo)
+    for g, rows in enumerate(patterns):
+        c = cols[np.asarray(group).ravel() == g]
+        lo[c], hi[c] = _bca_group(flat[np.asarray(rows, bool)][:, c], n_boot, level, seed, max_elements)
+    return lo.reshape(rest), hi.reshape(rest)
 
 
-def resample_rows_mean(table: np.ndarray, n_rows: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates of the column means of ``table[:n_rows]``.
+def bca_pearson_by_cluster(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, n_boot: int = DEFAULT_N_BOOT,
+                           level: float = DEFAULT_LEVEL, seed: int = 0) -> Estimate:
+    """Pearson r of the (n,) points ``(x, y)`` with a BCa interval resampling whole clusters.
 
-    ``table``: (n_rows_max, n_cols), NaN where a row has no value for a column. Rows (images)
-    are resampled with replacement, the same rows for every column, so columns that share
-    images (epsilons of one clean image) keep their correlation. Returns (n_boot, n_cols);
-    a column with no finite value in a resample is NaN.
+    ``cluster``: (n,) label of each point's independent unit (points of one cluster share
+    noise and are resampled together). A resample's r comes from the summed per-cluster
+    moments, so every resample and jackknife pass is vectorised. NaN interval with fewer than
+    :data:`MIN_BCA_UNITS` clusters; ``n`` of the Estimate = the number of clusters.
     """
-    n_cols = table.shape[1]
-    if n_rows == 0:
-        return np.full((n_boot, n_cols), np.nan)
-    t = table[:n_rows]
-    ok = np.isfinite(t)
-    filled, okf = np.where(ok, t, 0.0), ok.astype(float)
-    out = np.empty((n_boot, n_cols))
-    i = 0
-    for w in resample_counts(n_rows, n_boot, rng):
+    from scipy import stats
+
+    check_n_boot(n_boot)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    labels, ci = np.unique(np.asarray(cluster), return_inverse=True)
+    n_clusters = len(labels)
+    if len(x) < 3:
+        return Estimate(np.nan, np.nan, np.nan, level, n_clusters)
+    xc, yc = x - x.mean(), y - y.mean()
+    moments = np.zeros((n_clusters, 6))
+    np.add.at(moments, np.asarray(ci).ravel(), np.stack([np.ones_like(xc), xc, yc, xc * xc, yc * yc, xc * yc], 1))
+
+    def pearson(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        n, sx, sy, sxx, syy, sxy = np.moveaxis(moments[np.asarray(idx, dtype=np.int64)].sum(axis=-2), -1, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            cnt = w @ okf
-            out[i:i + len(w)] = np.where(cnt > 0, (w @ filled) / np.maximum(cnt, 1), np.nan)
-        i += len(w)
-    return out
+            return (sxy - sx * sy / n) / np.sqrt((sxx - sx * sx / n) * (syy - sy * sy / n))
+
+    value = float(pearson(np.arange(n_clusters)))
+    if n_clusters < MIN_BCA_UNITS or not np.isfinite(value):
+        return Estimate(value, np.nan, np.nan, level, n_clusters)
+    batch = max(1, 4_000_000 // (6 * n_clusters))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples -> NaN interval, reported as such
+        res = stats.bootstrap((np.arange(n_clusters, dtype=float),), pearson, n_resamples=int(n_boot),
+                              confidence_level=level, method="BCa", vectorized=True, batch=batch,
+                              random_state=np.random.default_rng(seed)).confidence_interval
+    return Estimate(value, float(res.low), float(res.high), level, n_clusters)
 
 
-def combine_boot(a_value: float, a_boot: np.ndarray, b_value: float, b_boot: np.ndarray, op: str,
-                 level: float = DEFAULT_LEVEL) -> Estimate:
-    """``a op b`` (op: "ratio" or "difference") with a CI from paired bootstrap replicates.
+def bca_interval(data: tuple[np.ndarray, ...], statistic: Callable, n_boot: int, level: float, seed: int,
+                 cells: int) -> tuple[float, float]:
+    """BCa interval (``scipy.stats.bootstrap``, unpaired samples) of a scalar ``statistic(*data, axis=-1)``
+    (vectorised), in batches of about 4e6 resampled values given ``cells`` values per resample."""
+    from scipy import stats
 
-    Replicates of independent resamples (e.g. targeted vs random stimuli, day 1 vs day 5)
-    are combined replicate by replicate; with independent data this is the bootstrap of
-    the combined statistic.
-    """
-    a_boot = np.asarray(a_boot, dtype=float)
-    b_boot = np.asarray(b_boot, dtype=float)
-    if a_boot.shape != b_boot.shape:
-        raise ValueError(f"bootstrap replicates differ in shape {a_boot.shape} vs {b_boot.shape}; "
-                         "compute both with the same n_boot")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if op == "ratio":
-            return estimate_from_boot(a_value / b_value if b_value != 0 else np.nan, a_boot / b_boot, level)
-        if op == "difference":
-            return estimate_from_boot(a_value - b_value, a_boot - b_boot, level)
-    raise ValueError(f"op must be 'ratio' or 'difference'; got {op!r}")
+    check_n_boot(n_boot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate sample's interval is NaN, reported as such
+        ci = stats.bootstrap(data, statistic, n_resamples=int(n_boot), confidence_level=level, method="BCa",
+                             paired=False, vectorized=True, batch=max(1, 4_000_000 // max(cells, 1)),
+                             random_state=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def pigeonhole_bca(values: np.ndarray, per_site: Callable[[np.ndarray], np.ndarray], n_boot: int, level: float,
+                   seed: int) -> tuple[float, float]:
+    """BCa interval of the mean over sites of ``per_site(values)``, sites AND images random.
+
+    values: (n_images, n_sites), the images shared by the sites (crossed); ``per_site`` maps
+    (..., n_images, n_sites) to (..., n_sites) (e.g. a NaN-mean over images). The pigeonhole
+    bootstrap (sites and images resampled independently; Owen 2007) with BCa, in batches of
+    bounded memory. It counts the site x image variance more than once, so it errs wide: the
+    random-effects rescaling of :func:`analysis.inference.two_level_estimate` needs a mean over
+    images. Fewer than 3 sites: sites held fixed."""
+    n_img, n_sites = values.shape
+    images = np.arange(n_img, dtype=float)
+
+    def pooled(t: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(per_site(t), axis=-1)
+    if n_sites < MIN_BCA_UNITS:
+        def over_images(i, axis=-1):
+            return pooled(values[np.asarray(i, np.int64)])                   # (..., images, sites)
+        return bca_interval((images,), over_images, n_boot, level, seed, values.size)
+
+    def both(s, i, axis=-1):
+        s, i = np.asarray(s, np.int64), np.asarray(i, np.int64)
+        return pooled(values[i[..., :, None], s[..., None, :]])              # (..., images, sites)
+    return bca_interval((np.arange(n_sites, dtype=float), images), both, n_boot, level, seed, values.size)

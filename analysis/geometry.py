@@ -3,11 +3,12 @@
 A response ``r(t)`` measured at signed steps ``t`` along a unit direction ``u`` (L2 norm,
 pixels in [0,1]) is fitted by least squares with ``r(t) = a + b t + (c / 2) t^2``:
 ``b`` is the slope (spikes per unit L2 norm) and ``c`` the curvature (the second derivative,
-spikes per unit^2), both at the clean image ``t = 0``. Confidence intervals come from the
-percentile bootstrap over repeats: at every ``t`` level the presentations are resampled
-with replacement (stratified, so the design stays fixed) and the line refitted; or, when
+spikes per unit^2), both at the clean image ``t = 0``. Confidence intervals are BCa
+(``scipy.stats.bootstrap``) over repeats: at every ``t`` level the presentations are
+resampled with replacement (stratified: each level is one sample, so the design stays fixed;
+a level with a single presentation is held fixed) and the line refitted; or, when
 presentations share noise (a trial's gain in the simulator and in a monkey), over whole
-trials (``clusters``).
+trials (``clusters``, refitted from the summed per-trial normal equations).
 
 The same fit on noise-free values (a model's predictions, the simulator's expected counts)
 gives the model's and the truth's slope and curvature on exactly the same points.
@@ -28,7 +29,6 @@ from analysis.bootstrap import (
     DEFAULT_N_BOOT,
     Estimate,
     check_level,
-    percentile_interval,
 )
 
 
@@ -57,41 +57,83 @@ class LineFit:
     intercept: float
 
 
-def _cluster_boot(t: np.ndarray, y: np.ndarray, clusters: np.ndarray, n_boot: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, 3) refits on resamples of whole clusters (e.g. trials): noise shared inside a
-    cluster (a trial's gain) stays together. A resample with < 3 distinct t is NaN."""
+def _solve_normal(xtx: np.ndarray, xty: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients from stacked normal equations (..., 3, 3), (..., 3) -> (3, ...);
+    NaN where the system is singular (fewer than 3 distinct t)."""
+    scale = np.maximum(np.abs(xtx).max(axis=(-2, -1)), 1e-300)
+    ok = np.linalg.cond(xtx / scale[..., None, None]) < 1e12
+    safe = np.where(ok[..., None, None], xtx, np.eye(3))
+    coef = np.linalg.solve(safe, xty[..., None])[..., 0]
+    return np.moveaxis(np.where(ok[..., None], coef, np.nan), -1, 0)
+
+
+def _bca(samples: tuple[np.ndarray, ...], statistic, n_boot: int, level: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """BCa interval of the (2, ...) statistic (slope, curvature) over independently resampled samples."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate resample set -> NaN interval, reported as such
+        ci = stats.bootstrap(samples, statistic, paired=False, vectorized=True, n_resamples=int(n_boot),
+                             confidence_level=level, method="BCa", random_state=np.random.default_rng(seed),
+                             batch=max(1, 2_000_000 // max(sum(len(x) for x in samples), 1))).confidence_interval
+    return np.asarray(ci.low), np.asarray(ci.high)
+
+
+def _cluster_interval(t: np.ndarray, y: np.ndarray, clusters: np.ndarray, n_boot: int, level: float,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """BCa of (slope, curvature) resampling whole clusters (e.g. trials): noise shared inside a
+    cluster (a trial's gain) stays together. Each cluster's normal equations are summed."""
     ids, inv = np.unique(clusters, return_inverse=True)
-    members = [np.flatnonzero(inv == k) for k in range(len(ids))]
-    out = np.full((n_boot, 3), np.nan)
-    for i in range(n_boot):
-        rows = np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
-        if len(np.unique(t[rows])) >= 3:
-            out[i] = fit_quadratic(t[rows], y[rows])
-    return out
+    X = _design(t)
+    xtx = np.zeros((len(ids), 3, 3))
+    xty = np.zeros((len(ids), 3))
+    np.add.at(xtx, inv, X[:, :, None] * X[:, None, :])
+    np.add.at(xty, inv, X * y[:, None])
+
+    def slope_curvature(idx, axis=-1):
+        k = np.asarray(idx, np.int64)
+        return _solve_normal(xtx[k].sum(axis=-3), xty[k].sum(axis=-2))[1:]
+    if len(ids) < 3:
+        return np.full(2, np.nan), np.full(2, np.nan)
+    return _bca((np.arange(len(ids), dtype=float),), slope_curvature, n_boot, level, seed)
+
+
+def _stratified_interval(t: np.ndarray, y: np.ndarray, n_boot: int, level: float,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """BCa of (slope, curvature) resampling the repeats within each ``t`` level (one sample per
+    level with 2 or more repeats; single-repeat levels enter every resample unchanged)."""
+    levels = np.unique(t)
+    groups = [y[t == v] for v in levels]
+    free = [k for k, g in enumerate(groups) if len(g) >= 2]
+    fixed_t = np.concatenate([np.full(len(groups[k]), levels[k]) for k in range(len(levels)) if k not in free] + [[]])
+    fixed_y = np.concatenate([groups[k] for k in range(len(levels)) if k not in free] + [[]])
+    if not free:
+        return np.full(2, np.nan), np.full(2, np.nan)
+
+    def slope_curvature(*ys, axis=-1):
+        tt = np.concatenate([np.full(v.shape[-1], levels[k]) for k, v in zip(free, ys)] + [fixed_t])
+        yy = np.concatenate(list(ys) + [np.broadcast_to(fixed_y, ys[0].shape[:-1] + fixed_y.shape)], axis=-1)
+        X = _design(tt)
+        return _solve_normal(X.T @ X, yy @ X)[1:]
+    return _bca(tuple(groups[k] for k in free), slope_curvature, n_boot, level, seed)
 
 
 def fit_line(t: np.ndarray, y: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
              seed: int = 0, clusters: np.ndarray | None = None) -> LineFit:
-    """Fit ``y`` (one value per presentation) at steps ``t`` (one per presentation) and bootstrap
-    (``n_boot`` resamples, percentile CI at ``level``): the repeats within each distinct ``t``, or,
-    with ``clusters`` (one label per presentation, e.g. its trial), whole clusters."""
+    """Fit ``y`` (one value per presentation) at steps ``t`` (one per presentation) with BCa
+    intervals (``n_boot`` resamples, at ``level``): resampling the repeats within each distinct
+    ``t``, or, with ``clusters`` (one label per presentation, e.g. its trial), whole clusters."""
     check_level(level)
     t = np.asarray(t, np.float64).reshape(-1)
     y = np.asarray(y, np.float64).reshape(-1)
     if len(t) != len(y):
         raise ValueError(f"t has {len(t)} entries but y has {len(y)}; give one step per presentation")
     a, b, c = fit_quadratic(t, y)
-    rng = np.random.default_rng(seed)
-    levels = np.unique(t)
     if clusters is not None:
-        boot = _cluster_boot(t, y, np.asarray(clusters).reshape(-1), n_boot, rng).T
+        lo, hi = _cluster_interval(t, y, np.asarray(clusters).reshape(-1), n_boot, level, seed)
     else:
-        groups = [np.flatnonzero(t == v) for v in levels]
-        idx = np.concatenate([g[rng.integers(0, len(g), size=(n_boot, len(g)))] for g in groups], axis=1)
-        boot = fit_quadratic(t[idx[0]], y[idx].T)        # every resample keeps the design: same t order
-    lo, hi = percentile_interval(boot[1:].T, level)
-    n = len(levels)
+        lo, hi = _stratified_interval(t, y, n_boot, level, seed)
+    n = len(np.unique(t))
     return LineFit(Estimate(float(b), float(lo[0]), float(hi[0]), level, n),
                    Estimate(float(c), float(lo[1]), float(hi[1]), level, n), float(a))
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.bootstrap import Estimate, estimate_from_boot
+from analysis.bootstrap import Estimate
 from analysis.sensitivity import SensitivityCurve
 
 
@@ -14,7 +14,8 @@ from analysis.sensitivity import SensitivityCurve
 class FractionOfTrue:
     """Achieved / true sensitivity. ``epsilons`` (n_eps,); ``site_fraction`` (n_sites, n_eps);
     ``population``: one Estimate per epsilon, ratio of population means (mean over sites of
-    achieved / mean over sites of true), CI from the achieved curve's bootstrap."""
+    achieved / mean over sites of true), CI: the achieved curve's two-level population interval
+    divided by the (fixed, known) true population value."""
 
     epsilons: np.ndarray
     sites: np.ndarray
@@ -46,8 +47,9 @@ def fraction_of_true(achieved: SensitivityCurve, true_sensitivity: np.ndarray) -
         has = np.isfinite(achieved.site_mean)
         true_pop = np.array([true[has[:, k], k].mean() if has[:, k].any() else np.nan
                              for k in range(true.shape[1])])
-    pop = {float(e): estimate_from_boot(achieved.population[k] / true_pop[k],
-                                        achieved.population_boot[:, k] / true_pop[k], achieved.level,
-                                        int(achieved.n_images[:, k].sum()))
+    # the truth is a fixed positive number: the fraction's interval is the curve's, divided by it
+    pop = {float(e): Estimate(float(achieved.population[k] / true_pop[k]), float(achieved.population_lo[k] / true_pop[k]),
+                              float(achieved.population_hi[k] / true_pop[k]), achieved.level,
+                              int(achieved.n_images[:, k].sum()))
            for k, e in enumerate(achieved.epsilons)}
     return FractionOfTrue(achieved.epsilons, achieved.sites, site_fraction, pop)

@@ -10,8 +10,8 @@ import warnings
 
 import numpy as np
 
-from analysis.baselines import SiteLevel, site_level
-from analysis.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, check_n_boot, resample_rows_mean
+from analysis.baselines import SiteLevel, site_level_of_means
+from analysis.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, check_n_boot
 
 
 def check_repeats(repeats: np.ndarray) -> np.ndarray:
@@ -82,7 +82,8 @@ def split_half_noise_floor(repeats: np.ndarray, *, stimuli=None, sites: np.ndarr
     repeats: (n_repeats, n_stimuli, n_channels) spikes, NaN = missing repeat.
     stimuli: indices or mask of the stimuli to use (default all). sites: channels (default all).
     sigma: (n_sites,) spikes; if given the floor is divided by it (same units as the
-    normalised curve). CI: bootstrap over stimuli.
+    normalised curve). CIs: per site BCa over stimuli; population two-level (sites and stimuli
+    random, :func:`analysis.baselines.site_level_of_means`).
     """
     check_n_boot(n_boot)
     if n_splits < 1:
@@ -103,17 +104,13 @@ def split_half_noise_floor(repeats: np.ndarray, *, stimuli=None, sites: np.ndarr
     ok = np.isfinite(per_stim)
     if not ok.any():
         raise ValueError("no stimulus has 2 or more valid repeats; the split-half noise floor needs repeats")
-    n_stim = per_stim.shape[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(ok, per_stim, 0.0).sum(0) / ok.sum(0)
-    boot = resample_rows_mean(per_stim, n_stim, n_boot, rng)
     normalised = sigma is not None
     if normalised:
         sigma = np.asarray(sigma, dtype=float)
         if sigma.shape != (len(sites),):
             raise ValueError(f"sigma must have one entry per site, shape ({len(sites)},); got {sigma.shape}")
-        value, boot = value / sigma, boot / sigma
-    return site_level(sites, value, boot, normalised, level, int(ok.any(axis=1).sum()))
+        per_stim = per_stim / sigma
+    return site_level_of_means(sites, per_stim, normalised, n_boot, level, seed)
 
 
 def split_half_reliability(repeats: np.ndarray, *, stimuli=None, n_splits: int = 20, seed: int = 0) -> np.ndarray:

@@ -86,8 +86,11 @@ def hband(ax, level: SiteLevel, color: str, label: str, ls: str) -> None:
     ax.axhline(p.value, color=color, ls=ls, lw=1.6, label=f"{label}: {p.value:.2g} [{p.lo:.2g}, {p.hi:.2g}]")
 
 
-def ci_text(curve: SensitivityCurve) -> str:
-    return f"bands: {round(100 * curve.level)}% bootstrap CI over images"
+def ci_text(curve: SensitivityCurve, population: bool = True) -> str:
+    """What a band is: the population's two-level interval, or a site's BCa over its images."""
+    if population:
+        return f"bands: {round(100 * curve.level)}% CI, sites and images random"
+    return f"bands: {round(100 * curve.level)}% BCa CI over the site's images"
 
 
 def plot_sensitivity_vs_epsilon(path, curve: SensitivityCurve, *, bias_corrected: SensitivityCurve | None = None,
@@ -222,7 +225,7 @@ def plot_sensitivity_by_day(path, curves_by_day: Mapping[int, SensitivityCurve],
     for ax in axes[:2]:
         ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     fig.suptitle(title or f"Does the closed loop find more sensitive directions over days?\n"
-                 f"estimator: {estimator_label(first)}; {round(100 * first.level)}% bootstrap CIs over images",
+                 f"estimator: {estimator_label(first)}; {round(100 * first.level)}% CIs, sites and images random",
                  fontsize=11)
     fig.tight_layout()
     return save(fig, path)
@@ -337,7 +340,7 @@ def plot_site_panels(path, curve: SensitivityCurve, *, bias_corrected: Sensitivi
         ax.tick_params(labelsize=7)
     fig.supxlabel(EPS_LABEL, fontsize=10)
     fig.supylabel(y_label(curve.normalised).replace("\n", " " if nrows > 1 else "\n"), fontsize=10)
-    fig.suptitle(f"{title} ({ci_text(curve)})", fontsize=11)
+    fig.suptitle(f"{title} ({ci_text(curve, population=False)})", fontsize=11)
     fig.tight_layout(rect=(0.02, 0.0, 1, 1))
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=8,
                bbox_to_anchor=(0.5, 0.0))  # below the figure; savefig's tight bbox keeps it

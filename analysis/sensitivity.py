@@ -13,8 +13,10 @@ n_channels)``, rows in stimulus-set order, NaN where a stimulus was not measured
 predictions of the same shape can be passed instead, giving the curve on model units.
 
 Unit of analysis: the clean image. Stimuli of one parent at one epsilon (e.g. the +1 and -1
-directions) are averaged into one value; bootstrap resamples the parent images of each site
-(the same images for every epsilon), independently per site; ``sigma_i`` is held fixed.
+directions) are averaged into one value; ``sigma_i`` is held fixed. Intervals: a site's band is
+a BCa interval over that site's images (the same images for every epsilon; NaN with fewer than
+3 images); the population band is the two-level interval of ``analysis.inference`` (sites AND
+images random: :func:`analysis.inference.two_level_estimate`, as for the headline).
 """
 from __future__ import annotations
 
@@ -26,17 +28,18 @@ import numpy as np
 from analysis.bootstrap import (
     DEFAULT_LEVEL,
     DEFAULT_N_BOOT,
+    TWO_LEVEL_MAX_CELLS,
     Estimate,
+    all_equal,
+    bca_mean_interval,
+    bca_pearson_by_cluster,
     check_n_boot,
-    combine_boot,
-    estimate_from_boot,
-    percentile_interval,
-    resample_rows_mean,
+    pigeonhole_bca,
 )
+from analysis.inference import two_level_estimate
 from analysis.provenance import Pairs, check_responses, perturbation_pairs, provenance_columns
 
 ESTIMATORS = ("abs", "signed")
-BOOT_CHUNK_ELEMENTS = 2_000_000  # resampled values held in memory at once
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,9 @@ class SensitivityCurve:
     Shapes: ``epsilons`` (n_eps,) requested L2 norm (pixels in [0,1]), the planned grid's
     values at rows ``epsilon_index`` (n_eps,); ``epsilon_shown``
     (n_eps,) mean displayed norm; ``sites`` (n_sites,) channel indices; ``site_mean``,
-    ``site_lo``, ``site_hi``, ``n_images`` (n_sites, n_eps); ``population``,
-    ``population_lo``, ``population_hi`` (n_eps,); ``population_boot`` (n_boot, n_eps);
-    ``site_boot`` (n_boot, n_sites, n_eps); ``sigma`` (n_sites,) spikes.
+    ``site_lo``, ``site_hi`` (BCa over the site's images), ``n_images`` (n_sites, n_eps);
+    ``population``, ``population_lo``, ``population_hi`` (n_eps,; two-level: sites and images
+    random); ``sigma`` (n_sites,) spikes.
     Unit: multiples of sigma_i if ``normalised`` else spikes per window.
     ``estimator``: "abs" or "signed" (bias-corrected); ``kind``: "targeted" or "random".
     """
@@ -82,8 +85,6 @@ class SensitivityCurve:
     population: np.ndarray
     population_lo: np.ndarray
     population_hi: np.ndarray
-    population_boot: np.ndarray
-    site_boot: np.ndarray
     sigma: np.ndarray
     normalised: bool
     estimator: str
@@ -172,9 +173,55 @@ def image_table(values: np.ndarray, pairs: Pairs, sites: np.ndarray) -> ImageTab
     return ImageTable(table, parents, n_images, sites, epsilons, shown, used)
 
 
+def population_table(table: ImageTable, values: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``values`` (n_sites, n_images_max, n_eps), laid out as ``table``, as the table
+    :func:`analysis.inference.two_level_estimate` resamples, and whether the design is nested.
+
+    Nested (no clean image used by two sites, the loop's targeted design): the rows are each
+    site's own images in slots, as they are. Crossed (e.g. random controls that count for every
+    site): one column per distinct clean image, shared by the sites that used it.
+    """
+    used = table.parents[table.parents >= 0]
+    images = np.unique(used)
+    if len(images) == len(used):
+        return values, True
+    out = np.full((values.shape[0], len(images), values.shape[2]), np.nan)
+    for k in range(values.shape[0]):
+        n = int(table.n_images[k])
+        out[k, np.searchsorted(images, table.parents[k, :n])] = values[k, :n]
+    return out, False
+
+
+def population_interval(table: ImageTable, values: np.ndarray, n_boot: int, level: float,
+                        seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two-level interval (sites and images random) of the population curve, (n_eps,) each:
+    :func:`analysis.inference.two_level_estimate`, or above
+    :data:`analysis.bootstrap.TWO_LEVEL_MAX_CELLS` sites x images the batched
+    :func:`analysis.bootstrap.pigeonhole_bca` (its resamples would not fit in memory).
+
+    A column whose finite values are all equal gets ``[value, value]`` (no resample changes it)."""
+    pop, nested = population_table(table, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = np.nanmean(np.nanmean(pop, axis=1), axis=0)
+        cells = pop.reshape(-1, pop.shape[2])
+        flat = all_equal(cells, np.nanmax(cells, axis=0) - np.nanmin(cells, axis=0))
+    if pop.shape[0] * pop.shape[1] <= TWO_LEVEL_MAX_CELLS:
+        est = two_level_estimate([pop], np.asarray, n_resamples=n_boot, level=level, seed=seed, nested=nested)
+        lo, hi = np.array([e.lo for e in est.estimates]), np.array([e.hi for e in est.estimates])
+    else:   # bounded memory: the batched pigeonhole BCa (errs wide)
+        ends = [pigeonhole_bca(pop[:, :, k].T, lambda t: np.nanmean(t, axis=-2), n_boot, level, seed + k)
+                for k in range(pop.shape[2])]
+        lo, hi = np.array([e[0] for e in ends]), np.array([e[1] for e in ends])
+    return np.where(flat, value, lo), np.where(flat, value, hi)
+
+
 def curve_from_table(table: ImageTable, sigma: np.ndarray | None, n_boot: int, level: float, seed: int,
                      estimator: str, kind: str) -> SensitivityCurve:
-    """Means over images per site, population mean over sites, and bootstrap CIs."""
+    """Means over images per site, population mean over sites, and their intervals.
+
+    Site bands: BCa over the site's images (:func:`analysis.bootstrap.bca_mean_interval`);
+    population band: :func:`population_interval` (sites and images random)."""
     check_n_boot(n_boot)
     n_sites, _, n_eps = table.values.shape
     normalised = sigma is not None
@@ -186,22 +233,21 @@ def curve_from_table(table: ImageTable, sigma: np.ndarray | None, n_boot: int, l
         raise ValueError(f"sites {bad} have a clean-image s.d. of zero or NaN, so normalised sensitivity is "
                          "undefined; drop those sites or pass normalise=False")
     vals = table.values / scale[:, None, None]
-    rng = np.random.default_rng(seed)
-    site_boot = np.stack([resample_rows_mean(vals[k], int(table.n_images[k]), n_boot, rng)
-                          for k in range(n_sites)], axis=1) if n_sites else np.full((n_boot, 0, n_eps), np.nan)
+    site_lo, site_hi = np.full((n_sites, n_eps), np.nan), np.full((n_sites, n_eps), np.nan)
+    for k in range(n_sites):
+        site_lo[k], site_hi[k] = bca_mean_interval(vals[k, :int(table.n_images[k])], 0, n_boot, level, seed + k)
     n_images = np.isfinite(vals).sum(axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         site_mean = np.nanmean(vals, axis=1)
         population = np.nanmean(site_mean, axis=0)
-        population_boot = np.nanmean(site_boot, axis=1)
         shown = np.nanmean(table.epsilon_shown, axis=0)
-    site_lo, site_hi = percentile_interval(site_boot, level)
-    pop_lo, pop_hi = percentile_interval(population_boot, level)
+    pop_lo, pop_hi = (population_interval(table, vals, n_boot, level, seed) if n_sites
+                      else (np.full(n_eps, np.nan), np.full(n_eps, np.nan)))
     return SensitivityCurve(epsilons=table.epsilons, epsilon_shown=shown, sites=table.sites, site_mean=site_mean,
                             site_lo=site_lo, site_hi=site_hi, n_images=n_images, population=population,
-                            population_lo=pop_lo, population_hi=pop_hi, population_boot=population_boot,
-                            site_boot=site_boot, sigma=scale if normalised else np.full(n_sites, np.nan),
+                            population_lo=pop_lo, population_hi=pop_hi,
+                            sigma=scale if normalised else np.full(n_sites, np.nan),
                             normalised=normalised, estimator=estimator, kind=kind, level=level,
                             epsilon_index=table.epsilon_index)
 
@@ -236,23 +282,6 @@ def sensitivity_curve(responses: np.ndarray, prov, *, estimator: str = "abs", ki
     return curve_from_table(table, sigma if normalise else None, n_boot, level, seed, estimator, kind)
 
 
-def compare_curves(a: SensitivityCurve, b: SensitivityCurve, op: str = "ratio") -> dict[float, Estimate]:
-    """Population ``a op b`` (op "ratio" or "difference") at each epsilon both share, with CIs.
-
-    E.g. targeted vs random-direction control at the same epsilon (ratio), or last day vs
-    first day (difference). Keys: requested epsilon, joined on the stored grid values (exactly
-    equal labels; curves of one day share one grid). The two curves' resamples are
-    independent; both must use the same n_boot.
-    """
-    out = {}
-    for k, e in enumerate(a.epsilons):
-        j = np.flatnonzero(b.epsilons == e)
-        if j.size:
-            out[float(e)] = combine_boot(a.population[k], a.population_boot[:, k], b.population[j[0]],
-                                         b.population_boot[:, j[0]], op, a.level)
-    return out
-
-
 def model_unit_curve(predictions: np.ndarray, prov, *, sites: np.ndarray | None = None, normalise: bool = True,
                      n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> SensitivityCurve:
     """The sensitivity curve on model units, for plotting next to IT.
@@ -271,8 +300,9 @@ class PredictedVsMeasured:
     """Model-predicted vs measured change per perturbed stimulus; arrays (n_pairs,), spikes.
 
     ``epsilon_index``: row of the planned grid ``epsilons`` (n_eps,); ``epsilon``: its value.
-    ``r``: Pearson correlation over stimuli with a bootstrap CI (resampling stimuli).
-    ``r_by_epsilon``: the same per requested epsilon (keys: grid values).
+    ``r``: Pearson correlation over stimuli with a BCa interval resampling clean images (the
+    parents: see :func:`predicted_vs_measured`); ``r_by_epsilon``: the same per requested
+    epsilon (keys: grid values). The ``n`` of each is its number of clean images.
     """
 
     predicted: np.ndarray
@@ -286,25 +316,6 @@ class PredictedVsMeasured:
     epsilons: np.ndarray
 
 
-def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r along the last axis of equally shaped arrays (NaN if a variance is zero)."""
-    xc = x - x.mean(axis=-1, keepdims=True)
-    yc = y - y.mean(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (xc * yc).sum(-1) / np.sqrt((xc ** 2).sum(-1) * (yc ** 2).sum(-1))
-
-
-def bootstrap_pearson(x: np.ndarray, y: np.ndarray, n_boot: int, level: float, rng: np.random.Generator) -> Estimate:
-    """Pearson r of (n,) arrays with a percentile-bootstrap CI over the n points."""
-    if len(x) < 3:
-        return Estimate(np.nan, np.nan, np.nan, level, len(x))
-    chunk = max(1, BOOT_CHUNK_ELEMENTS // len(x))  # bound memory at paper scale
-    boot = np.concatenate([pearson_rows(x[idx], y[idx]) for idx in
-                           (rng.integers(0, len(x), size=(min(chunk, n_boot - i), len(x)))
-                            for i in range(0, n_boot, chunk))])
-    return estimate_from_boot(float(pearson_rows(x, y)), boot, level, len(x))
-
-
 def predicted_vs_measured(responses: np.ndarray, prov, *, sites: np.ndarray | None = None,
                           n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
                           seed: int = 0) -> PredictedVsMeasured:
@@ -312,6 +323,12 @@ def predicted_vs_measured(responses: np.ndarray, prov, *, sites: np.ndarray | No
 
     responses: (n_stimuli, n_channels) mean spike counts. Stimuli whose response or
     prediction is missing are dropped.
+
+    Interval: BCa resampling the clean PARENT images, not the stimuli. The points are not
+    independent: every measured change ``r(x+d) - r(x)`` of one parent (both directions, every
+    epsilon, and every site that used the image) subtracts the same measured ``r(x)``, so they
+    share its noise and its image effect; treating them as independent pairs would make the
+    interval too narrow. The parents are the independent unit of the design.
     """
     check_n_boot(n_boot)
     c = provenance_columns(prov)
@@ -320,11 +337,13 @@ def predicted_vs_measured(responses: np.ndarray, prov, *, sites: np.ndarray | No
     measured = pairs.change(r)
     ok = np.isfinite(measured) & np.isfinite(pairs.predicted_change)
     pred, meas = pairs.predicted_change[ok], measured[ok]
-    rng = np.random.default_rng(seed)
+    parent = pairs.parent[ok]
     by_eps = {}
     index = pairs.epsilon_index[ok]
     for g in np.unique(index):
         m = index == g
-        by_eps[float(pairs.epsilons[g])] = bootstrap_pearson(pred[m], meas[m], n_boot, level, rng)
+        by_eps[float(pairs.epsilons[g])] = bca_pearson_by_cluster(pred[m], meas[m], parent[m], n_boot, level,
+                                                                  seed + 1 + int(g))
     return PredictedVsMeasured(pred, meas, pairs.site[ok], pairs.epsilon[ok], pairs.stimulus[ok],
-                               bootstrap_pearson(pred, meas, n_boot, level, rng), by_eps, index, pairs.epsilons)
+                               bca_pearson_by_cluster(pred, meas, parent, n_boot, level, seed), by_eps, index,
+                               pairs.epsilons)

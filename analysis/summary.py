@@ -69,8 +69,10 @@ def write_summary(path, numbers: Mapping, *, title: str = "itloop experiment sum
         lines += [n, ""]
     lines.append("Intervals: the headline quantities (targeted - random, floor-corrected magnitudes, fractions of the "
                  "truth) have 95% intervals with sites and images random (BCa shape, random-effects variance, t quantile; "
-                 "analysis/inference.py); the per-curve "
-                 "bands and the raw |dr| curves are percentile-bootstrap intervals over images.")
+                 "analysis/inference.py); so do the "
+                 "population bands of the curves and the noise floor (the random-pair baseline's: the same two-level BCa "
+                 "without the variance correction, wider); a site's band is a BCa interval over its images, and "
+                 "predicted-vs-measured r a BCa interval resampling clean images.")
     lines.append("")
     lines += summary_lines(numbers, 2)
     if figures:

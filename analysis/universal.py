@@ -3,7 +3,7 @@
 A site's change under a shared perturbation ``delta`` on image ``j`` is the signed change
 ``s * (r(x_j + delta) - r(x_j))`` (spikes, mean over repeats; ``s`` the design's direction),
 so a positive mean means the shared ``delta`` moved the site the way it was designed to. The
-mean over images gets a percentile-bootstrap CI over images (:func:`signed_change`).
+mean over images gets a BCa bootstrap CI over images (:func:`signed_change`).
 
 Budget (:func:`presentations_for_mean_change`): with per-presentation noise s.d. ``sigma``,
 image-to-image s.d. of the true change ``tau`` and ``n`` repeats of both the perturbed

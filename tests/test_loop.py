@@ -131,11 +131,10 @@ def test_report_reuses_current_analyses_without_forward_passes_or_bootstraps(exp
     import scipy.stats
     import torch
 
-    import analysis.bootstrap
     from rig.steps import analyze
 
     folder, _ = experiment
-    counts = {"forward": 0, "bootstrap": 0, "resample": 0, "analyse": 0}
+    counts = {"forward": 0, "bootstrap": 0, "analyse": 0}   # every interval is a scipy bootstrap/permutation test
 
     def counting(name, fn):
         def wrapped(*a, **k):
@@ -146,10 +145,9 @@ def test_report_reuses_current_analyses_without_forward_passes_or_bootstraps(exp
     monkeypatch.setattr(torch.nn.Module, "__call__", counting("forward", torch.nn.Module.__call__))
     monkeypatch.setattr(scipy.stats, "bootstrap", counting("bootstrap", scipy.stats.bootstrap))
     monkeypatch.setattr(scipy.stats, "permutation_test", counting("bootstrap", scipy.stats.permutation_test))
-    monkeypatch.setattr(analysis.bootstrap, "resample_counts", counting("resample", analysis.bootstrap.resample_counts))
     monkeypatch.setattr(analyze, "day_results", counting("analyse", analyze.day_results))
     assert main(["report", str(folder), "--no-progress"]) == 0
-    assert counts == {"forward": 0, "bootstrap": 0, "resample": 0, "analyse": 0}, counts
+    assert counts == {"forward": 0, "bootstrap": 0, "analyse": 0}, counts
     # "current" is decided from the stored identity: an older analysis version is recomputed
     p = folder / "day_002.analysis.json"
     a = json.loads(p.read_text())

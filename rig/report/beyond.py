@@ -227,7 +227,7 @@ def beyond_section(cfg: Config, folder: Path, out: Path, day: int, cache: DayCac
     lines = [(f"Beyond the paper (day {day}): site-universal perturbations, the subspace of designs, response "
              "geometry. Changes are signed (s · Δr, spikes per window; random shared deltas signed by the model's "
              "predicted sign); CIs: 95% bootstrap over (site, direction, image) units; slopes and curvatures: 95% "
-             "bootstrap over trials, in spikes per unit L2 norm (per unit² for curvature).")]
+             "BCa bootstrap over trials, in spikes per unit L2 norm (per unit² for curvature).")]
     if res["universal"]:
         figs.append(gp.plot_universal_vs_epsilon(out / "universal_heldout.png", res["universal"],
                                                  res.get("whitebox_universal")))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.bootstrap import bca_mean_interval
 from rig.config import Config
 
 FIG1A_MAX_RESTARTS = 4
@@ -87,13 +88,12 @@ def unit_curve(label: str, backbone, screening_pixels: np.ndarray, clean: np.nda
     t = ss.kind == "targeted"
     change = np.abs(ss.predicted_change[t]).reshape(len(clean), len(units), len(epsilons), 2) / sd_u[None, :, None, None]
     per_image = change.mean(axis=(1, 3))                                  # (images, eps)
+    lo, hi = bca_mean_interval(per_image, 0, n_boot, 0.95, seed)          # BCa over images, per eps
     rng = np.random.default_rng(seed)
-    boot = per_image[rng.integers(0, len(clean), size=(n_boot, len(clean)))].mean(axis=1)
     j, k = rng.integers(0, len(feats), size=(2, 4000))
     keep = j != k
     pairs = float((np.abs(feats[j[keep]][:, units] - feats[k[keep]][:, units]) / sd_u).mean())
-    return UnitCurve(label, np.asarray(epsilons, float), per_image.mean(0), np.percentile(boot, 2.5, axis=0),
-                     np.percentile(boot, 97.5, axis=0), pairs, len(units), len(clean))
+    return UnitCurve(label, np.asarray(epsilons, float), per_image.mean(0), lo, hi, pairs, len(units), len(clean))
 
 
 def figure1a_curves(cfg: Config, screening_pixels: np.ndarray, clean: np.ndarray, epsilons: list[float],
@@ -145,7 +145,7 @@ def plot_figure1a(path: Path, it_curve: tuple[np.ndarray, np.ndarray, np.ndarray
     ax.set_xlabel(f"perturbation size eps (L2, pixels in [0,1], {size_px} px; x {224 / size_px:.2f} = eps at 224 px by per-pixel RMS)")
     ax.set_ylabel("sensitivity: |change| / unit's clean-image s.d. (log)")
     ax.set_title(f"Figure 1A: white-box sensitivity, {it_name} vs network units (same engine, same clean images)\n"
-                 "dotted: random image pairs; bands: 95% bootstrap CI over images", fontsize=10)
+                 "dotted: random image pairs; bands: 95% BCa bootstrap CI over images", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     legend_outside(ax)
     fig.tight_layout()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import plots
+from analysis.bootstrap import bca_mean_interval
 from analysis.summary import write_summary
 from rig.config import Config
 from rig.errors import UserError
@@ -213,7 +214,8 @@ def _figure1a_key(cfg: Config, a: dict) -> dict:
     ident = {k: v for k, v in (a.get("identity") or {}).items() if k not in ("analysis_version", "n_boot")}
     return {"identity": ident, "model": {k: str(getattr(cfg.model, k, "")) for k in keys},
             "report": json.dumps(cfg.to_dict().get("report", {}), sort_keys=True),
-            "perturb": json.dumps(cfg.to_dict().get("perturb", {}), sort_keys=True), "seed": cfg.experiment.seed}
+            "perturb": json.dumps(cfg.to_dict().get("perturb", {}), sort_keys=True), "seed": cfg.experiment.seed,
+            "bands": "bca"}   # the network curves' bands (a cache of percentile bands is recomputed)
 
 
 def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dict,
@@ -242,8 +244,7 @@ def _figure1a(cfg: Config, folder: Path, out: Path, last: _Figures, data, a: dic
              "hi": u.hi.tolist(), "pairs": u.pairs, "n_units": u.n_units, "n_images": u.n_images} for u in units]}))
     if last.whitebox is not None:
         sc = last.whitebox[np.all(np.isfinite(last.whitebox), axis=1)]
-        boot = sc[np.random.default_rng(0).integers(0, len(sc), size=(1000, len(sc)))].mean(axis=1)
-        it = (np.asarray(eps), sc.mean(0), np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0))
+        it = (np.asarray(eps), sc.mean(0), *bca_mean_interval(sc, 0, 1000, 0.95, 0))   # BCa over sites
         label = f"simulated IT: white-box truth ({len(sc)} sites, CI over sites)"
     else:
         c = last.signed

@@ -27,8 +27,9 @@ from modelfit.scores import (
 )
 from rig.paths import day_path
 
-ANALYSIS_VERSION = 5   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity; 4: site slots;
-#   5: variance-corrected two-level intervals, MOVER difference, trial-aware floor correction
+ANALYSIS_VERSION = 6   # 3: floor-corrected magnitudes, two-level BCa, figure data, identity; 4: site slots;
+#   5: variance-corrected two-level intervals, MOVER difference, trial-aware floor correction;
+#   6: no percentile bootstrap: BCa site bands, two-level curve/baseline bands, r resampling parents
 
 
 def _f(x) -> float | None:
@@ -166,9 +167,7 @@ def curve_from_json(v: dict | None) -> SensitivityCurve | None:
         return None
     arr = {k: np.asarray(_none_to_nan(x), dtype=np.int64 if k in ("sites", "n_images", "epsilon_index") else float)
            for k, x in v.items() if isinstance(x, list)}
-    n_eps = len(arr["epsilons"])
-    return SensitivityCurve(population_boot=np.empty((0, n_eps)), site_boot=np.empty((0, len(arr["sites"]), n_eps)),
-                            normalised=v["normalised"], estimator=v["estimator"], kind=v["kind"], level=v["level"], **arr)
+    return SensitivityCurve(normalised=v["normalised"], estimator=v["estimator"], kind=v["kind"], level=v["level"], **arr)
 
 
 def required_curve_from_json(v: dict) -> SensitivityCurve:
@@ -187,8 +186,8 @@ def site_level_json(s: SiteLevel) -> dict:
 
 def site_level_from_json(v: dict) -> SiteLevel:
     a = {k: np.asarray(_none_to_nan(v[k]), float) for k in ("value", "lo", "hi")}
-    return SiteLevel(np.asarray(v["sites"], np.int64), a["value"], a["lo"], a["hi"], np.empty((0, len(a["value"]))),
-                     est_from_json(v["population"]), np.empty(0), v["normalised"])
+    return SiteLevel(np.asarray(v["sites"], np.int64), a["value"], a["lo"], a["hi"], est_from_json(v["population"]),
+                     v["normalised"])
 
 
 def pvm_json(p: PredictedVsMeasured) -> dict:

@@ -53,7 +53,7 @@ def trained_image_ids(folder: Path, days, through: int) -> set[str]:
 
 def _paired_units(a: dict, b: dict, keep) -> tuple[np.ndarray, np.ndarray]:
     units: dict[tuple, list] = {}
-    for key in set(a) & set(b):
+    for key in sorted(set(a) & set(b)):   # a fixed order: string hashes vary between processes
         if keep(key[1]):
             units.setdefault(key[:2], []).append((a[key], b[key]))
     va = np.array([np.mean([x for x, _ in v]) for v in units.values()])
