@@ -14,7 +14,6 @@ from analysis.bootstrap import (
     DEFAULT_LEVEL,
     DEFAULT_N_BOOT,
     MIN_BCA_UNITS,
-    TWO_LEVEL_MAX_CELLS,
     Estimate,
     bca_interval,
     bca_mean_interval,
@@ -52,9 +51,7 @@ def site_level_of_means(sites: np.ndarray, per_unit: np.ndarray, normalised: boo
     """Per-site means over units (images, stimuli) of ``per_unit`` (n_units, n_sites), NaN = missing.
 
     Site intervals: BCa over that site's units. Population (mean over sites of the site means):
-    :func:`analysis.inference.two_level_estimate`, crossed (every unit is shared by the sites);
-    above :data:`TWO_LEVEL_MAX_CELLS` cells, the batched :func:`pigeonhole_bca` (wider), since
-    the variance correction's resamples are held in memory at once.
+    :func:`analysis.inference.two_level_estimate`, crossed (every unit is shared by the sites).
     """
     v = np.asarray(per_unit, dtype=float)
     lo, hi = bca_mean_interval(v, 0, n_boot, level, seed)
@@ -63,11 +60,8 @@ def site_level_of_means(sites: np.ndarray, per_unit: np.ndarray, normalised: boo
         value = np.nanmean(v, axis=0)
         pop = float(np.nanmean(value))
     n = int(np.isfinite(v).any(axis=1).sum())
-    if v.size <= TWO_LEVEL_MAX_CELLS:
-        est = two_level_estimate([v.T[:, :, None]], np.asarray, n_resamples=n_boot, level=level, seed=seed).estimates[0]
-        pop_lo, pop_hi = est.lo, est.hi
-    else:
-        pop_lo, pop_hi = pigeonhole_bca(v, lambda t: np.nanmean(t, axis=-2), n_boot, level, seed)
+    est = two_level_estimate([v.T[:, :, None]], np.asarray, n_resamples=n_boot, level=level, seed=seed).estimates[0]
+    pop_lo, pop_hi = est.lo, est.hi
     return SiteLevel(np.asarray(sites), value, lo, hi, Estimate(pop, pop_lo, pop_hi, level, n), normalised)
 
 

@@ -68,8 +68,6 @@ def bootstrap_mean(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: floa
 
 
 MIN_BCA_UNITS = 3   # fewer independent units than this: no interval (NaN), not a made-up band
-TWO_LEVEL_MAX_CELLS = 20_000   # analysis.inference.two_level_estimate holds ~4000 resamples of every cell at
-#   once (over 600 MB above this many sites x images); larger tables use the batched pigeonhole_bca
 
 
 def all_equal(values: np.ndarray, spread: np.ndarray) -> np.ndarray:

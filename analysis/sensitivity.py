@@ -28,13 +28,11 @@ import numpy as np
 from analysis.bootstrap import (
     DEFAULT_LEVEL,
     DEFAULT_N_BOOT,
-    TWO_LEVEL_MAX_CELLS,
     Estimate,
     all_equal,
     bca_mean_interval,
     bca_pearson_by_cluster,
     check_n_boot,
-    pigeonhole_bca,
 )
 from analysis.inference import two_level_estimate
 from analysis.provenance import Pairs, check_responses, perturbation_pairs, provenance_columns
@@ -195,9 +193,7 @@ def population_table(table: ImageTable, values: np.ndarray) -> tuple[np.ndarray,
 def population_interval(table: ImageTable, values: np.ndarray, n_boot: int, level: float,
                         seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two-level interval (sites and images random) of the population curve, (n_eps,) each:
-    :func:`analysis.inference.two_level_estimate`, or above
-    :data:`analysis.bootstrap.TWO_LEVEL_MAX_CELLS` sites x images the batched
-    :func:`analysis.bootstrap.pigeonhole_bca` (its resamples would not fit in memory).
+    :func:`analysis.inference.two_level_estimate` (resamples held in bounded batches).
 
     A column whose finite values are all equal gets ``[value, value]`` (no resample changes it)."""
     pop, nested = population_table(table, values)
@@ -206,13 +202,8 @@ def population_interval(table: ImageTable, values: np.ndarray, n_boot: int, leve
         value = np.nanmean(np.nanmean(pop, axis=1), axis=0)
         cells = pop.reshape(-1, pop.shape[2])
         flat = all_equal(cells, np.nanmax(cells, axis=0) - np.nanmin(cells, axis=0))
-    if pop.shape[0] * pop.shape[1] <= TWO_LEVEL_MAX_CELLS:
-        est = two_level_estimate([pop], np.asarray, n_resamples=n_boot, level=level, seed=seed, nested=nested)
-        lo, hi = np.array([e.lo for e in est.estimates]), np.array([e.hi for e in est.estimates])
-    else:   # bounded memory: the batched pigeonhole BCa (errs wide)
-        ends = [pigeonhole_bca(pop[:, :, k].T, lambda t: np.nanmean(t, axis=-2), n_boot, level, seed + k)
-                for k in range(pop.shape[2])]
-        lo, hi = np.array([e[0] for e in ends]), np.array([e[1] for e in ends])
+    est = two_level_estimate([pop], np.asarray, n_resamples=n_boot, level=level, seed=seed, nested=nested)
+    lo, hi = np.array([e.lo for e in est.estimates]), np.array([e.hi for e in est.estimates])
     return np.where(flat, value, lo), np.where(flat, value, hi)
 
 

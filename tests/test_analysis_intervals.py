@@ -130,21 +130,3 @@ def test_random_pair_baseline_intervals_cover_site_and_population_truth():
         site.append(np.mean((b.lo < true_site) & (true_site < b.hi)))
     assert 0.89 <= np.mean(pop) <= 1.0, np.mean(pop)
     assert 0.89 <= np.mean(site) <= 0.98, np.mean(site)
-
-
-def test_large_tables_use_the_batched_pigeonhole_interval_which_errs_wide(monkeypatch):
-    """Above TWO_LEVEL_MAX_CELLS the population band is the pigeonhole BCa (bounded memory):
-    on the same random-effects tables as above it still covers, at or above nominal."""
-    import analysis.sensitivity as sensitivity
-
-    monkeypatch.setattr(sensitivity, "TWO_LEVEL_MAX_CELLS", 0)
-    S, n_img, mu = 6, 8, 1.0
-    hits = []
-    for i in range(100):
-        rng = np.random.default_rng(1000 + i)
-        v = mu + 0.4 * rng.standard_normal((S, 1, 1)) + 0.6 * rng.standard_normal((S, n_img, 1))
-        table = ImageTable(v, np.arange(S * n_img).reshape(S, n_img), np.full(S, n_img), np.arange(S),
-                           np.array([1.0]), np.ones((S, 1)), np.array([0]))
-        c = curve_from_table(table, None, 500, 0.95, i, "signed", "targeted")
-        hits.append(c.population_lo[0] < mu < c.population_hi[0])
-    assert np.mean(hits) >= 0.9, np.mean(hits)
