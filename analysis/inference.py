@@ -28,7 +28,9 @@ mean of i.i.d. site means, whose distribution over sites is right-skewed (a few 
 a lot): its interval is Hall's skewness-corrected t interval over the site means
 (:func:`skew_corrected_mean_interval`, :func:`nested_mean_estimate`), which keeps the t
 interval's small-sample width and moves the limits up where the site means are skewed.
-Nonlinear statistics (ratios) keep the variance-corrected two-level bootstrap.
+The fraction of the truth (a ratio of two population means) gets Fieller's interval over
+the site means (:func:`fieller_interval`); other nonlinear statistics keep the
+variance-corrected two-level bootstrap.
 """
 from __future__ import annotations
 
@@ -485,6 +487,46 @@ def nested_mean_estimate(table: np.ndarray, *, level: float = DEFAULT_LEVEL,
     return out
 
 
+def fieller_interval(num: np.ndarray, den: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
+    """Fieller's interval for ``mean(num) / mean(den)`` from n paired i.i.d. units (e.g. site
+    means), with the t quantile on n - 1 df: the ratios rho for which ``mean(num) - rho mean(den)``
+    is not significantly nonzero. NaN when the set is unbounded (the denominator's mean is not
+    significantly nonzero) or n < 3."""
+    ok = np.isfinite(num) & np.isfinite(den)
+    a, b = np.asarray(num, float)[ok], np.asarray(den, float)[ok]
+    n = len(a)
+    if n < MIN_UNITS:
+        return float("nan"), float("nan")
+    cov = np.cov(a, b) / n                               # covariance matrix of the two means
+    q = float(stats.t.ppf((1 + level) / 2, n - 1)) ** 2
+    ma, mb = float(a.mean()), float(b.mean())
+    qa, qb, qc = mb ** 2 - q * cov[1, 1], -2 * (ma * mb - q * cov[0, 1]), ma ** 2 - q * cov[0, 0]
+    disc = qb ** 2 - 4 * qa * qc
+    if not (qa > 0 and disc >= 0):
+        return float("nan"), float("nan")
+    root = float(np.sqrt(disc))
+    return (-qb - root) / (2 * qa), (-qb + root) / (2 * qa)
+
+
+def nested_ratio_estimate(num: np.ndarray, den: np.ndarray, level: float = DEFAULT_LEVEL) -> list[Estimate] | None:
+    """Ratio of population means ``mean(num) / mean(den)`` per epsilon in the nested design
+    (tables (n_sites, slots, n_eps), :func:`site_slots`), Fieller's interval over the site
+    means (:func:`fieller_interval`). None with fewer than :data:`MIN_UNITS` sites."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        a, b = np.nanmean(num, axis=1), np.nanmean(den, axis=1)        # (n_sites, n_eps)
+    out = []
+    for k in range(num.shape[2]):
+        ok = np.isfinite(a[:, k]) & np.isfinite(b[:, k])
+        if ok.sum() < MIN_UNITS:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = float(a[ok, k].mean() / b[ok, k].mean())
+        lo, hi = fieller_interval(a[ok, k], b[ok, k], level)
+        out.append(Estimate(value, lo, hi, level, int(np.isfinite(num[:, :, k]).sum())))
+    return out
+
+
 def above_floor_test(products: np.ndarray, *, seed: int = 0, n_resamples: int = 9999,
                      nested: bool = False) -> np.ndarray:
     """One-sided p-value per epsilon that the true change is nonzero ("above the noise floor").
@@ -772,7 +814,9 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
 
 def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES,
                       level: float = DEFAULT_LEVEL, seed: int = 0) -> list[Estimate]:
-    """Population mean of ``measured`` over population mean of ``truth`` per epsilon, two-level CI.
+    """Population mean of ``measured`` over population mean of ``truth`` per epsilon, with
+    Fieller's interval over sites in the nested design (:func:`nested_ratio_estimate`), else
+    the two-level interval.
 
     measured, truth: (n_sites, n_images, n_eps) on the same axes (e.g. bias-corrected change
     and the white-box sensitivity of the same problem, both / sigma); cells missing in either
@@ -781,6 +825,10 @@ def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: i
     both = np.isfinite(measured) & np.isfinite(truth)
     unslotted = [np.where(both, measured, np.nan), np.where(both, truth, np.nan)]
     m, t = site_slots(unslotted)
+    if m is not unslotted[0]:
+        nested = nested_ratio_estimate(m, t, level)
+        if nested is not None:
+            return nested
 
     def ratio(a, b):
         with np.errstate(invalid="ignore", divide="ignore"):

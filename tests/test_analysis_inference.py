@@ -269,3 +269,25 @@ def test_skew_corrected_interval_covers_the_mean_of_a_skewed_population_where_t_
     t_cov = np.mean(np.abs(x.mean(axis=1) - mu) <= half)
     assert t_cov < 0.89
     assert 0.925 <= hall <= 0.965      # Monte-Carlo SE 0.35 %
+
+
+def test_fieller_interval_limits_make_the_difference_just_significant():
+    """At each Fieller limit rho, mean(a) - rho mean(b) is exactly t_q standard errors from 0;
+    with a constant denominator it is the t interval of mean(a) divided by it; unbounded -> NaN."""
+    from scipy import stats
+
+    from analysis.inference import fieller_interval
+    rng = np.random.default_rng(4)
+    b = rng.gamma(4.0, 0.25, 12)
+    a = 0.3 * b + rng.normal(0, 0.05, 12)
+    lo, hi = fieller_interval(a, b)
+    tq = stats.t.ppf(0.975, 11)
+    for rho in (lo, hi):
+        d = a - rho * b
+        assert abs(d.mean()) == pytest.approx(tq * d.std(ddof=1) / np.sqrt(12))
+    assert lo < a.mean() / b.mean() < hi
+    const = np.full(12, 2.0)
+    lo_c, hi_c = fieller_interval(a, const)
+    half = tq * a.std(ddof=1) / np.sqrt(12)
+    assert (lo_c, hi_c) == pytest.approx(((a.mean() - half) / 2, (a.mean() + half) / 2))
+    assert np.isnan(fieller_interval(a, rng.normal(0, 1, 12))[0])    # denominator not away from 0
