@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,31 +52,36 @@ def one_day(seed: int, n_sites: int, n_images: int, n_resamples: int, null: bool
     return out
 
 
+def _day(seed: int, null: bool, **kw) -> dict:
+    return one_day(seed, null=null, **kw)
+
+
 def covered(est, truth) -> float:
     return float(est.lo <= truth <= est.hi)
 
 
 def run(n_days: int, n_sites: int, n_images: int, n_resamples: int, seed0: int = 0, family_trials: bool = False,
-        n_repeats: int = 8) -> dict:
+        n_repeats: int = 8, jobs: int = 1) -> dict:
+    """Coverage and null-day figures over ``n_days`` effect days (seeds seed0 + d) and as many
+    null days (seeds 10000 + seed0 + d); ``jobs`` worker processes (days are independent)."""
     truth = superpopulation_truth()
     null_truth = superpopulation_truth(null=True)
     keys = ("targeted_rms", "difference", "fraction")
-    hits = {k: [] for k in keys}
-    widths = {k: [] for k in keys}
-    for d in range(n_days):
-        res = one_day(seed0 + d, n_sites, n_images, n_resamples, null=False, family_trials=family_trials,
-                      n_repeats=n_repeats)
-        for k in keys:
-            hits[k].append([covered(e, t) for e, t in zip(res[k], truth[k])])
-            widths[k].append([e.hi - e.lo for e in res[k]])
-    null_sq, null_rms, null_rej, null_hits = [], [], [], []
-    for d in range(n_days):
-        res = one_day(10_000 + seed0 + d, n_sites, n_images, n_resamples, null=True, family_trials=family_trials,
-                      n_repeats=n_repeats)
-        null_sq.append(np.concatenate([res["targeted_sq"], res["random_sq"]]))
-        null_rms.append([e.value for e in res["targeted_rms"]])
-        null_rej.append(res["random_p"] < 0.05)
-        null_hits.append([covered(e, t) for e, t in zip(res["targeted_rms"], null_truth["targeted_rms"])])
+    kw = {"n_sites": n_sites, "n_images": n_images, "n_resamples": n_resamples, "family_trials": family_trials,
+          "n_repeats": n_repeats}
+    seeds = [seed0 + d for d in range(n_days)] + [10_000 + seed0 + d for d in range(n_days)]
+    nulls = [False] * n_days + [True] * n_days
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else nullcontext() as pool:
+        days = (pool.map(partial(_day, **kw), seeds, nulls) if pool is not None
+                else map(partial(_day, **kw), seeds, nulls))
+        results = list(days)
+    hits = {k: [[covered(e, t) for e, t in zip(r[k], truth[k])] for r in results[:n_days]] for k in keys}
+    widths = {k: [[e.hi - e.lo for e in r[k]] for r in results[:n_days]] for k in keys}
+    null_sq = [np.concatenate([r["targeted_sq"], r["random_sq"]]) for r in results[n_days:]]
+    null_rms = [[e.value for e in r["targeted_rms"]] for r in results[n_days:]]
+    null_rej = [r["random_p"] < 0.05 for r in results[n_days:]]
+    null_hits = [[covered(e, t) for e, t in zip(r["targeted_rms"], null_truth["targeted_rms"])]
+                 for r in results[n_days:]]
     return {"truth": truth, "coverage": {k: np.mean(v, axis=0) for k, v in hits.items()},
             "coverage_all": {k: float(np.mean(v)) for k, v in hits.items()},
             "width": {k: np.mean(v, axis=0) for k, v in widths.items()},
@@ -96,12 +104,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=cfg.schedule.repeats,
                     help="presentations of each stimulus (default: [schedule] repeats)")
     ap.add_argument("--resamples", type=int, default=1999)
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (days are independent)")
     ap.add_argument("--seed0", type=int, default=0, help="first day's seed (null days: 10000 + seed0 + d)")
     ap.add_argument("--family-trials", action="store_true",
                     help="show each clean image with its perturbed images in the same RSVP trials (shared gain)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    out = run(args.days, args.sites, args.images, args.resamples, args.seed0, args.family_trials, args.repeats)
+    out = run(args.days, args.sites, args.images, args.resamples, args.seed0, args.family_trials, args.repeats, args.jobs)
     eps = ", ".join(f"{e:g}" for e in (1, 2, 4))
     print(f"{args.days} simulated days x {args.sites} sites x {args.images} images each x {args.repeats} repeats, eps {eps}, "
           f"{args.resamples} BCa resamples, {'families in shared trials' if args.family_trials else 'shuffled trials'}"
