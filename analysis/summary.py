@@ -68,8 +68,9 @@ def write_summary(path, numbers: Mapping, *, title: str = "itloop experiment sum
     for n in notes:
         lines += [n, ""]
     lines.append("Intervals: the headline quantities (targeted - random, floor-corrected magnitudes, fractions of the "
-                 "truth) have 95% intervals with sites and images random (BCa shape, random-effects variance, t quantile; "
-                 "analysis/inference.py); so do the "
+                 "truth) have 95% intervals with sites and images random (analysis/inference.py: over the site means, "
+                 "Hall's skew-corrected t interval for means and Fieller's for the fraction, in the loop's design where "
+                 "each site has its own images; otherwise BCa shape, random-effects variance, t quantile); so do the "
                  "population bands of the curves and the noise floor (the random-pair baseline's: the same two-level BCa "
                  "without the variance correction, wider); a site's band is a BCa interval over its images, and "
                  "predicted-vs-measured r a BCa interval resampling clean images.")
