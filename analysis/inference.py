@@ -816,7 +816,7 @@ def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: i
                       level: float = DEFAULT_LEVEL, seed: int = 0) -> list[Estimate]:
     """Population mean of ``measured`` over population mean of ``truth`` per epsilon, with
     Fieller's interval over sites in the nested design (:func:`nested_ratio_estimate`), else
-    the two-level interval.
+    (crossed designs, and where few sites leave Fieller's set unbounded) the two-level interval.
 
     measured, truth: (n_sites, n_images, n_eps) on the same axes (e.g. bias-corrected change
     and the white-box sensitivity of the same problem, both / sigma); cells missing in either
@@ -825,14 +825,16 @@ def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: i
     both = np.isfinite(measured) & np.isfinite(truth)
     unslotted = [np.where(both, measured, np.nan), np.where(both, truth, np.nan)]
     m, t = site_slots(unslotted)
-    if m is not unslotted[0]:
-        nested = nested_ratio_estimate(m, t, level)
-        if nested is not None:
-            return nested
+    nested = m is not unslotted[0]
+    fieller = nested_ratio_estimate(m, t, level) if nested else None
+    if fieller is not None and all(np.isfinite(e.lo) for e in fieller):
+        return fieller
 
     def ratio(a, b):
         with np.errstate(invalid="ignore", divide="ignore"):
             return a / b
 
-    return two_level_estimate([m, t], ratio, n_resamples=n_resamples, level=level, seed=seed,
-                              nested=m is not unslotted[0]).estimates
+    boot = two_level_estimate([m, t], ratio, n_resamples=n_resamples, level=level, seed=seed, nested=nested).estimates
+    if fieller is None:
+        return boot
+    return [f if np.isfinite(f.lo) else b for f, b in zip(fieller, boot)]

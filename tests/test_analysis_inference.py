@@ -291,3 +291,18 @@ def test_fieller_interval_limits_make_the_difference_just_significant():
     half = tq * a.std(ddof=1) / np.sqrt(12)
     assert (lo_c, hi_c) == pytest.approx(((a.mean() - half) / 2, (a.mean() + half) / 2))
     assert np.isnan(fieller_interval(a, rng.normal(0, 1, 12))[0])    # denominator not away from 0
+
+
+def test_fraction_of_truth_falls_back_to_the_two_level_interval_where_fieller_is_unbounded():
+    from analysis.inference import fieller_interval, fraction_of_truth
+    rng = np.random.default_rng(8)
+    n_sites, per_site = 4, 3
+    truth = np.full((n_sites, n_sites * per_site, 1), np.nan)
+    for k, scale in enumerate((0.05, 0.1, 2.0, 6.0)):        # site white-box means far apart
+        truth[k, k * per_site:(k + 1) * per_site, 0] = scale * rng.gamma(4.0, 0.25, per_site)
+    measured = 0.3 * truth + np.where(np.isfinite(truth), rng.normal(0, 0.05, truth.shape), np.nan)
+    (m, t) = site_slots([measured, truth])
+    assert np.isnan(fieller_interval(np.nanmean(m[:, :, 0], 1), np.nanmean(t[:, :, 0], 1))[0])
+    est = fraction_of_truth(measured, truth, n_resamples=499)[0]
+    assert np.isfinite(est.lo) and est.lo <= est.value <= est.hi
+    assert est.value == pytest.approx(np.nanmean(np.nanmean(m, 1)) / np.nanmean(np.nanmean(t, 1)))
