@@ -689,6 +689,7 @@ class DayHeadline:
     random_sq: np.ndarray
     n_sites: int
     n_images: int
+    nested: bool = True    # each site its own images (the loop's design): skew-corrected / Fieller intervals
 
 
 def pair_tables(repeats: np.ndarray, pairs, sites: np.ndarray, sigma: np.ndarray, images: np.ndarray,
@@ -809,7 +810,7 @@ def day_headline(repeats: np.ndarray, targeted, random, sites: np.ndarray, sigma
         ratios = [ratio_if_estimable(t["sq"], r["sq"], r_rms[k], p_holm[k], k, **kw) for k in range(len(used))]
     return DayHeadline(targeted.epsilons[used], sites, t_rms, r_rms, t_abs, r_abs, diff, p, p_holm, ratios,
                        t["sq"], r["sq"] if r is not None else np.full_like(t["sq"], np.nan),
-                       len(sites), len(images))
+                       len(sites), len(images), nested)
 
 
 def fraction_of_truth(measured: np.ndarray, truth: np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES,

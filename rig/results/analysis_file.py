@@ -67,18 +67,29 @@ def headline_numbers(h: DayHeadline, eps: list[float]) -> dict:
         "random_above_floor_p_holm": per_eps(h.random_p_holm, _f),
         "targeted_over_random": per_eps(h.ratio, lambda r: est_json(r.estimate)),
         "targeted_over_random_text": per_eps(h.ratio, lambda r: r.text()),
-        "headline_units": {"n_sites": h.n_sites, "n_images": h.n_images, "interval": interval_wording(h.n_sites)},
+        "headline_units": {"n_sites": h.n_sites, "n_images": h.n_images, "interval": interval_wording(h.n_sites, h.nested)},
     }
 
 
-def interval_wording(n_sites: int) -> str:
+FEW_SITES = 8   # below this many sites a population interval can under-cover (README, Statistics)
+
+
+def interval_wording(n_sites: int, nested: bool = True) -> str:
+    """How the day's headline intervals were made, for the report (``analysis.inference.day_headline``)."""
     from analysis.inference import MIN_UNITS
 
-    if n_sites >= MIN_UNITS:
-        return ("95%, sites and images random: BCa shape (scipy.stats.bootstrap, sites and images resampled), "
-                "width from the random-effects variance with a t quantile; targeted - random by MOVER")
-    return (f"95% over images, BCa shape with the random-effects variance and a t quantile; the {n_sites} sites "
-            f"are held fixed (fewer than {MIN_UNITS})")
+    if n_sites < MIN_UNITS:
+        return (f"95% over images, BCa shape with the random-effects variance and a t quantile; the {n_sites} sites "
+                f"are held fixed (fewer than {MIN_UNITS})")
+    text = ("95%, sites and images random: over the site means, Hall's skew-corrected t interval (means) and "
+            "Fieller's (fraction of the truth)" if nested else
+            "95%, sites and images random: BCa shape (scipy.stats.bootstrap, sites and images resampled), "
+            "width from the random-effects variance with a t quantile")
+    text += "; targeted - random by MOVER"
+    if n_sites < FEW_SITES:
+        text += (f"; from only {n_sites} sites these can under-cover where sites differ a lot "
+                 "(README, Statistics: coverage by day size)")
+    return text
 
 
 def predictivity_numbers(scores: dict) -> dict:
