@@ -29,8 +29,8 @@ from torch import nn
 if __name__ == "__main__":  # run as a script from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stimuli.objective import SiteObjective  # noqa: E402
-from stimuli.perturb import PerturbParams, generate_perturbations, solve  # noqa: E402
+from stimuli.objective import SiteObjective
+from stimuli.perturb import PerturbParams, generate_perturbations, solve
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "perturb_golden.npz"
 STIM_COLUMNS = ("kind", "parent", "site", "epsilon_requested", "epsilon_shown", "direction", "predicted_change",

@@ -15,7 +15,7 @@ from rig.errors import UserError
 from rig.sources.calibration import CalibrationMap, calibration_targets, fit_calibration, format_validation
 from rig.sources.reward import NoReward, RewardLog, SerialReward, give_and_log, make_reward
 from sim.gaze import GazeModel, GazeParams
-from tests.lsl_local import unique_stream  # noqa: F401  (sets LSLAPICFG first)
+from tests.lsl_local import unique_stream  # imported first: it sets LSLAPICFG
 
 AFFINE = [0.9, 0.15, -0.1, 1.2, 3.0, -2.0]        # raw = M @ deg + c
 

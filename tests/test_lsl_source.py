@@ -9,8 +9,8 @@ import pytest
 
 pylsl = pytest.importorskip("pylsl")
 
-from rig.sources.lsl import LslError, LslMarkerOutlet, LslSource, resolve_inlet  # noqa: E402
-from sim.acquisition import LslPublisher  # noqa: E402
+from rig.sources.lsl import LslError, LslMarkerOutlet, LslSource, resolve_inlet
+from sim.acquisition import LslPublisher
 
 
 def _names(tag):

@@ -14,19 +14,19 @@ import pytest
 
 pynwb = pytest.importorskip("pynwb")
 
-from rig.backend import SessionInfo  # noqa: E402
-from rig.cli import main  # noqa: E402
-from rig.cli.day_export import add_export_command  # noqa: E402
-from rig.config import ConfigError, load_config  # noqa: E402
-from rig.errors import UserError  # noqa: E402
-from rig.session.runner import run_session  # noqa: E402
-from rig.session.schedule import build_schedule  # noqa: E402
-from rig.store.dayfile import DayWriter  # noqa: E402
-from rig.store.nwb import REQUIRED_FOR_LIVE, ExportRefused, data_origin, export_nwb  # noqa: E402
+from rig.backend import SessionInfo
+from rig.cli import main
+from rig.cli.day_export import add_export_command
+from rig.config import ConfigError, load_config
+from rig.errors import UserError
+from rig.session.runner import run_session
+from rig.session.schedule import build_schedule
+from rig.store.dayfile import DayWriter
+from rig.store.nwb import REQUIRED_FOR_LIVE, ExportRefused, data_origin, export_nwb
 from rig.store.origin import LIVE, Origin
-from rig.store.reader import read_day  # noqa: E402
-from tests.fakes import CountingBackend  # noqa: E402
-from tests.test_dayfile import _stimuli  # noqa: E402
+from rig.store.reader import read_day
+from tests.fakes import CountingBackend
+from tests.test_dayfile import _stimuli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny.toml"

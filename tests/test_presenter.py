@@ -81,7 +81,7 @@ class Rig:
             if self.proc.poll() is None:
                 self.client.shutdown()
                 self.proc.wait(timeout=10)
-        except Exception:  # noqa: BLE001 - fall through to kill
+        except Exception:  # fall through to kill
             pass
         finally:
             if self.proc.poll() is None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (the test extra)")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig.link.protocol import ALL_TYPES, PROTOCOL_VERSION, Message, ProtocolError, decode, encode  # noqa: E402
+from rig.link.protocol import ALL_TYPES, PROTOCOL_VERSION, Message, ProtocolError, decode, encode
 
 N_EXAMPLES = 10_000
 BATCH = 25               # frame lists per hypothesis example

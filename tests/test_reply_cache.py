@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("psychopy", reason="the presenter module needs PsychoPy")
-from rig.link.protocol import Message  # noqa: E402
-from rig.presenter.server import _REPLY_CACHE, PresenterServer  # noqa: E402
+from rig.link.protocol import Message
+from rig.presenter.server import _REPLY_CACHE, PresenterServer
 
 
 def _server(limit: int) -> PresenterServer:
