@@ -16,7 +16,7 @@ Unit of analysis: the clean image. Stimuli of one parent at one epsilon (e.g. th
 directions) are averaged into one value; ``sigma_i`` is held fixed. Intervals: a site's band is
 a BCa interval over that site's images (the same images for every epsilon; NaN with fewer than
 3 images); the population band is the two-level interval of ``analysis.inference`` (sites AND
-images random: :func:`population_interval`, as for the headline).
+images random: :func:`analysis.inference.two_level_estimate`, as for the headline).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from analysis.bootstrap import (
     bca_pearson_by_cluster,
     check_n_boot,
 )
-from analysis.inference import nested_mean_estimate, two_level_estimate
+from analysis.inference import two_level_estimate
 from analysis.provenance import Pairs, check_responses, perturbation_pairs, provenance_columns
 
 ESTIMATORS = ("abs", "signed")
@@ -192,10 +192,8 @@ def population_table(table: ImageTable, values: np.ndarray) -> tuple[np.ndarray,
 
 def population_interval(table: ImageTable, values: np.ndarray, n_boot: int, level: float,
                         seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Interval (sites and images random) of the population curve, (n_eps,) each, the same as the
-    headline's for a population mean: over the site means, Hall's skew-corrected t interval
-    (:func:`analysis.inference.nested_mean_estimate`) when each site has its own images, else
-    (crossed, or < 3 sites) :func:`analysis.inference.two_level_estimate`.
+    """Two-level interval (sites and images random) of the population curve, (n_eps,) each:
+    :func:`analysis.inference.two_level_estimate` (resamples held in bounded batches).
 
     A column whose finite values are all equal gets ``[value, value]`` (no resample changes it)."""
     pop, nested = population_table(table, values)
@@ -204,11 +202,8 @@ def population_interval(table: ImageTable, values: np.ndarray, n_boot: int, leve
         value = np.nanmean(np.nanmean(pop, axis=1), axis=0)
         cells = pop.reshape(-1, pop.shape[2])
         flat = all_equal(cells, np.nanmax(cells, axis=0) - np.nanmin(cells, axis=0))
-    est = nested_mean_estimate(pop, level=level) if nested else None     # the headline's interval for a mean
-    if est is None:
-        est = two_level_estimate([pop], np.asarray, n_resamples=n_boot, level=level, seed=seed,
-                                 nested=nested).estimates
-    lo, hi = np.array([e.lo for e in est]), np.array([e.hi for e in est])
+    est = two_level_estimate([pop], np.asarray, n_resamples=n_boot, level=level, seed=seed, nested=nested)
+    lo, hi = np.array([e.lo for e in est.estimates]), np.array([e.hi for e in est.estimates])
     return np.where(flat, value, lo), np.where(flat, value, hi)
 
 
