@@ -51,8 +51,6 @@ def check_n_boot(n_boot: int) -> None:
 def bootstrap_mean(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
                    seed: int = 0) -> Estimate:
     """Mean of ``values`` (n,) with a BCa CI (``scipy.stats.bootstrap``) over the n values (NaNs dropped)."""
-    from scipy import stats
-
     check_n_boot(n_boot)
     v = np.asarray(values, dtype=float).ravel()
     v = v[np.isfinite(v)]
@@ -60,11 +58,8 @@ def bootstrap_mean(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, level: floa
         return Estimate(np.nan, np.nan, np.nan, level, 0)
     if v.size < 3 or np.ptp(v) == 0:
         return Estimate(float(v.mean()), np.nan, np.nan, level, v.size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ci = stats.bootstrap((v,), np.mean, n_resamples=int(n_boot), confidence_level=level, method="BCa",
-                             random_state=np.random.default_rng(seed)).confidence_interval
-    return Estimate(float(v.mean()), float(ci.low), float(ci.high), level, v.size)
+    lo, hi = bca_limits((v,), np.mean, n_boot, level, seed, max_elements=None)
+    return Estimate(float(v.mean()), float(lo), float(hi), level, v.size)
 
 
 MIN_BCA_UNITS = 3   # fewer independent units than this: no interval (NaN), not a made-up band
@@ -80,15 +75,8 @@ def all_equal(values: np.ndarray, spread: np.ndarray) -> np.ndarray:
 
 def _bca_group(v: np.ndarray, n_boot: int, level: float, seed: int, max_elements: int) -> tuple[np.ndarray, np.ndarray]:
     """BCa interval of the column means of ``v`` (n, m), all finite; the same rows for every column."""
-    from scipy import stats
-
-    batch = max(1, max_elements // max(v.size, 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a degenerate column's interval is NaN, reported as such
-        ci = stats.bootstrap((v,), np.mean, n_resamples=int(n_boot), confidence_level=level, method="BCa",
-                             axis=0, vectorized=True, batch=batch,
-                             random_state=np.random.default_rng(seed)).confidence_interval
-    return np.atleast_1d(ci.low), np.atleast_1d(ci.high)
+    lo, hi = bca_limits((v,), np.mean, n_boot, level, seed, cells=v.size, max_elements=max_elements, axis=0)
+    return np.atleast_1d(lo), np.atleast_1d(hi)
 
 
 def bca_mean_interval(values: np.ndarray, axis: int = 0, n_boot: int = DEFAULT_N_BOOT, level: float = DEFAULT_LEVEL,
@@ -133,8 +121,6 @@ def bca_pearson_by_cluster(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, n_
     moments, so every resample and jackknife pass is vectorised. NaN interval with fewer than
     :data:`MIN_BCA_UNITS` clusters; ``n`` of the Estimate = the number of clusters.
     """
-    from scipy import stats
-
     check_n_boot(n_boot)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     labels, ci = np.unique(np.asarray(cluster), return_inverse=True)
@@ -153,28 +139,35 @@ def bca_pearson_by_cluster(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, n_
     value = float(pearson(np.arange(n_clusters)))
     if n_clusters < MIN_BCA_UNITS or not np.isfinite(value):
         return Estimate(value, np.nan, np.nan, level, n_clusters)
-    batch = max(1, 4_000_000 // (6 * n_clusters))
+    lo, hi = bca_limits((np.arange(n_clusters, dtype=float),), pearson, n_boot, level, seed, cells=6 * n_clusters)
+    return Estimate(value, float(lo), float(hi), level, n_clusters)
+
+
+def bca_limits(data: tuple[np.ndarray, ...], statistic: Callable, n_boot: int, level: float, seed: int, *,
+               cells: int = 1, max_elements: int | None = 4_000_000, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """The project's one BCa call (``scipy.stats.bootstrap``, unpaired samples, vectorised
+    ``statistic(*data, axis=axis)``, seeded). Resamples go in batches of about ``max_elements``
+    resampled values given ``cells`` values per resample (None: all at once). A degenerate
+    sample gives a NaN interval, reported as such. Returns (low, high) arrays of the
+    statistic's shape."""
+    from scipy import stats
+
+    batch = None if max_elements is None else max(1, max_elements // max(cells, 1))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate resamples -> NaN interval, reported as such
-        res = stats.bootstrap((np.arange(n_clusters, dtype=float),), pearson, n_resamples=int(n_boot),
-                              confidence_level=level, method="BCa", vectorized=True, batch=batch,
-                              random_state=np.random.default_rng(seed)).confidence_interval
-    return Estimate(value, float(res.low), float(res.high), level, n_clusters)
+        warnings.simplefilter("ignore")
+        ci = stats.bootstrap(data, statistic, n_resamples=int(n_boot), confidence_level=level, method="BCa",
+                             paired=False, vectorized=True, batch=batch, axis=axis,
+                             random_state=np.random.default_rng(seed)).confidence_interval
+    return np.asarray(ci.low), np.asarray(ci.high)
 
 
 def bca_interval(data: tuple[np.ndarray, ...], statistic: Callable, n_boot: int, level: float, seed: int,
                  cells: int) -> tuple[float, float]:
-    """BCa interval (``scipy.stats.bootstrap``, unpaired samples) of a scalar ``statistic(*data, axis=-1)``
-    (vectorised), in batches of about 4e6 resampled values given ``cells`` values per resample."""
-    from scipy import stats
-
+    """BCa interval (:func:`bca_limits`) of a scalar ``statistic(*data, axis=-1)`` (vectorised),
+    in batches of about 4e6 resampled values given ``cells`` values per resample."""
     check_n_boot(n_boot)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a degenerate sample's interval is NaN, reported as such
-        ci = stats.bootstrap(data, statistic, n_resamples=int(n_boot), confidence_level=level, method="BCa",
-                             paired=False, vectorized=True, batch=max(1, 4_000_000 // max(cells, 1)),
-                             random_state=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
+    lo, hi = bca_limits(data, statistic, n_boot, level, seed, cells=cells)
+    return float(lo), float(hi)
 
 
 def pigeonhole_bca(values: np.ndarray, per_site: Callable[[np.ndarray], np.ndarray], n_boot: int, level: float,

@@ -28,6 +28,7 @@ from analysis.bootstrap import (
     DEFAULT_LEVEL,
     DEFAULT_N_BOOT,
     Estimate,
+    bca_limits,
     check_level,
 )
 
@@ -69,14 +70,8 @@ def _solve_normal(xtx: np.ndarray, xty: np.ndarray) -> np.ndarray:
 
 def _bca(samples: tuple[np.ndarray, ...], statistic, n_boot: int, level: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """BCa interval of the (2, ...) statistic (slope, curvature) over independently resampled samples."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a degenerate resample set -> NaN interval, reported as such
-        ci = stats.bootstrap(samples, statistic, paired=False, vectorized=True, n_resamples=int(n_boot),
-                             confidence_level=level, method="BCa", random_state=np.random.default_rng(seed),
-                             batch=max(1, 2_000_000 // max(sum(len(x) for x in samples), 1))).confidence_interval
-    return np.asarray(ci.low), np.asarray(ci.high)
+    return bca_limits(samples, statistic, n_boot, level, seed, cells=sum(len(x) for x in samples),
+                      max_elements=2_000_000)
 
 
 def _cluster_interval(t: np.ndarray, y: np.ndarray, clusters: np.ndarray, n_boot: int, level: float,

@@ -42,7 +42,7 @@ from typing import TypedDict
 import numpy as np
 from scipy import stats
 
-from analysis.bootstrap import DEFAULT_LEVEL, Estimate
+from analysis.bootstrap import DEFAULT_LEVEL, Estimate, bca_limits
 
 DEFAULT_RESAMPLES = 1999
 ALPHA = 0.05
@@ -260,12 +260,8 @@ def _bca(statistic: Callable, n_sites: int, n_images: int, n_resamples: int, lev
             held = np.broadcast_to(fixed, x.shape[:-1] + fixed.shape)
             return statistic(x, held) if free_s else statistic(held, x)
         data = (sites if free_s else images,)
-    batch = max(1, BATCH_ELEMENTS // max(cells, 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate resamples -> NaN interval, reported as such
-        res = stats.bootstrap(data, stat, paired=False, vectorized=True, n_resamples=n_resamples, batch=batch,
-                              confidence_level=level, method="BCa", random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    lo, hi = bca_limits(data, stat, n_resamples, level, seed, cells=cells, max_elements=BATCH_ELEMENTS)
+    return float(lo), float(hi)
 
 
 def _gradient(combine: Callable[..., np.ndarray], means: list[float]) -> np.ndarray:
